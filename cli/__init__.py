@@ -1,0 +1,1 @@
+"""The ``registry`` command: a thin typer layer over ``registry.Registry``."""

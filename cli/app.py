@@ -1,0 +1,72 @@
+"""The typer app, its one error funnel, and the global options.
+
+Command modules register on ``app``; each command parses options, calls one Registry
+method and renders the result. Heavy imports (SQLAlchemy, docker, git, rich) happen inside
+the commands, so ``registry --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from registry.errors import CellarError
+
+
+class CellarGroup(TyperGroup):
+    """Turns every CellarError into one red line and its exit code (``--traceback`` for more)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
+        except CellarError as exc:
+            _fail(ctx, str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", 130)
+        except Exception as exc:
+            if _is_click_error(exc):
+                raise
+            _fail(ctx, f"unexpected {type(exc).__name__}: {exc} (rerun with --traceback and report it)", 1)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    return type(exc).__module__.startswith("typer._click")
+
+
+def _fail(ctx, message: str, code: int):
+    if ctx.find_root().params.get("traceback"):
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+app = typer.Typer(
+    cls=CellarGroup,
+    name="registry",
+    help="Cellar: versioned model weights, prompts and images; promote, roll back, audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@app.callback()
+def _root(
+    traceback: bool = typer.Option(False, "--traceback", help="Show the full trace of an error."),
+) -> None:
+    """Cellar: versioned model weights, prompts and images; promote, roll back, audit.
+
+    Example:  registry init && registry push examples/support-bot/v1.0/cellar.yaml
+    """
+
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+ACTOR = typer.Option(None, "--actor", help="Who is acting (default: $REGISTRY_ACTOR, git user, OS user).")

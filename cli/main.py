@@ -1,0 +1,12 @@
+"""Entry point of the ``registry`` console script."""
+
+from cli import versions as _versions  # noqa: F401  (registers its commands)
+from cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

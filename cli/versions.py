@@ -1,0 +1,218 @@
+"""Commands that record and read versions: init, push, list, show, log, db upgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.app import ACTOR, JSON, app, db_app
+from cli.output import console, print_json, short, size, when
+
+
+def open_registry():
+    from registry.api import Registry
+
+    return Registry.open()
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(None, help="Where to create the home (default: $REGISTRY_HOME or ./.cellar)."),
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Create a registry (home folder, database, blob store). Safe to run again.
+
+    Example:  registry init
+    """
+    from registry.api import Registry
+
+    reg, result = Registry.init(path, actor=actor)
+    reg.close()
+    if as_json:
+        return print_json(result)
+    verb = "Created" if result.created else "Registry already up to date at"
+    console().print(f"{verb} {result.home} (database {result.db_url})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(actor: str = ACTOR) -> None:
+    """Migrate the registry database to the schema this program needs.
+
+    Example:  registry db upgrade
+    """
+    from registry.api import Registry
+
+    before, after = Registry.upgrade_schema(actor=actor)
+    console().print(f"schema {before} -> {after}" if before != after else f"schema already at {after}")
+
+
+@app.command()
+def push(
+    manifest: Path = typer.Argument(None, help="Manifest file or folder (default: ./cellar.yaml)."),
+    version: str = typer.Option(None, "--version", help="Override the manifest's version."),
+    message: str = typer.Option(None, "-m", "--message", help="Changelog entry for this version."),
+    model: str = typer.Option(None, "--model", help="Push without a manifest: the model name."),
+    weights: list[str] = typer.Option(None, "--weights", help="Without a manifest: a weight file or folder (repeatable)."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="Without a manifest: NAME=PATH of a prompt template (repeatable)."),
+    image: str = typer.Option(None, "--image", help="Without a manifest: the container image."),
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Record a new immutable version: weights, prompts, image, runtime config, changelog entry.
+
+    Example:  registry push examples/support-bot/v1.1 -m "Friendlier system prompt"
+    """
+    from registry import manifest as manifest_mod
+
+    reg = open_registry()
+    if model:
+        if manifest is not None:
+            raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
+        source = manifest_mod.from_flags(model=model, version=version, message=message, weights=weights,
+                                         prompts=prompt, image=image, root=Path.cwd())
+    else:
+        source = manifest_mod.load(manifest or Path.cwd(), version=version, message=message)
+    with reg, _progress(disable=as_json) as progress:
+        result = reg.push(source, actor=actor, progress=progress)
+    if as_json:
+        return print_json(result)
+    out = console()
+    for warning in result.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    ref = f"{result.model}@{result.version}"
+    if result.created:
+        out.print(f"Pushed {ref} ({short(result.manifest_digest)}): {result.files} files, "
+                  f"{size(result.bytes_ingested)} new")
+    else:
+        out.print(f"{ref} already exists with identical content ({short(result.manifest_digest)}); nothing to do")
+
+
+class _progress:
+    """A rich progress bar on stderr for files over 64 MiB, when stderr is a terminal."""
+
+    LARGE = 64 << 20
+
+    def __init__(self, disable: bool):
+        self.disable, self.bar, self.tasks = disable, None, {}
+
+    def __enter__(self):
+        return None if self.disable else self.update
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if total < self.LARGE:
+            return
+        if self.bar is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), console=console(stderr=True), transient=True)
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total)
+        self.bar.advance(self.tasks[name], done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("list")
+def list_(
+    model: str = typer.Argument(None, help="Only this model's versions."),
+    limit: int = typer.Option(None, "--limit", help="At most N rows (default 100 for the table, all for --json; 0 = all)."),
+    as_json: bool = JSON,
+) -> None:
+    """List versions, newest first.
+
+    Example:  registry list support-bot --limit 10
+    """
+    with open_registry() as reg:
+        shown = (None if as_json else 100) if limit is None else (limit or None)
+        rows = reg.versions(model, limit=shown)
+        total = reg.count_versions(model) if shown and len(rows) == shown else len(rows)
+    if as_json:
+        return print_json(rows)
+    if not rows:
+        return console().print("No versions yet: push one with `registry push`.")
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"):
+        table.add_column(col, no_wrap=col != "MESSAGE", overflow="ellipsis")
+    for r in rows:
+        table.add_row(r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
+                      r.message.splitlines()[0] if r.message else "")
+    out = console()
+    out.print(table)
+    if total > len(rows):
+        out.print(f"... {total - len(rows)} more (use --limit 0 for all)")
+
+
+@app.command()
+def show(
+    ref: str = typer.Argument(..., help="v1.3 or model@v1.3."),
+    as_json: bool = JSON,
+) -> None:
+    """Show everything recorded about one version: image, weights and tensors, prompts, provenance.
+
+    Example:  registry show support-bot@v1.1
+    """
+    with open_registry() as reg:
+        info = reg.show(ref)
+    if as_json:
+        return print_json(info)
+    out = console()
+    out.print(f"[bold]{info.model}@{info.version}[/]  {info.manifest_digest}")
+    out.print(f"pushed  {when(info.created_at)} by {info.actor}")
+    if info.message:
+        out.print(f"message {info.message}")
+    out.print(f"image   {info.image.ref or '-'}  {info.image.digest or '(unresolved)'}")
+    for w in info.weights:
+        note = f", {len(w.tensors)} tensors" if w.tensors else ""
+        out.print(f"weight  {w.path}  {short(w.digest)}  {size(w.size)}{note}")
+        for tensor in w.tensors[:20]:
+            out.print(f"          {tensor.name}  {tensor.dtype}{tensor.shape}  {short(tensor.digest)}")
+        if len(w.tensors) > 20:
+            out.print(f"          ... {len(w.tensors) - 20} more (see --json)")
+    for p in info.prompts:
+        out.print(f"prompt  {p.name}  {short(p.digest)}  {size(p.size)}{_file_origin(info, p.name)}")
+    rt = info.runtime
+    env = ", ".join(f"{k}={v}" for k, v in sorted(rt.env.items()))
+    out.print(f"runtime port {rt.port}, health {rt.health.path} ({rt.health.timeout_s:g} s)"
+              + (f", env {env}" if env else "") + (f", secrets {', '.join(rt.secrets)}" if rt.secrets else ""))
+    if info.probes:
+        out.print(f"probes  {', '.join(p.name for p in info.probes)}")
+    if pv := info.provenance:
+        out.print(f"git     {pv.commit or '(no commit)'} on {pv.branch or '(detached)'}"
+                  + (" [yellow](dirty)[/]" if pv.dirty else "") + (f"  {pv.remote}" if pv.remote else ""))
+
+
+def _file_origin(info, name: str) -> str:
+    fp = info.provenance.files.get(name) if info.provenance else None
+    if not fp or not fp.commit:
+        return ""
+    return f"  last changed in {fp.commit[:10]} by {fp.author}" + (" (dirty)" if fp.dirty else "")
+
+
+@app.command()
+def log(
+    model: str = typer.Argument(None, help="Only this model's changelog."),
+    limit: int = typer.Option(None, "--limit", help="At most N entries."),
+    as_json: bool = JSON,
+) -> None:
+    """The changelog: each version's message, who pushed it and when, newest first.
+
+    Example:  registry log support-bot
+    """
+    with open_registry() as reg:
+        rows = reg.versions(model, limit=limit or None)
+    if as_json:
+        return print_json(rows)
+    out = console()
+    for r in rows:
+        out.print(f"[bold yellow]{r.model}@{r.version}[/]  {short(r.manifest_digest)}")
+        out.print(f"Pushed: {when(r.created_at)} by {r.actor}")
+        out.print("\n".join(f"    {line}" for line in (r.message or "(no message)").splitlines()) + "\n")

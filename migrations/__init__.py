@@ -1,0 +1,1 @@
+"""Alembic migrations for the registry database (run through ``registry db upgrade``)."""

@@ -1,0 +1,27 @@
+"""Alembic environment: runs on the connection Cellar hands over, or on sqlalchemy.url."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from registry.store.schema import metadata
+
+config = context.config
+
+
+def _run(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    with create_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+        _run(conn)

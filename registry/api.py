@@ -1,0 +1,410 @@
+"""``Registry``: everything a user can do, without the CLI. The CLI calls one method a command."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from registry import actor as actor_mod
+from registry import audit, canonical, clock, home as home_mod, manifest as manifest_mod
+from registry.errors import CellarError, InvalidInput, NotFound, VersionConflict
+from registry.models import (
+    ImageRef,
+    InitResult,
+    Probe,
+    PromptFile,
+    Provenance,
+    PushResult,
+    Runtime,
+    Tensor,
+    VersionInfo,
+    VersionSummary,
+    WeightFile,
+    check_name,
+    check_version,
+)
+from registry.safetensors_index import is_safetensors, read_index
+from registry.store import schema as t
+from registry.store.blobs import BlobStore, Ingested, hash_file
+from registry.store.sql import Store
+from registry.store.statcache import StatCache
+
+Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
+
+
+class Registry:
+    """A registry home: its metadata database and blob store.
+
+    >>> reg = Registry.open()            # nearest .cellar/ or $REGISTRY_HOME
+    >>> reg.push("examples/support-bot/v1.0/cellar.yaml")
+    """
+
+    def __init__(self, home: home_mod.Home, store: Store):
+        self.home = home
+        self.store = store
+        self.blobs = BlobStore(home.blobs)
+        self._engine = None
+
+    # --- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> Registry:
+        """Open an existing registry; refuses a missing or out-of-date schema."""
+        home = home_mod.find(path)
+        store = Store(home.db_url)
+        store.check_schema()
+        reg = cls(home, store)
+        reg.blobs.sweep_tmp()
+        return reg
+
+    @classmethod
+    def init(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[Registry, InitResult]:
+        """Create (or bring up to date) a registry home. Idempotent."""
+        from registry.store import migrate
+
+        home = home_mod.for_init(path)
+        home.path.mkdir(parents=True, exist_ok=True)
+        BlobStore(home.blobs).create()
+        store = Store(home.db_url)
+        before = store.schema_revision()
+        migrate.upgrade(store)
+        created = before is None
+        if created:
+            with store.write() as conn:
+                audit.append(conn, actor=actor_mod.resolve(actor), action="init", object=str(home.path),
+                             detail={"db": _redact(home.db_url)}, db_user=store.db_user(conn))
+        return cls(home, store), InitResult(home=str(home.path), db_url=_redact(home.db_url), created=created)
+
+    @classmethod
+    def upgrade_schema(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[str | None, str]:
+        """Migrate the database to the schema this program needs; return (before, after)."""
+        from registry.store import migrate
+
+        home = home_mod.find(path)
+        store = Store(home.db_url)
+        try:
+            before = store.schema_revision()
+            migrate.upgrade(store)
+            after = store.schema_revision()
+            if before != after:
+                with store.write() as conn:
+                    audit.append(conn, actor=actor_mod.resolve(actor), action="db-upgrade", object="schema",
+                                 detail={"from": before, "to": after}, db_user=store.db_user(conn))
+            return before, after
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        self.store.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- push ----------------------------------------------------------------------------
+
+    def push(
+        self,
+        source: str | Path | manifest_mod.Resolved,
+        *,
+        version: str | None = None,
+        message: str | None = None,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> PushResult:
+        """Record a version: store its files as blobs, then its rows and event in one transaction.
+
+        Versions are immutable: pushing the same content again is a no-op, other content
+        under an existing model@version is refused.
+        """
+        resolved = (
+            source if isinstance(source, manifest_mod.Resolved)
+            else manifest_mod.load(source, version=version, message=message)
+        )
+        m = resolved.manifest
+        who = actor_mod.resolve(actor)
+        existing = self._summary(m.model, m.version)
+        image, warnings = self._pin_image(m.image)
+        # An existing version only needs digests to compare against: store nothing new.
+        stored = self._store_files(resolved, write=existing is None, progress=progress)
+        record = _canonical_manifest(resolved, stored, image)
+        digest = canonical.digest(record)
+        if existing:
+            return self._same_or_conflict(existing, digest, warnings)
+        provenance = _provenance(resolved)
+        with self.store.write() as conn:
+            raced = _find_version(conn, m.model, m.version)
+            if raced:
+                return self._same_or_conflict(raced, digest, warnings)
+            _insert_version(conn, resolved, stored, record, digest, who, provenance)
+            audit.append(
+                conn, actor=who, action="push", object=f"{m.model}@{m.version}", model=m.model,
+                detail={"manifest_digest": digest, "image": image.model_dump(),
+                        "files": sorted(f"{k}:{n}" for k, n in stored), "message": m.message},
+                db_user=self.store.db_user(conn),
+            )
+        return PushResult(
+            model=m.model, version=m.version, manifest_digest=digest, created=True,
+            bytes_ingested=sum(s.size for s in stored.values() if s.written),
+            files=len(stored), warnings=warnings,
+        )
+
+    def _same_or_conflict(self, existing: VersionSummary, digest: str, warnings: list[str]) -> PushResult:
+        ref = f"{existing.model}@{existing.version}"
+        if existing.manifest_digest != digest:
+            raise VersionConflict(
+                f"{ref} already exists with other content ({existing.manifest_digest[:19]}); "
+                "versions are immutable: push under a new version"
+            )
+        return PushResult(model=existing.model, version=existing.version, manifest_digest=digest,
+                          created=False, warnings=warnings)
+
+    def _store_files(
+        self, resolved: manifest_mod.Resolved, *, write: bool, progress: Progress | None
+    ) -> dict[tuple[str, str], Ingested]:
+        cache = StatCache(self.home.stat_cache)
+        out: dict[tuple[str, str], Ingested] = {}
+        try:
+            for f in resolved.files:
+                out[(f.kind, f.name)] = self._store_file(f, cache, write=write, progress=progress)
+        finally:
+            cache.save()
+        return out
+
+    def _store_file(self, f: manifest_mod.SourceFile, cache: StatCache, *, write: bool,
+                    progress: Progress | None) -> Ingested:
+        before = os.stat(f.path)
+        known = cache.lookup(f.path)
+        if known and self.blobs.has(known):
+            return Ingested(digest=known, size=before.st_size, tensor_digests=self._known_tensors(known, f))
+        tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
+        try:
+            got = (self.blobs.ingest(f.path, tensors=f.tensors, progress=tick) if write
+                   else hash_file(f.path, f.tensors))
+        except FileNotFoundError:
+            raise InvalidInput(f"{f.path} disappeared during the push; nothing was recorded") from None
+        cache.record(f.path, before, got.digest)
+        return got
+
+    def _known_tensors(self, digest: str, f: manifest_mod.SourceFile) -> dict[str, str]:
+        """Tensor digests of a stored blob: from the index, else hashed from the blob itself."""
+        if not f.tensors:
+            return {}
+        with self.store.read() as conn:
+            rows = conn.execute(select(t.tensors.c.name, t.tensors.c.digest)
+                                .where(t.tensors.c.blob_digest == digest)).all()
+        if rows:
+            return dict(rows)
+        path = self.blobs.path(digest)
+        return hash_file(path, read_index(path)).tensor_digests
+
+    def _pin_image(self, ref: str | None) -> tuple[ImageRef, list[str]]:
+        if not ref:
+            return ImageRef(), []
+        try:
+            return ImageRef(ref=ref, digest=self.engine().image_digest(ref)), []
+        except CellarError as exc:
+            return ImageRef(ref=ref), [f"image {ref} recorded unresolved: {exc}"]
+
+    def engine(self):
+        """The Docker engine ($DOCKER_HOST or the local socket), connected on first use."""
+        if self._engine is None:
+            from registry.deploy.docker import DockerEngine
+
+            self._engine = DockerEngine()
+        return self._engine
+
+    # --- reading -------------------------------------------------------------------------
+
+    def versions(self, model: str | None = None, *, limit: int | None = None) -> list[VersionSummary]:
+        """Versions, newest first; all models unless ``model`` is given."""
+        query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
+        if model:
+            query = query.where(t.models.c.name == check_name(model, "model"))
+        if limit:
+            query = query.limit(limit)
+        with self.store.read() as conn:
+            rows = conn.execute(query).all()
+            if model and not rows and not _model_id(conn, model):
+                raise NotFound(f"no model named {model!r}: see `registry list`")
+        return [_to_summary(r) for r in rows]
+
+    def count_versions(self, model: str | None = None) -> int:
+        query = select(func.count()).select_from(t.versions.join(t.models))
+        if model:
+            query = query.where(t.models.c.name == model)
+        with self.store.read() as conn:
+            return conn.execute(query).scalar_one()
+
+    def models(self) -> list[str]:
+        with self.store.read() as conn:
+            return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
+
+    def resolve_ref(self, ref: str) -> tuple[str, str]:
+        """``model@version`` or ``version`` -> (model, version), guessing the model when unique."""
+        model, sep, version = ref.rpartition("@")
+        if not version:
+            raise InvalidInput(f"{ref!r} is not a version reference: write v1.3 or model@v1.3")
+        try:
+            check_version(version)
+            model = check_name(model, "model") if sep else self._default_model(ref)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        return model, version
+
+    def _default_model(self, ref: str) -> str:
+        names = self.models()
+        if len(names) == 1:
+            return names[0]
+        here = Path.cwd() / manifest_mod.DEFAULT_NAME
+        if here.is_file():
+            try:
+                import yaml
+
+                named = (yaml.safe_load(here.read_text()) or {}).get("model")
+            except Exception:  # an unreadable manifest just does not help guess
+                named = None
+            if isinstance(named, str) and named in names:
+                return named
+        if not names:
+            raise NotFound("the registry holds no models yet: push one with `registry push`")
+        raise InvalidInput(f"which model? write MODEL@{ref} (models: {', '.join(names[:5])})")
+
+    def show(self, ref: str) -> VersionInfo:
+        """Everything recorded about one version."""
+        model, version = self.resolve_ref(ref)
+        with self.store.read() as conn:
+            row = conn.execute(_summary_query(full=True).where(
+                t.models.c.name == model, t.versions.c.version == version)).first()
+            if row is None:
+                raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
+            record = json.loads(row.manifest)
+            digests = [w["digest"] for w in record["weights"]]
+            tensors = _tensors_of(conn, digests)
+        return VersionInfo(
+            **_to_summary(row).model_dump(),
+            image=ImageRef(**record["image"]),
+            weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
+            prompts=[PromptFile(**p) for p in record["prompts"]],
+            runtime=Runtime.model_validate(record["runtime"]),
+            probes=[Probe.model_validate(p) for p in record["probes"]],
+            provenance=Provenance.model_validate_json(row.provenance) if row.provenance else None,
+        )
+
+    def _summary(self, model: str, version: str) -> VersionSummary | None:
+        with self.store.read() as conn:
+            return _find_version(conn, model, version)
+
+
+# --- helpers: rows in, domain objects out -------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    from registry.store.sql import redact
+
+    return redact(url)
+
+
+def _canonical_manifest(resolved: manifest_mod.Resolved, stored: dict, image: ImageRef) -> dict:
+    """The content a version pins; its sha256 is the manifest digest."""
+    m = resolved.manifest
+    return {
+        "image": image.model_dump(),
+        "weights": [{"path": f.name, "digest": stored[("weight", f.name)].digest,
+                     "size": stored[("weight", f.name)].size}
+                    for f in sorted(resolved.weights, key=lambda f: f.name)],
+        "prompts": [{"name": f.name, "digest": stored[("prompt", f.name)].digest,
+                     "size": stored[("prompt", f.name)].size}
+                    for f in sorted(resolved.prompts, key=lambda f: f.name)],
+        "runtime": m.runtime.model_dump(mode="json", by_alias=True),
+        "probes": [p.model_dump(mode="json", by_alias=True) for p in m.probes],
+    }
+
+
+def _provenance(resolved: manifest_mod.Resolved) -> Provenance | None:
+    from registry import provenance
+
+    return provenance.collect(resolved.root, {f.name: f.path for f in resolved.prompts})
+
+
+def _model_id(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(t.models.c.id).where(t.models.c.name == name)).scalar()
+
+
+def _summary_query(full: bool = False):
+    cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
+            t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]
+    if full:
+        cols += [t.versions.c.manifest, t.versions.c.provenance]
+    return select(*cols).select_from(t.versions.join(t.models))
+
+
+def _to_summary(row) -> VersionSummary:
+    return VersionSummary(model=row.model, version=row.version, manifest_digest=row.manifest_digest,
+                          created_at=clock.utc(row.created_at), actor=row.actor, message=row.message)
+
+
+def _find_version(conn: Connection, model: str, version: str) -> VersionSummary | None:
+    row = conn.execute(_summary_query().where(t.models.c.name == model,
+                                              t.versions.c.version == version)).first()
+    return _to_summary(row) if row else None
+
+
+def _tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
+    if not digests:
+        return {}
+    rows = conn.execute(select(t.tensors).where(t.tensors.c.blob_digest.in_(digests))
+                        .order_by(t.tensors.c.blob_digest, t.tensors.c.position)).all()
+    out: dict[str, list[Tensor]] = {}
+    for r in rows:
+        out.setdefault(r.blob_digest, []).append(
+            Tensor(name=r.name, dtype=r.dtype, shape=json.loads(r.shape), digest=r.digest))
+    return out
+
+
+def _insert_version(conn: Connection, resolved: manifest_mod.Resolved, stored: dict, record: dict,
+                    digest: str, actor: str, provenance: Provenance | None) -> None:
+    m, now = resolved.manifest, clock.now()
+    model_id = _model_id(conn, m.model)
+    if model_id is None:
+        model_id = conn.execute(insert(t.models).values(name=m.model, created_at=now)).inserted_primary_key[0]
+    version_id = conn.execute(insert(t.versions).values(
+        model_id=model_id, version=m.version, manifest_digest=digest, manifest=canonical.dumps(record),
+        message=m.message, actor=actor, created_at=now,
+        provenance=provenance.model_dump_json() if provenance else None,
+    )).inserted_primary_key[0]
+    by_digest = {got.digest: got for got in stored.values()}
+    known = set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(by_digest))).scalars())
+    new = [{"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items() if d not in known]
+    if new:
+        conn.execute(insert(t.blobs), new)
+    conn.execute(insert(t.version_files), [
+        {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
+        for (kind, name), got in stored.items()
+    ])
+    _insert_tensors(conn, resolved, stored)
+
+
+def _insert_tensors(conn: Connection, resolved: manifest_mod.Resolved, stored: dict) -> None:
+    for f in resolved.weights:
+        got = stored[("weight", f.name)]
+        if not f.tensors or not is_safetensors(f.name):
+            continue
+        indexed = conn.execute(select(func.count()).select_from(t.tensors)
+                               .where(t.tensors.c.blob_digest == got.digest)).scalar_one()
+        if indexed:
+            continue
+        conn.execute(insert(t.tensors), [
+            {"blob_digest": got.digest, "name": tr.name, "position": i, "dtype": tr.dtype,
+             "shape": json.dumps(list(tr.shape)), "digest": got.tensor_digests[tr.name]}
+            for i, tr in enumerate(f.tensors)
+        ])

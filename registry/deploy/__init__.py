@@ -1,0 +1,1 @@
+"""Adapters that run versions: the Docker engine."""

@@ -1,0 +1,216 @@
+"""Pydantic models: the manifest a user writes, and the results Cellar returns.
+
+Results are what the Python API hands back and what ``--json`` prints, so their field
+names are part of the public interface.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+VERSION_RE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,62}")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+SECRET_KEY_RE = re.compile(r".*(_TOKEN|_KEY|_PASSWORD|_SECRET)$|^(TOKEN|KEY|PASSWORD|SECRET)$", re.I)
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a safe model, environment or prompt name, else raise ValueError."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_version(value: str) -> str:
+    """Return ``value`` if it is a safe version string, else raise ValueError."""
+    if not isinstance(value, str) or not VERSION_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"version {value!r} is not allowed: use 1-63 characters of a-z, 0-9, '.', '_', '+', '-', "
+            "starting with a letter or digit (e.g. v1.3)"
+        )
+    return value
+
+
+def is_secret_key(key: str) -> bool:
+    """True for variable names that must never be stored or shown (``*_TOKEN``, ``*_KEY`` ...)."""
+    return bool(SECRET_KEY_RE.fullmatch(key))
+
+
+def _check_env_key(key: str) -> None:
+    if not ENV_KEY_RE.fullmatch(key):
+        raise ValueError(f"{key!r} is not a valid environment variable name")
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+VersionStr = Annotated[str, AfterValidator(check_version)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- the manifest (cellar.yaml) ---------------------------------------------------------
+
+
+class Request(_Strict):
+    method: str = "GET"
+    path: str = "/"
+    json_body: Any = Field(default=None, alias="json")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class Health(_Strict):
+    path: str = "/health"
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class Runtime(_Strict):
+    port: int = Field(default=8080, ge=1, le=65535)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    command: list[str] | str | None = None
+    health: Health = Field(default_factory=Health)
+    warmup: list[Request] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _no_secret_values(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            _check_env_key(key)
+            if is_secret_key(key):
+                raise ValueError(
+                    f"{key} looks like a secret: list it under runtime.secrets and pass its "
+                    "value from the environment at deploy time, never in the manifest"
+                )
+        return env
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        for key in names:
+            _check_env_key(key)
+        return names
+
+
+class Expect(_Strict):
+    status: int | None = 200
+    regex: str | None = None
+    json_schema: dict[str, Any] | None = None
+    not_contains: str | None = None
+
+
+class Probe(_Strict):
+    name: Name
+    method: str = "POST"
+    path: str
+    json_body: Any = Field(default=None, alias="json")
+    expect: Expect = Field(default_factory=Expect)
+    max_latency_ms: int | None = Field(default=None, gt=0)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class Manifest(_Strict):
+    """What a user writes in ``cellar.yaml`` to describe one version."""
+
+    model: Name
+    version: VersionStr
+    message: str = ""
+    image: str | None = None
+    weights: list[str] = Field(default_factory=list)
+    prompts: dict[str, str] = Field(default_factory=dict)
+    runtime: Runtime = Field(default_factory=Runtime)
+    probes: list[Probe] = Field(default_factory=list)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_names(cls, prompts: dict[str, str]) -> dict[str, str]:
+        for name in prompts:
+            check_name(name, "prompt name")
+        return prompts
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+class Tensor(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int]
+    digest: str
+
+
+class WeightFile(BaseModel):
+    path: str
+    digest: str
+    size: int
+    tensors: list[Tensor] = Field(default_factory=list)
+
+
+class PromptFile(BaseModel):
+    name: str
+    digest: str
+    size: int
+    path: str | None = None
+
+
+class ImageRef(BaseModel):
+    ref: str | None = None
+    digest: str | None = None
+
+
+class FileProvenance(BaseModel):
+    commit: str | None = None
+    author: str | None = None
+    time: datetime | None = None
+    dirty: bool = False
+
+
+class Provenance(BaseModel):
+    commit: str | None = None
+    branch: str | None = None
+    remote: str | None = None
+    dirty: bool = False
+    files: dict[str, FileProvenance] = Field(default_factory=dict)
+
+
+class VersionSummary(BaseModel):
+    model: str
+    version: str
+    manifest_digest: str
+    created_at: datetime
+    actor: str
+    message: str
+
+
+class VersionInfo(VersionSummary):
+    image: ImageRef
+    weights: list[WeightFile]
+    prompts: list[PromptFile]
+    runtime: Runtime
+    probes: list[Probe]
+    provenance: Provenance | None = None
+
+
+class PushResult(BaseModel):
+    model: str
+    version: str
+    manifest_digest: str
+    created: bool
+    bytes_ingested: int = 0
+    files: int = 0
+    warnings: list[str] = Field(default_factory=list)
+
+
+class InitResult(BaseModel):
+    home: str
+    db_url: str
+    created: bool

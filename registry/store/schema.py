@@ -1,0 +1,104 @@
+"""The tables, as SQLAlchemy Core metadata.
+
+Core rather than the ORM keeps ``sqlalchemy.orm`` off the CLI's start-up path; rows are
+turned into pydantic models at the store boundary (``registry.store.sql``). The schema is
+created and changed only by the Alembic migrations in ``migrations/``; a test checks that
+this metadata matches the migrated database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# The Alembic revision this code needs; tests check it is the head of migrations/versions.
+SCHEMA_HEAD = "0001"
+
+metadata = MetaData()
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("model_id", Integer, ForeignKey("models.id"), nullable=False),
+    Column("version", String(63), nullable=False),
+    Column("manifest_digest", String(71), nullable=False),
+    # The canonical manifest whose sha256 is manifest_digest, kept byte for byte.
+    Column("manifest", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("provenance", Text),
+    UniqueConstraint("model_id", "version", name="uq_versions_model_version"),
+    Index("ix_versions_model_created", "model_id", "created_at"),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("digest", String(71), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Which blobs a version uses, by role: kind is "weight" (name = relative path) or "prompt".
+version_files = Table(
+    "version_files",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(1024), primary_key=True),
+    Column("digest", String(71), ForeignKey("blobs.digest"), nullable=False),
+    Index("ix_version_files_digest", "digest"),
+)
+
+# Per-tensor index of safetensors blobs; keyed by blob so equal files share it.
+tensors = Table(
+    "tensors",
+    metadata,
+    Column("blob_digest", String(71), ForeignKey("blobs.digest"), primary_key=True),
+    Column("name", String(1024), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("dtype", String(32), nullable=False),
+    Column("shape", String(255), nullable=False),
+    Column("digest", String(71), nullable=False),
+)
+
+# Append-only, hash-chained audit log (see registry.audit).
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("db_user", String(255)),
+    Column("action", String(64), nullable=False),
+    Column("object", String(255), nullable=False),
+    Column("model", String(63)),
+    Column("env", String(63)),
+    Column("detail", Text, nullable=False),
+    Column("reason", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Index("ix_events_action", "action"),
+    Index("ix_events_model", "model"),
+)

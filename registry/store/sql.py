@@ -1,0 +1,127 @@
+"""The SQL metadata store: one engine, read and write transactions, schema check.
+
+Writes are serialised: SQLite takes ``BEGIN IMMEDIATE`` (so a writer waits on the busy
+timeout instead of failing with "database is locked" half-way), PostgreSQL an advisory
+transaction lock. Writes are small, so one writer at a time costs little and keeps the
+audit hash chain and the release ledger simple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from registry.errors import CellarError, NoSpace, NotInitialised, SchemaOutOfDate
+from registry.store.schema import SCHEMA_HEAD
+
+BUSY_TIMEOUT_MS = 60_000
+_PG_WRITE_LOCK = 0x63656C6C  # "cell"
+
+
+class Store:
+    """Connections to the metadata database at ``url``."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _make_engine(url)
+        self._writer = self.engine.execution_options(cellar_write=True)
+        self.dialect = self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with _translated(self.url), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One serialised write transaction: committed on success, rolled back on error."""
+        with _translated(self.url), self._writer.connect() as conn, conn.begin():
+            yield conn
+
+    def schema_revision(self) -> str | None:
+        with self.read() as conn:
+            try:
+                with conn.begin_nested():
+                    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except (OperationalError, ProgrammingError):
+                return None
+
+    def check_schema(self) -> None:
+        """Refuse to run on a database this program does not know how to read."""
+        rev = self.schema_revision()
+        if rev is None:
+            raise NotInitialised(f"no registry schema in {redact(self.url)}: run `registry init`")
+        if rev != SCHEMA_HEAD:
+            raise SchemaOutOfDate(
+                f"the registry database is at schema {rev}, this program needs {SCHEMA_HEAD}: "
+                "run `registry db upgrade` (or upgrade Cellar if the database is newer)"
+            )
+
+    def db_user(self, conn: Connection) -> str | None:
+        """The database's authenticated user, recorded beside the actor on PostgreSQL."""
+        if self.dialect != "postgresql":
+            return None
+        return conn.execute(text("SELECT current_user")).scalar()
+
+
+def redact(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _make_engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() != "sqlite":
+        engine = create_engine(url)
+        _pg_begin_listener(engine)
+        return engine
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let us issue BEGIN ourselves (pysqlite's own BEGIN is always deferred).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        write = conn.get_execution_options().get("cellar_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _pg_begin_listener(engine: Engine) -> None:
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get("cellar_write"):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+
+
+@contextmanager
+def _translated(url: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        low = msg.lower()
+        if "disk is full" in low or "no space left" in low:
+            raise NoSpace("no space left on device for the registry database: free some space "
+                          "and retry (nothing was recorded)") from None
+        if exc.connection_invalidated or "connection" in low and "refused" in low:
+            raise CellarError(f"cannot reach the database {redact(url)} ({msg}); "
+                              "check REGISTRY_DB_URL and that the server runs") from None
+        if "database is locked" in low:
+            raise CellarError("the registry database stayed locked by another process; "
+                              "retry in a moment") from None
+        raise

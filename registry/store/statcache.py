@@ -1,0 +1,64 @@
+"""A stat cache so re-pushing unchanged weights does not read them again.
+
+Keyed by path and (device, inode, size, mtime_ns, ctime_ns), like git's index. An entry
+whose mtime is not clearly older than the moment it was recorded is "racy" (the file could
+have changed within the timestamp's granularity) and is not trusted, as git does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+RACY_NS = 2_000_000_000  # coarse filesystems stamp whole seconds; allow two
+
+
+def _key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class StatCache:
+    def __init__(self, path: Path):
+        self.path = path
+        self._entries: dict[str, list] | None = None
+        self._dirty = False
+
+    @property
+    def entries(self) -> dict[str, list]:
+        if self._entries is None:
+            try:
+                self._entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def lookup(self, path: Path) -> str | None:
+        """The digest recorded for ``path`` if it provably has not changed since."""
+        entry = self.entries.get(str(path.absolute()))
+        if not entry:
+            return None
+        st = os.stat(path)
+        key, digest, recorded_ns = entry[:5], entry[5], entry[6]
+        if key != _key(st) or st.st_mtime_ns >= recorded_ns - RACY_NS:
+            return None
+        return digest
+
+    def record(self, path: Path, before: os.stat_result, digest: str) -> None:
+        """Remember ``digest`` for ``path`` if it did not change while it was being read."""
+        if _key(os.stat(path)) != _key(before):
+            return
+        self.entries[str(path.absolute())] = [*_key(before), digest, time.time_ns()]
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)  # a cache: last writer wins, no fsync needed
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        self._dirty = False

@@ -1,0 +1,181 @@
+"""Push, list, show, log against a real SQLite file and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from registry.api import Registry
+from registry.errors import InvalidInput, NotFound, VersionConflict
+from registry.store import schema as t
+from tests import helpers
+
+
+def test_push_records_version_blobs_and_tensors(reg, model_dir):
+    result = reg.push(model_dir.manifest)
+    assert result.created and result.files == 2
+    info = reg.show("support-bot@v1.0")
+    assert info.message == "test version" and info.actor == "tester"
+    (weight,) = info.weights
+    data = (model_dir.root / "weights/model.safetensors").read_bytes()
+    assert weight.path == "weights/model.safetensors"
+    assert weight.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert weight.size == len(data)
+    names = [tensor.name for tensor in weight.tensors]
+    assert sorted(names) == sorted(helpers.tensors())
+    bias = next(x for x in weight.tensors if x.name == "layer0.bias")
+    assert bias.dtype == "F32" and bias.shape == [8]
+    assert bias.digest == "sha256:" + hashlib.sha256(helpers.tensors()["layer0.bias"].tobytes()).hexdigest()
+    blob = reg.blobs.path(weight.digest)
+    assert blob.read_bytes() == data
+    assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+
+
+def test_identical_push_is_a_noop_and_other_content_is_refused(reg, model_dir):
+    first = reg.push(model_dir.manifest)
+    again = reg.push(model_dir.manifest)
+    assert not again.created and again.manifest_digest == first.manifest_digest
+    model_dir.set_prompt("Something else entirely.\n")
+    with pytest.raises(VersionConflict, match="immutable"):
+        reg.push(model_dir.manifest)
+    assert reg.count_versions() == 1
+
+
+def test_equal_content_has_equal_digest_across_versions(reg, model_dir):
+    a = reg.push(model_dir.manifest)
+    b = reg.push(model_dir.manifest, version="v1.1", message="same bytes, new name")
+    assert a.manifest_digest == b.manifest_digest
+    assert b.bytes_ingested == 0
+
+
+def test_list_and_log_newest_first(reg, model_dir, frozen_clock):
+    for i, version in enumerate(["v1.0", "v1.1", "v1.2"]):
+        model_dir.set_prompt(f"prompt {i}\n")
+        reg.push(model_dir.manifest, version=version, message=f"change {i}")
+        frozen_clock.tick(60)
+    rows = reg.versions("support-bot")
+    assert [r.version for r in rows] == ["v1.2", "v1.1", "v1.0"]
+    assert rows[0].message == "change 2"
+    assert [r.version for r in reg.versions(limit=2)] == ["v1.2", "v1.1"]
+    with pytest.raises(NotFound):
+        reg.versions("no-such-model")
+
+
+def test_ref_without_model_needs_a_unique_model(reg, model_dir, tmp_path):
+    reg.push(model_dir.manifest)
+    assert reg.show("v1.0").model == "support-bot"
+    other = helpers.ModelDir.create(tmp_path / "other", model="classifier")
+    reg.push(other.manifest)
+    with pytest.raises(InvalidInput, match="which model"):
+        reg.show("v1.0")
+    assert reg.show("classifier@v1.0").model == "classifier"
+
+
+def test_push_without_manifest(reg, model_dir, monkeypatch):
+    from registry import manifest
+
+    monkeypatch.chdir(model_dir.root)
+    resolved = manifest.from_flags(model="flags", version="v2", message="from flags",
+                                   weights=["weights"], prompts=["system=prompts/system"],
+                                   image=None, root=model_dir.root)
+    reg.push(resolved)
+    info = reg.show("flags@v2")
+    assert [p.name for p in info.prompts] == ["system"] and info.message == "from flags"
+
+
+def test_push_event_is_recorded_in_the_same_transaction(reg, model_dir):
+    reg.push(model_dir.manifest)
+    with reg.store.read() as conn:
+        actions = list(conn.execute(select(t.events.c.action).order_by(t.events.c.id)).scalars())
+    assert actions == ["init", "push"]
+
+
+def test_changed_tensor_changes_only_its_digest(reg, model_dir):
+    reg.push(model_dir.manifest)
+    changed = helpers.tensors(layer0__bias=np.zeros(8, dtype=np.float32))
+    helpers.write_safetensors(model_dir.root / "weights/model.safetensors", changed)
+    reg.push(model_dir.manifest, version="v1.1")
+    old = {x.name: x.digest for x in reg.show("v1.0").weights[0].tensors}
+    new = {x.name: x.digest for x in reg.show("v1.1").weights[0].tensors}
+    assert [n for n in old if old[n] != new[n]] == ["layer0.bias"]
+
+
+def test_provenance_from_a_git_work_tree(reg, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", ".")
+    helpers.git(git_repo, "commit", "-qm", "first", author="Grace Hopper <grace@example.org>")
+    helpers.git(git_repo, "remote", "add", "origin", "https://user:hunter2@git.example.org/bot.git")
+    reg.push(md.manifest)
+    pv = reg.show("v1.0").provenance
+    assert pv.branch == "main" and not pv.dirty and len(pv.commit) == 40
+    assert pv.remote == "https://git.example.org/bot.git"  # credentials stripped
+    assert pv.files["system"].author == "Grace Hopper <grace@example.org>"
+    md.set_prompt("edited, not committed\n")
+    reg.push(md.manifest, version="v1.1")
+    pv = reg.show("v1.1").provenance
+    assert pv.dirty and pv.files["system"].dirty
+
+
+def test_outside_git_there_is_no_provenance(reg, model_dir):
+    reg.push(model_dir.manifest)
+    assert reg.show("v1.0").provenance is None
+
+
+def test_unchanged_weights_are_not_read_again(reg, model_dir, monkeypatch):
+    weights = model_dir.root / "weights/model.safetensors"
+    reg.push(model_dir.manifest)
+    # Age the file past the racy window, as if it had been written long ago.
+    old = weights.stat().st_mtime_ns - 10_000_000_000
+    os.utime(weights, ns=(old, old))
+    reg.push(model_dir.manifest, version="v1.1")  # records a trusted stat entry
+    read = []
+    real = Registry._store_file
+
+    def spy(self, f, cache, **kw):
+        if cache.lookup(f.path) is None:
+            read.append(f.name)
+        return real(self, f, cache, **kw)
+
+    monkeypatch.setattr(Registry, "_store_file", spy)
+    model_dir.set_prompt("only the prompt changed\n")
+    reg.push(model_dir.manifest, version="v1.2")
+    assert read == ["system"]
+    assert reg.show("v1.2").weights[0].tensors  # tensors still known
+
+
+def test_stat_cache_distrusts_a_file_changed_in_place(reg, model_dir):
+    weights = model_dir.root / "weights/model.safetensors"
+    reg.push(model_dir.manifest)
+    changed = helpers.tensors(head__weight=np.zeros((8, 4), dtype=np.float16))
+    st = weights.stat()
+    helpers.write_safetensors(weights, changed)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only ctime moved
+    reg.push(model_dir.manifest, version="v1.1")
+    assert reg.show("v1.1").weights[0].digest != reg.show("v1.0").weights[0].digest
+
+
+def test_show_json_has_the_documented_keys(reg, model_dir):
+    reg.push(model_dir.manifest)
+    data = json.loads(reg.show("v1.0").model_dump_json())
+    for key in ("model", "version", "manifest_digest", "created_at", "actor", "message",
+                "image", "weights", "prompts", "provenance"):
+        assert key in data
+    assert set(data["image"]) == {"ref", "digest"}
+    assert set(data["weights"][0]) == {"path", "digest", "size", "tensors"}
+    assert set(data["weights"][0]["tensors"][0]) == {"name", "dtype", "shape", "digest"}
+
+
+def test_secret_values_never_reach_the_database(reg, model_dir, monkeypatch):
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-7f3a91")
+    reg.push(model_dir.manifest)
+    with reg.store.read() as conn:
+        dump = [str(tuple(r)) for table in t.metadata.sorted_tables for r in conn.execute(select(table))]
+    assert not any("canary-7f3a91" in row for row in dump)
+    with reg.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.versions)).scalar_one() == 1
