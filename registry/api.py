@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from registry import actor as actor_mod
 from registry import audit, canonical, clock, home as home_mod, manifest as manifest_mod
+from registry.faults import crashpoint
 from registry.errors import CellarError, InvalidInput, NotFound, VersionConflict
 from registry.models import (
     ImageRef,
@@ -141,6 +142,7 @@ class Registry:
         if existing:
             return self._same_or_conflict(existing, digest, warnings)
         provenance = _provenance(resolved)
+        crashpoint("push:blobs-stored")
         with self.store.write() as conn:
             raced = _find_version(conn, m.model, m.version)
             if raced:
@@ -152,6 +154,7 @@ class Registry:
                         "files": sorted(f"{k}:{n}" for k, n in stored), "message": m.message},
                 db_user=self.store.db_user(conn),
             )
+            crashpoint("push:before-commit")
         return PushResult(
             model=m.model, version=m.version, manifest_digest=digest, created=True,
             bytes_ingested=sum(s.size for s in stored.values() if s.written),

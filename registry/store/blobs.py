@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.faults import crashpoint
 from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
 from registry.safetensors_index import TensorRange
 
@@ -86,6 +87,7 @@ class BlobStore:
         try:
             with open(src, "rb") as fin, _create_exclusive(tmp) as fout:
                 got = _copy_hashing(fin.fileno(), fout.fileno(), tensors, progress)
+                crashpoint("blob:copied")
                 os.fsync(fout.fileno())
             final = self.path(got.digest)
             if final.exists():
