@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run the whole test suite: install and start what the tests need, then pytest.
+# Needs root (or sudo) on a Debian machine for PostgreSQL and the Docker engine.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+CELLAR_TEST_PG_URL=$(scripts/setup-postgres.sh | tail -n 1)
+export CELLAR_TEST_PG_URL
+scripts/setup-docker.sh >&2
+scripts/build-example-image.sh >&2
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
