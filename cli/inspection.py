@@ -8,8 +8,7 @@ from cli.app import JSON, app
 from cli.output import console, print_json, short, when
 from cli.versions import open_registry
 
-audit_app = typer.Typer(help="The tamper-evident audit log: query it, verify it, checkpoint it.",
-                        invoke_without_command=True)
+audit_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
 
 
@@ -82,7 +81,9 @@ def audit(
     limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
     as_json: bool = JSON,
 ) -> None:
-    """Who did what, when, and why, newest first. Subcommands verify the hash chain.
+    """The tamper-evident audit log: who did what, when and why, newest first.
+
+    `registry audit verify` checks the hash chain; `registry audit checkpoint` prints its head.
 
     Example:  registry audit --prompt system --since 30d
     """

@@ -236,7 +236,7 @@ def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 
                 break
             prev, count = row["hash"], count + 1
             if against and count == against.count and prev != against.head:
-                return _broken(count, prev, Problem(event=count, kind="altered", message=(
+                return _broken(count, prev, Problem(event=count, kind="truncated", message=(
                     f"event {count} no longer has the checkpointed hash {against.head[:12]}: "
                     "the log was truncated and written again after the checkpoint")))
     finally:
