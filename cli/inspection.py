@@ -101,17 +101,15 @@ def audit(
 
 
 def _event_table(events) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    """Plain aligned columns: rich's Table costs more than the query on a 100k-event log."""
+    import sys
 
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL"):
-        table.add_column(col, no_wrap=col != "DETAIL", overflow="ellipsis")
-    for e in events:
-        who = e.actor + (f" (db {e.db_user})" if e.db_user else "")
-        table.add_row(str(e.id), when(e.at), escape(who), e.action, escape(e.object),
-                      escape(_summary(e)))
-    console().print(table)
+    head = ("ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL")
+    rows = [(str(e.id), when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action,
+             e.object, _summary(e)) for e in events]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    for r in [head, *rows]:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n")
 
 
 def _summary(event) -> str:

@@ -7,15 +7,14 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import actor as actor_mod
-from registry import audit, canonical, clock, diffing, home as home_mod, manifest as manifest_mod
-from registry import blame as blame_mod
-from registry.blame import BlameLine, LogEntry
-from registry.diffing import Diff
+from registry import audit, canonical, clock, home as home_mod, manifest as manifest_mod
 from registry.faults import crashpoint
 from registry.errors import CellarError, CorruptBlob, InvalidInput, NotFound, VersionConflict
 from registry.models import (
@@ -38,6 +37,10 @@ from registry.store import schema as t
 from registry.store.blobs import BlobStore, Ingested, digest_of_bytes, hash_file
 from registry.store.sql import Store
 from registry.store.statcache import StatCache
+
+if TYPE_CHECKING:
+    from registry.blame import BlameLine, LogEntry
+    from registry.diffing import Diff
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
 
@@ -315,6 +318,8 @@ class Registry:
     def diff(self, a: str, b: str) -> Diff:
         """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, or an
         environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
+        from registry import diffing
+
         (old, old_texts), (new, new_texts) = self._diff_side(a), self._diff_side(b)
         return diffing.diff(old, new, texts={**old_texts, **new_texts}, refs=(a, b))
 
@@ -358,6 +363,8 @@ class Registry:
     def blame(self, prompt: str, *, at: str | None = None, model: str | None = None) -> list[BlameLine]:
         """For each line of ``prompt`` at ``at`` (default: the model's newest version), the version
         that introduced it, who pushed it, when, and the git commit and author where known."""
+        from registry import blame as blame_mod
+
         if at:
             model, version = self.resolve_ref(at if "@" in at or not model else f"{model}@{at}")
         else:
@@ -370,6 +377,9 @@ class Registry:
 
     def changelog(self, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
         """Versions newest first, each with its git provenance (what ``registry log`` shows)."""
+        from registry import blame as blame_mod
+        from registry.blame import LogEntry
+
         rows = self.versions(model, limit=limit)
         with self.store.read() as conn:
             found = blame_mod.provenance_of(conn, [(r.model, r.version) for r in rows])
@@ -384,8 +394,11 @@ class Registry:
             flt = audit.AuditFilter(since=since, **filters)
             if flt.prompt:
                 check_name(flt.prompt, "prompt name")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(f"audit filter {first['loc'][0]}: {first['msg']}") from None
         except ValueError as exc:
-            raise InvalidInput(str(exc).splitlines()[-1].strip()) from None
+            raise InvalidInput(str(exc)) from None
         with self.store.read() as conn:
             return audit.query(conn, flt)
 

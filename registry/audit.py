@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
@@ -114,6 +114,8 @@ class Event(BaseModel):
 
 class AuditFilter(BaseModel):
     """Which events ``query`` returns; every field narrows the result."""
+
+    model_config = ConfigDict(extra="forbid")
 
     action: str | None = None
     actor: str | None = None  # a case-insensitive substring of the actor
