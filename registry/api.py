@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
@@ -325,7 +324,7 @@ class Registry:
 
     def _diff_side(self, ref: str) -> tuple[VersionInfo, dict[str, str]]:
         """A version and the texts of its prompts (by digest) for one side of a diff."""
-        if Path(ref).exists():
+        if _is_manifest_path(ref):
             return self._manifest_info(ref)
         try:
             info = self.show(ref)
@@ -388,17 +387,7 @@ class Registry:
     def audit(self, *, since: str | datetime | None = None, **filters) -> list[audit.Event]:
         """Audit events newest first, narrowed by ``AuditFilter`` fields (action, actor, env, model,
         prompt, limit); ``since`` takes a datetime, an ISO date or an age like ``7d``."""
-        if isinstance(since, str):
-            since = audit.parse_since(since)
-        try:
-            flt = audit.AuditFilter(since=since, **filters)
-            if flt.prompt:
-                check_name(flt.prompt, "prompt name")
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidInput(f"audit filter {first['loc'][0]}: {first['msg']}") from None
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        flt = audit.filter_of(since=since, **filters)
         with self.store.read() as conn:
             return audit.query(conn, flt)
 
@@ -452,6 +441,12 @@ def _version_info(summary: VersionSummary, record: dict, tensors: dict[str, list
         probes=[Probe.model_validate(p) for p in record["probes"]],
         provenance=provenance,
     )
+
+
+def _is_manifest_path(ref: str) -> bool:
+    """A manifest file, or a folder holding one (a folder named like a version without one is not)."""
+    path = Path(ref)
+    return path.is_file() or (path / manifest_mod.DEFAULT_NAME).is_file()
 
 
 def _provenance(resolved: manifest_mod.Resolved) -> Provenance | None:

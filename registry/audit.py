@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
 from registry.errors import InvalidInput
+from registry.models import check_name
 from registry.store.schema import events, models, version_files, versions
 
 GENESIS = "0" * 64
@@ -122,8 +123,27 @@ class AuditFilter(BaseModel):
     env: str | None = None
     model: str | None = None
     prompt: str | None = None  # events that changed this prompt (detail.prompts_changed)
-    since: datetime | None = None
+    since: datetime | None = None  # also an ISO date or an age like 7d, 12h
     limit: int | None = None
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, value: Any) -> Any:
+        return parse_since(value) if isinstance(value, str) else value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        return check_name(value, "prompt name") if value is not None else None
+
+
+def filter_of(**fields: Any) -> AuditFilter:
+    """An ``AuditFilter``, or InvalidInput naming the field that is wrong."""
+    try:
+        return AuditFilter(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"audit filter {first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")

@@ -143,3 +143,10 @@ def test_log_and_changelog_carry_git_provenance(reg, git_repo):
     reg.push(md.manifest)
     (entry,) = reg.changelog("support-bot")
     assert entry.provenance.commit == commit and entry.provenance.branch == "main"
+
+
+def test_a_folder_named_like_a_version_is_not_taken_for_a_manifest(reg, model_dir, tmp_path, monkeypatch):
+    reg.push(model_dir.manifest)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "v1.0").mkdir()
+    assert reg.diff("v1.0", "v1.0").a.version == "v1.0"
