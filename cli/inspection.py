@@ -32,6 +32,8 @@ def diff(
     """
     with open_registry() as reg:
         result = reg.diff(a, b)
+    for warning in result.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     if as_json:
         print_json(result)
     else:

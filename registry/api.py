@@ -319,11 +319,13 @@ class Registry:
         environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
         from registry import diffing
 
-        (old, old_texts), (new, new_texts) = self._diff_side(a), self._diff_side(b)
-        return diffing.diff(old, new, texts={**old_texts, **new_texts}, refs=(a, b))
+        (old, old_texts, warn_a), (new, new_texts, warn_b) = self._diff_side(a), self._diff_side(b)
+        result = diffing.diff(old, new, texts={**old_texts, **new_texts}, refs=(a, b))
+        result.warnings = warn_a + warn_b
+        return result
 
-    def _diff_side(self, ref: str) -> tuple[VersionInfo, dict[str, str]]:
-        """A version and the texts of its prompts (by digest) for one side of a diff."""
+    def _diff_side(self, ref: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
+        """A version, the texts of its prompts (by digest), and warnings, for one side of a diff."""
         if _is_manifest_path(ref):
             return self._manifest_info(ref)
         try:
@@ -335,13 +337,13 @@ class Registry:
             if not target:
                 raise
             info = self.show(target)
-        return info, {p.digest: self._prompt_text(p.digest) for p in info.prompts}
+        return info, {p.digest: self._prompt_text(p.digest) for p in info.prompts}, []
 
-    def _manifest_info(self, path: str) -> tuple[VersionInfo, dict[str, str]]:
+    def _manifest_info(self, path: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
         """A manifest not pushed yet, described as push would record it, without storing anything."""
         resolved = manifest_mod.load(path)
         m = resolved.manifest
-        stored, record, digest, _ = self._prepare(resolved, write=False)
+        stored, record, digest, warnings = self._prepare(resolved, write=False)
         tensors = {stored[("weight", f.name)].digest: [
             Tensor(name=tr.name, dtype=tr.dtype, shape=list(tr.shape),
                    digest=stored[("weight", f.name)].tensor_digests[tr.name]) for tr in f.tensors]
@@ -349,7 +351,7 @@ class Registry:
         summary = VersionSummary(model=m.model, version=m.version, manifest_digest=digest,
                                  created_at=clock.now(), actor=actor_mod.resolve(), message=m.message)
         texts = {stored[("prompt", f.name)].digest: f.path.read_text(encoding="utf-8") for f in resolved.prompts}
-        return _version_info(summary, record, tensors, _provenance(resolved)), texts
+        return _version_info(summary, record, tensors, _provenance(resolved)), texts, warnings
 
     def _prompt_text(self, digest: str) -> str:
         """A stored prompt's text, checked against its digest (prompt blobs are small)."""

@@ -121,6 +121,7 @@ class Diff(BaseModel):
     probes: list[ProbeDiff]
     changelog: ValueChange
     provenance: ProvenanceDiff
+    warnings: list[str] = Field(default_factory=list)  # e.g. an unpushed manifest's image not resolvable
 
 
 def side(info: VersionInfo, ref: str) -> Side:

@@ -150,3 +150,11 @@ def test_a_folder_named_like_a_version_is_not_taken_for_a_manifest(reg, model_di
     monkeypatch.chdir(tmp_path)
     (tmp_path / "v1.0").mkdir()
     assert reg.diff("v1.0", "v1.0").a.version == "v1.0"
+
+
+def test_an_unresolvable_image_in_an_unpushed_manifest_is_a_warning(reg, model_dir):
+    reg.push(model_dir.manifest)
+    model_dir.write_manifest(image="cellar-test-no-such-image:1")
+    d = reg.diff("v1.0", str(model_dir.manifest))
+    assert d.image.changed and d.image.new.ref == "cellar-test-no-such-image:1" and d.image.new.digest is None
+    assert any("cellar-test-no-such-image:1" in w for w in d.warnings)
