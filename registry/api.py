@@ -320,12 +320,17 @@ class Registry:
         from registry import diffing
 
         (old, old_texts, warn_a), (new, new_texts, warn_b) = self._diff_side(a), self._diff_side(b)
-        result = diffing.diff(old, new, texts={**old_texts, **new_texts}, refs=(a, b))
+        local = {**old_texts, **new_texts}
+        # Only prompts that differ are read; equal digests need no text.
+        before, after = ({p.name: p.digest for p in v.prompts} for v in (old, new))
+        wanted = {d for n, d in before.items() if after.get(n) != d} | {d for n, d in after.items() if before.get(n) != d}
+        texts = {d: local[d] if d in local else self._prompt_text(d) for d in wanted}
+        result = diffing.diff(old, new, texts=texts, refs=(a, b))
         result.warnings = warn_a + warn_b
         return result
 
     def _diff_side(self, ref: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
-        """A version, the texts of its prompts (by digest), and warnings, for one side of a diff."""
+        """A version, the texts of its unstored prompts (by digest), and warnings, for one side."""
         if _is_manifest_path(ref):
             return self._manifest_info(ref)
         try:
@@ -337,7 +342,7 @@ class Registry:
             if not target:
                 raise
             info = self.show(target)
-        return info, {p.digest: self._prompt_text(p.digest) for p in info.prompts}, []
+        return info, {}, []
 
     def _manifest_info(self, path: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
         """A manifest not pushed yet, described as push would record it, without storing anything."""
@@ -355,7 +360,10 @@ class Registry:
 
     def _prompt_text(self, digest: str) -> str:
         """A stored prompt's text, checked against its digest (prompt blobs are small)."""
-        data = self.blobs.path(digest).read_bytes()
+        try:
+            data = self.blobs.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is missing from {self.blobs.root}; restore it from a backup") from None
         if digest_of_bytes(data) != digest:
             raise CorruptBlob(f"blob {digest} is corrupt (its bytes no longer match its digest); "
                               "restore it from a backup")

@@ -158,3 +158,12 @@ def test_an_unresolvable_image_in_an_unpushed_manifest_is_a_warning(reg, model_d
     d = reg.diff("v1.0", str(model_dir.manifest))
     assert d.image.changed and d.image.new.ref == "cellar-test-no-such-image:1" and d.image.new.digest is None
     assert any("cellar-test-no-such-image:1" in w for w in d.warnings)
+
+
+def test_a_renamed_prompt_shows_its_text_on_both_sides(reg, model_dir):
+    reg.push(model_dir.manifest)
+    model_dir.write_manifest(version="v1.1", prompts={"greeting": "prompts/system"})
+    reg.push(model_dir.manifest)
+    got = {p.name: p for p in reg.diff("v1.0", "v1.1").prompts}
+    assert got["system"].status == "removed" and "-You are a helpful" in got["system"].unified
+    assert got["greeting"].status == "added" and "+You are a helpful" in got["greeting"].unified
