@@ -59,6 +59,16 @@ def timed(env: dict, *args: str, runs: int = 5) -> tuple[float, float, str]:
     return best, peak, out
 
 
+def floor(runs: int = 5) -> float:
+    """Best wall time of starting Python and importing the CLI and the library, doing nothing."""
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import cli.main, registry.api"], check=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -82,6 +92,7 @@ def main() -> None:
             rows = out.count('"id"') if "--json" in args else max(0, len(out.splitlines()) - 1)
             print(f"registry {' '.join(args)}: {best * 1000:.0f} ms wall, {rows} events shown "
                   f"(target <= 500 ms)")
+        print(f"start-up floor (python + import cli.main, registry.api): {floor() * 1000:.0f} ms wall")
         best, peak, out = timed(env, "audit", "verify", runs=1)
         print(f"registry audit verify: {best:.2f} s wall, peak RSS {peak:.0f} MiB; {out.strip()}")
     finally:

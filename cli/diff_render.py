@@ -13,8 +13,7 @@ def render(out, d, *, stat: bool = False) -> None:
     from rich.markup import escape
 
     verdict = "[yellow]contents differ[/]" if d.differs else "[green]identical contents[/]"
-    out.print(f"[bold]diff {escape(d.a.ref)} ({d.a.model}@{d.a.version}) -> "
-              f"{escape(d.b.ref)} ({d.b.model}@{d.b.version})[/]  {verdict}")
+    out.print(f"[bold]diff {escape(_label(d.a))} -> {escape(_label(d.b))}[/]  {verdict}")
     _image(out, d.image)
     _runtime(out, d.runtime)
     for p in d.prompts:
@@ -85,6 +84,11 @@ def _weight(out, w, *, stat: bool) -> None:
         out.print(f"           [red]- {name}[/]")
     for name in t.changed:
         out.print(f"           [yellow]~ {name}[/] ({', '.join(t.kinds[name])})")
+
+
+def _label(side) -> str:
+    full = f"{side.model}@{side.version}"
+    return full if side.ref == full else f"{side.ref} ({full})"
 
 
 def _first(text: str | None) -> str:

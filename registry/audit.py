@@ -2,6 +2,10 @@
 
 Events are hash-chained: ``hash = sha256(prev_hash + canonical(event))``, the event's id
 included, so an altered, inserted, deleted or reordered row breaks the chain from there on.
+``verify`` recomputes the chain in id order (streaming, so memory stays flat) and names the
+first bad event; a chain cannot see its own tail cut off, so ``checkpoint`` gives the head hash
+and count to keep elsewhere, and ``verify(against=...)`` checks the log still reaches it.
+``query`` answers "who changed the system prompt?": push events record ``prompts_changed``.
 """
 
 from __future__ import annotations
@@ -179,13 +183,15 @@ def query(conn: Connection, flt: AuditFilter) -> list[Event]:
     elif flt.limit:
         stmt = stmt.limit(flt.limit)
     out = []
-    for row in conn.execute(stmt).mappings():
-        event = _event(row)
-        if flt.prompt and flt.prompt not in event.detail.get("prompts_changed", []):
-            continue
-        out.append(event)
-        if flt.limit and len(out) >= flt.limit:
-            break
+    # Streamed: with a limit, reading stops at the limit-th match instead of fetching every match.
+    with conn.execution_options(yield_per=500).execute(stmt) as result:
+        for row in result.mappings():
+            event = _event(row)
+            if flt.prompt and flt.prompt not in event.detail.get("prompts_changed", []):
+                continue
+            out.append(event)
+            if flt.limit and len(out) >= flt.limit:
+                break
     return out
 
 
@@ -249,8 +255,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
 def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
     """Recompute the chain in id order, streaming rows, and name the first event that is wrong."""
     prev, count, bad = GENESIS, 0, None
-    result = conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id))
-    try:
+    with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
         for row in result.mappings():
             row = dict(row)
             if row["id"] != count + 1 or row["prev_hash"] != prev or chain_hash(prev, event_body(row)) != row["hash"]:
@@ -260,9 +265,7 @@ def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 
             if against and count == against.count and prev != against.head:
                 return _broken(count, prev, Problem(event=count, kind="truncated", message=(
                     f"event {count} no longer has the checkpointed hash {against.head[:12]}: "
-                    "the log was truncated and written again after the checkpoint")))
-    finally:
-        result.close()
+                    "the log was cut and written again (or re-hashed) after the checkpoint")))
     if bad is not None:
         return _broken(count, prev, _classify(conn, bad, expected=count + 1, prev=prev))
     if against and count < against.count:
