@@ -18,16 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHIM = """
-import sys
-sys.argv = ["registry"] + sys.argv[1:]
-try:
-    from cli.main import app
-    app()
-finally:
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
-    print("PEAK", status["VmHWM"].strip(), file=sys.stderr)
-"""
+from _startup import floor, run_cli
+
 PROMPTS = ["greeting", "refusal", "tools", "style"]
 
 
@@ -52,21 +44,11 @@ def timed(env: dict, *args: str, runs: int = 5) -> tuple[float, float, str]:
     best, peak, out = float("inf"), 0.0, ""
     for _ in range(runs):
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", SHIM, *args], env=env, capture_output=True, text=True)
+        done, hwm_kib = run_cli(env, *args, file="status", key="VmHWM", sep=":")
         best = min(best, time.perf_counter() - t0)
-        peak = max(peak, int(done.stderr.split("PEAK")[-1].split()[0]) / 1024)
+        peak = max(peak, hwm_kib / 1024)
         out = done.stdout
     return best, peak, out
-
-
-def floor(runs: int = 5) -> float:
-    """Best wall time of starting Python and importing the CLI and the library, doing nothing."""
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import cli.main, registry.api"], check=True)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

@@ -16,22 +16,11 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-SHIM = """
-import sys
-sys.argv = ["registry"] + sys.argv[1:]
-try:
-    from cli.main import app
-    app()
-finally:
-    io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-    print("RCHAR", io["rchar"], file=sys.stderr)
-"""
-
+from _startup import floor, run_cli
 
 def write_safetensors(path: Path, *, total: int, big_dtype: str, small: bytes) -> None:
     """A header, a small tensor with ``small`` bytes, then two big zero tensors filling ``total``."""
@@ -56,8 +45,9 @@ def manifest(folder: Path, version: str) -> None:
         f"model: big-bot\nversion: {version}\nweights: [weights]\nprompts: {{system: prompts/system}}\n")
 
 
-def registry(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SHIM, *args], env=env, capture_output=True, text=True, check=True)
+def registry(env: dict, *args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """Run ``registry ARGS``; also return how many bytes that process read (rchar)."""
+    return run_cli(env, *args, file="io", key="rchar", sep=": ")
 
 
 def in_process(home: Path) -> float:
@@ -70,16 +60,6 @@ def in_process(home: Path) -> float:
             t0 = time.perf_counter()
             reg.diff("v1.0", "v1.1")
             best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def floor(runs: int = 5) -> float:
-    """Best wall time of starting Python and importing the CLI and the library, doing nothing."""
-    best = float("inf")
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import cli.main, registry.api"], check=True)
-        best = min(best, time.perf_counter() - t0)
     return best
 
 
@@ -105,8 +85,8 @@ def main() -> None:
         runs = []
         for _ in range(5):
             t0 = time.perf_counter()
-            out = registry(env, "diff", "v1.0", "v1.1", "--json")
-            runs.append((time.perf_counter() - t0, int(out.stderr.split("RCHAR")[-1].split()[0])))
+            out, read = registry(env, "diff", "v1.0", "v1.1", "--json")
+            runs.append((time.perf_counter() - t0, read))
         diff = json.loads(out.stdout)
         tensors = diff["weights"][0]["tensors"]
         best = min(r[0] for r in runs)
