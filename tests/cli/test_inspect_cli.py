@@ -94,3 +94,15 @@ def test_secret_canary_appears_in_no_output(home, git_repo, monkeypatch):
 def test_every_new_command_has_an_example():
     for args in (["diff"], ["blame"], ["audit"], ["audit", "verify"], ["audit", "checkpoint"]):
         assert "Example:" in run(*args, "--help").stdout
+
+
+def test_show_log_and_blame_display_git_provenance(home, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", "-A")
+    helpers.git(git_repo, "commit", "-qm", "first", author="Grace Hopper <grace@example.org>")
+    commit = helpers.git(git_repo, "rev-parse", "HEAD")
+    run("push", str(md.root))
+    assert f"Git:    {commit} on main" in run("log").stdout
+    assert f"git     {commit} on main" in run("show", "v1.0").stdout
+    assert f"{commit[:8]} Grace Hopper <grace@example.org>" in run("blame", "system").stdout
+    assert json.loads(run("log", "--json").stdout)[0]["provenance"]["commit"] == commit
