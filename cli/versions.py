@@ -186,8 +186,13 @@ def show(
     if info.probes:
         out.print(f"probes  {', '.join(p.name for p in info.probes)}")
     if pv := info.provenance:
-        out.print(f"git     {pv.commit or '(no commit)'} on {pv.branch or '(detached)'}"
-                  + (" [yellow](dirty)[/]" if pv.dirty else "") + (f"  {pv.remote}" if pv.remote else ""))
+        out.print(f"git     {_git_line(pv)}")
+
+
+def _git_line(pv) -> str:
+    """Commit, branch, dirty flag and remote of a version pushed from a git work tree."""
+    return (f"{pv.commit or '(no commit)'} on {pv.branch or '(detached)'}"
+            + (" [yellow](dirty)[/]" if pv.dirty else "") + (f"  {pv.remote}" if pv.remote else ""))
 
 
 def _file_origin(info, name: str) -> str:
@@ -203,16 +208,18 @@ def log(
     limit: int = typer.Option(None, "--limit", help="At most N entries."),
     as_json: bool = JSON,
 ) -> None:
-    """The changelog: each version's message, who pushed it and when, newest first.
+    """The changelog: each version's message, who pushed it, when, and its git commit, newest first.
 
     Example:  registry log support-bot
     """
     with open_registry() as reg:
-        rows = reg.versions(model, limit=limit or None)
+        rows = reg.changelog(model, limit=limit or None)
     if as_json:
         return print_json(rows)
     out = console()
     for r in rows:
         out.print(f"[bold yellow]{r.model}@{r.version}[/]  {short(r.manifest_digest)}")
         out.print(f"Pushed: {when(r.created_at)} by {r.actor}")
+        if pv := r.provenance:
+            out.print(f"Git:    {_git_line(pv)}")
         out.print("\n".join(f"    {line}" for line in (r.message or "(no message)").splitlines()) + "\n")

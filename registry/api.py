@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
@@ -13,7 +15,7 @@ from sqlalchemy.engine import Connection
 from registry import actor as actor_mod
 from registry import audit, canonical, clock, home as home_mod, manifest as manifest_mod
 from registry.faults import crashpoint
-from registry.errors import CellarError, InvalidInput, NotFound, VersionConflict
+from registry.errors import CellarError, CorruptBlob, InvalidInput, NotFound, VersionConflict
 from registry.models import (
     ImageRef,
     InitResult,
@@ -31,9 +33,13 @@ from registry.models import (
 )
 from registry.safetensors_index import is_safetensors, read_index
 from registry.store import schema as t
-from registry.store.blobs import BlobStore, Ingested, hash_file
+from registry.store.blobs import BlobStore, Ingested, digest_of_bytes, hash_file
 from registry.store.sql import Store
 from registry.store.statcache import StatCache
+
+if TYPE_CHECKING:
+    from registry.blame import BlameLine, LogEntry
+    from registry.diffing import Diff
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
 
@@ -134,11 +140,8 @@ class Registry:
         m = resolved.manifest
         who = actor_mod.resolve(actor)
         existing = self._summary(m.model, m.version)
-        image, warnings = self._pin_image(m.image)
         # An existing version only needs digests to compare against: store nothing new.
-        stored = self._store_files(resolved, write=existing is None, progress=progress)
-        record = _canonical_manifest(resolved, stored, image)
-        digest = canonical.digest(record)
+        stored, record, digest, warnings = self._prepare(resolved, write=existing is None, progress=progress)
         if existing:
             return self._same_or_conflict(existing, digest, warnings)
         provenance = _provenance(resolved)
@@ -147,11 +150,13 @@ class Registry:
             raced = _find_version(conn, m.model, m.version)
             if raced:
                 return self._same_or_conflict(raced, digest, warnings)
+            prompts_changed = audit.prompts_changed(conn, model=m.model, prompts=record["prompts"])
             _insert_version(conn, resolved, stored, record, digest, who, provenance)
             audit.append(
                 conn, actor=who, action="push", object=f"{m.model}@{m.version}", model=m.model,
-                detail={"manifest_digest": digest, "image": image.model_dump(),
-                        "files": sorted(f"{k}:{n}" for k, n in stored), "message": m.message},
+                detail={"manifest_digest": digest, "image": record["image"],
+                        "files": sorted(f"{k}:{n}" for k, n in stored), "message": m.message,
+                        "prompts_changed": prompts_changed},
                 db_user=self.store.db_user(conn),
             )
             crashpoint("push:before-commit")
@@ -170,6 +175,13 @@ class Registry:
             )
         return PushResult(model=existing.model, version=existing.version, manifest_digest=digest,
                           created=False, warnings=warnings)
+
+    def _prepare(self, resolved: manifest_mod.Resolved, *, write: bool, progress: Progress | None = None):
+        """Hash (and, if ``write``, store) a manifest's files; return (stored, record, digest, warnings)."""
+        image, warnings = self._pin_image(resolved.manifest.image)
+        stored = self._store_files(resolved, write=write, progress=progress)
+        record = _canonical_manifest(resolved, stored, image)
+        return stored, record, canonical.digest(record), warnings
 
     def _store_files(
         self, resolved: manifest_mod.Resolved, *, write: bool, progress: Progress | None
@@ -293,19 +305,113 @@ class Registry:
             record = json.loads(row.manifest)
             digests = [w["digest"] for w in record["weights"]]
             tensors = _tensors_of(conn, digests)
-        return VersionInfo(
-            **_to_summary(row).model_dump(),
-            image=ImageRef(**record["image"]),
-            weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
-            prompts=[PromptFile(**p) for p in record["prompts"]],
-            runtime=Runtime.model_validate(record["runtime"]),
-            probes=[Probe.model_validate(p) for p in record["probes"]],
-            provenance=Provenance.model_validate_json(row.provenance) if row.provenance else None,
-        )
+        provenance = Provenance.model_validate_json(row.provenance) if row.provenance else None
+        return _version_info(_to_summary(row), record, tensors, provenance)
 
     def _summary(self, model: str, version: str) -> VersionSummary | None:
         with self.store.read() as conn:
             return _find_version(conn, model, version)
+
+    # --- diff, blame, audit --------------------------------------------------------------
+
+    def diff(self, a: str, b: str) -> Diff:
+        """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, or an
+        environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
+        from registry import diffing
+
+        (old, old_texts, warn_a), (new, new_texts, warn_b) = self._diff_side(a), self._diff_side(b)
+        local = {**old_texts, **new_texts}
+        # Only prompts that differ are read; equal digests need no text.
+        before, after = ({p.name: p.digest for p in v.prompts} for v in (old, new))
+        wanted = {d for n, d in before.items() if after.get(n) != d} | {d for n, d in after.items() if before.get(n) != d}
+        texts = {d: local[d] if d in local else self._prompt_text(d) for d in wanted}
+        result = diffing.diff(old, new, texts=texts, refs=(a, b))
+        result.warnings = warn_a + warn_b
+        return result
+
+    def _diff_side(self, ref: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
+        """A version, the texts of its unstored prompts (by digest), and warnings, for one side."""
+        if _is_manifest_path(ref):
+            return self._manifest_info(ref)
+        try:
+            info = self.show(ref)
+        except (NotFound, InvalidInput):
+            # Environments live on another module; resolve through it when it is there.
+            deployed = getattr(self, "_deployed_ref", None)
+            target = deployed(ref) if deployed else None
+            if not target:
+                raise
+            info = self.show(target)
+        return info, {}, []
+
+    def _manifest_info(self, path: str) -> tuple[VersionInfo, dict[str, str], list[str]]:
+        """A manifest not pushed yet, described as push would record it, without storing anything."""
+        resolved = manifest_mod.load(path)
+        m = resolved.manifest
+        stored, record, digest, warnings = self._prepare(resolved, write=False)
+        tensors = {stored[("weight", f.name)].digest: [
+            Tensor(name=tr.name, dtype=tr.dtype, shape=list(tr.shape),
+                   digest=stored[("weight", f.name)].tensor_digests[tr.name]) for tr in f.tensors]
+            for f in resolved.weights if f.tensors}
+        summary = VersionSummary(model=m.model, version=m.version, manifest_digest=digest,
+                                 created_at=clock.now(), actor=actor_mod.resolve(), message=m.message)
+        texts = {stored[("prompt", f.name)].digest: f.path.read_text(encoding="utf-8") for f in resolved.prompts}
+        return _version_info(summary, record, tensors, _provenance(resolved)), texts, warnings
+
+    def _prompt_text(self, digest: str) -> str:
+        """A stored prompt's text, checked against its digest (prompt blobs are small)."""
+        try:
+            data = self.blobs.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is missing from {self.blobs.root}; restore it from a backup") from None
+        if digest_of_bytes(data) != digest:
+            raise CorruptBlob(f"blob {digest} is corrupt (its bytes no longer match its digest); "
+                              "restore it from a backup")
+        return data.decode("utf-8")
+
+    def blame(self, prompt: str, *, at: str | None = None, model: str | None = None) -> list[BlameLine]:
+        """For each line of ``prompt`` at ``at`` (default: the model's newest version), the version
+        that introduced it, who pushed it, when, and the git commit and author where known."""
+        from registry import blame as blame_mod
+
+        if at:
+            model, version = self.resolve_ref(at if "@" in at or not model else f"{model}@{at}")
+        else:
+            model = model or self._default_model("VERSION")
+            version = self.versions(model, limit=1)[0].version
+        with self.store.read() as conn:
+            walk = blame_mod.steps(conn, model=model, prompt=prompt, upto=version)
+        texts = {d: self._prompt_text(d) for d in {s.digest for s in walk if s.digest}}
+        return blame_mod.attribute(walk, texts, prompt=prompt)
+
+    def changelog(self, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
+        """Versions newest first, each with its git provenance (what ``registry log`` shows)."""
+        from registry import blame as blame_mod
+        from registry.blame import LogEntry
+
+        rows = self.versions(model, limit=limit)
+        with self.store.read() as conn:
+            found = blame_mod.provenance_of(conn, [(r.model, r.version) for r in rows])
+        return [LogEntry(**r.model_dump(), provenance=found.get((r.model, r.version))) for r in rows]
+
+    def audit(self, *, since: str | datetime | None = None, **filters) -> list[audit.Event]:
+        """Audit events newest first, narrowed by ``AuditFilter`` fields (action, actor, env, model,
+        prompt, limit); ``since`` takes a datetime, an ISO date or an age like ``7d``."""
+        flt = audit.filter_of(since=since, **filters)
+        with self.store.read() as conn:
+            return audit.query(conn, flt)
+
+    def verify_audit(self, *, checkpoint: str | audit.Checkpoint | None = None) -> audit.Verification:
+        """Recompute the audit hash chain; ``checkpoint`` (HASH:COUNT) also catches a truncated tail."""
+        if isinstance(checkpoint, str):
+            checkpoint = audit.parse_checkpoint(checkpoint)
+        with self.store.read() as conn:
+            return audit.verify(conn, against=checkpoint)
+
+    def audit_checkpoint(self) -> audit.Checkpoint:
+        """The audit log's head hash and event count, to keep somewhere else."""
+        with self.store.read() as conn:
+            return audit.checkpoint(conn)
 
 
 # --- helpers: rows in, domain objects out -------------------------------------------------
@@ -331,6 +437,26 @@ def _canonical_manifest(resolved: manifest_mod.Resolved, stored: dict, image: Im
         "runtime": m.runtime.model_dump(mode="json", by_alias=True),
         "probes": [p.model_dump(mode="json", by_alias=True) for p in m.probes],
     }
+
+
+def _version_info(summary: VersionSummary, record: dict, tensors: dict[str, list[Tensor]],
+                  provenance: Provenance | None) -> VersionInfo:
+    """A version's full description from its canonical record (stored, or built from a manifest)."""
+    return VersionInfo(
+        **summary.model_dump(),
+        image=ImageRef(**record["image"]),
+        weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
+        prompts=[PromptFile(**p) for p in record["prompts"]],
+        runtime=Runtime.model_validate(record["runtime"]),
+        probes=[Probe.model_validate(p) for p in record["probes"]],
+        provenance=provenance,
+    )
+
+
+def _is_manifest_path(ref: str) -> bool:
+    """A manifest file, or a folder holding one (a folder named like a version without one is not)."""
+    path = Path(ref)
+    return path.is_file() or (path / manifest_mod.DEFAULT_NAME).is_file()
 
 
 def _provenance(resolved: manifest_mod.Resolved) -> Provenance | None:

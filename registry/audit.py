@@ -2,19 +2,29 @@
 
 Events are hash-chained: ``hash = sha256(prev_hash + canonical(event))``, the event's id
 included, so an altered, inserted, deleted or reordered row breaks the chain from there on.
+``verify`` recomputes the chain in id order (streaming, so memory stays flat) and names the
+first bad event; a chain cannot see its own tail cut off, so ``checkpoint`` gives the head hash
+and count to keep elsewhere, and ``verify(against=...)`` checks the log still reaches it.
+``query`` answers "who changed the system prompt?": push events record ``prompts_changed``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import json
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
-from registry.store.schema import events
+from registry.errors import InvalidInput
+from registry.models import check_name
+from registry.store.schema import events, models, version_files, versions
 
 GENESIS = "0" * 64
 
@@ -73,3 +83,225 @@ def append(
     row["hash"] = chain_hash(prev, event_body(row))
     conn.execute(insert(events).values(**row, prev_hash=prev))
     return row["hash"]
+
+
+def prompts_changed(conn: Connection, *, model: str, prompts: list[dict[str, Any]]) -> list[str]:
+    """Names of prompts whose digest differs from the model's newest version (added and removed too).
+
+    Recorded in the push event so ``registry audit --prompt NAME`` need not read versions.
+    """
+    newest = (select(versions.c.id).join(models).where(models.c.name == model)
+              .order_by(versions.c.created_at.desc(), versions.c.id.desc()).limit(1)).scalar_subquery()
+    before = dict(conn.execute(select(version_files.c.name, version_files.c.digest).where(
+        version_files.c.version_id == newest, version_files.c.kind == "prompt")).all())
+    after = {p["name"]: p["digest"] for p in prompts}
+    return sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+
+
+# --- reading the log ---------------------------------------------------------------------
+
+
+class Event(BaseModel):
+    """One audit event, as ``registry audit --json`` prints it."""
+
+    id: int
+    at: datetime
+    actor: str
+    db_user: str | None = None
+    action: str
+    object: str
+    model: str | None = None
+    env: str | None = None
+    detail: dict[str, Any]
+    reason: str | None = None
+    hash: str
+
+
+class AuditFilter(BaseModel):
+    """Which events ``query`` returns; every field narrows the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str | None = None
+    actor: str | None = None  # a case-insensitive substring of the actor
+    env: str | None = None
+    model: str | None = None
+    prompt: str | None = None  # events that changed this prompt (detail.prompts_changed)
+    since: datetime | None = None  # also an ISO date or an age like 7d, 12h
+    limit: int | None = None
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, value: Any) -> Any:
+        return parse_since(value) if isinstance(value, str) else value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        return check_name(value, "prompt name") if value is not None else None
+
+
+def filter_of(**fields: Any) -> AuditFilter:
+    """An ``AuditFilter``, or InvalidInput naming the field that is wrong."""
+    try:
+        return AuditFilter(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"audit filter {first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """``7d``, ``12h``, ``30m``, ``2w`` before now, or an ISO date/time (UTC when no zone is given)."""
+    text = text.strip()
+    if m := _RELATIVE.fullmatch(text):
+        return clock.utc(now or clock.now()) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+    try:
+        return clock.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise InvalidInput(f"--since {text!r}: write an ISO date (2026-11-01, 2026-11-01T12:00) "
+                           "or an age like 7d, 12h, 30m") from None
+
+
+def query(conn: Connection, flt: AuditFilter) -> list[Event]:
+    """Events matching ``flt``, newest first."""
+    stmt = select(events).order_by(events.c.id.desc())
+    for column, value in ((events.c.action, flt.action), (events.c.env, flt.env), (events.c.model, flt.model)):
+        if value:
+            stmt = stmt.where(column == value)
+    if flt.actor:
+        stmt = stmt.where(events.c.actor.ilike(f"%{_escape_like(flt.actor)}%", escape="\\"))
+    if flt.since:
+        stmt = stmt.where(events.c.at >= flt.since)
+    if flt.prompt:
+        # Narrow in SQL on the canonical JSON text, then check the parsed detail exactly.
+        stmt = stmt.where(events.c.detail.like(
+            f'%"prompts_changed":[%"{_escape_like(flt.prompt)}"%', escape="\\"))
+    elif flt.limit:
+        stmt = stmt.limit(flt.limit)
+    out = []
+    # Streamed: with a limit, reading stops at the limit-th match instead of fetching every match.
+    with conn.execution_options(yield_per=500).execute(stmt) as result:
+        for row in result.mappings():
+            event = _event(row)
+            if flt.prompt and flt.prompt not in event.detail.get("prompts_changed", []):
+                continue
+            out.append(event)
+            if flt.limit and len(out) >= flt.limit:
+                break
+    return out
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _event(row) -> Event:
+    return Event(**{**row, "at": clock.utc(row["at"]), "detail": json.loads(row["detail"])})
+
+
+# --- verifying the chain -----------------------------------------------------------------
+
+
+class Checkpoint(BaseModel):
+    """The head of the log at some moment: keep it elsewhere to detect a truncated tail later."""
+
+    head: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.head}:{self.count}"
+
+
+class Problem(BaseModel):
+    event: int  # the first event that is wrong (or missing)
+    kind: str  # altered, inserted, deleted, reordered, truncated
+    message: str
+
+
+class Verification(BaseModel):
+    ok: bool
+    checked: int  # events whose hash was recomputed before the first problem (all when ok)
+    head: str | None = None
+    problem: Problem | None = None
+
+
+def checkpoint(conn: Connection) -> Checkpoint:
+    last = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+    count = conn.execute(select(func.count()).select_from(events)).scalar_one()
+    return Checkpoint(head=last or GENESIS, count=count)
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    """``HASH:COUNT``, or a file holding that (or the JSON of ``registry audit checkpoint --json``)."""
+    path = Path(text)
+    if len(text) < 200 and path.is_file():
+        text = path.read_text().strip()
+    try:
+        if text.startswith("{"):
+            return Checkpoint.model_validate_json(text)
+        head, _, count = text.strip().rpartition(":")
+        if len(head) != 64 or not count.isdigit():
+            raise ValueError
+        return Checkpoint(head=head, count=int(count))
+    except ValueError:
+        raise InvalidInput(f"--checkpoint {text[:80]!r}: give HASH:COUNT as printed by "
+                           "`registry audit checkpoint`, or a file holding it") from None
+
+
+def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
+    """Recompute the chain in id order, streaming rows, and name the first event that is wrong."""
+    prev, count, bad = GENESIS, 0, None
+    with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
+        for row in result.mappings():
+            row = dict(row)
+            if row["id"] != count + 1 or row["prev_hash"] != prev or chain_hash(prev, event_body(row)) != row["hash"]:
+                bad = row
+                break
+            prev, count = row["hash"], count + 1
+            if against and count == against.count and prev != against.head:
+                return _broken(count, prev, Problem(event=count, kind="truncated", message=(
+                    f"event {count} no longer has the checkpointed hash {against.head[:12]}: "
+                    "the log was cut and written again (or re-hashed) after the checkpoint")))
+    if bad is not None:
+        return _broken(count, prev, _classify(conn, bad, expected=count + 1, prev=prev))
+    if against and count < against.count:
+        return _broken(count, prev, Problem(event=count + 1, kind="truncated", message=(
+            f"the log ends at event {count} but the checkpoint recorded {against.count}: "
+            f"events {count + 1}..{against.count} were deleted")))
+    return Verification(ok=True, checked=count, head=prev if count else None)
+
+
+def _broken(count: int, prev: str, problem: Problem) -> Verification:
+    return Verification(ok=False, checked=count, head=prev if count else None, problem=problem)
+
+
+def _classify(conn: Connection, row: dict[str, Any], *, expected: int, prev: str) -> Problem:
+    """Say what most likely happened at the first row that does not chain."""
+    rid, linked = row["id"], row["prev_hash"] == prev
+    if rid != expected:
+        if linked:
+            return Problem(event=rid, kind="inserted",
+                           message=f"event {rid} was inserted: it follows event {expected - 1} but skips id {expected}")
+        return Problem(event=expected, kind="deleted", message=(
+            f"event {expected} was deleted" if rid == expected + 1
+            else f"events {expected}..{rid - 1} were deleted"))
+    if linked:
+        return Problem(event=rid, kind="altered", message=f"event {rid} was altered: its content no longer matches its hash")
+    origin = conn.execute(select(events.c.id).where(events.c.hash == row["prev_hash"])).scalar()
+    if origin is None:
+        if chain_hash(row["prev_hash"], event_body(row)) == row["hash"]:
+            return Problem(event=rid - 1, kind="altered", message=(
+                f"event {rid - 1} was altered and re-hashed: event {rid} was chained to other content"))
+        return Problem(event=rid, kind="deleted", message=(
+            f"an event before event {rid} was deleted and the ids after it renumbered"))
+    if origin > rid:
+        return Problem(event=rid, kind="reordered", message=(
+            f"event {rid} is out of order: it was written after event {origin}"))
+    return Problem(event=origin + 1, kind="inserted", message=(
+        f"event {origin + 1} was inserted: event {rid} was chained directly after event {origin}"
+        if origin + 1 == rid - 1 else
+        f"events {origin + 1}..{rid - 1} were inserted: event {rid} was chained directly after event {origin}"))

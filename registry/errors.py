@@ -11,6 +11,7 @@
     │   ├── NoSpace             the disk filled up; nothing was recorded
     │   └── CorruptBlob         a blob's bytes no longer match its digest
     ├── EngineError             the Docker engine is unreachable or refused a call
+    ├── AuditBroken             the audit log's hash chain is broken (names the first bad event)
     ├── OperationInProgress     exit 3: another operation holds the environment
     └── HealthGateFailed        exit 4: the new release failed and was rolled back
 
@@ -63,6 +64,10 @@ class CorruptBlob(StorageError):
 
 
 class EngineError(CellarError):
+    pass
+
+
+class AuditBroken(CellarError):
     pass
 
 

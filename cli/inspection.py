@@ -1,0 +1,166 @@
+"""Commands that look back: diff, blame, audit (with audit verify and audit checkpoint)."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.app import JSON, app
+from cli.output import console, print_json, short, when
+from cli.versions import open_registry
+
+audit_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
+app.add_typer(audit_app, name="audit")
+
+
+@app.command()
+def diff(
+    a: str = typer.Argument(..., help="Old side: v1.2, model@v1.2, an environment, or a manifest path not pushed yet."),
+    b: str = typer.Argument(..., help="New side, same forms as A."),
+    as_json: bool = JSON,
+    stat: bool = typer.Option(False, "--stat", help="Only a summary: what changed, not how."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the contents differ, 0 when equal (like git diff)."),
+) -> None:
+    """What changed between two versions: image, runtime, prompts, weights tensor by tensor, probes.
+
+    Also the changelog message and git provenance. Weight bytes are never read: tensors are
+    compared by their recorded digests. Secret values are never shown.
+
+    With --exit-code the exit status is 1 when the contents (the manifest digests) differ; a
+    different changelog message or git commit alone does not count.
+
+    Example:  registry diff support-bot@v1.2 v1.3 --stat
+    """
+    with open_registry() as reg:
+        result = reg.diff(a, b)
+    for warning in result.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    if as_json:
+        print_json(result)
+    else:
+        from cli import diff_render
+
+        diff_render.render(console(), result, stat=stat)
+    if exit_code and result.differs:
+        raise typer.Exit(1)
+
+
+@app.command()
+def blame(
+    prompt: str = typer.Argument(..., help="The prompt template's name, e.g. system."),
+    at: str = typer.Option(None, "--at", help="The version to blame (default: the newest)."),
+    model: str = typer.Option(None, "--model", help="The model (default: the only one, or the one in ./cellar.yaml)."),
+    as_json: bool = JSON,
+) -> None:
+    """For each line of a prompt template: the version, actor, time and git commit that introduced it.
+
+    The git commit and author are shown when the version was pushed from a git work tree.
+
+    Example:  registry blame system --at support-bot@v1.3
+    """
+    with open_registry() as reg:
+        lines = reg.blame(prompt, at=at, model=model)
+    if as_json:
+        return print_json(lines)
+    from rich.markup import escape
+
+    out = console()
+    width = max(len(x.version) for x in lines) if lines else 0
+    for x in lines:
+        git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
+        out.print(f"[yellow]{x.version:<{width}}[/] {escape(x.actor)}  {when(x.time)}  "
+                  f"[dim]{escape(git)}[/]  {x.line:>3}| {escape(x.text)}")
+
+
+@audit_app.callback()
+def audit(
+    ctx: typer.Context,
+    action: str = typer.Option(None, "--action", help="Only this action (push, promote, rollback, ...)."),
+    actor: str = typer.Option(None, "--actor", help="Only actors containing this text (case-insensitive)."),
+    env: str = typer.Option(None, "--env", help="Only events about this environment."),
+    model: str = typer.Option(None, "--model", help="Only events about this model."),
+    prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
+    since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 7d, 12h, 30m."),
+    limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
+    as_json: bool = JSON,
+) -> None:
+    """The tamper-evident audit log: who did what, when and why, newest first.
+
+    `registry audit verify` checks the hash chain; `registry audit checkpoint` prints its head.
+
+    Example:  registry audit --prompt system --since 30d
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    shown = (None if as_json else 100) if limit is None else (limit or None)
+    with open_registry() as reg:
+        events = reg.audit(action=action, actor=actor, env=env, model=model, prompt=prompt,
+                           since=since, limit=shown)
+    if as_json:
+        return print_json(events)
+    if not events:
+        return console().print("No matching events.")
+    _event_table(events)
+
+
+def _event_table(events) -> None:
+    """Plain aligned columns: rich's Table costs more than the query on a 100k-event log."""
+    import sys
+
+    head = ("ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL")
+    rows = [(str(e.id), when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action,
+             e.object, _summary(e)) for e in events]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    for r in [head, *rows]:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n")
+
+
+def _summary(event) -> str:
+    d = event.detail
+    parts = []
+    if d.get("prompts_changed"):
+        parts.append("prompts " + ", ".join(d["prompts_changed"]))
+    if d.get("message"):
+        parts.append(repr(d["message"].splitlines()[0]))
+    if event.reason:
+        parts.append(f"reason: {event.reason}")
+    return "; ".join(parts)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoint: str = typer.Option(None, "--checkpoint", help="HASH:COUNT from `registry audit checkpoint`, or a file holding it."),
+    as_json: bool = JSON,
+) -> None:
+    """Recompute the hash chain; name the first event altered, inserted, deleted or reordered.
+
+    Exits 1 when the chain is broken. With --checkpoint, a truncated tail is caught too.
+
+    Example:  registry audit verify --checkpoint audit-2026-11.txt
+    """
+    from registry.errors import AuditBroken
+
+    with open_registry() as reg:
+        result = reg.verify_audit(checkpoint=checkpoint)
+    if as_json:
+        print_json(result)
+    elif result.ok:
+        console().print(f"audit log intact: {result.checked} events, head {short(result.head)}")
+    if not result.ok:
+        raise AuditBroken(f"audit log broken at event {result.problem.event}: {result.problem.message}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(as_json: bool = JSON) -> None:
+    """Print the audit log's head hash and event count as HASH:COUNT.
+
+    Keep it elsewhere (a ticket, a git repo) and pass it to `registry audit verify --checkpoint`
+    later to catch a truncated tail.
+
+    Example:  registry audit checkpoint >> ~/cellar-checkpoints.txt
+    """
+    with open_registry() as reg:
+        cp = reg.audit_checkpoint()
+    if as_json:
+        return print_json(cp)
+    print(cp)
+

@@ -1,0 +1,108 @@
+"""The diff, blame and audit commands through typer's CliRunner, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests import helpers
+
+CANARY = "canary-7f3a91"
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    return result
+
+
+@pytest.fixture
+def two_versions(home, model_dir):
+    run("push", str(model_dir.root))
+    helpers.write_safetensors(model_dir.root / "weights/model.safetensors",
+                              helpers.tensors(layer0__bias=np.zeros(8, dtype=np.float32)))
+    model_dir.set_prompt("You are a helpful support assistant.\nBe brief.\n")
+    run("push", str(model_dir.root), "--version", "v1.1", "--actor", "bob")
+    return model_dir
+
+
+def test_diff_text_json_stat_and_exit_code(two_versions):
+    out = run("diff", "v1.0", "v1.1").stdout
+    assert "~ layer0.bias (bytes)" in out and "+Be brief." in out
+    stat = run("diff", "v1.0", "v1.1", "--stat").stdout
+    assert "tensors: 0 added, 0 removed, 1 changed, 3 unchanged" in stat and "+Be brief." not in stat
+    data = json.loads(run("diff", "v1.0", "v1.1", "--json").stdout)
+    assert data["weights"][0]["tensors"]["changed"] == ["layer0.bias"]
+    assert data["prompts"][0]["changed"] is True and "+Be brief." in data["prompts"][0]["unified"]
+    run("diff", "v1.0", "v1.1", "--exit-code", code=1)
+    run("diff", "v1.1", str(two_versions.root), "--exit-code", code=0)
+    assert "no version" in run("diff", "v1.0", "v7", code=1).stderr
+
+
+def test_blame_text_and_json(two_versions):
+    lines = json.loads(run("blame", "system", "--json").stdout)
+    assert [(x["line"], x["version"], x["actor"]) for x in lines] == [(1, "v1.0", "tester"), (2, "v1.1", "bob")]
+    assert set(lines[0]) >= {"line", "text", "version", "actor", "time", "commit", "author"}
+    out = run("blame", "system", "--at", "support-bot@v1.1").stdout
+    assert "v1.1 bob" in out and "Be brief." in out
+
+
+def test_audit_query_verify_and_checkpoint(two_versions, tmp_path):
+    events = json.loads(run("audit", "--prompt", "system", "--json").stdout)
+    assert [e["object"] for e in events] == ["support-bot@v1.1", "support-bot@v1.0"]
+    assert "support-bot@v1.1" in run("audit", "--actor", "bob").stdout
+    assert "7d" in run("audit", "--since", "someday", code=1).stderr
+    checkpoint = run("audit", "checkpoint").stdout.strip()
+    assert checkpoint.endswith(":3") and json.loads(run("audit", "checkpoint", "--json").stdout)["count"] == 3
+    (tmp_path / "cp.txt").write_text(checkpoint)
+    assert "intact: 3 events" in run("audit", "verify", "--checkpoint", str(tmp_path / "cp.txt")).stdout
+
+
+def test_audit_verify_exits_1_and_names_the_event(two_versions):
+    from registry.api import Registry
+
+    with Registry.open() as reg, reg.store.engine.begin() as conn:
+        conn.execute(text("UPDATE events SET reason = 'edited' WHERE id = 2"))
+    result = run("audit", "verify", "--json", code=1)
+    assert json.loads(result.stdout)["problem"]["event"] == 2
+    assert "audit log broken at event 2" in result.stderr
+
+
+def test_secret_canary_appears_in_no_output(home, git_repo, monkeypatch):
+    monkeypatch.setenv("SUPPORT_API_TOKEN", CANARY)
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "remote", "add", "origin", f"https://deploy:{CANARY}@git.example.org/bot.git")
+    helpers.git(git_repo, "add", "-A")
+    helpers.git(git_repo, "commit", "-qm", "first")
+    run("push", str(md.root))
+    md.set_prompt("Changed.\n")
+    md.write_manifest(runtime={"env": {"MAX_TOKENS": "1"}, "secrets": ["SUPPORT_API_TOKEN", "OTHER_KEY"]})
+    run("push", str(md.root), "--version", "v1.1")
+    outputs = []
+    for args in (["diff", "v1.0", "v1.1"], ["diff", "v1.0", str(md.root)], ["blame", "system"],
+                 ["audit"], ["log"], ["show", "v1.1"]):
+        outputs += [run(*args).stdout, run(*args, "--json").stdout]
+    assert all(CANARY not in out for out in outputs)
+    assert "OTHER_KEY" in outputs[0]
+
+
+def test_every_new_command_has_an_example():
+    for args in (["diff"], ["blame"], ["audit"], ["audit", "verify"], ["audit", "checkpoint"]):
+        assert "Example:" in run(*args, "--help").stdout
+
+
+def test_show_log_and_blame_display_git_provenance(home, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", "-A")
+    helpers.git(git_repo, "commit", "-qm", "first", author="Grace Hopper <grace@example.org>")
+    commit = helpers.git(git_repo, "rev-parse", "HEAD")
+    run("push", str(md.root))
+    assert f"Git:    {commit} on main" in run("log").stdout
+    assert f"git     {commit} on main" in run("show", "v1.0").stdout
+    assert f"{commit[:8]} Grace Hopper <grace@example.org>" in run("blame", "system").stdout
+    assert json.loads(run("log", "--json").stdout)[0]["provenance"]["commit"] == commit
