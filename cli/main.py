@@ -1,6 +1,7 @@
 """Entry point of the ``registry`` console script."""
 
 from cli import versions as _versions  # noqa: F401  (registers its commands)
+from cli import deploy as _deploy  # noqa: F401  (registers its commands)
 from cli.app import app
 
 

@@ -58,7 +58,7 @@ class DockerEngine:
         try:
             created = self.api.create_container(
                 spec.image, command=spec.command, name=spec.name, labels=spec.labels,
-                environment=spec.env, ports=[port], host_config=host_config, detach=True)
+                environment=spec.env, ports=[spec.container_port], host_config=host_config, detach=True)
         except ImageNotFound:
             raise StepFailed(f"image {spec.image} is missing from the Docker engine at {self.base_url}") from None
         except DockerException as exc:
