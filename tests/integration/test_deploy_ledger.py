@@ -206,3 +206,22 @@ def test_env_add_list_remove(reg, fake):
     with reg.store.read() as conn:
         actions = [r.action for r in conn.execute(select(t.events))]
     assert actions.count("env-add") == 2 and actions.count("env-remove") == 1
+
+
+def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, reg):
+    reg.promote("v1.0")
+    with pytest.raises(InvalidInput, match="--force"):
+        reg.remove_env("staging")
+    reg.remove_env("staging", force=True)
+    assert fake.containers == {} and reg.environments() == []
+    with reg.store.read() as conn:  # the ledger outlives the environment; nothing stays deployed
+        assert [r.status for r in records.ledger(conn, "staging")] == ["superseded"]
+
+
+def test_status_shows_deployed_container_health_and_pending_work(versions, fake, reg):
+    reg.promote("v1.0")
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
+    (state,) = reg.status()
+    assert state.deployed.version == "v1.0" and state.container_state == "running" and state.healthy
+    assert state.pending.actor == "eve" and state.pending.operation == "rollback"
