@@ -212,6 +212,7 @@ def status(as_json: bool = JSON) -> None:
 @app.command()
 def recover(
     env: str = typer.Option(None, "--env", help="Only this environment."),
+    force: bool = typer.Option(False, "--force", help="Also take over a lock whose owner cannot be proven gone (e.g. held from another host)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -220,7 +221,7 @@ def recover(
     Example:  registry recover --env production
     """
     with open_registry() as reg:
-        result = reg.recover(env=env, actor=actor)
+        result = reg.recover(env=env, actor=actor, force=force)
     if as_json:
         return print_json(result)
     out = console()

@@ -405,11 +405,12 @@ class Registry:
 
         return environments.status(self._deploy_ctx())
 
-    def recover(self, *, env: str | None = None, actor: str | None = None):
-        """Reconcile ledgers with the containers found by label; complete or revert pending work."""
+    def recover(self, *, env: str | None = None, actor: str | None = None, force: bool = False):
+        """Reconcile ledgers with the containers found by label; complete or revert pending work
+        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
         from registry.deploy import recover
 
-        return recover.recover(self._deploy_ctx(), env_name=env, actor=actor_mod.resolve(actor))
+        return recover.recover(self._deploy_ctx(), env_name=env, actor=actor_mod.resolve(actor), force=force)
 
 
 # --- helpers: rows in, domain objects out -------------------------------------------------

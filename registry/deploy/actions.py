@@ -170,8 +170,8 @@ def begin(ctx: Context, engine: Engine, env: Environment, *, operation: str, tar
 def busy_message(lock: Lock) -> str:
     ago = max(0, int((clock.now() - lock.started_at).total_seconds()))
     return (f"another operation ({lock.operation} {lock.target} by {lock.actor}, {ago} s ago) is in progress "
-            f"on {lock.env} (pid {lock.pid} on {lock.host}); wait for it, or run `registry recover` "
-            "if that process is gone")
+            f"on {lock.env} (pid {lock.pid} on {lock.host}); wait for it, or if that process is gone "
+            "run `registry recover --force`")
 
 
 def switch(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, runtime: Runtime,

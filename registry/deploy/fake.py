@@ -8,6 +8,7 @@ labels. Tests make versions fail with ``unhealthy`` (version -> reason) and ``im
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 
 from registry.deploy.engine import ContainerInfo, ContainerSpec, StepFailed
@@ -26,6 +27,7 @@ class FakeEngine:
     base_url: str = "fake://"
     images: dict[str, str] = field(default_factory=dict)
     unhealthy: dict[str, str] = field(default_factory=dict)
+    slow: dict[str, float] = field(default_factory=dict)  # version -> seconds to come up
     containers: dict[str, _Container] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -79,7 +81,9 @@ class FakeEngine:
 
     def wait_healthy(self, container_id: str, *, url: str, timeout: float) -> None:
         c = self._get(container_id)
-        reason = self.unhealthy.get(c.info.labels.get("cellar.version", ""))
+        version = c.info.labels.get("cellar.version", "")
+        time.sleep(self.slow.get(version, 0))
+        reason = self.unhealthy.get(version)
         if reason or not c.info.running:
             raise StepFailed(reason or "container exited with code 1")
 

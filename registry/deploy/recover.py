@@ -20,21 +20,26 @@ from registry.ledger import Plan, Release, Settlement, Target
 INTERRUPTED = "interrupted: the process running it died; reverted by `registry recover`"
 
 
-def recover(ctx: Context, *, env_name: str | None, actor: str) -> RecoverResult:
-    """Reconcile one environment (or all) with Docker; complete or revert pending operations."""
+def recover(ctx: Context, *, env_name: str | None, actor: str, force: bool = False) -> RecoverResult:
+    """Reconcile one environment (or all) with Docker; complete or revert pending operations.
+
+    A lock held by a process that may still run (alive here, or on another host) is left
+    alone unless ``force``: only the caller can know that the other host's process is gone.
+    """
     with ctx.store.read() as conn:
         envs = [records.find_env(conn, env_name)] if env_name else records.environments(conn)
     out = RecoverResult()
     for env in envs:
-        out.actions += recover_env(ctx, ctx.engine_for(env), env, actor=actor)
+        out.actions += recover_env(ctx, ctx.engine_for(env), env, actor=actor, force=force)
     return out
 
 
-def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str) -> list[RecoverAction]:
+def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str,
+                force: bool = False) -> list[RecoverAction]:
     with ctx.store.read() as conn:
         held = records.get_lock(conn, env.name)
         rows = records.ledger(conn, env.name)
-    if held and not records.holder_gone(held):
+    if held and not force and not records.holder_gone(held):
         return [RecoverAction(env=env.name, action="skipped", detail=busy_message(held))]
     stuck = ledger.pending(rows)
     if stuck is None:

@@ -4,14 +4,17 @@ with the in-library fake engine standing in for Docker (the real engine: test_de
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from registry.api import Registry
 from registry.deploy import records
 from registry.deploy.fake import FakeEngine
-from registry.errors import HealthGateFailed, InvalidInput, NotFound, OperationInProgress
+from registry.errors import (CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
+                             VersionConflict)
 from registry.store import schema as t
 
 IMAGE = "example:latest"
@@ -225,3 +228,54 @@ def test_status_shows_deployed_container_health_and_pending_work(versions, fake,
     (state,) = reg.status()
     assert state.deployed.version == "v1.0" and state.container_state == "running" and state.healthy
     assert state.pending.actor == "eve" and state.pending.operation == "rollback"
+
+
+def test_image_tag_that_moved_is_refused_unless_allowed(versions, fake, reg):
+    fake.images[IMAGE] = "sha256:" + "cd" * 32  # rebuilt under the same tag since the push
+    with pytest.raises(VersionConflict, match="--allow-retag"):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+    result = reg.promote("v1.0", allow_retag=True)
+    assert result.release.image_digest == "sha256:" + "cd" * 32
+
+
+def test_corrupt_blob_refuses_the_version(versions, reg):
+    info = reg.show("v1.0")
+    blob = reg.blobs.path(info.prompts[0].digest)
+    blob.chmod(0o644)
+    blob.write_text("tampered")
+    with pytest.raises(CorruptBlob):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+
+
+def test_concurrent_promotes_exactly_one_wins(versions, fake, home):
+    fake.slow.update({"v1.0": 0.5, "v1.1": 0.5})
+    outcomes: list[object] = []
+
+    def attempt(version: str) -> None:
+        with Registry.open(home) as mine:
+            mine.engine_factory = lambda env: fake
+            try:
+                outcomes.append(mine.promote(version).release.version)
+            except OperationInProgress as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in ("v1.0", "v1.1")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(type(o).__name__ for o in outcomes) == ["OperationInProgress", "str"]
+    (deployed,) = [r for r in versions.history("staging") if str(r.status) == "deployed"]
+    (running,) = fake.running()
+    assert running.labels["cellar.version"] == deployed.version
+
+
+def test_recover_leaves_a_live_holder_alone_unless_forced(versions, reg):
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+                          .model_copy(update={"host": "another-host"}))
+    assert [a.action for a in reg.recover().actions] == ["skipped"]
+    assert [a.action for a in reg.recover(force=True).actions] == ["unlocked"]
+    assert reg.promote("v1.0").release.revision == 1
