@@ -178,3 +178,29 @@ def test_secret_canary_never_leaks(docker_env, sqlite_home):
         assert canary.encode() not in path.read_bytes()
     for c in running(env):
         assert canary.encode() not in c.logs()
+
+
+@pytest.mark.parametrize("point", ["old-stopped", "started"])
+def test_kill_during_rollback_then_recover(docker_env, point):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    killed = cli("rollback", env={"CELLAR_CRASH_AT": f"rollback:{point}"})
+    assert killed.returncode == -9
+    cli("recover", check=True)
+    (deployed,) = [r for r in reg.history(env) if str(r.status) == "deployed"]
+    (c,) = running(env)
+    assert c.id == deployed.container_id
+    assert deployed.version == ("v1.0" if point == "started" else "v1.1")
+    assert answer(reg, env).startswith(f"prompt=prompt-{deployed.version}")
+    assert len(docker.from_env().containers.list(all=True, filters={"label": f"cellar.env={env}"})) == 2
+
+
+def test_next_promote_recovers_after_a_dead_owner_by_itself(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    assert cli("promote", "v1.1", env={"CELLAR_CRASH_AT": "promote:old-stopped"}).returncode == -9
+    cli("promote", "v1.1", check=True)
+    assert [(r.version, str(r.status)) for r in reg.history(env)] == [
+        ("v1.0", "superseded"), ("v1.1", "failed"), ("v1.0", "superseded"), ("v1.1", "deployed")]
+    assert answer(reg, env).startswith("prompt=prompt-v1.1")
