@@ -144,8 +144,9 @@ def rollback(
                     f"copy of revision {r.rollback_of})" + _removed(result))
 
 
-def _show_step(name: str, seconds: float) -> None:
-    console(stderr=True).print(f"  [green]✓[/] {name:<18} {seconds * 1000:7.0f} ms")
+def _show_step(name: str, seconds: float, ok: bool) -> None:
+    mark = "[green]✓[/]" if ok else "[red]✗[/]"
+    console(stderr=True).print(f"  {mark} {name:<23} {seconds * 1000:7.0f} ms")
 
 
 def _removed(result) -> str:

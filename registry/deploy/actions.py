@@ -22,11 +22,11 @@ from registry.deploy.models import DeployResult, Environment, Lock, Step
 from registry.errors import CellarError, HealthGateFailed, InvalidInput, NotFound, OperationInProgress, VersionConflict
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release, Target
-from registry.models import Runtime
+from registry.models import Runtime, is_secret_key
 from registry.store.blobs import BlobStore
 from registry.store.sql import Store
 
-OnStep = Callable[[str, float], None]
+OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
 
 
 @dataclass
@@ -46,10 +46,15 @@ class Context:
     @contextmanager
     def step(self, name: str):
         started = time.perf_counter()
-        yield
+        try:
+            yield
+        except BaseException:
+            if self.on_step:
+                self.on_step(name, time.perf_counter() - started, False)
+            raise
         self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4)))
         if self.on_step:
-            self.on_step(name, time.perf_counter() - started)
+            self.on_step(name, time.perf_counter() - started, True)
 
 
 @dataclass
@@ -175,13 +180,13 @@ def busy_message(lock: Lock) -> str:
 
 
 def switch(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, runtime: Runtime,
-           make_container: Callable[[], tuple[str, bool]]) -> DeployResult:
+           make_container: Callable[[], tuple[str, bool]], container_step: str = "create container") -> DeployResult:
     """Stop the current container, start the new one, gate on health; roll back on failure."""
     url = base_url(env) + runtime.health.path
     timeout = env.health_timeout_s or runtime.health.timeout_s
     new_id, created, old_stopped = None, False, False
     try:
-        with ctx.step("create container"):
+        with ctx.step(container_step):
             new_id, created = make_container()
         _note_container(ctx, plan, new_id)
         crashpoint(f"{plan.pending.operation}:created")
@@ -201,8 +206,7 @@ def switch(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, runtim
                 engine.warm_up(base_url=base_url(env), requests=runtime.warmup)
         crashpoint(f"{plan.pending.operation}:healthy")
     except Exception as exc:
-        _fail(ctx, engine, env, plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped,
-              url=url, timeout=timeout)
+        _fail(ctx, engine, env, plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)
         raise
     return _succeed(ctx, engine, env, plan, new_id)
 
@@ -227,14 +231,15 @@ def _succeed(ctx: Context, engine: Engine, env: Environment, plan: Plan, new_id:
 
 
 def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: Exception, *, new_id: str | None,
-          remove: bool, old_stopped: bool, url: str, timeout: float) -> None:
+          remove: bool, old_stopped: bool) -> None:
     """Stop (and remove) the new container, restart the old one, record both; raise exit 4."""
-    error = redact(str(exc) or type(exc).__name__, ctx.secret_values)
+    error = redact(str(exc) or type(exc).__name__, ctx.secret_values | _secret_like(ctx.environ))
     try:
         if new_id and new_id != (plan.current.container_id if plan.current else None):
-            engine.stop(new_id, timeout=2)
-            if remove:
-                engine.remove(new_id)
+            with ctx.step("remove failed container" if remove else "stop failed container"):
+                engine.stop(new_id, timeout=2)
+                if remove:
+                    engine.remove(new_id)
         previous, note = _restore(ctx, engine, env, plan, old_stopped=old_stopped)
     except CellarError:
         return  # the engine is gone too: leave the pending row and lock to `registry recover`
@@ -258,7 +263,8 @@ def _restore(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, old_
     if not old_stopped:
         return "untouched", f"{current.ref} kept running"
     try:
-        start_and_check(ctx, engine, env, current)
+        with ctx.step("restart previous"):
+            start_and_check(ctx, engine, env, current)
     except StepFailed as exc:
         return "lost", f"rolling back to {current.ref} failed too ({exc}); nothing is deployed"
     return "restored", (f"rolled back automatically to {current.ref} "
@@ -316,6 +322,12 @@ def base_url(env: Environment) -> str:
     if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh", "http", "https"):
         host = urlsplit(env.docker_host).hostname or host
     return f"http://{host}:{env.port}"
+
+
+def _secret_like(environ: Mapping[str, str]) -> set[str]:
+    """Values of the caller's variables named like secrets (*_TOKEN, *_KEY ...): a kept
+    container started again by a rollback got its secrets earlier, and may log them."""
+    return {v for k, v in environ.items() if is_secret_key(k) and len(v) >= 4}
 
 
 def redact(text: str, secret_values: set[str]) -> str:
