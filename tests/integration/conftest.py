@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import socket
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -76,8 +75,9 @@ def docker_image() -> str:
         need("busybox", f"{BUSYBOX} (apt-get install busybox-static)")
     tag = f"cellar-test-server:{_inputs_hash()}"
     if not client.images.list(name=tag):
-        subprocess.run(["docker", "import", "--change", 'ENTRYPOINT ["/serve"]', "--change", "ENV PATH=/bin",
-                        "-", tag], input=_rootfs(), check=True, capture_output=True)
+        repo, _, version = tag.partition(":")
+        client.api.import_image_from_data(_rootfs(), repository=repo, tag=version,
+                                          changes=['ENTRYPOINT ["/serve"]', "ENV PATH=/bin"])
     client.close()
     return tag
 
