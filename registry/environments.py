@@ -20,6 +20,7 @@ def add(ctx: Context, *, name: str, port: int, actor: str, docker_host: str | No
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     _check_settings(port=port, keep=keep, health_timeout_s=health_timeout_s)
+    _check_address(bind_addr=bind_addr, docker_host=docker_host)
     env = Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
                       health_timeout_s=health_timeout_s, keep=keep, protected=protected,
                       is_default=default, created_at=clock.now())
@@ -42,6 +43,18 @@ def _check_settings(*, port: int, keep: int, health_timeout_s: float | None) -> 
         raise InvalidInput("--keep must be 0 or more")
     if health_timeout_s is not None and not 0 < health_timeout_s <= 3600:
         raise InvalidInput("--health-timeout must be between 0 and 3600 seconds")
+
+
+def _check_address(*, bind_addr: str, docker_host: str | None) -> None:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        ipaddress.ip_address(bind_addr)
+    except ValueError:
+        raise InvalidInput(f"--bind {bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
+    if docker_host and urlsplit(docker_host).scheme not in ("unix", "tcp", "ssh", "http", "https"):
+        raise InvalidInput(f"--docker-host {docker_host!r} must be a unix://, tcp:// or ssh:// URL")
 
 
 def remove(ctx: Context, *, name: str, actor: str, reason: str | None, force: bool = False) -> Environment:

@@ -279,3 +279,12 @@ def test_recover_leaves_a_live_holder_alone_unless_forced(versions, reg):
     assert [a.action for a in reg.recover().actions] == ["skipped"]
     assert [a.action for a in reg.recover(force=True).actions] == ["unlocked"]
     assert reg.promote("v1.0").release.revision == 1
+
+
+def test_env_settings_are_validated(reg, fake):
+    for settings, message in (({"port": 0}, "not a TCP port"), ({"port": 18086, "keep": -1}, "--keep"),
+                              ({"port": 18086, "bind_addr": "localhost; rm"}, "not an IP address"),
+                              ({"port": 18086, "docker_host": "file:///etc"}, "unix://")):
+        with pytest.raises(InvalidInput, match=message):
+            reg.add_env("qa", **settings)
+    assert [e.name for e in reg.environments()] == ["staging"]
