@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from registry.errors import HealthGateFailed
 from registry.store import schema as t
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.docker
 REGISTRY = [sys.executable, "-m", "cli.main"]
@@ -204,3 +205,20 @@ def test_next_promote_recovers_after_a_dead_owner_by_itself(docker_env):
     assert [(r.version, str(r.status)) for r in reg.history(env)] == [
         ("v1.0", "superseded"), ("v1.1", "failed"), ("v1.0", "superseded"), ("v1.1", "deployed")]
     assert answer(reg, env).startswith("prompt=prompt-v1.1")
+
+
+def test_retention_removes_old_stopped_containers_only(docker_env):
+    reg, env = docker_env
+    reg.add_env(f"{env}-k", port=free_port(), keep=0, health_timeout_s=2.5)
+    for version in ("v1.0", "v1.1", "v1.0"):
+        reg.promote(version, env=f"{env}-k")
+    client = docker.from_env()
+    try:
+        names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
+        # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
+        assert names == [f"cellar-{env}-k-support-bot-r2", f"cellar-{env}-k-support-bot-r3"]
+        assert reg.rollback(env=f"{env}-k").release.version == "v1.1"
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}):
+            c.remove(force=True)
+        client.close()
