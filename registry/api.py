@@ -307,7 +307,6 @@ class Registry:
         with self.store.read() as conn:
             return _find_version(conn, model, version)
 
-
     # --- environments, promote, rollback -------------------------------------------------
 
     def _deploy_ctx(self, on_step=None):
