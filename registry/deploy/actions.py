@@ -42,6 +42,7 @@ class Context:
     steps: list[Step] = field(default_factory=list)
     # Values of the secrets handed to containers in this run: scrubbed from any error text.
     secret_values: set[str] = field(default_factory=set, repr=False)
+    lock: Lock | None = None  # the environment lock this run holds
 
     @contextmanager
     def step(self, name: str):
@@ -163,7 +164,8 @@ def begin(ctx: Context, engine: Engine, env: Environment, *, operation: str, tar
             held = records.get_lock(conn, env.name)
             if held is None:
                 plan = make_plan(records.ledger(conn, env.name))
-                records.take_lock(conn, records.new_lock(env.name, operation=operation, target=target, actor=actor))
+                ctx.lock = records.new_lock(env.name, operation=operation, target=target, actor=actor)
+                records.take_lock(conn, ctx.lock)
                 records.insert_release(conn, plan.pending)
                 return plan
         if not records.holder_gone(held):
@@ -223,7 +225,7 @@ def _succeed(ctx: Context, engine: Engine, env: Environment, plan: Plan, new_id:
         settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
         records.apply(conn, settled)
         event(ctx, conn, plan, settled.deployed, env=env.name)
-        release_lock(conn, env.name)
+        records.drop_lock(conn, ctx.lock)
         rows = records.ledger(conn, env.name)
     removed = retain(engine, env, rows)
     return DeployResult(env=env.name, operation=str(plan.pending.operation), release=settled.deployed,
@@ -250,7 +252,7 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: Excep
         event(ctx, conn, plan, failed, env=env.name, error=error)
         if settled.appended:
             event(ctx, conn, plan, settled.appended[0], env=env.name, automatic=True)
-        release_lock(conn, env.name)
+        records.drop_lock(conn, ctx.lock)
     if isinstance(exc, StepFailed):
         raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
                                f"{error}; {note}") from None
@@ -283,12 +285,6 @@ def runtime_of(ctx: Context, release: Release) -> Runtime:
     with ctx.store.read() as conn:
         record, _ = records.version_record(conn, release.model, release.version)
     return Runtime.model_validate(record["runtime"])
-
-
-def release_lock(conn, env: str) -> None:
-    held = records.get_lock(conn, env)
-    if held:
-        records.drop_lock(conn, held)
 
 
 def event(ctx: Context, conn, plan: Plan, row: Release, *, env: str, error: str | None = None,

@@ -36,14 +36,29 @@ def recover(ctx: Context, *, env_name: str | None, actor: str, force: bool = Fal
 
 def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str,
                 force: bool = False) -> list[RecoverAction]:
-    with ctx.store.read() as conn:
+    """Reconcile one environment. Its lock is claimed first, so a second recoverer (or an
+    operation started meanwhile) finds a live owner instead of redoing the same work."""
+    with ctx.store.write() as conn:
         held = records.get_lock(conn, env.name)
+        if held and not force and not records.holder_gone(held):
+            return [RecoverAction(env=env.name, action="skipped", detail=busy_message(held))]
+        if held:
+            records.drop_lock(conn, held)
+        mine = records.new_lock(env.name, operation="recover", target=env.name, actor=actor)
+        records.take_lock(conn, mine)
         rows = records.ledger(conn, env.name)
-    if held and not force and not records.holder_gone(held):
-        return [RecoverAction(env=env.name, action="skipped", detail=busy_message(held))]
+    try:
+        return _reconcile(ctx, engine, env, rows, held, mine, actor=actor)
+    finally:
+        with ctx.store.write() as conn:  # still ours only if _reconcile failed half-way
+            records.drop_lock(conn, mine)
+
+
+def _reconcile(ctx: Context, engine: Engine, env: Environment, rows: list[Release], held, mine,
+               *, actor: str) -> list[RecoverAction]:
     stuck = ledger.pending(rows)
     if stuck is None:
-        return _without_pending(ctx, engine, env, rows, held, actor=actor)
+        return _without_pending(ctx, engine, env, rows, held, mine, actor=actor)
     plan = Plan(pending=stuck, current=ledger.current(rows),
                 target=Target(model=stuck.model, version=stuck.version, manifest_digest=stuck.manifest_digest))
     info = _pending_container(engine, env.name, stuck)
@@ -56,7 +71,7 @@ def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str,
                                detail=f"revision {stuck.revision} ({stuck.ref}) runs and answers: deployed")
     else:
         settled, action = _revert(ctx, engine, env, plan, info)
-    _commit(ctx, env, settled, action, actor=actor)
+    _commit(ctx, env, settled, action, mine, actor=actor)
     return [action]
 
 
@@ -93,7 +108,7 @@ def _bring_back(ctx: Context, engine: Engine, env: Environment, current: Release
     return "restored"
 
 
-def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[Release], held,
+def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[Release], held, mine,
                      *, actor: str) -> list[RecoverAction]:
     out = []
     now = ledger.current(rows)
@@ -109,7 +124,7 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
     if held:
         action = RecoverAction(env=env.name, action="unlocked",
                                detail=f"released the lock of a dead process ({held.operation} {held.target}, pid {held.pid})")
-        _commit(ctx, env, Settlement(), action, actor=actor)
+        _commit(ctx, env, Settlement(), action, mine, actor=actor)
         out.append(action)
     return out
 
@@ -132,12 +147,11 @@ def _answers(ctx: Context, engine: Engine, env: Environment, release: Release, c
     return True
 
 
-def _commit(ctx: Context, env: Environment, settled: Settlement, action: RecoverAction, *, actor: str) -> None:
+def _commit(ctx: Context, env: Environment, settled: Settlement, action: RecoverAction, mine,
+            *, actor: str) -> None:
     with ctx.store.write() as conn:
         records.apply(conn, settled)
-        held = records.get_lock(conn, env.name)
-        if held:
-            records.drop_lock(conn, held)
+        records.drop_lock(conn, mine)
         changed = [r.ref + f" r{r.revision}:{r.status}" for r in [*settled.updates, *settled.appended]]
         audit.append(conn, actor=actor, action="recover", object=env.name, env=env.name,
                      reason=action.detail, detail={"action": action.action, "releases": changed},

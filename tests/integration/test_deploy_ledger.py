@@ -288,3 +288,23 @@ def test_env_settings_are_validated(reg, fake):
         with pytest.raises(InvalidInput, match=message):
             reg.add_env("qa", **settings)
     assert [e.name for e in reg.environments()] == ["staging"]
+
+
+def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
+    reg.promote("v1.0")
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.1", actor="bob")
+                          .model_copy(update={"pid": 2**22 + 777}))
+    seen = []
+    real_find = fake.find
+
+    def find(**labels):
+        with reg.store.read() as conn:
+            seen.append(records.get_lock(conn, "staging"))
+        return real_find(**labels)
+
+    fake.find = find
+    reg.recover()
+    assert seen and all(lock.operation == "recover" and lock.actor == "tester" for lock in seen)
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging") is None
