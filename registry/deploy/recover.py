@@ -122,10 +122,11 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
         except StepFailed as exc:
             out.append(RecoverAction(env=env.name, action="unhealthy", detail=f"{now.ref} does not answer: {exc}"))
     if held:
-        action = RecoverAction(env=env.name, action="unlocked",
-                               detail=f"released the lock of a dead process ({held.operation} {held.target}, pid {held.pid})")
+        out.append(RecoverAction(env=env.name, action="unlocked",
+                                 detail=f"released the lock of a dead process ({held.operation} {held.target}, "
+                                        f"pid {held.pid})"))
+    for action in out:
         _commit(ctx, env, Settlement(), action, mine, actor=actor)
-        out.append(action)
     return out
 
 

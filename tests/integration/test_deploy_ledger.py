@@ -308,3 +308,13 @@ def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
     assert seen and all(lock.operation == "recover" and lock.actor == "tester" for lock in seen)
     with reg.store.read() as conn:
         assert records.get_lock(conn, "staging") is None
+
+
+def test_recover_starts_a_deployed_container_found_stopped(versions, fake, reg):
+    deployed = reg.promote("v1.0").release
+    fake.stop(deployed.container_id)  # e.g. the host rebooted
+    assert [a.action for a in reg.recover().actions] == ["restarted"]
+    assert [c.id for c in fake.running()] == [deployed.container_id]
+    assert reg.recover().actions == []
+    with reg.store.read() as conn:
+        assert [r.action for r in conn.execute(select(t.events))].count("recover") == 1
