@@ -2,6 +2,7 @@
 
 from cli import versions as _versions  # noqa: F401  (registers its commands)
 from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
+from cli import deploy as _deploy  # noqa: F401  (registers its commands)
 from cli.app import app
 
 

@@ -336,9 +336,7 @@ class Registry:
         try:
             info = self.show(ref)
         except (NotFound, InvalidInput):
-            # Environments live on another module; resolve through it when it is there.
-            deployed = getattr(self, "_deployed_ref", None)
-            target = deployed(ref) if deployed else None
+            target = self._deployed_ref(ref)
             if not target:
                 raise
             info = self.show(target)
@@ -412,6 +410,116 @@ class Registry:
         """The audit log's head hash and event count, to keep somewhere else."""
         with self.store.read() as conn:
             return audit.checkpoint(conn)
+
+    # --- environments, promote, rollback -------------------------------------------------
+
+    def _deploy_ctx(self, on_step=None):
+        """The ports promote/rollback run with; ``engine_factory`` (env -> engine) lets tests
+        plug in ``registry.deploy.fake.FakeEngine``."""
+        from registry.deploy.actions import Context
+
+        return Context(store=self.store, blobs=self.blobs, snapshots=self.home.snapshots,
+                       engine_for=self._engine_for, environ=os.environ, on_step=on_step)
+
+    def _engine_for(self, env):
+        factory = getattr(self, "engine_factory", None)
+        if factory is not None:
+            return factory(env)
+        if not env.docker_host:
+            return self.engine()
+        engines = self.__dict__.setdefault("_env_engines", {})
+        if env.docker_host not in engines:
+            from registry.deploy.docker import DockerEngine
+
+            engines[env.docker_host] = DockerEngine(env.docker_host)
+        return engines[env.docker_host]
+
+    def add_env(self, name: str, *, port: int, actor: str | None = None, **settings):
+        """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
+        protected, default, bind_addr."""
+        from registry import environments
+
+        return environments.add(self._deploy_ctx(), name=name, port=port, actor=actor_mod.resolve(actor), **settings)
+
+    def environments(self):
+        """All environments, by name."""
+        from registry.deploy import records
+
+        with self.store.read() as conn:
+            return records.environments(conn)
+
+    def environment(self, name: str | None = None):
+        """One environment (the default one when ``name`` is None)."""
+        from registry.deploy import records
+
+        with self.store.read() as conn:
+            return records.find_env(conn, name)
+
+    def remove_env(self, name: str, *, reason: str | None = None, force: bool = False, actor: str | None = None):
+        """Forget an environment (its history stays); ``force`` when something is deployed."""
+        from registry import environments
+
+        return environments.remove(self._deploy_ctx(), name=name, actor=actor_mod.resolve(actor),
+                                   reason=reason, force=force)
+
+    def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
+                allow_retag: bool = False, on_step=None):
+        """Deploy a version (or what environment ``ref`` runs) into ``env``; HealthGateFailed
+        (exit 4) after an automatic rollback when the new release does not come up healthy."""
+        from registry.deploy import actions
+
+        model, version = self._promote_source(ref, env)
+        return actions.promote(self._deploy_ctx(on_step), env_name=env, model=model, version=version,
+                               actor=actor_mod.resolve(actor), reason=reason, allow_retag=allow_retag)
+
+    def _promote_source(self, ref: str, env: str | None) -> tuple[str, str]:
+        if "@" not in ref and (running := self._deployed_ref(ref)) is not None:
+            if env == ref:
+                raise InvalidInput(f"cannot promote {ref} into itself: pass --to ENV")
+            return self.resolve_ref(running)
+        return self.resolve_ref(ref)
+
+    def _deployed_ref(self, env: str) -> str | None:
+        """``model@version`` running in environment ``env``; None if ``env`` is no environment."""
+        from registry import ledger
+        from registry.deploy import records
+
+        with self.store.read() as conn:
+            if not any(e.name == env for e in records.environments(conn)):
+                return None
+            running = ledger.current(records.ledger(conn, env))
+        if running is None:
+            raise NotFound(f"nothing is deployed in {env}")
+        return f"{running.model}@{running.version}"
+
+    def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
+                 reason: str | None = None, actor: str | None = None, on_step=None):
+        """Go back to an earlier healthy release: the newest by default, or ``to``/``revision``."""
+        from registry.deploy import rollback
+
+        if to is not None and revision is not None:
+            raise InvalidInput("give --to or --revision, not both")
+        return rollback.rollback(self._deploy_ctx(on_step), env_name=env, to=to, revision=revision,
+                                 actor=actor_mod.resolve(actor), reason=reason)
+
+    def history(self, env: str | None = None):
+        """The release ledger: one environment's, or all of them, oldest revision first."""
+        from registry import environments
+
+        return environments.history(self._deploy_ctx(), env)
+
+    def status(self):
+        """Each environment: what is deployed, its container's state and health, pending work."""
+        from registry import environments
+
+        return environments.status(self._deploy_ctx())
+
+    def recover(self, *, env: str | None = None, actor: str | None = None, force: bool = False):
+        """Reconcile ledgers with the containers found by label; complete or revert pending work
+        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
+        from registry.deploy import recover
+
+        return recover.recover(self._deploy_ctx(), env_name=env, actor=actor_mod.resolve(actor), force=force)
 
 
 # --- helpers: rows in, domain objects out -------------------------------------------------

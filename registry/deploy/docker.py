@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 
 import docker
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound as DockerNotFound
 
+from registry.deploy import health
+from registry.deploy.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec, StepFailed
 from registry.errors import EngineError, NotFound
+from registry.models import Request
 
 
 def describe_host() -> str:
@@ -27,9 +30,10 @@ class DockerEngine:
             self.client.ping()
         except DockerException as exc:
             raise EngineError(
-                f"cannot reach the Docker engine at {self.base_url} ({_short(exc)}); "
+                f"cannot reach the Docker engine at {self.base_url} (DOCKER_HOST) ({_short(exc)}); "
                 "start dockerd or set DOCKER_HOST"
             ) from None
+        self.api = self.client.api
 
     def close(self) -> None:
         self.client.close()
@@ -37,13 +41,111 @@ class DockerEngine:
     def image_digest(self, ref: str) -> str:
         """The image ID (``sha256:...``) that ``ref`` names on this engine now."""
         try:
-            return self.client.images.get(ref).id
+            return self.api.inspect_image(ref)["Id"]
         except ImageNotFound:
             raise NotFound(f"image {ref!r} is not on the Docker engine at {self.base_url}; "
                            "build or load it first") from None
         except DockerException as exc:
             raise EngineError(f"Docker engine error for image {ref!r}: {_short(exc)}") from None
 
+    def create(self, spec: ContainerSpec) -> str:
+        port = f"{spec.container_port}/tcp"
+        host_config = self.api.create_host_config(
+            init=True, privileged=False,
+            port_bindings={port: (spec.bind_addr, spec.host_port)},
+            binds={spec.snapshot: {"bind": "/model", "mode": "ro"}},
+        )
+        try:
+            created = self.api.create_container(
+                spec.image, command=spec.command, name=spec.name, labels=spec.labels,
+                environment=spec.env, ports=[spec.container_port], host_config=host_config, detach=True)
+        except ImageNotFound:
+            raise StepFailed(f"image {spec.image} is missing from the Docker engine at {self.base_url}") from None
+        except DockerException as exc:
+            raise EngineError(f"cannot create container {spec.name}: {_short(exc)}") from None
+        return created["Id"]
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except APIError as exc:
+            raise StepFailed(_start_error(exc)) from None
+
+    def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        with _ignore_missing():
+            self.api.stop(container_id, timeout=int(timeout))
+
+    def remove(self, container_id: str) -> None:
+        with _ignore_missing():
+            self.api.remove_container(container_id, force=True)
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            return _info(self.api.inspect_container(container_id))
+        except DockerNotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+
+    def find(self, **labels: str) -> list[ContainerInfo]:
+        """Containers (running or not) carrying the cellar labels given, e.g. ``env="prod"``."""
+        filters = {"label": [f"{LABEL}.{k.replace('_', '-')}={v}" for k, v in labels.items()] or [LABEL + ".env"]}
+        try:
+            found = self.api.containers(all=True, filters=filters)
+        except DockerException as exc:
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+        return [ContainerInfo(id=c["Id"], name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                              labels=c.get("Labels") or {}, running=c.get("State") == "running",
+                              status=c.get("State") or "", created=str(c.get("Created", "")))
+                for c in found]
+
+    def logs(self, container_id: str, *, tail: int = 10) -> str:
+        try:
+            return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
+        except DockerException:
+            return ""
+
+    def wait_healthy(self, container_id: str, *, url: str, timeout: float) -> None:
+        health.wait_healthy(self, container_id, url=url, timeout=timeout)
+
+    def warm_up(self, *, base_url: str, requests: list[Request]) -> None:
+        health.warm_up(base_url=base_url, requests=requests)
+
+    def answers(self, *, url: str) -> bool:
+        return health.answers(url)
+
+
+class _ignore_missing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, DockerNotFound):
+            return exc is not None
+        if isinstance(exc, DockerException):
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+        return False
+
+
+def _info(data: dict) -> ContainerInfo:
+    state = data.get("State") or {}
+    return ContainerInfo(
+        id=data["Id"], name=data.get("Name", "").lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        running=bool(state.get("Running")), status=state.get("Status", ""),
+        exit_code=state.get("ExitCode"), created=data.get("Created", ""))
+
+
+def _start_error(exc: APIError) -> str:
+    text = _short(exc)
+    low = text.lower()
+    if "port is already allocated" in low or "address already in use" in low:
+        return f"the host port is already in use by another process ({text})"
+    if "no such image" in low:
+        return f"image missing ({text})"
+    return f"the container did not start ({text})"
+
 
 def _short(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0][:300]
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip().splitlines()[0][:300]

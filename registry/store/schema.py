@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,10 +22,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 metadata = MetaData()
 
@@ -101,4 +104,63 @@ events = Table(
     Column("hash", String(64), nullable=False, unique=True),
     Index("ix_events_action", "action"),
     Index("ix_events_model", "model"),
+)
+
+# --- environments, releases, operation locks (0002) ------------------------------------
+
+environments = Table(
+    "environments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("port", Integer, nullable=False),
+    Column("bind_addr", String(64), nullable=False),
+    Column("docker_host", String(255)),
+    # None: use the version's own runtime.health.timeout_s.
+    Column("health_timeout_s", Float),
+    Column("keep", Integer, nullable=False),
+    Column("protected", Boolean, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The release ledger: append-only per environment, revisions 1, 2, 3 ... Rows are never
+# deleted; only status, container and finish fields move forward (see registry.ledger).
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("env", String(63), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("model", String(63), nullable=False),
+    Column("version", String(63), nullable=False),
+    Column("manifest_digest", String(71), nullable=False),
+    Column("image_digest", String(80)),
+    Column("status", String(20), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("reason", Text),
+    Column("container_id", String(80)),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("rollback_of", Integer),
+    Column("healthy", Boolean, nullable=False),
+    Column("error", Text),
+    UniqueConstraint("env", "revision", name="uq_releases_env_revision"),
+    # The database itself allows only one deployed release per environment.
+    Index("uq_releases_one_deployed", "env", unique=True,
+          sqlite_where=text("status = 'deployed'"), postgresql_where=text("status = 'deployed'")),
+)
+
+# One operation per environment at a time: a row here is the lock, with who holds it.
+env_locks = Table(
+    "env_locks",
+    metadata,
+    Column("env", String(63), primary_key=True),
+    Column("operation", String(16), nullable=False),
+    Column("target", String(140), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
 )

@@ -81,16 +81,24 @@ def test_diff_against_an_unpushed_manifest_stores_nothing(reg, model_dir):
 
 
 def test_diff_an_environment_against_an_unpushed_manifest(reg, model_dir, monkeypatch):
-    """Environments resolve through ``Registry._deployed_ref`` (provided by the environments module)."""
+    """An environment name stands for the version it runs (here on the in-library fake engine)."""
+    from registry.deploy.fake import FakeEngine
+
+    engine = FakeEngine(images={"example:latest": "sha256:" + "ab" * 32})
+    reg._engine = engine
+    reg.engine_factory = lambda env: engine
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "x")
+    model_dir.write_manifest(image="example:latest")
     reg.push(model_dir.manifest)
-    monkeypatch.setattr(Registry, "_deployed_ref",
-                        lambda self, env: "support-bot@v1.0" if env == "production" else None, raising=False)
+    reg.add_env("production", port=18080)
+    reg.add_env("staging", port=18081)
+    reg.promote("v1.0", env="production")
     model_dir.set_prompt("Edited locally.\n")
     d = reg.diff("production", str(model_dir.manifest))
     assert d.a.ref == "production" and d.a.version == "v1.0"
     assert [p.name for p in d.prompts if p.changed] == ["system"]
     assert d.weights[0].status == "unchanged"
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="nothing is deployed in staging"):
         reg.diff("staging", str(model_dir.manifest))
 
 

@@ -1,0 +1,170 @@
+"""Rollback speed: `registry rollback` against plain `docker stop OLD && docker start PREV`.
+
+Paired in the same run on the same two containers, several rounds, medians printed:
+
+  tool      wall time of the `registry rollback` process (start-up included) until it returns;
+            it returns after its own health check passed, so the model already answers.
+  docker    `docker stop OLD && docker start PREV` (docker CLI) plus polling until the first
+            2xx answer from the health path.
+  overhead  the tool's own time beyond Docker calls and health waits: wall time minus the
+            stop/start/health/warm-up steps it reports in --json (same for promote, where
+            creating the container and resolving the image count as Docker calls). Printed
+            for the CLI process (interpreter start and imports included) and for the Python
+            API call alone (``Registry.rollback`` / ``Registry.promote`` in this process).
+
+Usage: python bench/rollback.py [--image cellar-example-server:latest] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+DOCKER_STEPS = {"pin image", "create container", "stop old container", "start container", "health check", "warm-up"}
+ROLLBACK_DOCKER_STEPS = DOCKER_STEPS - {"pin image", "create container"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", default="cellar-example-server:latest")
+    ap.add_argument("--health-path", default="/health")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "REGISTRY_HOME": f"{tmp}/home", "REGISTRY_ACTOR": "bench"}
+        env.pop("REGISTRY_DB_URL", None)
+        port = _free_port()
+        name = f"bench{os.getpid()}"
+        try:
+            _setup(Path(tmp), env, args, port, name)
+            _report(_rounds(env, args, port, name), _promotes(env, args.rounds), _in_process(env, args.rounds))
+        finally:
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cellar.env={name}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+
+def _setup(tmp: Path, env: dict, args, port: int, name: str) -> None:
+    reg = [sys.executable, "-m", "cli.main"]
+    model = tmp / "model"
+    (model / "prompts").mkdir(parents=True)
+    (model / "weights.bin").write_bytes(os.urandom(1 << 20))
+    _run(reg + ["init"], env)
+    for version in ("v1", "v2", "v3"):
+        (model / "prompts" / "system").write_text(f"You are bench model {version}.\n")
+        (model / "cellar.yaml").write_text(json.dumps({
+            "model": "bench", "version": version, "image": args.image, "weights": ["weights.bin"],
+            "prompts": {"system": "prompts/system"},
+            "runtime": {"port": 8080, "env": {"MAX_TOKENS": "64"}, "health": {"path": args.health_path}}}))
+        _run(reg + ["push", str(model / "cellar.yaml")], env)
+    _run(reg + ["env", "add", name, "--port", str(port), "--default"], env)
+    for version in ("v1", "v2"):
+        _run(reg + ["promote", version], env)
+
+
+def _rounds(env: dict, args, port: int, name: str) -> dict[str, list[float]]:
+    reg = [sys.executable, "-m", "cli.main"]
+    out = {"tool": [], "docker": [], "overhead": []}
+    url = f"http://127.0.0.1:{port}{args.health_path}"
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        result = json.loads(_run(reg + ["rollback", "--json"], env))
+        wall = time.perf_counter() - started
+        out["tool"].append(wall)
+        out["overhead"].append(wall - sum(s["seconds"] for s in result["steps"] if s["name"] in ROLLBACK_DOCKER_STEPS))
+        now, before = result["release"]["container_id"], result["previous"]["container_id"]
+        for old, new in ((now, before), (before, now)):  # flip there and back: the ledger stays true
+            started = time.perf_counter()
+            _run(["docker", "stop", old], env)
+            _run(["docker", "start", new], env)
+            _wait(url)
+            out["docker"].append(time.perf_counter() - started)
+    return out
+
+
+def _promotes(env: dict, rounds: int) -> list[float]:
+    """Overhead of promote: alternate v3 and v2 into the environment."""
+    reg = [sys.executable, "-m", "cli.main"]
+    out = []
+    for i in range(max(3, rounds // 2)):
+        started = time.perf_counter()
+        result = json.loads(_run(reg + ["promote", "v3" if i % 2 == 0 else "v2", "--json"], env))
+        wall = time.perf_counter() - started
+        out.append(wall - sum(s["seconds"] for s in result["steps"] if s["name"] in DOCKER_STEPS))
+    return out
+
+
+def _in_process(env: dict, rounds: int) -> dict[str, list[float]]:
+    """Overhead of the API calls alone, imports and connections already done."""
+    os.environ["REGISTRY_HOME"] = env["REGISTRY_HOME"]
+    from registry.api import Registry
+
+    out: dict[str, list[float]] = {"rollback": [], "promote": []}
+    with Registry.open() as reg:
+        reg.engine()
+        for i in range(rounds):
+            for what, call, steps in (("rollback", lambda: reg.rollback(), ROLLBACK_DOCKER_STEPS),
+                                      ("promote", lambda: reg.promote("v3" if i % 2 else "v1"), DOCKER_STEPS)):
+                started = time.perf_counter()
+                result = call()
+                wall = time.perf_counter() - started
+                out[what].append(wall - sum(s.seconds for s in result.steps if s.name in steps))
+    return out
+
+
+def _report(r: dict[str, list[float]], promote_overhead: list[float], api: dict[str, list[float]]) -> None:
+    med = {k: statistics.median(v) for k, v in r.items()}
+    print(f"rounds: {len(r['tool'])} (docker baseline: {len(r['docker'])} flips)")
+    print(f"registry rollback (process start included): median {med['tool'] * 1000:6.0f} ms  "
+          f"(min {min(r['tool']) * 1000:.0f}, max {max(r['tool']) * 1000:.0f})")
+    print(f"docker stop && docker start + first answer: median {med['docker'] * 1000:6.0f} ms  "
+          f"(min {min(r['docker']) * 1000:.0f}, max {max(r['docker']) * 1000:.0f})")
+    print(f"ratio tool / docker:                        {med['tool'] / med['docker']:.2f}x (target <= 2x)")
+    print("tool overhead beyond Docker calls + health waits (target <= 150 ms):")
+    print(f"  rollback, CLI process (interpreter + imports included): median {med['overhead'] * 1000:5.0f} ms")
+    print(f"  promote,  CLI process (interpreter + imports included): median "
+          f"{statistics.median(promote_overhead) * 1000:5.0f} ms")
+    print(f"  rollback, Python API call:                              median "
+          f"{statistics.median(api['rollback']) * 1000:5.0f} ms")
+    print(f"  promote,  Python API call:                              median "
+          f"{statistics.median(api['promote']) * 1000:5.0f} ms")
+
+
+def _run(cmd: list[str], env: dict) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
+
+
+def _wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if 200 <= resp.status < 300:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    sys.exit(f"{url} did not answer within {timeout} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()

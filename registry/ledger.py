@@ -1,0 +1,236 @@
+"""The release ledger as a pure state machine (Helm's ``pkg/release`` idea, for Docker).
+
+Each environment has an append-only list of releases, revisions 1, 2, 3 ... This module
+decides, from the releases alone, what a promote or a rollback appends and how an outcome
+settles the rows; it does no I/O. ``registry.deploy.actions`` runs the plans against a
+store and an engine.
+
+    pending-deploy / pending-rollback  --ok-->    deployed   (the previous deployed: superseded)
+                                       --fail-->  failed     (+ an automatic rollback revision)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from registry.errors import InvalidInput, NotFound, OperationInProgress
+
+
+class ReleaseStatus(StrEnum):
+    PENDING_DEPLOY = "pending-deploy"
+    PENDING_ROLLBACK = "pending-rollback"
+    DEPLOYED = "deployed"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+
+    @property
+    def pending(self) -> bool:
+        return self in (ReleaseStatus.PENDING_DEPLOY, ReleaseStatus.PENDING_ROLLBACK)
+
+
+class Operation(StrEnum):
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    AUTO_ROLLBACK = "auto-rollback"
+
+
+class Release(BaseModel):
+    """One row of an environment's ledger; also what ``registry history --json`` prints."""
+
+    model_config = ConfigDict(frozen=True)
+
+    env: str
+    revision: int
+    operation: Operation
+    model: str
+    version: str
+    manifest_digest: str
+    status: ReleaseStatus
+    actor: str
+    started_at: datetime
+    image_digest: str | None = None
+    reason: str | None = None
+    container_id: str | None = None
+    finished_at: datetime | None = None
+    rollback_of: int | None = None
+    healthy: bool = False
+    error: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to deploy: a version (and, for a rollback, the release it copies)."""
+
+    model: str
+    version: str
+    manifest_digest: str
+    image_digest: str | None = None
+    copies: Release | None = None
+
+
+@dataclass
+class Plan:
+    """The pending row an operation appends, and the deployed release it replaces."""
+
+    pending: Release
+    current: Release | None
+    target: Target
+
+
+@dataclass
+class Settlement:
+    """Rows to write when an operation ends: updates to existing revisions, new revisions."""
+
+    updates: list[Release] = field(default_factory=list)
+    appended: list[Release] = field(default_factory=list)
+
+    @property
+    def deployed(self) -> Release | None:
+        rows = [*self.updates, *self.appended]
+        return next((r for r in rows if r.status is ReleaseStatus.DEPLOYED), None)
+
+
+def current(ledger: list[Release]) -> Release | None:
+    """The deployed release, if any."""
+    return next((r for r in reversed(ledger) if r.status is ReleaseStatus.DEPLOYED), None)
+
+
+def pending(ledger: list[Release]) -> Release | None:
+    return next((r for r in reversed(ledger) if r.status.pending), None)
+
+
+def next_revision(ledger: list[Release]) -> int:
+    return max((r.revision for r in ledger), default=0) + 1
+
+
+def plan_promote(ledger: list[Release], target: Target, *, env: str, actor: str, reason: str | None,
+                 at: datetime) -> Plan:
+    """Append revision N+1 as pending-deploy; refuse while another revision is pending."""
+    _refuse_pending(ledger)
+    row = _new_row(ledger, target, env=env, actor=actor, reason=reason, at=at,
+                   status=ReleaseStatus.PENDING_DEPLOY, operation=Operation.PROMOTE)
+    return Plan(pending=row, current=current(ledger), target=target)
+
+
+def rollback_target(ledger: list[Release], *, version: str | None = None,
+                    revision: int | None = None) -> Release:
+    """The release a rollback copies.
+
+    By default the newest earlier release that was deployed and healthy and is not the
+    current one, never a failed one (unlike Helm's blind N-1). ``version`` or ``revision``
+    choose one, which must also have been healthy once.
+    """
+    now = current(ledger)
+    candidates = [r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED]
+    if revision is not None:
+        return _chosen(ledger, candidates, lambda r: r.revision == revision, f"revision {revision}")
+    if version is not None:
+        older = [r for r in candidates if not now or r.version != now.version or r.model != now.model]
+        return _chosen(ledger, older, lambda r: r.version == version or r.ref == version, version)
+    for r in candidates:
+        if now is None or (r.revision != now.revision and r.ref != now.ref):
+            return r
+    raise NotFound("no earlier healthy release to roll back to: see `registry history`")
+
+
+def _chosen(ledger: list[Release], candidates: list[Release], match, what: str) -> Release:
+    found = next((r for r in candidates if match(r)), None)
+    if found:
+        return found
+    if any(match(r) for r in ledger):
+        raise InvalidInput(f"{what} never deployed healthily here, or is what runs now: "
+                           "pick another from `registry history`")
+    raise NotFound(f"no release {what} in this environment: see `registry history`")
+
+
+def plan_rollback(ledger: list[Release], chosen: Release, *, env: str, actor: str, reason: str | None,
+                  at: datetime) -> Plan:
+    """Append a pending-rollback revision copying ``chosen``; history is never rewritten."""
+    _refuse_pending(ledger)
+    target = Target(model=chosen.model, version=chosen.version, manifest_digest=chosen.manifest_digest,
+                    image_digest=chosen.image_digest, copies=chosen)
+    row = _new_row(ledger, target, env=env, actor=actor, reason=reason, at=at,
+                   status=ReleaseStatus.PENDING_ROLLBACK, operation=Operation.ROLLBACK)
+    return Plan(pending=_with(row, rollback_of=chosen.revision), current=current(ledger), target=target)
+
+
+def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = None,
+           error: str | None = None, previous: str = "untouched") -> Settlement:
+    """How the rows end.
+
+    ok: the pending row becomes deployed and healthy, the previous deployed superseded.
+    not ok: the pending row becomes failed, and ``previous`` says what became of the release
+    that was deployed before: ``untouched`` (its container never stopped: it stays deployed),
+    ``restored`` (stopped, started again and answering: recorded as a new automatic
+    rollback revision, the old row superseded) or ``lost`` (it did not come back: nothing
+    is deployed any more, the old row is marked failed).
+    """
+    out = Settlement()
+    cid = container_id or plan.pending.container_id
+    if ok:
+        out.updates.append(_with(plan.pending, status=ReleaseStatus.DEPLOYED, healthy=True,
+                                 container_id=cid, finished_at=at))
+        if plan.current:
+            out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED))
+        return out
+    out.updates.append(_with(plan.pending, status=ReleaseStatus.FAILED, finished_at=at, error=error,
+                             container_id=cid))
+    if plan.current is None or previous == "untouched":
+        return out
+    if previous == "restored":
+        out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED))
+        out.appended.append(_with(
+            plan.current, revision=plan.pending.revision + 1, operation=Operation.AUTO_ROLLBACK,
+            status=ReleaseStatus.DEPLOYED, healthy=True, rollback_of=plan.current.revision,
+            actor=plan.pending.actor, reason=f"automatic rollback: revision {plan.pending.revision} failed",
+            started_at=at, finished_at=at, error=None))
+    else:
+        out.updates.append(_with(plan.current, status=ReleaseStatus.FAILED,
+                                 error=f"did not answer again after revision {plan.pending.revision} failed"))
+    return out
+
+
+def keep_containers(ledger: list[Release], *, keep: int) -> set[str]:
+    """Container ids retention must never remove: the deployed one, what a default rollback
+    needs, and the newest ``keep`` others of healthy releases."""
+    now = current(ledger)
+    protected = {now.container_id} if now and now.container_id else set()
+    try:
+        target = rollback_target(ledger)
+        if target.container_id:
+            protected.add(target.container_id)
+    except (NotFound, InvalidInput):
+        pass
+    others = []
+    for r in reversed(ledger):
+        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in others:
+            others.append(r.container_id)
+    return protected | set(others[:keep])
+
+
+def _refuse_pending(ledger: list[Release]) -> None:
+    stuck = pending(ledger)
+    if stuck:
+        raise OperationInProgress(
+            f"revision {stuck.revision} ({stuck.operation} {stuck.version}) is still {stuck.status}: "
+            "run `registry recover` to complete or revert it")
+
+
+def _new_row(ledger: list[Release], target: Target, *, env: str, actor: str, reason: str | None,
+             at: datetime, status: ReleaseStatus, operation: Operation) -> Release:
+    return Release(env=env, revision=next_revision(ledger), operation=operation, model=target.model,
+                 version=target.version, manifest_digest=target.manifest_digest,
+                 image_digest=target.image_digest, status=status, actor=actor, reason=reason,
+                 started_at=at)
+
+
+def _with(row: Release, **changes) -> Release:
+    return row.model_copy(update=changes)

@@ -1,0 +1,67 @@
+"""The deploy commands end to end through typer (the real Docker engine for promote/rollback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.integration.conftest import docker_env, docker_image  # noqa: F401  (fixtures)
+
+COMMANDS = [["env", "add"], ["env", "list"], ["env", "show"], ["env", "remove"], ["promote"], ["rollback"],
+            ["history"], ["status"], ["recover"]]
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    return result
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(command):
+    assert "Example:" in run(*command, "--help").stdout
+
+
+def test_env_commands(sqlite_home):
+    run("env", "add", "staging", "--port", "18181", "--default", "--keep", "2")
+    run("env", "add", "production", "--port", "18182", "--protected", "--health-timeout", "5")
+    listed = json.loads(run("env", "list", "--json").stdout)
+    assert [(e["name"], e["port"], e["is_default"], e["protected"]) for e in listed] == [
+        ("production", 18182, False, True), ("staging", 18181, True, False)]
+    assert "keep" in run("env", "show", "staging").stdout
+    assert json.loads(run("env", "show", "production", "--json").stdout)["health_timeout_s"] == 5
+    assert "protected" in run("env", "remove", "production", code=1).stderr
+    run("env", "remove", "production", "--reason", "decommissioned")
+    assert "no environment named 'production'" in run("env", "show", "production", code=1).stderr
+    assert "already exists" in run("env", "add", "staging", "--port", "18183", code=1).stderr
+    assert "not allowed" in run("env", "add", "Bad/Name", "--port", "18184", code=1).stderr
+    status = json.loads(run("status", "--json").stdout)
+    assert status[0]["env"] == "staging" and status[0]["deployed"] is None
+    assert json.loads(run("history", "--json").stdout) == []
+    assert "Nothing to recover" in run("recover").stdout
+
+
+@pytest.mark.docker
+def test_promote_rollback_history_status(docker_env):
+    reg, env = docker_env
+    promoted = run("promote", "v1.0", "--reason", "first")
+    assert f"Deployed support-bot@v1.0 to {env} (revision 1" in promoted.stdout
+    assert "health check" in promoted.stderr and " ms" in promoted.stderr  # steps with elapsed time
+    as_json = json.loads(run("promote", "v1.1", "--json").stdout)
+    assert as_json["release"]["status"] == "deployed" and as_json["previous"]["version"] == "v1.0"
+    failed = run("promote", "v1.2", code=4)
+    assert "rolled back automatically to support-bot@v1.1" in failed.stderr
+    assert "Rolled back" in run("rollback", "--reason", "back to v1.0").stdout
+    rows = json.loads(run("history", "--env", env, "--json").stdout)
+    assert {"revision", "version", "status", "actor", "reason", "started_at", "finished_at", "rollback_of"} <= set(rows[0])
+    assert [(r["revision"], r["version"], r["status"]) for r in rows] == [
+        (1, "v1.0", "superseded"), (2, "v1.1", "superseded"), (3, "v1.2", "failed"),
+        (4, "v1.1", "superseded"), (5, "v1.0", "deployed")]
+    assert "automatic rollback" in run("history").stdout
+    (state,) = json.loads(run("status", "--json").stdout)
+    assert state["deployed"]["version"] == "v1.0" and state["container_state"] == "running" and state["healthy"]
+    assert "support-bot@v1.0 (revision 5)" in run("status").stdout
+    assert "--to or --revision" in run("rollback", "--to", "v1.1", "--revision", "1", code=1).stderr

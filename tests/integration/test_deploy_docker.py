@@ -1,0 +1,224 @@
+"""Promote, rollback and recovery against the real Docker engine (SQLite metadata).
+
+Uses the busybox test server image from conftest.py; every container is removed by label.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import docker
+import pytest
+from sqlalchemy import func, select
+
+from registry.errors import HealthGateFailed
+from registry.store import schema as t
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.docker
+REGISTRY = [sys.executable, "-m", "cli.main"]
+
+
+def answer(reg, env: str) -> str:
+    port = reg.environment(env).port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/cgi-bin/health", timeout=3) as resp:
+        return resp.read().decode().strip()
+
+
+def statuses(reg, env):
+    return [(r.revision, r.version, str(r.status)) for r in reg.history(env)]
+
+
+def running(env: str) -> list:
+    client = docker.from_env()
+    try:
+        return client.containers.list(filters={"label": f"cellar.env={env}"})
+    finally:
+        client.close()
+
+
+def cli(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    out = subprocess.run([*REGISTRY, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                         timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_promote_and_roll_back(docker_env):
+    reg, env = docker_env
+    first = reg.promote("v1.0")
+    assert answer(reg, env) == "prompt=prompt-v1.0 warmed=1"
+    reg.promote("v1.1", reason="new prompt")
+    assert answer(reg, env).startswith("prompt=prompt-v1.1")
+    back = reg.rollback()
+    assert back.release.version == "v1.0" and back.release.rollback_of == 1
+    assert back.release.container_id == first.release.container_id  # the kept container, started again
+    assert answer(reg, env).startswith("prompt=prompt-v1.0")
+    assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.1", "superseded"), (3, "v1.0", "deployed")]
+    (c,) = running(env)
+    host = c.attrs["HostConfig"]
+    assert c.labels["cellar.version"] == "v1.0" and c.labels["cellar.revision"] == "1"
+    assert host["Init"] is True and host["Privileged"] is False
+    assert host["Binds"][0].endswith(":/model:ro")
+    assert host["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert "docker.sock" not in str(c.attrs["Mounts"])
+
+
+def test_broken_version_rolls_back_and_rollback_skips_it(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    with pytest.raises(HealthGateFailed, match=r"timed out .*HTTP 503.*rolled back automatically to support-bot@v1.1"):
+        reg.promote("v1.2")
+    assert answer(reg, env).startswith("prompt=prompt-v1.1")
+    assert statuses(reg, env)[2:] == [(3, "v1.2", "failed"), (4, "v1.1", "deployed")]
+    assert reg.rollback().release.version == "v1.0"  # not v1.2, not v1.1 again
+    assert answer(reg, env).startswith("prompt=prompt-v1.0")
+    assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
+
+
+def test_rollback_to_a_chosen_revision_recreates_a_removed_container(docker_env):
+    reg, env = docker_env
+    first = reg.promote("v1.0")
+    reg.promote("v1.1")
+    docker.from_env().containers.get(first.release.container_id).remove(force=True)
+    back = reg.rollback(revision=1)
+    assert back.release.container_id != first.release.container_id
+    assert answer(reg, env) == "prompt=prompt-v1.0 warmed=1"
+
+
+def test_container_that_exits_at_once(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    with pytest.raises(HealthGateFailed, match="exited with code 3") as err:
+        reg.promote("v1.3")
+    assert "cannot load weights" in str(err.value)
+    assert os.environ["SUPPORT_API_TOKEN"] not in str(err.value)
+    assert answer(reg, env).startswith("prompt=prompt-v1.0")
+
+
+def test_host_port_taken_by_another_process(docker_env):
+    reg, _ = docker_env
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        reg.add_env("squatted", port=squatter.getsockname()[1], health_timeout_s=2)
+        try:
+            with pytest.raises(HealthGateFailed, match="port is already in use"):
+                reg.promote("v1.0", env="squatted")
+            assert statuses(reg, "squatted") == [(1, "v1.0", "failed")]
+            assert docker.from_env().containers.list(all=True, filters={"label": "cellar.env=squatted"}) == []
+        finally:
+            for c in docker.from_env().containers.list(all=True, filters={"label": "cellar.env=squatted"}):
+                c.remove(force=True)
+
+
+def test_docker_unreachable_records_nothing(docker_env, tmp_path):
+    reg, env = docker_env
+    with reg.store.read() as conn:
+        events_before = conn.execute(select(func.count()).select_from(t.events)).scalar_one()
+    dead = f"unix://{tmp_path}/no-dockerd.sock"
+    out = cli("promote", "v1.0", env={"DOCKER_HOST": dead})
+    assert out.returncode == 1
+    assert dead in out.stderr and "DOCKER_HOST" in out.stderr and "Traceback" not in out.stderr
+    assert reg.history(env) == []
+    with reg.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.events)).scalar_one() == events_before
+        assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
+
+
+def test_two_promotes_at_once_exactly_one_wins(docker_env):
+    reg, env = docker_env
+    procs = [subprocess.Popen([*REGISTRY, "promote", v, "--actor", who], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for v, who in (("v1.4", "alice"), ("v1.5", "bob"))]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 3], results
+    loser = next(err for code, err in results if code == 3)
+    assert "another operation (promote v1." in loser and "is in progress" in loser
+    deployed = [r for r in reg.history(env) if str(r.status) == "deployed"]
+    (c,) = running(env)
+    assert len(deployed) == 1 and c.labels["cellar.version"] == deployed[0].version
+
+
+@pytest.mark.parametrize("point", ["pending", "created", "old-stopped", "started", "healthy"])
+def test_kill_during_promote_then_recover(docker_env, point):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    killed = cli("promote", "v1.1", env={"CELLAR_CRASH_AT": f"promote:{point}"})
+    assert killed.returncode == -9
+    cli("recover", check=True)
+    deployed = [r for r in reg.history(env) if str(r.status) == "deployed"]
+    assert len(deployed) == 1
+    (c,) = running(env)
+    assert c.id == deployed[0].container_id and c.labels["cellar.version"] == deployed[0].version
+    assert answer(reg, env).startswith(f"prompt=prompt-{deployed[0].version}")
+    expect = "v1.1" if point in ("started", "healthy") else "v1.0"
+    assert deployed[0].version == expect
+    with reg.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
+    cli("promote", "v1.1", check=True)  # the environment is usable again
+
+
+def test_secret_canary_never_leaks(docker_env, sqlite_home):
+    reg, env = docker_env
+    canary = os.environ["SUPPORT_API_TOKEN"]
+    outputs = [cli("promote", "v1.0"), cli("promote", "v1.3"), cli("promote", "v1.2", "--json"),
+               cli("history", "--json"), cli("status", "--json"), cli("rollback", "--to", "v1.0")]
+    assert [o.returncode for o in outputs] == [0, 4, 4, 0, 0, 1]
+    for o in outputs:
+        assert canary not in o.stdout + o.stderr
+    assert "token ***" in outputs[1].stderr  # the container printed it; Cellar scrubbed it
+    for path in sqlite_home.glob("registry.db*"):
+        assert canary.encode() not in path.read_bytes()
+    for c in running(env):
+        assert canary.encode() not in c.logs()
+
+
+@pytest.mark.parametrize("point", ["old-stopped", "started"])
+def test_kill_during_rollback_then_recover(docker_env, point):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    killed = cli("rollback", env={"CELLAR_CRASH_AT": f"rollback:{point}"})
+    assert killed.returncode == -9
+    cli("recover", check=True)
+    (deployed,) = [r for r in reg.history(env) if str(r.status) == "deployed"]
+    (c,) = running(env)
+    assert c.id == deployed.container_id
+    assert deployed.version == ("v1.0" if point == "started" else "v1.1")
+    assert answer(reg, env).startswith(f"prompt=prompt-{deployed.version}")
+    assert len(docker.from_env().containers.list(all=True, filters={"label": f"cellar.env={env}"})) == 2
+
+
+def test_next_promote_recovers_after_a_dead_owner_by_itself(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    assert cli("promote", "v1.1", env={"CELLAR_CRASH_AT": "promote:old-stopped"}).returncode == -9
+    cli("promote", "v1.1", check=True)
+    assert [(r.version, str(r.status)) for r in reg.history(env)] == [
+        ("v1.0", "superseded"), ("v1.1", "failed"), ("v1.0", "superseded"), ("v1.1", "deployed")]
+    assert answer(reg, env).startswith("prompt=prompt-v1.1")
+
+
+def test_retention_removes_old_stopped_containers_only(docker_env):
+    reg, env = docker_env
+    reg.add_env(f"{env}-k", port=free_port(), keep=0, health_timeout_s=2.5)
+    for version in ("v1.0", "v1.1", "v1.0"):
+        reg.promote(version, env=f"{env}-k")
+    client = docker.from_env()
+    try:
+        names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
+        # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
+        assert names == [f"cellar-{env}-k-support-bot-r2", f"cellar-{env}-k-support-bot-r3"]
+        assert reg.rollback(env=f"{env}-k").release.version == "v1.1"
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}):
+            c.remove(force=True)
+        client.close()

@@ -1,0 +1,320 @@
+"""Promote, rollback, locks and recovery against the real database (SQLite and PostgreSQL),
+with the in-library fake engine standing in for Docker (the real engine: test_deploy_docker)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from registry.api import Registry
+from registry.deploy import records
+from registry.deploy.fake import FakeEngine
+from registry.errors import (CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
+                             VersionConflict)
+from registry.store import schema as t
+
+IMAGE = "example:latest"
+
+
+@pytest.fixture
+def fake(reg, monkeypatch):
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
+    engine = FakeEngine(images={IMAGE: "sha256:" + "ab" * 32})
+    reg._engine = engine  # push pins images through it too
+    reg.engine_factory = lambda env: engine
+    reg.add_env("staging", port=18080, default=True)
+    return engine
+
+
+@pytest.fixture
+def versions(reg, fake, model_dir):
+    for i, version in enumerate(["v1.0", "v1.1", "v1.2", "v1.3"]):
+        model_dir.set_prompt(f"prompt {i}\n")
+        model_dir.write_manifest(version=version, image=IMAGE)
+        reg.push(model_dir.manifest)
+    return reg
+
+
+def statuses(reg, env="staging"):
+    return [(r.revision, r.version, str(r.status)) for r in reg.history(env)]
+
+
+def test_promote_then_promote_supersedes(versions, fake):
+    reg = versions
+    first = reg.promote("v1.0")
+    assert first.release.revision == 1 and str(first.release.status) == "deployed"
+    assert [s.name for s in first.steps][:3] == ["verify blobs", "pin image", "snapshot"]
+    second = reg.promote("v1.1", reason="new prompt")
+    assert second.previous.version == "v1.0"
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "deployed")]
+    (running,) = fake.running()
+    assert running.labels["cellar.version"] == "v1.1" and running.name == "cellar-staging-support-bot-r2"
+    assert fake.calls.index("stop cellar-staging-support-bot-r1") < fake.calls.index("start cellar-staging-support-bot-r2")
+
+
+def test_failed_promote_rolls_back_automatically(versions, fake):
+    reg = versions
+    reg.promote("v1.0")
+    fake.unhealthy["v1.1"] = "health check timed out after 1 s"
+    with pytest.raises(HealthGateFailed, match="timed out.*rolled back automatically to support-bot@v1.0"):
+        reg.promote("v1.1")
+    rows = reg.history("staging")
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
+    assert rows[2].rollback_of == 1 and str(rows[2].operation) == "auto-rollback"
+    assert rows[1].error.startswith("health check timed out")
+    (running,) = fake.running()
+    assert running.id == rows[0].container_id
+    assert not any(c.labels["cellar.revision"] == "2" for c in fake.find(env="staging"))
+    with reg.store.read() as conn:
+        actions = [r.action for r in conn.execute(select(t.events).order_by(t.events.c.id))]
+        assert records.get_lock(conn, "staging") is None
+    assert actions[-3:] == ["promote", "promote", "rollback"]
+
+
+def test_first_promote_failing_leaves_nothing_deployed(versions, fake):
+    fake.unhealthy["v1.0"] = "container exited with code 3"
+    with pytest.raises(HealthGateFailed, match="nothing was deployed before"):
+        versions.promote("v1.0")
+    assert statuses(versions) == [(1, "v1.0", "failed")]
+    assert fake.running() == []
+
+
+def test_rollback_skips_failed_and_same_version(versions, fake):
+    reg = versions
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    fake.unhealthy["v1.2"] = "broken"
+    with pytest.raises(HealthGateFailed):
+        reg.promote("v1.2")
+    # now: r4 v1.1 (auto-rollback) deployed; the default rollback goes to v1.0, never v1.2
+    result = reg.rollback(reason="back to the first")
+    assert result.release.version == "v1.0" and result.release.rollback_of == 1
+    assert statuses(reg)[-1] == (5, "v1.0", "deployed")
+    # v1.0's kept container was started again, not recreated
+    assert result.release.container_id == reg.history("staging")[0].container_id
+    with pytest.raises(InvalidInput, match="never deployed healthily"):
+        reg.rollback(to="v1.2")
+
+
+def test_rollback_to_a_chosen_revision_recreates_a_removed_container(versions, fake):
+    reg = versions
+    for v in ("v1.0", "v1.1", "v1.2"):
+        reg.promote(v)
+    first = reg.history("staging")[0]
+    fake.remove(first.container_id)
+    result = reg.rollback(revision=1)
+    assert result.release.version == "v1.0" and result.release.container_id != first.container_id
+    assert result.release.rollback_of == 1
+    assert fake.running()[0].labels["cellar.revision"] == "4"
+    with pytest.raises(NotFound):
+        reg.rollback(revision=42)
+
+
+def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
+    reg.add_env("tight", port=18081, keep=1)
+    for v in ("v1.0", "v1.1", "v1.2", "v1.3"):
+        reg.promote(v, env="tight")
+    names = sorted(c.name for c in fake.find(env="tight"))
+    # deployed (r4), the default rollback target (r3), and one more kept (keep=1)
+    assert names == [f"cellar-tight-support-bot-r{i}" for i in (2, 3, 4)]
+
+
+def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
+    with reg.store.write() as conn:
+        lock = records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+        records.take_lock(conn, lock)
+    with pytest.raises(OperationInProgress, match=r"another operation \(promote v1.4 by alice, \d+ s ago\)"):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+
+
+def test_a_dead_holder_is_recovered_automatically(versions, fake, reg):
+    reg.promote("v1.0")
+    dead = records.new_lock("staging", operation="promote", target="v1.1", actor="bob").model_copy(
+        update={"pid": 2**22 + 12345})
+    with reg.store.write() as conn:
+        records.take_lock(conn, dead)
+    result = reg.promote("v1.1")
+    assert result.release.version == "v1.1"
+    with reg.store.read() as conn:
+        assert "recover" in [r.action for r in conn.execute(select(t.events))]
+
+
+def test_only_one_deployed_release_per_environment(versions, reg):
+    reg.promote("v1.0")
+    row = reg.history("staging")[0]
+    values = {**json.loads(row.model_dump_json()), "revision": 2}
+    values["started_at"] = row.started_at
+    values["finished_at"] = row.finished_at
+    with pytest.raises(IntegrityError), reg.store.write() as conn:
+        conn.execute(insert(t.releases).values(**values))
+
+
+def test_recover_reverts_an_interrupted_promote(versions, fake, reg):
+    reg.promote("v1.0")
+    ctx = reg._deploy_ctx()
+    from registry.deploy import actions
+
+    env = reg.environment("staging")
+    ready = actions.prepare(ctx, fake, env=env, model="support-bot", version="v1.1")
+    from registry import clock, ledger
+
+    plan = actions.begin(ctx, fake, env, operation="promote", target="v1.1", actor="x",
+                         make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env="staging",
+                                                                    actor="x", reason=None, at=clock.now()))
+    new_id = actions.create_container(fake, env, plan, ready)
+    fake.stop(reg.history("staging")[0].container_id)  # "killed" after stopping the old one
+    with reg.store.write() as conn:  # the dead process's lock
+        conn.execute(update(t.env_locks).values(pid=2**22 + 54321))
+    result = reg.recover()
+    assert [a.action for a in result.actions] == ["reverted"]
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
+    assert new_id not in fake.containers
+    assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
+
+
+def test_protected_environment_needs_a_reason(versions, reg):
+    reg.add_env("production", port=18090, protected=True)
+    with pytest.raises(InvalidInput, match="protected"):
+        reg.promote("v1.0", env="production")
+    assert reg.promote("v1.0", env="production", reason="release day").release.reason == "release day"
+
+
+def test_promote_what_another_environment_runs(versions, reg):
+    reg.add_env("production", port=18090)
+    reg.promote("v1.1")
+    result = reg.promote("staging", env="production")
+    assert result.release.version == "v1.1" and result.env == "production"
+
+
+def test_missing_secret_changes_nothing(versions, reg, monkeypatch):
+    monkeypatch.delenv("SUPPORT_API_TOKEN")
+    with pytest.raises(InvalidInput, match="SUPPORT_API_TOKEN"):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+
+
+def test_env_add_list_remove(reg, fake):
+    reg.add_env("qa", port=18085, keep=5, health_timeout_s=3)
+    assert [e.name for e in reg.environments()] == ["qa", "staging"]
+    assert reg.environment().name == "staging"
+    with pytest.raises(Exception, match="already used"):
+        reg.add_env("qa2", port=18085)
+    reg.remove_env("qa")
+    assert [e.name for e in reg.environments()] == ["staging"]
+    with reg.store.read() as conn:
+        actions = [r.action for r in conn.execute(select(t.events))]
+    assert actions.count("env-add") == 2 and actions.count("env-remove") == 1
+
+
+def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, reg):
+    reg.promote("v1.0")
+    with pytest.raises(InvalidInput, match="--force"):
+        reg.remove_env("staging")
+    reg.remove_env("staging", force=True)
+    assert fake.containers == {} and reg.environments() == []
+    with reg.store.read() as conn:  # the ledger outlives the environment; nothing stays deployed
+        assert [r.status for r in records.ledger(conn, "staging")] == ["superseded"]
+
+
+def test_status_shows_deployed_container_health_and_pending_work(versions, fake, reg):
+    reg.promote("v1.0")
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
+    (state,) = reg.status()
+    assert state.deployed.version == "v1.0" and state.container_state == "running" and state.healthy
+    assert state.pending.actor == "eve" and state.pending.operation == "rollback"
+
+
+def test_image_tag_that_moved_is_refused_unless_allowed(versions, fake, reg):
+    fake.images[IMAGE] = "sha256:" + "cd" * 32  # rebuilt under the same tag since the push
+    with pytest.raises(VersionConflict, match="--allow-retag"):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+    result = reg.promote("v1.0", allow_retag=True)
+    assert result.release.image_digest == "sha256:" + "cd" * 32
+
+
+def test_corrupt_blob_refuses_the_version(versions, reg):
+    info = reg.show("v1.0")
+    blob = reg.blobs.path(info.prompts[0].digest)
+    blob.chmod(0o644)
+    blob.write_text("tampered")
+    with pytest.raises(CorruptBlob):
+        reg.promote("v1.0")
+    assert reg.history("staging") == []
+
+
+def test_concurrent_promotes_exactly_one_wins(versions, fake, home):
+    fake.slow.update({"v1.0": 0.5, "v1.1": 0.5})
+    outcomes: list[object] = []
+
+    def attempt(version: str) -> None:
+        with Registry.open(home) as mine:
+            mine.engine_factory = lambda env: fake
+            try:
+                outcomes.append(mine.promote(version).release.version)
+            except OperationInProgress as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in ("v1.0", "v1.1")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(type(o).__name__ for o in outcomes) == ["OperationInProgress", "str"]
+    (deployed,) = [r for r in versions.history("staging") if str(r.status) == "deployed"]
+    (running,) = fake.running()
+    assert running.labels["cellar.version"] == deployed.version
+
+
+def test_recover_leaves_a_live_holder_alone_unless_forced(versions, reg):
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+                          .model_copy(update={"host": "another-host"}))
+    assert [a.action for a in reg.recover().actions] == ["skipped"]
+    assert [a.action for a in reg.recover(force=True).actions] == ["unlocked"]
+    assert reg.promote("v1.0").release.revision == 1
+
+
+def test_env_settings_are_validated(reg, fake):
+    for settings, message in (({"port": 0}, "not a TCP port"), ({"port": 18086, "keep": -1}, "--keep"),
+                              ({"port": 18086, "bind_addr": "localhost; rm"}, "not an IP address"),
+                              ({"port": 18086, "docker_host": "file:///etc"}, "unix://")):
+        with pytest.raises(InvalidInput, match=message):
+            reg.add_env("qa", **settings)
+    assert [e.name for e in reg.environments()] == ["staging"]
+
+
+def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
+    reg.promote("v1.0")
+    with reg.store.write() as conn:
+        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.1", actor="bob")
+                          .model_copy(update={"pid": 2**22 + 777}))
+    seen = []
+    real_find = fake.find
+
+    def find(**labels):
+        with reg.store.read() as conn:
+            seen.append(records.get_lock(conn, "staging"))
+        return real_find(**labels)
+
+    fake.find = find
+    reg.recover()
+    assert seen and all(lock.operation == "recover" and lock.actor == "tester" for lock in seen)
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging") is None
+
+
+def test_recover_starts_a_deployed_container_found_stopped(versions, fake, reg):
+    deployed = reg.promote("v1.0").release
+    fake.stop(deployed.container_id)  # e.g. the host rebooted
+    assert [a.action for a in reg.recover().actions] == ["restarted"]
+    assert [c.id for c in fake.running()] == [deployed.container_id]
+    assert reg.recover().actions == []
+    with reg.store.read() as conn:
+        assert [r.action for r in conn.execute(select(t.events))].count("recover") == 1

@@ -1,0 +1,103 @@
+"""The release state machine alone: seed a ledger, plan, settle, assert the transitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from registry import ledger
+from registry.errors import InvalidInput, NotFound, OperationInProgress
+from registry.ledger import Operation, Release, ReleaseStatus as S, Target
+
+AT = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def row(revision: int, version: str, status: S, *, healthy: bool | None = None, **kw) -> Release:
+    return Release(env="prod", revision=revision, operation=kw.pop("operation", Operation.PROMOTE),
+                   model="bot", version=version, manifest_digest=f"sha256:{version}", status=status,
+                   actor="ann", started_at=AT, container_id=kw.pop("container_id", f"c{revision}"),
+                   healthy=status is not S.FAILED if healthy is None else healthy, **kw)
+
+
+def target(version: str) -> Target:
+    return Target(model="bot", version=version, manifest_digest=f"sha256:{version}")
+
+
+def test_promote_appends_pending_and_success_supersedes():
+    rows = [row(1, "v1", S.SUPERSEDED), row(2, "v2", S.DEPLOYED)]
+    plan = ledger.plan_promote(rows, target("v3"), env="prod", actor="bo", reason="why", at=AT)
+    assert (plan.pending.revision, plan.pending.status, plan.current.revision) == (3, S.PENDING_DEPLOY, 2)
+    settled = ledger.settle(plan, ok=True, at=AT, container_id="c3")
+    assert [(r.revision, r.status) for r in settled.updates] == [(3, S.DEPLOYED), (2, S.SUPERSEDED)]
+    assert settled.deployed.container_id == "c3" and settled.deployed.healthy
+
+
+def test_failure_after_restore_appends_an_automatic_rollback():
+    plan = ledger.plan_promote([row(1, "v1", S.DEPLOYED)], target("v2"), env="prod", actor="bo", reason=None, at=AT)
+    settled = ledger.settle(plan, ok=False, at=AT, error="health check timed out", previous="restored")
+    assert [(r.revision, r.status) for r in settled.updates] == [(2, S.FAILED), (1, S.SUPERSEDED)]
+    (auto,) = settled.appended
+    assert (auto.revision, auto.version, auto.status, auto.rollback_of) == (3, "v1", S.DEPLOYED, 1)
+    assert auto.operation is Operation.AUTO_ROLLBACK and auto.container_id == "c1"
+
+
+def test_failure_before_the_old_one_stopped_leaves_it_deployed():
+    plan = ledger.plan_promote([row(1, "v1", S.DEPLOYED)], target("v2"), env="prod", actor="bo", reason=None, at=AT)
+    settled = ledger.settle(plan, ok=False, at=AT, error="image missing", previous="untouched")
+    assert [(r.revision, r.status) for r in settled.updates] == [(2, S.FAILED)]
+    assert settled.deployed is None and settled.appended == []
+
+
+def test_failure_when_the_old_one_does_not_come_back():
+    plan = ledger.plan_promote([row(1, "v1", S.DEPLOYED)], target("v2"), env="prod", actor="bo", reason=None, at=AT)
+    settled = ledger.settle(plan, ok=False, at=AT, error="x", previous="lost")
+    assert [(r.revision, r.status) for r in settled.updates] == [(2, S.FAILED), (1, S.FAILED)]
+
+
+def test_a_pending_revision_blocks_new_operations():
+    rows = [row(1, "v1", S.DEPLOYED), row(2, "v2", S.PENDING_DEPLOY)]
+    with pytest.raises(OperationInProgress, match="registry recover"):
+        ledger.plan_promote(rows, target("v3"), env="prod", actor="bo", reason=None, at=AT)
+    with pytest.raises(OperationInProgress):
+        ledger.plan_rollback(rows, rows[0], env="prod", actor="bo", reason=None, at=AT)
+
+
+def test_rollback_default_skips_failed_and_the_current_version():
+    rows = [row(1, "v1", S.SUPERSEDED), row(2, "v2", S.SUPERSEDED), row(3, "v3", S.FAILED),
+            row(4, "v2", S.DEPLOYED, operation=Operation.AUTO_ROLLBACK, rollback_of=2)]
+    chosen = ledger.rollback_target(rows)
+    assert chosen.revision == 1
+    plan = ledger.plan_rollback(rows, chosen, env="prod", actor="bo", reason="r", at=AT)
+    assert (plan.pending.revision, plan.pending.status, plan.pending.rollback_of) == (5, S.PENDING_ROLLBACK, 1)
+    assert plan.pending.version == "v1" and plan.current.revision == 4
+
+
+def test_rollback_to_a_version_or_revision():
+    rows = [row(1, "v1", S.SUPERSEDED), row(2, "v2", S.SUPERSEDED), row(3, "v3", S.DEPLOYED)]
+    assert ledger.rollback_target(rows, version="v1").revision == 1
+    assert ledger.rollback_target(rows, version="bot@v2").revision == 2
+    assert ledger.rollback_target(rows, revision=2).version == "v2"
+    with pytest.raises(NotFound):
+        ledger.rollback_target(rows, version="v9")
+    with pytest.raises(InvalidInput, match="what runs now"):
+        ledger.rollback_target(rows, version="v3")
+
+
+def test_rollback_never_targets_a_failed_release():
+    rows = [row(1, "v1", S.FAILED), row(2, "v2", S.DEPLOYED)]
+    with pytest.raises(NotFound, match="no earlier healthy release"):
+        ledger.rollback_target(rows)
+    with pytest.raises(InvalidInput, match="never deployed healthily"):
+        ledger.rollback_target(rows, revision=1)
+
+
+def test_retention_keeps_deployed_rollback_target_and_k_more():
+    rows = [row(i, f"v{i}", S.SUPERSEDED) for i in range(1, 6)] + [row(6, "v6", S.DEPLOYED)]
+    rows[3] = row(4, "v4", S.FAILED)
+    assert ledger.keep_containers(rows, keep=1) == {"c6", "c5", "c3"}
+    assert ledger.keep_containers(rows, keep=0) == {"c6", "c5"}
+
+
+def test_statuses_are_strings():
+    assert S.PENDING_DEPLOY == "pending-deploy" and S.PENDING_ROLLBACK.pending and not S.DEPLOYED.pending
