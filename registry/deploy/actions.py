@@ -94,7 +94,8 @@ def prepare(ctx: Context, engine: Engine, *, env: Environment, model: str, versi
     runtime = Runtime.model_validate(record["runtime"])
     secret_env = _secrets(runtime, ctx.environ, f"{model}@{version}")
     ctx.secret_values.update(secret_env.values())
-    env_vars = {**runtime.env, **secret_env}
+    # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
+    env_vars = {**runtime.env, "CELLAR_MODEL": model, "CELLAR_VERSION": version, **secret_env}
     with ctx.step("verify blobs"):
         for item in [*record["weights"], *record["prompts"]]:
             ctx.blobs.verify(item["digest"])
@@ -239,9 +240,11 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: Excep
     try:
         if new_id and new_id != (plan.current.container_id if plan.current else None):
             with ctx.step("remove failed container" if remove else "stop failed container"):
-                engine.stop(new_id, timeout=2)
+                # A failed container is not worth a graceful stop: the old one is waiting.
                 if remove:
                     engine.remove(new_id)
+                else:
+                    engine.stop(new_id, timeout=2)
         previous, note = _restore(ctx, engine, env, plan, old_stopped=old_stopped)
     except CellarError:
         return  # the engine is gone too: leave the pending row and lock to `registry recover`

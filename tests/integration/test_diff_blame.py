@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry.api import Registry
 from registry.errors import NotFound
 from registry.store import schema as t
 from tests import helpers
