@@ -8,6 +8,7 @@ audit hash chain and the release ledger simple.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -108,6 +109,17 @@ def _pg_begin_listener(engine: Engine) -> None:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
 
 
+def _full(url: str) -> bool:
+    """SQLite reports a full disk while opening its WAL files as a bare "disk I/O error"."""
+    import shutil
+
+    db = make_url(url).database
+    try:
+        return bool(db) and shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free < (1 << 20)
+    except OSError:
+        return False
+
+
 @contextmanager
 def _translated(url: str) -> Iterator[None]:
     try:
@@ -115,7 +127,7 @@ def _translated(url: str) -> Iterator[None]:
     except DBAPIError as exc:
         msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         low = msg.lower()
-        if "disk is full" in low or "no space left" in low:
+        if "disk is full" in low or "no space left" in low or ("disk i/o error" in low and _full(url)):
             raise NoSpace("no space left on device for the registry database: free some space "
                           "and retry (nothing was recorded)") from None
         if exc.connection_invalidated or "connection" in low and "refused" in low:
