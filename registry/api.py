@@ -232,7 +232,7 @@ class Registry:
         """Versions, newest first; all models unless ``model`` is given."""
         query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
         if model:
-            query = query.where(t.models.c.name == check_name(model, "model"))
+            query = query.where(t.models.c.name == _valid_model(model))
         if limit:
             query = query.limit(limit)
         with self.store.read() as conn:
@@ -309,6 +309,13 @@ class Registry:
 
 
 # --- helpers: rows in, domain objects out -------------------------------------------------
+
+
+def _valid_model(name: str) -> str:
+    try:
+        return check_name(name, "model")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def _redact(url: str) -> str:

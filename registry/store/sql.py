@@ -57,13 +57,20 @@ class Store:
     def check_schema(self) -> None:
         """Refuse to run on a database this program does not know how to read."""
         rev = self.schema_revision()
-        if rev is None:
+        if rev is None and not self._has_version_table():
             raise NotInitialised(f"no registry schema in {redact(self.url)}: run `registry init`")
         if rev != SCHEMA_HEAD:
             raise SchemaOutOfDate(
-                f"the registry database is at schema {rev}, this program needs {SCHEMA_HEAD}: "
+                f"the registry database is at schema {rev or 'base (empty)'}, this program needs {SCHEMA_HEAD}: "
                 "run `registry db upgrade` (or upgrade Cellar if the database is newer)"
             )
+
+    def _has_version_table(self) -> bool:
+        """An emptied ``alembic_version`` (downgraded to base) is out of date, not uninitialised."""
+        from sqlalchemy import inspect
+
+        with self.read() as conn:
+            return inspect(conn).has_table("alembic_version")
 
     def db_user(self, conn: Connection) -> str | None:
         """The database's authenticated user, recorded beside the actor on PostgreSQL."""
