@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cli.app import ACTOR, JSON, app, db_app
-from cli.output import console, print_json, short, size, when
+from cli.output import console, print_json, short, size, table, when
 
 
 def open_registry():
@@ -136,19 +136,12 @@ def list_(
     if as_json:
         return print_json(rows)
     if not rows:
-        return console().print("No versions yet: push one with `registry push`.")
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"):
-        table.add_column(col, no_wrap=col != "MESSAGE", overflow="ellipsis")
-    for r in rows:
-        table.add_row(r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
-                      r.message.splitlines()[0] if r.message else "")
-    out = console()
-    out.print(table)
+        return print("No versions yet: push one with `registry push`.")
+    table(["MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"],
+          [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
+            r.message.splitlines()[0] if r.message else ""] for r in rows])
     if total > len(rows):
-        out.print(f"... {total - len(rows)} more (use --limit 0 for all)")
+        print(f"... {total - len(rows)} more (use --limit 0 for all)")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -50,6 +51,9 @@ class Registry:
         self.store = store
         self.blobs = BlobStore(home.blobs)
         self._engine = None
+        # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
+        self._git_user = functools.cache(actor_mod.git_user)
+        self._stat_cache = StatCache(home.stat_cache)  # loaded on first use, once per Registry
 
     # --- opening -------------------------------------------------------------------------
 
@@ -101,6 +105,7 @@ class Registry:
             store.close()
 
     def close(self) -> None:
+        self._stat_cache.save()
         if self._engine is not None:
             self._engine.close()
         self.store.close()
@@ -132,7 +137,7 @@ class Registry:
             else manifest_mod.load(source, version=version, message=message)
         )
         m = resolved.manifest
-        who = actor_mod.resolve(actor)
+        who = actor_mod.resolve(actor, git_identity=self._git_user)
         existing = self._summary(m.model, m.version)
         image, warnings = self._pin_image(m.image)
         # An existing version only needs digests to compare against: store nothing new.
@@ -174,13 +179,13 @@ class Registry:
     def _store_files(
         self, resolved: manifest_mod.Resolved, *, write: bool, progress: Progress | None
     ) -> dict[tuple[str, str], Ingested]:
-        cache = StatCache(self.home.stat_cache)
+        cache = self._stat_cache
         out: dict[tuple[str, str], Ingested] = {}
         try:
             for f in resolved.files:
                 out[(f.kind, f.name)] = self._store_file(f, cache, write=write, progress=progress)
         finally:
-            cache.save()
+            cache.save(unless_within=1.0)  # close() saves the rest
         return out
 
     def _store_file(self, f: manifest_mod.SourceFile, cache: StatCache, *, write: bool,
@@ -350,6 +355,7 @@ def _model_id(conn: Connection, name: str) -> int | None:
     return conn.execute(select(t.models.c.id).where(t.models.c.name == name)).scalar()
 
 
+@functools.cache  # built once: a statement is immutable, and building it costs more than running it
 def _summary_query(full: bool = False):
     cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
             t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]

@@ -106,8 +106,9 @@ def _resolve(manifest: Manifest, root: Path) -> Resolved:
 def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     import yaml  # only pushes need it
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster for 1,000 pushes
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

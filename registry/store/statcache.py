@@ -24,6 +24,7 @@ class StatCache:
         self.path = path
         self._entries: dict[str, list] | None = None
         self._dirty = False
+        self._saved_at = float("-inf")
 
     @property
     def entries(self) -> dict[str, list]:
@@ -52,9 +53,12 @@ class StatCache:
         self.entries[str(path.absolute())] = [*_key(before), digest, time.time_ns()]
         self._dirty = True
 
-    def save(self) -> None:
-        if not self._dirty:
+    def save(self, *, unless_within: float = 0.0) -> None:
+        """Write the cache if it changed, but not again within ``unless_within`` seconds of the
+        last write: a loop of pushes rewrites it once a second, not once a push."""
+        if not self._dirty or time.monotonic() - self._saved_at < unless_within:
             return
+        self._saved_at = time.monotonic()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             tmp.write_text(json.dumps(self.entries))
