@@ -66,15 +66,14 @@ def push(
     """
     from registry import manifest as manifest_mod
 
-    reg = open_registry()
-    if model:
-        if manifest is not None:
-            raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
-        source = manifest_mod.from_flags(model=model, version=version, message=message, weights=weights,
-                                         prompts=prompt, image=image, root=Path.cwd())
-    else:
-        source = manifest_mod.load(manifest or Path.cwd(), version=version, message=message)
-    with reg, _progress(disable=as_json) as progress:
+    if model and manifest is not None:
+        raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
+    with open_registry() as reg, _progress(disable=as_json) as progress:
+        if model:
+            source = manifest_mod.from_flags(model=model, version=version, message=message, weights=weights,
+                                             prompts=prompt, image=image, root=Path.cwd())
+        else:
+            source = manifest_mod.load(manifest or Path.cwd(), version=version, message=message)
         result = reg.push(source, actor=actor, progress=progress)
     if as_json:
         return print_json(result)
@@ -95,7 +94,9 @@ class _progress:
     LARGE = 64 << 20
 
     def __init__(self, disable: bool):
-        self.disable, self.bar, self.tasks = disable, None, {}
+        import sys
+
+        self.disable, self.bar, self.tasks = disable or not sys.stderr.isatty(), None, {}
 
     def __enter__(self):
         return None if self.disable else self.update

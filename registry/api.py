@@ -53,7 +53,7 @@ class Registry:
         self._engine = None
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
-        self._stat_cache = StatCache(home.stat_cache)  # loaded on first use, once per Registry
+        self._stat_cache = StatCache(home.stat_cache, tmp=self.blobs.tmp)  # loaded once per Registry
 
     # --- opening -------------------------------------------------------------------------
 
@@ -346,9 +346,16 @@ def _canonical_manifest(resolved: manifest_mod.Resolved, stored: dict, image: Im
 
 
 def _provenance(resolved: manifest_mod.Resolved) -> Provenance | None:
+    if not _maybe_in_git(resolved.root):
+        return None  # and GitPython (~70 ms to import) is never loaded
     from registry import provenance
 
     return provenance.collect(resolved.root, {f.name: f.path for f in resolved.prompts})
+
+
+def _maybe_in_git(root: Path) -> bool:
+    """A cheap look for ``.git`` walking up, as git does (or a $GIT_DIR)."""
+    return bool(os.environ.get("GIT_DIR")) or any((p / ".git").exists() for p in (root, *root.parents))
 
 
 def _model_id(conn: Connection, name: str) -> int | None:

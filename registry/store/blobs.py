@@ -120,7 +120,7 @@ class BlobStore:
     def sweep_tmp(self) -> int:
         """Remove temp files left by processes that died mid-write; return how many."""
         removed = 0
-        for path in self.tmp.glob("ingest-*"):
+        for path in self.tmp.glob("*-*-*"):  # <what>-<pid>-<token>: ingest-..., statcache-...
             pid = _pid_of(path.name)
             if pid is not None and _alive(pid):
                 continue

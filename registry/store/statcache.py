@@ -20,8 +20,11 @@ def _key(st: os.stat_result) -> list[int]:
 
 
 class StatCache:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, tmp: Path | None = None):
+        """``tmp``: where to write before renaming (the blob store's, so the sweep of dead
+        processes' temp files covers it); default: beside ``path``."""
         self.path = path
+        self.tmp = tmp or path.parent
         self._entries: dict[str, list] | None = None
         self._dirty = False
         self._saved_at = float("-inf")
@@ -59,7 +62,7 @@ class StatCache:
         if not self._dirty or time.monotonic() - self._saved_at < unless_within:
             return
         self._saved_at = time.monotonic()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp = self.tmp / f"statcache-{os.getpid()}-{time.monotonic_ns()}"
         try:
             tmp.write_text(json.dumps(self.entries))
             os.replace(tmp, self.path)  # a cache: last writer wins, no fsync needed

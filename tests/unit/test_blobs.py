@@ -119,9 +119,10 @@ def test_sweep_removes_temps_of_dead_processes_only(store):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     stale = store.tmp / f"ingest-{dead.stdout.strip()}-abc"
+    stale_cache = store.tmp / f"statcache-{dead.stdout.strip()}-123"
     mine = store.tmp / f"ingest-{os.getpid()}-def"
-    odd = store.tmp / "ingest-notapid"
-    for p in (stale, mine, odd):
+    odd = store.tmp / "ingest-notapid-x"
+    for p in (stale, stale_cache, mine, odd):
         p.write_bytes(b"partial")
-    assert store.sweep_tmp() == 2
+    assert store.sweep_tmp() == 3
     assert [p.name for p in store.tmp.iterdir()] == [mine.name]
