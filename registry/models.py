@@ -54,7 +54,7 @@ VersionStr = Annotated[str, AfterValidator(check_version)]
 
 class _Model(BaseModel):
     # Validators are built on first use, not at import: the CLI's start-up pays only for the
-    # models a command uses (about 50 ms less for `registry list`, see bench/startup.py).
+    # models a command uses (~20 ms less start-up for `registry list`, see bench/startup.py).
     model_config = ConfigDict(defer_build=True)
 
 
