@@ -1,10 +1,11 @@
 """Bench: 1,000 versions pushed through the Python API (``Registry.push``); target <= 3 s in all.
 
-    python bench/api_push.py [--n 1000] [--db-url URL] [--git] [--profile]
+    python bench/api_push.py [--n 1000] [--db-url URL] [--git] [--same-files] [--profile]
 
 Each version changes the prompt (a new small blob) and keeps the weights (stat cache hit),
-which is what a prompt-tuning loop does. ``--git`` pushes from a git work tree (provenance
-is collected each time); ``--profile`` prints the top functions by cumulative time.
+which is what a prompt-tuning loop does; ``--same-files`` pushes metadata only. ``--git``
+pushes from a git work tree (provenance is collected each time); ``--profile`` prints the
+top functions (``SORT=tottime TOP=40`` to change the listing).
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def setup(work: Path, *, db_url: str | None, git: bool) -> tuple[Path, ModelDir]
     return home, md
 
 
-def push_many(home: Path, md: ModelDir, n: int) -> tuple[float, float]:
+def push_many(home: Path, md: ModelDir, n: int, *, same_files: bool = False) -> tuple[float, float]:
     """Wall and CPU seconds for ``n`` pushes (CPU time is steadier on a shared machine)."""
     prompt = md.root / "prompts" / "system"
     with Registry.open(home) as reg:
         t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
-            prompt.write_text(f"You are a helpful assistant, revision {i}.\n")
+            if not same_files:
+                prompt.write_text(f"You are a helpful assistant, revision {i}.\n")
             reg.push(md.manifest, version=f"v0.{i}", message=f"prompt revision {i}")
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert reg.count_versions() == n
@@ -56,6 +58,7 @@ def main() -> None:
     ap.add_argument("--db-url")
     ap.add_argument("--git", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--same-files", action="store_true", help="metadata only: every version has the same files")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cellar-api-bench-") as tmp:
         home, md = setup(Path(tmp), db_url=args.db_url, git=args.git)
@@ -64,12 +67,13 @@ def main() -> None:
             import pstats
 
             prof = cProfile.Profile()
-            elapsed, cpu = prof.runcall(push_many, home, md, args.n)
+            elapsed, cpu = prof.runcall(push_many, home, md, args.n, same_files=args.same_files)
             pstats.Stats(prof).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", 35)))
         else:
-            elapsed, cpu = push_many(home, md, args.n)
+            elapsed, cpu = push_many(home, md, args.n, same_files=args.same_files)
     where = args.db_url.split("@")[-1] if args.db_url else "SQLite"
-    print(f"{args.n} versions through Registry.push on {where}{' from a git work tree' if args.git else ''}: "
+    print(f"{args.n} versions through Registry.push on {where}{' from a git work tree' if args.git else ''}"
+          f"{', same files (metadata only)' if args.same_files else ', a new prompt each'}: "
           f"{elapsed:.2f} s wall ({cpu:.2f} s CPU) in all, {elapsed / args.n * 1000:.2f} ms per push "
           f"(target <= 3 s per 1,000); load average {os.getloadavg()[0]:.1f}")
 
