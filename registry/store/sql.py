@@ -31,6 +31,7 @@ class Store:
         self.engine = _make_engine(url)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
+        self._db_user: str | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -76,7 +77,9 @@ class Store:
         """The database's authenticated user, recorded beside the actor on PostgreSQL."""
         if self.dialect != "postgresql":
             return None
-        return conn.execute(text("SELECT current_user")).scalar()
+        if self._db_user is None:  # one URL, one login: ask once, not on every write
+            self._db_user = conn.execute(text("SELECT current_user")).scalar()
+        return self._db_user
 
 
 def redact(url: str) -> str:
