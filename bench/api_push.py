@@ -36,7 +36,8 @@ def setup(work: Path, *, db_url: str | None, git: bool) -> tuple[Path, ModelDir]
     old = time.time_ns() - 3600 * 10**9  # weights written long ago (not "racy" for the stat cache)
     os.utime(md.root / "weights" / "model.safetensors", ns=(old, old))
     if git:
-        for args in (["init", "-q"], ["add", "."], ["-c", "user.name=B", "-c", "user.email=b@x", "commit", "-qm", "m"]):
+        commit = ["-c", "user.name=B", "-c", "user.email=b@x", "commit", "-qm", "m"]
+        for args in (["init", "-q"], ["add", "."], commit):
             subprocess.run(["git", "-C", str(md.root), *args], check=True)
     return home, md
 
@@ -92,7 +93,8 @@ def main() -> None:
 
             prof = cProfile.Profile()
             elapsed, cpu = prof.runcall(push_many, home, md, args.n, same_files=args.same_files)
-            pstats.Stats(prof).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", 35)))
+            stats = pstats.Stats(prof).sort_stats(os.environ.get("SORT", "cumulative"))
+            stats.print_stats(int(os.environ.get("TOP", 35)))
         else:
             elapsed, cpu = push_many(home, md, args.n, same_files=args.same_files)
     where = "PostgreSQL" if args.pg else "SQLite"

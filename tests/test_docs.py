@@ -51,4 +51,5 @@ def test_every_option_has_help(path, command):
 @pytest.mark.skipif(not README.exists(), reason="README.md is not written yet")
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=[" ".join(p) for p, _ in COMMANDS])
 def test_readme_mentions_every_command(path):
-    assert f"registry {' '.join(path)}" in README.read_text(), f"README.md does not show `registry {' '.join(path)}`"
+    command = f"registry {' '.join(path)}"
+    assert command in README.read_text(), f"README.md does not show `{command}`"

@@ -253,6 +253,7 @@ def test_console_script_end_to_end(tmp_path, model_dir):
     shown = run("show", "v1.0", cwd=work)
     assert shown.returncode == 0 and "support-bot@v1.0" in shown.stdout
     missing = run("show", "v9", cwd=work)
-    assert missing.returncode == 1 and missing.stderr == "error: no version support-bot@v9: see `registry list support-bot`\n"
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no version support-bot@v9: see `registry list support-bot`\n"
     usage = run("show", cwd=work)
     assert usage.returncode == 2
