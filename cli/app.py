@@ -42,7 +42,7 @@ def _fail(ctx, message: str, code: int):
         import traceback
 
         traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.splitlines())}", file=sys.stderr)  # always one line
     raise typer.Exit(code)
 
 

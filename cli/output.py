@@ -46,3 +46,11 @@ def size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns on stdout, like ``docker ps``: plain text, so a long list renders in
+    milliseconds (rich's Table takes ~50 ms for 100 rows) and stays greppable."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -5,16 +5,20 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from collections.abc import Callable
 
 
-def resolve(explicit: str | None = None) -> str:
-    for candidate in (explicit, os.environ.get("REGISTRY_ACTOR"), _git_identity()):
+def resolve(explicit: str | None = None, *, git_identity: Callable[[], str | None] | None = None) -> str:
+    """The actor's name; ``git_identity`` replaces the git probe (e.g. with a cached one)."""
+    for candidate in (explicit, os.environ.get("REGISTRY_ACTOR")):
         if candidate and candidate.strip():
             return candidate.strip()[:255]
-    return getpass.getuser()
+    found = (git_identity or git_user)()  # only probed when needed: it spawns git
+    return found.strip()[:255] if found and found.strip() else getpass.getuser()
 
 
-def _git_identity() -> str | None:
+def git_user() -> str | None:
+    """``user.name <user.email>`` from git's config (every level), or None."""
     # `git config` honours every config level (system, global, repo, includes) in ~2 ms.
     def get(key: str) -> str:
         try:

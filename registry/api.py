@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -56,6 +57,9 @@ class Registry:
         self.store = store
         self.blobs = BlobStore(home.blobs)
         self._engine = None
+        # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
+        self._git_user = functools.cache(actor_mod.git_user)
+        self._stat_cache = StatCache(home.stat_cache, tmp=self.blobs.tmp)  # loaded once per Registry
 
     # --- opening -------------------------------------------------------------------------
 
@@ -107,6 +111,7 @@ class Registry:
             store.close()
 
     def close(self) -> None:
+        self._stat_cache.save()
         if self._engine is not None:
             self._engine.close()
         self.store.close()
@@ -138,7 +143,7 @@ class Registry:
             else manifest_mod.load(source, version=version, message=message)
         )
         m = resolved.manifest
-        who = actor_mod.resolve(actor)
+        who = actor_mod.resolve(actor, git_identity=self._git_user)
         existing = self._summary(m.model, m.version)
         # An existing version only needs digests to compare against: store nothing new.
         stored, record, digest, warnings = self._prepare(resolved, write=existing is None, progress=progress)
@@ -186,13 +191,13 @@ class Registry:
     def _store_files(
         self, resolved: manifest_mod.Resolved, *, write: bool, progress: Progress | None
     ) -> dict[tuple[str, str], Ingested]:
-        cache = StatCache(self.home.stat_cache)
+        cache = self._stat_cache
         out: dict[tuple[str, str], Ingested] = {}
         try:
             for f in resolved.files:
                 out[(f.kind, f.name)] = self._store_file(f, cache, write=write, progress=progress)
         finally:
-            cache.save()
+            cache.save(unless_within=1.0)  # close() saves the rest
         return out
 
     def _store_file(self, f: manifest_mod.SourceFile, cache: StatCache, *, write: bool,
@@ -244,7 +249,7 @@ class Registry:
         """Versions, newest first; all models unless ``model`` is given."""
         query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
         if model:
-            query = query.where(t.models.c.name == check_name(model, "model"))
+            query = query.where(t.models.c.name == _valid_model(model))
         if limit:
             query = query.limit(limit)
         with self.store.read() as conn:
@@ -525,6 +530,13 @@ class Registry:
 # --- helpers: rows in, domain objects out -------------------------------------------------
 
 
+def _valid_model(name: str) -> str:
+    try:
+        return check_name(name, "model")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
 def _redact(url: str) -> str:
     from registry.store.sql import redact
 
@@ -568,15 +580,23 @@ def _is_manifest_path(ref: str) -> bool:
 
 
 def _provenance(resolved: manifest_mod.Resolved) -> Provenance | None:
+    if not _maybe_in_git(resolved.root):
+        return None  # and GitPython (~70 ms to import) is never loaded
     from registry import provenance
 
     return provenance.collect(resolved.root, {f.name: f.path for f in resolved.prompts})
+
+
+def _maybe_in_git(root: Path) -> bool:
+    """A cheap look for ``.git`` walking up, as git does (or a $GIT_DIR)."""
+    return bool(os.environ.get("GIT_DIR")) or any((p / ".git").exists() for p in (root, *root.parents))
 
 
 def _model_id(conn: Connection, name: str) -> int | None:
     return conn.execute(select(t.models.c.id).where(t.models.c.name == name)).scalar()
 
 
+@functools.cache  # built once: a statement is immutable, and building it costs more than running it
 def _summary_query(full: bool = False):
     cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
             t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]

@@ -58,7 +58,7 @@ def load(path: str | Path, **overrides: Any) -> Resolved:
         raise ManifestError(f"{path}: cannot read the manifest ({exc})") from None
     data = _parse_yaml(path, text)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return resolve(validate(data, source=str(path)), path.parent)
+    return resolve(validate(data, source=str(path)), path.parent, source=str(path))
 
 
 def validate(data: dict[str, Any], *, source: str) -> Manifest:
@@ -68,9 +68,20 @@ def validate(data: dict[str, Any], *, source: str) -> Manifest:
         raise ManifestError(f"{source}: {_describe(exc)}") from None
 
 
-def resolve(manifest: Manifest, root: Path) -> Resolved:
-    """Find every file the manifest names, refusing paths that leave ``root``."""
-    root = root.absolute()
+def resolve(manifest: Manifest, root: Path, *, source: str | None = None) -> Resolved:
+    """Find every file the manifest names, refusing paths that leave ``root``.
+
+    Errors name ``source`` (the manifest file, or "command line") and the field.
+    """
+    try:
+        return _resolve(manifest, root.absolute())
+    except ManifestError as exc:
+        if source is None:
+            raise
+        raise ManifestError(f"{source}: {exc}") from None
+
+
+def _resolve(manifest: Manifest, root: Path) -> Resolved:
     files: dict[tuple[str, str], SourceFile] = {}
     for i, entry in enumerate(manifest.weights):
         where = f"weights[{i}]"
@@ -95,8 +106,9 @@ def resolve(manifest: Manifest, root: Path) -> Resolved:
 def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     import yaml  # only pushes need it
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster for 1,000 pushes
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -196,4 +208,4 @@ def from_flags(
         named[name] = path
     data = {"model": model, "version": version, "message": message or "",
             "weights": list(weights or []), "prompts": named, "image": image}
-    return resolve(validate(data, source="command line"), root)
+    return resolve(validate(data, source="command line"), root, source="command line")

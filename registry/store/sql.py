@@ -8,6 +8,7 @@ audit hash chain and the release ledger simple.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,7 @@ class Store:
         self.engine = _make_engine(url)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
+        self._db_user: str | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -56,19 +58,28 @@ class Store:
     def check_schema(self) -> None:
         """Refuse to run on a database this program does not know how to read."""
         rev = self.schema_revision()
-        if rev is None:
+        if rev is None and not self._has_version_table():
             raise NotInitialised(f"no registry schema in {redact(self.url)}: run `registry init`")
         if rev != SCHEMA_HEAD:
             raise SchemaOutOfDate(
-                f"the registry database is at schema {rev}, this program needs {SCHEMA_HEAD}: "
+                f"the registry database is at schema {rev or 'base (empty)'}, this program needs {SCHEMA_HEAD}: "
                 "run `registry db upgrade` (or upgrade Cellar if the database is newer)"
             )
+
+    def _has_version_table(self) -> bool:
+        """An emptied ``alembic_version`` (downgraded to base) is out of date, not uninitialised."""
+        from sqlalchemy import inspect
+
+        with self.read() as conn:
+            return inspect(conn).has_table("alembic_version")
 
     def db_user(self, conn: Connection) -> str | None:
         """The database's authenticated user, recorded beside the actor on PostgreSQL."""
         if self.dialect != "postgresql":
             return None
-        return conn.execute(text("SELECT current_user")).scalar()
+        if self._db_user is None:  # one URL, one login: ask once, not on every write
+            self._db_user = conn.execute(text("SELECT current_user")).scalar()
+        return self._db_user
 
 
 def redact(url: str) -> str:
@@ -108,6 +119,17 @@ def _pg_begin_listener(engine: Engine) -> None:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
 
 
+def _full(url: str) -> bool:
+    """SQLite reports a full disk while opening its WAL files as a bare "disk I/O error"."""
+    import shutil
+
+    db = make_url(url).database
+    try:
+        return bool(db) and shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free < (1 << 20)
+    except OSError:
+        return False
+
+
 @contextmanager
 def _translated(url: str) -> Iterator[None]:
     try:
@@ -115,7 +137,7 @@ def _translated(url: str) -> Iterator[None]:
     except DBAPIError as exc:
         msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         low = msg.lower()
-        if "disk is full" in low or "no space left" in low:
+        if "disk is full" in low or "no space left" in low or ("disk i/o error" in low and _full(url)):
             raise NoSpace("no space left on device for the registry database: free some space "
                           "and retry (nothing was recorded)") from None
         if exc.connection_invalidated or "connection" in low and "refused" in low:

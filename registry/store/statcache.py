@@ -20,10 +20,14 @@ def _key(st: os.stat_result) -> list[int]:
 
 
 class StatCache:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, tmp: Path | None = None):
+        """``tmp``: where to write before renaming (the blob store's, so the sweep of dead
+        processes' temp files covers it); default: beside ``path``."""
         self.path = path
+        self.tmp = tmp or path.parent
         self._entries: dict[str, list] | None = None
         self._dirty = False
+        self._saved_at = float("-inf")
 
     @property
     def entries(self) -> dict[str, list]:
@@ -52,10 +56,13 @@ class StatCache:
         self.entries[str(path.absolute())] = [*_key(before), digest, time.time_ns()]
         self._dirty = True
 
-    def save(self) -> None:
-        if not self._dirty:
+    def save(self, *, unless_within: float = 0.0) -> None:
+        """Write the cache if it changed, but not again within ``unless_within`` seconds of the
+        last write: a loop of pushes rewrites it once a second, not once a push."""
+        if not self._dirty or time.monotonic() - self._saved_at < unless_within:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        self._saved_at = time.monotonic()
+        tmp = self.tmp / f"statcache-{os.getpid()}-{time.monotonic_ns()}"
         try:
             tmp.write_text(json.dumps(self.entries))
             os.replace(tmp, self.path)  # a cache: last writer wins, no fsync needed

@@ -1,0 +1,259 @@
+"""The CLI for init, push, list, show, log, db upgrade: options, --json keys, errors, exit codes."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests import helpers
+
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+SUMMARY_KEYS = {"model", "version", "manifest_digest", "created_at", "actor", "message"}
+
+
+def cli(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def as_json(*args: str):
+    return json.loads(cli(*args, "--json").stdout)
+
+
+# --- init -------------------------------------------------------------------------------
+
+
+def test_init_is_idempotent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "Created" in cli("init").stdout
+    assert "already up to date" in cli("init").stdout
+    data = as_json("init")
+    assert data == {"home": str(tmp_path / ".cellar"), "db_url": f"sqlite:///{tmp_path / '.cellar/registry.db'}",
+                    "created": False}
+    sub = tmp_path / "deep" / "er"
+    sub.mkdir(parents=True)
+    monkeypatch.chdir(sub)  # commands find the nearest .cellar/ walking up
+    assert cli("list").stdout.startswith("No versions yet")
+
+
+def test_init_at_registry_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "elsewhere"))
+    assert as_json("init")["home"] == str(tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "blobs").is_dir()
+
+
+def test_init_hides_the_database_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGISTRY_DB_URL", "postgresql+psycopg://u:hunter2@127.0.0.1:1/none")
+    result = cli("init", str(tmp_path / "h"), code=1)
+    assert "hunter2" not in result.stdout + result.stderr
+    assert result.stderr.startswith("error: cannot reach the database")
+
+
+# --- push -------------------------------------------------------------------------------
+
+
+def test_push_manifest_then_again(home, model_dir):
+    out = cli("push", str(model_dir.manifest)).stdout
+    assert out.startswith("Pushed support-bot@v1.0 (") and "2 files" in out
+    assert "identical content" in cli("push", str(model_dir.root)).stdout
+
+
+def test_push_json_and_overrides(home, model_dir):
+    data = as_json("push", str(model_dir.manifest), "--version", "v2.0", "-m", "override message")
+    assert data["version"] == "v2.0" and data["created"] is True and data["files"] == 2
+    assert data["manifest_digest"].startswith("sha256:")
+    assert as_json("show", "v2.0")["message"] == "override message"
+
+
+def test_push_defaults_to_cellar_yaml_here(home, model_dir, monkeypatch):
+    monkeypatch.chdir(model_dir.root)
+    assert as_json("push")["model"] == "support-bot"
+
+
+def test_push_conflict_is_exit_1(home, model_dir):
+    cli("push", str(model_dir.manifest))
+    model_dir.set_prompt("changed\n")
+    result = cli("push", str(model_dir.manifest), code=1)
+    assert "versions are immutable" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_push_with_flags_and_an_unknown_image(home, model_dir, monkeypatch):
+    monkeypatch.chdir(model_dir.root)
+    result = cli("push", "--model", "flagged", "--version", "v1", "--weights", "weights",
+                 "--prompt", "system=prompts/system", "--image", "cellar-test/none:404", "-m", "via flags")
+    assert "Pushed flagged@v1" in result.stdout
+    assert "warning: image cellar-test/none:404 recorded unresolved" in result.stderr
+    info = as_json("show", "flagged@v1")
+    assert info["image"] == {"ref": "cellar-test/none:404", "digest": None}
+    assert [w["path"] for w in info["weights"]] == ["weights/model.safetensors"]
+    assert info["message"] == "via flags"
+
+
+def test_push_with_manifest_and_model_is_a_usage_error(home, model_dir):
+    result = cli("push", str(model_dir.manifest), "--model", "x", "--version", "v1", code=2)
+    assert "not both" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "../x", "--version", "v1"], "command line: model: name '../x' is not allowed"),
+    (["--model", "x", "--version", "V1/.."], "command line: version: version 'V1/..' is not allowed"),
+    (["--model", "x"], "--version is required"),
+    (["--model", "x", "--version", "v1", "--prompt", "nameless"], "must be NAME=PATH"),
+])
+def test_push_flag_errors(home, model_dir, monkeypatch, args, message):
+    monkeypatch.chdir(model_dir.root)
+    result = cli("push", *args, code=1)
+    assert message in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_unknown_option_is_exit_2(home):
+    assert CliRunner().invoke(app, ["list", "--no-such-flag"]).exit_code == 2
+
+
+def test_traceback_flag_shows_the_trace(home):
+    plain = CliRunner().invoke(app, ["show", "nope@v1"])
+    traced = CliRunner().invoke(app, ["--traceback", "show", "nope@v1"])
+    assert plain.exit_code == traced.exit_code == 1
+    assert "Traceback" not in plain.stderr and "Traceback" in traced.stderr
+    assert plain.stderr == "error: no version nope@v1: see `registry list nope`\n"
+
+
+# --- list, show, log --------------------------------------------------------------------
+
+
+@pytest.fixture
+def pushed(home, model_dir, frozen_clock):
+    for i, version in enumerate(["v1.0", "v1.1", "v1.2"]):
+        model_dir.set_prompt(f"prompt {i}\n")
+        cli("push", str(model_dir.manifest), "--version", version, "-m", f"change {i}")
+        frozen_clock.tick(60)
+    return model_dir
+
+
+def test_list_json(pushed):
+    rows = as_json("list")
+    assert [r["version"] for r in rows] == ["v1.2", "v1.1", "v1.0"]
+    assert all(set(r) == SUMMARY_KEYS for r in rows)
+    assert rows[0]["actor"] == "tester" and rows[0]["message"] == "change 2"
+    assert [r["version"] for r in as_json("list", "support-bot", "--limit", "1")] == ["v1.2"]
+
+
+def test_list_table_and_limit(pushed):
+    out = cli("list", "--limit", "2").stdout
+    assert "MODEL" in out and "v1.2" in out and "v1.0" not in out
+    assert "1 more" in out
+
+
+def test_list_unknown_or_bad_model(pushed):
+    assert "no model named 'other'" in cli("list", "other", code=1).stderr
+    bad = cli("list", "../Other", code=1)
+    assert bad.stderr.startswith("error: model '../Other' is not allowed")
+
+
+def test_show_json(pushed):
+    info = as_json("show", "support-bot@v1.1")
+    assert SUMMARY_KEYS | {"image", "weights", "prompts", "provenance"} <= set(info)
+    assert set(info["image"]) == {"ref", "digest"}
+    (weight,) = info["weights"]
+    assert {"path", "digest", "size", "tensors"} <= set(weight)
+    assert set(weight["tensors"][0]) == {"name", "dtype", "shape", "digest"}
+    assert {"name", "digest"} <= set(info["prompts"][0])
+    assert info["message"] == "change 1"
+
+
+def test_show_text(pushed):
+    out = cli("show", "v1.0").stdout
+    assert out.startswith("support-bot@v1.0  sha256:")
+    assert "weight  weights/model.safetensors" in out and "4 tensors" in out
+    assert "prompt  system" in out and "secrets SUPPORT_API_TOKEN" in out
+
+
+def test_log_newest_first(pushed):
+    rows = as_json("log", "support-bot")
+    assert [r["message"] for r in rows] == ["change 2", "change 1", "change 0"]
+    assert all(SUMMARY_KEYS <= set(r) for r in rows)
+    out = cli("log").stdout
+    assert out.index("v1.2") < out.index("v1.0") and "    change 1" in out
+
+
+def test_ref_without_model(pushed, tmp_path, monkeypatch):
+    assert as_json("show", "v1.0")["model"] == "support-bot"
+    other = helpers.ModelDir.create(tmp_path / "other", model="classifier")
+    cli("push", str(other.manifest))
+    assert "which model? write MODEL@v1.0" in cli("show", "v1.0", code=1).stderr
+    monkeypatch.chdir(other.root)  # its cellar.yaml names the model
+    assert as_json("show", "v1.0")["model"] == "classifier"
+
+
+@pytest.mark.parametrize("ref", ["../x@v1", "x@../v1", "x@", "Bad@v1", "x@v1\\y"])
+def test_bad_refs_are_exit_1(pushed, ref):
+    result = cli("show", ref, code=1)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+# --- actor ------------------------------------------------------------------------------
+
+
+def _actor(model_dir, version: str, *extra: str) -> str:
+    cli("push", str(model_dir.manifest), "--version", version, *extra)
+    return as_json("show", version)["actor"]
+
+
+def test_actor_precedence(home, model_dir, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # outside any repository: its local config would count too
+    gitconfig = Path(os.environ["GIT_CONFIG_GLOBAL"])
+    subprocess.run(["git", "config", "--file", str(gitconfig), "user.name", "Ada Lovelace"], check=True)
+    subprocess.run(["git", "config", "--file", str(gitconfig), "user.email", "ada@example.org"], check=True)
+    assert _actor(model_dir, "a1", "--actor", "release-bot") == "release-bot"
+    assert _actor(model_dir, "a2") == "tester"  # $REGISTRY_ACTOR
+    monkeypatch.delenv("REGISTRY_ACTOR")
+    assert _actor(model_dir, "a3") == "Ada Lovelace <ada@example.org>"
+    gitconfig.unlink()
+    assert _actor(model_dir, "a4") == getpass.getuser()
+
+
+# --- db upgrade, help -------------------------------------------------------------------
+
+
+def test_db_upgrade_when_current(home):
+    assert "schema already at" in cli("db", "upgrade").stdout
+
+
+def test_missing_registry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("list", code=1)
+    assert "run `registry init`" in result.stderr
+
+
+# --- the real console script ------------------------------------------------------------
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([REGISTRY, *args], cwd=cwd, capture_output=True, text=True, env=dict(os.environ))
+
+
+def test_console_script_end_to_end(tmp_path, model_dir):
+    work = tmp_path / "work"
+    work.mkdir()
+    assert run("init", cwd=work).returncode == 0
+    pushed = run("push", str(model_dir.manifest), "--json", cwd=work)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["created"] is True
+    listed = json.loads(run("list", "--json", cwd=work).stdout)
+    assert [(r["model"], r["version"]) for r in listed] == [("support-bot", "v1.0")]
+    shown = run("show", "v1.0", cwd=work)
+    assert shown.returncode == 0 and "support-bot@v1.0" in shown.stdout
+    missing = run("show", "v9", cwd=work)
+    assert missing.returncode == 1
+    assert missing.stderr == "error: no version support-bot@v9: see `registry list support-bot`\n"
+    usage = run("show", cwd=work)
+    assert usage.returncode == 2
