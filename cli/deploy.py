@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
-
 import typer
 
 from cli.app import ACTOR, JSON, app
@@ -20,19 +17,6 @@ def open_registry():
     from registry.api import Registry
 
     return Registry.open()
-
-
-@contextmanager
-def _short_lived():
-    """Rollback speed is wall time of one short process: skip cyclic garbage collection while
-    it imports and runs, then freeze what exists so interpreter exit does not traverse it
-    (about 100 ms of a one-second rollback). Re-enabled after, for in-process callers."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 @env_app.command("add")
@@ -127,7 +111,7 @@ def promote(
 
     Example:  registry promote v1.3 --to production --reason "fixes refund answers"
     """
-    with _short_lived(), open_registry() as reg:
+    with open_registry() as reg:
         result = reg.promote(ref, env=to, reason=reason, actor=actor, allow_retag=allow_retag,
                              on_step=None if as_json else _show_step)
     if as_json:
@@ -150,7 +134,7 @@ def rollback(
 
     Example:  registry rollback --env production --reason "v1.3 answers too slowly"
     """
-    with _short_lived(), open_registry() as reg:
+    with open_registry() as reg:
         result = reg.rollback(env=env, to=to, revision=revision, reason=reason, actor=actor,
                               on_step=None if as_json else _show_step)
     if as_json:
