@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ from registry.store.statcache import StatCache
 
 if TYPE_CHECKING:
     from registry.blame import BlameLine, LogEntry
+    from registry.deploy.engine import Engine
+    from registry.deploy.models import Environment
     from registry.diffing import Diff
 
 __all__ = ["Progress", "Registry"]
@@ -37,6 +40,8 @@ class Registry:
         self.store = store
         self.blobs = BlobStore(home.blobs)
         self._engine = None
+        self._env_engines: dict[str, Engine] = {}  # docker_host -> engine, for environments on other hosts
+        self.engine_factory: Callable[[Environment], Engine] | None = None  # tests plug in a FakeEngine
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
         self._stat_cache = StatCache(home.stat_cache, tmp=self.blobs.tmp)  # loaded once per Registry
@@ -92,8 +97,9 @@ class Registry:
 
     def close(self) -> None:
         self._stat_cache.save()
-        if self._engine is not None:
-            self._engine.close()
+        for engine in [self._engine, *self._env_engines.values()]:
+            if engine is not None:
+                engine.close()
         self.store.close()
 
     def __enter__(self) -> Registry:
@@ -204,18 +210,16 @@ class Registry:
         return Context(store=self.store, blobs=self.blobs, snapshots=self.home.snapshots,
                        engine_for=self._engine_for, environ=os.environ, on_step=on_step)
 
-    def _engine_for(self, env):
-        factory = getattr(self, "engine_factory", None)
-        if factory is not None:
-            return factory(env)
+    def _engine_for(self, env: Environment) -> Engine:
+        if self.engine_factory is not None:
+            return self.engine_factory(env)
         if not env.docker_host:
             return self.engine()
-        engines = self.__dict__.setdefault("_env_engines", {})
-        if env.docker_host not in engines:
+        if env.docker_host not in self._env_engines:
             from registry.deploy.docker import DockerEngine
 
-            engines[env.docker_host] = DockerEngine(env.docker_host)
-        return engines[env.docker_host]
+            self._env_engines[env.docker_host] = DockerEngine(env.docker_host)
+        return self._env_engines[env.docker_host]
 
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings):
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
