@@ -222,3 +222,17 @@ def test_retention_removes_old_stopped_containers_only(docker_env):
         for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}):
             c.remove(force=True)
         client.close()
+
+
+def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env, monkeypatch):
+    from registry.deploy.docker import DockerEngine, describe_host
+
+    reg, _ = docker_env
+    other = reg.add_env("t" + os.urandom(4).hex(), port=free_port(), docker_host=describe_host())
+    own = reg._engine_for(other)
+    assert own is not reg.engine()
+    closed = []
+    real_close = DockerEngine.close
+    monkeypatch.setattr(DockerEngine, "close", lambda self: (closed.append(self), real_close(self)))
+    reg.close()
+    assert any(e is own for e in closed) and any(e is reg.engine() for e in closed)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry.api import Registry
+from registry import pushing
 from registry.errors import InvalidInput, NotFound, VersionConflict
 from registry.store import schema as t
 from tests import helpers
@@ -135,14 +135,14 @@ def test_unchanged_weights_are_not_read_again(reg, model_dir, monkeypatch):
     os.utime(weights, ns=(old, old))
     reg.push(model_dir.manifest, version="v1.1")  # records a trusted stat entry
     read = []
-    real = Registry._store_file
+    real = pushing._store_file
 
-    def spy(self, f, cache, **kw):
-        if cache.lookup(f.path) is None:
+    def spy(ctx, f, **kw):
+        if ctx.stat_cache.lookup(f.path) is None:
             read.append(f.name)
-        return real(self, f, cache, **kw)
+        return real(ctx, f, **kw)
 
-    monkeypatch.setattr(Registry, "_store_file", spy)
+    monkeypatch.setattr(pushing, "_store_file", spy)
     model_dir.set_prompt("only the prompt changed\n")
     reg.push(model_dir.manifest, version="v1.2")
     assert read == ["system"]

@@ -1,0 +1,140 @@
+"""Looking at recorded versions: show one, diff two sides, blame a prompt, the changelog.
+
+A diff side is a version ref, an environment (the version deployed there), or a manifest not
+pushed yet, described as push would record it. Prompt texts come from the blob store, checked
+against their digests; weight bytes are never read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from registry import actor as actor_mod
+from registry import clock, pushing, refs, versions
+from registry import manifest as manifest_mod
+from registry.errors import CorruptBlob, InvalidInput, NotFound
+from registry.models import Tensor, VersionInfo, VersionSummary
+from registry.store.blobs import BlobStore, digest_of_bytes
+from registry.store.sql import Store
+
+if TYPE_CHECKING:
+    from registry.blame import BlameLine, LogEntry
+    from registry.diffing import Diff
+
+
+class Side(NamedTuple):
+    """One side of a diff: the version, the texts of its unstored prompts (by digest), warnings."""
+
+    info: VersionInfo
+    texts: dict[str, str]
+    warnings: list[str]
+
+
+def show(store: Store, ref: str) -> VersionInfo:
+    """Everything recorded about one version."""
+    model, version = refs.resolve(store, ref)
+    with store.read() as conn:
+        return versions.info(conn, model, version)
+
+
+def diff(ctx: pushing.Context, a: str, b: str) -> Diff:
+    """What changed from ``a`` to ``b``; prompt texts are read only where their digests differ."""
+    from registry import diffing
+
+    old, new = side(ctx, a), side(ctx, b)
+    local = {**old.texts, **new.texts}
+    texts = {d: local[d] if d in local else prompt_text(ctx.blobs, d)
+             for d in _changed_prompts(old.info, new.info)}
+    result = diffing.diff(old.info, new.info, texts=texts, refs=(a, b))
+    result.warnings = old.warnings + new.warnings
+    return result
+
+
+def _changed_prompts(old: VersionInfo, new: VersionInfo) -> set[str]:
+    """Digests of the prompts that differ; equal digests need no text."""
+    before, after = ({p.name: p.digest for p in v.prompts} for v in (old, new))
+    return ({d for n, d in before.items() if after.get(n) != d}
+            | {d for n, d in after.items() if before.get(n) != d})
+
+
+def side(ctx: pushing.Context, ref: str) -> Side:
+    """A manifest path, else a version ref, else an environment's deployed version."""
+    if _is_manifest_path(ref):
+        return _manifest_side(ctx, ref)
+    try:
+        info = show(ctx.store, ref)
+    except (NotFound, InvalidInput):
+        target = refs.deployed(ctx.store, ref)
+        if not target:
+            raise
+        info = show(ctx.store, target)
+    return Side(info, {}, [])
+
+
+def _is_manifest_path(ref: str) -> bool:
+    """A manifest file, or a folder holding one (a folder named like a version without one is not)."""
+    path = Path(ref)
+    return path.is_file() or (path / manifest_mod.DEFAULT_NAME).is_file()
+
+
+def _manifest_side(ctx: pushing.Context, path: str) -> Side:
+    """A manifest not pushed yet, described as push would record it, without storing anything."""
+    new = pushing.prepare(ctx, manifest_mod.load(path), write=False)
+    m = new.resolved.manifest
+    summary = VersionSummary(model=m.model, version=m.version, manifest_digest=new.digest,
+                             created_at=clock.now(), actor=actor_mod.resolve(), message=m.message)
+    info = versions.info_of(summary, new.record, _tensors(new), pushing.provenance_of(new.resolved))
+    texts = {new.stored[("prompt", f.name)].digest: f.path.read_text(encoding="utf-8")
+             for f in new.resolved.prompts}
+    return Side(info, texts, new.warnings)
+
+
+def _tensors(new: versions.NewVersion) -> dict[str, list[Tensor]]:
+    """The tensors of a manifest's weights, by blob digest, as they were hashed."""
+    out = {}
+    for f in new.resolved.weights:
+        if f.tensors:
+            got = new.stored[("weight", f.name)]
+            out[got.digest] = [Tensor(name=tr.name, dtype=tr.dtype, shape=list(tr.shape),
+                                      digest=got.tensor_digests[tr.name]) for tr in f.tensors]
+    return out
+
+
+def prompt_text(blobs: BlobStore, digest: str) -> str:
+    """A stored prompt's text, checked against its digest (prompt blobs are small)."""
+    try:
+        data = blobs.path(digest).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"blob {digest} is missing from {blobs.root}; restore it from a backup") from None
+    if digest_of_bytes(data) != digest:
+        raise CorruptBlob(f"blob {digest} is corrupt (its bytes no longer match its digest); "
+                          "restore it from a backup")
+    return data.decode("utf-8")
+
+
+def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
+          model: str | None = None) -> list[BlameLine]:
+    """Each line of ``prompt`` at ``at`` (default: the model's newest version) and its origin."""
+    from registry import blame as blame_mod
+
+    if at:
+        model, version = refs.resolve(store, at if "@" in at or not model else f"{model}@{at}")
+    else:
+        model = model or refs.default_model(store, "VERSION")
+        version = versions.summaries(store, model, limit=1)[0].version
+    with store.read() as conn:
+        walk = blame_mod.steps(conn, model=model, prompt=prompt, upto=version)
+    texts = {d: prompt_text(blobs, d) for d in {s.digest for s in walk if s.digest}}
+    return blame_mod.attribute(walk, texts, prompt=prompt)
+
+
+def changelog(store: Store, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
+    """Versions newest first, each with its git provenance."""
+    from registry import blame as blame_mod
+    from registry.blame import LogEntry
+
+    rows = versions.summaries(store, model, limit=limit)
+    with store.read() as conn:
+        found = blame_mod.provenance_of(conn, [(r.model, r.version) for r in rows])
+    return [LogEntry(**r.model_dump(), provenance=found.get((r.model, r.version))) for r in rows]

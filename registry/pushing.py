@@ -1,0 +1,182 @@
+"""Push: hash and store a manifest's files, pin its image, build the canonical record it pins,
+then record the version and its audit event in one transaction.
+
+``prepare(write=False)`` is the same work without storing anything: diff uses it to describe
+a manifest that is not pushed yet exactly as push would record it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection
+
+from registry import audit, canonical, versions
+from registry.errors import CellarError, InvalidInput, VersionConflict
+from registry.faults import crashpoint
+from registry.manifest import Resolved, SourceFile
+from registry.models import ImageRef, Provenance, PushResult, VersionSummary
+from registry.safetensors_index import read_index
+from registry.store.blobs import BlobStore, Ingested, hash_file
+from registry.store.sql import Store
+from registry.store.statcache import StatCache
+
+if TYPE_CHECKING:
+    from registry.deploy.engine import Engine
+
+Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
+
+
+@dataclass
+class Context:
+    """The ports a push (or a dry run of one) works with."""
+
+    store: Store
+    blobs: BlobStore
+    stat_cache: StatCache
+    engine: Callable[[], Engine]  # called only for a manifest that names an image
+
+
+def push(ctx: Context, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
+    """Record a version; the same content again is a no-op, other content a VersionConflict."""
+    m = resolved.manifest
+    with ctx.store.read() as conn:
+        existing = versions.find(conn, m.model, m.version)
+    # An existing version only needs digests to compare against: store nothing new.
+    new = prepare(ctx, resolved, write=existing is None, progress=progress)
+    if existing:
+        return _same_or_conflict(existing, new)
+    provenance = provenance_of(resolved)
+    crashpoint("push:blobs-stored")
+    with ctx.store.write() as conn:
+        raced = versions.find(conn, m.model, m.version)
+        if raced:
+            return _same_or_conflict(raced, new)
+        _record(ctx, conn, new, actor=actor, provenance=provenance)
+        crashpoint("push:before-commit")
+    return PushResult(
+        model=m.model, version=m.version, manifest_digest=new.digest, created=True,
+        bytes_ingested=sum(s.size for s in new.stored.values() if s.written),
+        files=len(new.stored), warnings=new.warnings,
+    )
+
+
+def _record(ctx: Context, conn: Connection, new: versions.NewVersion, *, actor: str,
+            provenance: Provenance | None) -> None:
+    m = new.resolved.manifest
+    prompts_changed = audit.prompts_changed(conn, model=m.model, prompts=new.record["prompts"])
+    versions.insert_version(conn, new, actor=actor, provenance=provenance)
+    audit.append(
+        conn, actor=actor, action="push", object=f"{m.model}@{m.version}", model=m.model,
+        detail={"manifest_digest": new.digest, "image": new.record["image"],
+                "files": sorted(f"{k}:{n}" for k, n in new.stored), "message": m.message,
+                "prompts_changed": prompts_changed},
+        db_user=ctx.store.db_user(conn),
+    )
+
+
+def _same_or_conflict(existing: VersionSummary, new: versions.NewVersion) -> PushResult:
+    ref = f"{existing.model}@{existing.version}"
+    if existing.manifest_digest != new.digest:
+        raise VersionConflict(
+            f"{ref} already exists with other content ({existing.manifest_digest[:19]}); "
+            "versions are immutable: push under a new version"
+        )
+    return PushResult(model=existing.model, version=existing.version, manifest_digest=new.digest,
+                      created=False, warnings=new.warnings)
+
+
+def prepare(ctx: Context, resolved: Resolved, *, write: bool,
+            progress: Progress | None = None) -> versions.NewVersion:
+    """Hash (and, if ``write``, store) a manifest's files, pin its image, build its record."""
+    image, warnings = _pin_image(ctx, resolved.manifest.image)
+    stored = _store_files(ctx, resolved, write=write, progress=progress)
+    record = canonical_record(resolved, stored, image)
+    return versions.NewVersion(resolved=resolved, stored=stored, record=record,
+                               digest=canonical.digest(record), warnings=warnings)
+
+
+def _store_files(ctx: Context, resolved: Resolved, *, write: bool,
+                 progress: Progress | None) -> dict[tuple[str, str], Ingested]:
+    out: dict[tuple[str, str], Ingested] = {}
+    try:
+        for f in resolved.files:
+            out[(f.kind, f.name)] = _store_file(ctx, f, write=write, progress=progress)
+    finally:
+        ctx.stat_cache.save(unless_within=1.0)  # Registry.close() saves the rest
+    return out
+
+
+def _store_file(ctx: Context, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
+    before = os.stat(f.path)
+    known = ctx.stat_cache.lookup(f.path)
+    if known and ctx.blobs.has(known):
+        return Ingested(digest=known, size=before.st_size, tensor_digests=_known_tensors(ctx, known, f))
+    tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
+    try:
+        got = (ctx.blobs.ingest(f.path, tensors=f.tensors, progress=tick) if write
+               else hash_file(f.path, f.tensors))
+    except FileNotFoundError:
+        raise InvalidInput(f"{f.path} disappeared during the push; nothing was recorded") from None
+    ctx.stat_cache.record(f.path, before, got.digest)
+    return got
+
+
+def _known_tensors(ctx: Context, digest: str, f: SourceFile) -> dict[str, str]:
+    """Tensor digests of a stored blob: from the index, else hashed from the blob itself."""
+    if not f.tensors:
+        return {}
+    with ctx.store.read() as conn:
+        indexed = versions.tensor_digests(conn, digest)
+    if indexed:
+        return indexed
+    path = ctx.blobs.path(digest)
+    return hash_file(path, read_index(path)).tensor_digests
+
+
+def _pin_image(ctx: Context, ref: str | None) -> tuple[ImageRef, list[str]]:
+    if not ref:
+        return ImageRef(), []
+    try:
+        return ImageRef(ref=ref, digest=ctx.engine().image_digest(ref)), []
+    except CellarError as exc:
+        return ImageRef(ref=ref), [f"image {ref} recorded unresolved: {exc}"]
+
+
+def canonical_record(resolved: Resolved, stored: dict[tuple[str, str], Ingested], image: ImageRef) -> dict:
+    """The content a version pins; its sha256 is the manifest digest."""
+    m = resolved.manifest
+    return {
+        "image": image.model_dump(),
+        "weights": [_pinned("path", "weight", f.name, stored) for f in _by_name(resolved.weights)],
+        "prompts": [_pinned("name", "prompt", f.name, stored) for f in _by_name(resolved.prompts)],
+        "runtime": m.runtime.model_dump(mode="json", by_alias=True),
+        "probes": [p.model_dump(mode="json", by_alias=True) for p in m.probes],
+    }
+
+
+def _by_name(files: list[SourceFile]) -> list[SourceFile]:
+    return sorted(files, key=lambda f: f.name)
+
+
+def _pinned(key: str, kind: str, name: str, stored: dict[tuple[str, str], Ingested]) -> dict:
+    got = stored[(kind, name)]
+    return {key: name, "digest": got.digest, "size": got.size}
+
+
+def provenance_of(resolved: Resolved) -> Provenance | None:
+    """Git provenance of the manifest's folder; None outside git."""
+    if not _maybe_in_git(resolved.root):
+        return None  # and GitPython (~70 ms to import) is never loaded
+    from registry import provenance
+
+    return provenance.collect(resolved.root, {f.name: f.path for f in resolved.prompts})
+
+
+def _maybe_in_git(root: Path) -> bool:
+    """A cheap look for ``.git`` walking up, as git does (or a $GIT_DIR)."""
+    return bool(os.environ.get("GIT_DIR")) or any((p / ".git").exists() for p in (root, *root.parents))

@@ -1,0 +1,75 @@
+"""What a user types to name a version: ``model@version``, a bare ``version`` (the model guessed
+when there is one choice), or an environment (the version deployed there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from registry import manifest as manifest_mod
+from registry import versions
+from registry.errors import InvalidInput, NotFound
+from registry.models import check_name, check_version
+from registry.store.sql import Store
+
+
+def resolve(store: Store, ref: str) -> tuple[str, str]:
+    """``model@version`` or ``version`` -> (model, version), guessing the model when unique."""
+    model, sep, version = ref.rpartition("@")
+    if not version:
+        raise InvalidInput(f"{ref!r} is not a version reference: write v1.3 or model@v1.3")
+    try:
+        check_version(version)
+        model = check_name(model, "model") if sep else default_model(store, ref)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    return model, version
+
+
+def default_model(store: Store, ref: str) -> str:
+    """The only model, or the one the manifest in the working directory names."""
+    with store.read() as conn:
+        names = versions.model_names(conn)
+    if len(names) == 1:
+        return names[0]
+    named = _named_here()
+    if isinstance(named, str) and named in names:
+        return named
+    if not names:
+        raise NotFound("the registry holds no models yet: push one with `registry push`")
+    raise InvalidInput(f"which model? write MODEL@{ref} (models: {', '.join(names[:5])})")
+
+
+def _named_here() -> object:
+    """The ``model:`` of ./cellar.yaml, unchecked; None when there is none."""
+    here = Path.cwd() / manifest_mod.DEFAULT_NAME
+    if not here.is_file():
+        return None
+    try:
+        import yaml
+
+        return (yaml.safe_load(here.read_text()) or {}).get("model")
+    except Exception:  # an unreadable manifest just does not help guess
+        return None
+
+
+def deployed(store: Store, env: str) -> str | None:
+    """``model@version`` running in environment ``env``; None if ``env`` is no environment."""
+    from registry import ledger
+    from registry.deploy import records
+
+    with store.read() as conn:
+        if not any(e.name == env for e in records.environments(conn)):
+            return None
+        running = ledger.current(records.ledger(conn, env))
+    if running is None:
+        raise NotFound(f"nothing is deployed in {env}")
+    return f"{running.model}@{running.version}"
+
+
+def promote_source(store: Store, ref: str, env: str | None) -> tuple[str, str]:
+    """The version ``promote`` deploys: ``ref`` itself, or what environment ``ref`` runs."""
+    if "@" not in ref and (running := deployed(store, ref)) is not None:
+        if env == ref:
+            raise InvalidInput(f"cannot promote {ref} into itself: pass --to ENV")
+        return resolve(store, running)
+    return resolve(store, ref)

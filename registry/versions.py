@@ -1,0 +1,209 @@
+"""The version rows: read summaries and full descriptions, record a new version.
+
+Rows stay in here; callers get ``VersionSummary``/``VersionInfo`` back and hand in a
+``NewVersion``. Functions take an open connection, so the caller decides the transaction
+(``summaries`` alone takes the store, see there).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from registry import canonical, clock
+from registry.errors import InvalidInput, NotFound
+from registry.manifest import Resolved
+from registry.models import (
+    ImageRef,
+    Probe,
+    PromptFile,
+    Provenance,
+    Runtime,
+    Tensor,
+    VersionInfo,
+    VersionSummary,
+    WeightFile,
+    check_name,
+)
+from registry.safetensors_index import is_safetensors
+from registry.store import schema as t
+from registry.store.blobs import Ingested
+from registry.store.sql import Store
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A version ready to record: its manifest, its files as stored (or only hashed), the
+    canonical record it pins and that record's digest."""
+
+    resolved: Resolved
+    stored: dict[tuple[str, str], Ingested]  # (kind, name) -> blob
+    record: dict
+    digest: str
+    warnings: list[str] = field(default_factory=list)  # for the user; not recorded
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def summaries(store: Store, model: str | None = None, *, limit: int | None = None) -> list[VersionSummary]:
+    """Versions, newest first; all models unless ``model`` is given (NotFound if it is unknown).
+
+    Takes the store, not a connection: a malformed name is refused before connecting, so it
+    reads as the user's mistake even when the database is down."""
+    query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
+    if model:
+        query = query.where(t.models.c.name == _valid_model(model))
+    if limit:
+        query = query.limit(limit)
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+        if model and not rows and not _model_id(conn, model):
+            raise NotFound(f"no model named {model!r}: see `registry list`")
+    return [_to_summary(r) for r in rows]
+
+
+def count(conn: Connection, model: str | None = None) -> int:
+    query = select(func.count()).select_from(t.versions.join(t.models))
+    if model:
+        query = query.where(t.models.c.name == model)
+    return conn.execute(query).scalar_one()
+
+
+def model_names(conn: Connection) -> list[str]:
+    return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
+
+
+def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
+    row = conn.execute(_summary_query().where(t.models.c.name == model,
+                                              t.versions.c.version == version)).first()
+    return _to_summary(row) if row else None
+
+
+def info(conn: Connection, model: str, version: str) -> VersionInfo:
+    """Everything recorded about ``model@version``."""
+    row = conn.execute(_summary_query(full=True).where(
+        t.models.c.name == model, t.versions.c.version == version)).first()
+    if row is None:
+        raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
+    record = json.loads(row.manifest)
+    tensors = tensors_of(conn, [w["digest"] for w in record["weights"]])
+    provenance = Provenance.model_validate_json(row.provenance) if row.provenance else None
+    return info_of(_to_summary(row), record, tensors, provenance)
+
+
+def info_of(summary: VersionSummary, record: dict, tensors: dict[str, list[Tensor]],
+            provenance: Provenance | None) -> VersionInfo:
+    """A version's full description from its canonical record (stored, or built from a manifest)."""
+    return VersionInfo(
+        **summary.model_dump(),
+        image=ImageRef(**record["image"]),
+        weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
+        prompts=[PromptFile(**p) for p in record["prompts"]],
+        runtime=Runtime.model_validate(record["runtime"]),
+        probes=[Probe.model_validate(p) for p in record["probes"]],
+        provenance=provenance,
+    )
+
+
+def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
+    """The indexed tensors of the given weight blobs, by blob digest, in file order."""
+    if not digests:
+        return {}
+    rows = conn.execute(select(t.tensors).where(t.tensors.c.blob_digest.in_(digests))
+                        .order_by(t.tensors.c.blob_digest, t.tensors.c.position)).all()
+    out: dict[str, list[Tensor]] = {}
+    for r in rows:
+        out.setdefault(r.blob_digest, []).append(
+            Tensor(name=r.name, dtype=r.dtype, shape=json.loads(r.shape), digest=r.digest))
+    return out
+
+
+def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
+    """Tensor name -> digest for one indexed blob; empty when the blob has no index."""
+    rows = conn.execute(select(t.tensors.c.name, t.tensors.c.digest)
+                        .where(t.tensors.c.blob_digest == blob_digest)).all()
+    return dict(rows)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> None:
+    """The version's row, its blobs not known yet, its files and its weights' tensor index."""
+    m, now = new.resolved.manifest, clock.now()
+    version_id = conn.execute(insert(t.versions).values(
+        model_id=_model_id_or_insert(conn, m.model, now), version=m.version, manifest_digest=new.digest,
+        manifest=canonical.dumps(new.record), message=m.message, actor=actor, created_at=now,
+        provenance=provenance.model_dump_json() if provenance else None,
+    )).inserted_primary_key[0]
+    _insert_blobs(conn, new.stored, now)
+    conn.execute(insert(t.version_files), [
+        {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
+        for (kind, name), got in new.stored.items()
+    ])
+    _insert_tensors(conn, new)
+
+
+def _model_id_or_insert(conn: Connection, name: str, now: datetime) -> int:
+    model_id = _model_id(conn, name)
+    if model_id is None:
+        model_id = conn.execute(insert(t.models).values(name=name, created_at=now)).inserted_primary_key[0]
+    return model_id
+
+
+def _insert_blobs(conn: Connection, stored: dict[tuple[str, str], Ingested], now: datetime) -> None:
+    by_digest = {got.digest: got for got in stored.values()}
+    known = set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(by_digest))).scalars())
+    missing = [{"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items() if d not in known]
+    if missing:
+        conn.execute(insert(t.blobs), missing)
+
+
+def _insert_tensors(conn: Connection, new: NewVersion) -> None:
+    for f in new.resolved.weights:
+        got = new.stored[("weight", f.name)]
+        if not f.tensors or not is_safetensors(f.name):
+            continue
+        indexed = conn.execute(select(func.count()).select_from(t.tensors)
+                               .where(t.tensors.c.blob_digest == got.digest)).scalar_one()
+        if indexed:
+            continue
+        conn.execute(insert(t.tensors), [
+            {"blob_digest": got.digest, "name": tr.name, "position": i, "dtype": tr.dtype,
+             "shape": json.dumps(list(tr.shape)), "digest": got.tensor_digests[tr.name]}
+            for i, tr in enumerate(f.tensors)
+        ])
+
+
+# --- rows in, domain objects out ------------------------------------------------------------
+
+
+def _valid_model(name: str) -> str:
+    try:
+        return check_name(name, "model")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _model_id(conn: Connection, name: str) -> int | None:
+    return conn.execute(select(t.models.c.id).where(t.models.c.name == name)).scalar()
+
+
+@functools.cache  # built once: a statement is immutable, and building it costs more than running it
+def _summary_query(full: bool = False):
+    cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
+            t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]
+    if full:
+        cols += [t.versions.c.manifest, t.versions.c.provenance]
+    return select(*cols).select_from(t.versions.join(t.models))
+
+
+def _to_summary(row) -> VersionSummary:
+    return VersionSummary(model=row.model, version=row.version, manifest_digest=row.manifest_digest,
+                          created_at=clock.utc(row.created_at), actor=row.actor, message=row.message)
