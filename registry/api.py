@@ -22,7 +22,8 @@ from registry.store.statcache import StatCache
 if TYPE_CHECKING:
     from registry.blame import BlameLine, LogEntry
     from registry.deploy.engine import Engine
-    from registry.deploy.models import Environment
+    from registry.deploy.models import DeployResult, Environment, EnvStatus, RecoverResult
+    from registry.ledger import Release
     from registry.diffing import Diff
 
 __all__ = ["Progress", "Registry"]
@@ -96,11 +97,14 @@ class Registry:
             store.close()
 
     def close(self) -> None:
-        self._stat_cache.save()
-        for engine in [self._engine, *self._env_engines.values()]:
-            if engine is not None:
-                engine.close()
-        self.store.close()
+        """Save the stat cache and close the database and every Docker engine opened."""
+        try:
+            self._stat_cache.save()
+            for engine in [self._engine, *self._env_engines.values()]:
+                if engine is not None:
+                    engine.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -150,10 +154,12 @@ class Registry:
         return versions_mod.summaries(self.store, model, limit=limit)
 
     def count_versions(self, model: str | None = None) -> int:
+        """How many versions there are (of ``model``, or in all)."""
         with self.store.read() as conn:
             return versions_mod.count(conn, model)
 
     def models(self) -> list[str]:
+        """Model names, sorted."""
         with self.store.read() as conn:
             return versions_mod.model_names(conn)
 
@@ -221,28 +227,29 @@ class Registry:
             self._env_engines[env.docker_host] = DockerEngine(env.docker_host)
         return self._env_engines[env.docker_host]
 
-    def add_env(self, name: str, *, port: int, actor: str | None = None, **settings):
+    def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
         protected, default, bind_addr."""
         from registry import environments
 
         return environments.add(self._deploy_ctx(), name=name, port=port, actor=actor_mod.resolve(actor), **settings)
 
-    def environments(self):
+    def environments(self) -> list[Environment]:
         """All environments, by name."""
         from registry.deploy import records
 
         with self.store.read() as conn:
             return records.environments(conn)
 
-    def environment(self, name: str | None = None):
+    def environment(self, name: str | None = None) -> Environment:
         """One environment (the default one when ``name`` is None)."""
         from registry.deploy import records
 
         with self.store.read() as conn:
             return records.find_env(conn, name)
 
-    def remove_env(self, name: str, *, reason: str | None = None, force: bool = False, actor: str | None = None):
+    def remove_env(self, name: str, *, reason: str | None = None, force: bool = False,
+                   actor: str | None = None) -> Environment:
         """Forget an environment (its history stays); ``force`` when something is deployed."""
         from registry import environments
 
@@ -250,7 +257,7 @@ class Registry:
                                    reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
-                allow_retag: bool = False, on_step=None):
+                allow_retag: bool = False, on_step=None) -> DeployResult:
         """Deploy a version (or what environment ``ref`` runs) into ``env``; HealthGateFailed
         (exit 4) after an automatic rollback when the new release does not come up healthy."""
         from registry.deploy import actions
@@ -259,12 +266,8 @@ class Registry:
         return actions.promote(self._deploy_ctx(on_step), env_name=env, model=model, version=version,
                                actor=actor_mod.resolve(actor), reason=reason, allow_retag=allow_retag)
 
-    def _deployed_ref(self, env: str) -> str | None:
-        """``model@version`` running in environment ``env``; None if ``env`` is no environment."""
-        return refs.deployed(self.store, env)
-
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
-                 reason: str | None = None, actor: str | None = None, on_step=None):
+                 reason: str | None = None, actor: str | None = None, on_step=None) -> DeployResult:
         """Go back to an earlier healthy release: the newest by default, or ``to``/``revision``."""
         from registry.deploy import rollback
 
@@ -273,19 +276,20 @@ class Registry:
         return rollback.rollback(self._deploy_ctx(on_step), env_name=env, to=to, revision=revision,
                                  actor=actor_mod.resolve(actor), reason=reason)
 
-    def history(self, env: str | None = None):
+    def history(self, env: str | None = None) -> list[Release]:
         """The release ledger: one environment's, or all of them, oldest revision first."""
         from registry import environments
 
         return environments.history(self._deploy_ctx(), env)
 
-    def status(self):
+    def status(self) -> list[EnvStatus]:
         """Each environment: what is deployed, its container's state and health, pending work."""
         from registry import environments
 
         return environments.status(self._deploy_ctx())
 
-    def recover(self, *, env: str | None = None, actor: str | None = None, force: bool = False):
+    def recover(self, *, env: str | None = None, actor: str | None = None,
+                force: bool = False) -> RecoverResult:
         """Reconcile ledgers with the containers found by label; complete or revert pending work
         (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
         from registry.deploy import recover

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
@@ -53,6 +53,16 @@ def event_body(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Statements on the push path are built once: building one costs more than running it.
+_LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
+_INSERT = insert(events)
+_NEWEST_PROMPTS = select(version_files.c.name, version_files.c.digest).where(
+    version_files.c.kind == "prompt",
+    version_files.c.version_id == (
+        select(versions.c.id).join(models).where(models.c.name == bindparam("model"))
+        .order_by(versions.c.created_at.desc(), versions.c.id.desc()).limit(1).scalar_subquery()))
+
+
 def append(
     conn: Connection,
     *,
@@ -66,7 +76,7 @@ def append(
     db_user: str | None = None,
 ) -> str:
     """Append one event inside the caller's (serialised) write transaction; return its hash."""
-    last = conn.execute(select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)).first()
+    last = conn.execute(_LAST).first()
     row = {
         "id": (last.id + 1) if last else 1,
         "at": clock.utc(clock.now()),
@@ -81,7 +91,7 @@ def append(
     }
     prev = last.hash if last else GENESIS
     row["hash"] = chain_hash(prev, event_body(row))
-    conn.execute(insert(events).values(**row, prev_hash=prev))
+    conn.execute(_INSERT, {**row, "prev_hash": prev})
     return row["hash"]
 
 
@@ -90,10 +100,7 @@ def prompts_changed(conn: Connection, *, model: str, prompts: list[dict[str, Any
 
     Recorded in the push event so ``registry audit --prompt NAME`` need not read versions.
     """
-    newest = (select(versions.c.id).join(models).where(models.c.name == model)
-              .order_by(versions.c.created_at.desc(), versions.c.id.desc()).limit(1)).scalar_subquery()
-    before = dict(conn.execute(select(version_files.c.name, version_files.c.digest).where(
-        version_files.c.version_id == newest, version_files.c.kind == "prompt")).all())
+    before = dict(conn.execute(_NEWEST_PROMPTS, {"model": model}).all())
     after = {p["name"]: p["digest"] for p in prompts}
     return sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
 

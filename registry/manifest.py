@@ -83,11 +83,12 @@ def resolve(manifest: Manifest, root: Path, *, source: str | None = None) -> Res
 
 def _resolve(manifest: Manifest, root: Path) -> Resolved:
     files: dict[tuple[str, str], SourceFile] = {}
+    real_root = root.resolve()
     for i, entry in enumerate(manifest.weights):
         where = f"weights[{i}]"
-        target = _inside(root, entry, where)
+        target = _inside(root, real_root, entry, where)
         if target.is_dir():
-            found = list(_walk(root, target, where))
+            found = list(_walk(root, real_root, target, where))
             if not found:
                 raise ManifestError(f"{where}: folder {entry!r} holds no files; add the weights or remove the entry")
         else:
@@ -97,7 +98,7 @@ def _resolve(manifest: Manifest, root: Path) -> Resolved:
             files[("weight", rel)] = SourceFile("weight", rel, path, _tensors(path, where))
     for name, entry in manifest.prompts.items():
         where = f"prompts.{name}"
-        path = _regular_file(root, _inside(root, entry, where), where)
+        path = _regular_file(root, _inside(root, real_root, entry, where), where)
         _check_text(path, where)
         files[("prompt", name)] = SourceFile("prompt", name, path)
     return Resolved(manifest, root, list(files.values()))
@@ -129,19 +130,18 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _inside(root: Path, entry: str, where: str) -> Path:
+def _inside(root: Path, real_root: Path, entry: str, where: str) -> Path:
     if not entry or "\x00" in entry or "\\" in entry or PurePosixPath(entry).is_absolute():
         raise ManifestError(f"{where}: {entry!r} must be a relative path inside {root}")
     target = root / entry
-    if not _is_within(target.resolve(), root.resolve()):
+    if not _is_within(target.resolve(), real_root):
         raise ManifestError(f"{where}: {entry!r} points outside the manifest's folder {root}")
     if not target.exists():
         raise ManifestError(f"{where}: {entry!r} does not exist in {root}")
     return target
 
 
-def _walk(root: Path, folder: Path, where: str):
-    real_root = root.resolve()
+def _walk(root: Path, real_root: Path, folder: Path, where: str):
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in dirnames:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
@@ -80,8 +80,7 @@ def model_names(conn: Connection) -> list[str]:
 
 
 def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
-    row = conn.execute(_summary_query().where(t.models.c.name == model,
-                                              t.versions.c.version == version)).first()
+    row = conn.execute(_find_stmt(), {"model": model, "version": version}).first()
     return _to_summary(row) if row else None
 
 
@@ -126,9 +125,7 @@ def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
 
 def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
     """Tensor name -> digest for one indexed blob; empty when the blob has no index."""
-    rows = conn.execute(select(t.tensors.c.name, t.tensors.c.digest)
-                        .where(t.tensors.c.blob_digest == blob_digest)).all()
-    return dict(rows)
+    return dict(conn.execute(_TENSOR_DIGESTS, {"blob": blob_digest}).all())
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -137,13 +134,13 @@ def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
 def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> None:
     """The version's row, its blobs not known yet, its files and its weights' tensor index."""
     m, now = new.resolved.manifest, clock.now()
-    version_id = conn.execute(insert(t.versions).values(
+    version_id = conn.execute(_INSERT["versions"], dict(
         model_id=_model_id_or_insert(conn, m.model, now), version=m.version, manifest_digest=new.digest,
         manifest=canonical.dumps(new.record), message=m.message, actor=actor, created_at=now,
         provenance=provenance.model_dump_json() if provenance else None,
     )).inserted_primary_key[0]
     _insert_blobs(conn, new.stored, now)
-    conn.execute(insert(t.version_files), [
+    conn.execute(_INSERT["version_files"], [
         {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
         for (kind, name), got in new.stored.items()
     ])
@@ -153,16 +150,16 @@ def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance:
 def _model_id_or_insert(conn: Connection, name: str, now: datetime) -> int:
     model_id = _model_id(conn, name)
     if model_id is None:
-        model_id = conn.execute(insert(t.models).values(name=name, created_at=now)).inserted_primary_key[0]
+        model_id = conn.execute(_INSERT["models"], {"name": name, "created_at": now}).inserted_primary_key[0]
     return model_id
 
 
 def _insert_blobs(conn: Connection, stored: dict[tuple[str, str], Ingested], now: datetime) -> None:
     by_digest = {got.digest: got for got in stored.values()}
-    known = set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(by_digest))).scalars())
+    known = set(conn.execute(_KNOWN_BLOBS, {"digests": list(by_digest)}).scalars())
     missing = [{"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items() if d not in known]
     if missing:
-        conn.execute(insert(t.blobs), missing)
+        conn.execute(_INSERT["blobs"], missing)
 
 
 def _insert_tensors(conn: Connection, new: NewVersion) -> None:
@@ -170,11 +167,9 @@ def _insert_tensors(conn: Connection, new: NewVersion) -> None:
         got = new.stored[("weight", f.name)]
         if not f.tensors or not is_safetensors(f.name):
             continue
-        indexed = conn.execute(select(func.count()).select_from(t.tensors)
-                               .where(t.tensors.c.blob_digest == got.digest)).scalar_one()
-        if indexed:
-            continue
-        conn.execute(insert(t.tensors), [
+        if conn.execute(_TENSOR_DIGESTS, {"blob": got.digest}).first():
+            continue  # an equal file was indexed before
+        conn.execute(_INSERT["tensors"], [
             {"blob_digest": got.digest, "name": tr.name, "position": i, "dtype": tr.dtype,
              "shape": json.dumps(list(tr.shape)), "digest": got.tensor_digests[tr.name]}
             for i, tr in enumerate(f.tensors)
@@ -192,7 +187,20 @@ def _valid_model(name: str) -> str:
 
 
 def _model_id(conn: Connection, name: str) -> int | None:
-    return conn.execute(select(t.models.c.id).where(t.models.c.name == name)).scalar()
+    return conn.execute(_MODEL_ID, {"name": name}).scalar()
+
+
+# The push path's statements, built once: building a statement costs several times more
+# than running it on SQLite (bench/api_push.py).
+_MODEL_ID = select(t.models.c.id).where(t.models.c.name == bindparam("name"))
+_TENSOR_DIGESTS = select(t.tensors.c.name, t.tensors.c.digest).where(t.tensors.c.blob_digest == bindparam("blob"))
+_KNOWN_BLOBS = select(t.blobs.c.digest).where(t.blobs.c.digest.in_(bindparam("digests", expanding=True)))
+_INSERT = {table.name: insert(table) for table in (t.models, t.versions, t.blobs, t.version_files, t.tensors)}
+
+
+@functools.cache
+def _find_stmt():
+    return _summary_query().where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version"))
 
 
 @functools.cache  # built once: a statement is immutable, and building it costs more than running it
