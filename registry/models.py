@@ -38,6 +38,14 @@ def check_version(value: str) -> str:
     return value
 
 
+def check_url_path(value: str) -> str:
+    """Return ``value`` if it is an absolute URL path such as ``/health``, else raise ValueError."""
+    # promote builds http://host:port + path: "healthz" would end as a ValueError at deploy time
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value!r} must be a URL path starting with '/' (e.g. /health), without spaces")
+    return value
+
+
 def is_secret_key(key: str) -> bool:
     """True for variable names that must never be stored or shown (``*_TOKEN``, ``*_KEY`` ...)."""
     return bool(SECRET_KEY_RE.fullmatch(key))
@@ -50,6 +58,7 @@ def _check_env_key(key: str) -> None:
 
 Name = Annotated[str, AfterValidator(check_name)]
 VersionStr = Annotated[str, AfterValidator(check_version)]
+UrlPath = Annotated[str, AfterValidator(check_url_path)]
 
 
 class _Model(BaseModel):
@@ -67,14 +76,14 @@ class _Strict(_Model):
 
 class Request(_Strict):
     method: str = "GET"
-    path: str = "/"
+    path: UrlPath = "/"
     json_body: Any = Field(default=None, alias="json")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class Health(_Strict):
-    path: str = "/health"
+    path: UrlPath = "/health"
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
@@ -116,7 +125,7 @@ class Expect(_Strict):
 class Probe(_Strict):
     name: Name
     method: str = "POST"
-    path: str
+    path: UrlPath
     json_body: Any = Field(default=None, alias="json")
     expect: Expect = Field(default_factory=Expect)
     max_latency_ms: int | None = Field(default=None, gt=0)

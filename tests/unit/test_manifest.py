@@ -208,3 +208,21 @@ def test_weights_under_the_prompt_folder_are_refused(model_dir, entry):
     model_dir.write_manifest(weights=[entry])
     with pytest.raises(ManifestError, match=r"weights\[0\]: weight file 'prompts/.*' is under prompts/"):
         load(model_dir)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"runtime": {"health": {"path": "healthz"}}}, r"runtime\.health\.path"),
+    ({"runtime": {"warmup": [{"path": "v1/chat"}]}}, r"runtime\.warmup\.0\.path"),
+    ({"probes": [{"name": "hi", "path": "chat"}]}, r"probes\.0\.path"),
+    ({"probes": [{"name": "hi", "path": "/chat now"}]}, r"probes\.0\.path"),
+])
+def test_http_paths_must_start_with_a_slash(model_dir, fields, field):
+    model_dir.write_manifest(**fields)
+    with pytest.raises(ManifestError, match=rf"cellar\.yaml: {field}: .* must be a URL path starting with '/'"):
+        load(model_dir)
+
+
+def test_http_paths_with_a_slash_are_fine(model_dir):
+    model_dir.write_manifest(runtime={"health": {"path": "/healthz"}, "warmup": [{"path": "/v1?x=1"}]},
+                             probes=[{"name": "hi", "path": "/chat"}])
+    assert load(model_dir).manifest.runtime.health.path == "/healthz"
