@@ -58,6 +58,25 @@ def test_init_hides_the_database_password(tmp_path, monkeypatch):
     assert result.stderr.startswith("error: cannot reach the database")
 
 
+def test_init_names_a_folder_it_cannot_create(monkeypatch):
+    monkeypatch.setenv("REGISTRY_HOME", "/proc/cellar")  # /proc refuses new folders, even for root
+    err = cli("init", code=1).stderr
+    assert err.startswith("error: cannot create the registry folder /proc/cellar (") and "REGISTRY_HOME" in err
+
+
+@pytest.mark.parametrize("url", ["postgres://u:hunter2@127.0.0.1/db", "sqlite//x", "nonsense"])
+def test_a_malformed_database_url_says_what_to_write(tmp_path, monkeypatch, url):
+    monkeypatch.setenv("REGISTRY_DB_URL", url)
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "h"))
+    errors = [cli("init", code=1).stderr]
+    assert not (tmp_path / "h").exists()  # init refused the URL before creating anything
+    (tmp_path / "h").mkdir()  # what `list` needs to reach the database URL
+    errors.append(cli("list", code=1).stderr)
+    for err in errors:
+        assert err.startswith("error: REGISTRY_DB_URL ") and "is not a database URL" in err, err
+        assert "postgresql+psycopg://user:pass@host/db" in err and "hunter2" not in err
+
+
 # --- push -------------------------------------------------------------------------------
 
 
