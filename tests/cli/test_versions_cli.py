@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -202,6 +203,21 @@ def test_log_newest_first(pushed):
     assert all(SUMMARY_KEYS <= set(r) for r in rows)
     out = cli("log").stdout
     assert out.index("v1.2") < out.index("v1.0") and "    change 1" in out
+
+
+MARKUP = "fix [/bold] thing [red]"
+
+
+def test_show_and_log_print_user_text_as_typed(home, model_dir):
+    helpers.write_safetensors(model_dir.root / "weights" / "odd[/b].safetensors",
+                              {"t[/i]": np.zeros(2, dtype=np.float32)})
+    model_dir.write_manifest(runtime={"env": {"NOTE": "[/x]"}})
+    cli("push", str(model_dir.root), "-m", MARKUP, "--actor", "eve [/u]")
+    out = cli("show", "v1.0").stdout
+    assert f"message {MARKUP}" in out and "by eve [/u]" in out and "NOTE=[/x]" in out
+    assert "weight  weights/odd[/b].safetensors" in out and "t[/i]  F32[2]" in out
+    log = cli("log").stdout
+    assert f"    {MARKUP}" in log and "by eve [/u]" in log
 
 
 def test_ref_without_model(pushed, tmp_path, monkeypatch):
