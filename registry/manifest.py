@@ -63,7 +63,7 @@ def load(path: str | Path, **overrides: Any) -> Resolved:
 
 def validate(data: dict[str, Any], *, source: str) -> Manifest:
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(data, context={"new_manifest": True})
     except ValidationError as exc:
         raise ManifestError(f"{source}: {_describe(exc)}") from None
 

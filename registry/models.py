@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION_RE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,62}")
@@ -58,7 +58,15 @@ def _check_env_key(key: str) -> None:
 
 Name = Annotated[str, AfterValidator(check_name)]
 VersionStr = Annotated[str, AfterValidator(check_version)]
-UrlPath = Annotated[str, AfterValidator(check_url_path)]
+
+
+def _new_url_path(value: str, info: ValidationInfo) -> str:
+    # Checked when a manifest is pushed (manifest.validate passes this context); versions
+    # stored before the check existed still load, so `show` and `diff` keep working on them.
+    return check_url_path(value) if (info.context or {}).get("new_manifest") else value
+
+
+UrlPath = Annotated[str, AfterValidator(_new_url_path)]
 
 
 class _Model(BaseModel):

@@ -226,3 +226,9 @@ def test_http_paths_with_a_slash_are_fine(model_dir):
     model_dir.write_manifest(runtime={"health": {"path": "/healthz"}, "warmup": [{"path": "/v1?x=1"}]},
                              probes=[{"name": "hi", "path": "/chat"}])
     assert load(model_dir).manifest.runtime.health.path == "/healthz"
+
+
+def test_stored_runtimes_with_old_relative_paths_still_load():
+    from registry.models import Runtime
+
+    assert Runtime.model_validate({"health": {"path": "healthz"}}).health.path == "healthz"
