@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.app import JSON, app
-from cli.output import console, print_json, short, when
+from cli.output import console, esc, print_json, short, when
 from cli.versions import open_registry
 
 audit_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
@@ -33,7 +33,7 @@ def diff(
     with open_registry() as reg:
         result = reg.diff(a, b)
     for warning in result.warnings:
-        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+        console(stderr=True).print(f"[yellow]warning:[/] {esc(warning)}")
     if as_json:
         print_json(result)
     else:
@@ -61,14 +61,12 @@ def blame(
         lines = reg.blame(prompt, at=at, model=model)
     if as_json:
         return print_json(lines)
-    from rich.markup import escape
-
     out = console()
     width = max(len(x.version) for x in lines) if lines else 0
     for x in lines:
         git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
-        out.print(f"[yellow]{x.version:<{width}}[/] {escape(x.actor)}  {when(x.time)}  "
-                  f"[dim]{escape(git)}[/]  {x.line:>3}| {escape(x.text)}")
+        out.print(f"[yellow]{esc(f'{x.version:<{width}}')}[/] {esc(x.actor)}  {when(x.time)}  "
+                  f"[dim]{esc(git)}[/]  {x.line:>3}| {esc(x.text)}")
 
 
 @audit_app.callback()

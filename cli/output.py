@@ -23,13 +23,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def esc(value: object) -> str:
+    """User-supplied text (messages, actors, reasons, errors, paths, prompt lines) made safe to
+    embed in rich markup: ``fix [/bold] thing`` prints as typed instead of raising MarkupError."""
+    from rich.markup import escape  # rich is already loaded by whoever renders markup
+
+    return escape(str(value))
+
+
 def console(stderr: bool = False):
     """A rich console; when piped it does not wrap at 80 columns, so lines stay greppable."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     wide = None if stream.isatty() else 1000
-    return Console(file=stream, highlight=False, soft_wrap=not stream.isatty(), width=wide)
+    # emoji=False: a message saying ":warning:" is user text, not a request for an emoji
+    return Console(file=stream, highlight=False, soft_wrap=not stream.isatty(), width=wide, emoji=False)
 
 
 def when(at: datetime) -> str:

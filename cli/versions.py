@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cli.app import ACTOR, JSON, app, db_app
-from cli.output import console, print_json, short, size, table, when
+from cli.output import console, esc, print_json, short, size, table, when
 
 
 def open_registry():
@@ -34,7 +34,7 @@ def init(
     if as_json:
         return print_json(result)
     verb = "Created" if result.created else "Registry already up to date at"
-    console().print(f"{verb} {result.home} (database {result.db_url})")
+    console().print(f"{verb} {esc(result.home)} (database {esc(result.db_url)})")
 
 
 @db_app.command("upgrade")
@@ -110,7 +110,7 @@ class _progress:
                                 TransferSpeedColumn(), console=console(stderr=True), transient=True)
             self.bar.start()
         if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(name, total=total)
+            self.tasks[name] = self.bar.add_task(esc(name), total=total)  # descriptions are markup
         self.bar.advance(self.tasks[name], done)
 
     def __exit__(self, *exc):
@@ -157,41 +157,41 @@ def show(
     if as_json:
         return print_json(info)
     out = console()
-    out.print(f"[bold]{info.model}@{info.version}[/]  {info.manifest_digest}")
-    out.print(f"pushed  {when(info.created_at)} by {info.actor}")
+    out.print(f"[bold]{esc(info.model)}@{esc(info.version)}[/]  {info.manifest_digest}")
+    out.print(f"pushed  {when(info.created_at)} by {esc(info.actor)}")
     if info.message:
-        out.print(f"message {info.message}")
-    out.print(f"image   {info.image.ref or '-'}  {info.image.digest or '(unresolved)'}")
+        out.print(f"message {esc(info.message)}")
+    out.print(f"image   {esc(info.image.ref or '-')}  {esc(info.image.digest or '(unresolved)')}")
     for w in info.weights:
         note = f", {len(w.tensors)} tensors" if w.tensors else ""
-        out.print(f"weight  {w.path}  {short(w.digest)}  {size(w.size)}{note}")
+        out.print(f"weight  {esc(w.path)}  {short(w.digest)}  {size(w.size)}{note}")
         for tensor in w.tensors[:20]:
-            out.print(f"          {tensor.name}  {tensor.dtype}{tensor.shape}  {short(tensor.digest)}")
+            out.print(f"          {esc(tensor.name)}  {esc(tensor.dtype)}{esc(tensor.shape)}  {short(tensor.digest)}")
         if len(w.tensors) > 20:
             out.print(f"          ... {len(w.tensors) - 20} more (see --json)")
     for p in info.prompts:
-        out.print(f"prompt  {p.name}  {short(p.digest)}  {size(p.size)}{_file_origin(info, p.name)}")
+        out.print(f"prompt  {esc(p.name)}  {short(p.digest)}  {size(p.size)}{_file_origin(info, p.name)}")
     rt = info.runtime
-    env = ", ".join(f"{k}={v}" for k, v in sorted(rt.env.items()))
-    out.print(f"runtime port {rt.port}, health {rt.health.path} ({rt.health.timeout_s:g} s)"
-              + (f", env {env}" if env else "") + (f", secrets {', '.join(rt.secrets)}" if rt.secrets else ""))
+    env = esc(", ".join(f"{k}={v}" for k, v in sorted(rt.env.items())))
+    out.print(f"runtime port {rt.port}, health {esc(rt.health.path)} ({rt.health.timeout_s:g} s)"
+              + (f", env {env}" if env else "") + (f", secrets {esc(', '.join(rt.secrets))}" if rt.secrets else ""))
     if info.probes:
-        out.print(f"probes  {', '.join(p.name for p in info.probes)}")
+        out.print(f"probes  {esc(', '.join(p.name for p in info.probes))}")
     if pv := info.provenance:
         out.print(f"git     {_git_line(pv)}")
 
 
 def _git_line(pv) -> str:
     """Commit, branch, dirty flag and remote of a version pushed from a git work tree."""
-    return (f"{pv.commit or '(no commit)'} on {pv.branch or '(detached)'}"
-            + (" [yellow](dirty)[/]" if pv.dirty else "") + (f"  {pv.remote}" if pv.remote else ""))
+    return (f"{esc(pv.commit or '(no commit)')} on {esc(pv.branch or '(detached)')}"
+            + (" [yellow](dirty)[/]" if pv.dirty else "") + (f"  {esc(pv.remote)}" if pv.remote else ""))
 
 
 def _file_origin(info, name: str) -> str:
     fp = info.provenance.files.get(name) if info.provenance else None
     if not fp or not fp.commit:
         return ""
-    return f"  last changed in {fp.commit[:10]} by {fp.author}" + (" (dirty)" if fp.dirty else "")
+    return f"  last changed in {esc(fp.commit[:10])} by {esc(fp.author)}" + (" (dirty)" if fp.dirty else "")
 
 
 @app.command()
@@ -210,8 +210,8 @@ def log(
         return print_json(rows)
     out = console()
     for r in rows:
-        out.print(f"[bold yellow]{r.model}@{r.version}[/]  {short(r.manifest_digest)}")
-        out.print(f"Pushed: {when(r.created_at)} by {r.actor}")
+        out.print(f"[bold yellow]{esc(r.model)}@{esc(r.version)}[/]  {short(r.manifest_digest)}")
+        out.print(f"Pushed: {when(r.created_at)} by {esc(r.actor)}")
         if pv := r.provenance:
             out.print(f"Git:    {_git_line(pv)}")
-        out.print("\n".join(f"    {line}" for line in (r.message or "(no message)").splitlines()) + "\n")
+        out.print("\n".join(f"    {esc(line)}" for line in (r.message or "(no message)").splitlines()) + "\n")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from registry import actor as actor_mod
 from registry import audit, home as home_mod, inspection, manifest as manifest_mod, pushing, refs
 from registry import versions as versions_mod
-from registry.errors import InvalidInput
+from registry.errors import InvalidInput, StorageError
 from registry.models import InitResult, PushResult, VersionInfo, VersionSummary
 from registry.pushing import Progress
 from registry.store.blobs import BlobStore
@@ -65,9 +65,8 @@ class Registry:
         from registry.store import migrate
 
         home = home_mod.for_init(path)
-        home.path.mkdir(parents=True, exist_ok=True)
-        BlobStore(home.blobs).create()
-        store = Store(home.db_url)
+        store = Store(home.db_url)  # a malformed URL is refused before any folder exists
+        _create_folders(home)
         before = store.schema_revision()
         migrate.upgrade(store)
         created = before is None
@@ -295,3 +294,13 @@ class Registry:
         from registry.deploy import recover
 
         return recover.recover(self._deploy_ctx(), env_name=env, actor=actor_mod.resolve(actor), force=force)
+
+
+def _create_folders(home: home_mod.Home) -> None:
+    try:
+        home.path.mkdir(parents=True, exist_ok=True)
+        BlobStore(home.blobs).create()
+    except OSError as exc:
+        where = exc.filename or home.path
+        raise StorageError(f"cannot create the registry folder {where} ({exc.strerror or exc}): "
+                           "pick a writable place with REGISTRY_HOME or `registry init PATH`") from None

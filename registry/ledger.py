@@ -125,20 +125,32 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
     """The release a rollback copies.
 
     By default the newest earlier release that was deployed and healthy and is not the
-    current one, never a failed one (unlike Helm's blind N-1). ``version`` or ``revision``
-    choose one, which must also have been healthy once.
+    current one, never a failed one (unlike Helm's blind N-1). "Earlier" is measured from the
+    revision the current release copies when it is itself a rollback, so repeated rollbacks
+    keep stepping back instead of flipping between the two newest. ``version`` or
+    ``revision`` choose one, which must also have been healthy once and not be what runs now.
     """
     now = current(ledger)
-    candidates = [r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED]
+    candidates = [r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED
+                  and (now is None or r.ref != now.ref)]
     if revision is not None:
         return _chosen(ledger, candidates, lambda r: r.revision == revision, f"revision {revision}")
     if version is not None:
-        older = [r for r in candidates if not now or r.version != now.version or r.model != now.model]
-        return _chosen(ledger, older, lambda r: r.version == version or r.ref == version, version)
+        return _chosen(ledger, candidates, lambda r: r.version == version or r.ref == version, version)
+    before = _step_back_from(now)
     for r in candidates:
-        if now is None or (r.revision != now.revision and r.ref != now.ref):
+        if before is None or r.revision < before:
             return r
     raise NotFound("no earlier healthy release to roll back to: see `registry history`")
+
+
+def _step_back_from(now: Release | None) -> int | None:
+    """The revision a default rollback looks behind: for a rollback copy, the one it copies."""
+    if now is None:
+        return None
+    if now.operation is not Operation.PROMOTE and now.rollback_of is not None:
+        return now.rollback_of
+    return now.revision
 
 
 def _chosen(ledger: list[Release], candidates: list[Release], match, what: str) -> Release:

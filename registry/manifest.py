@@ -63,7 +63,7 @@ def load(path: str | Path, **overrides: Any) -> Resolved:
 
 def validate(data: dict[str, Any], *, source: str) -> Manifest:
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(data, context={"new_manifest": True})
     except ValidationError as exc:
         raise ManifestError(f"{source}: {_describe(exc)}") from None
 
@@ -95,6 +95,7 @@ def _resolve(manifest: Manifest, root: Path) -> Resolved:
             found = [_regular_file(root, target, where)]
         for path in found:
             rel = path.relative_to(root).as_posix()
+            _refuse_prompt_folder(rel, where)
             files[("weight", rel)] = SourceFile("weight", rel, path, _tensors(path, where))
     for name, entry in manifest.prompts.items():
         where = f"prompts.{name}"
@@ -136,9 +137,19 @@ def _inside(root: Path, real_root: Path, entry: str, where: str) -> Path:
     target = root / entry
     if not _is_within(target.resolve(), real_root):
         raise ManifestError(f"{where}: {entry!r} points outside the manifest's folder {root}")
+    if ".." in PurePosixPath(entry).parts:
+        # the stored name is textual: "sub/../w.bin" would not be where the snapshot puts it
+        raise ManifestError(f"{where}: {entry!r} contains '..'; write the path without it, relative to {root}")
     if not target.exists():
         raise ManifestError(f"{where}: {entry!r} does not exist in {root}")
     return target
+
+
+def _refuse_prompt_folder(rel: str, where: str) -> None:
+    # the snapshot puts prompts at /model/prompts/<name>: a weight there would clash with them
+    if rel == "prompts" or rel.startswith("prompts/"):
+        raise ManifestError(f"{where}: weight file {rel!r} is under prompts/, where the snapshot puts "
+                            "the prompts; move it to another folder")
 
 
 def _walk(root: Path, real_root: Path, folder: Path, where: str):

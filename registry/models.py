@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION_RE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,62}")
@@ -38,6 +38,14 @@ def check_version(value: str) -> str:
     return value
 
 
+def check_url_path(value: str) -> str:
+    """Return ``value`` if it is an absolute URL path such as ``/health``, else raise ValueError."""
+    # promote builds http://host:port + path: "healthz" would end as a ValueError at deploy time
+    if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{value!r} must be a URL path starting with '/' (e.g. /health), without spaces")
+    return value
+
+
 def is_secret_key(key: str) -> bool:
     """True for variable names that must never be stored or shown (``*_TOKEN``, ``*_KEY`` ...)."""
     return bool(SECRET_KEY_RE.fullmatch(key))
@@ -50,6 +58,15 @@ def _check_env_key(key: str) -> None:
 
 Name = Annotated[str, AfterValidator(check_name)]
 VersionStr = Annotated[str, AfterValidator(check_version)]
+
+
+def _new_url_path(value: str, info: ValidationInfo) -> str:
+    # Checked when a manifest is pushed (manifest.validate passes this context); versions
+    # stored before the check existed still load, so `show` and `diff` keep working on them.
+    return check_url_path(value) if (info.context or {}).get("new_manifest") else value
+
+
+UrlPath = Annotated[str, AfterValidator(_new_url_path)]
 
 
 class _Model(BaseModel):
@@ -67,14 +84,14 @@ class _Strict(_Model):
 
 class Request(_Strict):
     method: str = "GET"
-    path: str = "/"
+    path: UrlPath = "/"
     json_body: Any = Field(default=None, alias="json")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class Health(_Strict):
-    path: str = "/health"
+    path: UrlPath = "/health"
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
@@ -116,7 +133,7 @@ class Expect(_Strict):
 class Probe(_Strict):
     name: Name
     method: str = "POST"
-    path: str
+    path: UrlPath
     json_body: Any = Field(default=None, alias="json")
     expect: Expect = Field(default_factory=Expect)
     max_latency_ms: int | None = Field(default=None, gt=0)

@@ -114,7 +114,7 @@ def _store_files(ctx: Context, resolved: Resolved, *, write: bool,
 def _store_file(ctx: Context, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
     before = os.stat(f.path)
     known = ctx.stat_cache.lookup(f.path)
-    if known and ctx.blobs.has(known):
+    if known and ctx.blobs.has(known, size=before.st_size):  # a truncated blob gets re-stored
         return Ingested(digest=known, size=before.st_size, tensor_digests=_known_tensors(ctx, known, f))
     tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
     try:

@@ -72,8 +72,9 @@ class BlobStore:
             raise StorageError(f"{digest!r} is not a sha256 digest")
         return self.root / "sha256" / hexd[:2] / hexd[2:]
 
-    def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+    def has(self, digest: str, *, size: int | None = None) -> bool:
+        """True if the blob is stored (and, given ``size``, has that many bytes: a cheap check)."""
+        return _size(self.path(digest)) == size if size is not None else self.path(digest).is_file()
 
     def ingest(
         self,
@@ -90,14 +91,15 @@ class BlobStore:
                 crashpoint("blob:copied")
                 os.fsync(fout.fileno())
             final = self.path(got.digest)
-            if final.exists():
-                tmp.unlink()
-                return got
+            # Never trust a blob already at the final path: it may be truncated or damaged.
+            # The verified copy is written and fsynced already, so renaming it over the old one
+            # costs no extra read (re-hashing a large old blob would) and repairs any damage.
+            # "written" counts bytes that were not there before, judged by the cheap size check.
+            got.written = _size(final) != got.size
             final.parent.mkdir(exist_ok=True)
             os.chmod(tmp, 0o444)
             os.rename(tmp, final)
             _fsync_dir(final.parent)
-            got.written = True
             return got
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -127,6 +129,13 @@ class BlobStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _create_exclusive(path: Path):

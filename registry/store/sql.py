@@ -9,14 +9,15 @@ audit hash chain and the release ledger simple.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from registry.errors import CellarError, NoSpace, NotInitialised, SchemaOutOfDate
+from registry.errors import CellarError, InvalidInput, NoSpace, NotInitialised, SchemaOutOfDate
 from registry.store.schema import SCHEMA_HEAD
 
 BUSY_TIMEOUT_MS = 60_000
@@ -28,7 +29,7 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = _engine_or_refuse(url)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
         self._db_user: str | None = None
@@ -83,7 +84,21 @@ class Store:
 
 
 def redact(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with its password hidden, also for text that does not parse as a URL."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r":[^:/@]*@", ":***@", url)
+
+
+def _engine_or_refuse(url: str) -> Engine:
+    """Translate a malformed URL or an unknown dialect/driver into a message that says what to do."""
+    try:
+        return _make_engine(url)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"REGISTRY_DB_URL {redact(url)} is not a database URL ({reason}): "
+                           "use sqlite:////path or postgresql+psycopg://user:pass@host/db") from None
 
 
 def _make_engine(url: str) -> Engine:

@@ -52,6 +52,19 @@ def test_blame_text_and_json(two_versions):
     assert "v1.1 bob" in out and "Be brief." in out
 
 
+def test_diff_and_blame_print_user_text_as_typed(home, model_dir):
+    markup = "fix [/bold] thing [red]"
+    model_dir.set_prompt(f"line {markup}\n")
+    run("push", str(model_dir.root), "-m", markup, "--actor", "eve [/u]")
+    model_dir.set_prompt(f"line {markup}\nmore [/i]\n")
+    model_dir.write_manifest(runtime={"env": {"NOTE": "[/x]"}})
+    run("push", str(model_dir.root), "--version", "v1.1", "-m", "next [/b]")
+    out = run("diff", "v1.0", "v1.1").stdout
+    assert f"message  '{markup}' -> 'next [/b]'" in out and "+more [/i]" in out and "NOTE=[/x]" in out
+    blame = run("blame", "system").stdout
+    assert "eve [/u]" in blame and f"  1| line {markup}" in blame and "  2| more [/i]" in blame
+
+
 def test_audit_query_verify_and_checkpoint(two_versions, tmp_path):
     events = json.loads(run("audit", "--prompt", "system", "--json").stdout)
     assert [e["object"] for e in events] == ["support-bot@v1.1", "support-bot@v1.0"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -56,6 +57,25 @@ def test_init_hides_the_database_password(tmp_path, monkeypatch):
     result = cli("init", str(tmp_path / "h"), code=1)
     assert "hunter2" not in result.stdout + result.stderr
     assert result.stderr.startswith("error: cannot reach the database")
+
+
+def test_init_names_a_folder_it_cannot_create(monkeypatch):
+    monkeypatch.setenv("REGISTRY_HOME", "/proc/cellar")  # /proc refuses new folders, even for root
+    err = cli("init", code=1).stderr
+    assert err.startswith("error: cannot create the registry folder /proc/cellar (") and "REGISTRY_HOME" in err
+
+
+@pytest.mark.parametrize("url", ["postgres://u:hunter2@127.0.0.1/db", "sqlite//x", "nonsense"])
+def test_a_malformed_database_url_says_what_to_write(tmp_path, monkeypatch, url):
+    monkeypatch.setenv("REGISTRY_DB_URL", url)
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "h"))
+    errors = [cli("init", code=1).stderr]
+    assert not (tmp_path / "h").exists()  # init refused the URL before creating anything
+    (tmp_path / "h").mkdir()  # what `list` needs to reach the database URL
+    errors.append(cli("list", code=1).stderr)
+    for err in errors:
+        assert err.startswith("error: REGISTRY_DB_URL ") and "is not a database URL" in err, err
+        assert "postgresql+psycopg://user:pass@host/db" in err and "hunter2" not in err
 
 
 # --- push -------------------------------------------------------------------------------
@@ -183,6 +203,21 @@ def test_log_newest_first(pushed):
     assert all(SUMMARY_KEYS <= set(r) for r in rows)
     out = cli("log").stdout
     assert out.index("v1.2") < out.index("v1.0") and "    change 1" in out
+
+
+MARKUP = "fix [/bold] thing [red]"
+
+
+def test_show_and_log_print_user_text_as_typed(home, model_dir):
+    helpers.write_safetensors(model_dir.root / "weights" / "odd[/b].safetensors",
+                              {"t[/i]": np.zeros(2, dtype=np.float32)})
+    model_dir.write_manifest(runtime={"env": {"NOTE": "[/x]"}})
+    cli("push", str(model_dir.root), "-m", MARKUP, "--actor", "eve [/u]")
+    out = cli("show", "v1.0").stdout
+    assert f"message {MARKUP}" in out and "by eve [/u]" in out and "NOTE=[/x]" in out
+    assert "weight  weights/odd[/b].safetensors" in out and "t[/i]  F32[2]" in out
+    log = cli("log").stdout
+    assert f"    {MARKUP}" in log and "by eve [/u]" in log
 
 
 def test_ref_without_model(pushed, tmp_path, monkeypatch):

@@ -149,6 +149,19 @@ def test_unchanged_weights_are_not_read_again(reg, model_dir, monkeypatch):
     assert reg.show("v1.2").weights[0].tensors  # tensors still known
 
 
+def test_a_re_push_repairs_a_truncated_blob(reg, model_dir):
+    weights = model_dir.root / "weights/model.safetensors"
+    old = weights.stat().st_mtime_ns - 10_000_000_000
+    os.utime(weights, ns=(old, old))  # trusted by the stat cache from the first push on
+    reg.push(model_dir.manifest)
+    blob = reg.blobs.path(reg.show("v1.0").weights[0].digest)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(weights.read_bytes()[:10])
+    again = reg.push(model_dir.manifest, version="v1.1")
+    assert again.bytes_ingested == weights.stat().st_size
+    assert blob.read_bytes() == weights.read_bytes()
+
+
 def test_stat_cache_distrusts_a_file_changed_in_place(reg, model_dir):
     weights = model_dir.root / "weights/model.safetensors"
     reg.push(model_dir.manifest)

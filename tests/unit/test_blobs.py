@@ -49,6 +49,33 @@ def test_ingesting_again_is_a_noop(store, tmp_path):
     assert list(store.tmp.iterdir()) == []
 
 
+def _damage(path, data: bytes) -> None:
+    os.chmod(path, 0o644)
+    path.write_bytes(data)
+    os.chmod(path, 0o444)
+
+
+@pytest.mark.parametrize(("damaged", "counted"), [(b"go", True), (b"gxod", False)])
+def test_ingest_repairs_a_damaged_blob_at_the_final_path(store, tmp_path, damaged, counted):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"good")
+    final = store.path(store.ingest(src).digest)
+    _damage(final, damaged)
+    assert store.ingest(src).written is counted  # new bytes: judged by the cheap size check
+    assert final.read_bytes() == b"good" and stat.S_IMODE(final.stat().st_mode) == 0o444
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_has_with_a_size_refuses_a_truncated_blob(store, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"good")
+    digest = store.ingest(src).digest
+    assert store.has(digest, size=4)
+    _damage(store.path(digest), b"go")
+    assert store.has(digest) and not store.has(digest, size=4)
+    assert not store.has(sha(b"other"), size=4)
+
+
 def test_writeback_path_with_small_window(store, tmp_path, monkeypatch):
     # Exercise the sync_file_range branch with many windows on a small file.
     monkeypatch.setattr(blobs_mod, "CHUNK", 4096)

@@ -101,3 +101,44 @@ def test_retention_keeps_deployed_rollback_target_and_k_more():
 
 def test_statuses_are_strings():
     assert S.PENDING_DEPLOY == "pending-deploy" and S.PENDING_ROLLBACK.pending and not S.DEPLOYED.pending
+
+
+def _deploy_chain() -> list[Release]:
+    return [row(1, "v1.0", S.SUPERSEDED), row(2, "v1.1", S.SUPERSEDED), row(3, "v1.2", S.DEPLOYED)]
+
+
+def _roll_back(rows: list[Release]) -> list[Release]:
+    """Plan the default rollback and settle it as a success, as the deploy actions would."""
+    plan = ledger.plan_rollback(rows, ledger.rollback_target(rows), env="prod", actor="bo", reason=None, at=AT)
+    settled = ledger.settle(plan, ok=True, at=AT, container_id=f"c{plan.pending.revision}")
+    changed = {r.revision: r for r in [*settled.updates, *settled.appended]}
+    return [changed.get(r.revision, r) for r in rows] + [changed[plan.pending.revision]]
+
+
+def test_repeated_rollbacks_step_back_instead_of_flipping():
+    rows = _roll_back(_deploy_chain())
+    assert ledger.current(rows).version == "v1.1"
+    rows = _roll_back(rows)
+    assert (ledger.current(rows).version, ledger.current(rows).rollback_of) == ("v1.0", 1)
+    with pytest.raises(NotFound, match="no earlier healthy release"):
+        ledger.rollback_target(rows)
+
+
+def test_after_an_automatic_rollback_the_next_one_goes_behind_what_it_copied():
+    rows = [row(1, "v1.0", S.SUPERSEDED), row(2, "v1.1", S.SUPERSEDED), row(3, "v1.2", S.SUPERSEDED),
+            row(4, "v1.3", S.FAILED),
+            row(5, "v1.2", S.DEPLOYED, operation=Operation.AUTO_ROLLBACK, rollback_of=3)]
+    assert ledger.rollback_target(rows).version == "v1.1"
+
+
+def test_a_promote_after_rollbacks_steps_back_to_the_newest_other_release():
+    rows = _roll_back(_deploy_chain()) + [row(5, "v1.3", S.DEPLOYED)]
+    rows[3] = rows[3].model_copy(update={"status": S.SUPERSEDED})
+    assert ledger.rollback_target(rows).revision == 4
+
+
+def test_revision_refuses_what_is_deployed_now():
+    rows = _deploy_chain()
+    with pytest.raises(InvalidInput, match="what runs now"):
+        ledger.rollback_target(rows, revision=3)
+    assert ledger.rollback_target(rows, revision=1).version == "v1.0"

@@ -183,3 +183,52 @@ def test_from_flags_needs_version_and_name_equals_path(model_dir):
     with pytest.raises(ManifestError, match="command line: model"):
         manifest.from_flags(model="Bad/Name", version="v1", message=None, weights=[], prompts=[],
                             image=None, root=model_dir.root)
+
+
+def test_dotdot_inside_the_folder_is_refused(model_dir):
+    (model_dir.root / "sub").mkdir()
+    (model_dir.root / "w.bin").write_bytes(b"w")
+    model_dir.write_manifest(weights=["sub/../w.bin"])
+    with pytest.raises(ManifestError, match=r"weights\[0\]: 'sub/\.\./w\.bin' contains '\.\.'"):
+        load(model_dir)
+
+
+def test_dotdot_through_a_symlinked_root_is_refused(model_dir):
+    (model_dir.root / "w.bin").write_bytes(b"w")
+    link = model_dir.root.parent / "linked"
+    os.symlink(model_dir.root, link)
+    model_dir.write_manifest(weights=[f"../{model_dir.root.name}/w.bin"])
+    with pytest.raises(ManifestError, match=r"weights\[0\]: .* contains '\.\.'"):
+        manifest.load(link / "cellar.yaml")
+
+
+@pytest.mark.parametrize("entry", ["prompts", "prompts/w.bin"])
+def test_weights_under_the_prompt_folder_are_refused(model_dir, entry):
+    (model_dir.root / "prompts" / "w.bin").write_bytes(b"w")
+    model_dir.write_manifest(weights=[entry])
+    with pytest.raises(ManifestError, match=r"weights\[0\]: weight file 'prompts/.*' is under prompts/"):
+        load(model_dir)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"runtime": {"health": {"path": "healthz"}}}, r"runtime\.health\.path"),
+    ({"runtime": {"warmup": [{"path": "v1/chat"}]}}, r"runtime\.warmup\.0\.path"),
+    ({"probes": [{"name": "hi", "path": "chat"}]}, r"probes\.0\.path"),
+    ({"probes": [{"name": "hi", "path": "/chat now"}]}, r"probes\.0\.path"),
+])
+def test_http_paths_must_start_with_a_slash(model_dir, fields, field):
+    model_dir.write_manifest(**fields)
+    with pytest.raises(ManifestError, match=rf"cellar\.yaml: {field}: .* must be a URL path starting with '/'"):
+        load(model_dir)
+
+
+def test_http_paths_with_a_slash_are_fine(model_dir):
+    model_dir.write_manifest(runtime={"health": {"path": "/healthz"}, "warmup": [{"path": "/v1?x=1"}]},
+                             probes=[{"name": "hi", "path": "/chat"}])
+    assert load(model_dir).manifest.runtime.health.path == "/healthz"
+
+
+def test_stored_runtimes_with_old_relative_paths_still_load():
+    from registry.models import Runtime
+
+    assert Runtime.model_validate({"health": {"path": "healthz"}}).health.path == "healthz"
