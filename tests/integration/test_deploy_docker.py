@@ -15,6 +15,8 @@ import docker
 import pytest
 from sqlalchemy import func, select
 
+from registry.deploy import records
+from registry.deploy.engine import container_name
 from registry.errors import HealthGateFailed
 from registry.store import schema as t
 from tests.integration.conftest import free_port
@@ -216,7 +218,9 @@ def test_retention_removes_old_stopped_containers_only(docker_env):
     try:
         names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
         # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
-        assert names == [f"cellar-{env}-k-support-bot-r2", f"cellar-{env}-k-support-bot-r3"]
+        with reg.store.read() as conn:
+            rid = records.registry_id(conn)
+        assert names == [container_name(env=f"{env}-k", model="support-bot", revision=r, registry=rid) for r in (2, 3)]
         assert reg.rollback(env=f"{env}-k").release.version == "v1.1"
     finally:
         for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}):
