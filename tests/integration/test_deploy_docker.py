@@ -6,6 +6,7 @@ Uses the busybox test server image from conftest.py; every container is removed 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_promote_and_roll_back(docker_env):
     assert host["Binds"][0].endswith(":/model:ro")
     assert host["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
     assert "docker.sock" not in str(c.attrs["Mounts"])
+    assert len(c.labels["cellar.registry"]) == 32 and c.name.startswith("cellar-") and len(c.name.rsplit("-", 1)[1]) == 6
+    # the adapter reads the container's env back: a rollback scrubs the secrets it was started with
+    assert reg.engine().inspect(c.id).env["SUPPORT_API_TOKEN"] == os.environ["SUPPORT_API_TOKEN"]
 
 
 def test_broken_version_rolls_back_and_rollback_skips_it(docker_env):
@@ -240,3 +244,21 @@ def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env,
     monkeypatch.setattr(DockerEngine, "close", lambda self: (closed.append(self), real_close(self)))
     reg.close()
     assert any(e is own for e in closed) and any(e is reg.engine() for e in closed)
+
+
+def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    proc = subprocess.Popen([*REGISTRY, "promote", "v1.4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stderr:  # v1.4 needs 1 s to answer: Ctrl-C lands in the health check
+        if "start container" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.4", "failed"), (3, "v1.0", "deployed")]
+    assert answer(reg, env).startswith("prompt=prompt-v1.0")
+    assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
+    with reg.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
