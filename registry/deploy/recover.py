@@ -113,7 +113,8 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
     out = []
     now = ledger.current(rows)
     info = engine.inspect(now.container_id) if now and now.container_id else None
-    others_running = [c for c in engine.find(env=env.name, registry=ctx.registry_id) if c.running and (not info or c.id != info.id)]
+    others_running = [c for c in engine.find(env=env.name, registry=ctx.registry_id)
+                      if c.running and (not info or c.id != info.id)]
     if info is not None and not info.running and not others_running:
         ctx.remember_secrets(runtime_of(ctx, now), container_env=info.env)  # its logs may print them
         try:
@@ -121,7 +122,8 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
             out.append(RecoverAction(env=env.name, action="restarted",
                                      detail=f"{now.ref} (revision {now.revision}) was stopped; started again"))
         except StepFailed as exc:
-            out.append(RecoverAction(env=env.name, action="unhealthy", detail=f"{now.ref} does not answer: {ctx.scrub(str(exc))}"))
+            out.append(RecoverAction(env=env.name, action="unhealthy",
+                                     detail=f"{now.ref} does not answer: {ctx.scrub(str(exc))}"))
     if held:
         out.append(RecoverAction(env=env.name, action="unlocked",
                                  detail=f"released the lock of a dead process ({held.operation} {held.target}, "

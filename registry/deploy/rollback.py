@@ -33,7 +33,8 @@ def rollback(ctx: Context, *, env_name: str | None, to: str | None, revision: in
                  make_plan=lambda rows: ledger.plan_rollback(rows, chosen, env=env.name, actor=actor,
                                                              reason=reason, at=clock.now()))
     return switch(ctx, engine, env, plan, runtime=runtime,
-                  make_container=lambda: (kept.id, False) if kept else (create_container(ctx, engine, env, plan, ready), True),
+                  make_container=lambda: (kept.id, False) if kept else (
+                      create_container(ctx, engine, env, plan, ready), True),
                   container_step="reuse kept container" if kept else "create container")
 
 
