@@ -45,8 +45,12 @@ def kept_container(engine: Engine, env: str, release: Release, *, registry: str)
     info = engine.inspect(release.container_id)
     if info is None:
         return None
-    want = {"registry": registry, "env": env, "model": release.model, "version": release.version,
+    want = {"env": env, "model": release.model, "version": release.version,
             "manifest-digest": release.manifest_digest}
     if any(info.labels.get(f"{LABEL}.{k}") != v for k, v in want.items()):
+        return None
+    # The id comes from this registry's own ledger, so a container created before the registry
+    # label existed (none set) is still ours; one labelled for another registry is not.
+    if info.labels.get(f"{LABEL}.registry", registry) != registry:
         return None
     return info

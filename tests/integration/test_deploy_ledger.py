@@ -543,3 +543,13 @@ def test_docker_host_with_credentials_is_refused(reg, fake):
     assert reg.add_env("remote", port=18087, docker_host="ssh://deploy@docker.example").docker_host
     with reg.store.read() as conn:
         assert "hunter2" not in " ".join(r.detail for r in conn.execute(select(t.events)))
+
+
+def test_rollback_reuses_a_kept_container_from_before_the_registry_label(versions, fake, reg):
+    first = reg.promote("v1.0").release
+    reg.promote("v1.1")
+    del fake.containers[first.container_id].info.labels["cellar.registry"]  # created by an older Cellar
+    assert reg.rollback().release.container_id == first.container_id
+    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"
+    reg.promote("v1.1")
+    assert reg.rollback().release.container_id != first.container_id  # not ours: recreated instead
