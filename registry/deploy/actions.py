@@ -263,12 +263,14 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: BaseE
     Each step is tried even when the one before it failed; when the outcome cannot be known the
     pending row and lock stay for ``registry recover`` and the error says so."""
     error = ctx.scrub(str(exc) or type(exc).__name__)
-    cleanup = _drop_new(ctx, engine, plan, new_id=new_id, remove=remove)
+    cleanup, halted = _drop_new(ctx, engine, plan, new_id=new_id, remove=remove)
     try:
         previous, note = _restore(ctx, engine, env, plan, old_stopped=old_stopped)
-    except CellarError as lost:  # the engine is gone too: only a later reconcile can tell what runs
+    except CellarError as lost:
+        cleanup, halted = ctx.scrub(str(lost)), False
+    if not halted:  # the engine is gone too: only a later reconcile can tell what runs
         raise EngineError(f"{plan.pending.ref} failed on {env.name} ({error}) and the previous state could "
-                          f"not be restored ({ctx.scrub(str(lost))}): run `registry recover --env {env.name}` "
+                          f"not be restored ({cleanup}): run `registry recover --env {env.name}` "
                           "once Docker answers") from None
     if cleanup:
         note += f"; the failed container was left behind ({cleanup})"
@@ -286,24 +288,25 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: BaseE
         exc.args = (error,)  # re-raised by switch: never with a secret in it
 
 
-def _drop_new(ctx: Context, engine: Engine, plan: Plan, *, new_id: str | None, remove: bool) -> str | None:
-    """Remove (or stop, for a kept one) the failed container; the scrubbed error, if that failed.
-    Removal failing falls back to stopping, so the old container can have the port back."""
+def _drop_new(ctx: Context, engine: Engine, plan: Plan, *, new_id: str | None,
+              remove: bool) -> tuple[str | None, bool]:
+    """Remove (or stop, for a kept one) the failed container: (scrubbed error if any, whether it
+    is at least stopped). Removal failing falls back to stopping, so the old one gets the port back."""
     if not new_id or new_id == (plan.current.container_id if plan.current else None):
-        return None
+        return None, True
     problem = None
     with ctx.step("remove failed container" if remove else "stop failed container"):
         if remove:
             try:
                 engine.remove(new_id)
-                return None
+                return None, True
             except (CellarError, StepFailed) as exc:
                 problem = ctx.scrub(str(exc))
         try:  # a failed container is not worth a graceful stop: the old one is waiting
             engine.stop(new_id, timeout=2)
         except (CellarError, StepFailed) as exc:
-            problem = problem or ctx.scrub(str(exc))
-    return problem
+            return problem or ctx.scrub(str(exc)), False
+    return problem, True
 
 
 def _restore(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, old_stopped: bool) -> tuple[str, str]:

@@ -411,7 +411,9 @@ def test_failed_container_not_removable_still_restores_the_old_one(versions, fak
         assert records.get_lock(conn, "staging") is None
 
 
-def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(versions, fake, reg, monkeypatch):
+@pytest.mark.parametrize("broken", [("remove", "stop"), ("remove", "stop", "start", "inspect")],
+                         ids=["new-not-stoppable", "engine-gone"])
+def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(versions, fake, reg, monkeypatch, broken):
     from registry.deploy.engine import StepFailed
     from registry.errors import CellarError
 
@@ -420,7 +422,7 @@ def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(version
 
     def dies(cid, **kwargs):
         if fake.inspect(cid).labels["cellar.version"] == "v1.1":  # Docker goes away right then
-            _break(fake, m, "remove", "stop", "start", "inspect")
+            _break(fake, m, *broken)
             raise StepFailed(f"no answer; log: token {CANARY}")
         real_wait(fake, cid, **kwargs)
 
@@ -429,6 +431,8 @@ def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(version
         with pytest.raises(CellarError, match=r"registry recover --env staging") as err:
             reg.promote("v1.1")
     assert CANARY not in str(err.value) and not isinstance(err.value, HealthGateFailed)
+    with reg.store.read() as conn:  # left for recover: the failed container may still run
+        assert records.get_lock(conn, "staging") is not None
     fake.unhealthy["v1.1"] = "still broken"  # Docker is back; the new release still does not answer
     assert [a.action for a in reg.recover(force=True).actions] == ["reverted"]
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
