@@ -150,6 +150,9 @@ def _show_step(name: str, seconds: float, ok: bool) -> None:
 
 
 def _removed(result) -> str:
+    """The retention summary; warnings (e.g. Docker would not remove an old container) go to stderr."""
+    for warning in result.warnings:
+        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     return f"; removed old containers {', '.join(result.removed_containers)}" if result.removed_containers else ""
 
 

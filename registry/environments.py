@@ -6,7 +6,7 @@ from registry import audit, clock, ledger
 from registry.deploy import records
 from registry.deploy.actions import Context, base_url, runtime_of
 from registry.deploy.models import Environment, EnvStatus
-from registry.errors import CellarError, InvalidInput, VersionConflict
+from registry.errors import CellarError, InvalidInput, OperationInProgress, VersionConflict
 from registry.ledger import Release
 from registry.models import check_name
 
@@ -53,34 +53,59 @@ def _check_address(*, bind_addr: str, docker_host: str | None) -> None:
         ipaddress.ip_address(bind_addr)
     except ValueError:
         raise InvalidInput(f"--bind {bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
-    if docker_host and urlsplit(docker_host).scheme not in ("unix", "tcp", "ssh", "http", "https"):
+    if not docker_host:
+        return
+    parts = urlsplit(docker_host)
+    if parts.scheme not in ("unix", "tcp", "ssh", "http", "https"):
         raise InvalidInput(f"--docker-host {docker_host!r} must be a unix://, tcp:// or ssh:// URL")
+    # Never echo the URL here: it would print the password this check exists to keep out.
+    if parts.password is not None or (parts.username is not None and parts.scheme != "ssh"):
+        raise InvalidInput("--docker-host must not carry a user or password (it would be stored and shown): "
+                           "use TLS certificates (DOCKER_CERT_PATH) or an ssh://user@host with keys")
 
 
 def remove(ctx: Context, *, name: str, actor: str, reason: str | None, force: bool = False) -> Environment:
     """Forget an environment. Its ledger stays (history is never rewritten). With something
-    deployed this needs ``force``, which also removes the environment's containers."""
-    with ctx.store.read() as conn:
-        env = records.find_env(conn, name)
-        now = ledger.current(records.ledger(conn, name))
-        busy = records.get_lock(conn, name)
-    if busy:
-        raise InvalidInput(f"{name} has an operation in progress: wait for it or run `registry recover`")
-    if env.protected and not reason:
-        raise InvalidInput(f"{name} is protected: say why with --reason")
-    if now and not force:
-        raise InvalidInput(f"{now.ref} is deployed in {name}: pass --force to stop and remove its containers too")
-    if now or force:
-        engine = ctx.engine_for(env)
-        for c in engine.find(env=name):
-            engine.remove(c.id)
+    deployed this needs ``force``, which also removes the environment's containers.
+
+    The environment's lock is taken in the first write transaction, before Docker is touched,
+    so no promote can start a container that the removal then misses or deletes."""
+    env, now = _claim_for_removal(ctx, name=name, actor=actor, reason=reason, force=force)
+    try:
+        if now or force:
+            engine = ctx.engine_for(env)
+            for c in engine.find(env=name, registry=ctx.registry_id):
+                engine.remove(c.id)
+    except BaseException:
+        with ctx.store.write() as conn:
+            records.drop_lock(conn, ctx.lock, missing_ok=True)
+        raise
     with ctx.store.write() as conn:
         if now:
             records.update_release(conn, now.model_copy(update={"status": ledger.ReleaseStatus.SUPERSEDED}))
+        records.drop_lock(conn, ctx.lock)  # raises (and keeps the environment) if it changed hands
         records.delete_env(conn, name)
         audit.append(conn, actor=actor, action="env-remove", object=name, env=name, reason=reason,
                      detail={"undeployed": now.ref if now else None}, db_user=ctx.store.db_user(conn))
     return env
+
+
+def _claim_for_removal(ctx: Context, *, name: str, actor: str, reason: str | None,
+                       force: bool) -> tuple[Environment, Release | None]:
+    with ctx.store.write() as conn:
+        env = records.find_env(conn, name)
+        rows = records.ledger(conn, name)
+        if records.get_lock(conn, name) or ledger.pending(rows):
+            raise OperationInProgress(f"{name} has an operation in progress: wait for it, or run "
+                                      f"`registry recover --env {name}` if its process is gone")
+        if env.protected and not reason:
+            raise InvalidInput(f"{name} is protected: say why with --reason")
+        now = ledger.current(rows)
+        if now and not force:
+            raise InvalidInput(f"{now.ref} is deployed in {name}: pass --force to stop and remove its containers too")
+        ctx.lock = records.new_lock(name, operation="env-remove", target=name, actor=actor)
+        records.take_lock(conn, ctx.lock)
+    return env, now
 
 
 def history(ctx: Context, env: str | None = None) -> list[Release]:

@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 
 from registry import audit, clock, ledger, snapshots
 from registry.deploy import records
-from registry.deploy.engine import ContainerSpec, Engine, StepFailed, container_name, labels_for
+from registry.deploy.engine import ContainerSpec, Engine, StepFailed, container_name, labels_for, redact
 from registry.deploy.models import DeployResult, Environment, Lock, Step
-from registry.errors import CellarError, HealthGateFailed, InvalidInput, NotFound, OperationInProgress, VersionConflict
+from registry.errors import (CellarError, EngineError, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
+                             VersionConflict)
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release, Target
 from registry.models import Runtime, is_secret_key
@@ -43,6 +44,25 @@ class Context:
     # Values of the secrets handed to containers in this run: scrubbed from any error text.
     secret_values: set[str] = field(default_factory=set, repr=False)
     lock: Lock | None = None  # the environment lock this run holds
+    _registry_id: str | None = field(default=None, repr=False)
+
+    @property
+    def registry_id(self) -> str:
+        """This registry's identity (label ``cellar.registry``), read once per run."""
+        if self._registry_id is None:
+            with self.store.read() as conn:
+                self._registry_id = records.registry_id(conn)
+        return self._registry_id
+
+    def scrub(self, text: str) -> str:
+        """Text bound for the user or the audit log, with every known secret value as ***."""
+        return redact(text, self.secret_values | _secret_like(self.environ))
+
+    def remember_secrets(self, runtime: Runtime, *, container_env: Mapping[str, str] | None = None) -> None:
+        """Note the values of ``runtime.secrets``: the caller's, and a kept container's own
+        (exported with another value back then) so a rollback scrubs them too."""
+        for source in (self.environ, container_env or {}):
+            self.secret_values.update(v for k, v in source.items() if k in runtime.secrets and v)
 
     @contextmanager
     def step(self, name: str):
@@ -83,7 +103,7 @@ def promote(ctx: Context, *, env_name: str | None, model: str, version: str, act
                                                             reason=reason, at=clock.now()))
     crashpoint("promote:pending")
     return switch(ctx, engine, env, plan, runtime=ready.runtime,
-                  make_container=lambda: (create_container(engine, env, plan, ready), True))
+                  make_container=lambda: (create_container(ctx, engine, env, plan, ready), True))
 
 
 def prepare(ctx: Context, engine: Engine, *, env: Environment, model: str, version: str,
@@ -93,7 +113,7 @@ def prepare(ctx: Context, engine: Engine, *, env: Environment, model: str, versi
         record, digest = records.version_record(conn, model, version)
     runtime = Runtime.model_validate(record["runtime"])
     secret_env = _secrets(runtime, ctx.environ, f"{model}@{version}")
-    ctx.secret_values.update(secret_env.values())
+    ctx.remember_secrets(runtime)
     # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
     env_vars = {**runtime.env, "CELLAR_MODEL": model, "CELLAR_VERSION": version, **secret_env}
     with ctx.step("verify blobs"):
@@ -138,12 +158,12 @@ def _secrets(runtime: Runtime, environ: Mapping[str, str], ref: str) -> dict[str
     return {name: environ[name] for name in runtime.secrets}
 
 
-def create_container(engine: Engine, env: Environment, plan: Plan, ready: Prepared) -> str:
-    p = plan.pending
+def create_container(ctx: Context, engine: Engine, env: Environment, plan: Plan, ready: Prepared) -> str:
+    p, rid = plan.pending, ctx.registry_id
     spec = ContainerSpec(
-        name=container_name(env=env.name, model=p.model, revision=p.revision), image=ready.image,
+        name=container_name(env=env.name, model=p.model, revision=p.revision, registry=rid), image=ready.image,
         labels=labels_for(model=p.model, env=env.name, version=p.version, revision=p.revision,
-                          manifest_digest=p.manifest_digest),
+                          manifest_digest=p.manifest_digest, registry=rid),
         env=ready.env, snapshot=str(ready.snapshot), container_port=ready.runtime.port,
         host_port=env.port, bind_addr=env.bind_addr, command=ready.runtime.command)
     return engine.create(spec)
@@ -208,7 +228,7 @@ def switch(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, runtim
             with ctx.step("warm-up"):
                 engine.warm_up(base_url=base_url(env), requests=runtime.warmup)
         crashpoint(f"{plan.pending.operation}:healthy")
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
         _fail(ctx, engine, env, plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)
         raise
     return _succeed(ctx, engine, env, plan, new_id)
@@ -226,39 +246,67 @@ def _succeed(ctx: Context, engine: Engine, env: Environment, plan: Plan, new_id:
         settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
         records.apply(conn, settled)
         event(ctx, conn, plan, settled.deployed, env=env.name)
-        records.drop_lock(conn, ctx.lock)
         rows = records.ledger(conn, env.name)
-    removed = retain(engine, env, rows)
+    # Still under the lock, so no concurrent promote has a fresh (not yet running) container here.
+    removed, warnings = retain(ctx, engine, env, rows)
+    with ctx.store.write() as conn:
+        records.drop_lock(conn, ctx.lock)
     return DeployResult(env=env.name, operation=str(plan.pending.operation), release=settled.deployed,
-                        previous=plan.current, steps=list(ctx.steps), removed_containers=removed)
+                        previous=plan.current, steps=list(ctx.steps), removed_containers=removed,
+                        warnings=warnings)
 
 
-def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: Exception, *, new_id: str | None,
+def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: BaseException, *, new_id: str | None,
           remove: bool, old_stopped: bool) -> None:
-    """Stop (and remove) the new container, restart the old one, record both; raise exit 4."""
-    error = redact(str(exc) or type(exc).__name__, ctx.secret_values | _secret_like(ctx.environ))
+    """Stop (and remove) the new container, restart the old one, record both; raise exit 4.
+
+    Each step is tried even when the one before it failed; when the outcome cannot be known the
+    pending row and lock stay for ``registry recover`` and the error says so."""
+    error = ctx.scrub(str(exc) or type(exc).__name__)
+    cleanup, halted = _drop_new(ctx, engine, plan, new_id=new_id, remove=remove)
     try:
-        if new_id and new_id != (plan.current.container_id if plan.current else None):
-            with ctx.step("remove failed container" if remove else "stop failed container"):
-                # A failed container is not worth a graceful stop: the old one is waiting.
-                if remove:
-                    engine.remove(new_id)
-                else:
-                    engine.stop(new_id, timeout=2)
         previous, note = _restore(ctx, engine, env, plan, old_stopped=old_stopped)
-    except CellarError:
-        return  # the engine is gone too: leave the pending row and lock to `registry recover`
+    except CellarError as lost:
+        cleanup, halted = ctx.scrub(str(lost)), False
+    if not halted:  # the engine is gone too: only a later reconcile can tell what runs
+        raise EngineError(f"{plan.pending.ref} failed on {env.name} ({error}) and the previous state could "
+                          f"not be restored ({cleanup}): run `registry recover --env {env.name}` "
+                          "once Docker answers") from None
+    if cleanup:
+        note += f"; the failed container was left behind ({cleanup})"
     with ctx.store.write() as conn:
         settled = ledger.settle(plan, ok=False, at=clock.now(), error=error, previous=previous)
         records.apply(conn, settled)
-        failed = settled.updates[0]
-        event(ctx, conn, plan, failed, env=env.name, error=error)
+        event(ctx, conn, plan, settled.updates[0], env=env.name, error=error)
         if settled.appended:
             event(ctx, conn, plan, settled.appended[0], env=env.name, automatic=True)
         records.drop_lock(conn, ctx.lock)
     if isinstance(exc, StepFailed):
         raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
                                f"{error}; {note}") from None
+    if isinstance(exc, CellarError) and str(exc) != error:
+        exc.args = (error,)  # re-raised by switch: never with a secret in it
+
+
+def _drop_new(ctx: Context, engine: Engine, plan: Plan, *, new_id: str | None,
+              remove: bool) -> tuple[str | None, bool]:
+    """Remove (or stop, for a kept one) the failed container: (scrubbed error if any, whether it
+    is at least stopped). Removal failing falls back to stopping, so the old one gets the port back."""
+    if not new_id or new_id == (plan.current.container_id if plan.current else None):
+        return None, True
+    problem = None
+    with ctx.step("remove failed container" if remove else "stop failed container"):
+        if remove:
+            try:
+                engine.remove(new_id)
+                return None, True
+            except (CellarError, StepFailed) as exc:
+                problem = ctx.scrub(str(exc))
+        try:  # a failed container is not worth a graceful stop: the old one is waiting
+            engine.stop(new_id, timeout=2)
+        except (CellarError, StepFailed) as exc:
+            return problem or ctx.scrub(str(exc)), False
+    return problem, True
 
 
 def _restore(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, old_stopped: bool) -> tuple[str, str]:
@@ -271,7 +319,8 @@ def _restore(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, old_
         with ctx.step("restart previous"):
             start_and_check(ctx, engine, env, current)
     except StepFailed as exc:
-        return "lost", f"rolling back to {current.ref} failed too ({exc}); nothing is deployed"
+        return "lost", (f"rolling back to {current.ref} failed too ({ctx.scrub(str(exc))}); nothing is deployed: "
+                        f"see `registry status`, then `registry rollback --env {env.name}`")
     return "restored", (f"rolled back automatically to {current.ref} "
                         f"(revision {plan.pending.revision + 1}), which answers again")
 
@@ -304,15 +353,24 @@ def event(ctx: Context, conn, plan: Plan, row: Release, *, env: str, error: str 
                  reason=row.reason, detail=detail, db_user=ctx.store.db_user(conn))
 
 
-def retain(engine: Engine, env: Environment, rows: list[Release]) -> list[str]:
-    """Remove stopped containers beyond the environment's ``keep``; never one a rollback needs."""
+def retain(ctx: Context, engine: Engine, env: Environment, rows: list[Release]) -> tuple[list[str], list[str]]:
+    """Remove stopped containers beyond the environment's ``keep``; never one a rollback needs.
+    Best effort: the release is already recorded, so a Docker error is a warning, not a failure."""
     keepers = ledger.keep_containers(rows, keep=env.keep)
-    removed = []
-    for c in engine.find(env=env.name):
-        if not c.running and c.id not in keepers:
+    removed, warnings = [], []
+    try:
+        found = engine.find(env=env.name, registry=ctx.registry_id)
+    except CellarError as exc:
+        return [], [f"old containers were not cleaned up: {ctx.scrub(str(exc))}"]
+    for c in found:
+        if c.running or c.id in keepers:
+            continue
+        try:
             engine.remove(c.id)
             removed.append(c.name)
-    return removed
+        except CellarError as exc:
+            warnings.append(f"could not remove old container {c.name}: {ctx.scrub(str(exc))}")
+    return removed, warnings
 
 
 def base_url(env: Environment) -> str:
@@ -327,14 +385,6 @@ def _secret_like(environ: Mapping[str, str]) -> set[str]:
     """Values of the caller's variables named like secrets (*_TOKEN, *_KEY ...): a kept
     container started again by a rollback got its secrets earlier, and may log them."""
     return {v for k, v in environ.items() if is_secret_key(k) and len(v) >= 4}
-
-
-def redact(text: str, secret_values: set[str]) -> str:
-    """Error text (container logs included) with every secret value replaced by ***."""
-    for value in secret_values:
-        if value and value in text:
-            text = text.replace(value, "***")
-    return text
 
 
 def resolve_env(ctx: Context, name: str | None, reason: str | None) -> Environment:

@@ -133,7 +133,8 @@ def _info(data: dict) -> ContainerInfo:
         id=data["Id"], name=data.get("Name", "").lstrip("/"),
         labels=(data.get("Config") or {}).get("Labels") or {},
         running=bool(state.get("Running")), status=state.get("Status", ""),
-        exit_code=state.get("ExitCode"), created=data.get("Created", ""))
+        exit_code=state.get("ExitCode"), created=data.get("Created", ""),
+        env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []))
 
 
 def _start_error(exc: APIError) -> str:

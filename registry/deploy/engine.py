@@ -7,10 +7,11 @@ ships ``MockTransport`` beside its real transport.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from registry.models import Request
+from registry.models import Request, is_secret_key
 
 LABEL = "cellar"
 STOP_TIMEOUT_S = 5
@@ -45,6 +46,8 @@ class ContainerInfo:
     status: str
     exit_code: int | None = None
     created: str = ""
+    # The container's environment (secret values included): used only to scrub them from text.
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def revision(self) -> int | None:
@@ -69,11 +72,30 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def labels_for(*, model: str, env: str, version: str, revision: int, manifest_digest: str) -> dict[str, str]:
-    """The labels every container Cellar creates carries, so state can be rebuilt from Docker."""
+def labels_for(*, model: str, env: str, version: str, revision: int, manifest_digest: str,
+               registry: str) -> dict[str, str]:
+    """The labels every container Cellar creates carries, so state can be rebuilt from Docker.
+    ``cellar.registry`` keeps two registries with a same-named environment on one host apart."""
     return {f"{LABEL}.model": model, f"{LABEL}.env": env, f"{LABEL}.version": version,
-            f"{LABEL}.revision": str(revision), f"{LABEL}.manifest-digest": manifest_digest}
+            f"{LABEL}.revision": str(revision), f"{LABEL}.manifest-digest": manifest_digest,
+            f"{LABEL}.registry": registry}
 
 
-def container_name(*, env: str, model: str, revision: int) -> str:
-    return f"cellar-{env}-{model}-r{revision}"
+def container_name(*, env: str, model: str, revision: int, registry: str) -> str:
+    """A name unique per (registry, env, model, revision): ``cellar-prod-eu-bot`` alone could be
+    env prod-eu + model bot or env prod + model eu-bot, so a short hash of the parts follows."""
+    tag = hashlib.sha256(f"{registry}\0{env}\0{model}".encode()).hexdigest()[:6]
+    return f"cellar-{env}-{model}-r{revision}-{tag}"
+
+
+def secret_env_values(env: dict[str, str]) -> set[str]:
+    """Values of a container's variables named like secrets (``*_TOKEN``, ``*_KEY`` ...)."""
+    return {v for k, v in env.items() if is_secret_key(k) and len(v) >= 4}
+
+
+def redact(text: str, secret_values: set[str]) -> str:
+    """Text (container logs included) with every secret value replaced by ***."""
+    for value in sorted(secret_values, key=len, reverse=True):  # longest first: no partial leftovers
+        if value and value in text:
+            text = text.replace(value, "***")
+    return text

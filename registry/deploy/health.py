@@ -11,7 +11,7 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from registry.deploy.engine import StepFailed
+from registry.deploy.engine import StepFailed, redact, secret_env_values
 from registry.models import Request
 
 POLL_S = 0.02
@@ -69,7 +69,8 @@ def _fail_if_exited(engine, container_id: str) -> None:
     if info is None:
         raise StepFailed("the container disappeared while starting")
     if not info.running:
-        tail = engine.logs(container_id, tail=10).strip()
+        # Log text leaves the adapter here: scrub the container's own secret values at once.
+        tail = redact(engine.logs(container_id, tail=10).strip(), secret_env_values(info.env))
         lines = ("; last log lines:\n" + tail) if tail else " (no log output)"
         raise StepFailed(f"container exited with code {info.exit_code}{lines}")
 

@@ -40,6 +40,7 @@ class DeployResult(BaseModel):
     previous: Release | None = None
     steps: list[Step] = Field(default_factory=list)
     removed_containers: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # e.g. old containers Docker would not remove
 
 
 class Lock(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from registry import clock
 from registry.deploy.models import Environment, Lock
-from registry.errors import NotFound
+from registry.errors import NotFound, OperationInProgress
 from registry.ledger import Operation, Release, ReleaseStatus, Settlement
 from registry.store import schema as t
 
@@ -128,9 +128,17 @@ def take_lock(conn: Connection, lock: Lock) -> None:
     conn.execute(insert(t.env_locks).values(**lock.model_dump()))
 
 
-def drop_lock(conn: Connection, lock: Lock) -> None:
-    conn.execute(delete(t.env_locks).where(t.env_locks.c.env == lock.env, t.env_locks.c.pid == lock.pid,
-                                           t.env_locks.c.host == lock.host))
+def drop_lock(conn: Connection, lock: Lock, *, missing_ok: bool = False) -> None:
+    """Release exactly this lock (same env, owner and operation). Raises when it is no longer
+    there, e.g. a forced recover took the environment over: the caller must not carry on as owner."""
+    c = t.env_locks.c
+    gone = conn.execute(delete(t.env_locks).where(
+        c.env == lock.env, c.pid == lock.pid, c.host == lock.host, c.operation == lock.operation,
+        c.actor == lock.actor, c.target == lock.target)).rowcount
+    if gone != 1 and not missing_ok:
+        raise OperationInProgress(f"the lock on {lock.env} ({lock.operation} {lock.target}) was taken over by "
+                                  f"another process meanwhile: run `registry status`, then "
+                                  f"`registry recover --env {lock.env}` if the state looks wrong")
 
 
 def holder_gone(lock: Lock) -> bool:
@@ -148,6 +156,23 @@ def holder_gone(lock: Lock) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+# --- registry identity ------------------------------------------------------------------
+
+
+def registry_id(conn: Connection) -> str:
+    """This registry's identity, labelled on its containers: the hash of the first audit event.
+
+    Derived from the database rather than a file in the home, so every home sharing one database
+    (one ledger) sees the same containers, and two registries never do; the hash covers the init
+    event's time and path, and the audit chain makes it immutable."""
+    first = conn.execute(select(t.events.c.hash).order_by(t.events.c.id).limit(1)).scalar()
+    if first is None:  # a database nobody initialised through `registry init`: derive from its URL
+        import hashlib
+
+        first = hashlib.sha256(str(conn.engine.url.render_as_string(hide_password=True)).encode()).hexdigest()
+    return first[:32]
 
 
 # --- versions ---------------------------------------------------------------------------

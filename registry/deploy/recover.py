@@ -43,7 +43,7 @@ def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str,
         if held and not force and not records.holder_gone(held):
             return [RecoverAction(env=env.name, action="skipped", detail=busy_message(held))]
         if held:
-            records.drop_lock(conn, held)
+            records.drop_lock(conn, held)  # raises if it changed hands since it was read
         mine = records.new_lock(env.name, operation="recover", target=env.name, actor=actor)
         records.take_lock(conn, mine)
         rows = records.ledger(conn, env.name)
@@ -51,7 +51,7 @@ def recover_env(ctx: Context, engine: Engine, env: Environment, *, actor: str,
         return _reconcile(ctx, engine, env, rows, held, mine, actor=actor)
     finally:
         with ctx.store.write() as conn:  # still ours only if _reconcile failed half-way
-            records.drop_lock(conn, mine)
+            records.drop_lock(conn, mine, missing_ok=True)
 
 
 def _reconcile(ctx: Context, engine: Engine, env: Environment, rows: list[Release], held, mine,
@@ -61,9 +61,9 @@ def _reconcile(ctx: Context, engine: Engine, env: Environment, rows: list[Releas
         return _without_pending(ctx, engine, env, rows, held, mine, actor=actor)
     plan = Plan(pending=stuck, current=ledger.current(rows),
                 target=Target(model=stuck.model, version=stuck.version, manifest_digest=stuck.manifest_digest))
-    info = _pending_container(engine, env.name, stuck)
+    info = _pending_container(ctx, engine, env.name, stuck)
     if info is not None and info.running and _answers(ctx, engine, env, stuck, info.id):
-        for other in engine.find(env=env.name):
+        for other in engine.find(env=env.name, registry=ctx.registry_id):
             if other.running and other.id != info.id:
                 engine.stop(other.id)
         settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=info.id)
@@ -113,14 +113,17 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
     out = []
     now = ledger.current(rows)
     info = engine.inspect(now.container_id) if now and now.container_id else None
-    others_running = [c for c in engine.find(env=env.name) if c.running and (not info or c.id != info.id)]
+    others_running = [c for c in engine.find(env=env.name, registry=ctx.registry_id)
+                      if c.running and (not info or c.id != info.id)]
     if info is not None and not info.running and not others_running:
+        ctx.remember_secrets(runtime_of(ctx, now), container_env=info.env)  # its logs may print them
         try:
             start_and_check(ctx, engine, env, now)
             out.append(RecoverAction(env=env.name, action="restarted",
                                      detail=f"{now.ref} (revision {now.revision}) was stopped; started again"))
         except StepFailed as exc:
-            out.append(RecoverAction(env=env.name, action="unhealthy", detail=f"{now.ref} does not answer: {exc}"))
+            out.append(RecoverAction(env=env.name, action="unhealthy",
+                                     detail=f"{now.ref} does not answer: {ctx.scrub(str(exc))}"))
     if held:
         out.append(RecoverAction(env=env.name, action="unlocked",
                                  detail=f"released the lock of a dead process ({held.operation} {held.target}, "
@@ -130,11 +133,11 @@ def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[
     return out
 
 
-def _pending_container(engine: Engine, env: str, stuck: Release) -> ContainerInfo | None:
+def _pending_container(ctx: Context, engine: Engine, env: str, stuck: Release) -> ContainerInfo | None:
     if stuck.container_id:
         return engine.inspect(stuck.container_id)
     # Killed between creating the container and noting its id: find it by its labels.
-    found = engine.find(env=env, revision=str(stuck.revision))
+    found = engine.find(env=env, revision=str(stuck.revision), registry=ctx.registry_id)
     return found[0] if found else None
 
 
@@ -152,7 +155,7 @@ def _commit(ctx: Context, env: Environment, settled: Settlement, action: Recover
             *, actor: str) -> None:
     with ctx.store.write() as conn:
         records.apply(conn, settled)
-        records.drop_lock(conn, mine)
+        records.drop_lock(conn, mine, missing_ok=True)  # one commit per action: the first releases it
         changed = [r.ref + f" r{r.revision}:{r.status}" for r in [*settled.updates, *settled.appended]]
         audit.append(conn, actor=actor, action="recover", object=env.name, env=env.name,
                      reason=action.detail, detail={"action": action.action, "releases": changed},

@@ -22,7 +22,9 @@ def rollback(ctx: Context, *, env_name: str | None, to: str | None, revision: in
     with ctx.store.read() as conn:
         chosen = ledger.rollback_target(records.ledger(conn, env.name), version=to, revision=revision)
     runtime = runtime_of(ctx, chosen)
-    kept = kept_container(engine, env.name, chosen)
+    kept = kept_container(engine, env.name, chosen, registry=ctx.registry_id)
+    # prepare() notes the secrets only when it runs; a reused container needs them scrubbed too.
+    ctx.remember_secrets(runtime, container_env=kept.env if kept else None)
     ready = None
     if kept is None:
         ready = prepare(ctx, engine, env=env, model=chosen.model, version=chosen.version,
@@ -31,11 +33,12 @@ def rollback(ctx: Context, *, env_name: str | None, to: str | None, revision: in
                  make_plan=lambda rows: ledger.plan_rollback(rows, chosen, env=env.name, actor=actor,
                                                              reason=reason, at=clock.now()))
     return switch(ctx, engine, env, plan, runtime=runtime,
-                  make_container=lambda: (kept.id, False) if kept else (create_container(engine, env, plan, ready), True),
+                  make_container=lambda: (kept.id, False) if kept else (
+                      create_container(ctx, engine, env, plan, ready), True),
                   container_step="reuse kept container" if kept else "create container")
 
 
-def kept_container(engine: Engine, env: str, release: Release) -> ContainerInfo | None:
+def kept_container(engine: Engine, env: str, release: Release, *, registry: str) -> ContainerInfo | None:
     """The release's container if it still exists and its labels prove it is that release."""
     if not release.container_id:
         return None
@@ -45,5 +48,9 @@ def kept_container(engine: Engine, env: str, release: Release) -> ContainerInfo 
     want = {"env": env, "model": release.model, "version": release.version,
             "manifest-digest": release.manifest_digest}
     if any(info.labels.get(f"{LABEL}.{k}") != v for k, v in want.items()):
+        return None
+    # The id comes from this registry's own ledger, so a container created before the registry
+    # label existed (none set) is still ours; one labelled for another registry is not.
+    if info.labels.get(f"{LABEL}.registry", registry) != registry:
         return None
     return info

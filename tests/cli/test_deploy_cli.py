@@ -65,3 +65,9 @@ def test_promote_rollback_history_status(docker_env):
     assert state["deployed"]["version"] == "v1.0" and state["container_state"] == "running" and state["healthy"]
     assert "support-bot@v1.0 (revision 5)" in run("status").stdout
     assert "--to or --revision" in run("rollback", "--to", "v1.1", "--revision", "1", code=1).stderr
+
+
+def test_env_add_refuses_a_docker_host_with_credentials(sqlite_home):
+    out = run("env", "add", "remote", "--port", "18185", "--docker-host", "tcp://admin:hunter2@10.0.0.9:2376", code=1)
+    assert "TLS certificates" in out.stderr and "hunter2" not in out.stdout + out.stderr
+    assert "hunter2" not in run("env", "list", "--json").stdout

@@ -6,6 +6,7 @@ Uses the busybox test server image from conftest.py; every container is removed 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import docker
 import pytest
 from sqlalchemy import func, select
 
+from registry.deploy import records
+from registry.deploy.engine import container_name
 from registry.errors import HealthGateFailed
 from registry.store import schema as t
 from tests.integration.conftest import free_port
@@ -67,6 +70,9 @@ def test_promote_and_roll_back(docker_env):
     assert host["Binds"][0].endswith(":/model:ro")
     assert host["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
     assert "docker.sock" not in str(c.attrs["Mounts"])
+    assert len(c.labels["cellar.registry"]) == 32 and len(c.name.rsplit("-", 1)[1]) == 6  # cellar-...-r1-<hash6>
+    # the adapter reads the container's env back: a rollback scrubs the secrets it was started with
+    assert reg.engine().inspect(c.id).env["SUPPORT_API_TOKEN"] == os.environ["SUPPORT_API_TOKEN"]
 
 
 def test_broken_version_rolls_back_and_rollback_skips_it(docker_env):
@@ -216,7 +222,9 @@ def test_retention_removes_old_stopped_containers_only(docker_env):
     try:
         names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
         # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
-        assert names == [f"cellar-{env}-k-support-bot-r2", f"cellar-{env}-k-support-bot-r3"]
+        with reg.store.read() as conn:
+            rid = records.registry_id(conn)
+        assert names == [container_name(env=f"{env}-k", model="support-bot", revision=r, registry=rid) for r in (2, 3)]
         assert reg.rollback(env=f"{env}-k").release.version == "v1.1"
     finally:
         for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}):
@@ -236,3 +244,21 @@ def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env,
     monkeypatch.setattr(DockerEngine, "close", lambda self: (closed.append(self), real_close(self)))
     reg.close()
     assert any(e is own for e in closed) and any(e is reg.engine() for e in closed)
+
+
+def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env):
+    reg, env = docker_env
+    reg.promote("v1.0")
+    proc = subprocess.Popen([*REGISTRY, "promote", "v1.4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stderr:  # v1.4 needs 1 s to answer: Ctrl-C lands in the health check
+        if "start container" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.4", "failed"), (3, "v1.0", "deployed")]
+    assert answer(reg, env).startswith("prompt=prompt-v1.0")
+    assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
+    with reg.store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0

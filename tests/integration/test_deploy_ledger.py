@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from registry.api import Registry
 from registry.deploy import records
+from registry.deploy.engine import container_name
 from registry.deploy.fake import FakeEngine
 from registry.errors import (CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
                              VersionConflict)
@@ -39,6 +40,27 @@ def versions(reg, fake, model_dir):
     return reg
 
 
+def cname(reg, revision, env="staging", model="support-bot"):
+    """The container name Cellar gives a revision in this registry."""
+    with reg.store.read() as conn:
+        rid = records.registry_id(conn)
+    return container_name(env=env, model=model, revision=revision, registry=rid)
+
+
+def locks_seen_by_find(reg, fake, env: str) -> list:
+    """Make ``fake.find`` note the environment's lock each time it is called; the list of locks."""
+    seen = []
+    real_find = fake.find
+
+    def find(**labels):
+        with reg.store.read() as conn:
+            seen.append(records.get_lock(conn, env))
+        return real_find(**labels)
+
+    fake.find = find
+    return seen
+
+
 def statuses(reg, env="staging"):
     return [(r.revision, r.version, str(r.status)) for r in reg.history(env)]
 
@@ -52,8 +74,8 @@ def test_promote_then_promote_supersedes(versions, fake):
     assert second.previous.version == "v1.0"
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "deployed")]
     (running,) = fake.running()
-    assert running.labels["cellar.version"] == "v1.1" and running.name == "cellar-staging-support-bot-r2"
-    assert fake.calls.index("stop cellar-staging-support-bot-r1") < fake.calls.index("start cellar-staging-support-bot-r2")
+    assert running.labels["cellar.version"] == "v1.1" and running.name == cname(reg, 2)
+    assert fake.calls.index(f"stop {cname(reg, 1)}") < fake.calls.index(f"start {cname(reg, 2)}")
 
 
 def test_failed_promote_rolls_back_automatically(versions, fake):
@@ -120,7 +142,7 @@ def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
         reg.promote(v, env="tight")
     names = sorted(c.name for c in fake.find(env="tight"))
     # deployed (r4), the default rollback target (r3), and one more kept (keep=1)
-    assert names == [f"cellar-tight-support-bot-r{i}" for i in (2, 3, 4)]
+    assert names == [cname(reg, i, env="tight") for i in (2, 3, 4)]
 
 
 def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
@@ -166,7 +188,7 @@ def test_recover_reverts_an_interrupted_promote(versions, fake, reg):
     plan = actions.begin(ctx, fake, env, operation="promote", target="v1.1", actor="x",
                          make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env="staging",
                                                                     actor="x", reason=None, at=clock.now()))
-    new_id = actions.create_container(fake, env, plan, ready)
+    new_id = actions.create_container(ctx, fake, env, plan, ready)
     fake.stop(reg.history("staging")[0].container_id)  # "killed" after stopping the old one
     with reg.store.write() as conn:  # the dead process's lock
         conn.execute(update(t.env_locks).values(pid=2**22 + 54321))
@@ -295,15 +317,7 @@ def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
     with reg.store.write() as conn:
         records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.1", actor="bob")
                           .model_copy(update={"pid": 2**22 + 777}))
-    seen = []
-    real_find = fake.find
-
-    def find(**labels):
-        with reg.store.read() as conn:
-            seen.append(records.get_lock(conn, "staging"))
-        return real_find(**labels)
-
-    fake.find = find
+    seen = locks_seen_by_find(reg, fake, "staging")
     reg.recover()
     assert seen and all(lock.operation == "recover" and lock.actor == "tester" for lock in seen)
     with reg.store.read() as conn:
@@ -318,3 +332,228 @@ def test_recover_starts_a_deployed_container_found_stopped(versions, fake, reg):
     assert reg.recover().actions == []
     with reg.store.read() as conn:
         assert [r.action for r in conn.execute(select(t.events))].count("recover") == 1
+
+
+# --- review fixes: secrets, failure paths, locks, identity --------------------------------
+
+CANARY = "canary-s3cr3t-value"  # the fixture's SUPPORT_API_TOKEN
+
+
+def event_texts(reg) -> str:
+    with reg.store.read() as conn:
+        return " ".join(f"{r.reason} {r.detail}" for r in conn.execute(select(t.events)))
+
+
+def test_recover_scrubs_secrets_from_an_unhealthy_detail(versions, fake, reg):
+    deployed = reg.promote("v1.0").release
+    fake.stop(deployed.container_id)
+    fake.unhealthy["v1.0"] = f"exited; last log lines: token {CANARY}"
+    (action,) = reg.recover().actions
+    assert action.action == "unhealthy" and "token ***" in action.detail and CANARY not in action.detail
+    assert CANARY not in event_texts(reg)
+
+
+def test_failed_restore_message_is_scrubbed(versions, fake, reg):
+    reg.promote("v1.0")
+    fake.unhealthy.update({"v1.1": "broken", "v1.0": f"exited; log: token {CANARY}"})
+    with pytest.raises(HealthGateFailed, match=r"failed too \(exited; log: token \*\*\*\)") as err:
+        reg.promote("v1.1")
+    assert CANARY not in str(err.value) and CANARY not in event_texts(reg)
+
+
+def test_container_logs_are_scrubbed_where_they_leave_the_adapter():
+    from registry.deploy import health
+    from registry.deploy.engine import ContainerInfo, StepFailed
+
+    class Exited:
+        def inspect(self, cid):
+            return ContainerInfo(id=cid, name="c", labels={}, running=False, status="exited", exit_code=3,
+                                 env={"OPENAI_API_KEY": "sk-live-1234", "MAX_TOKENS": "64"})
+
+        def logs(self, cid, *, tail=10):
+            return "loaded key sk-live-1234, MAX_TOKENS=64"
+
+    with pytest.raises(StepFailed, match=r"loaded key \*\*\*, MAX_TOKENS=64"):
+        health._fail_if_exited(Exited(), "c1")
+
+
+def test_rollback_reusing_a_kept_container_scrubs_its_own_secret(versions, fake, reg, monkeypatch):
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "rotated-token-value")  # v1.0's container still has the old one
+    fake.unhealthy["v1.0"] = f"exited; log: token {CANARY}"
+    with pytest.raises(HealthGateFailed, match=r"token \*\*\*") as err:
+        reg.rollback()
+    assert CANARY not in str(err.value) and CANARY not in event_texts(reg)
+    assert statuses(reg)[-2:] == [(3, "v1.0", "failed"), (4, "v1.1", "deployed")]
+
+
+def _break(fake, monkeypatch, *names, message=f"Docker engine error: 500 {CANARY}"):
+    from registry.errors import EngineError
+
+    def broken(*args, **kwargs):
+        raise EngineError(message)
+
+    for name in names:
+        monkeypatch.setattr(fake, name, broken)
+
+
+def test_failed_container_not_removable_still_restores_the_old_one(versions, fake, reg, monkeypatch):
+    reg.promote("v1.0")
+    fake.unhealthy["v1.1"] = "broken"
+    _break(fake, monkeypatch, "remove")
+    with pytest.raises(HealthGateFailed, match="rolled back automatically.*left behind") as err:
+        reg.promote("v1.1")
+    assert CANARY not in str(err.value)
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
+    assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging") is None
+
+
+@pytest.mark.parametrize("broken", [("remove", "stop"), ("remove", "stop", "start", "inspect")],
+                         ids=["new-not-stoppable", "engine-gone"])
+def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(versions, fake, reg, monkeypatch, broken):
+    from registry.deploy.engine import StepFailed
+    from registry.errors import CellarError
+
+    reg.promote("v1.0")
+    real_wait = FakeEngine.wait_healthy
+
+    def dies(cid, **kwargs):
+        if fake.inspect(cid).labels["cellar.version"] == "v1.1":  # Docker goes away right then
+            _break(fake, m, *broken)
+            raise StepFailed(f"no answer; log: token {CANARY}")
+        real_wait(fake, cid, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(fake, "wait_healthy", dies)
+        with pytest.raises(CellarError, match=r"registry recover --env staging") as err:
+            reg.promote("v1.1")
+    assert CANARY not in str(err.value) and not isinstance(err.value, HealthGateFailed)
+    with reg.store.read() as conn:  # left for recover: the failed container may still run
+        assert records.get_lock(conn, "staging") is not None
+    fake.unhealthy["v1.1"] = "still broken"  # Docker is back; the new release still does not answer
+    assert [a.action for a in reg.recover(force=True).actions] == ["reverted"]
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
+
+
+def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, monkeypatch):
+    reg.promote("v1.0")
+    real_wait = FakeEngine.wait_healthy
+
+    def interrupted(cid, **kwargs):
+        if fake.inspect(cid).labels["cellar.version"] == "v1.1":
+            raise KeyboardInterrupt  # Ctrl-C while the new release comes up
+        real_wait(fake, cid, **kwargs)
+
+    monkeypatch.setattr(fake, "wait_healthy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reg.promote("v1.1")
+    monkeypatch.undo()
+    assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
+    assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging") is None
+
+
+def test_retention_is_best_effort_and_runs_under_the_lock(versions, fake, reg, monkeypatch):
+    reg.add_env("tight", port=18081, keep=0)
+    reg.promote("v1.0", env="tight")
+    reg.promote("v1.1", env="tight")
+    seen = locks_seen_by_find(reg, fake, "tight")
+    _break(fake, monkeypatch, "remove")
+    result = reg.promote("v1.2", env="tight")
+    assert str(result.release.status) == "deployed" and result.removed_containers == []
+    assert len(result.warnings) == 1 and "could not remove old container" in result.warnings[0]
+    assert CANARY not in result.warnings[0]
+    assert seen and all(lock is not None and lock.target == "v1.2" for lock in seen)
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "tight") is None
+
+
+def test_env_remove_holds_the_lock_and_refuses_a_pending_row(versions, fake, reg):
+    from registry import clock, ledger
+    from registry.deploy import actions
+
+    reg.promote("v1.0")
+    seen = locks_seen_by_find(reg, fake, "staging")
+    reg.add_env("qa", port=18085)
+    ctx = reg._deploy_ctx()
+    env = reg.environment("qa")
+    ready = actions.prepare(ctx, fake, env=env, model="support-bot", version="v1.1")
+    actions.begin(ctx, fake, env, operation="promote", target="v1.1", actor="x",
+                  make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env="qa", actor="x",
+                                                             reason=None, at=clock.now()))
+    with reg.store.write() as conn:  # the lock is gone, the pending row is not: still not removable
+        records.drop_lock(conn, ctx.lock)
+    with pytest.raises(OperationInProgress, match="recover --env qa"):
+        reg.remove_env("qa", force=True)
+    assert "qa" in [e.name for e in reg.environments()]
+    reg.remove_env("staging", force=True)
+    assert seen and all(lock is not None and lock.operation == "env-remove" for lock in seen)
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging") is None
+
+
+def test_drop_lock_refuses_a_lock_that_changed_hands(reg):
+    mine = records.new_lock("staging", operation="promote", target="v1.0", actor="alice")
+    with reg.store.write() as conn:
+        records.take_lock(conn, mine.model_copy(update={"operation": "recover", "actor": "bob"}))
+    with pytest.raises(OperationInProgress, match="taken over"), reg.store.write() as conn:
+        records.drop_lock(conn, mine)
+    with reg.store.read() as conn:
+        assert records.get_lock(conn, "staging").actor == "bob"
+
+
+def test_two_registries_on_one_docker_host_leave_each_other_alone(versions, fake, reg, model_dir, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("REGISTRY_DB_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    other, _ = Registry.init(tmp_path / "other")
+    with other:
+        other._engine, other.engine_factory = fake, lambda env: fake
+        other.add_env("staging", port=18099)
+        model_dir.write_manifest(version="v1.0", image=IMAGE)
+        other.push(model_dir.manifest)
+        theirs = other.promote("v1.0").release
+        reg.promote("v1.0")
+        reg.remove_env("staging", force=True)
+        assert [c.id for c in fake.running()] == [theirs.container_id]
+        assert other.recover().actions == []
+    ids = {c.labels["cellar.registry"] for c in fake.find()}
+    assert len(ids) == 1 and len(next(iter(ids))) == 32
+
+
+def test_container_names_cannot_collide_across_env_and_model(versions, fake, reg, model_dir):
+    model_dir.write_manifest(model="bot", version="v1.0", image=IMAGE)
+    reg.push(model_dir.manifest)
+    reg.add_env("prod-eu", port=18091)
+    reg.add_env("prod", port=18092)
+    reg.add_env("prod-eu-bot", port=18093)
+    assert str(reg.promote("bot@v1.0", env="prod-eu").release.status) == "deployed"
+    model_dir.write_manifest(model="eu-bot", version="v1.0", image=IMAGE)
+    reg.push(model_dir.manifest)
+    assert str(reg.promote("eu-bot@v1.0", env="prod").release.status) == "deployed"
+    names = [c.name for c in fake.running()]
+    assert len(set(names)) == 2 and all(n.startswith("cellar-prod-eu-bot-r1-") for n in names)
+
+
+def test_docker_host_with_credentials_is_refused(reg, fake):
+    for url in ("tcp://admin:hunter2@docker.example:2376", "https://admin@docker.example:2376",
+                "ssh://deploy:hunter2@docker.example"):
+        with pytest.raises(InvalidInput, match="TLS certificates") as err:
+            reg.add_env("remote", port=18087, docker_host=url)
+        assert "hunter2" not in str(err.value) and "admin" not in str(err.value)
+    assert reg.add_env("remote", port=18087, docker_host="ssh://deploy@docker.example").docker_host
+    with reg.store.read() as conn:
+        assert "hunter2" not in " ".join(r.detail for r in conn.execute(select(t.events)))
+
+
+def test_rollback_reuses_a_kept_container_from_before_the_registry_label(versions, fake, reg):
+    first = reg.promote("v1.0").release
+    reg.promote("v1.1")
+    del fake.containers[first.container_id].info.labels["cellar.registry"]  # created by an older Cellar
+    assert reg.rollback().release.container_id == first.container_id
+    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"
+    reg.promote("v1.1")
+    assert reg.rollback().release.container_id != first.container_id  # not ours: recreated instead
