@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.app import ACTOR, JSON, app
-from cli.output import console, print_json, short, when
+from cli.output import console, esc, print_json, short, when
 
 env_app = typer.Typer(help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
@@ -63,7 +63,7 @@ def env_list(as_json: bool = JSON) -> None:
         table.add_column(col, no_wrap=True)
     for e in envs:
         flags = ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected)) if on)
-        table.add_row(e.name, f"{e.bind_addr}:{e.port}", e.docker_host or "(local)", str(e.keep), flags)
+        table.add_row(e.name, f"{e.bind_addr}:{e.port}", esc(e.docker_host or "(local)"), str(e.keep), flags)
     console().print(table)
 
 
@@ -79,7 +79,7 @@ def env_show(name: str = typer.Argument(..., help="Environment name."), as_json:
         return print_json(env)
     out = console()
     for key, value in env.model_dump().items():
-        out.print(f"{key:17} {value if value is not None else '-'}")
+        out.print(f"{key:17} {esc(value) if value is not None else '-'}")
 
 
 @env_app.command("remove")
@@ -117,7 +117,7 @@ def promote(
     if as_json:
         return print_json(result)
     r = result.release
-    console().print(f"[green]Deployed[/] {r.ref} to {result.env} (revision {r.revision}, container "
+    console().print(f"[green]Deployed[/] {esc(r.ref)} to {result.env} (revision {r.revision}, container "
                     f"{short(r.container_id)})" + _removed(result))
 
 
@@ -140,7 +140,7 @@ def rollback(
     if as_json:
         return print_json(result)
     r = result.release
-    console().print(f"[green]Rolled back[/] {result.env} to {r.ref} (revision {r.revision}, "
+    console().print(f"[green]Rolled back[/] {result.env} to {esc(r.ref)} (revision {r.revision}, "
                     f"copy of revision {r.rollback_of})" + _removed(result))
 
 
@@ -152,7 +152,7 @@ def _show_step(name: str, seconds: float, ok: bool) -> None:
 def _removed(result) -> str:
     """The retention summary; warnings (e.g. Docker would not remove an old container) go to stderr."""
     for warning in result.warnings:
-        console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+        console(stderr=True).print(f"[yellow]warning:[/] {esc(warning)}")
     return f"; removed old containers {', '.join(result.removed_containers)}" if result.removed_containers else ""
 
 
@@ -182,8 +182,8 @@ def history(
         if r.rollback_of:
             note = f"(copy of r{r.rollback_of}) {note}"
         status = f"[{colour.get(str(r.status), 'yellow')}]{r.status}[/]"
-        table.add_row(r.env, str(r.revision), r.ref, status, str(r.operation), when(r.started_at), r.actor,
-                      note.splitlines()[0] if note else "")
+        table.add_row(r.env, str(r.revision), esc(r.ref), status, str(r.operation), when(r.started_at),
+                      esc(r.actor), esc(note.splitlines()[0]) if note else "")
     console().print(table)
 
 
@@ -201,16 +201,16 @@ def status(as_json: bool = JSON) -> None:
         return console().print("No environments yet: add one with `registry env add NAME --port N`.")
     out = console()
     for s in rows:
-        what = f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed"
+        what = f"{esc(s.deployed.ref)} (revision {s.deployed.revision})" if s.deployed else "nothing deployed"
         health = {True: "[green]healthy[/]", False: "[red]not answering[/]", None: "-"}[s.healthy]
         out.print(f"[bold]{s.env}[/] :{s.port}  {what}  container {short(s.container_id)} "
-                  f"{s.container_state or '-'}  {health}")
+                  f"{esc(s.container_state or '-')}  {health}")
         if s.pending:
             p = s.pending
-            out.print(f"    pending: {p.operation} {p.target} by {p.actor} since {when(p.started_at)} "
-                      f"(pid {p.pid} on {p.host})")
+            out.print(f"    pending: {p.operation} {esc(p.target)} by {esc(p.actor)} since {when(p.started_at)} "
+                      f"(pid {p.pid} on {esc(p.host)})")
         if s.note:
-            out.print(f"    {s.note}")
+            out.print(f"    {esc(s.note)}")
 
 
 @app.command()
@@ -232,4 +232,4 @@ def recover(
     if not result.actions:
         return out.print("Nothing to recover: every ledger matches its containers.")
     for a in result.actions:
-        out.print(f"{a.env}: {a.action}: {a.detail}")
+        out.print(f"{a.env}: {a.action}: {esc(a.detail)}")

@@ -47,7 +47,7 @@ def test_env_commands(sqlite_home):
 @pytest.mark.docker
 def test_promote_rollback_history_status(docker_env):
     reg, env = docker_env
-    promoted = run("promote", "v1.0", "--reason", "first")
+    promoted = run("promote", "v1.0", "--reason", "first [/bold] try", "--actor", "ops [red]team")
     assert f"Deployed support-bot@v1.0 to {env} (revision 1" in promoted.stdout
     assert "health check" in promoted.stderr and " ms" in promoted.stderr  # steps with elapsed time
     as_json = json.loads(run("promote", "v1.1", "--json").stdout)
@@ -60,7 +60,9 @@ def test_promote_rollback_history_status(docker_env):
     assert [(r["revision"], r["version"], r["status"]) for r in rows] == [
         (1, "v1.0", "superseded"), (2, "v1.1", "superseded"), (3, "v1.2", "failed"),
         (4, "v1.1", "superseded"), (5, "v1.0", "deployed")]
-    assert "automatic rollback" in run("history").stdout
+    history = run("history").stdout
+    assert "automatic rollback" in history
+    assert "first [/bold] try" in history and "ops [red]team" in history  # user text printed as typed
     (state,) = json.loads(run("status", "--json").stdout)
     assert state["deployed"]["version"] == "v1.0" and state["container_state"] == "running" and state["healthy"]
     assert "support-bot@v1.0 (revision 5)" in run("status").stdout
