@@ -140,10 +140,11 @@ def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance:
         provenance=provenance.model_dump_json() if provenance else None,
     )).inserted_primary_key[0]
     _insert_blobs(conn, new.stored, now)
-    conn.execute(_INSERT["version_files"], [
-        {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
-        for (kind, name), got in new.stored.items()
-    ])
+    if new.stored:  # an image-only version (weights baked in) has no files; an empty insert fails
+        conn.execute(_INSERT["version_files"], [
+            {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
+            for (kind, name), got in new.stored.items()
+        ])
     _insert_tensors(conn, new)
 
 

@@ -118,6 +118,29 @@ def test_push_with_flags_and_an_unknown_image(home, model_dir, monkeypatch):
     assert info["message"] == "via flags"
 
 
+def test_push_naming_nothing_is_refused_in_one_line(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("push", "--model", "y", "--version", "v1", code=1)
+    assert result.stderr.count("\n") == 1
+    assert "names no weights, prompts or image" in result.stderr and "unexpected" not in result.stderr
+
+
+def test_push_of_an_image_only_version(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # weights baked into the image: a legitimate version
+    result = cli("push", "--model", "baked", "--version", "v1", "--image", "cellar-test/none:404")
+    assert "Pushed baked@v1" in result.stdout and "recorded unresolved" in result.stderr
+    info = as_json("show", "baked@v1")
+    assert info["weights"] == [] and info["prompts"] == [] and info["image"]["ref"] == "cellar-test/none:404"
+
+
+@pytest.mark.parametrize("image", ["Bad Image!!", "Upper/case:1", "name:", "x@sha256:short"])
+def test_a_malformed_image_reference_is_refused(home, model_dir, monkeypatch, image):
+    monkeypatch.chdir(model_dir.root)
+    result = cli("push", "--model", "x", "--version", "v1", "--weights", "weights", "--image", image, code=1)
+    assert result.stderr.startswith("error: command line: image: ") and "not an image reference" in result.stderr
+    assert as_json("list") == []
+
+
 def test_push_with_manifest_and_model_is_a_usage_error(home, model_dir):
     result = cli("push", str(model_dir.manifest), "--model", "x", "--version", "v1", code=2)
     assert "not both" in result.stderr
