@@ -79,6 +79,12 @@ def model_names(conn: Connection) -> list[str]:
     return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
 
 
+def models_with(conn: Connection, version: str) -> list[str]:
+    """Names of the models that have ``version``, sorted."""
+    return list(conn.execute(select(t.models.c.name).select_from(t.versions.join(t.models))
+                             .where(t.versions.c.version == version).order_by(t.models.c.name)).scalars())
+
+
 def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
     row = conn.execute(_find_stmt(), {"model": model, "version": version}).first()
     return _to_summary(row) if row else None
@@ -89,6 +95,8 @@ def info(conn: Connection, model: str, version: str) -> VersionInfo:
     row = conn.execute(_summary_query(full=True).where(
         t.models.c.name == model, t.versions.c.version == version)).first()
     if row is None:
+        if _model_id(conn, model) is None:
+            raise NotFound(f"no model named {model!r}: see `registry list`")
         raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
     record = json.loads(row.manifest)
     tensors = tensors_of(conn, [w["digest"] for w in record["weights"]])

@@ -167,7 +167,7 @@ def test_traceback_flag_shows_the_trace(home):
     traced = CliRunner().invoke(app, ["--traceback", "show", "nope@v1"])
     assert plain.exit_code == traced.exit_code == 1
     assert "Traceback" not in plain.stderr and "Traceback" in traced.stderr
-    assert plain.stderr == "error: no version nope@v1: see `registry list nope`\n"
+    assert plain.stderr == "error: no model named 'nope': see `registry list`\n"
 
 
 # --- list, show, log --------------------------------------------------------------------
@@ -312,6 +312,6 @@ def test_console_script_end_to_end(tmp_path, model_dir):
     assert shown.returncode == 0 and "support-bot@v1.0" in shown.stdout
     missing = run("show", "v9", cwd=work)
     assert missing.returncode == 1
-    assert missing.stderr == "error: no version support-bot@v9: see `registry list support-bot`\n"
+    assert missing.stderr == "error: no version v9 in any model: see `registry list`\n"
     usage = run("show", cwd=work)
     assert usage.returncode == 2

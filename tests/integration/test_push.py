@@ -77,6 +77,29 @@ def test_ref_without_model_needs_a_unique_model(reg, model_dir, tmp_path):
     assert reg.show("classifier@v1.0").model == "classifier"
 
 
+def test_bare_version_resolves_when_one_model_has_it(reg, model_dir, tmp_path, monkeypatch):
+    reg.push(model_dir.manifest)
+    other = helpers.ModelDir.create(tmp_path / "other", model="classifier", version="v3")
+    reg.push(other.manifest)
+    reg.push(other.manifest, version="v1.0")
+    monkeypatch.chdir(tmp_path)
+    assert reg.show("v3").model == "classifier"
+    with pytest.raises(NotFound, match=r"^no version v9 in any model: see `registry list`$"):
+        reg.show("v9")
+    with pytest.raises(InvalidInput, match=r"models having v1.0: classifier, support-bot\)"):
+        reg.show("v1.0")
+    monkeypatch.chdir(other.root)  # ./cellar.yaml names classifier: the tie-breaker
+    assert reg.show("v1.0").model == "classifier"
+
+
+def test_an_unknown_model_is_named_as_such(reg, model_dir):
+    reg.push(model_dir.manifest)
+    with pytest.raises(NotFound, match=r"^no model named 'supprt-bot': see `registry list`$"):
+        reg.show("supprt-bot@v1.0")
+    with pytest.raises(NotFound, match="see `registry list support-bot`"):
+        reg.show("support-bot@v9")
+
+
 def test_push_without_manifest(reg, model_dir, monkeypatch):
     from registry import manifest
 
