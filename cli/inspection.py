@@ -77,7 +77,7 @@ def audit(
     env: str = typer.Option(None, "--env", help="Only events about this environment."),
     model: str = typer.Option(None, "--model", help="Only events about this model."),
     prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
-    since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 7d, 12h, 30m."),
+    since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 30s, 30m, 12h, 7d, 2w."),
     limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
     as_json: bool = JSON,
 ) -> None:

@@ -165,12 +165,16 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """``7d``, ``12h``, ``30m``, ``2w`` before now, or an ISO date/time (UTC when no zone is given)."""
     text = text.strip()
     if m := _RELATIVE.fullmatch(text):
-        return clock.utc(now or clock.now()) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+        try:
+            return clock.utc(now or clock.now()) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+        except (OverflowError, ValueError):  # before year 1, or a number too long to read
+            raise InvalidInput(f"--since {text!r} reaches back before year 1: give a smaller age "
+                               "or an ISO date") from None
     try:
         return clock.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise InvalidInput(f"--since {text!r}: write an ISO date (2026-11-01, 2026-11-01T12:00) "
-                           "or an age like 7d, 12h, 30m") from None
+                           "or an age like 7d, 12h, 30m, 2w") from None
 
 
 def query(conn: Connection, flt: AuditFilter) -> list[Event]:

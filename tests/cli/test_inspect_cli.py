@@ -76,6 +76,18 @@ def test_audit_query_verify_and_checkpoint(two_versions, tmp_path):
     assert "intact: 3 events" in run("audit", "verify", "--checkpoint", str(tmp_path / "cp.txt")).stdout
 
 
+@pytest.mark.parametrize("since", ["99999999d", "9999999999w", "9" * 5000 + "d"])
+def test_audit_since_too_far_back_is_one_line(two_versions, since):
+    result = run("audit", "--since", since, code=1)
+    assert result.stderr.count("\n") == 1 and "reaches back before year 1" in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+def test_audit_since_accepts_weeks(two_versions):
+    assert "2w" in run("audit", "--help").stdout
+    assert len(json.loads(run("audit", "--since", "2w", "--json").stdout)) == 3
+
+
 def test_audit_verify_exits_1_and_names_the_event(two_versions):
     from registry.api import Registry
 
