@@ -162,9 +162,11 @@ def test_unknown_option_is_exit_2(home):
     assert CliRunner().invoke(app, ["list", "--no-such-flag"]).exit_code == 2
 
 
-def test_traceback_flag_shows_the_trace(home):
+@pytest.mark.parametrize("args", [["--traceback", "show", "nope@v1"], ["show", "nope@v1", "--traceback"],
+                                  ["show", "--traceback", "nope@v1"], ["show", "nope@v1", "--json", "--traceback"]])
+def test_traceback_flag_shows_the_trace_wherever_it_is(home, args):
     plain = CliRunner().invoke(app, ["show", "nope@v1"])
-    traced = CliRunner().invoke(app, ["--traceback", "show", "nope@v1"])
+    traced = CliRunner().invoke(app, args)
     assert plain.exit_code == traced.exit_code == 1
     assert "Traceback" not in plain.stderr and "Traceback" in traced.stderr
     assert plain.stderr == "error: no model named 'nope': see `registry list`\n"
@@ -310,6 +312,8 @@ def test_console_script_end_to_end(tmp_path, model_dir):
     assert [(r["model"], r["version"]) for r in listed] == [("support-bot", "v1.0")]
     shown = run("show", "v1.0", cwd=work)
     assert shown.returncode == 0 and "support-bot@v1.0" in shown.stdout
+    traced = run("show", "v9", "--traceback", cwd=work)  # through cli.main.main(), flag last
+    assert traced.returncode == 1 and "Traceback" in traced.stderr
     missing = run("show", "v9", cwd=work)
     assert missing.returncode == 1
     assert missing.stderr == "error: no version v9 in any model: see `registry list`\n"
