@@ -28,6 +28,9 @@ from registry.store.schema import events, models, version_files, versions
 
 GENESIS = "0" * 64
 
+# Every action an event can record; `registry audit --action` accepts only these.
+ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove")
+
 
 def timestamp(at: datetime) -> str:
     return clock.utc(at).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -76,6 +79,8 @@ def append(
     db_user: str | None = None,
 ) -> str:
     """Append one event inside the caller's (serialised) write transaction; return its hash."""
+    if action not in ACTIONS:  # a programming error: --action could never find the event
+        raise ValueError(f"audit action {action!r} is not in audit.ACTIONS")
     last = conn.execute(_LAST).first()
     row = {
         "id": (last.id + 1) if last else 1,
@@ -141,6 +146,13 @@ class AuditFilter(BaseModel):
     @classmethod
     def _since(cls, value: Any) -> Any:
         return parse_since(value) if isinstance(value, str) else value
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, value: str | None) -> str | None:
+        if value is not None and value not in ACTIONS:
+            raise ValueError(f"unknown action {value!r}: use one of {', '.join(ACTIONS)}")
+        return value
 
     @field_validator("prompt")
     @classmethod

@@ -88,6 +88,35 @@ def test_audit_since_accepts_weeks(two_versions):
     assert len(json.loads(run("audit", "--since", "2w", "--json").stdout)) == 3
 
 
+def _deploy_events(home):
+    """A failed promote and its automatic rollback, with the detail deploy records for them."""
+    from registry import audit
+    from registry.api import Registry
+
+    with Registry.open(home) as reg, reg.store.write() as conn:
+        for action, detail in (("promote", {"status": "failed", "error": "health check timed out\nlast: 503"}),
+                               ("rollback", {"status": "deployed", "automatic": True})):
+            audit.append(conn, actor="ops", action=action, object="support-bot@v1.1", model="support-bot",
+                         env="prod", reason="release", detail={"revision": 2, **detail})
+
+
+def test_audit_table_shows_a_failed_promote_and_an_automatic_rollback(two_versions, home):
+    _deploy_events(home)
+    lines = run("audit", "--env", "prod").stdout.splitlines()
+    assert lines[1].endswith("automatic; status deployed; reason: release") and "rollback" in lines[1]
+    assert lines[2].endswith("status failed; error: health check timed out; reason: release")
+
+
+def test_audit_refuses_an_unknown_action_and_notes_unknown_names(two_versions):
+    result = run("audit", "--action", "rolback", code=1)
+    assert result.stderr == ("error: audit filter action: unknown action 'rolback': use one of init, db-upgrade, "
+                             "push, promote, rollback, recover, env-add, env-remove\n")
+    assert "No events for model 'supprt-bot'" in run("audit", "--model", "supprt-bot").stdout
+    assert "No events for environment 'prdo'" in run("audit", "--env", "prdo").stdout
+    assert run("audit", "--model", "support-bot", "--action", "init").stdout == "No matching events.\n"
+    assert run("audit", "--model", "supprt-bot", "--json").stdout.strip() == "[]"
+
+
 def test_audit_verify_exits_1_and_names_the_event(two_versions):
     from registry.api import Registry
 
