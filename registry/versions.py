@@ -85,6 +85,14 @@ def models_with(conn: Connection, version: str) -> list[str]:
                              .where(t.versions.c.version == version).order_by(t.models.c.name)).scalars())
 
 
+def prompt_names(conn: Connection, model: str, version: str) -> list[str]:
+    """The names of ``model@version``'s prompts, sorted."""
+    return list(conn.execute(
+        select(t.version_files.c.name).select_from(t.version_files.join(t.versions).join(t.models))
+        .where(t.models.c.name == model, t.versions.c.version == version, t.version_files.c.kind == "prompt")
+        .order_by(t.version_files.c.name)).scalars())
+
+
 def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
     row = conn.execute(_find_stmt(), {"model": model, "version": version}).first()
     return _to_summary(row) if row else None

@@ -52,6 +52,12 @@ def test_blame_text_and_json(two_versions):
     assert "v1.1 bob" in out and "Be brief." in out
 
 
+def test_blame_of_a_missing_prompt_names_the_version_and_its_prompts(two_versions):
+    result = run("blame", "sytem", code=1)
+    assert result.stderr == "error: prompt 'sytem' is not in support-bot@v1.1: it has system\n"
+    assert "support-bot@v1.0: it has system" in run("blame", "sytem", "--at", "v1.0", code=1).stderr
+
+
 def test_diff_and_blame_print_user_text_as_typed(home, model_dir):
     markup = "fix [/bold] thing [red]"
     model_dir.set_prompt(f"line {markup}\n")
