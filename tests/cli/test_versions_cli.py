@@ -118,6 +118,19 @@ def test_push_with_flags_and_an_unknown_image(home, model_dir, monkeypatch):
     assert info["message"] == "via flags"
 
 
+def test_push_warnings_reach_stderr_and_json(home, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", ".")
+    helpers.git(git_repo, "commit", "-qm", "first")
+    md.set_prompt("edited, not committed\n")
+    dirty = "pushed from a git work tree with uncommitted changes (prompts/system)"
+    assert f"warning: {dirty}" in cli("push", str(md.manifest)).stderr
+    again = json.loads(cli("push", str(md.manifest), "-m", "other words", "--json").stdout)
+    assert again["warnings"] == ["support-bot@v1.0 keeps its recorded message 'test version', "
+                                 "not 'other words': versions are immutable"]
+    assert as_json("push", str(md.manifest), "--version", "v2")["warnings"] == [dirty]
+
+
 def test_push_naming_nothing_is_refused_in_one_line(home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cli("push", "--model", "y", "--version", "v1", code=1)

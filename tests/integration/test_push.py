@@ -145,6 +145,31 @@ def test_provenance_from_a_git_work_tree(reg, git_repo):
     assert pv.dirty and pv.files["system"].dirty
 
 
+def test_a_push_from_a_dirty_work_tree_warns(reg, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", ".")
+    helpers.git(git_repo, "commit", "-qm", "first")
+    assert reg.push(md.manifest).warnings == []
+    md.set_prompt("edited, not committed\n")
+    result = reg.push(md.manifest, version="v1.1")
+    assert result.warnings == ["pushed from a git work tree with uncommitted changes (prompts/system)"]
+    md.set_prompt("edited, not committed\n")
+    (git_repo / "notes.txt").write_text("untracked, outside the version\n")
+    helpers.git(git_repo, "add", "bot")
+    helpers.git(git_repo, "commit", "-qm", "second")
+    assert reg.push(md.manifest, version="v1.2").warnings == [
+        "pushed from a git work tree with uncommitted changes"]
+
+
+def test_an_identical_re_push_with_another_message_keeps_the_recorded_one(reg, model_dir):
+    reg.push(model_dir.manifest, message="first words")
+    again = reg.push(model_dir.manifest, message="second thoughts")
+    assert not again.created and again.warnings == [
+        "support-bot@v1.0 keeps its recorded message 'first words', not 'second thoughts': versions are immutable"]
+    assert reg.show("v1.0").message == "first words"
+    assert reg.push(model_dir.manifest, message="first words").warnings == []
+
+
 def test_outside_git_there_is_no_provenance(reg, model_dir):
     reg.push(model_dir.manifest)
     assert reg.show("v1.0").provenance is None
