@@ -130,7 +130,7 @@ def _summary(event) -> str:
     if d.get("status"):  # promote and rollback: a failed one must not read as a success
         parts.append(f"status {d['status']}")
     if d.get("error"):
-        parts.append(f"error: {d['error'].splitlines()[0] if d['error'] else ''}")
+        parts.append(f"error: {str(d['error']).splitlines()[0]}")
     if d.get("prompts_changed"):
         parts.append("prompts " + ", ".join(d["prompts_changed"]))
     if d.get("message"):
