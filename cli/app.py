@@ -18,6 +18,14 @@ from registry.errors import CellarError
 class CellarGroup(TyperGroup):
     """Turns every CellarError into one red line and its exit code (``--traceback`` for more)."""
 
+    def parse_args(self, ctx, args):
+        # Errors say "rerun with --traceback" and people append it: accept it anywhere before "--"
+        # by moving it to where the root group's option belongs.
+        end = args.index("--") if "--" in args else len(args)
+        if "--traceback" in args[:end]:
+            args = ["--traceback", *(a for i, a in enumerate(args) if i >= end or a != "--traceback")]
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

@@ -72,12 +72,12 @@ def blame(
 @audit_app.callback()
 def audit(
     ctx: typer.Context,
-    action: str = typer.Option(None, "--action", help="Only this action (push, promote, rollback, ...)."),
+    action: str = typer.Option(None, "--action", help="Only this action (push, promote, rollback, ...; an unknown one lists them all)."),
     actor: str = typer.Option(None, "--actor", help="Only actors containing this text (case-insensitive)."),
     env: str = typer.Option(None, "--env", help="Only events about this environment."),
     model: str = typer.Option(None, "--model", help="Only events about this model."),
     prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
-    since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 7d, 12h, 30m."),
+    since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 30s, 30m, 12h, 7d, 2w."),
     limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
     as_json: bool = JSON,
 ) -> None:
@@ -93,11 +93,21 @@ def audit(
     with open_registry() as reg:
         events = reg.audit(action=action, actor=actor, env=env, model=model, prompt=prompt,
                            since=since, limit=shown)
+        empty = None if events or as_json else _nothing_matched(reg, env=env, model=model)
     if as_json:
         return print_json(events)
-    if not events:
-        return console().print("No matching events.")
+    if empty:
+        return print(empty)
     _event_table(events)
+
+
+def _nothing_matched(reg, *, env: str | None, model: str | None) -> str:
+    """Why the table is empty: a model or environment the log never names is likely a typo."""
+    if model and not reg.audit(model=model, limit=1):
+        return f"No events for model {model!r}: it never appears in the audit log (see `registry list`)."
+    if env and not reg.audit(env=env, limit=1):
+        return f"No events for environment {env!r}: it never appears in the audit log (see `registry status`)."
+    return "No matching events."
 
 
 def _event_table(events) -> None:
@@ -115,6 +125,12 @@ def _event_table(events) -> None:
 def _summary(event) -> str:
     d = event.detail
     parts = []
+    if d.get("automatic"):
+        parts.append("automatic")
+    if d.get("status"):  # promote and rollback: a failed one must not read as a success
+        parts.append(f"status {d['status']}")
+    if d.get("error"):
+        parts.append(f"error: {str(d['error']).splitlines()[0]}")
     if d.get("prompts_changed"):
         parts.append("prompts " + ", ".join(d["prompts_changed"]))
     if d.get("message"):

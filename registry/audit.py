@@ -28,6 +28,9 @@ from registry.store.schema import events, models, version_files, versions
 
 GENESIS = "0" * 64
 
+# Every action an event can record; `registry audit --action` accepts only these.
+ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove")
+
 
 def timestamp(at: datetime) -> str:
     return clock.utc(at).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -76,6 +79,8 @@ def append(
     db_user: str | None = None,
 ) -> str:
     """Append one event inside the caller's (serialised) write transaction; return its hash."""
+    if action not in ACTIONS:  # a programming error: --action could never find the event
+        raise ValueError(f"audit action {action!r} is not in audit.ACTIONS")
     last = conn.execute(_LAST).first()
     row = {
         "id": (last.id + 1) if last else 1,
@@ -142,6 +147,13 @@ class AuditFilter(BaseModel):
     def _since(cls, value: Any) -> Any:
         return parse_since(value) if isinstance(value, str) else value
 
+    @field_validator("action")
+    @classmethod
+    def _action(cls, value: str | None) -> str | None:
+        if value is not None and value not in ACTIONS:
+            raise ValueError(f"unknown action {value!r}: use one of {', '.join(ACTIONS)}")
+        return value
+
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str | None) -> str | None:
@@ -165,12 +177,16 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     """``7d``, ``12h``, ``30m``, ``2w`` before now, or an ISO date/time (UTC when no zone is given)."""
     text = text.strip()
     if m := _RELATIVE.fullmatch(text):
-        return clock.utc(now or clock.now()) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+        try:
+            return clock.utc(now or clock.now()) - timedelta(**{_UNITS[m[2]]: int(m[1])})
+        except (OverflowError, ValueError):  # before year 1, or a number too long to read
+            raise InvalidInput(f"--since {text!r} reaches back before year 1: give a smaller age "
+                               "or an ISO date") from None
     try:
         return clock.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
     except ValueError:
         raise InvalidInput(f"--since {text!r}: write an ISO date (2026-11-01, 2026-11-01T12:00) "
-                           "or an age like 7d, 12h, 30m") from None
+                           "or an age like 7d, 12h, 30m, 2w") from None
 
 
 def query(conn: Connection, flt: AuditFilter) -> list[Event]:

@@ -125,6 +125,10 @@ def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
         version = versions.summaries(store, model, limit=1)[0].version
     with store.read() as conn:
         walk = blame_mod.steps(conn, model=model, prompt=prompt, upto=version)
+        if walk[-1].digest is None:
+            has = versions.prompt_names(conn, model, version)
+            raise NotFound(f"prompt {prompt!r} is not in {model}@{version}: "
+                           + (f"it has {', '.join(has)}" if has else "it has no prompts"))
     texts = {d: prompt_text(blobs, d) for d in {s.digest for s in walk if s.digest}}
     return blame_mod.attribute(walk, texts, prompt=prompt)
 

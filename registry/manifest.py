@@ -62,10 +62,15 @@ def load(path: str | Path, **overrides: Any) -> Resolved:
 
 
 def validate(data: dict[str, Any], *, source: str) -> Manifest:
+    """The manifest ``data`` describes, or a ManifestError naming ``source`` and the field."""
     try:
-        return Manifest.model_validate(data, context={"new_manifest": True})
+        manifest = Manifest.model_validate(data, context={"new_manifest": True})
     except ValidationError as exc:
         raise ManifestError(f"{source}: {_describe(exc)}") from None
+    if not (manifest.weights or manifest.prompts or manifest.image):
+        raise ManifestError(f"{source}: the version names no weights, prompts or image; "
+                            "give at least one (e.g. --weights, --prompt NAME=PATH or --image)")
+    return manifest
 
 
 def resolve(manifest: Manifest, root: Path, *, source: str | None = None) -> Resolved:

@@ -68,6 +68,36 @@ def _new_url_path(value: str, info: ValidationInfo) -> str:
 
 UrlPath = Annotated[str, AfterValidator(_new_url_path)]
 
+# Docker's reference grammar (distribution/reference): [registry[:port]/]name[:tag][@digest],
+# name components lowercase. The registry host may have capitals; "localhost" needs no dot.
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+# a first component is a registry host only with a dot or a port, or as "localhost" (as docker reads it)
+_HOST = rf"(?:localhost(?::[0-9]+)?|{_LABEL}(?:\.{_LABEL})+(?::[0-9]+)?|{_LABEL}:[0-9]+)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REF_RE = re.compile(
+    rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def check_image_ref(value: str) -> str:
+    """Return ``value`` if it is a well-formed image reference, else raise ValueError."""
+    if not isinstance(value, str) or not IMAGE_REF_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an image reference: write [registry[:port]/]name[:tag][@sha256:hex] "
+            "with a lowercase name, e.g. ghcr.io/acme/support-bot:1.3"
+        )
+    return value
+
+
+def _new_image_ref(value: str | None, info: ValidationInfo) -> str | None:
+    # Like UrlPath: checked on push only, so versions recorded before the check still load.
+    if value is None or not (info.context or {}).get("new_manifest"):
+        return value
+    return check_image_ref(value)
+
+
+ImageRefStr = Annotated[str, AfterValidator(_new_image_ref)]
+
 
 class _Model(BaseModel):
     # Validators are built on first use, not at import: the CLI's start-up pays only for the
@@ -147,7 +177,7 @@ class Manifest(_Strict):
     model: Name
     version: VersionStr
     message: str = ""
-    image: str | None = None
+    image: ImageRefStr | None = None
     weights: list[str] = Field(default_factory=list)
     prompts: dict[str, str] = Field(default_factory=dict)
     runtime: Runtime = Field(default_factory=Runtime)

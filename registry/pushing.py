@@ -51,6 +51,7 @@ def push(ctx: Context, resolved: Resolved, *, actor: str, progress: Progress | N
     if existing:
         return _same_or_conflict(existing, new)
     provenance = provenance_of(resolved)
+    new.warnings.extend(_dirty_warning(resolved, provenance))
     crashpoint("push:blobs-stored")
     with ctx.store.write() as conn:
         raced = versions.find(conn, m.model, m.version)
@@ -86,8 +87,21 @@ def _same_or_conflict(existing: VersionSummary, new: versions.NewVersion) -> Pus
             f"{ref} already exists with other content ({existing.manifest_digest[:19]}); "
             "versions are immutable: push under a new version"
         )
+    message = new.resolved.manifest.message
+    kept = ([f"{ref} keeps its recorded message {existing.message!r}, not {message!r}: versions are immutable"]
+            if message and message != existing.message else [])
     return PushResult(model=existing.model, version=existing.version, manifest_digest=new.digest,
-                      created=False, warnings=new.warnings)
+                      created=False, warnings=new.warnings + kept)
+
+
+def _dirty_warning(resolved: Resolved, provenance: Provenance | None) -> list[str]:
+    """A version pushed with uncommitted edits is not what its recorded commit holds: say so."""
+    if provenance is None or not provenance.dirty:
+        return []
+    edited = [f.path.relative_to(resolved.root).as_posix() for f in _by_name(resolved.prompts)
+              if (fp := provenance.files.get(f.name)) and fp.dirty]
+    return ["pushed from a git work tree with uncommitted changes"
+            + (f" ({', '.join(edited)})" if edited else "")]
 
 
 def prepare(ctx: Context, resolved: Resolved, *, write: bool,

@@ -1,5 +1,5 @@
 """What a user types to name a version: ``model@version``, a bare ``version`` (the model guessed
-when there is one choice), or an environment (the version deployed there)."""
+when only one model has that version), or an environment (the version deployed there)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,32 @@ from registry.store.sql import Store
 
 
 def resolve(store: Store, ref: str) -> tuple[str, str]:
-    """``model@version`` or ``version`` -> (model, version), guessing the model when unique."""
+    """``model@version`` or ``version`` -> (model, version); a bare version names the one model
+    that has it (./cellar.yaml's model breaks a tie)."""
     model, sep, version = ref.rpartition("@")
     if not version:
         raise InvalidInput(f"{ref!r} is not a version reference: write v1.3 or model@v1.3")
     try:
         check_version(version)
-        model = check_name(model, "model") if sep else default_model(store, ref)
+        model = check_name(model, "model") if sep else _model_having(store, version)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     return model, version
+
+
+def _model_having(store: Store, version: str) -> str:
+    with store.read() as conn:
+        having = versions.models_with(conn, version)
+        if not having and not versions.model_names(conn):
+            raise NotFound("the registry holds no models yet: push one with `registry push`")
+    if len(having) == 1:
+        return having[0]
+    if not having:
+        raise NotFound(f"no version {version} in any model: see `registry list`")
+    named = _named_here()
+    if isinstance(named, str) and named in having:
+        return named
+    raise InvalidInput(f"which model? write MODEL@{version} (models having {version}: {', '.join(having[:5])})")
 
 
 def default_model(store: Store, ref: str) -> str:

@@ -79,6 +79,20 @@ def model_names(conn: Connection) -> list[str]:
     return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
 
 
+def models_with(conn: Connection, version: str) -> list[str]:
+    """Names of the models that have ``version``, sorted."""
+    return list(conn.execute(select(t.models.c.name).select_from(t.versions.join(t.models))
+                             .where(t.versions.c.version == version).order_by(t.models.c.name)).scalars())
+
+
+def prompt_names(conn: Connection, model: str, version: str) -> list[str]:
+    """The names of ``model@version``'s prompts, sorted."""
+    return list(conn.execute(
+        select(t.version_files.c.name).select_from(t.version_files.join(t.versions).join(t.models))
+        .where(t.models.c.name == model, t.versions.c.version == version, t.version_files.c.kind == "prompt")
+        .order_by(t.version_files.c.name)).scalars())
+
+
 def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
     row = conn.execute(_find_stmt(), {"model": model, "version": version}).first()
     return _to_summary(row) if row else None
@@ -89,6 +103,8 @@ def info(conn: Connection, model: str, version: str) -> VersionInfo:
     row = conn.execute(_summary_query(full=True).where(
         t.models.c.name == model, t.versions.c.version == version)).first()
     if row is None:
+        if _model_id(conn, model) is None:
+            raise NotFound(f"no model named {model!r}: see `registry list`")
         raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
     record = json.loads(row.manifest)
     tensors = tensors_of(conn, [w["digest"] for w in record["weights"]])
@@ -140,10 +156,11 @@ def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance:
         provenance=provenance.model_dump_json() if provenance else None,
     )).inserted_primary_key[0]
     _insert_blobs(conn, new.stored, now)
-    conn.execute(_INSERT["version_files"], [
-        {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
-        for (kind, name), got in new.stored.items()
-    ])
+    if new.stored:  # an image-only version (weights baked in) has no files; an empty insert fails
+        conn.execute(_INSERT["version_files"], [
+            {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
+            for (kind, name), got in new.stored.items()
+        ])
     _insert_tensors(conn, new)
 
 

@@ -62,6 +62,9 @@ class Store:
         if rev is None and not self._has_version_table():
             raise NotInitialised(f"no registry schema in {redact(self.url)}: run `registry init`")
         if rev != SCHEMA_HEAD:
+            from registry.store import migrate  # alembic: only on this rare path
+
+            migrate.refuse_newer(rev)
             raise SchemaOutOfDate(
                 f"the registry database is at schema {rev or 'base (empty)'}, this program needs {SCHEMA_HEAD}: "
                 "run `registry db upgrade` (or upgrade Cellar if the database is newer)"

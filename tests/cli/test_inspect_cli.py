@@ -52,6 +52,12 @@ def test_blame_text_and_json(two_versions):
     assert "v1.1 bob" in out and "Be brief." in out
 
 
+def test_blame_of_a_missing_prompt_names_the_version_and_its_prompts(two_versions):
+    result = run("blame", "sytem", code=1)
+    assert result.stderr == "error: prompt 'sytem' is not in support-bot@v1.1: it has system\n"
+    assert "support-bot@v1.0: it has system" in run("blame", "sytem", "--at", "v1.0", code=1).stderr
+
+
 def test_diff_and_blame_print_user_text_as_typed(home, model_dir):
     markup = "fix [/bold] thing [red]"
     model_dir.set_prompt(f"line {markup}\n")
@@ -74,6 +80,47 @@ def test_audit_query_verify_and_checkpoint(two_versions, tmp_path):
     assert checkpoint.endswith(":3") and json.loads(run("audit", "checkpoint", "--json").stdout)["count"] == 3
     (tmp_path / "cp.txt").write_text(checkpoint)
     assert "intact: 3 events" in run("audit", "verify", "--checkpoint", str(tmp_path / "cp.txt")).stdout
+
+
+@pytest.mark.parametrize("since", ["99999999d", "9999999999w", "9" * 5000 + "d"])
+def test_audit_since_too_far_back_is_one_line(two_versions, since):
+    result = run("audit", "--since", since, code=1)
+    assert result.stderr.count("\n") == 1 and "reaches back before year 1" in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+def test_audit_since_accepts_weeks(two_versions):
+    assert "2w" in run("audit", "--help").stdout
+    assert len(json.loads(run("audit", "--since", "2w", "--json").stdout)) == 3
+
+
+def _deploy_events(home):
+    """A failed promote and its automatic rollback, with the detail deploy records for them."""
+    from registry import audit
+    from registry.api import Registry
+
+    with Registry.open(home) as reg, reg.store.write() as conn:
+        for action, detail in (("promote", {"status": "failed", "error": "health check timed out\nlast: 503"}),
+                               ("rollback", {"status": "deployed", "automatic": True})):
+            audit.append(conn, actor="ops", action=action, object="support-bot@v1.1", model="support-bot",
+                         env="prod", reason="release", detail={"revision": 2, **detail})
+
+
+def test_audit_table_shows_a_failed_promote_and_an_automatic_rollback(two_versions, home):
+    _deploy_events(home)
+    lines = run("audit", "--env", "prod").stdout.splitlines()
+    assert lines[1].endswith("automatic; status deployed; reason: release") and "rollback" in lines[1]
+    assert lines[2].endswith("status failed; error: health check timed out; reason: release")
+
+
+def test_audit_refuses_an_unknown_action_and_notes_unknown_names(two_versions):
+    result = run("audit", "--action", "rolback", code=1)
+    assert result.stderr == ("error: audit filter action: unknown action 'rolback': use one of init, db-upgrade, "
+                             "push, promote, rollback, recover, env-add, env-remove\n")
+    assert "No events for model 'supprt-bot'" in run("audit", "--model", "supprt-bot").stdout
+    assert "No events for environment 'prdo'" in run("audit", "--env", "prdo").stdout
+    assert run("audit", "--model", "support-bot", "--action", "init").stdout == "No matching events.\n"
+    assert run("audit", "--model", "supprt-bot", "--json").stdout.strip() == "[]"
 
 
 def test_audit_verify_exits_1_and_names_the_event(two_versions):

@@ -118,6 +118,42 @@ def test_push_with_flags_and_an_unknown_image(home, model_dir, monkeypatch):
     assert info["message"] == "via flags"
 
 
+def test_push_warnings_reach_stderr_and_json(home, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", ".")
+    helpers.git(git_repo, "commit", "-qm", "first")
+    md.set_prompt("edited, not committed\n")
+    dirty = "pushed from a git work tree with uncommitted changes (prompts/system)"
+    assert f"warning: {dirty}" in cli("push", str(md.manifest)).stderr
+    again = json.loads(cli("push", str(md.manifest), "-m", "other words", "--json").stdout)
+    assert again["warnings"] == ["support-bot@v1.0 keeps its recorded message 'test version', "
+                                 "not 'other words': versions are immutable"]
+    assert as_json("push", str(md.manifest), "--version", "v2")["warnings"] == [dirty]
+
+
+def test_push_naming_nothing_is_refused_in_one_line(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("push", "--model", "y", "--version", "v1", code=1)
+    assert result.stderr.count("\n") == 1
+    assert "names no weights, prompts or image" in result.stderr and "unexpected" not in result.stderr
+
+
+def test_push_of_an_image_only_version(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # weights baked into the image: a legitimate version
+    result = cli("push", "--model", "baked", "--version", "v1", "--image", "cellar-test/none:404")
+    assert "Pushed baked@v1" in result.stdout and "recorded unresolved" in result.stderr
+    info = as_json("show", "baked@v1")
+    assert info["weights"] == [] and info["prompts"] == [] and info["image"]["ref"] == "cellar-test/none:404"
+
+
+@pytest.mark.parametrize("image", ["Bad Image!!", "Upper/case:1", "name:", "x@sha256:short"])
+def test_a_malformed_image_reference_is_refused(home, model_dir, monkeypatch, image):
+    monkeypatch.chdir(model_dir.root)
+    result = cli("push", "--model", "x", "--version", "v1", "--weights", "weights", "--image", image, code=1)
+    assert result.stderr.startswith("error: command line: image: ") and "not an image reference" in result.stderr
+    assert as_json("list") == []
+
+
 def test_push_with_manifest_and_model_is_a_usage_error(home, model_dir):
     result = cli("push", str(model_dir.manifest), "--model", "x", "--version", "v1", code=2)
     assert "not both" in result.stderr
@@ -139,12 +175,14 @@ def test_unknown_option_is_exit_2(home):
     assert CliRunner().invoke(app, ["list", "--no-such-flag"]).exit_code == 2
 
 
-def test_traceback_flag_shows_the_trace(home):
+@pytest.mark.parametrize("args", [["--traceback", "show", "nope@v1"], ["show", "nope@v1", "--traceback"],
+                                  ["show", "--traceback", "nope@v1"], ["show", "nope@v1", "--json", "--traceback"]])
+def test_traceback_flag_shows_the_trace_wherever_it_is(home, args):
     plain = CliRunner().invoke(app, ["show", "nope@v1"])
-    traced = CliRunner().invoke(app, ["--traceback", "show", "nope@v1"])
+    traced = CliRunner().invoke(app, args)
     assert plain.exit_code == traced.exit_code == 1
     assert "Traceback" not in plain.stderr and "Traceback" in traced.stderr
-    assert plain.stderr == "error: no version nope@v1: see `registry list nope`\n"
+    assert plain.stderr == "error: no model named 'nope': see `registry list`\n"
 
 
 # --- list, show, log --------------------------------------------------------------------
@@ -287,8 +325,10 @@ def test_console_script_end_to_end(tmp_path, model_dir):
     assert [(r["model"], r["version"]) for r in listed] == [("support-bot", "v1.0")]
     shown = run("show", "v1.0", cwd=work)
     assert shown.returncode == 0 and "support-bot@v1.0" in shown.stdout
+    traced = run("show", "v9", "--traceback", cwd=work)  # through cli.main.main(), flag last
+    assert traced.returncode == 1 and "Traceback" in traced.stderr
     missing = run("show", "v9", cwd=work)
     assert missing.returncode == 1
-    assert missing.stderr == "error: no version support-bot@v9: see `registry list support-bot`\n"
+    assert missing.stderr == "error: no version v9 in any model: see `registry list`\n"
     usage = run("show", cwd=work)
     assert usage.returncode == 2

@@ -77,6 +77,29 @@ def test_ref_without_model_needs_a_unique_model(reg, model_dir, tmp_path):
     assert reg.show("classifier@v1.0").model == "classifier"
 
 
+def test_bare_version_resolves_when_one_model_has_it(reg, model_dir, tmp_path, monkeypatch):
+    reg.push(model_dir.manifest)
+    other = helpers.ModelDir.create(tmp_path / "other", model="classifier", version="v3")
+    reg.push(other.manifest)
+    reg.push(other.manifest, version="v1.0")
+    monkeypatch.chdir(tmp_path)
+    assert reg.show("v3").model == "classifier"
+    with pytest.raises(NotFound, match=r"^no version v9 in any model: see `registry list`$"):
+        reg.show("v9")
+    with pytest.raises(InvalidInput, match=r"models having v1.0: classifier, support-bot\)"):
+        reg.show("v1.0")
+    monkeypatch.chdir(other.root)  # ./cellar.yaml names classifier: the tie-breaker
+    assert reg.show("v1.0").model == "classifier"
+
+
+def test_an_unknown_model_is_named_as_such(reg, model_dir):
+    reg.push(model_dir.manifest)
+    with pytest.raises(NotFound, match=r"^no model named 'supprt-bot': see `registry list`$"):
+        reg.show("supprt-bot@v1.0")
+    with pytest.raises(NotFound, match="see `registry list support-bot`"):
+        reg.show("support-bot@v9")
+
+
 def test_push_without_manifest(reg, model_dir, monkeypatch):
     from registry import manifest
 
@@ -120,6 +143,31 @@ def test_provenance_from_a_git_work_tree(reg, git_repo):
     reg.push(md.manifest, version="v1.1")
     pv = reg.show("v1.1").provenance
     assert pv.dirty and pv.files["system"].dirty
+
+
+def test_a_push_from_a_dirty_work_tree_warns(reg, git_repo):
+    md = helpers.ModelDir.create(git_repo / "bot")
+    helpers.git(git_repo, "add", ".")
+    helpers.git(git_repo, "commit", "-qm", "first")
+    assert reg.push(md.manifest).warnings == []
+    md.set_prompt("edited, not committed\n")
+    result = reg.push(md.manifest, version="v1.1")
+    assert result.warnings == ["pushed from a git work tree with uncommitted changes (prompts/system)"]
+    md.set_prompt("edited, not committed\n")
+    (git_repo / "notes.txt").write_text("untracked, outside the version\n")
+    helpers.git(git_repo, "add", "bot")
+    helpers.git(git_repo, "commit", "-qm", "second")
+    assert reg.push(md.manifest, version="v1.2").warnings == [
+        "pushed from a git work tree with uncommitted changes"]
+
+
+def test_an_identical_re_push_with_another_message_keeps_the_recorded_one(reg, model_dir):
+    reg.push(model_dir.manifest, message="first words")
+    again = reg.push(model_dir.manifest, message="second thoughts")
+    assert not again.created and again.warnings == [
+        "support-bot@v1.0 keeps its recorded message 'first words', not 'second thoughts': versions are immutable"]
+    assert reg.show("v1.0").message == "first words"
+    assert reg.push(model_dir.manifest, message="first words").warnings == []
 
 
 def test_outside_git_there_is_no_provenance(reg, model_dir):

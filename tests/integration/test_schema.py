@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,13 @@ def test_an_out_of_date_schema_is_refused_until_db_upgrade(home, reg):
 def test_a_newer_schema_is_refused(home, reg):
     with reg.store.write() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(SchemaOutOfDate, match="9999"):
+    newer = "this database was migrated by a newer Cellar (schema 9999); upgrade Cellar"
+    with pytest.raises(SchemaOutOfDate, match=re.escape(newer)):
         Registry.open(home)
+    for command in (["db", "upgrade"], ["list"], ["init"]):
+        done = subprocess.run([REGISTRY, *command], capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (1, f"error: {newer}\n")
+    assert reg.store.schema_revision() == "9999"
 
 
 def test_a_missing_registry_says_run_init(tmp_path, monkeypatch):
