@@ -113,8 +113,10 @@ def history(ctx: Context, env: str | None = None) -> list[Release]:
     with ctx.store.read() as conn:
         if env is None:
             return records.all_releases(conn)
-        records.find_env(conn, env)
-        return records.ledger(conn, env)
+        rows = records.ledger(conn, env)
+        if not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
+            records.find_env(conn, env)
+        return rows
 
 
 def status(ctx: Context) -> list[EnvStatus]:
