@@ -98,13 +98,23 @@ def promote(ctx: Context, *, env_name: str | None, model: str, version: str, act
     """Put model@version into an environment: stop-first switch, health gate, auto-rollback."""
     env = resolve_env(ctx, env_name, reason)
     engine = ctx.engine_for(env)  # unreachable Docker fails here, before anything is recorded
-    ready = prepare(ctx, engine, env=env, model=model, version=version, allow_retag=allow_retag)
+    with nothing_changed(f"{model}@{version}", env):
+        ready = prepare(ctx, engine, env=env, model=model, version=version, allow_retag=allow_retag)
     plan = begin(ctx, engine, env, operation="promote", target=version, actor=actor,
                  make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env=env.name, actor=actor,
                                                             reason=reason, at=clock.now()))
     crashpoint("promote:pending")
     return switch(ctx, engine, env, plan, runtime=ready.runtime,
                   make_container=lambda: (create_container(ctx, engine, env, plan, ready), True))
+
+
+@contextmanager
+def nothing_changed(ref: str, env: Environment):
+    """Ctrl-C before the ledger changes: say so (exit 130), rather than a bare "interrupted"."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {ref} was not deployed to {env.name}; nothing was changed") from None
 
 
 def prepare(ctx: Context, engine: Engine, *, env: Environment, model: str, version: str,

@@ -458,6 +458,11 @@ def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, m
     assert isinstance(caught.value, CellarError) and caught.value.exit_code == 130
     assert str(caught.value) == ("interrupted: support-bot@v1.1 was not deployed to staging; "
                                  "support-bot@v1.0 was restored (revision 3)")
+    monkeypatch.setenv("SUPPORT_API_TOKEN", CANARY)  # undo() above dropped the fixture's too
+    monkeypatch.setattr(fake, "image_digest", lambda ref: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt, match="v1.2 was not deployed to staging; nothing was changed"):
+        reg.promote("v1.2")  # Ctrl-C before the ledger changed
+    monkeypatch.undo()
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
     assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
     with reg.store.read() as conn:
@@ -621,3 +626,7 @@ def test_lock_held_message_names_the_command_for_each_case(versions, reg):
     assert "has exited; run `registry recover --env staging`" in dead and "--force" not in dead
     remote = busy_message(mine.model_copy(update={"host": "gpu-1"}))
     assert "on gpu-1 is gone run `registry recover --env staging --force`" in remote
+    with reg.store.write() as conn:
+        records.take_lock(conn, mine.model_copy(update={"host": "gpu-1"}))
+    with pytest.raises(OperationInProgress, match="gpu-1 is gone run `registry recover --env staging --force`"):
+        reg.remove_env("staging", force=True)
