@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 
 from cli.app import ACTOR, JSON, app
@@ -111,7 +113,7 @@ def promote(
 
     Example:  registry promote v1.3 --to production --reason "fixes refund answers"
     """
-    with open_registry() as reg:
+    with open_registry() as reg, _failure_as_json(as_json):
         result = reg.promote(ref, env=to, reason=reason, actor=actor, allow_retag=allow_retag,
                              on_step=None if as_json else _show_step)
     if as_json:
@@ -134,7 +136,9 @@ def rollback(
 
     Example:  registry rollback --env production --reason "v1.3 answers too slowly"
     """
-    with open_registry() as reg:
+    if to and revision is not None:
+        raise typer.BadParameter("give --to or --revision, not both", param_hint="'--to' / '--revision'")
+    with open_registry() as reg, _failure_as_json(as_json):
         result = reg.rollback(env=env, to=to, revision=revision, reason=reason, actor=actor,
                               on_step=None if as_json else _show_step)
     if as_json:
@@ -142,6 +146,18 @@ def rollback(
     r = result.release
     console().print(f"[green]Rolled back[/] {result.env} to {esc(r.ref)} (revision {r.revision}, "
                     f"copy of revision {r.rollback_of})" + _removed(result))
+
+
+@contextmanager
+def _failure_as_json(as_json: bool):
+    """On a failed health gate (exit 4) ``--json`` still prints what was recorded, on stdout,
+    before the one-line error goes to stderr: a CI script needs this case most."""
+    try:
+        yield
+    except Exception as exc:
+        if as_json and getattr(exc, "result", None) is not None:
+            print_json(exc.result)
+        raise
 
 
 def _show_step(name: str, seconds: float, ok: bool) -> None:
@@ -190,27 +206,46 @@ def history(
 @app.command()
 def status(as_json: bool = JSON) -> None:
     """What runs where: each environment's deployed version, container state, health, pending work.
+    Exits 1 (one summary line on stderr) when a deployed release is not running and healthy: fit for cron.
 
     Example:  registry status
     """
     with open_registry() as reg:
         rows = reg.status()
     if as_json:
-        return print_json(rows)
-    if not rows:
+        print_json(rows)
+    elif not rows:
         return console().print("No environments yet: add one with `registry env add NAME --port N`.")
-    out = console()
+    else:
+        _status_table(rows)
+    bad = [f"{s.env} ({s.problem})" for s in rows if s.problem]
+    if bad:
+        noun = "environment needs" if len(bad) == 1 else "environments need"
+        console(stderr=True).print(f"{len(bad)} of {len(rows)} {noun} attention: {esc(', '.join(bad))}")
+        raise typer.Exit(1)
+
+
+def _status_table(rows) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"):
+        table.add_column(col, no_wrap=True)
+    notes = []
     for s in rows:
         what = f"{esc(s.deployed.ref)} (revision {s.deployed.revision})" if s.deployed else "nothing deployed"
         health = {True: "[green]healthy[/]", False: "[red]not answering[/]", None: "-"}[s.healthy]
-        out.print(f"[bold]{s.env}[/] :{s.port}  {what}  container {short(s.container_id)} "
-                  f"{esc(s.container_state or '-')}  {health}")
+        table.add_row(s.env, str(s.port), what, short(s.container_id), esc(s.container_state or "-"), health)
         if s.pending:
             p = s.pending
-            out.print(f"    pending: {p.operation} {esc(p.target)} by {esc(p.actor)} since {when(p.started_at)} "
-                      f"(pid {p.pid} on {esc(p.host)})")
+            notes.append(f"{s.env}: pending: {p.operation} {esc(p.target)} by {esc(p.actor)} since "
+                         f"{when(p.started_at)} (pid {p.pid} on {esc(p.host)})")
         if s.note:
-            out.print(f"    {esc(s.note)}")
+            notes.append(f"{s.env}: {esc(s.note)}")
+    out = console()
+    out.print(table)
+    for note in notes:
+        out.print(note)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from registry import audit, clock, ledger
 from registry.deploy import records
-from registry.deploy.actions import Context, base_url, runtime_of
+from registry.deploy.actions import Context, base_url, busy_message, runtime_of
 from registry.deploy.models import Environment, EnvStatus
 from registry.errors import CellarError, InvalidInput, OperationInProgress, VersionConflict
 from registry.ledger import Release
@@ -95,9 +95,12 @@ def _claim_for_removal(ctx: Context, *, name: str, actor: str, reason: str | Non
     with ctx.store.write() as conn:
         env = records.find_env(conn, name)
         rows = records.ledger(conn, name)
-        if records.get_lock(conn, name) or ledger.pending(rows):
-            raise OperationInProgress(f"{name} has an operation in progress: wait for it, or run "
-                                      f"`registry recover --env {name}` if its process is gone")
+        held = records.get_lock(conn, name)
+        if held:  # says, by case, whether to wait, recover, or (another host's lock) recover --force
+            raise OperationInProgress(busy_message(held))
+        if ledger.pending(rows):
+            raise OperationInProgress(f"{name} has an unfinished operation that no process owns: "
+                                      f"run `registry recover --env {name}` first")
         if env.protected and not reason:
             raise InvalidInput(f"{name} is protected: say why with --reason")
         now = ledger.current(rows)
@@ -113,8 +116,10 @@ def history(ctx: Context, env: str | None = None) -> list[Release]:
     with ctx.store.read() as conn:
         if env is None:
             return records.all_releases(conn)
-        records.find_env(conn, env)
-        return records.ledger(conn, env)
+        rows = records.ledger(conn, env)
+        if not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
+            records.find_env(conn, env)
+        return rows
 
 
 def status(ctx: Context) -> list[EnvStatus]:

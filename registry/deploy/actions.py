@@ -8,6 +8,7 @@ and a lock whose owner is gone; ``registry.deploy.recover`` completes or reverts
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -18,8 +19,8 @@ from urllib.parse import urlsplit
 from registry import audit, clock, ledger, snapshots
 from registry.deploy import records
 from registry.deploy.engine import ContainerSpec, Engine, StepFailed, container_name, labels_for, redact
-from registry.deploy.models import DeployResult, Environment, Lock, Step
-from registry.errors import (CellarError, EngineError, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
+from registry.deploy.models import DeployResult, Environment, FailedDeploy, GateFailed, Interrupted, Lock, Step
+from registry.errors import (CellarError, EngineError, InvalidInput, NotFound, OperationInProgress,
                              VersionConflict)
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release, Target
@@ -97,13 +98,23 @@ def promote(ctx: Context, *, env_name: str | None, model: str, version: str, act
     """Put model@version into an environment: stop-first switch, health gate, auto-rollback."""
     env = resolve_env(ctx, env_name, reason)
     engine = ctx.engine_for(env)  # unreachable Docker fails here, before anything is recorded
-    ready = prepare(ctx, engine, env=env, model=model, version=version, allow_retag=allow_retag)
+    with nothing_changed(f"{model}@{version}", env):
+        ready = prepare(ctx, engine, env=env, model=model, version=version, allow_retag=allow_retag)
     plan = begin(ctx, engine, env, operation="promote", target=version, actor=actor,
                  make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env=env.name, actor=actor,
                                                             reason=reason, at=clock.now()))
     crashpoint("promote:pending")
     return switch(ctx, engine, env, plan, runtime=ready.runtime,
                   make_container=lambda: (create_container(ctx, engine, env, plan, ready), True))
+
+
+@contextmanager
+def nothing_changed(ref: str, env: Environment):
+    """Ctrl-C before the ledger changes: say so (exit 130), rather than a bare "interrupted"."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {ref} was not deployed to {env.name}; nothing was changed") from None
 
 
 def prepare(ctx: Context, engine: Engine, *, env: Environment, model: str, version: str,
@@ -196,10 +207,18 @@ def begin(ctx: Context, engine: Engine, env: Environment, *, operation: str, tar
 
 
 def busy_message(lock: Lock) -> str:
+    """Who holds the environment, and what to do: only a lock from another host needs --force,
+    since this host can tell a dead pid itself (and promote recovers a dead owner on its own)."""
     ago = max(0, int((clock.now() - lock.started_at).total_seconds()))
-    return (f"another operation ({lock.operation} {lock.target} by {lock.actor}, {ago} s ago) is in progress "
-            f"on {lock.env} (pid {lock.pid} on {lock.host}); wait for it, or if that process is gone "
-            "run `registry recover --force`")
+    held = (f"another operation ({lock.operation} {lock.target} by {lock.actor}, {ago} s ago) is in progress "
+            f"on {lock.env} (pid {lock.pid} on {lock.host})")
+    if lock.host != socket.gethostname():
+        return (f"{held}; wait for it, or if that process on {lock.host} is gone "
+                f"run `registry recover --env {lock.env} --force`")
+    if records.holder_gone(lock):
+        return f"{held}, which has exited; run `registry recover --env {lock.env}`"
+    return (f"{held}; wait for it, or if it hangs stop it (kill {lock.pid}), "
+            f"then run `registry recover --env {lock.env}`")
 
 
 def switch(ctx: Context, engine: Engine, env: Environment, plan: Plan, *, runtime: Runtime,
@@ -251,8 +270,9 @@ def _succeed(ctx: Context, engine: Engine, env: Environment, plan: Plan, new_id:
     removed, warnings = retain(ctx, engine, env, rows)
     with ctx.store.write() as conn:
         records.drop_lock(conn, ctx.lock)
+    previous = settled.updates[1] if len(settled.updates) > 1 else None  # as recorded: superseded
     return DeployResult(env=env.name, operation=str(plan.pending.operation), release=settled.deployed,
-                        previous=plan.current, steps=list(ctx.steps), removed_containers=removed,
+                        previous=previous, steps=list(ctx.steps), removed_containers=removed,
                         warnings=warnings)
 
 
@@ -282,10 +302,32 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: BaseE
             event(ctx, conn, plan, settled.appended[0], env=env.name, automatic=True)
         records.drop_lock(conn, ctx.lock)
     if isinstance(exc, StepFailed):
-        raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
-                               f"{error}; {note}") from None
+        raise GateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
+                         f"{error}; {note}", result=_failure(ctx, env, plan, settled, error)) from None
+    if isinstance(exc, KeyboardInterrupt):
+        raise Interrupted(_interrupted(env, plan, previous, note)) from None
     if isinstance(exc, CellarError) and str(exc) != error:
         exc.args = (error,)  # re-raised by switch: never with a secret in it
+
+
+def _failure(ctx: Context, env: Environment, plan: Plan, settled: ledger.Settlement, error: str) -> FailedDeploy:
+    """The rows a failed operation settled, for ``--json`` on exit 4."""
+    before = settled.updates[1] if len(settled.updates) > 1 else plan.current
+    return FailedDeploy(env=env.name, operation=str(plan.pending.operation), error=error,
+                        failed=settled.updates[0], rollback=settled.deployed if settled.appended else None,
+                        previous=before, steps=list(ctx.steps))
+
+
+def _interrupted(env: Environment, plan: Plan, previous: str, note: str) -> str:
+    """Ctrl-C's one line: what was not deployed and what serves now."""
+    what, current = f"interrupted: {plan.pending.ref} was not deployed to {env.name}", plan.current
+    if current is None or not current.container_id:
+        return f"{what}; nothing was deployed before"
+    if previous == "restored":
+        return f"{what}; {current.ref} was restored (revision {plan.pending.revision + 1})"
+    if previous == "untouched":
+        return f"{what}; {current.ref} kept running"
+    return f"{what}; {note}"
 
 
 def _drop_new(ctx: Context, engine: Engine, plan: Plan, *, new_id: str | None,

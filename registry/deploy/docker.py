@@ -17,8 +17,18 @@ def describe_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+def _source(base_url: str | None) -> tuple[str, str]:
+    """Where the engine URL came from, and what to fix: the environment's --docker-host
+    (the only URL passed in), $DOCKER_HOST, or the local socket."""
+    if base_url:
+        return "the environment's --docker-host", "start dockerd there, or check the URL with `registry env list`"
+    if os.environ.get("DOCKER_HOST"):
+        return "$DOCKER_HOST", "start dockerd there, or fix DOCKER_HOST"
+    return "the local socket", "start dockerd, or set DOCKER_HOST"
+
+
 class DockerEngine:
-    """A connection to one Docker engine ($DOCKER_HOST or the local socket)."""
+    """A connection to one Docker engine (an environment's --docker-host, $DOCKER_HOST or the local socket)."""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 30):
         self.base_url = base_url or describe_host()
@@ -28,11 +38,10 @@ class DockerEngine:
             else:
                 self.client = docker.from_env(timeout=timeout)
             self.client.ping()
-        except DockerException as exc:
-            raise EngineError(
-                f"cannot reach the Docker engine at {self.base_url} (DOCKER_HOST) ({_short(exc)}); "
-                "start dockerd or set DOCKER_HOST"
-            ) from None
+        except Exception as exc:  # docker-py, and for ssh:// paramiko's own errors (OSError, SSHException)
+            source, fix = _source(base_url)
+            raise EngineError(f"cannot reach the Docker engine at {self.base_url} ({_short(exc)}; "
+                              f"from {source}): {fix}") from None
         self.api = self.client.api
 
     def close(self) -> None:
@@ -147,6 +156,23 @@ def _start_error(exc: APIError) -> str:
     return f"the container did not start ({text})"
 
 
+# Connection failures as docker-py, urllib3 and paramiko word them, in a few plain words.
+_REASONS = [
+    ("filenotfounderror", "no such socket"), ("no such file or directory", "no such socket"),
+    ("connection refused", "connection refused"), ("permission denied", "permission denied"),
+    ("failed to resolve", "unknown host"), ("name or service not known", "unknown host"),
+    ("timed out", "timed out"), ("unable to connect to port", "connection refused"),
+    ("install paramiko", "ssh:// needs paramiko: pip install 'docker[ssh]'"),
+    ("authentication failed", "ssh authentication failed"), ("connection aborted", "connection aborted"),
+]
+
+
 def _short(exc: Exception) -> str:
+    """docker-py's error as one short line: a known connection failure in plain words."""
     explanation = getattr(exc, "explanation", None)
-    return str(explanation or exc).strip().splitlines()[0][:300]
+    text = str(explanation or exc).strip() or type(exc).__name__
+    low = text.lower()
+    for needle, reason in _REASONS:
+        if needle in low:
+            return reason
+    return text.removeprefix("Error while fetching server API version: ").splitlines()[0][:300]

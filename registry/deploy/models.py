@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from registry.errors import CellarError, HealthGateFailed
 from registry.ledger import Release
 
 
@@ -64,6 +65,18 @@ class EnvStatus(BaseModel):
     pending_release: Release | None = None
     note: str | None = None
 
+    @property
+    def problem(self) -> str | None:
+        """Why this environment needs attention (None when it is fine): something is deployed
+        but its container is not running and answering. A property, so ``--json`` is unchanged."""
+        if self.deployed is None:
+            return None
+        if self.container_state is None:
+            return "Docker engine unreachable" if self.note else "no container recorded"
+        if self.container_state != "running":
+            return f"container {self.container_state}"
+        return None if self.healthy else "not answering"
+
 
 class RecoverAction(BaseModel):
     env: str
@@ -73,3 +86,31 @@ class RecoverAction(BaseModel):
 
 class RecoverResult(BaseModel):
     actions: list[RecoverAction] = Field(default_factory=list)
+
+
+class FailedDeploy(BaseModel):
+    """What a promote or rollback that failed its health gate did (``--json`` prints it on exit 4):
+    the failed revision, the automatic rollback revision (None when nothing was restored) and why."""
+
+    env: str
+    operation: str
+    error: str
+    failed: Release
+    rollback: Release | None = None
+    previous: Release | None = None  # the release deployed before, as it was settled
+    steps: list[Step] = Field(default_factory=list)
+
+
+class GateFailed(HealthGateFailed):
+    """HealthGateFailed (exit 4) carrying what was recorded, so ``--json`` can still report it."""
+
+    def __init__(self, message: str, *, result: FailedDeploy):
+        super().__init__(message)
+        self.result = result
+
+
+class Interrupted(CellarError, KeyboardInterrupt):
+    """Ctrl-C during a promote or rollback, after the previous release was put back. Still a
+    KeyboardInterrupt for library callers; the CLI prints its message with exit 130."""
+
+    exit_code = 130

@@ -5,16 +5,20 @@ gone. If the pending release's container runs and answers its health path, the o
 is completed; otherwise it is reverted: that container is stopped (and removed when it was
 created for the operation), the previous release's container is started again, and the
 pending revision is marked failed. Either way one release ends up deployed and the lock is
-released, in one transaction with a ``recover`` event.
+released, in one transaction with a ``recover`` event. With nothing pending, a deployed
+release whose container is stopped is started again, and one whose container is gone is
+recreated from its version (same revision, same labels).
 """
 
 from __future__ import annotations
 
 from registry import audit, clock, ledger
 from registry.deploy import records
-from registry.deploy.actions import Context, base_url, busy_message, runtime_of, start_and_check
+from registry.deploy.actions import (Context, base_url, busy_message, create_container, prepare, runtime_of,
+                                     start_and_check)
 from registry.deploy.engine import ContainerInfo, Engine, StepFailed
 from registry.deploy.models import Environment, RecoverAction, RecoverResult
+from registry.errors import CellarError
 from registry.ledger import Plan, Release, Settlement, Target
 
 INTERRUPTED = "interrupted: the process running it died; reverted by `registry recover`"
@@ -110,27 +114,64 @@ def _bring_back(ctx: Context, engine: Engine, env: Environment, current: Release
 
 def _without_pending(ctx: Context, engine: Engine, env: Environment, rows: list[Release], held, mine,
                      *, actor: str) -> list[RecoverAction]:
-    out = []
+    out, settled = [], Settlement()
     now = ledger.current(rows)
     info = engine.inspect(now.container_id) if now and now.container_id else None
     others_running = [c for c in engine.find(env=env.name, registry=ctx.registry_id)
                       if c.running and (not info or c.id != info.id)]
     if info is not None and not info.running and not others_running:
         ctx.remember_secrets(runtime_of(ctx, now), container_env=info.env)  # its logs may print them
-        try:
-            start_and_check(ctx, engine, env, now)
-            out.append(RecoverAction(env=env.name, action="restarted",
-                                     detail=f"{now.ref} (revision {now.revision}) was stopped; started again"))
-        except StepFailed as exc:
-            out.append(RecoverAction(env=env.name, action="unhealthy",
-                                     detail=f"{now.ref} does not answer: {ctx.scrub(str(exc))}"))
+        out.append(_restart(ctx, engine, env, now))
+    elif info is None and now is not None and now.container_id and not others_running:
+        action, settled = _recreate(ctx, engine, env, now)
+        out.append(action)
     if held:
         out.append(RecoverAction(env=env.name, action="unlocked",
                                  detail=f"released the lock of a dead process ({held.operation} {held.target}, "
                                         f"pid {held.pid})"))
     for action in out:
-        _commit(ctx, env, Settlement(), action, mine, actor=actor)
+        _commit(ctx, env, settled, action, mine, actor=actor)
+        settled = Settlement()  # the row changes once, with the first action
     return out
+
+
+def _restart(ctx: Context, engine: Engine, env: Environment, now: Release) -> RecoverAction:
+    """The deployed release's container exists but is stopped (e.g. the host rebooted)."""
+    try:
+        start_and_check(ctx, engine, env, now)
+    except StepFailed as exc:
+        return RecoverAction(env=env.name, action="unhealthy",
+                             detail=f"{now.ref} does not answer: {ctx.scrub(str(exc))}")
+    return RecoverAction(env=env.name, action="restarted",
+                         detail=f"{now.ref} (revision {now.revision}) was stopped; started again")
+
+
+def _recreate(ctx: Context, engine: Engine, env: Environment, now: Release) -> tuple[RecoverAction, Settlement]:
+    """The deployed release's container is gone (``docker rm -f``): create it again from the
+    version, with the same revision's labels (as a rollback's recreate does), and start it."""
+    gone = f"{now.ref} (revision {now.revision}): its container {now.container_id[:12]} was gone"
+    new_id = None
+    try:
+        ready = prepare(ctx, engine, env=env, model=now.model, version=now.version, image_digest=now.image_digest)
+        plan = Plan(pending=now, current=None, target=ready.target)
+        new_id = create_container(ctx, engine, env, plan, ready)
+        start_and_check(ctx, engine, env, now.model_copy(update={"container_id": new_id}))
+    except (CellarError, StepFailed) as exc:
+        if new_id:  # a container that does not answer must not hold the port
+            _discard(engine, new_id)
+        return RecoverAction(env=env.name, action="missing", detail=(
+            f"{gone} and could not be recreated ({ctx.scrub(str(exc))}): fix that and run "
+            f"`registry recover --env {env.name}` again, or `registry rollback --env {env.name}`")), Settlement()
+    row = now.model_copy(update={"container_id": new_id})
+    return (RecoverAction(env=env.name, action="recreated", detail=f"{gone}; recreated and started, it answers"),
+            Settlement(updates=[row]))
+
+
+def _discard(engine: Engine, container_id: str) -> None:
+    try:
+        engine.remove(container_id)
+    except (CellarError, StepFailed):
+        pass  # best effort: the report already says it did not come up
 
 
 def _pending_container(ctx: Context, engine: Engine, env: str, stuck: Release) -> ContainerInfo | None:

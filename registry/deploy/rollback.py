@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from registry import clock, ledger
 from registry.deploy import records
-from registry.deploy.actions import Context, begin, create_container, prepare, resolve_env, runtime_of, switch
+from registry.deploy.actions import (Context, begin, create_container, nothing_changed, prepare, resolve_env,
+                                     runtime_of, switch)
 from registry.deploy.engine import LABEL, ContainerInfo, Engine
 from registry.deploy.models import DeployResult
 from registry.ledger import Release
@@ -27,8 +28,9 @@ def rollback(ctx: Context, *, env_name: str | None, to: str | None, revision: in
     ctx.remember_secrets(runtime, container_env=kept.env if kept else None)
     ready = None
     if kept is None:
-        ready = prepare(ctx, engine, env=env, model=chosen.model, version=chosen.version,
-                        image_digest=chosen.image_digest)
+        with nothing_changed(chosen.ref, env):
+            ready = prepare(ctx, engine, env=env, model=chosen.model, version=chosen.version,
+                            image_digest=chosen.image_digest)
     plan = begin(ctx, engine, env, operation="rollback", target=chosen.version, actor=actor,
                  make_plan=lambda rows: ledger.plan_rollback(rows, chosen, env=env.name, actor=actor,
                                                              reason=reason, at=clock.now()))

@@ -52,8 +52,11 @@ def test_promote_rollback_history_status(docker_env):
     assert "health check" in promoted.stderr and " ms" in promoted.stderr  # steps with elapsed time
     as_json = json.loads(run("promote", "v1.1", "--json").stdout)
     assert as_json["release"]["status"] == "deployed" and as_json["previous"]["version"] == "v1.0"
-    failed = run("promote", "v1.2", code=4)
+    failed = run("promote", "v1.2", "--json", code=4)
     assert "rolled back automatically to support-bot@v1.1" in failed.stderr
+    report = json.loads(failed.stdout)  # --json still reports what was recorded when the gate fails
+    assert (report["failed"]["revision"], report["failed"]["status"]) == (3, "failed") and report["error"]
+    assert (report["rollback"]["revision"], report["rollback"]["version"]) == (4, "v1.1")
     assert "Rolled back" in run("rollback", "--reason", "back to v1.0").stdout
     rows = json.loads(run("history", "--env", env, "--json").stdout)
     assert {"revision", "version", "status", "actor", "reason", "started_at", "finished_at", "rollback_of"} <= set(rows[0])
@@ -65,11 +68,33 @@ def test_promote_rollback_history_status(docker_env):
     assert "first [/bold] try" in history and "ops [red]team" in history  # user text printed as typed
     (state,) = json.loads(run("status", "--json").stdout)
     assert state["deployed"]["version"] == "v1.0" and state["container_state"] == "running" and state["healthy"]
-    assert "support-bot@v1.0 (revision 5)" in run("status").stdout
-    assert "--to or --revision" in run("rollback", "--to", "v1.1", "--revision", "1", code=1).stderr
+    shown = run("status").stdout
+    assert "support-bot@v1.0 (revision 5)" in shown and shown.split()[:3] == ["ENV", "PORT", "DEPLOYED"]
+    assert "--to or --revision" in run("rollback", "--to", "v1.1", "--revision", "1", code=2).stderr
 
 
 def test_env_add_refuses_a_docker_host_with_credentials(sqlite_home):
     out = run("env", "add", "remote", "--port", "18185", "--docker-host", "tcp://admin:hunter2@10.0.0.9:2376", code=1)
     assert "TLS certificates" in out.stderr and "hunter2" not in out.stdout + out.stderr
     assert "hunter2" not in run("env", "list", "--json").stdout
+
+
+@pytest.mark.docker
+def test_status_exit_code_for_monitoring_and_recover_of_a_removed_container(docker_env, tmp_path):
+    import docker
+
+    reg, env = docker_env
+    run("promote", "v1.0")
+    client = docker.from_env()
+    for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}"}):
+        c.remove(force=True)  # docker rm -f of the deployed container
+    client.close()
+    missing = run("status", code=1)
+    assert missing.stderr.strip() == f"1 of 1 environment needs attention: {env} (container missing)"
+    assert json.loads(run("status", "--json", code=1).stdout)[0]["container_state"] == "missing"
+    assert f"{env}: recreated:" in run("recover", "--env", env).stdout
+    run("status")
+    dead = f"unix://{tmp_path}/no-dockerd.sock"
+    out = CliRunner().invoke(app, ["status"], env={"DOCKER_HOST": dead})
+    assert out.exit_code == 1 and "no such socket" in out.stdout and "Connection aborted" not in out.stdout
+    assert f"{env} (Docker engine unreachable)" in out.stderr

@@ -256,9 +256,30 @@ def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env):
             proc.send_signal(signal.SIGINT)
             break
     proc.wait(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode == 130
+    assert proc.stderr.read().strip().splitlines()[-1] == (f"error: interrupted: support-bot@v1.4 was not deployed to {env}; "
+                                          "support-bot@v1.0 was restored (revision 3)")
     assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.4", "failed"), (3, "v1.0", "deployed")]
     assert answer(reg, env).startswith("prompt=prompt-v1.0")
     assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
     with reg.store.read() as conn:
         assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
+
+
+def test_engine_errors_name_the_url_its_source_and_the_cause_in_a_few_words(tmp_path, monkeypatch):
+    from registry.deploy.docker import DockerEngine
+    from registry.errors import EngineError
+
+    dead = f"unix://{tmp_path}/no-dockerd.sock"
+    with pytest.raises(EngineError) as caught:
+        DockerEngine(dead)
+    assert str(caught.value) == (f"cannot reach the Docker engine at {dead} (no such socket; from the environment's "
+                                 "--docker-host): start dockerd there, or check the URL with `registry env list`")
+    monkeypatch.setenv("DOCKER_HOST", dead)
+    with pytest.raises(EngineError, match=r"\(no such socket; from \$DOCKER_HOST\): .*fix DOCKER_HOST"):
+        DockerEngine()
+    # ssh:// works out of the box (docker[ssh] brings paramiko): a refused port, not "Install paramiko"
+    port = free_port()
+    with pytest.raises(EngineError) as caught:
+        DockerEngine(f"ssh://nobody@127.0.0.1:{port}", timeout=5)
+    assert "(connection refused; from the environment's --docker-host)" in str(caught.value)

@@ -14,7 +14,7 @@ from registry.api import Registry
 from registry.deploy import records
 from registry.deploy.engine import container_name
 from registry.deploy.fake import FakeEngine
-from registry.errors import (CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
+from registry.errors import (CellarError, CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
                              VersionConflict)
 from registry.store import schema as t
 
@@ -71,7 +71,7 @@ def test_promote_then_promote_supersedes(versions, fake):
     assert first.release.revision == 1 and str(first.release.status) == "deployed"
     assert [s.name for s in first.steps][:3] == ["verify blobs", "pin image", "snapshot"]
     second = reg.promote("v1.1", reason="new prompt")
-    assert second.previous.version == "v1.0"
+    assert second.previous.version == "v1.0" and str(second.previous.status) == "superseded"  # as recorded
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "deployed")]
     (running,) = fake.running()
     assert running.labels["cellar.version"] == "v1.1" and running.name == cname(reg, 2)
@@ -241,6 +241,9 @@ def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, r
     assert fake.containers == {} and reg.environments() == []
     with reg.store.read() as conn:  # the ledger outlives the environment; nothing stays deployed
         assert [r.status for r in records.ledger(conn, "staging")] == ["superseded"]
+    assert statuses(reg) == [(1, "v1.0", "superseded")]  # history of a removed environment, from the ledger
+    with pytest.raises(NotFound, match="no environment named 'qa'"):
+        reg.history("qa")
 
 
 def test_status_shows_deployed_container_health_and_pending_work(versions, fake, reg):
@@ -448,8 +451,17 @@ def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, m
         real_wait(fake, cid, **kwargs)
 
     monkeypatch.setattr(fake, "wait_healthy", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as caught:
         reg.promote("v1.1")
+    monkeypatch.undo()
+    # the CLI prints it with exit 130: what was not deployed and what serves again
+    assert isinstance(caught.value, CellarError) and caught.value.exit_code == 130
+    assert str(caught.value) == ("interrupted: support-bot@v1.1 was not deployed to staging; "
+                                 "support-bot@v1.0 was restored (revision 3)")
+    monkeypatch.setenv("SUPPORT_API_TOKEN", CANARY)  # undo() above dropped the fixture's too
+    monkeypatch.setattr(fake, "image_digest", lambda ref: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt, match="v1.2 was not deployed to staging; nothing was changed"):
+        reg.promote("v1.2")  # Ctrl-C before the ledger changed
     monkeypatch.undo()
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
     assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
@@ -557,3 +569,64 @@ def test_rollback_reuses_a_kept_container_from_before_the_registry_label(version
     fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"
     reg.promote("v1.1")
     assert reg.rollback().release.container_id != first.container_id  # not ours: recreated instead
+
+
+# --- review fixes: recover, --json on failure, messages ------------------------------------
+
+
+def test_recover_recreates_a_deployed_container_that_was_removed(versions, fake, reg):
+    deployed = reg.promote("v1.0").release
+    fake.remove(deployed.container_id)  # docker rm -f
+    (state,) = reg.status()
+    assert state.container_state == "missing" and state.problem == "container missing"
+    (action,) = reg.recover(env="staging").actions
+    assert action.action == "recreated" and "answers" in action.detail
+    (running,) = fake.running()
+    assert running.labels["cellar.revision"] == "1" and running.name == cname(reg, 1)
+    assert reg.history("staging")[0].container_id == running.id and reg.status()[0].problem is None
+    assert reg.recover().actions == []
+    with reg.store.read() as conn:
+        assert [r.action for r in conn.execute(select(t.events))].count("recover") == 1
+
+
+def test_recover_says_what_to_run_when_a_removed_container_cannot_come_back(versions, fake, reg):
+    deployed = reg.promote("v1.0").release
+    fake.remove(deployed.container_id)
+    fake.unhealthy["v1.0"] = "health check timed out"
+    (action,) = reg.recover(env="staging").actions
+    assert action.action == "missing" and "could not be recreated (health check timed out)" in action.detail
+    assert "`registry rollback --env staging`" in action.detail
+    assert fake.containers == {}  # the one that did not answer does not hold the port
+    assert reg.history("staging")[0].container_id == deployed.container_id
+
+
+def test_a_failed_health_gate_carries_the_rows_it_recorded(versions, fake, reg):
+    reg.promote("v1.0")
+    fake.unhealthy["v1.1"] = "container exited with code 3"
+    with pytest.raises(HealthGateFailed) as caught:
+        reg.promote("v1.1")
+    out = caught.value.result
+    assert (out.failed.revision, str(out.failed.status), out.error) == (2, "failed", "container exited with code 3")
+    assert (out.rollback.revision, out.rollback.version, str(out.rollback.status)) == (3, "v1.0", "deployed")
+    assert str(out.previous.status) == "superseded" and out.operation == "promote"
+    fake.unhealthy["v1.0"] = "broken now"
+    reg.promote("v1.2")
+    with pytest.raises(HealthGateFailed) as caught:  # a rollback can fail its gate too
+        reg.rollback(to="v1.0")
+    assert caught.value.result.failed.operation == "rollback" and caught.value.result.rollback.version == "v1.2"
+
+
+def test_lock_held_message_names_the_command_for_each_case(versions, reg):
+    from registry.deploy.actions import busy_message
+
+    mine = records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+    alive = busy_message(mine)
+    assert f"kill {mine.pid}" in alive and "`registry recover --env staging`" in alive and "--force" not in alive
+    dead = busy_message(mine.model_copy(update={"pid": 2**22 + 777}))
+    assert "has exited; run `registry recover --env staging`" in dead and "--force" not in dead
+    remote = busy_message(mine.model_copy(update={"host": "gpu-1"}))
+    assert "on gpu-1 is gone run `registry recover --env staging --force`" in remote
+    with reg.store.write() as conn:
+        records.take_lock(conn, mine.model_copy(update={"host": "gpu-1"}))
+    with pytest.raises(OperationInProgress, match="gpu-1 is gone run `registry recover --env staging --force`"):
+        reg.remove_env("staging", force=True)
