@@ -8,6 +8,7 @@ import typer
 
 from cli.app import ACTOR, JSON, app
 from cli.output import console, esc, print_json, short, when
+from registry.errors import HealthGateFailed
 
 env_app = typer.Typer(help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
@@ -154,8 +155,8 @@ def _failure_as_json(as_json: bool):
     before the one-line error goes to stderr: a CI script needs this case most."""
     try:
         yield
-    except Exception as exc:
-        if as_json and getattr(exc, "result", None) is not None:
+    except HealthGateFailed as exc:
+        if as_json and exc.result is not None:
             print_json(exc.result)
         raise
 

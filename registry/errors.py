@@ -13,7 +13,10 @@
     ├── EngineError             the Docker engine is unreachable or refused a call
     ├── AuditBroken             the audit log's hash chain is broken (names the first bad event)
     ├── OperationInProgress     exit 3: another operation holds the environment
-    └── HealthGateFailed        exit 4: the new release failed and was rolled back
+    ├── HealthGateFailed        exit 4: the new release failed and was rolled back (``result``
+    │                           holds the rows recorded, for ``--json``)
+    └── Interrupted             exit 130: Ctrl-C, after the previous release was put back
+                                (also a KeyboardInterrupt, so library callers still see one)
 
 The CLI maps each to ``exit_code`` and prints ``str(error)`` on one line.
 """
@@ -77,3 +80,11 @@ class OperationInProgress(CellarError):
 
 class HealthGateFailed(CellarError):
     exit_code = 4
+
+    def __init__(self, message: str, *, result: object = None):
+        super().__init__(message)
+        self.result = result  # a registry.deploy.models.FailedDeploy when raised by promote/rollback
+
+
+class Interrupted(CellarError, KeyboardInterrupt):
+    exit_code = 130

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from registry import audit, clock, ledger, snapshots
 from registry.deploy import records
 from registry.deploy.engine import ContainerSpec, Engine, StepFailed, container_name, labels_for, redact
-from registry.deploy.models import DeployResult, Environment, FailedDeploy, GateFailed, Interrupted, Lock, Step
-from registry.errors import (CellarError, EngineError, InvalidInput, NotFound, OperationInProgress,
-                             VersionConflict)
+from registry.deploy.models import DeployResult, Environment, FailedDeploy, Lock, Step
+from registry.errors import (CellarError, EngineError, HealthGateFailed, InvalidInput, Interrupted, NotFound,
+                             OperationInProgress, VersionConflict)
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release, Target
 from registry.models import Runtime, is_secret_key
@@ -302,7 +302,7 @@ def _fail(ctx: Context, engine: Engine, env: Environment, plan: Plan, exc: BaseE
             event(ctx, conn, plan, settled.appended[0], env=env.name, automatic=True)
         records.drop_lock(conn, ctx.lock)
     if isinstance(exc, StepFailed):
-        raise GateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
+        raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
                          f"{error}; {note}", result=_failure(ctx, env, plan, settled, error)) from None
     if isinstance(exc, KeyboardInterrupt):
         raise Interrupted(_interrupted(env, plan, previous, note)) from None

@@ -9,7 +9,6 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from registry.errors import CellarError, HealthGateFailed
 from registry.ledger import Release
 
 
@@ -99,18 +98,3 @@ class FailedDeploy(BaseModel):
     rollback: Release | None = None
     previous: Release | None = None  # the release deployed before, as it was settled
     steps: list[Step] = Field(default_factory=list)
-
-
-class GateFailed(HealthGateFailed):
-    """HealthGateFailed (exit 4) carrying what was recorded, so ``--json`` can still report it."""
-
-    def __init__(self, message: str, *, result: FailedDeploy):
-        super().__init__(message)
-        self.result = result
-
-
-class Interrupted(CellarError, KeyboardInterrupt):
-    """Ctrl-C during a promote or rollback, after the previous release was put back. Still a
-    KeyboardInterrupt for library callers; the CLI prints its message with exit 130."""
-
-    exit_code = 130
