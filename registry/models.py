@@ -20,21 +20,19 @@ SECRET_KEY_RE = re.compile(r".*(_TOKEN|_KEY|_PASSWORD|_SECRET)$|^(TOKEN|KEY|PASS
 
 def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a safe model, environment or prompt name, else raise ValueError."""
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
-        raise ValueError(
-            f"{what} {value!r} is not allowed: use 1-63 characters of a-z, 0-9, '.', '_', '-', "
-            "starting with a letter or digit"
-        )
-    return value
+    return _check(value, NAME_RE, what, "'.', '_', '-'")
 
 
 def check_version(value: str) -> str:
     """Return ``value`` if it is a safe version string, else raise ValueError."""
-    if not isinstance(value, str) or not VERSION_RE.fullmatch(value) or ".." in value:
-        raise ValueError(
-            f"version {value!r} is not allowed: use 1-63 characters of a-z, 0-9, '.', '_', '+', '-', "
-            "starting with a letter or digit (e.g. v1.3)"
-        )
+    return _check(value, VERSION_RE, "version", "'.', '_', '+', '-'", example=" (e.g. v1.3)")
+
+
+def _check(value: str, pattern: re.Pattern, what: str, punctuation: str, example: str = "") -> str:
+    # ".." never reaches a path or a container name, even where the pattern would allow it
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not allowed: use 1-63 characters of a-z, 0-9, {punctuation}, "
+                         f"starting with a letter or digit{example}")
     return value
 
 
