@@ -76,9 +76,11 @@ def _rounds(env: dict, args, port: int, name: str) -> dict[str, list[float]]:
     reg = [sys.executable, "-m", "cli.main"]
     out = {"tool": [], "docker": [], "overhead": []}
     url = f"http://127.0.0.1:{port}{args.health_path}"
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
+        # Back and forth between v1 and v2 (v2 runs after set-up): a plain `rollback` would step
+        # further back each time and run out of releases.
         started = time.perf_counter()
-        result = json.loads(_run(reg + ["rollback", "--json"], env))
+        result = json.loads(_run(reg + ["rollback", "--to", "v1" if i % 2 == 0 else "v2", "--json"], env))
         wall = time.perf_counter() - started
         out["tool"].append(wall)
         out["overhead"].append(wall - sum(s["seconds"] for s in result["steps"] if s["name"] in ROLLBACK_DOCKER_STEPS))
@@ -113,8 +115,10 @@ def _in_process(env: dict, rounds: int) -> dict[str, list[float]]:
     with Registry.open() as reg:
         reg.engine()
         for i in range(rounds):
-            for what, call, steps in (("rollback", lambda: reg.rollback(), ROLLBACK_DOCKER_STEPS),
-                                      ("promote", lambda: reg.promote("v3" if i % 2 else "v1"), DOCKER_STEPS)):
+            # v3 (or v2) runs before each pair: roll back to v1 or v2, then promote v3 again.
+            for what, call, steps in (("rollback", lambda: reg.rollback(to="v1" if i % 2 else "v2"),
+                                       ROLLBACK_DOCKER_STEPS),
+                                      ("promote", lambda: reg.promote("v3"), DOCKER_STEPS)):
                 started = time.perf_counter()
                 result = call()
                 wall = time.perf_counter() - started

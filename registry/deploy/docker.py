@@ -162,7 +162,7 @@ _REASONS = [
     ("connection refused", "connection refused"), ("permission denied", "permission denied"),
     ("failed to resolve", "unknown host"), ("name or service not known", "unknown host"),
     ("timed out", "timed out"), ("unable to connect to port", "connection refused"),
-    ("install paramiko", "ssh:// needs paramiko: pip install 'docker[ssh]'"),
+    ("install paramiko", "ssh:// hosts need the ssh extra: pip install 'cellar-registry[ssh]'"),
     ("authentication failed", "ssh authentication failed"), ("connection aborted", "connection aborted"),
 ]
 
