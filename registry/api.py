@@ -46,6 +46,7 @@ class Registry:
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
         self._stat_cache = StatCache(home.stat_cache, tmp=self.blobs.tmp)  # loaded once per Registry
+        self._tensor_index: dict[str, dict[str, str]] = {}  # see pushing.Context.tensor_index
 
     # --- opening -------------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Registry:
 
     def _push_ctx(self) -> pushing.Context:
         return pushing.Context(store=self.store, blobs=self.blobs, stat_cache=self._stat_cache,
-                               engine=self.engine)
+                               engine=self.engine, tensor_index=self._tensor_index)
 
     def engine(self):
         """The Docker engine ($DOCKER_HOST or the local socket), connected on first use."""

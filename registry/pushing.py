@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,9 @@ class Context:
     blobs: BlobStore
     stat_cache: StatCache
     engine: Callable[[], Engine]  # called only for a manifest that names an image
+    # blob digest -> its tensors' digests, once read: a blob's index never changes, and a
+    # prompt-tuning loop would otherwise read the same index for every version it pushes.
+    tensor_index: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def push(ctx: Context, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
@@ -144,9 +147,12 @@ def _known_tensors(ctx: Context, digest: str, f: SourceFile) -> dict[str, str]:
     """Tensor digests of a stored blob: from the index, else hashed from the blob itself."""
     if not f.tensors:
         return {}
+    if digest in ctx.tensor_index:
+        return ctx.tensor_index[digest]
     with ctx.store.read() as conn:
         indexed = versions.tensor_digests(conn, digest)
     if indexed:
+        ctx.tensor_index[digest] = indexed
         return indexed
     path = ctx.blobs.path(digest)
     return hash_file(path, read_index(path)).tensor_digests
