@@ -114,6 +114,7 @@ def _in_process(env: dict, rounds: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"rollback": [], "promote": []}
     with Registry.open() as reg:
         reg.engine()
+        reg.promote("v3")  # whatever _promotes left running, each round starts from v3
         for i in range(rounds):
             # v3 (or v2) runs before each pair: roll back to v1 or v2, then promote v3 again.
             for what, call, steps in (("rollback", lambda: reg.rollback(to="v1" if i % 2 else "v2"),
