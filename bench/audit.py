@@ -1,6 +1,6 @@
 """Bench: `registry audit --prompt NAME` on 100,000 events, and `registry audit verify`.
 
-Appends the events through ``registry.audit.append`` (the chain the real commands write) in
+Appends the events through ``registry.store.events.append`` (the chain the real commands write) in
 big transactions, then times the commands as subprocesses. Target: `audit --prompt` <= 0.5 s.
 Verify streams rows, so its peak memory is printed too.
 
@@ -25,15 +25,15 @@ PROMPTS = ["greeting", "refusal", "tools", "style"]
 
 def fill(home: Path, count: int, batch: int = 10_000) -> None:
     """``count`` push-like events; one in a hundred changes the ``system`` prompt."""
-    from registry import audit
     from registry.api import Registry
+    from registry.store import events
 
     with Registry.open(home) as reg:
         for start in range(0, count, batch):
             with reg.store.write() as conn:
                 for i in range(start, min(count, start + batch)):
                     changed = ["system"] if i % 100 == 0 else [PROMPTS[i % len(PROMPTS)]]
-                    audit.append(conn, actor=f"user{i % 7}", action="push", object=f"bot-{i % 20}@v{i}",
+                    events.append(conn, actor=f"user{i % 7}", action="push", object=f"bot-{i % 20}@v{i}",
                                  model=f"bot-{i % 20}", db_user=reg.store.db_user(conn),
                                  detail={"manifest_digest": f"sha256:{i:064x}", "files": ["prompt:system"],
                                          "message": f"change {i}", "prompts_changed": changed})

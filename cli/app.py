@@ -1,8 +1,8 @@
-"""The typer app, its one error funnel, and the global options.
+"""The typer app, its one error funnel, the global options and ``open_registry``.
 
 Command modules register on ``app``; each command parses options, calls one Registry
-method and renders the result. Heavy imports (SQLAlchemy, docker, git, rich) happen inside
-the commands, so ``registry --help`` stays fast.
+method and renders the result. The CLI imports only ``registry`` (whose exports load lazily)
+and its own modules, so ``registry --help`` pays for neither SQLAlchemy nor docker-py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from registry.errors import CellarError
+from registry import INTERNAL_ERROR_EXIT, CellarError
+
 
 
 class CellarGroup(TyperGroup):
@@ -38,7 +39,8 @@ class CellarGroup(TyperGroup):
         except Exception as exc:
             if _is_click_error(exc):
                 raise
-            _fail(ctx, f"unexpected {type(exc).__name__}: {exc} (rerun with --traceback and report it)", 1)
+            _fail(ctx, f"internal error: {type(exc).__name__}: {exc} (a bug in Cellar, not your input: rerun "
+                       "with --traceback and send its output to your Cellar maintainers)", INTERNAL_ERROR_EXIT)
 
 
 def _is_click_error(exc: Exception) -> bool:
@@ -74,6 +76,13 @@ def _root(
 
     Example:  registry init && registry push examples/support-bot/v1.0/cellar.yaml
     """
+
+
+def open_registry():
+    """The registry of this directory ($REGISTRY_HOME, else the nearest .cellar/)."""
+    from registry import Registry
+
+    return Registry.open()
 
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")

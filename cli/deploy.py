@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import typer
 
-from cli.app import ACTOR, JSON, app
-from cli.output import console, esc, print_json, short, when
-from registry.errors import HealthGateFailed
+from cli.app import ACTOR, JSON, app, open_registry
+from cli.output import console, esc, first_line, plain, print_json, short, table, when
+from registry import HealthGateFailed
 
 env_app = typer.Typer(help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
-
-
-def open_registry():
-    from registry.api import Registry
-
-    return Registry.open()
 
 
 @env_app.command("add")
@@ -58,16 +53,11 @@ def env_list(as_json: bool = JSON) -> None:
     if as_json:
         return print_json(envs)
     if not envs:
-        return console().print("No environments yet: add one with `registry env add NAME --port N`.")
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "PORT", "DOCKER HOST", "KEEP", "FLAGS"):
-        table.add_column(col, no_wrap=True)
-    for e in envs:
-        flags = ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected)) if on)
-        table.add_row(e.name, f"{e.bind_addr}:{e.port}", esc(e.docker_host or "(local)"), str(e.keep), flags)
-    console().print(table)
+        return print("No environments yet: add one with `registry env add NAME --port N`.")
+    table(["NAME", "PORT", "DOCKER HOST", "KEEP", "FLAGS"],
+          [[e.name, f"{e.bind_addr}:{e.port}", e.docker_host or "(local)", e.keep,
+            ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected)) if on)]
+           for e in envs])
 
 
 @env_app.command("show")
@@ -187,21 +177,11 @@ def history(
     if as_json:
         return print_json(rows)
     if not rows:
-        return console().print("No releases yet: deploy one with `registry promote VERSION`.")
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("ENV", "REV", "VERSION", "STATUS", "OPERATION", "STARTED", "BY", "REASON / ERROR"):
-        table.add_column(col, no_wrap=col != "REASON / ERROR", overflow="fold")
-    colour = {"deployed": "green", "failed": "red", "superseded": "dim"}
-    for r in rows:
-        note = r.error or r.reason or ""
-        if r.rollback_of:
-            note = f"(copy of r{r.rollback_of}) {note}"
-        status = f"[{colour.get(str(r.status), 'yellow')}]{r.status}[/]"
-        table.add_row(r.env, str(r.revision), esc(r.ref), status, str(r.operation), when(r.started_at),
-                      esc(r.actor), esc(note.splitlines()[0]) if note else "")
-    console().print(table)
+        return print("No releases yet: deploy one with `registry promote VERSION`.")
+    table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", "STARTED", "BY", "REASON / ERROR"],
+          [[r.env, r.revision, r.ref, r.status, r.operation, when(r.started_at), r.actor,
+            (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)]
+           for r in rows])
 
 
 @app.command()
@@ -216,37 +196,27 @@ def status(as_json: bool = JSON) -> None:
     if as_json:
         print_json(rows)
     elif not rows:
-        return console().print("No environments yet: add one with `registry env add NAME --port N`.")
+        return print("No environments yet: add one with `registry env add NAME --port N`.")
     else:
         _status_table(rows)
     bad = [f"{s.env} ({s.problem})" for s in rows if s.problem]
     if bad:
         noun = "environment needs" if len(bad) == 1 else "environments need"
-        console(stderr=True).print(f"{len(bad)} of {len(rows)} {noun} attention: {esc(', '.join(bad))}")
+        print(f"{len(bad)} of {len(rows)} {noun} attention: {plain(', '.join(bad))}", file=sys.stderr)
         raise typer.Exit(1)
 
 
 def _status_table(rows) -> None:
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"):
-        table.add_column(col, no_wrap=True)
-    notes = []
+    table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
+          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed",
+            short(s.container_id), s.container_state or "-",
+            {True: "healthy", False: "not answering", None: "-"}[s.healthy]] for s in rows])
     for s in rows:
-        what = f"{esc(s.deployed.ref)} (revision {s.deployed.revision})" if s.deployed else "nothing deployed"
-        health = {True: "[green]healthy[/]", False: "[red]not answering[/]", None: "-"}[s.healthy]
-        table.add_row(s.env, str(s.port), what, short(s.container_id), esc(s.container_state or "-"), health)
-        if s.pending:
-            p = s.pending
-            notes.append(f"{s.env}: pending: {p.operation} {esc(p.target)} by {esc(p.actor)} since "
-                         f"{when(p.started_at)} (pid {p.pid} on {esc(p.host)})")
+        if p := s.pending:
+            print(plain(f"{s.env}: pending: {p.operation} {p.target} by {p.actor} since {when(p.started_at)} "
+                        f"(pid {p.pid} on {p.host})"))
         if s.note:
-            notes.append(f"{s.env}: {esc(s.note)}")
-    out = console()
-    out.print(table)
-    for note in notes:
-        out.print(note)
+            print(plain(f"{s.env}: {s.note}"))
 
 
 @app.command()

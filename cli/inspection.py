@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from cli.app import JSON, app
-from cli.output import console, esc, print_json, short, when
-from cli.versions import open_registry
+from cli.app import JSON, app, open_registry
+from cli.output import console, esc, first_line, print_json, short, table, when
 
 audit_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
@@ -111,15 +110,9 @@ def _nothing_matched(reg, *, env: str | None, model: str | None) -> str:
 
 
 def _event_table(events) -> None:
-    """Plain aligned columns: rich's Table costs more than the query on a 100k-event log."""
-    import sys
-
-    head = ("ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL")
-    rows = [(str(e.id), when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action,
-             e.object, _summary(e)) for e in events]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
-    for r in [head, *rows]:
-        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n")
+    table(["ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL"],
+          [[e.id, when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action, e.object,
+            _summary(e)] for e in events])
 
 
 def _summary(event) -> str:
@@ -130,11 +123,11 @@ def _summary(event) -> str:
     if d.get("status"):  # promote and rollback: a failed one must not read as a success
         parts.append(f"status {d['status']}")
     if d.get("error"):
-        parts.append(f"error: {str(d['error']).splitlines()[0]}")
+        parts.append(f"error: {first_line(str(d['error']))}")
     if d.get("prompts_changed"):
         parts.append("prompts " + ", ".join(d["prompts_changed"]))
     if d.get("message"):
-        parts.append(repr(d["message"].splitlines()[0]))
+        parts.append(repr(first_line(d["message"])))
     if event.reason:
         parts.append(f"reason: {event.reason}")
     return "; ".join(parts)
@@ -151,7 +144,7 @@ def audit_verify(
 
     Example:  registry audit verify --checkpoint audit-2026-11.txt
     """
-    from registry.errors import AuditBroken
+    from registry import AuditBroken
 
     with open_registry() as reg:
         result = reg.verify_audit(checkpoint=checkpoint)

@@ -1,11 +1,21 @@
-"""Rendering helpers: JSON for scripts, rich tables for people."""
+"""Rendering helpers: JSON for scripts, plain aligned tables and lines for people.
+
+User text (messages, actors, reasons, errors, paths, prompt lines) is data, never markup or
+terminal control: ``esc`` makes it safe inside rich markup, ``plain`` inside plain output.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime
 from typing import Any
+
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators and bidi overrides that
+# can fake a line or reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_CELL = 80  # a table cell longer than this is cut with "…" (--json has the whole value)
 
 
 def print_json(value: Any) -> None:
@@ -23,12 +33,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def plain(value: object) -> str:
+    """User text made safe for a terminal: control characters shown as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(_escape_control, str(value))
+
+
+def _escape_control(m: re.Match) -> str:
+    ch = m.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (
+        f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
 def esc(value: object) -> str:
-    """User-supplied text (messages, actors, reasons, errors, paths, prompt lines) made safe to
-    embed in rich markup: ``fix [/bold] thing`` prints as typed instead of raising MarkupError."""
+    """User text made safe to embed in rich markup: ``fix [/bold] thing`` prints as typed instead
+    of raising MarkupError, and control characters cannot reach the terminal."""
     from rich.markup import escape  # rich is already loaded by whoever renders markup
 
-    return escape(str(value))
+    return escape(plain(value))
 
 
 def console(stderr: bool = False):
@@ -39,6 +60,11 @@ def console(stderr: bool = False):
     wide = None if stream.isatty() else 1000
     # emoji=False: a message saying ":warning:" is user text, not a request for an emoji
     return Console(file=stream, highlight=False, soft_wrap=not stream.isatty(), width=wide, emoji=False)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"warning: {plain(message)}", file=sys.stderr)
 
 
 def when(at: datetime) -> str:
@@ -57,9 +83,20 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> None:
+def first_line(text: str | None) -> str:
+    return text.splitlines()[0] if text and text.strip() else ""
+
+
+def table(headers: list[str], rows: list[list[object]]) -> None:
     """Aligned columns on stdout, like ``docker ps``: plain text, so a long list renders in
-    milliseconds (rich's Table takes ~50 ms for 100 rows) and stays greppable."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    milliseconds (rich's Table takes ~50 ms for 100 rows) and stays greppable. Every cell is
+    made terminal-safe and cut at ``MAX_CELL`` characters; the last column is not padded."""
+    cells = [[_cell(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [headers, *cells]]
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cell(value: object) -> str:
+    text = plain("" if value is None else value)
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import typer
 
-from cli.app import ACTOR, JSON, app, db_app
-from cli.output import console, esc, print_json, short, size, table, when
-
-
-def open_registry():
-    from registry.api import Registry
-
-    return Registry.open()
-
+from cli.app import ACTOR, JSON, app, db_app, open_registry
+from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
 
 @app.command()
 def init(
@@ -27,7 +20,7 @@ def init(
 
     Example:  registry init
     """
-    from registry.api import Registry
+    from registry import Registry
 
     reg, result = Registry.init(path, actor=actor)
     reg.close()
@@ -43,7 +36,7 @@ def db_upgrade(actor: str = ACTOR) -> None:
 
     Example:  registry db upgrade
     """
-    from registry.api import Registry
+    from registry import Registry
 
     before, after = Registry.upgrade_schema(actor=actor)
     console().print(f"schema {before} -> {after}" if before != after else f"schema already at {after}")
@@ -65,21 +58,21 @@ def push(
 
     Example:  registry push examples/support-bot/v1.1 -m "Friendlier system prompt"
     """
-    from registry import manifest as manifest_mod
+    import registry
 
     if model and manifest is not None:
         raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
     with open_registry() as reg, _progress(disable=as_json) as progress:
         if model:
-            source = manifest_mod.from_flags(model=model, version=version, message=message, weights=weights,
+            source = registry.manifest_from_flags(model=model, version=version, message=message, weights=weights,
                                              prompts=prompt, image=image, root=Path.cwd())
         else:
-            source = manifest_mod.load(manifest or Path.cwd(), version=version, message=message)
+            source = registry.load_manifest(manifest or Path.cwd(), version=version, message=message)
         result = reg.push(source, actor=actor, progress=progress)
     if as_json:
         return print_json(result)
     for warning in result.warnings:  # plain prints: rich costs a push ~20 ms of start-up
-        print(f"warning: {warning}", file=sys.stderr)
+        warn(warning)
     ref = f"{result.model}@{result.version}"
     if result.created:
         print(f"Pushed {ref} ({short(result.manifest_digest)}): {result.files} files, "
@@ -137,8 +130,8 @@ def list_(
     if not rows:
         return print("No versions yet: push one with `registry push`.")
     table(["MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"],
-          [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
-            r.message.splitlines()[0] if r.message else ""] for r in rows])
+          [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor, first_line(r.message)]
+           for r in rows])
     if total > len(rows):
         print(f"... {total - len(rows)} more (use --limit 0 for all)")
 

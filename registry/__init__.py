@@ -1,26 +1,40 @@
 """Cellar: a model registry and rollback manager for models served from your own Docker hosts.
 
     from registry import Registry
-    reg = Registry.open()
-    reg.push("cellar.yaml")
+    with Registry.open() as reg:
+        reg.push("cellar.yaml")
+        reg.promote("v1.3", env="production", reason="CAB-1432")
 
-Exports are loaded lazily so that ``registry --help`` does not pay for SQLAlchemy.
+Every result model and every error class is importable from here; the CLI imports nothing
+else. Exports are loaded lazily so that ``registry --help`` does not pay for SQLAlchemy.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["Registry", "CellarError", "Manifest", "VersionInfo", "VersionSummary", "PushResult"]
-
-_WHERE = {
-    "Registry": "registry.api",
-    "CellarError": "registry.errors",
-    "Manifest": "registry.models",
-    "VersionInfo": "registry.models",
-    "VersionSummary": "registry.models",
-    "PushResult": "registry.models",
+_EXPORTS = {
+    "registry.api": ["Registry"],
+    "registry.manifest": ["load_manifest", "manifest_from_flags", "Resolved"],
+    "registry.models": [
+        "Manifest", "Runtime", "Probe", "VersionSummary", "VersionInfo", "LogEntry", "PushResult", "InitResult",
+        "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",
+        "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance",
+    ],
+    "registry.ledger": ["Release", "ReleaseStatus", "Operation"],
+    "registry.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
+    "registry.blame": ["BlameLine"],
+    "registry.diffing": ["Diff"],
+    "registry.errors": [
+        "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",
+        "Conflict", "VersionConflict", "AlreadyExists", "ImageMoved", "StorageError", "NoSpace", "CorruptBlob",
+        "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
+        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT",
+    ],
 }
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):

@@ -1,69 +1,79 @@
-"""``Registry``: everything a user can do, without the CLI. The CLI calls one method a command."""
+"""``Registry``: everything a user can do, without the CLI. The CLI calls one method a command.
+
+Each method resolves the actor, then hands the work to one function or action object built
+from the registry's ``Configuration``; nothing here talks to SQL or Docker itself.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from registry import actor as actor_mod
-from registry import audit, home as home_mod, inspection, manifest as manifest_mod, pushing, refs
-from registry import versions as versions_mod
+from registry import audit, inspection, pushing, refs
+from registry import home as home_mod
+from registry import manifest as manifest_mod
+from registry.audit import Checkpoint, Event, Verification
+from registry.blame import BlameLine
+from registry.configuration import Configuration, EngineFactory
+from registry.deploy.engine import Engine
+from registry.deploy.http import Checks
+from registry.diffing import Diff
 from registry.errors import InvalidInput, StorageError
-from registry.models import InitResult, PushResult, VersionInfo, VersionSummary
+from registry.ledger import Release
+from registry.models import (DeployResult, Environment, EnvStatus, InitResult, LogEntry, PushResult, RecoverResult,
+                             VersionInfo, VersionSummary)
 from registry.pushing import Progress
+from registry.store import events, versions
 from registry.store.blobs import BlobStore
-from registry.store.sql import Store, redact
-from registry.store.statcache import StatCache
-
-if TYPE_CHECKING:
-    from registry.blame import BlameLine, LogEntry
-    from registry.deploy.engine import Engine
-    from registry.deploy.models import DeployResult, Environment, EnvStatus, RecoverResult
-    from registry.ledger import Release
-    from registry.diffing import Diff
+from registry.store.sql import Store, masked_url
 
 __all__ = ["Progress", "Registry"]
 
 
 class Registry:
-    """A registry home: its metadata database and blob store.
+    """A registry home: its metadata database, blob store and the engines it deploys to.
 
     >>> reg = Registry.open()            # nearest .cellar/ or $REGISTRY_HOME
     >>> reg.push("examples/support-bot/v1.0/cellar.yaml")
+
+    ``engine_factory`` (docker host -> ``Engine``) and ``checks`` replace Docker and HTTP, e.g.
+    with ``registry.deploy.fake.FakeEngine`` and its ``.checks`` in tests.
     """
 
-    def __init__(self, home: home_mod.Home, store: Store):
+    def __init__(self, home: home_mod.Home, store: Store, *, engine_factory: EngineFactory | None = None,
+                 checks: Checks | None = None):
         self.home = home
-        self.store = store
-        self.blobs = BlobStore(home.blobs)
-        self._engine = None
-        self._env_engines: dict[str, Engine] = {}  # docker_host -> engine, for environments on other hosts
-        self.engine_factory: Callable[[Environment], Engine] | None = None  # tests plug in a FakeEngine
+        self.config = Configuration.for_home(home, store, engine_factory=engine_factory, checks=checks)
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
-        self._stat_cache = StatCache(home.stat_cache, tmp=self.blobs.tmp)  # loaded once per Registry
-        self._tensor_index: dict[str, dict[str, str]] = {}  # see pushing.Context.tensor_index
+
+    @property
+    def store(self) -> Store:
+        return self.config.store
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.config.blobs
 
     # --- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path | None = None) -> Registry:
+    def open(cls, path: str | Path | None = None, *, engine_factory: EngineFactory | None = None,
+             checks: Checks | None = None) -> Registry:
         """Open an existing registry; refuses a missing or out-of-date schema."""
         home = home_mod.find(path)
         store = Store(home.db_url)
         store.check_schema()
-        reg = cls(home, store)
+        reg = cls(home, store, engine_factory=engine_factory, checks=checks)
         reg.blobs.sweep_tmp()
         return reg
 
     @classmethod
     def init(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[Registry, InitResult]:
         """Create (or bring up to date) a registry home. Idempotent."""
-        from registry.store import migrate
+        from registry.store import migrate  # alembic: only when the schema changes
 
         home = home_mod.for_init(path)
         store = Store(home.db_url)  # a malformed URL is refused before any folder exists
@@ -73,9 +83,9 @@ class Registry:
         created = before is None
         if created:
             with store.write() as conn:
-                audit.append(conn, actor=actor_mod.resolve(actor), action="init", object=str(home.path),
-                             detail={"db": redact(home.db_url)}, db_user=store.db_user(conn))
-        return cls(home, store), InitResult(home=str(home.path), db_url=redact(home.db_url), created=created)
+                events.append(conn, actor=actor_mod.resolve(actor), action="init", object=str(home.path),
+                              detail={"db": masked_url(home.db_url)}, db_user=store.db_user(conn))
+        return cls(home, store), InitResult(home=str(home.path), db_url=masked_url(home.db_url), created=created)
 
     @classmethod
     def upgrade_schema(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[str | None, str]:
@@ -90,21 +100,15 @@ class Registry:
             after = store.schema_revision()
             if before != after:
                 with store.write() as conn:
-                    audit.append(conn, actor=actor_mod.resolve(actor), action="db-upgrade", object="schema",
-                                 detail={"from": before, "to": after}, db_user=store.db_user(conn))
+                    events.append(conn, actor=actor_mod.resolve(actor), action="db-upgrade", object="schema",
+                                  detail={"from": before, "to": after}, db_user=store.db_user(conn))
             return before, after
         finally:
             store.close()
 
     def close(self) -> None:
         """Save the stat cache and close the database and every Docker engine opened."""
-        try:
-            self._stat_cache.save()
-            for engine in [self._engine, *self._env_engines.values()]:
-                if engine is not None:
-                    engine.close()
-        finally:
-            self.store.close()
+        self.config.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -114,54 +118,38 @@ class Registry:
 
     # --- push ----------------------------------------------------------------------------
 
-    def push(
-        self,
-        source: str | Path | manifest_mod.Resolved,
-        *,
-        version: str | None = None,
-        message: str | None = None,
-        actor: str | None = None,
-        progress: Progress | None = None,
-    ) -> PushResult:
+    def push(self, source: str | Path | manifest_mod.Resolved, *, version: str | None = None,
+             message: str | None = None, actor: str | None = None, progress: Progress | None = None) -> PushResult:
         """Record a version: store its files as blobs, then its rows and event in one transaction.
 
-        Versions are immutable: pushing the same content again is a no-op, other content
+        ``source`` is a manifest file or folder, or what ``load_manifest``/``manifest_from_flags``
+        return. Versions are immutable: pushing the same content again is a no-op, other content
         under an existing model@version is refused.
         """
-        resolved = (
-            source if isinstance(source, manifest_mod.Resolved)
-            else manifest_mod.load(source, version=version, message=message)
-        )
+        resolved = (source if isinstance(source, manifest_mod.Resolved)
+                    else manifest_mod.load(source, version=version, message=message))
         who = actor_mod.resolve(actor, git_identity=self._git_user)
-        return pushing.push(self._push_ctx(), resolved, actor=who, progress=progress)
+        return pushing.push(self.config, resolved, actor=who, progress=progress)
 
-    def _push_ctx(self) -> pushing.Context:
-        return pushing.Context(store=self.store, blobs=self.blobs, stat_cache=self._stat_cache,
-                               engine=self.engine, tensor_index=self._tensor_index)
-
-    def engine(self):
-        """The Docker engine ($DOCKER_HOST or the local socket), connected on first use."""
-        if self._engine is None:
-            from registry.deploy.docker import DockerEngine
-
-            self._engine = DockerEngine()
-        return self._engine
+    def engine(self, docker_host: str | None = None) -> Engine:
+        """The Docker engine ($DOCKER_HOST or the local socket, or ``docker_host``), connected on first use."""
+        return self.config.engine(docker_host)
 
     # --- reading -------------------------------------------------------------------------
 
     def versions(self, model: str | None = None, *, limit: int | None = None) -> list[VersionSummary]:
         """Versions, newest first; all models unless ``model`` is given."""
-        return versions_mod.summaries(self.store, model, limit=limit)
+        return versions.summaries(self.store, model, limit=limit)
 
     def count_versions(self, model: str | None = None) -> int:
         """How many versions there are (of ``model``, or in all)."""
         with self.store.read() as conn:
-            return versions_mod.count(conn, model)
+            return versions.count(conn, model)
 
     def models(self) -> list[str]:
         """Model names, sorted."""
         with self.store.read() as conn:
-            return versions_mod.model_names(conn)
+            return versions.model_names(conn)
 
     def resolve_ref(self, ref: str) -> tuple[str, str]:
         """``model@version`` or ``version`` -> (model, version), guessing the model when unique."""
@@ -176,7 +164,7 @@ class Registry:
     def diff(self, a: str, b: str) -> Diff:
         """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, or an
         environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
-        return inspection.diff(self._push_ctx(), a, b)
+        return inspection.diff(self.config, a, b)
 
     def blame(self, prompt: str, *, at: str | None = None, model: str | None = None) -> list[BlameLine]:
         """For each line of ``prompt`` at ``at`` (default: the model's newest version), the version
@@ -187,114 +175,94 @@ class Registry:
         """Versions newest first, each with its git provenance (what ``registry log`` shows)."""
         return inspection.changelog(self.store, model, limit=limit)
 
-    def audit(self, *, since: str | datetime | None = None, **filters) -> list[audit.Event]:
+    def audit(self, *, since: str | datetime | None = None, **filters) -> list[Event]:
         """Audit events newest first, narrowed by ``AuditFilter`` fields (action, actor, env, model,
         prompt, limit); ``since`` takes a datetime, an ISO date or an age like ``7d``."""
         flt = audit.filter_of(since=since, **filters)
         with self.store.read() as conn:
-            return audit.query(conn, flt)
+            return events.query(conn, flt)
 
-    def verify_audit(self, *, checkpoint: str | audit.Checkpoint | None = None) -> audit.Verification:
+    def verify_audit(self, *, checkpoint: str | Checkpoint | None = None) -> Verification:
         """Recompute the audit hash chain; ``checkpoint`` (HASH:COUNT) also catches a truncated tail."""
         if isinstance(checkpoint, str):
             checkpoint = audit.parse_checkpoint(checkpoint)
         with self.store.read() as conn:
-            return audit.verify(conn, against=checkpoint)
+            return events.verify(conn, against=checkpoint)
 
-    def audit_checkpoint(self) -> audit.Checkpoint:
+    def audit_checkpoint(self) -> Checkpoint:
         """The audit log's head hash and event count, to keep somewhere else."""
         with self.store.read() as conn:
-            return audit.checkpoint(conn)
+            return events.checkpoint(conn)
 
     # --- environments, promote, rollback -------------------------------------------------
-
-    def _deploy_ctx(self, on_step=None):
-        """The ports promote/rollback run with; ``engine_factory`` (env -> engine) lets tests
-        plug in ``registry.deploy.fake.FakeEngine``."""
-        from registry.deploy.actions import Context
-
-        return Context(store=self.store, blobs=self.blobs, snapshots=self.home.snapshots,
-                       engine_for=self._engine_for, environ=os.environ, on_step=on_step)
-
-    def _engine_for(self, env: Environment) -> Engine:
-        if self.engine_factory is not None:
-            return self.engine_factory(env)
-        if not env.docker_host:
-            return self.engine()
-        if env.docker_host not in self._env_engines:
-            from registry.deploy.docker import DockerEngine
-
-            self._env_engines[env.docker_host] = DockerEngine(env.docker_host)
-        return self._env_engines[env.docker_host]
 
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
         protected, default, bind_addr."""
-        from registry import environments
+        from registry.deploy.environments import AddEnv, new_env
 
-        return environments.add(self._deploy_ctx(), name=name, port=port, actor=actor_mod.resolve(actor), **settings)
+        return AddEnv(self.config, actor=actor_mod.resolve(actor)).run(new_env(name, port=port, **settings))
 
     def environments(self) -> list[Environment]:
         """All environments, by name."""
-        from registry.deploy import records
+        from registry.store import environments
 
         with self.store.read() as conn:
-            return records.environments(conn)
+            return environments.all_(conn)
 
     def environment(self, name: str | None = None) -> Environment:
         """One environment (the default one when ``name`` is None)."""
-        from registry.deploy import records
+        from registry.store import environments
 
         with self.store.read() as conn:
-            return records.find_env(conn, name)
+            return environments.find(conn, name)
 
     def remove_env(self, name: str, *, reason: str | None = None, force: bool = False,
                    actor: str | None = None) -> Environment:
         """Forget an environment (its history stays); ``force`` when something is deployed."""
-        from registry import environments
+        from registry.deploy.environments import RemoveEnv
 
-        return environments.remove(self._deploy_ctx(), name=name, actor=actor_mod.resolve(actor),
-                                   reason=reason, force=force)
+        return RemoveEnv(self.config, actor=actor_mod.resolve(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
                 allow_retag: bool = False, on_step=None) -> DeployResult:
         """Deploy a version (or what environment ``ref`` runs) into ``env``; HealthGateFailed
         (exit 4) after an automatic rollback when the new release does not come up healthy."""
-        from registry.deploy import actions
+        from registry.deploy.promote import Promote
 
         model, version = refs.promote_source(self.store, ref, env)
-        return actions.promote(self._deploy_ctx(on_step), env_name=env, model=model, version=version,
-                               actor=actor_mod.resolve(actor), reason=reason, allow_retag=allow_retag)
+        action = Promote(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
+        return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag)
 
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
                  reason: str | None = None, actor: str | None = None, on_step=None) -> DeployResult:
         """Go back to an earlier healthy release: the newest by default, or ``to``/``revision``."""
-        from registry.deploy import rollback
+        from registry.deploy.rollback import Rollback
 
         if to is not None and revision is not None:
             raise InvalidInput("give --to or --revision, not both")
-        return rollback.rollback(self._deploy_ctx(on_step), env_name=env, to=to, revision=revision,
-                                 actor=actor_mod.resolve(actor), reason=reason)
+        action = Rollback(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
+        return action.run(env_name=env, to=to, revision=revision, reason=reason)
 
     def history(self, env: str | None = None) -> list[Release]:
         """The release ledger: one environment's, or all of them, oldest revision first."""
-        from registry import environments
+        from registry.deploy.environments import history
 
-        return environments.history(self._deploy_ctx(), env)
+        return history(self.config, env)
 
     def status(self) -> list[EnvStatus]:
         """Each environment: what is deployed, its container's state and health, pending work."""
-        from registry import environments
+        from registry.deploy.environments import Status
 
-        return environments.status(self._deploy_ctx())
+        return Status(self.config, actor="status").run()
 
     def recover(self, *, env: str | None = None, actor: str | None = None,
                 force: bool = False) -> RecoverResult:
         """Reconcile ledgers with the containers found by label; complete or revert pending work
         (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
-        from registry.deploy import recover
+        from registry.deploy.recover import Recover
 
-        return recover.recover(self._deploy_ctx(), env_name=env, actor=actor_mod.resolve(actor), force=force)
+        return Recover(self.config, actor=actor_mod.resolve(actor)).run(env_name=env, force=force)
 
 
 def _create_folders(home: home_mod.Home) -> None:

@@ -1,11 +1,13 @@
-"""The append-only audit log: every mutation writes one event in the same transaction.
+"""The append-only audit log's logic: the hash chain, its verification, filters. No I/O.
 
+Every mutation writes one event in the same transaction (``registry.store.events.append``).
 Events are hash-chained: ``hash = sha256(prev_hash + canonical(event))``, the event's id
 included, so an altered, inserted, deleted or reordered row breaks the chain from there on.
-``verify`` recomputes the chain in id order (streaming, so memory stays flat) and names the
-first bad event; a chain cannot see its own tail cut off, so ``checkpoint`` gives the head hash
-and count to keep elsewhere, and ``verify(against=...)`` checks the log still reaches it.
-``query`` answers "who changed the system prompt?": push events record ``prompts_changed``.
+``verify`` recomputes the chain over rows in id order (streamed by the store, so memory stays
+flat) and names the first bad event; a chain cannot see its own tail cut off, so a
+``Checkpoint`` gives the head hash and count to keep elsewhere, and ``verify(against=...)``
+checks the log still reaches it. Push events record ``prompts_changed`` so that
+"who changed the system prompt?" is one filtered query.
 """
 
 from __future__ import annotations
@@ -13,18 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from sqlalchemy import bindparam, func, insert, select
-from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
 from registry.errors import InvalidInput
 from registry.models import check_name
-from registry.store.schema import events, models, version_files, versions
 
 GENESIS = "0" * 64
 
@@ -56,56 +56,22 @@ def event_body(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Statements on the push path are built once: building one costs more than running it.
-_LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
-_INSERT = insert(events)
-_NEWEST_PROMPTS = select(version_files.c.name, version_files.c.digest).where(
-    version_files.c.kind == "prompt",
-    version_files.c.version_id == (
-        select(versions.c.id).join(models).where(models.c.name == bindparam("model"))
-        .order_by(versions.c.created_at.desc(), versions.c.id.desc()).limit(1).scalar_subquery()))
-
-
-def append(
-    conn: Connection,
-    *,
-    actor: str,
-    action: str,
-    object: str,
-    detail: dict[str, Any],
-    model: str | None = None,
-    env: str | None = None,
-    reason: str | None = None,
-    db_user: str | None = None,
-) -> str:
-    """Append one event inside the caller's (serialised) write transaction; return its hash."""
+def new_event(last: tuple[int, str] | None, *, at: datetime, actor: str, action: str, object: str,
+              detail: dict[str, Any], model: str | None = None, env: str | None = None,
+              reason: str | None = None, db_user: str | None = None) -> dict[str, Any]:
+    """The row that follows ``last`` (its id and hash; None for the first event), hash included."""
     if action not in ACTIONS:  # a programming error: --action could never find the event
         raise ValueError(f"audit action {action!r} is not in audit.ACTIONS")
-    last = conn.execute(_LAST).first()
-    row = {
-        "id": (last.id + 1) if last else 1,
-        "at": clock.utc(clock.now()),
-        "actor": actor,
-        "db_user": db_user,
-        "action": action,
-        "object": object,
-        "model": model,
-        "env": env,
-        "detail": canonical.dumps(detail),
-        "reason": reason,
-    }
-    prev = last.hash if last else GENESIS
-    row["hash"] = chain_hash(prev, event_body(row))
-    conn.execute(_INSERT, {**row, "prev_hash": prev})
-    return row["hash"]
+    row = {"id": last[0] + 1 if last else 1, "at": clock.utc(at), "actor": actor, "db_user": db_user,
+           "action": action, "object": object, "model": model, "env": env,
+           "detail": canonical.dumps(detail), "reason": reason}
+    prev = last[1] if last else GENESIS
+    return {**row, "prev_hash": prev, "hash": chain_hash(prev, event_body(row))}
 
 
-def prompts_changed(conn: Connection, *, model: str, prompts: list[dict[str, Any]]) -> list[str]:
-    """Names of prompts whose digest differs from the model's newest version (added and removed too).
-
-    Recorded in the push event so ``registry audit --prompt NAME`` need not read versions.
-    """
-    before = dict(conn.execute(_NEWEST_PROMPTS, {"model": model}).all())
+def prompts_changed(before: Mapping[str, str], prompts: list[dict[str, Any]]) -> list[str]:
+    """Names of prompts whose digest differs from ``before`` (name -> digest; added and removed
+    too). Recorded in the push event so ``registry audit --prompt NAME`` need not read versions."""
     after = {p["name"]: p["digest"] for p in prompts}
     return sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
 
@@ -189,41 +155,15 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
                            "or an age like 7d, 12h, 30m, 2w") from None
 
 
-def query(conn: Connection, flt: AuditFilter) -> list[Event]:
-    """Events matching ``flt``, newest first."""
-    stmt = select(events).order_by(events.c.id.desc())
-    for column, value in ((events.c.action, flt.action), (events.c.env, flt.env), (events.c.model, flt.model)):
-        if value:
-            stmt = stmt.where(column == value)
-    if flt.actor:
-        stmt = stmt.where(events.c.actor.ilike(f"%{_escape_like(flt.actor)}%", escape="\\"))
-    if flt.since:
-        stmt = stmt.where(events.c.at >= flt.since)
-    if flt.prompt:
-        # Narrow in SQL on the canonical JSON text, then check the parsed detail exactly.
-        stmt = stmt.where(events.c.detail.like(
-            f'%"prompts_changed":[%"{_escape_like(flt.prompt)}"%', escape="\\"))
-    elif flt.limit:
-        stmt = stmt.limit(flt.limit)
-    out = []
-    # Streamed: with a limit, reading stops at the limit-th match instead of fetching every match.
-    with conn.execution_options(yield_per=500).execute(stmt) as result:
-        for row in result.mappings():
-            event = _event(row)
-            if flt.prompt and flt.prompt not in event.detail.get("prompts_changed", []):
-                continue
-            out.append(event)
-            if flt.limit and len(out) >= flt.limit:
-                break
-    return out
+def event_of(row: Mapping[str, Any]) -> Event:
+    """An ``Event`` from a row of the events table."""
+    fields = {k: row[k] for k in Event.model_fields if k in row}
+    return Event(**{**fields, "at": clock.utc(row["at"]), "detail": json.loads(row["detail"])})
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _event(row) -> Event:
-    return Event(**{**row, "at": clock.utc(row["at"]), "detail": json.loads(row["detail"])})
+def matches_prompt(event: Event, prompt: str | None) -> bool:
+    """The exact check behind ``--prompt`` (the store narrows by text first)."""
+    return prompt is None or prompt in event.detail.get("prompts_changed", [])
 
 
 # --- verifying the chain -----------------------------------------------------------------
@@ -252,12 +192,6 @@ class Verification(BaseModel):
     problem: Problem | None = None
 
 
-def checkpoint(conn: Connection) -> Checkpoint:
-    last = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
-    count = conn.execute(select(func.count()).select_from(events)).scalar_one()
-    return Checkpoint(head=last or GENESIS, count=count)
-
-
 def parse_checkpoint(text: str) -> Checkpoint:
     """``HASH:COUNT``, or a file holding that (or the JSON of ``registry audit checkpoint --json``)."""
     path = Path(text)
@@ -275,22 +209,24 @@ def parse_checkpoint(text: str) -> Checkpoint:
                            "`registry audit checkpoint`, or a file holding it") from None
 
 
-def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
-    """Recompute the chain in id order, streaming rows, and name the first event that is wrong."""
+FindByHash = Callable[[str], int | None]  # event hash -> id of the event holding it, if any
+
+
+def verify(rows: Iterable[Mapping[str, Any]], *, find_by_hash: FindByHash,
+           against: Checkpoint | None = None) -> Verification:
+    """Recompute the chain over ``rows`` (id order) and name the first event that is wrong."""
     prev, count, bad = GENESIS, 0, None
-    with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
-        for row in result.mappings():
-            row = dict(row)
-            if row["id"] != count + 1 or row["prev_hash"] != prev or chain_hash(prev, event_body(row)) != row["hash"]:
-                bad = row
-                break
-            prev, count = row["hash"], count + 1
-            if against and count == against.count and prev != against.head:
-                return _broken(count, prev, Problem(event=count, kind="truncated", message=(
-                    f"event {count} no longer has the checkpointed hash {against.head[:12]}: "
-                    "the log was cut and written again (or re-hashed) after the checkpoint")))
+    for row in rows:
+        if row["id"] != count + 1 or row["prev_hash"] != prev or chain_hash(prev, event_body(row)) != row["hash"]:
+            bad = dict(row)
+            break
+        prev, count = row["hash"], count + 1
+        if against and count == against.count and prev != against.head:
+            return _broken(count, prev, Problem(event=count, kind="truncated", message=(
+                f"event {count} no longer has the checkpointed hash {against.head[:12]}: "
+                "the log was cut and written again (or re-hashed) after the checkpoint")))
     if bad is not None:
-        return _broken(count, prev, _classify(conn, bad, expected=count + 1, prev=prev))
+        return _broken(count, prev, _classify(find_by_hash, bad, expected=count + 1, prev=prev))
     if against and count < against.count:
         return _broken(count, prev, Problem(event=count + 1, kind="truncated", message=(
             f"the log ends at event {count} but the checkpoint recorded {against.count}: "
@@ -302,7 +238,7 @@ def _broken(count: int, prev: str, problem: Problem) -> Verification:
     return Verification(ok=False, checked=count, head=prev if count else None, problem=problem)
 
 
-def _classify(conn: Connection, row: dict[str, Any], *, expected: int, prev: str) -> Problem:
+def _classify(find_by_hash: FindByHash, row: dict[str, Any], *, expected: int, prev: str) -> Problem:
     """Say what most likely happened at the first row that does not chain."""
     rid, linked = row["id"], row["prev_hash"] == prev
     if rid != expected:
@@ -314,7 +250,7 @@ def _classify(conn: Connection, row: dict[str, Any], *, expected: int, prev: str
             else f"events {expected}..{rid - 1} were deleted"))
     if linked:
         return Problem(event=rid, kind="altered", message=f"event {rid} was altered: its content no longer matches its hash")
-    origin = conn.execute(select(events.c.id).where(events.c.hash == row["prev_hash"])).scalar()
+    origin = find_by_hash(row["prev_hash"])
     if origin is None:
         if chain_hash(row["prev_hash"], event_body(row)) == row["hash"]:
             return Problem(event=rid - 1, kind="altered", message=(

@@ -6,11 +6,18 @@
     ├── NotFound                no such model, version, environment, prompt or blob
     ├── NotInitialised          no registry home or database here
     ├── SchemaOutOfDate         the database schema is not the one this program needs
-    ├── VersionConflict         model@version exists with other content (versions are immutable)
+    ├── Conflict                what the request would create or change already exists otherwise
+    │   ├── VersionConflict     model@version exists with other content (versions are immutable)
+    │   ├── AlreadyExists       an environment name or host port that is taken
+    │   └── ImageMoved          the image tag points elsewhere than recorded at push
     ├── StorageError            the blob store could not write or read
     │   ├── NoSpace             the disk filled up; nothing was recorded
     │   └── CorruptBlob         a blob's bytes no longer match its digest
+    ├── DatabaseUnavailable     the metadata database cannot be reached
+    ├── DatabaseLocked          the metadata database stayed locked by another writer
     ├── EngineError             the Docker engine is unreachable or refused a call
+    ├── StepFailed              a deploy step failed in a way an automatic rollback answers
+    │                           (health, exit, port, image); promote turns it into HealthGateFailed
     ├── AuditBroken             the audit log's hash chain is broken (names the first bad event)
     ├── OperationInProgress     exit 3: another operation holds the environment
     ├── HealthGateFailed        exit 4: the new release failed and was rolled back (``result``
@@ -18,10 +25,14 @@
     └── Interrupted             exit 130: Ctrl-C, after the previous release was put back
                                 (also a KeyboardInterrupt, so library callers still see one)
 
-The CLI maps each to ``exit_code`` and prints ``str(error)`` on one line.
+Anything else escaping a command is a bug: the CLI reports it as an internal error, exit
+``INTERNAL_ERROR_EXIT``, and says how to report it. The CLI maps each class above to
+``exit_code`` and prints ``str(error)`` on one line.
 """
 
 from __future__ import annotations
+
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE (sysexits.h): not the user's mistake
 
 
 class CellarError(Exception):
@@ -50,7 +61,19 @@ class SchemaOutOfDate(CellarError):
     pass
 
 
-class VersionConflict(CellarError):
+class Conflict(CellarError):
+    pass
+
+
+class VersionConflict(Conflict):
+    pass
+
+
+class AlreadyExists(Conflict):
+    pass
+
+
+class ImageMoved(Conflict):
     pass
 
 
@@ -66,7 +89,19 @@ class CorruptBlob(StorageError):
     pass
 
 
+class DatabaseUnavailable(CellarError):
+    pass
+
+
+class DatabaseLocked(CellarError):
+    pass
+
+
 class EngineError(CellarError):
+    pass
+
+
+class StepFailed(CellarError):
     pass
 
 

@@ -8,22 +8,24 @@ against their digests; weight bytes are never read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from registry import actor as actor_mod
-from registry import clock, pushing, refs, versions
+from registry import blame as blame_mod
+from registry import clock, diffing, pushing, refs
 from registry import manifest as manifest_mod
+from registry.blame import BlameLine
+from registry.configuration import Configuration
+from registry.diffing import Diff
 from registry.errors import CorruptBlob, InvalidInput, NotFound
-from registry.models import Tensor, VersionInfo, VersionSummary
+from registry.models import LogEntry, Tensor, VersionInfo, VersionSummary
+from registry.store import versions
 from registry.store.blobs import BlobStore, digest_of_bytes
 from registry.store.sql import Store
-
-if TYPE_CHECKING:
-    from registry.blame import BlameLine, LogEntry
-    from registry.diffing import Diff
+from registry.store.versions import NewVersion
 
 
-class Side(NamedTuple):
+class DiffInput(NamedTuple):
     """One side of a diff: the version, the texts of its unstored prompts (by digest), warnings."""
 
     info: VersionInfo
@@ -38,13 +40,11 @@ def show(store: Store, ref: str) -> VersionInfo:
         return versions.info(conn, model, version)
 
 
-def diff(ctx: pushing.Context, a: str, b: str) -> Diff:
+def diff(cfg: Configuration, a: str, b: str) -> Diff:
     """What changed from ``a`` to ``b``; prompt texts are read only where their digests differ."""
-    from registry import diffing
-
-    old, new = side(ctx, a), side(ctx, b)
+    old, new = diff_input(cfg, a), diff_input(cfg, b)
     local = {**old.texts, **new.texts}
-    texts = {d: local[d] if d in local else prompt_text(ctx.blobs, d)
+    texts = {d: local[d] if d in local else prompt_text(cfg.blobs, d)
              for d in _changed_prompts(old.info, new.info)}
     result = diffing.diff(old.info, new.info, texts=texts, refs=(a, b))
     result.warnings = old.warnings + new.warnings
@@ -58,18 +58,18 @@ def _changed_prompts(old: VersionInfo, new: VersionInfo) -> set[str]:
             | {d for n, d in after.items() if before.get(n) != d})
 
 
-def side(ctx: pushing.Context, ref: str) -> Side:
+def diff_input(cfg: Configuration, ref: str) -> DiffInput:
     """A manifest path, else a version ref, else an environment's deployed version."""
     if _is_manifest_path(ref):
-        return _manifest_side(ctx, ref)
+        return _unpushed(cfg, ref)
     try:
-        info = show(ctx.store, ref)
+        info = show(cfg.store, ref)
     except (NotFound, InvalidInput):
-        target = refs.deployed(ctx.store, ref)
+        target = refs.deployed(cfg.store, ref)
         if not target:
             raise
-        info = show(ctx.store, target)
-    return Side(info, {}, [])
+        info = show(cfg.store, target)
+    return DiffInput(info, {}, [])
 
 
 def _is_manifest_path(ref: str) -> bool:
@@ -78,19 +78,19 @@ def _is_manifest_path(ref: str) -> bool:
     return path.is_file() or (path / manifest_mod.DEFAULT_NAME).is_file()
 
 
-def _manifest_side(ctx: pushing.Context, path: str) -> Side:
+def _unpushed(cfg: Configuration, path: str) -> DiffInput:
     """A manifest not pushed yet, described as push would record it, without storing anything."""
-    new = pushing.prepare(ctx, manifest_mod.load(path), write=False)
+    new = pushing.stage(cfg, manifest_mod.load(path), write=False)
     m = new.resolved.manifest
     summary = VersionSummary(model=m.model, version=m.version, manifest_digest=new.digest,
                              created_at=clock.now(), actor=actor_mod.resolve(), message=m.message)
-    info = versions.info_of(summary, new.record, _tensors(new), pushing.provenance_of(new.resolved))
+    info = VersionInfo.from_record(summary, new.record, _tensors(new), pushing.git_provenance(new.resolved))
     texts = {new.stored[("prompt", f.name)].digest: f.path.read_text(encoding="utf-8")
              for f in new.resolved.prompts}
-    return Side(info, texts, new.warnings)
+    return DiffInput(info, texts, new.warnings)
 
 
-def _tensors(new: versions.NewVersion) -> dict[str, list[Tensor]]:
+def _tensors(new: NewVersion) -> dict[str, list[Tensor]]:
     """The tensors of a manifest's weights, by blob digest, as they were hashed."""
     out = {}
     for f in new.resolved.weights:
@@ -116,15 +116,13 @@ def prompt_text(blobs: BlobStore, digest: str) -> str:
 def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
           model: str | None = None) -> list[BlameLine]:
     """Each line of ``prompt`` at ``at`` (default: the model's newest version) and its origin."""
-    from registry import blame as blame_mod
-
     if at:
         model, version = refs.resolve(store, at if "@" in at or not model else f"{model}@{at}")
     else:
         model = model or refs.default_model(store, "VERSION")
         version = versions.summaries(store, model, limit=1)[0].version
     with store.read() as conn:
-        walk = blame_mod.steps(conn, model=model, prompt=prompt, upto=version)
+        walk = versions.prompt_history(conn, model=model, prompt=prompt, upto=version)
         if walk[-1].digest is None:
             has = versions.prompt_names(conn, model, version)
             raise NotFound(f"prompt {prompt!r} is not in {model}@{version}: "
@@ -135,10 +133,7 @@ def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
 
 def changelog(store: Store, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
     """Versions newest first, each with its git provenance."""
-    from registry import blame as blame_mod
-    from registry.blame import LogEntry
-
     rows = versions.summaries(store, model, limit=limit)
     with store.read() as conn:
-        found = blame_mod.provenance_of(conn, [(r.model, r.version) for r in rows])
+        found = versions.provenances(conn, [(r.model, r.version) for r in rows])
     return [LogEntry(**r.model_dump(), provenance=found.get((r.model, r.version))) for r in rows]

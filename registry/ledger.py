@@ -2,7 +2,7 @@
 
 Each environment has an append-only list of releases, revisions 1, 2, 3 ... This module
 decides, from the releases alone, what a promote or a rollback appends and how an outcome
-settles the rows; it does no I/O. ``registry.deploy.actions`` runs the plans against a
+settles the rows; it does no I/O. ``registry.deploy.switching`` runs the plans against a
 store and an engine.
 
     pending-deploy / pending-rollback  --ok-->    deployed   (the previous deployed: superseded)

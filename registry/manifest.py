@@ -225,3 +225,8 @@ def from_flags(
     data = {"model": model, "version": version, "message": message or "",
             "weights": list(weights or []), "prompts": named, "image": image}
     return resolve(validate(data, source="command line"), root, source="command line")
+
+
+# The public names (``from registry import load_manifest, manifest_from_flags``).
+load_manifest = load
+manifest_from_flags = from_flags

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from registry.ledger import Release
+
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION_RE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,62}")
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -250,6 +252,26 @@ class VersionInfo(VersionSummary):
     probes: list[Probe]
     provenance: Provenance | None = None
 
+    @classmethod
+    def from_record(cls, summary: VersionSummary, record: dict, tensors: dict[str, list[Tensor]],
+                    provenance: Provenance | None) -> VersionInfo:
+        """A version's full description from the record it pins (stored, or built from a manifest)."""
+        return cls(
+            **summary.model_dump(),
+            image=ImageRef(**record["image"]),
+            weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
+            prompts=[PromptFile(**p) for p in record["prompts"]],
+            runtime=Runtime.model_validate(record["runtime"]),
+            probes=[Probe.model_validate(p) for p in record["probes"]],
+            provenance=provenance,
+        )
+
+
+class LogEntry(VersionSummary):
+    """A changelog entry: a version summary with its git provenance, when it was pushed from git."""
+
+    provenance: Provenance | None = None
+
 
 class PushResult(_Model):
     model: str
@@ -265,3 +287,94 @@ class InitResult(_Model):
     home: str
     db_url: str
     created: bool
+
+
+# --- environments and deploys (``Release``, a ledger row, lives in registry.ledger) ----------
+
+
+class Environment(BaseModel):
+    name: str
+    port: int
+    bind_addr: str = "127.0.0.1"
+    docker_host: str | None = None
+    health_timeout_s: float | None = None
+    keep: int = 3
+    protected: bool = False
+    is_default: bool = False
+    created_at: datetime
+
+
+class Step(BaseModel):
+    """One step of a promote or rollback and how long it took."""
+
+    name: str
+    seconds: float
+
+
+class DeployResult(BaseModel):
+    """What a promote or rollback did: the release now deployed and the steps taken."""
+
+    env: str
+    operation: str
+    release: Release
+    previous: Release | None = None
+    steps: list[Step] = Field(default_factory=list)
+    removed_containers: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # e.g. old containers Docker would not remove
+
+
+class Lock(BaseModel):
+    env: str
+    operation: str
+    target: str
+    actor: str
+    host: str
+    pid: int
+    started_at: datetime
+
+
+class EnvStatus(BaseModel):
+    env: str
+    port: int
+    deployed: Release | None = None
+    container_id: str | None = None
+    container_state: str | None = None
+    healthy: bool | None = None
+    pending: Lock | None = None
+    pending_release: Release | None = None
+    note: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why this environment needs attention (None when it is fine): something is deployed
+        but its container is not running and answering. A property, so ``--json`` is unchanged."""
+        if self.deployed is None:
+            return None
+        if self.container_state is None:
+            return "Docker engine unreachable" if self.note else "no container recorded"
+        if self.container_state != "running":
+            return f"container {self.container_state}"
+        return None if self.healthy else "not answering"
+
+
+class RecoverAction(BaseModel):
+    env: str
+    action: str
+    detail: str
+
+
+class RecoverResult(BaseModel):
+    actions: list[RecoverAction] = Field(default_factory=list)
+
+
+class FailedDeploy(BaseModel):
+    """What a promote or rollback that failed its health gate did (``--json`` prints it on exit 4):
+    the failed revision, the automatic rollback revision (None when nothing was restored) and why."""
+
+    env: str
+    operation: str
+    error: str
+    failed: Release
+    rollback: Release | None = None
+    previous: Release | None = None  # the release deployed before, as it was settled
+    steps: list[Step] = Field(default_factory=list)

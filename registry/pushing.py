@@ -1,7 +1,7 @@
-"""Push: hash and store a manifest's files, pin its image, build the canonical record it pins,
-then record the version and its audit event in one transaction.
+"""Push: hash and store a manifest's files, pin its image, build the record it pins, then
+record the version and its audit event in one transaction.
 
-``prepare(write=False)`` is the same work without storing anything: diff uses it to describe
+``stage(write=False)`` is the same work without storing anything: diff uses it to describe
 a manifest that is not pushed yet exactly as push would record it.
 """
 
@@ -9,58 +9,39 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Connection
-
-from registry import audit, canonical, versions
+from registry import audit, canonical
+from registry.configuration import Configuration
 from registry.errors import CellarError, InvalidInput, VersionConflict
 from registry.faults import crashpoint
 from registry.manifest import Resolved, SourceFile
 from registry.models import ImageRef, Provenance, PushResult, VersionSummary
 from registry.safetensors_index import read_index
-from registry.store.blobs import BlobStore, Ingested, hash_file
-from registry.store.sql import Store
-from registry.store.statcache import StatCache
-
-if TYPE_CHECKING:
-    from registry.deploy.engine import Engine
+from registry.store import events, versions
+from registry.store.blobs import Ingested, hash_file
+from registry.store.versions import NewVersion
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
 
 
-@dataclass
-class Context:
-    """The ports a push (or a dry run of one) works with."""
-
-    store: Store
-    blobs: BlobStore
-    stat_cache: StatCache
-    engine: Callable[[], Engine]  # called only for a manifest that names an image
-    # blob digest -> its tensors' digests, once read: a blob's index never changes, and a
-    # prompt-tuning loop would otherwise read the same index for every version it pushes.
-    tensor_index: dict[str, dict[str, str]] = field(default_factory=dict)
-
-
-def push(ctx: Context, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
+def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
     """Record a version; the same content again is a no-op, other content a VersionConflict."""
     m = resolved.manifest
-    with ctx.store.read() as conn:
+    with cfg.store.read() as conn:
         existing = versions.find(conn, m.model, m.version)
     # An existing version only needs digests to compare against: store nothing new.
-    new = prepare(ctx, resolved, write=existing is None, progress=progress)
+    new = stage(cfg, resolved, write=existing is None, progress=progress)
     if existing:
         return _same_or_conflict(existing, new)
-    provenance = provenance_of(resolved)
+    provenance = git_provenance(resolved)
     new.warnings.extend(_dirty_warning(resolved, provenance))
     crashpoint("push:blobs-stored")
-    with ctx.store.write() as conn:
+    with cfg.store.write() as conn:
         raced = versions.find(conn, m.model, m.version)
         if raced:
             return _same_or_conflict(raced, new)
-        _record(ctx, conn, new, actor=actor, provenance=provenance)
+        _record(cfg, conn, new, actor=actor, provenance=provenance)
         crashpoint("push:before-commit")
     return PushResult(
         model=m.model, version=m.version, manifest_digest=new.digest, created=True,
@@ -69,21 +50,21 @@ def push(ctx: Context, resolved: Resolved, *, actor: str, progress: Progress | N
     )
 
 
-def _record(ctx: Context, conn: Connection, new: versions.NewVersion, *, actor: str,
+def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
             provenance: Provenance | None) -> None:
     m = new.resolved.manifest
-    prompts_changed = audit.prompts_changed(conn, model=m.model, prompts=new.record["prompts"])
+    prompts_changed = audit.prompts_changed(versions.newest_prompts(conn, m.model), new.record["prompts"])
     versions.insert_version(conn, new, actor=actor, provenance=provenance)
-    audit.append(
+    events.append(
         conn, actor=actor, action="push", object=f"{m.model}@{m.version}", model=m.model,
         detail={"manifest_digest": new.digest, "image": new.record["image"],
                 "files": sorted(f"{k}:{n}" for k, n in new.stored), "message": m.message,
                 "prompts_changed": prompts_changed},
-        db_user=ctx.store.db_user(conn),
+        db_user=cfg.store.db_user(conn),
     )
 
 
-def _same_or_conflict(existing: VersionSummary, new: versions.NewVersion) -> PushResult:
+def _same_or_conflict(existing: VersionSummary, new: NewVersion) -> PushResult:
     ref = f"{existing.model}@{existing.version}"
     if existing.manifest_digest != new.digest:
         raise VersionConflict(
@@ -107,17 +88,17 @@ def _dirty_warning(resolved: Resolved, provenance: Provenance | None) -> list[st
             + (f" ({', '.join(edited)})" if edited else "")]
 
 
-def prepare(ctx: Context, resolved: Resolved, *, write: bool,
-            progress: Progress | None = None) -> versions.NewVersion:
+def stage(cfg: Configuration, resolved: Resolved, *, write: bool,
+          progress: Progress | None = None) -> NewVersion:
     """Hash (and, if ``write``, store) a manifest's files, pin its image, build its record."""
-    image, warnings = _pin_image(ctx, resolved.manifest.image)
-    stored = _store_files(ctx, resolved, write=write, progress=progress)
-    record = canonical_record(resolved, stored, image)
-    return versions.NewVersion(resolved=resolved, stored=stored, record=record,
-                               digest=canonical.digest(record), warnings=warnings)
+    image, warnings = _pin_image(cfg, resolved.manifest.image)
+    stored = _store_files(cfg, resolved, write=write, progress=progress)
+    record = build_record(resolved, stored, image)
+    return NewVersion(resolved=resolved, stored=stored, record=record,
+                      digest=canonical.digest(record), warnings=warnings)
 
 
-def _store_files(ctx: Context, resolved: Resolved, *, write: bool,
+def _store_files(ctx: Configuration, resolved: Resolved, *, write: bool,
                  progress: Progress | None) -> dict[tuple[str, str], Ingested]:
     out: dict[tuple[str, str], Ingested] = {}
     try:
@@ -128,7 +109,7 @@ def _store_files(ctx: Context, resolved: Resolved, *, write: bool,
     return out
 
 
-def _store_file(ctx: Context, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
+def _store_file(ctx: Configuration, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
     before = os.stat(f.path)
     known = ctx.stat_cache.lookup(f.path)
     if known and ctx.blobs.has(known, size=before.st_size):  # a truncated blob gets re-stored
@@ -143,7 +124,7 @@ def _store_file(ctx: Context, f: SourceFile, *, write: bool, progress: Progress 
     return got
 
 
-def _known_tensors(ctx: Context, digest: str, f: SourceFile) -> dict[str, str]:
+def _known_tensors(ctx: Configuration, digest: str, f: SourceFile) -> dict[str, str]:
     """Tensor digests of a stored blob: from the index, else hashed from the blob itself."""
     if not f.tensors:
         return {}
@@ -158,17 +139,17 @@ def _known_tensors(ctx: Context, digest: str, f: SourceFile) -> dict[str, str]:
     return hash_file(path, read_index(path)).tensor_digests
 
 
-def _pin_image(ctx: Context, ref: str | None) -> tuple[ImageRef, list[str]]:
+def _pin_image(cfg: Configuration, ref: str | None) -> tuple[ImageRef, list[str]]:
     if not ref:
         return ImageRef(), []
     try:
-        return ImageRef(ref=ref, digest=ctx.engine().image_digest(ref)), []
+        return ImageRef(ref=ref, digest=cfg.engine().image_digest(ref)), []
     except CellarError as exc:
         return ImageRef(ref=ref), [f"image {ref} recorded unresolved: {exc}"]
 
 
-def canonical_record(resolved: Resolved, stored: dict[tuple[str, str], Ingested], image: ImageRef) -> dict:
-    """The content a version pins; its sha256 is the manifest digest."""
+def build_record(resolved: Resolved, stored: dict[tuple[str, str], Ingested], image: ImageRef) -> dict:
+    """The record a version pins; the sha256 of its canonical JSON is the manifest digest."""
     m = resolved.manifest
     return {
         "image": image.model_dump(),
@@ -188,7 +169,7 @@ def _pinned(key: str, kind: str, name: str, stored: dict[tuple[str, str], Ingest
     return {key: name, "digest": got.digest, "size": got.size}
 
 
-def provenance_of(resolved: Resolved) -> Provenance | None:
+def git_provenance(resolved: Resolved) -> Provenance | None:
     """Git provenance of the manifest's folder; None outside git."""
     if not _maybe_in_git(resolved.root):
         return None  # and GitPython (~70 ms to import) is never loaded

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from registry import ledger
 from registry import manifest as manifest_mod
-from registry import versions
 from registry.errors import InvalidInput, NotFound
 from registry.models import check_name, check_version
+from registry.store import environments, releases, versions
 from registry.store.sql import Store
 
 
@@ -70,13 +71,10 @@ def _named_here() -> object:
 
 def deployed(store: Store, env: str) -> str | None:
     """``model@version`` running in environment ``env``; None if ``env`` is no environment."""
-    from registry import ledger
-    from registry.deploy import records
-
     with store.read() as conn:
-        if not any(e.name == env for e in records.environments(conn)):
+        if environments.get(conn, env) is None:
             return None
-        running = ledger.current(records.ledger(conn, env))
+        running = ledger.current(releases.ledger(conn, env))
     if running is None:
         raise NotFound(f"nothing is deployed in {env}")
     return f"{running.model}@{running.version}"

@@ -1,8 +1,13 @@
-"""The container engine port: what promote and rollback need from Docker, and nothing more.
+"""The container engine port: what deploys need from Docker, and nothing more.
 
 ``registry.deploy.docker.DockerEngine`` implements it against a real engine and
-``registry.deploy.fake.FakeEngine`` in memory (for ledger and lock tests), the way httpx
-ships ``MockTransport`` beside its real transport.
+``registry.deploy.fake.FakeEngine`` in memory (for fast tests of the ledger, locks and
+recovery), the way httpx ships ``MockTransport`` beside its real transport. HTTP checks
+against a started container are a port of their own: ``registry.deploy.http.Checks``.
+
+Errors, for every method: ``EngineError`` when the engine cannot be reached or refuses a call
+in a way no rollback answers; ``StepFailed`` where the docstring says so (the new release
+cannot run: an automatic rollback answers it). Nothing else escapes an adapter.
 """
 
 from __future__ import annotations
@@ -11,14 +16,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from registry.models import Request, is_secret_key
-
 LABEL = "cellar"
 STOP_TIMEOUT_S = 5
-
-
-class StepFailed(Exception):
-    """A deploy step failed in a way an automatic rollback answers (health, exit, port, image)."""
 
 
 @dataclass
@@ -56,20 +55,38 @@ class ContainerInfo:
 
 
 class Engine(Protocol):
-    base_url: str
+    """One container engine (a Docker host)."""
 
-    def image_digest(self, ref: str) -> str: ...
-    def create(self, spec: ContainerSpec) -> str: ...
-    def start(self, container_id: str) -> None: ...
-    def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None: ...
-    def remove(self, container_id: str) -> None: ...
-    def inspect(self, container_id: str) -> ContainerInfo | None: ...
-    def find(self, **labels: str) -> list[ContainerInfo]: ...
-    def logs(self, container_id: str, *, tail: int = 10) -> str: ...
-    def wait_healthy(self, container_id: str, *, url: str, timeout: float) -> None: ...
-    def warm_up(self, *, base_url: str, requests: list[Request]) -> None: ...
-    def answers(self, *, url: str) -> bool: ...
-    def close(self) -> None: ...
+    base_url: str  # where it is, for messages (never with credentials)
+
+    def image_digest(self, ref: str) -> str:
+        """The image ID (``sha256:...``) that a tag or digest names now; NotFound when absent."""
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; its id. StepFailed when the image is missing."""
+
+    def start(self, container_id: str) -> None:
+        """Start a created or stopped container. StepFailed when it cannot start (port taken,
+        image gone, no such container)."""
+
+    def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop within ``timeout`` seconds. Idempotent: a stopped or missing container is fine."""
+
+    def remove(self, container_id: str) -> None:
+        """Remove, running or not. Idempotent: a missing container is fine."""
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        """The container's state and labels; None when it does not exist."""
+
+    def find(self, **labels: str) -> list[ContainerInfo]:
+        """Containers, running or not, carrying every ``cellar.<key>=<value>`` label given
+        (``revision="3"``, ``manifest_digest=...``: underscores become dashes)."""
+
+    def logs(self, container_id: str, *, tail: int = 10) -> str:
+        """The last ``tail`` log lines (unscrubbed: the caller scrubs); empty when unavailable."""
+
+    def close(self) -> None:
+        """Release the connection. Idempotent."""
 
 
 def labels_for(*, model: str, env: str, version: str, revision: int, manifest_digest: str,
@@ -86,16 +103,3 @@ def container_name(*, env: str, model: str, revision: int, registry: str) -> str
     env prod-eu + model bot or env prod + model eu-bot, so a short hash of the parts follows."""
     tag = hashlib.sha256(f"{registry}\0{env}\0{model}".encode()).hexdigest()[:6]
     return f"cellar-{env}-{model}-r{revision}-{tag}"
-
-
-def secret_env_values(env: dict[str, str]) -> set[str]:
-    """Values of a container's variables named like secrets (``*_TOKEN``, ``*_KEY`` ...)."""
-    return {v for k, v in env.items() if is_secret_key(k) and len(v) >= 4}
-
-
-def redact(text: str, secret_values: set[str]) -> str:
-    """Text (container logs included) with every secret value replaced by ***."""
-    for value in sorted(secret_values, key=len, reverse=True):  # longest first: no partial leftovers
-        if value and value in text:
-            text = text.replace(value, "***")
-    return text

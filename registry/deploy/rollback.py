@@ -7,52 +7,53 @@ labels say it is that release; otherwise it is recreated from the version.
 from __future__ import annotations
 
 from registry import clock, ledger
-from registry.deploy import records
-from registry.deploy.actions import (Context, begin, create_container, nothing_changed, prepare, resolve_env,
-                                     runtime_of, switch)
-from registry.deploy.engine import LABEL, ContainerInfo, Engine
-from registry.deploy.models import DeployResult
+from registry.deploy.engine import LABEL, ContainerInfo
+from registry.deploy.switching import Switching
 from registry.ledger import Release
+from registry.models import DeployResult
+from registry.store import releases
 
 
-def rollback(ctx: Context, *, env_name: str | None, to: str | None, revision: int | None, actor: str,
-             reason: str | None) -> DeployResult:
-    """Go back to an earlier healthy release (the newest one by default)."""
-    env = resolve_env(ctx, env_name, reason)
-    engine = ctx.engine_for(env)
-    with ctx.store.read() as conn:
-        chosen = ledger.rollback_target(records.ledger(conn, env.name), version=to, revision=revision)
-    runtime = runtime_of(ctx, chosen)
-    kept = kept_container(engine, env.name, chosen, registry=ctx.registry_id)
-    # prepare() notes the secrets only when it runs; a reused container needs them scrubbed too.
-    ctx.remember_secrets(runtime, container_env=kept.env if kept else None)
-    ready = None
-    if kept is None:
-        with nothing_changed(chosen.ref, env):
-            ready = prepare(ctx, engine, env=env, model=chosen.model, version=chosen.version,
-                            image_digest=chosen.image_digest)
-    plan = begin(ctx, engine, env, operation="rollback", target=chosen.version, actor=actor,
-                 make_plan=lambda rows: ledger.plan_rollback(rows, chosen, env=env.name, actor=actor,
-                                                             reason=reason, at=clock.now()))
-    return switch(ctx, engine, env, plan, runtime=runtime,
-                  make_container=lambda: (kept.id, False) if kept else (
-                      create_container(ctx, engine, env, plan, ready), True),
-                  container_step="reuse kept container" if kept else "create container")
+class Rollback(Switching):
+    """``Rollback(cfg, actor=...).run(env_name=..., to=..., revision=..., reason=...)``."""
 
+    operation = "rollback"
 
-def kept_container(engine: Engine, env: str, release: Release, *, registry: str) -> ContainerInfo | None:
-    """The release's container if it still exists and its labels prove it is that release."""
-    if not release.container_id:
-        return None
-    info = engine.inspect(release.container_id)
-    if info is None:
-        return None
-    want = {"env": env, "model": release.model, "version": release.version,
-            "manifest-digest": release.manifest_digest}
-    if any(info.labels.get(f"{LABEL}.{k}") != v for k, v in want.items()):
-        return None
-    # The id comes from this registry's own ledger, so a container created before the registry
-    # label existed (none set) is still ours; one labelled for another registry is not.
-    if info.labels.get(f"{LABEL}.registry", registry) != registry:
-        return None
-    return info
+    def run(self, *, env_name: str | None, to: str | None = None, revision: int | None = None,
+            reason: str | None = None) -> DeployResult:
+        env = self.open_env(env_name, reason=reason)
+        with self.cfg.store.read() as conn:
+            chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
+        runtime = self.runtime_of(chosen)
+        kept = self.kept_container(chosen)
+        # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
+        self.remember_secrets(runtime, container_env=kept.env if kept else None)
+        ready = None
+        if kept is None:
+            with self.nothing_changed(chosen.ref):
+                ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
+        plan = self.begin(target=chosen.version, make_plan=lambda rows: ledger.plan_rollback(
+            rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
+        if kept:
+            return self.switch(plan, runtime=runtime, make_container=lambda plan: (kept.id, False),
+                               container_step="reuse kept container")
+        return self.switch(plan, runtime=runtime,
+                           make_container=lambda plan: (self.create_container(plan.pending, ready), True))
+
+    def kept_container(self, release: Release) -> ContainerInfo | None:
+        """The release's container if it still exists and its labels prove it is that release."""
+        if not release.container_id:
+            return None
+        info = self.engine.inspect(release.container_id)
+        if info is None:
+            return None
+        want = {"env": self.env.name, "model": release.model, "version": release.version,
+                "manifest-digest": release.manifest_digest}
+        if any(info.labels.get(f"{LABEL}.{k}") != v for k, v in want.items()):
+            return None
+        # The id comes from this registry's own ledger, so a container created before the registry
+        # label existed (none set) is still ours; one labelled for another registry is not.
+        registry = self.cfg.registry_id
+        if info.labels.get(f"{LABEL}.registry", registry) != registry:
+            return None
+        return info

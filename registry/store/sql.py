@@ -17,7 +17,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from registry.errors import CellarError, InvalidInput, NoSpace, NotInitialised, SchemaOutOfDate
+from registry.errors import (DatabaseLocked, DatabaseUnavailable, InvalidInput, NoSpace, NotInitialised,
+                             SchemaOutOfDate)
 from registry.store.schema import SCHEMA_HEAD
 
 BUSY_TIMEOUT_MS = 60_000
@@ -60,9 +61,9 @@ class Store:
         """Refuse to run on a database this program does not know how to read."""
         rev = self.schema_revision()
         if rev is None and not self._has_version_table():
-            raise NotInitialised(f"no registry schema in {redact(self.url)}: run `registry init`")
+            raise NotInitialised(f"no registry schema in {masked_url(self.url)}: run `registry init`")
         if rev != SCHEMA_HEAD:
-            from registry.store import migrate  # alembic: only on this rare path
+            from registry.store import migrate  # alembic (~100 ms): only on this rare path
 
             migrate.refuse_newer(rev)
             raise SchemaOutOfDate(
@@ -86,8 +87,8 @@ class Store:
         return self._db_user
 
 
-def redact(url: str) -> str:
-    """The URL with its password hidden, also for text that does not parse as a URL."""
+def masked_url(url: str) -> str:
+    """The URL with its password shown as ***, also for text that does not parse as a URL."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -100,7 +101,7 @@ def _engine_or_refuse(url: str) -> Engine:
         return _make_engine(url)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(f"REGISTRY_DB_URL {redact(url)} is not a database URL ({reason}): "
+        raise InvalidInput(f"REGISTRY_DB_URL {masked_url(url)} is not a database URL ({reason}): "
                            "use sqlite:////path or postgresql+psycopg://user:pass@host/db") from None
 
 
@@ -159,9 +160,9 @@ def _translated(url: str) -> Iterator[None]:
             raise NoSpace("no space left on device for the registry database: free some space "
                           "and retry (nothing was recorded)") from None
         if exc.connection_invalidated or "connection" in low and "refused" in low:
-            raise CellarError(f"cannot reach the database {redact(url)} ({msg}); "
+            raise DatabaseUnavailable(f"cannot reach the database {masked_url(url)} ({msg}); "
                               "check REGISTRY_DB_URL and that the server runs") from None
         if "database is locked" in low:
-            raise CellarError("the registry database stayed locked by another process; "
+            raise DatabaseLocked("the registry database stayed locked by another process; "
                               "retry in a moment") from None
         raise

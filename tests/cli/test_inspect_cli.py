@@ -96,13 +96,13 @@ def test_audit_since_accepts_weeks(two_versions):
 
 def _deploy_events(home):
     """A failed promote and its automatic rollback, with the detail deploy records for them."""
-    from registry import audit
     from registry.api import Registry
+    from registry.store import events
 
     with Registry.open(home) as reg, reg.store.write() as conn:
         for action, detail in (("promote", {"status": "failed", "error": "health check timed out\nlast: 503"}),
                                ("rollback", {"status": "deployed", "automatic": True})):
-            audit.append(conn, actor="ops", action=action, object="support-bot@v1.1", model="support-bot",
+            events.append(conn, actor="ops", action=action, object="support-bot@v1.1", model="support-bot",
                          env="prod", reason="release", detail={"revision": 2, **detail})
 
 

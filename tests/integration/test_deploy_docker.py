@@ -17,7 +17,7 @@ import docker
 import pytest
 from sqlalchemy import func, select
 
-from registry.deploy import records
+from registry.store import events
 from registry.deploy.engine import container_name
 from registry.errors import HealthGateFailed
 from registry.store import schema as t
@@ -224,7 +224,7 @@ def test_retention_removes_old_stopped_containers_only(docker_env):
         names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
         # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
         with reg.store.read() as conn:
-            rid = records.registry_id(conn)
+            rid = events.registry_id(conn)
         assert names == [container_name(env=f"{env}-k", model="support-bot", revision=r, registry=rid) for r in (2, 3)]
         assert reg.rollback(env=f"{env}-k").release.version == "v1.1"
     finally:
@@ -238,7 +238,7 @@ def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env,
 
     reg, _ = docker_env
     other = reg.add_env("t" + os.urandom(4).hex(), port=free_port(), docker_host=describe_host())
-    own = reg._engine_for(other)
+    own = reg.engine(other.docker_host)
     assert own is not reg.engine()
     closed = []
     real_close = DockerEngine.close

@@ -11,24 +11,33 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.api import Registry
-from registry.deploy import records
+from registry.deploy import locks as lock_rules
 from registry.deploy.engine import container_name
 from registry.deploy.fake import FakeEngine
-from registry.errors import (CellarError, CorruptBlob, HealthGateFailed, InvalidInput, NotFound, OperationInProgress,
-                             VersionConflict)
+from registry.errors import (CellarError, CorruptBlob, HealthGateFailed, ImageMoved, InvalidInput, NotFound,
+                             OperationInProgress)
+from registry.store import events, locks, releases
 from registry.store import schema as t
 
 IMAGE = "example:latest"
 
 
 @pytest.fixture
-def fake(reg, monkeypatch):
+def fake(monkeypatch):
     monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
-    engine = FakeEngine(images={IMAGE: "sha256:" + "ab" * 32})
-    reg._engine = engine  # push pins images through it too
-    reg.engine_factory = lambda env: engine
-    reg.add_env("staging", port=18080, default=True)
-    return engine
+    return FakeEngine(images={IMAGE: "sha256:" + "ab" * 32})
+
+
+def on_fake(home, fake) -> Registry:
+    """A registry whose engine (push pins images through it too) and HTTP checks are ``fake``."""
+    return Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks)
+
+
+@pytest.fixture
+def reg(home, fake):
+    with on_fake(home, fake) as r:
+        r.add_env("staging", port=18080, default=True)
+        yield r
 
 
 @pytest.fixture
@@ -43,7 +52,7 @@ def versions(reg, fake, model_dir):
 def cname(reg, revision, env="staging", model="support-bot"):
     """The container name Cellar gives a revision in this registry."""
     with reg.store.read() as conn:
-        rid = records.registry_id(conn)
+        rid = events.registry_id(conn)
     return container_name(env=env, model=model, revision=revision, registry=rid)
 
 
@@ -54,11 +63,24 @@ def locks_seen_by_find(reg, fake, env: str) -> list:
 
     def find(**labels):
         with reg.store.read() as conn:
-            seen.append(records.get_lock(conn, env))
+            seen.append(locks.get(conn, env))
         return real_find(**labels)
 
     fake.find = find
     return seen
+
+
+def half_promote(reg, env_name: str, version: str):
+    """A promote stopped right after its lock and pending row were written: (action, plan, ready)."""
+    from registry import clock, ledger
+    from registry.deploy.promote import Promote
+
+    action = Promote(reg.config, actor="x")
+    action.open_env(env_name, reason=None)
+    ready = action.make_ready("support-bot", version)
+    plan = action.begin(target=version, make_plan=lambda rows: ledger.plan_promote(
+        rows, ready.target, env=env_name, actor="x", reason=None, at=clock.now()))
+    return action, plan, ready
 
 
 def statuses(reg, env="staging"):
@@ -93,7 +115,7 @@ def test_failed_promote_rolls_back_automatically(versions, fake):
     assert not any(c.labels["cellar.revision"] == "2" for c in fake.find(env="staging"))
     with reg.store.read() as conn:
         actions = [r.action for r in conn.execute(select(t.events).order_by(t.events.c.id))]
-        assert records.get_lock(conn, "staging") is None
+        assert locks.get(conn, "staging") is None
     assert actions[-3:] == ["promote", "promote", "rollback"]
 
 
@@ -147,8 +169,8 @@ def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
 
 def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
     with reg.store.write() as conn:
-        lock = records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
-        records.take_lock(conn, lock)
+        lock = lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+        locks.take(conn, lock)
     with pytest.raises(OperationInProgress, match=r"another operation \(promote v1.4 by alice, \d+ s ago\)"):
         reg.promote("v1.0")
     assert reg.history("staging") == []
@@ -156,10 +178,10 @@ def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
 
 def test_a_dead_holder_is_recovered_automatically(versions, fake, reg):
     reg.promote("v1.0")
-    dead = records.new_lock("staging", operation="promote", target="v1.1", actor="bob").model_copy(
+    dead = lock_rules.new_lock("staging", operation="promote", target="v1.1", actor="bob").model_copy(
         update={"pid": 2**22 + 12345})
     with reg.store.write() as conn:
-        records.take_lock(conn, dead)
+        locks.take(conn, dead)
     result = reg.promote("v1.1")
     assert result.release.version == "v1.1"
     with reg.store.read() as conn:
@@ -178,17 +200,8 @@ def test_only_one_deployed_release_per_environment(versions, reg):
 
 def test_recover_reverts_an_interrupted_promote(versions, fake, reg):
     reg.promote("v1.0")
-    ctx = reg._deploy_ctx()
-    from registry.deploy import actions
-
-    env = reg.environment("staging")
-    ready = actions.prepare(ctx, fake, env=env, model="support-bot", version="v1.1")
-    from registry import clock, ledger
-
-    plan = actions.begin(ctx, fake, env, operation="promote", target="v1.1", actor="x",
-                         make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env="staging",
-                                                                    actor="x", reason=None, at=clock.now()))
-    new_id = actions.create_container(ctx, fake, env, plan, ready)
+    action, plan, ready = half_promote(reg, "staging", "v1.1")
+    new_id = action.create_container(plan.pending, ready)
     fake.stop(reg.history("staging")[0].container_id)  # "killed" after stopping the old one
     with reg.store.write() as conn:  # the dead process's lock
         conn.execute(update(t.env_locks).values(pid=2**22 + 54321))
@@ -240,7 +253,7 @@ def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, r
     reg.remove_env("staging", force=True)
     assert fake.containers == {} and reg.environments() == []
     with reg.store.read() as conn:  # the ledger outlives the environment; nothing stays deployed
-        assert [r.status for r in records.ledger(conn, "staging")] == ["superseded"]
+        assert [r.status for r in releases.ledger(conn, "staging")] == ["superseded"]
     assert statuses(reg) == [(1, "v1.0", "superseded")]  # history of a removed environment, from the ledger
     with pytest.raises(NotFound, match="no environment named 'qa'"):
         reg.history("qa")
@@ -249,7 +262,7 @@ def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, r
 def test_status_shows_deployed_container_health_and_pending_work(versions, fake, reg):
     reg.promote("v1.0")
     with reg.store.write() as conn:
-        records.take_lock(conn, records.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
+        locks.take(conn, lock_rules.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
     (state,) = reg.status()
     assert state.deployed.version == "v1.0" and state.container_state == "running" and state.healthy
     assert state.pending.actor == "eve" and state.pending.operation == "rollback"
@@ -257,7 +270,7 @@ def test_status_shows_deployed_container_health_and_pending_work(versions, fake,
 
 def test_image_tag_that_moved_is_refused_unless_allowed(versions, fake, reg):
     fake.images[IMAGE] = "sha256:" + "cd" * 32  # rebuilt under the same tag since the push
-    with pytest.raises(VersionConflict, match="--allow-retag"):
+    with pytest.raises(ImageMoved, match="--allow-retag"):
         reg.promote("v1.0")
     assert reg.history("staging") == []
     result = reg.promote("v1.0", allow_retag=True)
@@ -279,8 +292,7 @@ def test_concurrent_promotes_exactly_one_wins(versions, fake, home):
     outcomes: list[object] = []
 
     def attempt(version: str) -> None:
-        with Registry.open(home) as mine:
-            mine.engine_factory = lambda env: fake
+        with on_fake(home, fake) as mine:
             try:
                 outcomes.append(mine.promote(version).release.version)
             except OperationInProgress as exc:
@@ -299,7 +311,7 @@ def test_concurrent_promotes_exactly_one_wins(versions, fake, home):
 
 def test_recover_leaves_a_live_holder_alone_unless_forced(versions, reg):
     with reg.store.write() as conn:
-        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+        locks.take(conn, lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
                           .model_copy(update={"host": "another-host"}))
     assert [a.action for a in reg.recover().actions] == ["skipped"]
     assert [a.action for a in reg.recover(force=True).actions] == ["unlocked"]
@@ -318,13 +330,13 @@ def test_env_settings_are_validated(reg, fake):
 def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
     reg.promote("v1.0")
     with reg.store.write() as conn:
-        records.take_lock(conn, records.new_lock("staging", operation="promote", target="v1.1", actor="bob")
+        locks.take(conn, lock_rules.new_lock("staging", operation="promote", target="v1.1", actor="bob")
                           .model_copy(update={"pid": 2**22 + 777}))
     seen = locks_seen_by_find(reg, fake, "staging")
     reg.recover()
     assert seen and all(lock.operation == "recover" and lock.actor == "tester" for lock in seen)
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "staging") is None
+        assert locks.get(conn, "staging") is None
 
 
 def test_recover_starts_a_deployed_container_found_stopped(versions, fake, reg):
@@ -364,11 +376,10 @@ def test_failed_restore_message_is_scrubbed(versions, fake, reg):
     assert CANARY not in str(err.value) and CANARY not in event_texts(reg)
 
 
-def test_container_logs_are_scrubbed_where_they_leave_the_adapter():
-    from registry.deploy import health
-    from registry.deploy.engine import ContainerInfo, StepFailed
+def test_container_logs_are_scrubbed_where_they_leave_the_engine(versions, fake, reg):
+    from registry.deploy.engine import ContainerInfo
 
-    class Exited:
+    class Exited(FakeEngine):
         def inspect(self, cid):
             return ContainerInfo(id=cid, name="c", labels={}, running=False, status="exited", exit_code=3,
                                  env={"OPENAI_API_KEY": "sk-live-1234", "MAX_TOKENS": "64"})
@@ -376,8 +387,11 @@ def test_container_logs_are_scrubbed_where_they_leave_the_adapter():
         def logs(self, cid, *, tail=10):
             return "loaded key sk-live-1234, MAX_TOKENS=64"
 
-    with pytest.raises(StepFailed, match=r"loaded key \*\*\*, MAX_TOKENS=64"):
-        health._fail_if_exited(Exited(), "c1")
+    fake.unhealthy["v1.0"] = ""  # no answer: the check asks the engine why
+    with Registry.open(reg.home.path, engine_factory=lambda host: Exited(images=fake.images),
+                       checks=fake.checks) as other:
+        with pytest.raises(HealthGateFailed, match=r"loaded key \*\*\*, MAX_TOKENS=64"):
+            other.promote("v1.0")
 
 
 def test_rollback_reusing_a_kept_container_scrubs_its_own_secret(versions, fake, reg, monkeypatch):
@@ -411,31 +425,31 @@ def test_failed_container_not_removable_still_restores_the_old_one(versions, fak
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
     assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "staging") is None
+        assert locks.get(conn, "staging") is None
 
 
 @pytest.mark.parametrize("broken", [("remove", "stop"), ("remove", "stop", "start", "inspect")],
                          ids=["new-not-stoppable", "engine-gone"])
 def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(versions, fake, reg, monkeypatch, broken):
-    from registry.deploy.engine import StepFailed
+    from registry.errors import StepFailed
     from registry.errors import CellarError
 
     reg.promote("v1.0")
-    real_wait = FakeEngine.wait_healthy
+    real_wait = fake.checks.wait_healthy
 
-    def dies(cid, **kwargs):
-        if fake.inspect(cid).labels["cellar.version"] == "v1.1":  # Docker goes away right then
+    def dies(url, **kwargs):
+        if fake.serving(url).info.labels["cellar.version"] == "v1.1":  # Docker goes away right then
             _break(fake, m, *broken)
             raise StepFailed(f"no answer; log: token {CANARY}")
-        real_wait(fake, cid, **kwargs)
+        real_wait(url, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(fake, "wait_healthy", dies)
+        m.setattr(fake.checks, "wait_healthy", dies)
         with pytest.raises(CellarError, match=r"registry recover --env staging") as err:
             reg.promote("v1.1")
     assert CANARY not in str(err.value) and not isinstance(err.value, HealthGateFailed)
     with reg.store.read() as conn:  # left for recover: the failed container may still run
-        assert records.get_lock(conn, "staging") is not None
+        assert locks.get(conn, "staging") is not None
     fake.unhealthy["v1.1"] = "still broken"  # Docker is back; the new release still does not answer
     assert [a.action for a in reg.recover(force=True).actions] == ["reverted"]
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
@@ -443,14 +457,14 @@ def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(version
 
 def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, monkeypatch):
     reg.promote("v1.0")
-    real_wait = FakeEngine.wait_healthy
+    real_wait = fake.checks.wait_healthy
 
-    def interrupted(cid, **kwargs):
-        if fake.inspect(cid).labels["cellar.version"] == "v1.1":
+    def interrupted(url, **kwargs):
+        if fake.serving(url).info.labels["cellar.version"] == "v1.1":
             raise KeyboardInterrupt  # Ctrl-C while the new release comes up
-        real_wait(fake, cid, **kwargs)
+        real_wait(url, **kwargs)
 
-    monkeypatch.setattr(fake, "wait_healthy", interrupted)
+    monkeypatch.setattr(fake.checks, "wait_healthy", interrupted)
     with pytest.raises(KeyboardInterrupt) as caught:
         reg.promote("v1.1")
     monkeypatch.undo()
@@ -466,7 +480,7 @@ def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, m
     assert statuses(reg) == [(1, "v1.0", "superseded"), (2, "v1.1", "failed"), (3, "v1.0", "deployed")]
     assert [c.labels["cellar.version"] for c in fake.running()] == ["v1.0"]
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "staging") is None
+        assert locks.get(conn, "staging") is None
 
 
 def test_retention_is_best_effort_and_runs_under_the_lock(versions, fake, reg, monkeypatch):
@@ -481,49 +495,40 @@ def test_retention_is_best_effort_and_runs_under_the_lock(versions, fake, reg, m
     assert CANARY not in result.warnings[0]
     assert seen and all(lock is not None and lock.target == "v1.2" for lock in seen)
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "tight") is None
+        assert locks.get(conn, "tight") is None
 
 
 def test_env_remove_holds_the_lock_and_refuses_a_pending_row(versions, fake, reg):
-    from registry import clock, ledger
-    from registry.deploy import actions
-
     reg.promote("v1.0")
     seen = locks_seen_by_find(reg, fake, "staging")
     reg.add_env("qa", port=18085)
-    ctx = reg._deploy_ctx()
-    env = reg.environment("qa")
-    ready = actions.prepare(ctx, fake, env=env, model="support-bot", version="v1.1")
-    actions.begin(ctx, fake, env, operation="promote", target="v1.1", actor="x",
-                  make_plan=lambda rows: ledger.plan_promote(rows, ready.target, env="qa", actor="x",
-                                                             reason=None, at=clock.now()))
+    action, _, _ = half_promote(reg, "qa", "v1.1")
     with reg.store.write() as conn:  # the lock is gone, the pending row is not: still not removable
-        records.drop_lock(conn, ctx.lock)
+        locks.drop(conn, action.lock)
     with pytest.raises(OperationInProgress, match="recover --env qa"):
         reg.remove_env("qa", force=True)
     assert "qa" in [e.name for e in reg.environments()]
     reg.remove_env("staging", force=True)
     assert seen and all(lock is not None and lock.operation == "env-remove" for lock in seen)
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "staging") is None
+        assert locks.get(conn, "staging") is None
 
 
 def test_drop_lock_refuses_a_lock_that_changed_hands(reg):
-    mine = records.new_lock("staging", operation="promote", target="v1.0", actor="alice")
+    mine = lock_rules.new_lock("staging", operation="promote", target="v1.0", actor="alice")
     with reg.store.write() as conn:
-        records.take_lock(conn, mine.model_copy(update={"operation": "recover", "actor": "bob"}))
+        locks.take(conn, mine.model_copy(update={"operation": "recover", "actor": "bob"}))
     with pytest.raises(OperationInProgress, match="taken over"), reg.store.write() as conn:
-        records.drop_lock(conn, mine)
+        locks.drop(conn, mine)
     with reg.store.read() as conn:
-        assert records.get_lock(conn, "staging").actor == "bob"
+        assert locks.get(conn, "staging").actor == "bob"
 
 
 def test_two_registries_on_one_docker_host_leave_each_other_alone(versions, fake, reg, model_dir, tmp_path,
                                                                   monkeypatch):
     monkeypatch.setenv("REGISTRY_DB_URL", f"sqlite:///{tmp_path / 'other.db'}")
-    other, _ = Registry.init(tmp_path / "other")
-    with other:
-        other._engine, other.engine_factory = fake, lambda env: fake
+    Registry.init(tmp_path / "other")[0].close()
+    with on_fake(tmp_path / "other", fake) as other:
         other.add_env("staging", port=18099)
         model_dir.write_manifest(version="v1.0", image=IMAGE)
         other.push(model_dir.manifest)
@@ -617,9 +622,9 @@ def test_a_failed_health_gate_carries_the_rows_it_recorded(versions, fake, reg):
 
 
 def test_lock_held_message_names_the_command_for_each_case(versions, reg):
-    from registry.deploy.actions import busy_message
+    from registry.deploy.locks import busy_message
 
-    mine = records.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+    mine = lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
     alive = busy_message(mine)
     assert f"kill {mine.pid}" in alive and "`registry recover --env staging`" in alive and "--force" not in alive
     dead = busy_message(mine.model_copy(update={"pid": 2**22 + 777}))
@@ -627,6 +632,6 @@ def test_lock_held_message_names_the_command_for_each_case(versions, reg):
     remote = busy_message(mine.model_copy(update={"host": "gpu-1"}))
     assert "on gpu-1 is gone run `registry recover --env staging --force`" in remote
     with reg.store.write() as conn:
-        records.take_lock(conn, mine.model_copy(update={"host": "gpu-1"}))
+        locks.take(conn, mine.model_copy(update={"host": "gpu-1"}))
     with pytest.raises(OperationInProgress, match="gpu-1 is gone run `registry recover --env staging --force`"):
         reg.remove_env("staging", force=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from registry.api import Registry
 from registry.errors import NotFound
 from registry.store import schema as t
 from tests import helpers
@@ -84,8 +85,7 @@ def test_diff_an_environment_against_an_unpushed_manifest(reg, model_dir, monkey
     from registry.deploy.fake import FakeEngine
 
     engine = FakeEngine(images={"example:latest": "sha256:" + "ab" * 32})
-    reg._engine = engine
-    reg.engine_factory = lambda env: engine
+    reg = Registry.open(reg.home.path, engine_factory=lambda host: engine, checks=engine.checks)
     monkeypatch.setenv("SUPPORT_API_TOKEN", "x")
     model_dir.write_manifest(image="example:latest")
     reg.push(model_dir.manifest)

@@ -45,6 +45,22 @@ def test_downgrade_to_base_and_upgrade_again(reg, model_dir):
     assert reg.store.schema_revision() == SCHEMA_HEAD
 
 
+def test_each_migration_steps_down_and_up_again(reg):
+    """Every migration's downgrade undoes it (one step at a time, from the head down to base)."""
+    from alembic.script import ScriptDirectory
+
+    revisions = [s.revision for s in ScriptDirectory.from_config(migrate._config()).walk_revisions()]
+    for below, rev in zip([*revisions[1:], "base"], revisions):
+        migrate.downgrade(reg.store, below)
+        assert reg.store.schema_revision() == (None if below == "base" else below)
+    for rev in reversed(revisions):
+        migrate.upgrade(reg.store, rev)
+        assert reg.store.schema_revision() == rev
+    assert _differences(reg.store) == []
+    with reg.store.engine.connect() as conn:  # the one-deployed index stays partial through it all
+        assert "uq_releases_one_deployed" in {i["name"] for i in inspect(conn).get_indexes("releases")}
+
+
 def test_an_out_of_date_schema_is_refused_until_db_upgrade(home, reg):
     migrate.downgrade(reg.store, "base")
     with pytest.raises(SchemaOutOfDate, match="registry db upgrade"):

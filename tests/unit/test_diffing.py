@@ -79,8 +79,8 @@ def test_equal_digests_do_not_differ_even_with_other_messages():
     assert not d.differs and d.changelog.old == "one" and d.changelog.new == "two"
 
 
-def step(version: str, digest: str | None, actor: str = "ann") -> blame.Step:
-    return blame.Step(version=version, actor=actor, time=AT, digest=digest, origin=None)
+def step(version: str, digest: str | None, actor: str = "ann") -> blame.PromptRevision:
+    return blame.PromptRevision(version=version, actor=actor, time=AT, digest=digest, origin=None)
 
 
 def test_blame_keeps_the_origin_of_surviving_lines():

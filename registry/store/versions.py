@@ -1,35 +1,29 @@
-"""The version rows: read summaries and full descriptions, record a new version.
+"""Versions in SQL: summaries, full descriptions, the record a version pins, prompt history.
 
-Rows stay in here; callers get ``VersionSummary``/``VersionInfo`` back and hand in a
-``NewVersion``. Functions take an open connection, so the caller decides the transaction
-(``summaries`` alone takes the store, see there).
+Rows stay in here; callers get ``VersionSummary``/``VersionInfo``/``StoredRecord`` back and
+hand in a ``NewVersion``. Functions take an open connection, so the caller decides the
+transaction (``summaries`` alone takes the store, see there).
+
+Vocabulary: a version's *record* is the canonical JSON it pins (image, weights, prompts,
+runtime, probes; column ``versions.manifest``); its sha256 is the *manifest digest*.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import and_, bindparam, func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import canonical, clock
+from registry.blame import PromptRevision
 from registry.errors import InvalidInput, NotFound
 from registry.manifest import Resolved
-from registry.models import (
-    ImageRef,
-    Probe,
-    PromptFile,
-    Provenance,
-    Runtime,
-    Tensor,
-    VersionInfo,
-    VersionSummary,
-    WeightFile,
-    check_name,
-)
+from registry.models import Provenance, Tensor, VersionInfo, VersionSummary, check_name
 from registry.safetensors_index import is_safetensors
 from registry.store import schema as t
 from registry.store.blobs import Ingested
@@ -39,13 +33,21 @@ from registry.store.sql import Store
 @dataclass(frozen=True)
 class NewVersion:
     """A version ready to record: its manifest, its files as stored (or only hashed), the
-    canonical record it pins and that record's digest."""
+    record it pins and that record's digest (the manifest digest)."""
 
     resolved: Resolved
     stored: dict[tuple[str, str], Ingested]  # (kind, name) -> blob
     record: dict
     digest: str
     warnings: list[str] = field(default_factory=list)  # for the user; not recorded
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """The record a version pins, as stored, and the manifest digest recorded beside it."""
+
+    record: dict
+    digest: str
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -109,21 +111,54 @@ def info(conn: Connection, model: str, version: str) -> VersionInfo:
     record = json.loads(row.manifest)
     tensors = tensors_of(conn, [w["digest"] for w in record["weights"]])
     provenance = Provenance.model_validate_json(row.provenance) if row.provenance else None
-    return info_of(_to_summary(row), record, tensors, provenance)
+    return VersionInfo.from_record(_to_summary(row), record, tensors, provenance)
 
 
-def info_of(summary: VersionSummary, record: dict, tensors: dict[str, list[Tensor]],
-            provenance: Provenance | None) -> VersionInfo:
-    """A version's full description from its canonical record (stored, or built from a manifest)."""
-    return VersionInfo(
-        **summary.model_dump(),
-        image=ImageRef(**record["image"]),
-        weights=[WeightFile(**w, tensors=tensors.get(w["digest"], [])) for w in record["weights"]],
-        prompts=[PromptFile(**p) for p in record["prompts"]],
-        runtime=Runtime.model_validate(record["runtime"]),
-        probes=[Probe.model_validate(p) for p in record["probes"]],
-        provenance=provenance,
-    )
+def record_of(conn: Connection, model: str, version: str) -> StoredRecord:
+    """The record ``model@version`` pins and its manifest digest."""
+    row = conn.execute(_RECORD, {"model": model, "version": version}).first()
+    if row is None:
+        raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
+    return StoredRecord(record=json.loads(row.manifest), digest=row.manifest_digest)
+
+
+def newest_prompts(conn: Connection, model: str) -> dict[str, str]:
+    """Prompt name -> digest in the model's newest version (empty for a new model)."""
+    return dict(conn.execute(_NEWEST_PROMPTS, {"model": model}).all())
+
+
+def prompt_history(conn: Connection, *, model: str, prompt: str, upto: str) -> list[PromptRevision]:
+    """The model's versions oldest to newest up to ``upto`` (inclusive), with the prompt's digest."""
+    joined = t.versions.join(t.models).outerjoin(t.version_files, and_(
+        t.version_files.c.version_id == t.versions.c.id, t.version_files.c.kind == "prompt",
+        t.version_files.c.name == prompt))
+    rows = conn.execute(
+        select(t.versions.c.version, t.versions.c.actor, t.versions.c.created_at, t.versions.c.provenance,
+               t.version_files.c.digest)
+        .select_from(joined).where(t.models.c.name == model)
+        .order_by(t.versions.c.created_at, t.versions.c.id)).all()
+    out = []
+    for r in rows:
+        origin = Provenance.model_validate_json(r.provenance).files.get(prompt) if r.provenance else None
+        out.append(PromptRevision(version=r.version, actor=r.actor, time=clock.utc(r.created_at),
+                                  digest=r.digest, origin=origin))
+        if r.version == upto:
+            return out
+    raise NotFound(f"no version {model}@{upto}: see `registry list {model}`")
+
+
+def provenances(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Provenance]:
+    """Git provenance of the given (model, version) pairs, those that have one."""
+    keys = set(keys)
+    if not keys:
+        return {}
+    rows = conn.execute(
+        select(t.models.c.name, t.versions.c.version, t.versions.c.provenance)
+        .select_from(t.versions.join(t.models))
+        .where(t.models.c.name.in_({m for m, _ in keys}), t.versions.c.version.in_({v for _, v in keys}),
+               t.versions.c.provenance.is_not(None))).all()
+    return {(r.name, r.version): Provenance.model_validate_json(r.provenance)
+            for r in rows if (r.name, r.version) in keys}
 
 
 def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
@@ -213,6 +248,13 @@ _MODEL_ID = select(t.models.c.id).where(t.models.c.name == bindparam("name"))
 _TENSOR_DIGESTS = select(t.tensors.c.name, t.tensors.c.digest).where(t.tensors.c.blob_digest == bindparam("blob"))
 _KNOWN_BLOBS = select(t.blobs.c.digest).where(t.blobs.c.digest.in_(bindparam("digests", expanding=True)))
 _INSERT = {table.name: insert(table) for table in (t.models, t.versions, t.blobs, t.version_files, t.tensors)}
+_RECORD = (select(t.versions.c.manifest, t.versions.c.manifest_digest).select_from(t.versions.join(t.models))
+           .where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version")))
+_NEWEST_PROMPTS = select(t.version_files.c.name, t.version_files.c.digest).where(
+    t.version_files.c.kind == "prompt",
+    t.version_files.c.version_id == (
+        select(t.versions.c.id).join(t.models).where(t.models.c.name == bindparam("model"))
+        .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()).limit(1).scalar_subquery()))
 
 
 @functools.cache

@@ -1,0 +1,219 @@
+"""What every deploy action shares (Helm's ``pkg/action`` shape): one object per run, built from
+the ``Configuration``, whose state (environment, engine, steps timed, secrets to scrub, the lock
+held) lives on the object, so helpers take only what they use.
+
+    Action                 base: environment, engine, steps, secrets, versions made ready
+    ├── Recover            reconcile a ledger with Docker (registry.deploy.recover)
+    └── Switching          take the lock, switch containers, settle (registry.deploy.switching)
+        ├── Promote        registry.deploy.promote
+        └── Rollback       registry.deploy.rollback
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from registry import snapshots
+from registry.configuration import Configuration
+from registry.deploy.engine import ContainerSpec, Engine, container_name, labels_for
+from registry.errors import ImageMoved, InvalidInput, Interrupted, NotFound
+from registry.ledger import Release, Target
+from registry.models import Environment, Lock, Runtime, Step
+from registry.scrubbing import scrub, secret_like_values
+from registry.store import environments, versions
+
+OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
+
+
+@dataclass
+class Ready:
+    """A version made ready to run: its runtime, pinned image, snapshot and container variables."""
+
+    target: Target
+    runtime: Runtime
+    image: str
+    snapshot: Path
+    env_vars: dict[str, str] = field(repr=False)
+
+
+class Action:
+    """One run of an operation on one environment."""
+
+    def __init__(self, cfg: Configuration, *, actor: str, on_step: OnStep | None = None):
+        self.cfg = cfg
+        self.actor = actor
+        self.on_step = on_step
+        self.steps: list[Step] = []
+        self.secret_values: set[str] = set()  # values handed to containers in this run: scrubbed
+        self.lock: Lock | None = None
+        self.env: Environment | None = None
+        self.engine: Engine | None = None
+
+    # --- the environment ---------------------------------------------------------------
+
+    def use_env(self, env: Environment) -> None:
+        """Work on ``env``; its engine connects now, so an unreachable one fails before anything
+        is recorded."""
+        self.env = env
+        self.engine = self.cfg.engine(env.docker_host)
+
+    def open_env(self, name: str | None, *, reason: str | None) -> Environment:
+        """Find the environment (the default one when ``name`` is None) and work on it; a
+        protected one needs a reason."""
+        with self.cfg.store.read() as conn:
+            env = environments.find(conn, name)
+        if env.protected and not (reason and reason.strip()):
+            raise InvalidInput(f"{env.name} is protected: say why with --reason")
+        self.use_env(env)
+        return env
+
+    @property
+    def base_url(self) -> str:
+        """Where the environment's published port answers: on the Docker host's address."""
+        return base_url(self.env)
+
+    # --- steps and secrets ---------------------------------------------------------------
+
+    @contextmanager
+    def step(self, name: str):
+        """Time a step; report it to ``on_step`` (e.g. the CLI's progress lines)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            if self.on_step:
+                self.on_step(name, time.perf_counter() - started, False)
+            raise
+        self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4)))
+        if self.on_step:
+            self.on_step(name, time.perf_counter() - started, True)
+
+    def scrub(self, text: str) -> str:
+        """Text bound for the user or the audit log, with every known secret value as ***."""
+        return scrub(text, self.secret_values | secret_like_values(self.cfg.environ))
+
+    def remember_secrets(self, runtime: Runtime, *, container_env: dict[str, str] | None = None) -> None:
+        """Note the values of ``runtime.secrets``: the caller's, and a kept container's own
+        (exported with another value back then) so a rollback scrubs them too."""
+        for source in (self.cfg.environ, container_env or {}):
+            self.secret_values.update(v for k, v in source.items() if k in runtime.secrets and v)
+
+    @contextmanager
+    def nothing_changed(self, ref: str):
+        """Ctrl-C before the ledger changes: say so (exit 130), rather than a bare "interrupted"."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: {ref} was not deployed to {self.env.name}; "
+                              "nothing was changed") from None
+
+    # --- versions and containers ---------------------------------------------------------
+
+    def runtime_of(self, release: Release) -> Runtime:
+        with self.cfg.store.read() as conn:
+            stored = versions.record_of(conn, release.model, release.version)
+        return Runtime.model_validate(stored.record["runtime"])
+
+    def make_ready(self, model: str, version: str, *, allow_retag: bool = False,
+                   image_digest: str | None = None) -> Ready:
+        """Everything checked before the ledger changes: secrets, blobs, image, snapshot."""
+        with self.cfg.store.read() as conn:
+            stored = versions.record_of(conn, model, version)
+        record, ref = stored.record, f"{model}@{version}"
+        runtime = Runtime.model_validate(record["runtime"])
+        secret_env = _secrets(runtime, self.cfg.environ, ref)
+        self.remember_secrets(runtime)
+        # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
+        env_vars = {**runtime.env, "CELLAR_MODEL": model, "CELLAR_VERSION": version, **secret_env}
+        with self.step("verify blobs"):
+            for item in [*record["weights"], *record["prompts"]]:
+                self.cfg.blobs.verify(item["digest"])
+        with self.step("pin image"):
+            image = (self.engine.image_digest(image_digest) if image_digest else
+                     pin_image(self.engine, record["image"], ref=ref, allow_retag=allow_retag))
+        with self.step("snapshot"):
+            snap = snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
+                                         record=record)
+        target = Target(model=model, version=version, manifest_digest=stored.digest, image_digest=image)
+        return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars)
+
+    def create_container(self, release: Release, ready: Ready) -> str:
+        """Create (stopped) the container of ``release``, labelled so state can be rebuilt."""
+        rid, env = self.cfg.registry_id, self.env
+        spec = ContainerSpec(
+            name=container_name(env=env.name, model=release.model, revision=release.revision, registry=rid),
+            image=ready.image,
+            labels=labels_for(model=release.model, env=env.name, version=release.version,
+                              revision=release.revision, manifest_digest=release.manifest_digest, registry=rid),
+            env=ready.env_vars, snapshot=str(ready.snapshot), container_port=ready.runtime.port,
+            host_port=env.port, bind_addr=env.bind_addr, command=ready.runtime.command)
+        return self.engine.create(spec)
+
+    def wait_healthy(self, container_id: str, runtime: Runtime) -> None:
+        """Wait until the container answers its health path; StepFailed when it does not."""
+        self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
+                                     exited=lambda: self._exit_reason(container_id))
+
+    def health_timeout(self, runtime: Runtime) -> float:
+        """The environment's setting when it has one, else the version's own."""
+        return self.env.health_timeout_s or runtime.health.timeout_s
+
+    def start_and_check(self, release: Release) -> None:
+        """Start a release's existing container and wait until its own health path answers."""
+        self.engine.start(release.container_id)
+        self.wait_healthy(release.container_id, self.runtime_of(release))
+
+    def _exit_reason(self, container_id: str) -> str | None:
+        info = self.engine.inspect(container_id)
+        if info is None:
+            return "the container disappeared while starting"
+        if info.running:
+            return None
+        # Log text leaves the engine here: scrub the container's own secret values at once.
+        tail = scrub(self.engine.logs(container_id, tail=10).strip(),
+                     self.secret_values | secret_like_values(info.env))
+        lines = ("; last log lines:\n" + tail) if tail else " (no log output)"
+        return f"container exited with code {info.exit_code}{lines}"
+
+
+def base_url(env: Environment) -> str:
+    """Where ``env``'s published port answers: on the Docker host's address."""
+    host = "127.0.0.1" if env.bind_addr in ("0.0.0.0", "::", "") else env.bind_addr
+    if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh", "http", "https"):
+        host = urlsplit(env.docker_host).hostname or host
+    return f"http://{host}:{env.port}"
+
+
+def pin_image(engine: Engine, image: dict, *, ref: str, allow_retag: bool) -> str:
+    """The image ID to run: the digest recorded at push, unless the tag moved and that is allowed."""
+    tag, pinned = image.get("ref"), image.get("digest")
+    if not tag and not pinned:
+        raise InvalidInput(f"{ref} has no container image: push a version with `image:` in its manifest")
+    try:
+        now = engine.image_digest(tag) if tag else None
+    except NotFound:
+        now = None
+    if pinned and now and now != pinned:
+        if not allow_retag:
+            raise ImageMoved(
+                f"image {tag} now points to {now[:19]}, not {pinned[:19]} recorded for {ref}: "
+                "restore that image, or pass --allow-retag to run what the tag names now")
+        return now
+    if pinned:
+        return engine.image_digest(pinned)  # NotFound names the missing image: nothing changed yet
+    if now is None:
+        raise NotFound(f"image {tag} is not on the Docker engine at {engine.base_url}; build or load it first")
+    return now
+
+
+def _secrets(runtime: Runtime, environ, ref: str) -> dict[str, str]:
+    missing = [name for name in runtime.secrets if not environ.get(name)]
+    if missing:
+        raise InvalidInput(f"{ref} needs the secret {', '.join(missing)}: export it in this shell first "
+                           "(its value is passed to the container only, never stored or shown)")
+    return {name: environ[name] for name in runtime.secrets}

@@ -1,0 +1,219 @@
+"""The switch promote and rollback share: take the environment's lock and append the pending
+revision in one short write transaction, do the Docker work outside any transaction (stop the
+old container, start the new one, gate on health and warm-up), then settle the rows, the audit
+event and the lock release in one more. A failure (Ctrl-C included) puts the old container
+back and records both revisions. A crash in between leaves a pending row and a lock whose
+owner is gone; ``registry.deploy.recover`` completes or reverts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from registry import clock, ledger
+from registry.deploy import locks as lock_rules
+from registry.deploy.action import Action
+from registry.deploy.recover import Recover
+from registry.errors import CellarError, EngineError, HealthGateFailed, Interrupted, OperationInProgress, StepFailed
+from registry.faults import crashpoint
+from registry.ledger import Plan, Release
+from registry.models import DeployResult, FailedDeploy, Runtime
+from registry.store import events, locks, releases
+
+MakePlan = Callable[[list[Release]], Plan]  # the ledger as it is under the lock -> the plan
+MakeContainer = Callable[[Plan], tuple[str, bool]]  # -> (container id, created for this run)
+
+
+class Switching(Action):
+    """Base of the actions that replace what an environment runs."""
+
+    operation = ""  # "promote" or "rollback": the lock's and the crash points' name
+
+    def begin(self, *, target: str, make_plan: MakePlan) -> Plan:
+        """Take the environment's lock and append the pending revision, in one write transaction.
+
+        A lock whose owner provably died is reconciled first (``registry recover``), then taken.
+        """
+        env = self.env
+        for _attempt in range(2):
+            with self.cfg.store.write() as conn:
+                held = locks.get(conn, env.name)
+                if held is None:
+                    plan = make_plan(releases.ledger(conn, env.name))
+                    self.lock = lock_rules.new_lock(env.name, operation=self.operation, target=target,
+                                                    actor=self.actor)
+                    locks.take(conn, self.lock)
+                    releases.insert_(conn, plan.pending)
+                    return plan
+            if not lock_rules.holder_gone(held):
+                raise OperationInProgress(lock_rules.busy_message(held))
+            Recover(self.cfg, actor=self.actor).reconcile(env)
+        raise OperationInProgress(lock_rules.busy_message(held))
+
+    def switch(self, plan: Plan, *, runtime: Runtime, make_container: MakeContainer,
+               container_step: str = "create container") -> DeployResult:
+        """Stop the current container, start the new one, gate on health; roll back on failure."""
+        op = plan.pending.operation
+        new_id, created, old_stopped = None, False, False
+        try:
+            with self.step(container_step):
+                new_id, created = make_container(plan)
+            self._note_container(plan, new_id)
+            crashpoint(f"{op}:created")
+            old = plan.current.container_id if plan.current else None
+            if old and old != new_id:
+                with self.step("stop old container"):
+                    old_stopped = True
+                    self.engine.stop(old)
+            crashpoint(f"{op}:old-stopped")
+            with self.step("start container"):
+                self.engine.start(new_id)
+            crashpoint(f"{op}:started")
+            with self.step("health check"):
+                self.wait_healthy(new_id, runtime)
+            if runtime.warmup:
+                with self.step("warm-up"):
+                    self.cfg.checks.warm_up(self.base_url, runtime.warmup)
+            crashpoint(f"{op}:healthy")
+        except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
+            self._fail(plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)
+            raise
+        return self._succeed(plan, new_id)
+
+    def _note_container(self, plan: Plan, container_id: str) -> None:
+        """Record the container on the pending row first, so recovery finds it after a crash."""
+        plan.pending = plan.pending.model_copy(update={"container_id": container_id})
+        with self.cfg.store.write() as conn:
+            releases.update_(conn, plan.pending)
+
+    def _succeed(self, plan: Plan, new_id: str) -> DeployResult:
+        env = self.env
+        with self.step("record"), self.cfg.store.write() as conn:
+            settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
+            releases.apply(conn, settled)
+            self._event(conn, plan, settled.deployed)
+            rows = releases.ledger(conn, env.name)
+        # Still under the lock, so no concurrent promote has a fresh (not yet running) container here.
+        removed, warnings = self._retain(rows)
+        with self.cfg.store.write() as conn:
+            locks.drop(conn, self.lock)
+        previous = settled.updates[1] if len(settled.updates) > 1 else None  # as recorded: superseded
+        return DeployResult(env=env.name, operation=str(plan.pending.operation), release=settled.deployed,
+                            previous=previous, steps=list(self.steps), removed_containers=removed,
+                            warnings=warnings)
+
+    def _fail(self, plan: Plan, exc: BaseException, *, new_id: str | None, remove: bool,
+              old_stopped: bool) -> None:
+        """Stop (and remove) the new container, restart the old one, record both; raise exit 4.
+
+        Each step is tried even when the one before it failed; when the outcome cannot be known the
+        pending row and lock stay for ``registry recover`` and the error says so."""
+        env, error = self.env, self.scrub(str(exc) or type(exc).__name__)
+        cleanup, halted = self._drop_new(plan, new_id=new_id, remove=remove)
+        try:
+            previous, note = self._restore(plan, old_stopped=old_stopped)
+        except CellarError as lost:
+            cleanup, halted = self.scrub(str(lost)), False
+        if not halted:  # the engine is gone too: only a later reconcile can tell what runs
+            raise EngineError(f"{plan.pending.ref} failed on {env.name} ({error}) and the previous state could "
+                              f"not be restored ({cleanup}): run `registry recover --env {env.name}` "
+                              "once Docker answers") from None
+        if cleanup:
+            note += f"; the failed container was left behind ({cleanup})"
+        with self.cfg.store.write() as conn:
+            settled = ledger.settle(plan, ok=False, at=clock.now(), error=error, previous=previous)
+            releases.apply(conn, settled)
+            self._event(conn, plan, settled.updates[0], error=error)
+            if settled.appended:
+                self._event(conn, plan, settled.appended[0], automatic=True)
+            locks.drop(conn, self.lock)
+        if isinstance(exc, StepFailed):
+            raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
+                                   f"{error}; {note}", result=self._failure(plan, settled, error)) from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(self._interrupted(plan, previous, note)) from None
+        if isinstance(exc, CellarError) and str(exc) != error:
+            exc.args = (error,)  # re-raised by switch: never with a secret in it
+
+    def _failure(self, plan: Plan, settled: ledger.Settlement, error: str) -> FailedDeploy:
+        """The rows a failed operation settled, for ``--json`` on exit 4."""
+        before = settled.updates[1] if len(settled.updates) > 1 else plan.current
+        return FailedDeploy(env=self.env.name, operation=str(plan.pending.operation), error=error,
+                            failed=settled.updates[0], rollback=settled.deployed if settled.appended else None,
+                            previous=before, steps=list(self.steps))
+
+    def _interrupted(self, plan: Plan, previous: str, note: str) -> str:
+        """Ctrl-C's one line: what was not deployed and what serves now."""
+        what, current = f"interrupted: {plan.pending.ref} was not deployed to {self.env.name}", plan.current
+        if current is None or not current.container_id:
+            return f"{what}; nothing was deployed before"
+        if previous == "restored":
+            return f"{what}; {current.ref} was restored (revision {plan.pending.revision + 1})"
+        if previous == "untouched":
+            return f"{what}; {current.ref} kept running"
+        return f"{what}; {note}"
+
+    def _drop_new(self, plan: Plan, *, new_id: str | None, remove: bool) -> tuple[str | None, bool]:
+        """Remove (or stop, for a kept one) the failed container: (scrubbed error if any, whether it
+        is at least stopped). Removal failing falls back to stopping, so the old one gets the port back."""
+        if not new_id or new_id == (plan.current.container_id if plan.current else None):
+            return None, True
+        problem = None
+        with self.step("remove failed container" if remove else "stop failed container"):
+            if remove:
+                try:
+                    self.engine.remove(new_id)
+                    return None, True
+                except CellarError as exc:
+                    problem = self.scrub(str(exc))
+            try:  # a failed container is not worth a graceful stop: the old one is waiting
+                self.engine.stop(new_id, timeout=2)
+            except CellarError as exc:
+                return problem or self.scrub(str(exc)), False
+        return problem, True
+
+    def _restore(self, plan: Plan, *, old_stopped: bool) -> tuple[str, str]:
+        current, env = plan.current, self.env
+        if current is None or not current.container_id:
+            return "untouched", "nothing was deployed before, nothing to roll back to"
+        if not old_stopped:
+            return "untouched", f"{current.ref} kept running"
+        try:
+            with self.step("restart previous"):
+                self.start_and_check(current)
+        except StepFailed as exc:
+            return "lost", (f"rolling back to {current.ref} failed too ({self.scrub(str(exc))}); nothing is "
+                            f"deployed: see `registry status`, then `registry rollback --env {env.name}`")
+        return "restored", (f"rolled back automatically to {current.ref} "
+                            f"(revision {plan.pending.revision + 1}), which answers again")
+
+    def _event(self, conn, plan: Plan, row: Release, *, error: str | None = None, automatic: bool = False) -> None:
+        action = "rollback" if automatic or row.operation != ledger.Operation.PROMOTE else "promote"
+        detail = {"revision": row.revision, "status": str(row.status), "manifest_digest": row.manifest_digest,
+                  "image_digest": row.image_digest, "container": (row.container_id or "")[:12],
+                  "previous": plan.current.ref if plan.current else None, "rollback_of": row.rollback_of}
+        if error:
+            detail["error"] = error
+        if automatic:
+            detail["automatic"] = True
+        events.append(conn, actor=row.actor, action=action, object=row.ref, model=row.model, env=self.env.name,
+                      reason=row.reason, detail=detail, db_user=self.cfg.store.db_user(conn))
+
+    def _retain(self, rows: list[Release]) -> tuple[list[str], list[str]]:
+        """Remove stopped containers beyond the environment's ``keep``; never one a rollback needs.
+        Best effort: the release is already recorded, so a Docker error is a warning, not a failure."""
+        keepers = ledger.keep_containers(rows, keep=self.env.keep)
+        removed, warnings = [], []
+        try:
+            found = self.engine.find(env=self.env.name, registry=self.cfg.registry_id)
+        except CellarError as exc:
+            return [], [f"old containers were not cleaned up: {self.scrub(str(exc))}"]
+        for c in found:
+            if c.running or c.id in keepers:
+                continue
+            try:
+                self.engine.remove(c.id)
+                removed.append(c.name)
+            except CellarError as exc:
+                warnings.append(f"could not remove old container {c.name}: {self.scrub(str(exc))}")
+        return removed, warnings

@@ -1,0 +1,52 @@
+"""Environments (deploy targets) in SQL. Functions take the caller's connection."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Connection
+
+from registry import clock
+from registry.errors import NotFound
+from registry.models import Environment
+from registry.store import schema as t
+
+
+def all_(conn: Connection) -> list[Environment]:
+    """Every environment, by name."""
+    return [_env(r) for r in conn.execute(select(t.environments).order_by(t.environments.c.name))]
+
+
+def get(conn: Connection, name: str) -> Environment | None:
+    row = conn.execute(select(t.environments).where(t.environments.c.name == name)).first()
+    return _env(row) if row else None
+
+
+def find(conn: Connection, name: str | None) -> Environment:
+    """The named environment, or the default one (or the only one) when ``name`` is None."""
+    if name is not None:
+        found = get(conn, name)
+        if found is None:
+            raise NotFound(f"no environment named {name!r}: add it with `registry env add {name} --port N`")
+        return found
+    envs = all_(conn)
+    chosen = [e for e in envs if e.is_default] or (envs if len(envs) == 1 else [])
+    if not chosen:
+        what = ", ".join(e.name for e in envs) or "none yet: add one with `registry env add NAME --port N`"
+        raise NotFound(f"which environment? pass --env, or mark one with --default (environments: {what})")
+    return chosen[0]
+
+
+def insert_(conn: Connection, env: Environment) -> None:
+    if env.is_default:
+        conn.execute(update(t.environments).values(is_default=False))
+    conn.execute(insert(t.environments).values(**env.model_dump()))
+
+
+def delete_(conn: Connection, name: str) -> None:
+    conn.execute(delete(t.environments).where(t.environments.c.name == name))
+
+
+def _env(row) -> Environment:
+    return Environment(name=row.name, port=row.port, bind_addr=row.bind_addr, docker_host=row.docker_host,
+                       health_timeout_s=row.health_timeout_s, keep=row.keep, protected=row.protected,
+                       is_default=row.is_default, created_at=clock.utc(row.created_at))

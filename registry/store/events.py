@@ -1,0 +1,90 @@
+"""The audit log in SQL: append in the caller's transaction, filtered reads, the chain streamed
+to ``registry.audit.verify``. The chain's logic is ``registry.audit``; the rows live here."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from registry import audit, clock
+from registry.audit import AuditFilter, Checkpoint, Event, Verification
+from registry.store.schema import events
+
+# Statements on the push path are built once: building one costs more than running it.
+_LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
+_INSERT = insert(events)
+
+
+def append(conn: Connection, *, actor: str, action: str, object: str, detail: dict[str, Any],
+           model: str | None = None, env: str | None = None, reason: str | None = None,
+           db_user: str | None = None) -> str:
+    """Append one event inside the caller's (serialised) write transaction; return its hash."""
+    last = conn.execute(_LAST).first()
+    row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
+                          object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
+    conn.execute(_INSERT, row)
+    return row["hash"]
+
+
+def query(conn: Connection, flt: AuditFilter) -> list[Event]:
+    """Events matching ``flt``, newest first."""
+    stmt = select(events).order_by(events.c.id.desc())
+    for column, value in ((events.c.action, flt.action), (events.c.env, flt.env), (events.c.model, flt.model)):
+        if value:
+            stmt = stmt.where(column == value)
+    if flt.actor:
+        stmt = stmt.where(events.c.actor.ilike(f"%{_escape_like(flt.actor)}%", escape="\\"))
+    if flt.since:
+        stmt = stmt.where(events.c.at >= flt.since)
+    if flt.prompt:
+        # Narrow in SQL on the canonical JSON text, then check the parsed detail exactly.
+        stmt = stmt.where(events.c.detail.like(
+            f'%"prompts_changed":[%"{_escape_like(flt.prompt)}"%', escape="\\"))
+    elif flt.limit:
+        stmt = stmt.limit(flt.limit)
+    out = []
+    # Streamed: with a limit, reading stops at the limit-th match instead of fetching every match.
+    with conn.execution_options(yield_per=500).execute(stmt) as result:
+        for row in result.mappings():
+            event = audit.event_of(row)
+            if not audit.matches_prompt(event, flt.prompt):
+                continue
+            out.append(event)
+            if flt.limit and len(out) >= flt.limit:
+                break
+    return out
+
+
+def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
+    """Stream every event in id order through ``audit.verify``."""
+    def find_by_hash(digest: str) -> int | None:
+        return conn.execute(select(events.c.id).where(events.c.hash == digest)).scalar()
+
+    with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
+        return audit.verify(result.mappings(), find_by_hash=find_by_hash, against=against)
+
+
+def checkpoint(conn: Connection) -> Checkpoint:
+    """The log's head hash and event count now."""
+    last = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+    count = conn.execute(select(func.count()).select_from(events)).scalar_one()
+    return Checkpoint(head=last or audit.GENESIS, count=count)
+
+
+def registry_id(conn: Connection) -> str:
+    """This registry's identity, labelled on its containers: the hash of the first audit event.
+
+    Derived from the database rather than a file in the home, so every home sharing one database
+    (one ledger) sees the same containers, and two registries never do; the hash covers the init
+    event's time and path, and the audit chain makes it immutable."""
+    first = conn.execute(select(events.c.hash).order_by(events.c.id).limit(1)).scalar()
+    if first is None:  # a database nobody initialised through `registry init`: derive from its URL
+        first = hashlib.sha256(str(conn.engine.url.render_as_string(hide_password=True)).encode()).hexdigest()
+    return first[:32]
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

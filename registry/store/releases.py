@@ -1,0 +1,58 @@
+"""The release ledger in SQL: append-only rows per environment. Functions take the caller's
+connection, so a ledger change, its lock and its audit event share one transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from registry import clock
+from registry.ledger import Operation, Release, ReleaseStatus, Settlement
+from registry.store import schema as t
+
+_COLUMNS = [c.name for c in t.releases.columns if c.name != "id"]
+
+
+def ledger(conn: Connection, env: str) -> list[Release]:
+    """An environment's releases, oldest revision first."""
+    rows = conn.execute(select(t.releases).where(t.releases.c.env == env).order_by(t.releases.c.revision))
+    return [_release(r) for r in rows]
+
+
+def all_(conn: Connection) -> list[Release]:
+    """Every environment's releases, by environment then revision."""
+    rows = conn.execute(select(t.releases).order_by(t.releases.c.env, t.releases.c.revision))
+    return [_release(r) for r in rows]
+
+
+def insert_(conn: Connection, r: Release) -> None:
+    conn.execute(insert(t.releases).values(**_values(r)))
+
+
+def update_(conn: Connection, r: Release) -> None:
+    conn.execute(update(t.releases).values(**_values(r))
+                 .where(t.releases.c.env == r.env, t.releases.c.revision == r.revision))
+
+
+def apply(conn: Connection, settlement: Settlement) -> None:
+    """Write a settlement; rows leaving ``deployed`` first, so the one-deployed index holds
+    after every statement (SQLite checks it per statement)."""
+    rows = [*settlement.updates, *settlement.appended]
+    appended = {id(r) for r in settlement.appended}
+    for r in sorted(rows, key=lambda r: r.status is ReleaseStatus.DEPLOYED):
+        (insert_ if id(r) in appended else update_)(conn, r)
+
+
+def _release(row) -> Release:
+    data = {c: getattr(row, c) for c in _COLUMNS}
+    for key in ("started_at", "finished_at"):
+        if data[key] is not None:
+            data[key] = clock.utc(data[key])
+    data["status"], data["operation"] = ReleaseStatus(row.status), Operation(row.operation)
+    return Release(**data)
+
+
+def _values(r: Release) -> dict:
+    data = r.model_dump(include=set(_COLUMNS))
+    data["status"], data["operation"] = str(r.status), str(r.operation)
+    return data

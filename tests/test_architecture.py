@@ -1,0 +1,79 @@
+"""The shape the code promises (README, Architecture): SQL only behind registry/store/, no
+import cycle anywhere (imports inside functions included), and a CLI that imports only the
+public ``registry`` package and its own modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module ``path`` imports, at any depth of its code (absolute names)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+REGISTRY = _modules("registry")
+CLI = _modules("cli")
+
+
+def test_only_the_store_and_migrations_import_sqlalchemy():
+    offenders = [name for name, path in {**REGISTRY, **CLI}.items()
+                 if not name.startswith("registry.store")
+                 and any(i == "sqlalchemy" or i.startswith("sqlalchemy.") for i in _imports(path, name))]
+    assert offenders == []
+
+
+def test_no_import_cycles():
+    graph = {name: {i for i in _imports(path, name) if i in REGISTRY and i != name}
+             for name, path in REGISTRY.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_the_cli_imports_only_the_public_registry_package():
+    private = sorted({f"{name}: {i}" for name, path in CLI.items() for i in _imports(path, name)
+                      if i in REGISTRY and i != "registry"})
+    assert private == []
+
+
+def test_every_export_resolves():
+    import registry
+
+    missing = [name for name in registry.__all__ if getattr(registry, name, None) is None]
+    assert missing == []
