@@ -90,21 +90,32 @@ def write_config(home: Home | Path, db_url: str) -> str:
 
 def without_password(db_url: str) -> str:
     """``db_url`` with no password in it (user info or ``?password=``); refused if not a URL."""
+    url = _parsed(db_url)
+    # URL.set(password=None) means "unchanged"; _replace (it is a NamedTuple) really drops it
+    url = url._replace(password=None).difference_update_query(_password_keys(url))
+    return url.render_as_string(hide_password=False)
+
+
+def has_password(db_url: str) -> bool:
+    """True if ``db_url`` carries a password that ``write_config`` leaves out (so later commands
+    need ``PGPASSWORD`` or ``~/.pgpass``: worth telling the user at init)."""
+    url = _parsed(db_url)
+    return url.password is not None or bool(_password_keys(url))
+
+
+def _parsed(db_url: str):
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        url = make_url(db_url)
+        return make_url(db_url)
     except ArgumentError:
         raise InvalidInput(f"{_masked(db_url)} is not a database URL: use sqlite:////path "
                            "or postgresql+psycopg://user@host/db") from None
-    query = {k: v for k, v in url.query.items() if k.lower() != "password"}
-    return url.set(password=None, query=query).render_as_string(hide_password=False)
 
 
-def has_password(db_url: str) -> bool:
-    """True if ``db_url`` carries a password that ``write_config`` would leave out."""
-    return without_password(db_url) != db_url
+def _password_keys(url) -> list[str]:
+    return [k for k in url.query if k.lower() == "password"]
 
 
 def for_init(path: str | Path | None = None, *, db_url: str | None = None) -> Home:

@@ -25,6 +25,9 @@ NAME_MAX = 63  # models.name, environments.name, releases.env/model/version
 ACTOR_MAX = 255  # versions.actor, events.actor, releases.actor
 FILE_NAME_MAX = 1024  # version_files.name
 TENSOR_NAME_MAX = 1024  # tensors.name
+# Both names are in a primary key: PostgreSQL refuses a btree entry over ~2700 bytes, which
+# 1024 characters of CJK text (3 bytes each) exceed. 2048 bytes keeps every key well inside.
+KEY_NAME_BYTES = 2048
 DTYPE_MAX = 32  # tensors.dtype
 SHAPE_MAX = 255  # tensors.shape, stored as JSON text: "[1000, 1000]"
 DOCKER_HOST_MAX = 255  # environments.docker_host
@@ -51,11 +54,12 @@ _URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:[^\s/@]+@")
 # --- checks that raise InvalidInput -----------------------------------------------------
 
 
-def check_text(value: str, field: str, max_len: int, *, multiline: bool = False, secret: bool = False) -> str:
-    """``value`` if it is at most ``max_len`` characters without control characters, else
-    InvalidInput naming ``field``. ``multiline`` allows newlines and tabs; ``secret`` keeps the
-    value out of the message."""
-    problem = text_error(value, max_len, multiline=multiline, secret=secret)
+def check_text(value: str, field: str, max_len: int, *, max_bytes: int | None = None,
+               multiline: bool = False, secret: bool = False) -> str:
+    """``value`` if it is at most ``max_len`` characters (and ``max_bytes`` as UTF-8) without
+    control characters, else InvalidInput naming ``field``. ``multiline`` allows newlines and
+    tabs; ``secret`` keeps the value out of the message."""
+    problem = text_error(value, max_len, max_bytes=max_bytes, multiline=multiline, secret=secret)
     if problem:
         raise InvalidInput(f"{field}: {problem}")
     return value
@@ -83,12 +87,12 @@ def check_docker_host(value: str | None) -> str | None:
 
 def check_file_name(value: str, field: str) -> str:
     """A stored file name (a weight's relative path): 1024 characters, no control characters."""
-    return check_text(value, field, FILE_NAME_MAX)
+    return check_text(value, field, FILE_NAME_MAX, max_bytes=KEY_NAME_BYTES)
 
 
 def check_tensor(name: str, dtype: str, shape_text: str, field: str) -> None:
     """A tensor's recorded name, dtype and shape (as stored, JSON) fit their columns."""
-    check_text(name, f"{field}: tensor name", TENSOR_NAME_MAX)
+    check_text(name, f"{field}: tensor name", TENSOR_NAME_MAX, max_bytes=KEY_NAME_BYTES)
     shown = safe_for_terminal(name[:80])
     check_text(dtype, f"{field}: tensor {shown!r} dtype", DTYPE_MAX)
     if len(shape_text) > SHAPE_MAX:
@@ -117,7 +121,8 @@ def check_prompt_size(size: int, field: str, file_name: str) -> None:
 # --- the same rules as strings, for pydantic validators ---------------------------------
 
 
-def text_error(value: object, max_len: int, *, multiline: bool = False, secret: bool = False) -> str | None:
+def text_error(value: object, max_len: int, *, max_bytes: int | None = None, multiline: bool = False,
+               secret: bool = False) -> str | None:
     """What is wrong with ``value`` as text of at most ``max_len`` characters; None if nothing."""
     if not isinstance(value, str):
         return f"expected text, got {type(value).__name__}"
@@ -128,6 +133,8 @@ def text_error(value: object, max_len: int, *, multiline: bool = False, secret: 
         where = "" if secret else f" in {safe_for_terminal(_around(value, found.start()))!r}"
         allowed = " (newlines and tabs are fine)" if multiline else ""
         return f"control character {_char_name(found.group())} at position {found.start()}{where}; remove it{allowed}"
+    if max_bytes is not None and len(value) * 4 > max_bytes and (n := len(value.encode())) > max_bytes:
+        return f"{n} bytes as UTF-8, over the limit of {max_bytes}"
     return None
 
 

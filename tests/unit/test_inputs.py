@@ -153,3 +153,9 @@ def test_safe_for_terminal(text, shown):
 
 def test_safe_for_terminal_takes_any_object():
     assert inputs.safe_for_terminal(None) == "None" and inputs.safe_for_terminal(3) == "3"
+
+
+def test_names_in_a_primary_key_are_capped_in_bytes_too():
+    inputs.check_file_name("é" * 1024, "weights[0]")  # 2048 bytes
+    with pytest.raises(InvalidInput, match=r"^weights\[0\]: 3000 bytes as UTF-8, over the limit of 2048"):
+        inputs.check_file_name("名" * 1000, "weights[0]")
