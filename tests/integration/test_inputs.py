@@ -54,8 +54,8 @@ def blob_count(reg: Registry) -> int:
     ({CJK_1000: ("F32", [1], 4)},
      "cellar.yaml: weights[0]: weights/model.safetensors: tensor name: 3000 bytes as UTF-8, over the limit of 2048"),
     ({"x": ("F32", [1] * 100, 4)},
-     "cellar.yaml: weights[0]: weights/model.safetensors: tensor 'x' has a shape of 300 characters as text, "
-     "over the limit of 255"),
+     ("cellar.yaml: weights[0]: weights/model.safetensors: tensor 'x' has a shape of 300 characters as text, "
+      "over the limit of 255")),
 ])
 def test_long_tensor_fields_are_refused_alike_on_both_databases(reg, model_dir, tensors, expected):
     write_raw_safetensors(model_dir.root / "weights" / "model.safetensors", tensors)

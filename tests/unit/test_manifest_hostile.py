@@ -47,7 +47,7 @@ def load_limited(path: Path, limit_bytes: int = 1 << 30) -> subprocess.Completed
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, preexec_fn=cap)
+                          timeout=60, preexec_fn=cap, check=False)
 
 
 # --- YAML: aliases, duplicate keys, size --------------------------------------------------
