@@ -14,6 +14,7 @@ Values are never echoed for fields that may hold a secret (environment values).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -43,12 +44,17 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Unicode line and paragraph separators, bidi embeddings/overrides/isolates/marks (the
 # "Trojan Source" set), and lone surrogates (not encodable as UTF-8: PostgreSQL would fail).
 _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_CONTROL_RE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
+_CONTROL = f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]"
 # The same without tab and newline, for free text that may span lines (messages).
-_CONTROL_MULTILINE_RE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]")
-
+_CONTROL_MULTILINE = f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{_BIDI}\ud800-\udfff]"
 # scheme://user:password@host: a password in a URL is a secret, whatever the variable's name
-_URL_PASSWORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:[^\s/@]+@")
+_URL_PASSWORD = r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:[^\s/@]+@"
+
+
+@functools.cache
+def _regex(pattern: str) -> re.Pattern:
+    # compiled on first use, not at import: models imports this module on every command (~3 ms)
+    return re.compile(pattern)
 
 
 # --- checks that raise InvalidInput -----------------------------------------------------
@@ -128,7 +134,7 @@ def text_error(value: object, max_len: int, *, max_bytes: int | None = None, mul
         return f"expected text, got {type(value).__name__}"
     if len(value) > max_len:
         return f"{len(value)} characters, over the limit of {max_len}"
-    found = (_CONTROL_MULTILINE_RE if multiline else _CONTROL_RE).search(value)
+    found = _regex(_CONTROL_MULTILINE if multiline else _CONTROL).search(value)
     if found:
         where = "" if secret else f" in {safe_for_terminal(_around(value, found.start()))!r}"
         allowed = " (newlines and tabs are fine)" if multiline else ""
@@ -143,7 +149,7 @@ def env_value_error(key: str, value: object) -> str | None:
     problem = text_error(value, ENV_VALUE_MAX, secret=True)
     if problem:
         return f"{key}: {problem}"
-    if _URL_PASSWORD_RE.search(value):  # type: ignore[arg-type]
+    if _regex(_URL_PASSWORD).search(value):  # type: ignore[arg-type]
         return (f"{key} is a URL carrying a password, a secret in all but name: list {key} under "
                 "runtime.secrets and pass its value from the environment at deploy time")
     return None
@@ -187,7 +193,7 @@ def json_error(value: object) -> str | None:
 
 def has_control(value: str) -> bool:
     """True if ``value`` holds a character ``safe_for_terminal`` would escape."""
-    return bool(_CONTROL_RE.search(value))
+    return bool(_regex(_CONTROL).search(value))
 
 
 def safe_for_terminal(text: object) -> str:
@@ -197,9 +203,10 @@ def safe_for_terminal(text: object) -> str:
 
     (Rich markup is another matter: pass the result through ``rich.markup.escape`` as well.)"""
     text = str(text)
-    if not _CONTROL_RE.search(text):
+    control = _regex(_CONTROL)
+    if not control.search(text):
         return text  # the common case: one regex scan, no copy
-    return _CONTROL_RE.sub(_visible, text)
+    return control.sub(_visible, text)
 
 
 def _visible(found: re.Match) -> str:
