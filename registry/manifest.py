@@ -6,6 +6,7 @@ included; errors name the file and the field.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -13,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from registry.errors import ManifestError
+from registry import inputs
+from registry.errors import InvalidInput, ManifestError
 from registry.models import Manifest
 from registry.safetensors_index import SafetensorsError, TensorRange, is_safetensors, read_index
 
@@ -50,13 +52,9 @@ def load(path: str | Path, **overrides: Any) -> Resolved:
     path = Path(path)
     if path.is_dir():
         path = path / DEFAULT_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no such manifest; write one or pass its path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read the manifest ({exc})") from None
-    data = _parse_yaml(path, text)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a mapping with model, version, ... at the top level")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return resolve(validate(data, source=str(path)), path.parent, source=str(path))
 
@@ -101,7 +99,7 @@ def _resolve(manifest: Manifest, root: Path) -> Resolved:
         for path in found:
             rel = path.relative_to(root).as_posix()
             _refuse_prompt_folder(rel, where)
-            files[("weight", rel)] = SourceFile("weight", rel, path, _tensors(path, where))
+            files[("weight", rel)] = SourceFile("weight", rel, path, _tensors(path, rel, where))
     for name, entry in manifest.prompts.items():
         where = f"prompts.{name}"
         path = _regular_file(root, _inside(root, real_root, entry, where), where)
@@ -110,20 +108,48 @@ def _resolve(manifest: Manifest, root: Path) -> Resolved:
     return Resolved(manifest, root, list(files.values()))
 
 
-def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``, read by the one strict loader every manifest goes through:
+    no aliases, no duplicate keys, at most 1 MiB. A ManifestError names the file and line."""
+    path = Path(path)
+    return _parse_yaml(path, _read_text(path))
+
+
+def _read_text(path: Path) -> str:
+    from registry import safe_yaml
+
+    try:
+        if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+            raise ManifestError(f"{path}: not a regular file; pass the manifest's path")
+        with open(path, "rb") as f:
+            raw = f.read(safe_yaml.MAX_BYTES + 1)  # bounded: never a whole huge file in memory
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest; write one or pass its path") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from None
+    if len(raw) > safe_yaml.MAX_BYTES:
+        raise ManifestError(f"{path}: larger than {safe_yaml.MAX_BYTES >> 20} MiB; a manifest names its "
+                            "files, it does not hold them")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc})") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
     import yaml  # only pushes need it
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster for 1,000 pushes
+    from registry import safe_yaml
+
     try:
-        data = yaml.load(text, Loader=loader)
+        return safe_yaml.loads(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if isinstance(exc, safe_yaml.Refused):
+            raise ManifestError(f"{path}{where}: {problem}") from None
         raise ManifestError(f"{path}{where}: malformed YAML ({problem})") from None
-    if not isinstance(data, dict):
-        raise ManifestError(f"{path}: expected a mapping with model, version, ... at the top level")
-    return data
 
 
 def _describe(exc: ValidationError) -> str:
@@ -136,11 +162,28 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _rule(check, *args) -> None:
+    """Run an ``inputs`` check; its InvalidInput becomes a ManifestError (the source is added later)."""
+    try:
+        check(*args)
+    except InvalidInput as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _real(path: Path, shown: str, where: str) -> Path:
+    """``path`` with every symlink followed; a loop is the user's to fix, not an internal error."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError until Python 3.13, OSError(ELOOP) after
+        raise ManifestError(f"{where}: {shown!r} is a symlink loop; remove it or point it at a file") from None
+
+
 def _inside(root: Path, real_root: Path, entry: str, where: str) -> Path:
     if not entry or "\x00" in entry or "\\" in entry or PurePosixPath(entry).is_absolute():
         raise ManifestError(f"{where}: {entry!r} must be a relative path inside {root}")
+    _rule(inputs.check_file_name, entry, where)
     target = root / entry
-    if not _is_within(target.resolve(), real_root):
+    if not _is_within(_real(target, entry, where), real_root):
         raise ManifestError(f"{where}: {entry!r} points outside the manifest's folder {root}")
     if ".." in PurePosixPath(entry).parts:
         # the stored name is textual: "sub/../w.bin" would not be where the snapshot puts it
@@ -162,14 +205,14 @@ def _walk(root: Path, real_root: Path, folder: Path, where: str):
         dirnames.sort()
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
-                raise ManifestError(
-                    f"{where}: {Path(dirpath, name).relative_to(root)} is a symlinked folder; "
-                    "list its target instead"
-                )
+                shown = inputs.safe_for_terminal(Path(dirpath, name).relative_to(root))
+                raise ManifestError(f"{where}: {shown} is a symlinked folder; list its target instead")
         for name in sorted(filenames):
             path = Path(dirpath, name)
-            if not _is_within(path.resolve(), real_root):
-                raise ManifestError(f"{where}: {path.relative_to(root)} is a symlink pointing outside {root}")
+            rel = path.relative_to(root).as_posix()
+            _rule(inputs.check_file_name, rel, f"{where}: file name")
+            if not _is_within(_real(path, rel, where), real_root):
+                raise ManifestError(f"{where}: {rel} is a symlink pointing outside {root}")
             yield _regular_file(root, path, where)
 
 
@@ -181,18 +224,27 @@ def _regular_file(root: Path, path: Path, where: str) -> Path:
     return path
 
 
-def _tensors(path: Path, where: str) -> list[TensorRange]:
+def _tensors(path: Path, rel: str, where: str) -> list[TensorRange]:
     if not is_safetensors(path):
         return []
     try:
-        return read_index(path)
+        found = read_index(path)
     except (SafetensorsError, OSError) as exc:
         raise ManifestError(f"{where}: {path.name} is not a valid safetensors file ({exc})") from None
+    for t in found:  # stored in VARCHAR columns: refused here, alike on SQLite and PostgreSQL
+        _rule(inputs.check_tensor, t.name, t.dtype, json.dumps(list(t.shape)), f"{where}: {rel}")
+    return found
 
 
 def _check_text(path: Path, where: str) -> None:
+    """A prompt template: UTF-8 text within the size limit (read no further than the limit)."""
     try:
-        path.read_text(encoding="utf-8")
+        limit = inputs.max_prompt_bytes()
+        _rule(inputs.check_prompt_size, path.stat().st_size, where, path.name)
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # it may have grown since stat
+        _rule(inputs.check_prompt_size, len(data), where, path.name)
+        data.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError(f"{where}: {path.name} is not UTF-8 text; prompt templates must be") from None
     except OSError as exc:

@@ -7,11 +7,13 @@ names are part of the public interface.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from registry import inputs
 from registry.ledger import Release
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -99,6 +101,22 @@ def _new_image_ref(value: str | None, info: ValidationInfo) -> str | None:
 ImageRefStr = Annotated[str, AfterValidator(_new_image_ref)]
 
 
+def _on_push(problem_of: Callable[[Any], str | None]) -> AfterValidator:
+    """A check run when a manifest is pushed only (like UrlPath): recorded versions still load."""
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if (info.context or {}).get("new_manifest") and (problem := problem_of(value)):
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+# probes and warm-ups send this verbatim: CR/LF in it would inject into the HTTP request
+HttpMethod = Annotated[str, _on_push(inputs.method_error)]
+Message = Annotated[str, _on_push(lambda v: inputs.text_error(v, inputs.MESSAGE_MAX, multiline=True))]
+JsonBody = Annotated[Any, _on_push(inputs.json_error)]
+
+
 class _Model(BaseModel):
     # Validators are built on first use, not at import: the CLI's start-up pays only for the
     # models a command uses (~20 ms less start-up for `registry list`, see bench/startup.py).
@@ -113,9 +131,9 @@ class _Strict(_Model):
 
 
 class Request(_Strict):
-    method: str = "GET"
+    method: HttpMethod = "GET"
     path: UrlPath = "/"
-    json_body: Any = Field(default=None, alias="json")
+    json_body: JsonBody = Field(default=None, alias="json")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
@@ -135,14 +153,17 @@ class Runtime(_Strict):
 
     @field_validator("env")
     @classmethod
-    def _no_secret_values(cls, env: dict[str, str]) -> dict[str, str]:
-        for key in env:
+    def _no_secret_values(cls, env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for key, value in env.items():
             _check_env_key(key)
             if is_secret_key(key):
                 raise ValueError(
                     f"{key} looks like a secret: list it under runtime.secrets and pass its "
                     "value from the environment at deploy time, never in the manifest"
                 )
+            # on push only: a version recorded before these rules still loads
+            if (info.context or {}).get("new_manifest") and (problem := inputs.env_value_error(key, value)):
+                raise ValueError(problem)
         return env
 
     @field_validator("secrets")
@@ -156,15 +177,15 @@ class Runtime(_Strict):
 class Expect(_Strict):
     status: int | None = 200
     regex: str | None = None
-    json_schema: dict[str, Any] | None = None
+    json_schema: Annotated[dict[str, Any] | None, _on_push(inputs.json_error)] = None
     not_contains: str | None = None
 
 
 class Probe(_Strict):
     name: Name
-    method: str = "POST"
+    method: HttpMethod = "POST"
     path: UrlPath
-    json_body: Any = Field(default=None, alias="json")
+    json_body: JsonBody = Field(default=None, alias="json")
     expect: Expect = Field(default_factory=Expect)
     max_latency_ms: int | None = Field(default=None, gt=0)
 
@@ -176,7 +197,7 @@ class Manifest(_Strict):
 
     model: Name
     version: VersionStr
-    message: str = ""
+    message: Message = ""
     image: ImageRefStr | None = None
     weights: list[str] = Field(default_factory=list)
     prompts: dict[str, str] = Field(default_factory=dict)

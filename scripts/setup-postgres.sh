@@ -4,12 +4,19 @@
 # Idempotent: installs Debian's postgresql only when no server is installed, creates
 # and starts the newest installed version's "main" cluster when needed, then makes
 # sure the role and database exist. The last line printed is the SQLAlchemy URL.
-# Usage: scripts/setup-postgres.sh   (env PG_ROLE, PG_PASSWORD, PG_DB override the names)
+#
+# Least privilege: the role is NOT a superuser. It owns the test database and may create
+# databases (CREATEDB: the test suite makes and drops one per test), nothing more. Its
+# password is generated on the first run and kept in a root-only pgpass file, reused later.
+# Usage: scripts/setup-postgres.sh
+#   env PG_ROLE, PG_DB override the names; PG_PASSFILE the password file
+#   (default /var/lib/cellar-test/pgpass); PG_PASSWORD sets the password instead.
 set -euo pipefail
 
 ROLE="${PG_ROLE:-cellar}"
-PASSWORD="${PG_PASSWORD:-cellar}"
 DB="${PG_DB:-cellar_test}"
+PASSFILE="${PG_PASSFILE:-/var/lib/cellar-test/pgpass}"
+PASSWORD=""
 CLUSTER=main
 WAIT_S=30
 
@@ -63,28 +70,69 @@ psql_admin() {  # psql_admin PORT SQL: run SQL as the postgres superuser, print 
     as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$1" -tAc "$2"
 }
 
+check_names() {  # the names go into SQL and a URL unquoted: keep them plain
+    [[ "$ROLE" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "PG_ROLE '$ROLE' must match [a-z_][a-z0-9_]*"
+    [[ "$DB" =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "PG_DB '$DB' must match [a-z_][a-z0-9_]*"
+    [ "$ROLE" != postgres ] || die "PG_ROLE must not be postgres (the superuser)"
+}
+
+load_password() {  # PG_PASSWORD, else the role's line in $PASSFILE, else a new one written there
+    if [ -n "${PG_PASSWORD:-}" ]; then
+        # it goes into SQL and the printed URL unescaped
+        [[ "$PG_PASSWORD" =~ ^[A-Za-z0-9._~-]+$ ]] || die "PG_PASSWORD may hold only A-Z a-z 0-9 . _ ~ -"
+        PASSWORD="$PG_PASSWORD"
+        return
+    fi
+    if [ -f "$PASSFILE" ]; then  # pgpass format: host:port:database:user:password
+        PASSWORD="$(awk -F: -v r="$ROLE" '$4 == r { print $5; exit }' "$PASSFILE")"
+    fi
+    if [ -z "$PASSWORD" ]; then
+        log "generating a password for $ROLE, kept in $PASSFILE"
+        PASSWORD="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"  # 48 hex digits: URL-safe
+        install -d -m 700 "$(dirname "$PASSFILE")"
+        (umask 077 && echo "127.0.0.1:*:*:$ROLE:$PASSWORD" >>"$PASSFILE")
+    fi
+    chmod 600 "$PASSFILE" 2>/dev/null || true
+}
+
 ensure_role_and_db() {  # ensure_role_and_db PORT
-    local port="$1"
-    # Superuser: the test suite creates and drops databases of its own.
+    local port="$1" verb=ALTER
     if [ "$(psql_admin "$port" "SELECT 1 FROM pg_roles WHERE rolname = '$ROLE'")" != 1 ]; then
         log "creating role $ROLE"
-        psql_admin "$port" "CREATE ROLE \"$ROLE\" LOGIN SUPERUSER PASSWORD '$PASSWORD'"
-    else
-        psql_admin "$port" "ALTER ROLE \"$ROLE\" LOGIN SUPERUSER PASSWORD '$PASSWORD'"
+        verb=CREATE
     fi
+    # Not a superuser (an older version of this script made it one: ALTER takes that back).
+    # The password goes through stdin, not argv, so `ps` never shows it.
+    printf '%s ROLE "%s" LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '"'"'%s'"'"';\n' \
+        "$verb" "$ROLE" "$PASSWORD" | as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$port" >/dev/null
     if [ "$(psql_admin "$port" "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
         log "creating database $DB"
         psql_admin "$port" "CREATE DATABASE \"$DB\" OWNER \"$ROLE\""
+    else
+        psql_admin "$port" "ALTER DATABASE \"$DB\" OWNER TO \"$ROLE\""
     fi
 }
 
+as_role() {  # as_role PORT SQL: run SQL as the test role over TCP, as the tests will
+    PGPASSWORD="$PASSWORD" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U "$ROLE" -d "$DB" -tAc "$2"
+}
+
 check_login() {  # check_login PORT: the URL we print must work, password and TCP included
-    PGPASSWORD="$PASSWORD" psql -X -q -h 127.0.0.1 -p "$1" -U "$ROLE" -d "$DB" -tAc 'SELECT 1' >/dev/null ||
+    as_role "$1" 'SELECT 1' >/dev/null ||
         die "cannot log in as $ROLE to $DB on 127.0.0.1:$1 (check pg_hba.conf)"
+    [ "$(as_role "$1" 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user')" = f ] ||
+        die "$ROLE is still a superuser"
+    # what tests/conftest.py does for every PostgreSQL test: create, use, force-drop a database
+    local probe="cellar_setup_check_$$"
+    as_role "$1" "CREATE DATABASE \"$probe\"" >/dev/null &&
+        as_role "$1" "DROP DATABASE \"$probe\" WITH (FORCE)" >/dev/null ||
+        die "$ROLE cannot create and drop databases (needs CREATEDB)"
 }
 
 main() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts the cluster)"
+    check_names
+    load_password
     local version port
     version="$(pg_version)"
     if [ -z "$version" ]; then

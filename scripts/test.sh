@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Run the whole test suite: install and start what the tests need, then pytest.
 # Needs root (or sudo) on a Debian machine for PostgreSQL and the Docker engine.
+# PostgreSQL tests log in as a least-privilege role (CREATEDB, not SUPERUSER) whose generated
+# password scripts/setup-postgres.sh keeps in /var/lib/cellar-test/pgpass (root only); set
+# CELLAR_TEST_PG_URL yourself to use another server instead.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
-CELLAR_TEST_PG_URL=$(scripts/setup-postgres.sh | tail -n 1)
+if [ -z "${CELLAR_TEST_PG_URL:-}" ]; then
+    CELLAR_TEST_PG_URL=$(scripts/setup-postgres.sh | tail -n 1)
+fi
 export CELLAR_TEST_PG_URL
 scripts/setup-docker.sh >&2
 scripts/build-example-image.sh >&2

@@ -10,7 +10,7 @@ BAD = [
     "", "../etc", "..", "a/../b", "a/b", "/abs", "a\\b", "a\x00b", "Support-Bot", "MODEL",
     "a" * 64, "-lead", ".hidden", "_x", "sp ace", "tab\t", "nl\n", "bot\n", "caf\u00e9",
     "\u212aelvin",  # KELVIN SIGN: lower-cases to 'k', must not pass as ASCII
-    "a..b",
+    "a..b", "a\u2028b", "a\u202eb", "a\x1bb", "a\x85b", "\ufeffa",
 ]
 
 
