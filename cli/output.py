@@ -7,14 +7,10 @@ terminal control: ``esc`` makes it safe inside rich markup, ``plain`` inside pla
 from __future__ import annotations
 
 import json
-import re
 import sys
 from datetime import datetime
 from typing import Any
 
-# C0 and C1 controls, DEL, and the Unicode line/paragraph separators and bidi overrides that
-# can fake a line or reorder what a terminal shows.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MAX_CELL = 80  # a table cell longer than this is cut with "…" (--json has the whole value)
 
 
@@ -34,14 +30,10 @@ def _plain(value: Any) -> Any:
 
 
 def plain(value: object) -> str:
-    """User text made safe for a terminal: control characters shown as escapes (``\\n``, ``\\x1b``)."""
-    return _CONTROL.sub(_escape_control, str(value))
+    """User text made safe for a terminal: control characters made visible (newline as ⏎)."""
+    from registry import safe_for_terminal
 
-
-def _escape_control(m: re.Match) -> str:
-    ch = m.group()
-    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (
-        f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return safe_for_terminal(value)
 
 
 def esc(value: object) -> str:

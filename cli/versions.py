@@ -13,21 +13,24 @@ from cli.output import console, esc, first_line, print_json, short, size, table,
 @app.command()
 def init(
     path: Path = typer.Argument(None, help="Where to create the home (default: $REGISTRY_HOME or ./.cellar)."),
+    db_url: str = typer.Option(None, "--db-url", help="Database URL to remember in the home, e.g. postgresql+psycopg://cellar@db/cellar (password from PGPASSWORD or ~/.pgpass, never stored)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Create a registry (home folder, database, blob store). Safe to run again.
 
-    Example:  registry init
+    Example:  registry init --db-url postgresql+psycopg://cellar@db.internal/cellar
     """
     from registry import Registry
 
-    reg, result = Registry.init(path, actor=actor)
+    reg, result = Registry.init(path, actor=actor, db_url=db_url)
     reg.close()
     if as_json:
         return print_json(result)
     verb = "Created" if result.created else "Registry already up to date at"
     console().print(f"{verb} {esc(result.home)} (database {esc(result.db_url)})")
+    if "***" in result.db_url:
+        console().print("The password is not stored: later commands read it from PGPASSWORD or ~/.pgpass.")
 
 
 @db_app.command("upgrade")

@@ -16,6 +16,7 @@ from importlib import import_module
 _EXPORTS = {
     "registry.api": ["Registry"],
     "registry.manifest": ["load_manifest", "manifest_from_flags", "Resolved"],
+    "registry.inputs": ["safe_for_terminal"],
     "registry.models": [
         "Manifest", "Runtime", "Probe", "VersionSummary", "VersionInfo", "LogEntry", "PushResult", "InitResult",
         "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",

@@ -7,14 +7,18 @@ import os
 import subprocess
 from collections.abc import Callable
 
+from registry.inputs import check_actor
+
 
 def resolve(explicit: str | None = None, *, git_identity: Callable[[], str | None] | None = None) -> str:
-    """The actor's name; ``git_identity`` replaces the git probe (e.g. with a cached one)."""
+    """The actor's name; ``git_identity`` replaces the git probe (e.g. with a cached one).
+    InvalidInput when it is too long or holds control characters (a newline would fake a row
+    in every table that shows it)."""
     for candidate in (explicit, os.environ.get("REGISTRY_ACTOR")):
         if candidate and candidate.strip():
-            return candidate.strip()[:255]
+            return check_actor(candidate.strip())
     found = (git_identity or git_user)()  # only probed when needed: it spawns git
-    return found.strip()[:255] if found and found.strip() else getpass.getuser()
+    return check_actor(found.strip() if found and found.strip() else getpass.getuser())
 
 
 def git_user() -> str | None:

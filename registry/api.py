@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from registry import actor as actor_mod
-from registry import audit, inspection, pushing, refs
+from registry import audit, inputs, inspection, pushing, refs
 from registry import home as home_mod
 from registry import manifest as manifest_mod
 from registry.audit import Checkpoint, Event, Verification
@@ -64,22 +64,26 @@ class Registry:
              checks: Checks | None = None) -> Registry:
         """Open an existing registry; refuses a missing or out-of-date schema."""
         home = home_mod.find(path)
-        store = Store(home.db_url)
+        store = Store(home.db_url, source=home.db_source)
         store.check_schema()
         reg = cls(home, store, engine_factory=engine_factory, checks=checks)
         reg.blobs.sweep_tmp()
         return reg
 
     @classmethod
-    def init(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[Registry, InitResult]:
-        """Create (or bring up to date) a registry home. Idempotent."""
+    def init(cls, path: str | Path | None = None, *, actor: str | None = None,
+             db_url: str | None = None) -> tuple[Registry, InitResult]:
+        """Create (or bring up to date) a registry home. Idempotent. ``db_url`` (e.g. PostgreSQL)
+        is remembered in the home's config file, without its password, for later commands."""
         from registry.store import migrate  # alembic: only when the schema changes
 
-        home = home_mod.for_init(path)
-        store = Store(home.db_url)  # a malformed URL is refused before any folder exists
+        home = home_mod.for_init(path, db_url=db_url)
+        store = Store(home.db_url, source=home.db_source)  # a malformed URL is refused before any folder exists
         _create_folders(home)
         before = store.schema_revision()
         migrate.upgrade(store)
+        if home.db_source in ("--db-url", home_mod.DB_URL_VAR):
+            home_mod.write_config(home, home.db_url)
         created = before is None
         if created:
             with store.write() as conn:
@@ -93,7 +97,7 @@ class Registry:
         from registry.store import migrate
 
         home = home_mod.find(path)
-        store = Store(home.db_url)
+        store = Store(home.db_url, source=home.db_source)
         try:
             before = store.schema_revision()
             migrate.upgrade(store)
@@ -222,6 +226,7 @@ class Registry:
         """Forget an environment (its history stays); ``force`` when something is deployed."""
         from registry.deploy.environments import RemoveEnv
 
+        inputs.check_reason(reason)
         return RemoveEnv(self.config, actor=actor_mod.resolve(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
@@ -230,6 +235,7 @@ class Registry:
         (exit 4) after an automatic rollback when the new release does not come up healthy."""
         from registry.deploy.promote import Promote
 
+        inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
         action = Promote(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag)
@@ -241,6 +247,7 @@ class Registry:
 
         if to is not None and revision is not None:
             raise InvalidInput("give --to or --revision, not both")
+        inputs.check_reason(reason)
         action = Rollback(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import InvalidInput, NotInitialised
+from registry.store.urls import sqlite_file, without_password
 
 HOME_DIR = ".cellar"
 CONFIG_NAME = "config.json"  # JSON, not TOML: tomllib costs ~19 ms of start-up on every command
@@ -88,36 +89,6 @@ def write_config(home: Home | Path, db_url: str) -> str:
     return stored
 
 
-def without_password(db_url: str) -> str:
-    """``db_url`` with no password in it (user info or ``?password=``); refused if not a URL."""
-    url = _parsed(db_url)
-    # URL.set(password=None) means "unchanged"; _replace (it is a NamedTuple) really drops it
-    url = url._replace(password=None).difference_update_query(_password_keys(url))
-    return url.render_as_string(hide_password=False)
-
-
-def has_password(db_url: str) -> bool:
-    """True if ``db_url`` carries a password that ``write_config`` leaves out (so later commands
-    need ``PGPASSWORD`` or ``~/.pgpass``: worth telling the user at init)."""
-    url = _parsed(db_url)
-    return url.password is not None or bool(_password_keys(url))
-
-
-def _parsed(db_url: str):
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(db_url)
-    except ArgumentError:
-        raise InvalidInput(f"{_masked(db_url)} is not a database URL: use sqlite:////path "
-                           "or postgresql+psycopg://user@host/db") from None
-
-
-def _password_keys(url) -> list[str]:
-    return [k for k in url.query if k.lower() == "password"]
-
-
 def for_init(path: str | Path | None = None, *, db_url: str | None = None) -> Home:
     """The home ``registry init`` creates: the given path, $REGISTRY_HOME, or ./.cellar; its
     database ``db_url`` (``--db-url``) if given, else as later commands would resolve it."""
@@ -149,7 +120,7 @@ def find(path: str | Path | None = None, start: Path | None = None) -> Home:
 
 def _existing(path: Path) -> Home:
     home = Home(path, *resolve_db_url(path))
-    db_file = _sqlite_file(home.db_url)
+    db_file = sqlite_file(home.db_url)
     if db_file is not None and not db_file.exists():
         if home.db_source == "default":
             raise NotInitialised(f"no registry database in {path}: run `registry init` (for PostgreSQL: "
@@ -157,28 +128,6 @@ def _existing(path: Path) -> Home:
         raise NotInitialised(f"no registry database at {db_file} (named by {home.db_source}): "
                              "run `registry init`")
     return home
-
-
-def _sqlite_file(db_url: str) -> Path | None:
-    """The file a ``sqlite:///`` URL names; None for other databases and in-memory SQLite."""
-    if not db_url.startswith("sqlite"):
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        database = make_url(db_url).database
-    except ArgumentError:
-        return None  # Store refuses it with the right message
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def _masked(db_url: str) -> str:
-    from registry.store.sql import redact
-
-    return redact(db_url)
 
 
 def _first_line(exc: Exception) -> str:

@@ -62,9 +62,8 @@ def _named_here() -> object:
     if not here.is_file():
         return None
     try:
-        import yaml
-
-        return (yaml.safe_load(here.read_text()) or {}).get("model")
+        data = manifest_mod.read_yaml(here)
+        return data.get("model") if isinstance(data, dict) else None
     except Exception:  # an unreadable manifest just does not help guess
         return None
 

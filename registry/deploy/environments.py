@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from registry import clock, ledger
+from registry import clock, inputs, ledger
 from registry.deploy import locks as lock_rules
 from registry.deploy.action import Action, base_url
 from registry.errors import AlreadyExists, CellarError, InvalidInput, OperationInProgress
@@ -55,8 +55,9 @@ def _check_settings(env: Environment) -> None:
         raise InvalidInput("--keep must be 0 or more")
     if env.health_timeout_s is not None and not 0 < env.health_timeout_s <= 3600:
         raise InvalidInput("--health-timeout must be between 0 and 3600 seconds")
+    inputs.check_docker_host(env.docker_host)
     try:
-        ipaddress.ip_address(env.bind_addr)
+        ipaddress.ip_address(inputs.check_text(env.bind_addr, "bind_addr", 64))
     except ValueError:
         raise InvalidInput(f"--bind {env.bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
     if env.docker_host:

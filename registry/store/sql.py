@@ -9,7 +9,6 @@ audit hash chain and the release ledger simple.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from registry.errors import (DatabaseLocked, DatabaseUnavailable, InvalidInput, NoSpace, NotInitialised,
                              SchemaOutOfDate)
 from registry.store.schema import SCHEMA_HEAD
+from registry.store.urls import masked_url
 
 BUSY_TIMEOUT_MS = 60_000
 _PG_WRITE_LOCK = 0x63656C6C  # "cell"
@@ -28,8 +28,9 @@ _PG_WRITE_LOCK = 0x63656C6C  # "cell"
 class Store:
     """Connections to the metadata database at ``url``."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, source: str = "REGISTRY_DB_URL"):
         self.url = url
+        self.source = source  # where the URL came from, for messages (see registry.home)
         self.engine = _engine_or_refuse(url)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
@@ -40,14 +41,25 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with _translated(self.url), self.engine.connect() as conn, conn.begin():
+        with _translated(self.url), self._connect(self.engine) as conn, conn.begin():
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One serialised write transaction: committed on success, rolled back on error."""
-        with _translated(self.url), self._writer.connect() as conn, conn.begin():
+        with _translated(self.url), self._connect(self._writer) as conn, conn.begin():
             yield conn
+
+    def _connect(self, engine) -> Connection:
+        """A connection; any failure to get one (refused, unknown host, no password, bad login)
+        is DatabaseUnavailable naming the URL (password masked) and where it was configured."""
+        try:
+            return engine.connect()
+        except OperationalError as exc:
+            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DatabaseUnavailable(f"cannot connect to the database {masked_url(self.url)} (from {self.source}): "
+                                      f"{reason}; check the URL, the password (PGPASSWORD or ~/.pgpass) and "
+                                      "that the server runs") from None
 
     def schema_revision(self) -> str | None:
         with self.read() as conn:
@@ -85,14 +97,6 @@ class Store:
         if self._db_user is None:  # one URL, one login: ask once, not on every write
             self._db_user = conn.execute(text("SELECT current_user")).scalar()
         return self._db_user
-
-
-def masked_url(url: str) -> str:
-    """The URL with its password shown as ***, also for text that does not parse as a URL."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r":[^:/@]*@", ":***@", url)
 
 
 def _engine_or_refuse(url: str) -> Engine:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from registry.store import urls
 from registry import home as home_mod
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput, ManifestError, NotInitialised
@@ -151,8 +152,8 @@ def test_a_home_remembers_its_database_without_the_password(tmp_path, db_url, mo
     config = (path / "config.json").read_text()
     password = make_url(db_url).password
     assert json.loads(config) == {"db_url": stored}
-    assert make_url(stored).password is None and not home_mod.has_password(stored)
-    assert password is None or (f":{password}@" not in config and home_mod.has_password(db_url))
+    assert make_url(stored).password is None and not urls.has_password(stored)
+    assert password is None or (f":{password}@" not in config and urls.has_password(db_url))
     _password_from_environment(monkeypatch, db_url, how, tmp_path)
     reg, result = Registry.init(path)
     reg.close()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from registry.store import urls
 from registry import home as home_mod
 from registry.errors import InvalidInput, NotInitialised
 
@@ -33,7 +34,7 @@ def test_the_password_is_never_stored(tmp_path, url, stored):
     assert home_mod.write_config(tmp_path, url) == stored
     text = (tmp_path / "config.json").read_text()
     assert json.loads(text) == {"db_url": stored} and "hunter2" not in text and "p%40ss" not in text
-    assert home_mod.has_password(url) == (url != stored)
+    assert urls.has_password(url) == (url != stored)
 
 
 def test_writing_again_replaces_the_url_and_keeps_other_settings(tmp_path):
