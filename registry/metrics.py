@@ -89,9 +89,9 @@ def serve(source: Callable[[], MetricsSnapshot], listen: str):
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:9105`` -> ("127.0.0.1", 9105); ``[::1]:9105`` for IPv6."""
+    """``127.0.0.1:9105`` -> ("127.0.0.1", 9105); ``[::1]:9105`` for IPv6; port 0 picks a free one."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
         raise InvalidInput(f"--listen {listen!r} must be HOST:PORT, e.g. 127.0.0.1:9105")
     return host.strip("[]"), int(port)
 
