@@ -153,3 +153,23 @@ def _why(exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+CSV_HEADER = ["timestamp", "env", "version", "revision", "probe", "status", "latency_ms", "detail"]
+
+
+def append_csv(path, run: ProbeRun) -> None:
+    """Append one row per result to ``path`` (``registry probe --csv``); the header is written
+    only when the file is new or empty, so cron can point every run at the same file."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(CSV_HEADER)
+        for r in run.results:
+            latency = "" if r.latency_ms is None else f"{r.latency_ms:.1f}"
+            writer.writerow([run.started_at.isoformat(), run.env, run.version,
+                             "" if run.revision is None else run.revision, r.probe, r.status.value, latency, r.detail])

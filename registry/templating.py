@@ -13,7 +13,8 @@ What a template sees (nothing else: no runtime env, no secrets, no files):
 Limits, because a manifest is input from whoever can push: the sandbox refuses attribute
 access to ``_``-names (``''.__class__.__mro__`` ...) and unsafe callables; the output of one
 string is capped at ``MAX_OUTPUT_CHARS``, string/list repetition and ``**`` are checked before
-they run, width-taking filters and methods (``center``, ``format``, ``ljust`` ...) are refused,
+they run, width-taking and multiplying filters and methods (``center``, ``format``, ``join``,
+``replace`` ...) are refused,
 ``range`` is capped, and rendering stops after ``TIME_LIMIT_S``: on the main thread by a
 SIGALRM timer (hard), elsewhere by checks at every call, attribute and ``range`` step.
 """
@@ -33,11 +34,12 @@ MAX_OUTPUT_CHARS = 64 * 1024
 MAX_RANGE = 10_000
 TIME_LIMIT_S = 1.0
 
-# Filters that cannot blow up memory or time on their own; width-taking ones are left out.
-SAFE_FILTERS = {"abs", "capitalize", "default", "d", "e", "escape", "first", "float", "int", "join",
+# Filters whose output is at most about their input's size: width-taking ones (center, indent,
+# format) and multiplying ones (join, replace: a long separator times a long list) are left out.
+SAFE_FILTERS = {"abs", "capitalize", "default", "d", "e", "escape", "first", "float", "int",
                 "last", "length", "count", "list", "lower", "upper", "title", "trim", "string",
-                "tojson", "truncate", "replace", "reverse", "sort", "unique", "striptags", "wordcount"}
-_REFUSED_METHODS = {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs"}
+                "tojson", "truncate", "reverse", "sort", "unique", "striptags", "wordcount"}
+_REFUSED_METHODS = {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs", "join", "replace"}
 
 
 class TemplateRefused(InvalidInput):

@@ -88,3 +88,23 @@ def test_a_refused_template_is_an_error_of_that_probe_only():
         s.bind(("127.0.0.1", 0))
         [result] = run_suite(f"http://127.0.0.1:{s.getsockname()[1]}", [probe()], render=render)
     assert result.status == "error" and "template refused" in result.detail
+
+
+def test_csv_rows_are_appended_under_one_header(tmp_path):
+    import csv
+    from datetime import UTC, datetime
+
+    from registry.probing import append_csv
+
+    ok = judge(probe())
+    [err] = unmeasured([probe()], 'no answer (timed out), "quoted", with comma')
+    run = new_run([ok, err], env="prod", model="m", version="v1.2", revision=7, actor="a",
+                  started_at=datetime(2026, 11, 1, 12, tzinfo=UTC))
+    target = tmp_path / "probes.csv"
+    append_csv(target, run)
+    append_csv(target, run)
+    rows = list(csv.reader(target.open(newline="")))
+    assert rows[0] == ["timestamp", "env", "version", "revision", "probe", "status", "latency_ms", "detail"]
+    assert len(rows) == 5 and rows.count(rows[0]) == 1
+    assert rows[1] == ["2026-11-01T12:00:00+00:00", "prod", "v1.2", "7", "p", "pass", "10.0", ""]
+    assert rows[2][5:] == ["error", "", 'no answer (timed out), "quoted", with comma']

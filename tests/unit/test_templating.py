@@ -40,6 +40,9 @@ def test_a_template_sees_prompts_names_and_can_include_a_rendered_prompt():
     "{{ range(100000000)|list }}",
     "{{ no_such_variable }}",
     "{{ 'x'|center(99999999) }}",
+    "{{ range(9999)|join(prompts.system * 6) }}",
+    "{{ prompts.system.replace('a', prompts.system) }}",
+    "{{ ','.join(['a', 'b']) }}",
 ])
 def test_escapes_and_bombs_are_refused_with_one_line(payload):
     with pytest.raises(TemplateRefused) as err:
