@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 metadata = MetaData()
 
@@ -165,4 +165,38 @@ env_locks = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- probe runs (0003) ---------------------------------------------------------------------
+
+# One execution of a probe suite against an environment's deployed release (see
+# registry.store.probes). The counts repeat what probe_results holds so that `health` and
+# `metrics` can filter and count runs without reading every result.
+probe_runs = Table(
+    "probe_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("env", String(63), nullable=False),
+    Column("model", String(63), nullable=False),
+    Column("version", String(63), nullable=False),
+    Column("revision", Integer),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("passed", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Index("ix_probe_runs_env_started", "env", "started_at"),
+)
+
+probe_results = Table(
+    "probe_results",
+    metadata,
+    Column("run_id", Integer, ForeignKey("probe_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("probe", String(63), nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("latency_ms", Float),
+    Column("http_status", Integer),
+    Column("detail", Text, nullable=False),
 )

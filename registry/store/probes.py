@@ -1,0 +1,66 @@
+"""Probe runs in the database: record one, read them back as ``ProbeRun`` models (never rows).
+
+Functions take a SQLAlchemy Connection inside the caller's transaction (``Store.write()`` to
+record, ``Store.read()`` to list), so a gate's run is stored in the same transaction as the
+release it judged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from registry.clock import utc
+from registry.probe_models import ProbeResult, ProbeRun, ProbeStatus
+from registry.store.schema import probe_results, probe_runs
+
+
+def record_run(conn: Connection, run: ProbeRun) -> int:
+    """Store ``run`` and its results; returns the run's id (also set on ``run.id``)."""
+    run_id = conn.execute(insert(probe_runs).values(
+        env=run.env, model=run.model, version=run.version, revision=run.revision,
+        started_at=run.started_at, actor=run.actor, ok=run.ok,
+        passed=run.count(ProbeStatus.PASS), failed=run.count(ProbeStatus.FAIL),
+        errors=run.count(ProbeStatus.ERROR),
+    )).inserted_primary_key[0]
+    if run.results:
+        conn.execute(insert(probe_results), [
+            {"run_id": run_id, "position": i, "probe": r.probe, "status": r.status.value,
+             "latency_ms": r.latency_ms, "http_status": r.http_status, "detail": r.detail}
+            for i, r in enumerate(run.results)])
+    run.id = run_id
+    return run_id
+
+
+def runs(conn: Connection, env: str | None = None, since: datetime | None = None,
+         *, limit: int | None = None) -> list[ProbeRun]:
+    """Stored runs, oldest first; ``limit`` keeps the newest ``limit`` of them."""
+    query = select(probe_runs).order_by(probe_runs.c.started_at.desc(), probe_runs.c.id.desc())
+    if env is not None:
+        query = query.where(probe_runs.c.env == env)
+    if since is not None:
+        query = query.where(probe_runs.c.started_at >= since)
+    if limit is not None:
+        query = query.limit(limit)
+    heads = list(reversed(conn.execute(query).all()))
+    results = _results(conn, [h.id for h in heads])
+    return [_run(h, results.get(h.id, [])) for h in heads]
+
+
+def _results(conn: Connection, run_ids: list[int]) -> dict[int, list[ProbeResult]]:
+    found: dict[int, list[ProbeResult]] = {}
+    for chunk in (run_ids[i:i + 500] for i in range(0, len(run_ids), 500)):  # bound the IN list
+        query = (select(probe_results).where(probe_results.c.run_id.in_(chunk))
+                 .order_by(probe_results.c.run_id, probe_results.c.position))
+        for row in conn.execute(query):
+            found.setdefault(row.run_id, []).append(ProbeResult(
+                probe=row.probe, status=ProbeStatus(row.status), latency_ms=row.latency_ms,
+                http_status=row.http_status, detail=row.detail))
+    return found
+
+
+def _run(head, results: list[ProbeResult]) -> ProbeRun:
+    return ProbeRun(id=head.id, env=head.env, model=head.model, version=head.version, revision=head.revision,
+                    started_at=utc(head.started_at), actor=head.actor, results=results)

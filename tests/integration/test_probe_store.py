@@ -1,0 +1,82 @@
+"""Migration 0003 and registry.store.probes on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from registry.probe_models import ProbeResult, ProbeRun
+from registry.store import migrate, probes
+from registry.store.schema import SCHEMA_HEAD, metadata
+from registry.store.sql import Store
+
+NEW = {"probe_runs", "probe_results"}
+T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
+
+
+def a_run(env: str, minutes: int, *statuses: str) -> ProbeRun:
+    return ProbeRun(env=env, model="bot", version="v1.2", revision=3, actor="ada",
+                    started_at=T0 + timedelta(minutes=minutes),
+                    results=[ProbeResult(probe=f"q{i}", status=s, http_status=None if s == "error" else 200,
+                                         latency_ms=None if s == "error" else 12.5 + i, detail=f"d{i}")
+                             for i, s in enumerate(statuses)])
+
+
+def test_migration_0003_matches_the_metadata_and_downgrades(db_url):
+    store = Store(db_url)
+    try:
+        migrate.upgrade(store)
+        assert store.schema_revision() == SCHEMA_HEAD == "0003"
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
+        assert diff == []
+        migrate.downgrade(store, "0002")
+        assert not NEW & set(inspect(store.engine).get_table_names())
+        assert store.schema_revision() == "0002"
+        migrate.upgrade(store)
+        assert NEW <= set(inspect(store.engine).get_table_names())
+    finally:
+        store.close()
+
+
+def test_runs_are_recorded_and_read_back_as_models(db_url):
+    store = Store(db_url)
+    try:
+        migrate.upgrade(store)
+        stored = [a_run("prod", 0, "pass", "fail"), a_run("staging", 1, "pass"),
+                  a_run("prod", 2, "error", "pass", "pass"), a_run("prod", 3)]
+        with store.write() as conn:
+            ids = [probes.record_run(conn, run) for run in stored]
+        assert len(set(ids)) == 4 and stored[0].id == ids[0]
+        with store.read() as conn:
+            every = probes.runs(conn)
+            prod = probes.runs(conn, env="prod")
+            recent = probes.runs(conn, env="prod", since=T0 + timedelta(minutes=1))
+            newest = probes.runs(conn, limit=2)
+        assert every == stored  # results, order, times (as aware UTC) all survive
+        assert [r.started_at.minute for r in prod] == [0, 2, 3]
+        assert [r.started_at.minute for r in recent] == [2, 3]
+        assert [r.started_at.minute for r in newest] == [2, 3]
+        assert every[2].results[0].latency_ms is None and every[2].results[1].latency_ms == 13.5
+        assert every[3].results == [] and every[3].ok
+    finally:
+        store.close()
+
+
+def test_a_failed_write_leaves_no_half_run(db_url):
+    store = Store(db_url)
+    try:
+        migrate.upgrade(store)
+        try:
+            with store.write() as conn:
+                probes.record_run(conn, a_run("prod", 0, "pass"))
+                raise RuntimeError("crash after the insert")
+        except RuntimeError:
+            pass
+        with store.read() as conn:
+            assert probes.runs(conn) == []
+    finally:
+        store.close()
