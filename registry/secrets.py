@@ -210,7 +210,7 @@ def secret_values(environ: Mapping[str, str], *, declared: Iterable[str] = (),
                 values |= url_secrets(value)
             elif key in URL_VARIABLES or "://" in value:
                 values |= url_secrets(value)
-    return values
+    return {v for v in values if len(v) >= MIN_SECRET}
 
 
 def from_environ(environ: Mapping[str, str], *, declared: Iterable[str] = (),
