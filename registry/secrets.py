@@ -54,7 +54,7 @@ class Scrubber:
     def __init__(self, values: Iterable[str] = ()):
         self.values = frozenset(v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET)
         self._forms = sorted({f for v in self.values for f in _forms(v)}, key=len, reverse=True)
-        self._pattern = re.compile(_trie_pattern(self._forms)) if self._forms else None
+        self._compiled: re.Pattern | None = None
         self._longest = max(map(len, self._forms), default=0)
 
     def __bool__(self) -> bool:
@@ -66,10 +66,16 @@ class Scrubber:
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of every secret, and secret fragments at its ends, as ``***``."""
-        if self._pattern is None or not text:
+        if not self._forms or not text:
             return text
-        text = self._pattern.sub(MASK, text)
+        text = self._pattern().sub(MASK, text)
         return self._scrub_ends(text)
+
+    def _pattern(self) -> re.Pattern:
+        # Compiled on first use (~8 ms for 10 secrets): most runs never have an error to scrub.
+        if self._compiled is None:
+            self._compiled = re.compile(_trie_pattern(self._forms))
+        return self._compiled
 
     def scrub_and_cut(self, text: str, limit: int, *, keep: str = "head") -> str:
         """Scrub, then cut to at most ``limit`` characters (``keep="tail"`` keeps the end, for logs)."""
@@ -182,13 +188,17 @@ def _trie_pattern(words: Iterable[str]) -> str:
 
 
 def _node_pattern(node: dict) -> str:
+    run = []  # a chain of single children becomes one literal run (no recursion, no regrouping)
+    while len(node) == 1 and "" not in node:
+        (ch, node), = node.items()
+        run.append(ch)
     branches = [re.escape(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch]
     if not branches:
-        return ""
+        return re.escape("".join(run))
     body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
     if "" in node:  # a word ends here: the longer continuation is optional (and tried first)
-        return (body if len(branches) > 1 else "(?:" + body + ")") + "?"
-    return body
+        body = (body if len(branches) > 1 else "(?:" + body + ")") + "?"
+    return re.escape("".join(run)) + body
 
 
 # --- where secret values come from ------------------------------------------------------
