@@ -4,7 +4,8 @@ Baseline: the old ``redact`` (one ``str.replace`` per raw value: no encoded form
 fragments). Candidate: ``registry.secrets.Scrubber.scrub`` (every form of every value in one
 trie-shaped regex, then the fragments at both ends). Interleaved pairs on the same text;
 prints min/median/max of each and of the ratio, and the one-time costs of building the
-scrubber and of compiling its regex (done on the first scrub only). Target: a few milliseconds per 64 KiB, so scrubbing every log tail and error is free.
+scrubber and of compiling its regex (done on the first scrub only). Target: a few
+milliseconds per 64 KiB, so scrubbing every log tail and error costs nothing noticeable.
 
     python bench/scrub.py [--pairs 9] [--kib 64] [--secrets 10]
 """

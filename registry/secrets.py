@@ -11,8 +11,9 @@ replaces each with ``***`` in every form a server may echo it in:
   (each of the 3 byte alignments: the characters that depend on the secret's bytes alone);
 - any fragment a cut left at either end of the text: a prefix of a form at the end, a suffix at
   the start, or the whole text inside a form, once the fragment has ``MIN_FRAGMENT`` (3)
-  characters. So a cut leaves at most 2 characters of a secret in view; matching shorter
-  fragments would eat ordinary text ends for no gain.
+  characters (hex: 6, base64: 4, about as many bytes of the value). So a cut leaves at most 2
+  characters of a secret in view; shorter matches would eat ordinary text ends ("HTTP 503" is
+  a prefix of the hex of any secret starting with "P0") for no gain.
 
 Scrub before cutting, never after (``scrub_and_cut``): a cut made first turns a known value
 into an unknown fragment. Values shorter than ``MIN_SECRET`` (4) are not scrubbed: replacing
@@ -41,6 +42,7 @@ from registry.models import is_secret_key
 MASK = "***"
 MIN_SECRET = 4  # shorter values are not scrubbed (see the module docstring)
 MIN_FRAGMENT = 3  # a cut may leave at most MIN_FRAGMENT - 1 characters of a secret in view
+HEX_FRAGMENT, BASE64_FRAGMENT = 6, 4  # the same, counted in encoded characters (~2.5 bytes)
 ELLIPSIS = "…"
 
 # Variables whose value is a URL that may carry a password (besides ones named like secrets).
@@ -53,7 +55,12 @@ class Scrubber:
 
     def __init__(self, values: Iterable[str] = ()):
         self.values = frozenset(v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET)
-        self._forms = sorted({f for v in self.values for f in _forms(v)}, key=len, reverse=True)
+        minimum: dict[str, int] = {}  # form -> shortest fragment of it worth masking
+        for value in self.values:
+            for form, size in _forms(value).items():
+                minimum[form] = min(size, minimum.get(form, size))
+        self._minimum = minimum
+        self._forms = sorted(minimum, key=len, reverse=True)
         self._compiled: re.Pattern | None = None
         self._longest = max(map(len, self._forms), default=0)
 
@@ -102,7 +109,7 @@ class Scrubber:
         if not core:
             return text
         lead, trail = text[: len(text) - len(text.lstrip())], text[len(text.rstrip()):]
-        if len(core) >= MIN_FRAGMENT and any(core in f for f in self._forms):
+        if any(len(core) >= self._minimum[f] and core in f for f in self._forms):
             return lead + MASK + trail  # the whole text is a piece of a secret
         end = self._prefix_at_end(core[-self._longest:])
         if end:
@@ -116,34 +123,37 @@ class Scrubber:
         """Length of the longest proper prefix of a form that ``window`` ends with (0: none)."""
         best = 0
         for form in self._forms:
-            i = window.find(form[:MIN_FRAGMENT])
+            piece = form[: self._minimum[form]]
+            i = window.find(piece)
             while i != -1 and len(window) - i > best:
                 if len(window) - i < len(form) and form.startswith(window[i:]):
                     best = len(window) - i
                     break
-                i = window.find(form[:MIN_FRAGMENT], i + 1)
+                i = window.find(piece, i + 1)
         return best
 
     def _suffix_at_start(self, window: str) -> int:
         """Length of the longest proper suffix of a form that ``window`` starts with (0: none)."""
         best = 0
         for form in self._forms:
-            piece = form[-MIN_FRAGMENT:]
+            size = self._minimum[form]
+            piece = form[-size:]
             i = window.rfind(piece)
-            while i != -1 and i + MIN_FRAGMENT > best:
-                end = i + MIN_FRAGMENT
-                if end < len(form) and form.endswith(window[:end]):
-                    best = end
+            while i != -1 and i + size > best:
+                if i + size < len(form) and form.endswith(window[: i + size]):
+                    best = i + size
                     break
-                i = window.rfind(piece, 0, i + MIN_FRAGMENT - 1)
+                i = window.rfind(piece, 0, i + size - 1)
         return best
 
 
-def _forms(value: str) -> set[str]:
-    """Every spelling of ``value`` a server may echo, at least MIN_FRAGMENT characters long."""
+def _forms(value: str) -> dict[str, int]:
+    """Every spelling of ``value`` a server may echo, with the shortest fragment of it to mask."""
     raw = value.encode()
-    forms = {value, *_json_forms(value), *_url_forms(value), raw.hex(), raw.hex().upper(), *_base64_forms(raw)}
-    return {f for f in forms if len(f) >= MIN_FRAGMENT}
+    forms = {f: BASE64_FRAGMENT for f in _base64_forms(raw)}
+    forms.update({raw.hex(): HEX_FRAGMENT, raw.hex().upper(): HEX_FRAGMENT})
+    forms.update({f: MIN_FRAGMENT for f in (value, *_json_forms(value), *_url_forms(value))})
+    return {f: size for f, size in forms.items() if len(f) >= size}
 
 
 def _json_forms(value: str) -> set[str]:

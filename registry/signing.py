@@ -250,7 +250,8 @@ def _seal_problem(key: Key, obj: str, mac: str | None, what: str) -> Problem:
         return Problem(kind="other-key", object=obj, message=(
             f"{obj} was sealed with another key (id {mac.split(':', 1)[0][:8]}, this home's key is {key.id}): "
             f"set {KEY_ENV} to the key this registry was created with, or the row was forged"))
-    return Problem(kind="forged", object=obj, message=f"{obj} was edited outside Cellar: {what} no longer match its seal")
+    return Problem(kind="forged", object=obj,
+                   message=f"{obj} was edited outside Cellar: {what} no longer match its seal")
 
 
 def event_problem(key: Key, row: Mapping[str, Any]) -> Problem | None:

@@ -37,7 +37,8 @@ class Record:
         row["hash"] = _chain(prev, row)
         row["mac"] = signing.seal_event(self.key, row["id"], row["hash"])
         self.events.append(row)
-        self.head = {"count": row["id"], "head": row["hash"], "mac": signing.seal_head(self.key, row["id"], row["hash"])}
+        self.head = {"count": row["id"], "head": row["hash"],
+                     "mac": signing.seal_head(self.key, row["id"], row["hash"])}
 
     def push(self, model: str, version: str, env_vars: dict) -> None:
         manifest = canonical.dumps({"model": model, "version": version, "runtime": {"env": env_vars},
