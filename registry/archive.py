@@ -139,7 +139,7 @@ def write_archive(out: Path, src: ExportSource, *, progress: Progress | None = N
         paths[IMAGE] = src.image
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
     try:
-        with open(tmp, "wb", buffering=0) as f:
+        with open(tmp, "wb") as f:  # buffered: a raw write may be short
             _write_member(f, INDEX, json.dumps(index.model_dump(mode="json"), indent=1).encode())
             for m in members:
                 _copy_member(f, m, paths[m.name], progress)
@@ -351,7 +351,7 @@ def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress:
     view = memoryview(buf)
     fd = f.fileno()
     try:
-        with open(tmp, "xb", buffering=0) as out:
+        with open(tmp, "xb") as out:
             while done < m.size:
                 n = os.preadv(fd, [view[: min(CHUNK, m.size - done)]], info.offset_data + done)
                 if n == 0:

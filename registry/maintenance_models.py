@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class _Model(BaseModel):
@@ -43,6 +43,7 @@ class Problem(_Model):
     actual_size: int | None = None
     detail: str = ""
 
+    @computed_field
     @property
     def damage(self) -> bool:
         return self.kind not in NOTICES
@@ -118,6 +119,7 @@ class RestoreResult(_Model):
     seconds: float
     problems: list[Problem] = Field(default_factory=list)
 
+    @computed_field
     @property
     def ok(self) -> bool:
         return not self.problems

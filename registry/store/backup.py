@@ -186,7 +186,7 @@ def _copy_verified(path: Path, digest: str, size: int, dest: BlobStore) -> _Move
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     try:
-        with open(path, "rb", buffering=0) as fin, open(tmp, "xb", buffering=0) as fout:
+        with open(path, "rb", buffering=0) as fin, open(tmp, "xb") as fout:
             while n := fin.readinto(buf):
                 h.update(view[:n])
                 fout.write(view[:n])

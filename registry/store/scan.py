@@ -187,3 +187,38 @@ def _scandir(path: Path) -> list[os.DirEntry]:
             return list(it)
     except FileNotFoundError:
         return []
+
+
+def check_snapshot(folder: Path, record: dict, blobs: BlobStore) -> list[Problem]:
+    """Problems of one materialised snapshot against its version's canonical ``record``: a file
+    missing, extra, or with other bytes. A hard link to the blob is checked by the blob scan."""
+    want = {w["path"]: w["digest"] for w in record.get("weights", [])}
+    want |= {f"prompts/{p['name']}": p["digest"] for p in record.get("prompts", [])}
+    problems = []
+    for rel, digest in sorted(want.items()):
+        if detail := _snapshot_file_problem(folder / rel, digest, blobs):
+            problems.append(Problem(kind=ProblemKind.SNAPSHOT, digest=digest, path=str(folder / rel), detail=detail))
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            rel = os.path.relpath(os.path.join(dirpath, name), folder)
+            if rel not in want:
+                problems.append(Problem(kind=ProblemKind.SNAPSHOT, path=os.path.join(dirpath, name),
+                                        detail="a file the version does not have"))
+    return problems
+
+
+def _snapshot_file_problem(path: Path, digest: str, blobs: BlobStore) -> str | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing from the snapshot"
+    if not os.path.isfile(path) or os.path.islink(path):
+        return "not a regular file"
+    try:
+        blob = os.stat(blobs.path(digest))
+        if (st.st_dev, st.st_ino) == (blob.st_dev, blob.st_ino):
+            return None  # the blob itself: verified by the blob scan
+    except FileNotFoundError:
+        pass
+    got, _ = hash_path(path)
+    return None if got == digest else f"its bytes hash to {got}"

@@ -119,3 +119,22 @@ def test_temp_files_know_whether_their_writer_lives(store):
     found = {t.path.name: t for t in scan.list_temp_files(store)}
     assert found[mine.name].owner_alive and not found[dead.name].owner_alive
     assert found[dead.name].size == 2
+
+
+def test_snapshot_check(store, tmp_path):
+    from registry import snapshots
+
+    prompt, weights = _put(store, tmp_path, b"hello\n"), _put(store, tmp_path, os.urandom(3000))
+    record = {"weights": [{"path": "w/model.bin", "digest": weights, "size": 3000}],
+              "prompts": [{"name": "system", "digest": prompt, "size": 6}]}
+    folder = snapshots.materialise(tmp_path / "snaps", store, manifest_digest="sha256:" + "e" * 64, record=record)
+    assert scan.check_snapshot(folder, record, store) == []
+    os.chmod(folder, 0o755)
+    os.chmod(folder / "prompts", 0o755)
+    (folder / "prompts" / "system").unlink()
+    (folder / "prompts" / "system").write_text("edited\n")  # a copy with other bytes
+    (folder / "extra").write_text("?")
+    os.chmod(folder / "w", 0o755)
+    (folder / "w" / "model.bin").unlink()
+    problems = {(p.digest, p.detail.split(" ")[0]) for p in scan.check_snapshot(folder, record, store)}
+    assert problems == {(prompt, "its"), (weights, "missing"), (None, "a")}
