@@ -1,0 +1,148 @@
+"""Results of the maintenance commands: verify, gc, backup, restore, export, import.
+
+They are what the Python API returns and what ``--json`` prints, so field names are public.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
+
+class ProblemKind(StrEnum):
+    CORRUPT = "corrupt"              # the bytes no longer match the digest
+    TRUNCATED = "truncated"          # the size differs from the recorded one (shorter or longer)
+    MISSING = "missing"              # recorded, but no file in the store
+    UNREFERENCED = "unreferenced"    # stored, but no version records it (gc reclaims it)
+    STRAY = "stray"                  # a file in the store whose name is not a digest
+    UNREADABLE = "unreadable"        # the file exists but cannot be read (permissions, I/O error)
+    SNAPSHOT = "snapshot"            # a materialised snapshot no longer matches its version
+    REFERENCE = "reference"          # a recorded reference that does not resolve
+    AUDIT = "audit"                  # the audit hash chain is broken
+    DATABASE = "database"            # the database's own integrity check failed
+
+
+# Kinds that are not damage: an unreferenced blob is garbage for gc, not a broken store
+# (and a push running right now has blobs that are not recorded yet).
+NOTICES = frozenset({ProblemKind.UNREFERENCED})
+
+
+class Problem(_Model):
+    """One thing verify found; ``versions`` are the model@version refs that use the blob."""
+
+    kind: ProblemKind
+    digest: str | None = None
+    path: str | None = None
+    versions: list[str] = Field(default_factory=list)
+    expected_size: int | None = None
+    actual_size: int | None = None
+    detail: str = ""
+
+    @computed_field
+    @property
+    def damage(self) -> bool:
+        return self.kind not in NOTICES
+
+
+class VerifyReport(_Model):
+    """``registry verify``: exit 0 when ``ok``."""
+
+    ok: bool
+    blobs_checked: int
+    bytes_hashed: int
+    seconds: float
+    problems: list[Problem] = Field(default_factory=list)
+    stale_temp_files: list[str] = Field(default_factory=list)
+
+
+class BlobItem(_Model):
+    digest: str
+    size: int
+    path: str
+
+
+class PathItem(_Model):
+    path: str
+    size: int
+    why: str = ""
+
+
+class ContainerItem(_Model):
+    env: str
+    id: str
+    name: str = ""
+    version: str = ""
+    revision: int | None = None
+
+
+class GcPlan(_Model):
+    """What one gc removes; the dry run prints it, the real run executes exactly it."""
+
+    blobs: list[BlobItem] = Field(default_factory=list)
+    temp_files: list[PathItem] = Field(default_factory=list)
+    snapshots: list[PathItem] = Field(default_factory=list)
+    containers: list[ContainerItem] = Field(default_factory=list)
+    bytes_freed: int = 0
+    kept_fresh: list[str] = Field(default_factory=list)  # unreferenced blobs inside the grace period
+
+
+class GcResult(GcPlan):
+    """``registry gc [--dry-run]``: the plan, plus what the real run could not remove."""
+
+    dry_run: bool
+    skipped: list[PathItem] = Field(default_factory=list)  # touched by a concurrent push, or vanished
+
+
+class BackupResult(_Model):
+    dest: str
+    db_kind: str                      # "sqlite" or "postgresql"
+    db_file: str
+    db_sha256: str
+    blobs_total: int
+    blobs_copied: int                 # new in this backup (the rest were there already)
+    blobs_linked: int                 # of the new ones, hard-linked rather than copied
+    bytes_copied: int
+    seconds: float
+    problems: list[Problem] = Field(default_factory=list)  # source blobs not backed up (corrupt ...)
+
+
+class RestoreResult(_Model):
+    home: str
+    db_kind: str
+    blobs_restored: int
+    bytes_restored: int
+    seconds: float
+    problems: list[Problem] = Field(default_factory=list)
+
+    @computed_field
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class ExportResult(_Model):
+    file: str
+    model: str
+    version: str
+    manifest_digest: str
+    blobs: int
+    bytes: int
+    with_image: bool
+    seconds: float
+
+
+class ImportResult(_Model):
+    file: str
+    model: str
+    version: str
+    manifest_digest: str
+    created: bool                     # False: the same version was already there (a no-op)
+    blobs_stored: int
+    bytes_stored: int
+    image_loaded: bool
+    seconds: float
