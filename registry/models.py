@@ -322,6 +322,7 @@ class Environment(BaseModel):
     keep: int = 3
     protected: bool = False
     is_default: bool = False
+    gate: bool = False  # promotes run the version's probes after warm-up; a fail or error rolls back
     created_at: datetime
 
 

@@ -4,15 +4,14 @@ The key lives in a file outside the database (registry.signing); rows written be
 revision have no seal (NULL) until ``registry init`` seals the existing record once.
 
 Revision ID: 0004
-Revises: 0003_probe_runs (TODO: set to the real revision id of the probe-runs migration)
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-# TODO(lead): replace with the revision id that migration 0003 (probe runs) declares.
-down_revision = "0003_probe_runs"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

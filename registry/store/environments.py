@@ -49,4 +49,4 @@ def delete_(conn: Connection, name: str) -> None:
 def _env(row) -> Environment:
     return Environment(name=row.name, port=row.port, bind_addr=row.bind_addr, docker_host=row.docker_host,
                        health_timeout_s=row.health_timeout_s, keep=row.keep, protected=row.protected,
-                       is_default=row.is_default, created_at=clock.utc(row.created_at))
+                       is_default=row.is_default, gate=row.gate, created_at=clock.utc(row.created_at))

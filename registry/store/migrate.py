@@ -39,7 +39,7 @@ def upgrade(store, revision: str = "head") -> None:
     """Migrate to ``revision`` inside one serialised write transaction."""
     refuse_newer(store.schema_revision())
     cfg = _config()
-    with store.write() as conn:
+    with store.schema_change() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -47,6 +47,6 @@ def upgrade(store, revision: str = "head") -> None:
 def downgrade(store, revision: str) -> None:
     refuse_newer(store.schema_revision())
     cfg = _config()
-    with store.write() as conn:
+    with store.schema_change() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)

@@ -10,7 +10,7 @@ from registry import clock
 from registry.ledger import Operation, Release, ReleaseStatus, Settlement
 from registry.store import schema as t
 
-_COLUMNS = [c.name for c in t.releases.columns if c.name != "id"]
+_COLUMNS = [c.name for c in t.releases.columns if c.name not in ("id", "mac")]
 
 
 def ledger(conn: Connection, env: str) -> list[Release]:

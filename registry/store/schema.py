@@ -8,9 +8,11 @@ this metadata matches the migrated database.
 
 from __future__ import annotations
 
+from sqlalchemy import false
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -22,11 +24,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    text,
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0005"
 
 metadata = MetaData()
 
@@ -51,6 +52,9 @@ versions = Table(
     Column("actor", String(255), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("provenance", Text),
+    Column("mac", String(80)),  # registry.signing seal (0004)
+    Column("deprecated_at", DateTime(timezone=True)),  # hidden from listings, refused by promote (0005)
+    Column("deprecated_reason", Text),
     UniqueConstraint("model_id", "version", name="uq_versions_model_version"),
     Index("ix_versions_model_created", "model_id", "created_at"),
 )
@@ -102,6 +106,7 @@ events = Table(
     Column("reason", Text),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False, unique=True),
+    Column("mac", String(80)),
     Index("ix_events_action", "action"),
     Index("ix_events_model", "model"),
 )
@@ -122,6 +127,8 @@ environments = Table(
     Column("protected", Boolean, nullable=False),
     Column("is_default", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("gate", Boolean, nullable=False, server_default=false()),  # probes gate promotes (0005)
+    Column("mac", String(80)),
 )
 
 # The release ledger: append-only per environment, revisions 1, 2, 3 ... Rows are never
@@ -146,6 +153,7 @@ releases = Table(
     Column("rollback_of", Integer),
     Column("healthy", Boolean, nullable=False),
     Column("error", Text),
+    Column("mac", String(80)),
     UniqueConstraint("env", "revision", name="uq_releases_env_revision"),
     # The database itself allows only one deployed release per environment: migration 0002
     # makes this index partial (WHERE status = 'deployed'). The WHERE is not repeated here:
@@ -165,6 +173,17 @@ env_locks = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
+)
+
+# The signed head of the audit log (0004, registry.signing): one row.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("mac", String(80), nullable=False),
+    CheckConstraint("id = 1", name="ck_audit_head_one_row"),
 )
 
 # --- probe runs (0003) ---------------------------------------------------------------------

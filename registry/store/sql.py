@@ -50,6 +50,21 @@ class Store:
         with _translated(self.url), self._connect(self._writer) as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def schema_change(self) -> Iterator[Connection]:
+        """A write transaction for migrations. On SQLite, with foreign keys off while tables are
+        copied (batch mode) and checked before commit; the pool is reset afterwards so every later
+        connection has them on again."""
+        engine = self._writer.execution_options(cellar_schema_change=True)
+        try:
+            with _translated(self.url), self._connect(engine) as conn, conn.begin():
+                yield conn
+                if self.dialect == "sqlite" and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("a migration left rows whose foreign keys point nowhere")
+        finally:
+            if self.dialect == "sqlite":
+                self.engine.dispose()
+
     def _connect(self, engine) -> Connection:
         """A connection; any failure to get one (refused, unknown host, no password, bad login)
         is DatabaseUnavailable naming the URL (password masked) and where it was configured."""
@@ -57,6 +72,8 @@ class Store:
             return engine.connect()
         except OperationalError as exc:
             reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+            if _disk_full(reason, self.url):
+                raise NoSpace(NO_SPACE) from None
             raise DatabaseUnavailable(f"cannot connect to the database {masked_url(self.url)} (from {self.source}): "
                                       f"{reason}; check the URL, the password (PGPASSWORD or ~/.pgpass) and "
                                       "that the server runs") from None
@@ -129,8 +146,12 @@ def _make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        write = conn.get_execution_options().get("cellar_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("cellar_schema_change"):
+            # SQLite's own recipe for changing a table others reference: foreign keys off
+            # (only possible outside a transaction), change, then PRAGMA foreign_key_check.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("cellar_write") else "BEGIN")
 
     return engine
 
@@ -140,6 +161,14 @@ def _pg_begin_listener(engine: Engine) -> None:
     def _on_begin(conn):
         if conn.get_execution_options().get("cellar_write"):
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+
+
+NO_SPACE = "no space left on device for the registry database: free some space and retry (nothing was recorded)"
+
+
+def _disk_full(message: str, url: str) -> bool:
+    low = message.lower()
+    return "disk is full" in low or "no space left" in low or ("disk i/o error" in low and _full(url))
 
 
 def _full(url: str) -> bool:
@@ -160,9 +189,8 @@ def _translated(url: str) -> Iterator[None]:
     except DBAPIError as exc:
         msg = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         low = msg.lower()
-        if "disk is full" in low or "no space left" in low or ("disk i/o error" in low and _full(url)):
-            raise NoSpace("no space left on device for the registry database: free some space "
-                          "and retry (nothing was recorded)") from None
+        if _disk_full(msg, url):
+            raise NoSpace(NO_SPACE) from None
         if exc.connection_invalidated or "connection" in low and "refused" in low:
             raise DatabaseUnavailable(f"cannot reach the database {masked_url(url)} ({msg}); "
                               "check REGISTRY_DB_URL and that the server runs") from None

@@ -307,7 +307,7 @@ def test_disk_full_when_the_database_writes(small_disk, tmp_path, monkeypatch):
     home = _init_on(small_disk, monkeypatch)
     md = helpers.ModelDir.create(tmp_path / "m")
     # A large changelog entry and runtime env make the version row far larger than its blobs.
-    md.write_manifest(message="x" * 300_000, runtime={"env": {f"K{i}": "v" * 100 for i in range(3000)}})
+    md.write_manifest(message="x" * 9_000, runtime={"env": {f"K{i}": "v" * 100 for i in range(3000)}})
     with Registry.open(home) as reg:  # connected (WAL and shm files exist) before the disk fills
         _fill(small_disk / "filler", leave=8 * 4096)
         with pytest.raises(NoSpace, match="registry database"):
