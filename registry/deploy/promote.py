@@ -16,10 +16,11 @@ class Promote(Switching):
     def run(self, model: str, version: str, *, env_name: str | None, reason: str | None = None,
             allow_retag: bool = False) -> DeployResult:
         self.open_env(env_name, reason=reason)
-        with self.nothing_changed(f"{model}@{version}"):
-            ready = self.make_ready(model, version, allow_retag=allow_retag)
-        plan = self.begin(target=version, make_plan=lambda rows: ledger.plan_promote(
-            rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()))
+        with self.deciding(target=version):
+            with self.nothing_changed(f"{model}@{version}"):
+                ready = self.make_ready(model, version, allow_retag=allow_retag)
+            plan = self.open_revision(lambda rows: ledger.plan_promote(
+                rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()))
         crashpoint("promote:pending")
         return self.switch(plan, runtime=ready.runtime,
                            make_container=lambda plan: (self.create_container(plan.pending, ready), True))

@@ -22,18 +22,20 @@ class Rollback(Switching):
     def run(self, *, env_name: str | None, to: str | None = None, revision: int | None = None,
             reason: str | None = None) -> DeployResult:
         env = self.open_env(env_name, reason=reason)
-        with self.cfg.store.read() as conn:
-            chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
-        runtime = self.runtime_of(chosen)
-        kept = self.kept_container(chosen)
-        # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
-        self.remember_secrets(runtime, container_env=kept.env if kept else None)
-        ready = None
-        if kept is None:
-            with self.nothing_changed(chosen.ref):
-                ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
-        plan = self.begin(target=chosen.version, make_plan=lambda rows: ledger.plan_rollback(
-            rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
+        wanted = to or (f"revision {revision}" if revision is not None else "previous release")
+        with self.deciding(target=wanted):  # the target is chosen from the ledger as it is under the lock
+            with self.cfg.store.read() as conn:
+                chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
+            runtime = self.runtime_of(chosen)
+            kept = self.kept_container(chosen)
+            # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
+            self.remember_secrets(runtime, container_env=kept.env if kept else None)
+            ready = None
+            if kept is None:
+                with self.nothing_changed(chosen.ref):
+                    ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
+            plan = self.open_revision(lambda rows: ledger.plan_rollback(
+                rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
         if kept:
             return self.switch(plan, runtime=runtime, make_container=lambda plan: (kept.id, False),
                                container_step="reuse kept container")

@@ -1,7 +1,7 @@
-"""The switch promote and rollback share: take the environment's lock and append the pending
-revision in one short write transaction, do the Docker work outside any transaction (stop the
-old container, start the new one, gate on health and warm-up), then settle the rows, the audit
-event and the lock release in one more. A failure (Ctrl-C included) puts the old container
+"""The switch promote and rollback share: take the environment's lock, decide under it (read the
+ledger, choose the target, make it ready) and append the pending revision, do the Docker work
+outside any transaction (stop the old container, start the new one, gate on health and
+warm-up), then settle the rows, the audit event and the lock release in one transaction. A failure (Ctrl-C included) puts the old container
 back and records both revisions. A crash in between leaves a pending row and a lock whose
 owner is gone; ``registry.deploy.recover`` completes or reverts it.
 """
@@ -9,6 +9,7 @@ owner is gone; ``registry.deploy.recover`` completes or reverts it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from registry import clock, ledger
 from registry.deploy import locks as lock_rules
@@ -29,26 +30,42 @@ class Switching(Action):
 
     operation = ""  # "promote" or "rollback": the lock's and the crash points' name
 
-    def begin(self, *, target: str, make_plan: MakePlan) -> Plan:
-        """Take the environment's lock and append the pending revision, in one write transaction.
+    @contextmanager
+    def deciding(self, *, target: str):
+        """Hold the environment's lock while the action reads the ledger and chooses what to do,
+        so no other operation can change the ledger between the decision and the new revision.
+        If anything fails before the revision is written, the lock is released again."""
+        self._claim(target)
+        try:
+            yield
+        except BaseException:
+            with self.cfg.store.write() as conn:
+                locks.drop(conn, self.lock, missing_ok=True)
+            raise
 
-        A lock whose owner provably died is reconciled first (``registry recover``), then taken.
-        """
+    def _claim(self, target: str) -> None:
+        """Take the environment's lock; a lock whose owner provably died is reconciled first
+        (``registry recover``), then taken."""
         env = self.env
         for _attempt in range(2):
             with self.cfg.store.write() as conn:
                 held = locks.get(conn, env.name)
                 if held is None:
-                    plan = make_plan(releases.ledger(conn, env.name))
                     self.lock = lock_rules.new_lock(env.name, operation=self.operation, target=target,
                                                     actor=self.actor)
                     locks.take(conn, self.lock)
-                    releases.insert_(conn, plan.pending)
-                    return plan
+                    return
             if not lock_rules.holder_gone(held):
                 raise OperationInProgress(lock_rules.busy_message(held))
             Recover(self.cfg, actor=self.actor).reconcile(env)
         raise OperationInProgress(lock_rules.busy_message(held))
+
+    def open_revision(self, make_plan: MakePlan) -> Plan:
+        """Append the pending revision, planned from the ledger as it is now (under our lock)."""
+        with self.cfg.store.write() as conn:
+            plan = make_plan(releases.ledger(conn, self.env.name))
+            releases.insert_(conn, plan.pending)
+        return plan
 
     def switch(self, plan: Plan, *, runtime: Runtime, make_container: MakeContainer,
                container_step: str = "create container") -> DeployResult:

@@ -78,7 +78,8 @@ def half_promote(reg, env_name: str, version: str):
     action = Promote(reg.config, actor="x")
     action.open_env(env_name, reason=None)
     ready = action.make_ready("support-bot", version)
-    plan = action.begin(target=version, make_plan=lambda rows: ledger.plan_promote(
+    action._claim(version)
+    plan = action.open_revision(lambda rows: ledger.plan_promote(
         rows, ready.target, env=env_name, actor="x", reason=None, at=clock.now()))
     return action, plan, ready
 
@@ -635,3 +636,32 @@ def test_lock_held_message_names_the_command_for_each_case(versions, reg):
         locks.take(conn, mine.model_copy(update={"host": "gpu-1"}))
     with pytest.raises(OperationInProgress, match="gpu-1 is gone run `registry recover --env staging --force`"):
         reg.remove_env("staging", force=True)
+
+
+def test_rollback_decides_under_the_lock_so_a_racing_promote_exits_3(versions, fake, reg, home, monkeypatch):
+    """A rollback that has read the ledger holds the environment: a promote landing while it
+    decides is refused (exit 3) instead of being silently replaced by a stale decision."""
+    from registry import ledger
+
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    deciding, go_on = threading.Event(), threading.Event()
+    real_target = ledger.rollback_target
+
+    def slow_target(rows, **kwargs):
+        deciding.set()
+        go_on.wait(10)
+        return real_target(rows, **kwargs)
+
+    monkeypatch.setattr(ledger, "rollback_target", slow_target)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.setdefault("rollback", reg.rollback()))
+    worker.start()
+    assert deciding.wait(10)
+    with on_fake(home, fake) as other, pytest.raises(OperationInProgress) as err:
+        other.promote("v1.2")
+    assert err.value.exit_code == 3 and "rollback" in str(err.value)
+    go_on.set()
+    worker.join(10)
+    assert outcome["rollback"].release.version == "v1.0"
+    assert statuses(reg)[-1] == (3, "v1.0", "deployed")
