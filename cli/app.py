@@ -52,7 +52,10 @@ def _fail(ctx, message: str, code: int):
         import traceback
 
         traceback.print_exc()
-    print(f"error: {' '.join(message.splitlines())}", file=sys.stderr)  # always one line
+    from registry import safe_for_terminal, scrub_for_display
+
+    # always one line, and never a secret: the last guard for every error the CLI prints
+    print(f"error: {safe_for_terminal(scrub_for_display(' '.join(message.splitlines())))}", file=sys.stderr)
     raise typer.Exit(code)
 
 

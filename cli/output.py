@@ -55,8 +55,10 @@ def console(stderr: bool = False):
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr."""
-    print(f"warning: {plain(message)}", file=sys.stderr)
+    """One warning line on stderr, secrets scrubbed (a warning may quote a URL or an answer)."""
+    from registry import scrub_for_display
+
+    print(f"warning: {plain(scrub_for_display(message))}", file=sys.stderr)
 
 
 def when(at: datetime) -> str:

@@ -404,3 +404,11 @@ def _escape_and_cut(text: str, limit: int, *, keep: str, newlines: bool) -> str:
         out.append(piece)
         used += len(piece)
     return "".join(reversed(out) if keep == "tail" else out)
+
+
+def scrub_for_display(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Any message bound for a terminal or a log, as the last guard: URL credentials masked and
+    the values of the process's secret-like variables (``*_TOKEN``, passwords in URLs) scrubbed."""
+    import os
+
+    return mask_urls_in(from_environ(os.environ if environ is None else environ).scrub(text))

@@ -24,7 +24,7 @@ from registry.deploy.engine import ContainerSpec, Engine, container_name, labels
 from registry.errors import ImageMoved, InvalidInput, Interrupted, NotFound
 from registry.ledger import Release, Target
 from registry.models import Environment, Lock, Runtime, Step
-from registry.scrubbing import scrub, secret_like_values
+from registry.secrets import Scrubber, from_environ, mask_urls_in, secret_values
 from registry.store import environments, versions
 
 OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
@@ -49,7 +49,9 @@ class Action:
         self.actor = actor
         self.on_step = on_step
         self.steps: list[Step] = []
-        self.secret_values: set[str] = set()  # values handed to containers in this run: scrubbed
+        # Every secret this run knows (the caller's *_TOKEN-like variables, URL passwords, and
+        # later the version's runtime.secrets): scrubbed from any text before it is cut or kept.
+        self.scrubber: Scrubber = from_environ(cfg.environ, urls=[cfg.store.url])
         self.lock: Lock | None = None
         self.env: Environment | None = None
         self.engine: Engine | None = None
@@ -94,14 +96,19 @@ class Action:
             self.on_step(name, time.perf_counter() - started, True)
 
     def scrub(self, text: str) -> str:
-        """Text bound for the user or the audit log, with every known secret value as ***."""
-        return scrub(text, self.secret_values | secret_like_values(self.cfg.environ))
+        """Text bound for the user or the audit log, with every known secret (in any encoding, or
+        a fragment of one a cut left at an end) as *** and URL passwords masked."""
+        return mask_urls_in(self.scrubber.scrub(text))
+
+    def untrusted(self, text: str, limit: int = 200) -> str:
+        """Text a container sent (a health body, a warm-up answer): scrubbed, then cut, escaped."""
+        return self.scrubber.untrusted(text, limit)
 
     def remember_secrets(self, runtime: Runtime, *, container_env: dict[str, str] | None = None) -> None:
         """Note the values of ``runtime.secrets``: the caller's, and a kept container's own
         (exported with another value back then) so a rollback scrubs them too."""
-        for source in (self.cfg.environ, container_env or {}):
-            self.secret_values.update(v for k, v in source.items() if k in runtime.secrets and v)
+        self.scrubber = self.scrubber.extended(
+            secret_values(self.cfg.environ, declared=runtime.secrets, container_env=container_env))
 
     @contextmanager
     def nothing_changed(self, ref: str):
@@ -157,7 +164,7 @@ class Action:
     def wait_healthy(self, container_id: str, runtime: Runtime) -> None:
         """Wait until the container answers its health path; StepFailed when it does not."""
         self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
-                                     exited=lambda: self._exit_reason(container_id))
+                                     exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted)
 
     def health_timeout(self, runtime: Runtime) -> float:
         """The environment's setting when it has one, else the version's own."""
@@ -174,9 +181,10 @@ class Action:
             return "the container disappeared while starting"
         if info.running:
             return None
-        # Log text leaves the engine here: scrub the container's own secret values at once.
-        tail = scrub(self.engine.logs(container_id, tail=10).strip(),
-                     self.secret_values | secret_like_values(info.env))
+        # Log text leaves the engine here: scrub the container's own secret values at once, then
+        # keep the end of it (the lines before the exit say why).
+        scrubber = self.scrubber.extended(secret_values({}, container_env=info.env))
+        tail = scrubber.untrusted(self.engine.logs(container_id, tail=10), 2000, keep="tail", newlines=True)
         lines = ("; last log lines:\n" + tail) if tail else " (no log output)"
         return f"container exited with code {info.exit_code}{lines}"
 

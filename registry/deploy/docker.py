@@ -10,6 +10,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound as 
 
 from registry.deploy.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec
 from registry.errors import EngineError, NotFound, StepFailed
+from registry.secrets import mask_url
 
 
 def describe_host() -> str:
@@ -30,7 +31,8 @@ class DockerEngine:
     """A connection to one Docker engine (an environment's --docker-host, $DOCKER_HOST or the local socket)."""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 30):
-        self.base_url = base_url or describe_host()
+        # for messages only: a tcp://user:password@host must never be printed or stored
+        self.base_url = mask_url(base_url or describe_host())
         try:
             if base_url:
                 self.client = docker.DockerClient(base_url=base_url, timeout=timeout)

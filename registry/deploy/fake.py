@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from registry.deploy.engine import ContainerInfo, ContainerSpec
-from registry.deploy.http import ExitCheck
+from registry.deploy.http import ExitCheck, Untrusted, plain_excerpt
 from registry.errors import NotFound, StepFailed
 from registry.models import Request
 
@@ -120,16 +120,16 @@ class FakeChecks:
 
     engine: FakeEngine
 
-    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck) -> None:
+    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck, untrusted: Untrusted = plain_excerpt) -> None:
         c = self.engine.serving(url)
         if c is None:
             raise StepFailed(exited() or "container exited with code 1")
         version = c.info.labels.get("cellar.version", "")
         time.sleep(self.engine.slow.get(version, 0))
-        if reason := self.engine.unhealthy.get(version):
-            raise StepFailed(reason)
+        if reason := self.engine.unhealthy.get(version):  # as if the server answered this body
+            raise StepFailed(untrusted(reason))
 
-    def warm_up(self, base_url: str, requests: list[Request]) -> None:
+    def warm_up(self, base_url: str, requests: list[Request], *, untrusted: Untrusted = plain_excerpt) -> None:
         self.engine.calls.append(f"warm-up {len(requests)}")
 
     def answers(self, url: str) -> bool:

@@ -19,8 +19,10 @@ from registry.errors import CellarError, EngineError, HealthGateFailed, Interrup
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release
 from registry.models import DeployResult, FailedDeploy, Runtime
+from registry.secrets import cut
 from registry.store import events, locks, releases
 
+ERROR_LIMIT = 2000  # characters of an error kept on the release row and its event
 MakePlan = Callable[[list[Release]], Plan]  # the ledger as it is under the lock -> the plan
 MakeContainer = Callable[[Plan], tuple[str, bool]]  # -> (container id, created for this run)
 
@@ -90,7 +92,7 @@ class Switching(Action):
                 self.wait_healthy(new_id, runtime)
             if runtime.warmup:
                 with self.step("warm-up"):
-                    self.cfg.checks.warm_up(self.base_url, runtime.warmup)
+                    self.cfg.checks.warm_up(self.base_url, runtime.warmup, untrusted=self.untrusted)
             crashpoint(f"{op}:healthy")
         except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
             self._fail(plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)
@@ -125,7 +127,8 @@ class Switching(Action):
 
         Each step is tried even when the one before it failed; when the outcome cannot be known the
         pending row and lock stay for ``registry recover`` and the error says so."""
-        env, error = self.env, self.scrub(str(exc) or type(exc).__name__)
+        # scrubbed before it is cut: a cut first would turn a known secret into an unknown fragment
+        env, error = self.env, cut(self.scrub(str(exc) or type(exc).__name__), ERROR_LIMIT)
         cleanup, halted = self._drop_new(plan, new_id=new_id, remove=remove)
         try:
             previous, note = self._restore(plan, old_stopped=old_stopped)
@@ -214,7 +217,7 @@ class Switching(Action):
         if automatic:
             detail["automatic"] = True
         events.append(conn, actor=row.actor, action=action, object=row.ref, model=row.model, env=self.env.name,
-                      reason=row.reason, detail=detail, db_user=self.cfg.store.db_user(conn))
+                      reason=row.reason, detail=self.scrubber.scrub_json(detail), db_user=self.cfg.store.db_user(conn))
 
     def _retain(self, rows: list[Release]) -> tuple[list[str], list[str]]:
         """Remove stopped containers beyond the environment's ``keep``; never one a rollback needs.
