@@ -18,6 +18,7 @@ _EXPORTS = {
     "registry.manifest": ["load_manifest", "manifest_from_flags", "Resolved"],
     "registry.inputs": ["safe_for_terminal"],
     "registry.secrets": ["scrub_for_display", "mask_url"],
+    "registry.signing": ["SealProblem"],
     "registry.models": [
         "Manifest", "Runtime", "Probe", "VersionSummary", "VersionInfo", "LogEntry", "PushResult", "InitResult",
         "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from registry import actor as actor_mod
-from registry import audit, inputs, inspection, pushing, refs
+from registry import audit, inputs, inspection, pushing, refs, signing
 from registry import home as home_mod
 from registry import manifest as manifest_mod
 from registry.audit import Checkpoint, Event, Verification
@@ -25,7 +25,7 @@ from registry.ledger import Release
 from registry.models import (DeployResult, Environment, EnvStatus, InitResult, LogEntry, PushResult, RecoverResult,
                              VersionInfo, VersionSummary)
 from registry.pushing import Progress
-from registry.store import events, versions
+from registry.store import events, seals, versions
 from registry.store.blobs import BlobStore
 from registry.store.sql import Store, masked_url
 
@@ -66,6 +66,7 @@ class Registry:
         home = home_mod.find(path)
         store = Store(home.db_url, source=home.db_source)
         store.check_schema()
+        store.key = signing.load_or_create_key(home.path, create=False)
         reg = cls(home, store, engine_factory=engine_factory, checks=checks)
         reg.blobs.sweep_tmp()
         return reg
@@ -82,6 +83,7 @@ class Registry:
         _create_folders(home)
         before = store.schema_revision()
         migrate.upgrade(store)
+        _seal(store, home)
         if home.db_source in ("--db-url", home_mod.DB_URL_VAR):
             home_mod.write_config(home, home.db_url)
         created = before is None
@@ -101,6 +103,7 @@ class Registry:
         try:
             before = store.schema_revision()
             migrate.upgrade(store)
+            _seal(store, home)
             after = store.schema_revision()
             if before != after:
                 with store.write() as conn:
@@ -270,6 +273,14 @@ class Registry:
         from registry.deploy.recover import Recover
 
         return Recover(self.config, actor=actor_mod.resolve(actor)).run(env_name=env, force=force)
+
+
+def _seal(store: Store, home: home_mod.Home) -> None:
+    """Load (or create) the signing key and seal what has no seal yet: a record written before
+    seals existed is trusted once, here (registry.signing)."""
+    store.key = signing.load_or_create_key(home.path, create=True)
+    with store.write() as conn:
+        seals.seal_unsealed(conn)
 
 
 def _create_folders(home: home_mod.Home) -> None:

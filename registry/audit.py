@@ -20,11 +20,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from registry import canonical, clock
 from registry.errors import InvalidInput
 from registry.models import check_name
+from registry.signing import SealProblem
 
 GENESIS = "0" * 64
 
@@ -189,7 +190,9 @@ class Verification(BaseModel):
     ok: bool
     checked: int  # events whose hash was recomputed before the first problem (all when ok)
     head: str | None = None
-    problem: Problem | None = None
+    problem: Problem | None = None  # the first break in the hash chain
+    # rows that are not what Cellar sealed (registry.signing): edited, forged, replayed, deleted
+    seals: list[SealProblem] = Field(default_factory=list)
 
 
 def parse_checkpoint(text: str) -> Checkpoint:

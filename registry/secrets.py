@@ -408,7 +408,12 @@ def _escape_and_cut(text: str, limit: int, *, keep: str, newlines: bool) -> str:
 
 def scrub_for_display(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Any message bound for a terminal or a log, as the last guard: URL credentials masked and
-    the values of the process's secret-like variables (``*_TOKEN``, passwords in URLs) scrubbed."""
+    the values of the process's secret-like variables (``*_TOKEN`` ...) and the passwords of the
+    URLs Cellar itself connects to (``DOCKER_HOST``, ``REGISTRY_DB_URL`` ...) scrubbed. Other
+    variables holding URLs are left alone: a weak test password like ``cellar`` would otherwise
+    blank out every "cellar" in every message."""
     import os
 
-    return mask_urls_in(from_environ(os.environ if environ is None else environ).scrub(text))
+    environ = os.environ if environ is None else environ
+    own = {k: v for k, v in environ.items() if is_secret_key(k) or k in URL_VARIABLES}
+    return mask_urls_in(Scrubber(secret_values(own)).scrub(text))

@@ -233,7 +233,7 @@ def bindings(kind: str, rows: Iterable[Mapping[str, Any]], *, deleted: Iterable[
 # --- checking ---------------------------------------------------------------------------
 
 
-class Problem(BaseModel):
+class SealProblem(BaseModel):
     """One row that is not what was sealed; ``object`` names it (``event:12``, ``release:prod#7``)."""
 
     kind: str  # unsealed, other-key, forged, digest, appended, truncated, stale, deleted
@@ -241,20 +241,20 @@ class Problem(BaseModel):
     message: str
 
 
-def _seal_problem(key: Key, obj: str, mac: str | None, what: str) -> Problem:
+def _seal_problem(key: Key, obj: str, mac: str | None, what: str) -> SealProblem:
     if not mac:
-        return Problem(kind="unsealed", object=obj, message=(
+        return SealProblem(kind="unsealed", object=obj, message=(
             f"{obj} has no seal: it was written without the signing key (before `registry init` sealed "
             f"the record, or by hand); run `registry audit verify` on a copy you trust"))
     if mac.split(":", 1)[0] != key.id:
-        return Problem(kind="other-key", object=obj, message=(
+        return SealProblem(kind="other-key", object=obj, message=(
             f"{obj} was sealed with another key (id {mac.split(':', 1)[0][:8]}, this home's key is {key.id}): "
             f"set {KEY_ENV} to the key this registry was created with, or the row was forged"))
-    return Problem(kind="forged", object=obj,
+    return SealProblem(kind="forged", object=obj,
                    message=f"{obj} was edited outside Cellar: {what} no longer match its seal")
 
 
-def event_problem(key: Key, row: Mapping[str, Any]) -> Problem | None:
+def event_problem(key: Key, row: Mapping[str, Any]) -> SealProblem | None:
     """The problem with one event row (``id``, ``hash``, ``mac``), or None: call it inside
     ``audit.verify``'s streaming loop, after the chain check."""
     if key.verify(f"cellar event\0{row['id']}\0{row['hash']}".encode(), row.get("mac")):
@@ -262,7 +262,7 @@ def event_problem(key: Key, row: Mapping[str, Any]) -> Problem | None:
     return _seal_problem(key, f"event:{row['id']}", row.get("mac"), "its hash and content")
 
 
-def check_events(key: Key, rows: Iterable[Mapping[str, Any]], *, limit: int = 50) -> list[Problem]:
+def check_events(key: Key, rows: Iterable[Mapping[str, Any]], *, limit: int = 50) -> list[SealProblem]:
     """Problems of the event rows, in order, at most ``limit``."""
     out = []
     for row in rows:
@@ -273,34 +273,34 @@ def check_events(key: Key, rows: Iterable[Mapping[str, Any]], *, limit: int = 50
     return out
 
 
-def check_head(key: Key, head_row: Mapping[str, Any] | None, *, count: int, last_hash: str | None) -> list[Problem]:
+def check_head(key: Key, head_row: Mapping[str, Any] | None, *, count: int, last_hash: str | None) -> list[SealProblem]:
     """The signed head (``count``, ``head``, ``mac``) against the log as it is now."""
     if head_row is None:
         if count == 0:
             return []
-        return [Problem(kind="unsealed", object="audit:head", message=(
+        return [SealProblem(kind="unsealed", object="audit:head", message=(
             "the audit log has no signed head: run `registry init` to seal it, on a copy you trust"))]
     if not key.verify(f"cellar head\0{head_row['count']}\0{head_row['head']}".encode(), head_row.get("mac")):
         return [_seal_problem(key, "audit:head", head_row.get("mac"), "the event count and head hash")]
     sealed = f"the signed head records {head_row['count']} events ending at {str(head_row['head'])[:12]}"
     if head_row["count"] < count:
-        return [Problem(kind="appended", object=f"event:{head_row['count'] + 1}", message=(
+        return [SealProblem(kind="appended", object=f"event:{head_row['count'] + 1}", message=(
             f"{sealed}, the log has {count}: events {head_row['count'] + 1}..{count} were added without the key"))]
     if head_row["count"] > count:
-        return [Problem(kind="truncated", object=f"event:{count + 1}", message=(
+        return [SealProblem(kind="truncated", object=f"event:{count + 1}", message=(
             f"{sealed}, the log has {count}: events {count + 1}..{head_row['count']} were deleted"))]
     if head_row["head"] != (last_hash or "0" * 64):
-        return [Problem(kind="truncated", object="audit:head", message=(
+        return [SealProblem(kind="truncated", object="audit:head", message=(
             f"{sealed}, the log ends elsewhere: the log was cut and written again"))]
     return []
 
 
-def version_problems(key: Key, row: Mapping[str, Any]) -> list[Problem]:
+def version_problems(key: Key, row: Mapping[str, Any]) -> list[SealProblem]:
     """A version row's problems: its manifest against its digest, and its seal."""
     obj = row_key("version", row)
     out = []
     if not manifest_matches(row["manifest"], row["manifest_digest"]):
-        out.append(Problem(kind="digest", object=obj, message=(
+        out.append(SealProblem(kind="digest", object=obj, message=(
             f"{obj}: the stored manifest does not hash to its manifest_digest {row['manifest_digest'][:19]}: "
             "it was edited in the database")))
     if not key.verify(_row_message("version", version_fields(row)), row.get("mac")):
@@ -316,17 +316,17 @@ def require_version(key: Key, row: Mapping[str, Any]) -> None:
         raise AuditBroken(f"{problems[0].message}; refusing to use it (run `registry audit verify`)")
 
 
-def row_problem(key: Key, kind: str, row: Mapping[str, Any]) -> Problem | None:
+def row_problem(key: Key, kind: str, row: Mapping[str, Any]) -> SealProblem | None:
     """A release or environment row's problem with its seal, or None."""
     if key.verify(_row_message(kind, row), row.get("mac")):
         return None
     return _seal_problem(key, row_key(kind, row), row.get("mac"), "its columns")
 
 
-def check_rows(key: Key, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[Problem]:
+def check_rows(key: Key, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[SealProblem]:
     """Problems of the rows of one kind: ``version`` (see ``version_fields``), ``release`` or
     ``environment`` (every column, ``mac`` included)."""
-    out: list[Problem] = []
+    out: list[SealProblem] = []
     for row in rows:
         if kind == "version":
             out += version_problems(key, row)
@@ -336,7 +336,7 @@ def check_rows(key: Key, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[P
 
 
 def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Mapping[str, Any]]],
-                   *, kinds: Iterable[str] = ("release", "environment")) -> list[Problem]:
+                   *, kinds: Iterable[str] = ("release", "environment")) -> list[SealProblem]:
     """Each row against the newest event that names it in ``detail["rows"]``.
 
     ``current``: ``{row_key: canonical_row_digest}`` of every row of ``kinds`` now in the
@@ -354,25 +354,25 @@ def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Mappi
     for name, (event_id, digest) in last.items():
         now = current.get(name)
         if digest is None and now is not None:
-            out.append(Problem(kind="stale", object=name, message=(
+            out.append(SealProblem(kind="stale", object=name, message=(
                 f"{name} exists but event {event_id} deleted it, and no later event wrote it again")))
         elif digest is not None and now is None:
-            out.append(Problem(kind="deleted", object=name, message=(
+            out.append(SealProblem(kind="deleted", object=name, message=(
                 f"{name} was deleted outside Cellar: event {event_id} wrote it and no event removed it")))
         elif digest is not None and now != digest:
-            out.append(Problem(kind="stale", object=name, message=(
+            out.append(SealProblem(kind="stale", object=name, message=(
                 f"{name} is not the row event {event_id} wrote: it was edited, or replaced by an older copy")))
     return out
 
 
 def check_record(key: Key, *, events: Iterable[Mapping[str, Any]], head: Mapping[str, Any] | None,
                  versions: Iterable[Mapping[str, Any]] = (), releases: Iterable[Mapping[str, Any]] = (),
-                 environments: Iterable[Mapping[str, Any]] = ()) -> list[Problem]:
+                 environments: Iterable[Mapping[str, Any]] = ()) -> list[SealProblem]:
     """Everything ``audit verify`` adds to the chain check, one problem per object at most.
 
     ``events``: rows with id, hash, mac and detail (a dict or its JSON text), in id order.
     """
-    problems: list[Problem] = []
+    problems: list[SealProblem] = []
     bound: list[tuple[int, Mapping[str, Any]]] = []
     count, last_hash = 0, None
     for row in events:

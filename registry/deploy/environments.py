@@ -32,9 +32,10 @@ class AddEnv(Action):
                 if other.port == env.port and other.docker_host == env.docker_host:
                     raise AlreadyExists(f"port {env.port} is already used by environment {other.name!r}: "
                                         "pick another")
-            environments.insert_(conn, env)
+            written = environments.insert_(conn, env)
             events.append(conn, actor=self.actor, action="env-add", object=env.name, env=env.name,
-                          detail=env.model_dump(mode="json", exclude={"created_at"}),
+                          detail={**env.model_dump(mode="json", exclude={"created_at"}),
+                                  "rows": environments.bindings(written)},
                           db_user=self.cfg.store.db_user(conn))
         return env
 
@@ -94,12 +95,15 @@ class RemoveEnv(Action):
                 locks.drop(conn, self.lock, missing_ok=True)
             raise
         with self.cfg.store.write() as conn:
-            if now:
-                releases.update_(conn, now.model_copy(update={"status": ledger.ReleaseStatus.SUPERSEDED}))
+            superseded = [now.model_copy(update={"status": ledger.ReleaseStatus.SUPERSEDED})] if now else []
+            for row in superseded:
+                releases.update_(conn, row)
             locks.drop(conn, self.lock)  # raises (and keeps the environment) if it changed hands
             environments.delete_(conn, name)
+            rows = {**releases.bindings(superseded), **environments.bindings([], deleted=[env])}
             events.append(conn, actor=self.actor, action="env-remove", object=name, env=name, reason=reason,
-                          detail={"undeployed": now.ref if now else None}, db_user=self.cfg.store.db_user(conn))
+                          detail={"undeployed": now.ref if now else None, "rows": rows},
+                          db_user=self.cfg.store.db_user(conn))
         return env
 
     def _claim(self, name: str, *, reason: str | None, force: bool) -> tuple[Environment, Release | None]:

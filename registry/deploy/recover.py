@@ -187,5 +187,6 @@ class Recover(Action):
             locks.drop(conn, self.lock, missing_ok=True)  # one commit per action: the first releases it
             changed = [r.ref + f" r{r.revision}:{r.status}" for r in [*settled.updates, *settled.appended]]
             events.append(conn, actor=self.actor, action="recover", object=env, env=env,
-                          reason=action.detail, detail={"action": action.action, "releases": changed},
+                          reason=action.detail, detail={"action": action.action, "releases": changed,
+                                                        "rows": releases.bindings([*settled.updates, *settled.appended])},
                           db_user=self.cfg.store.db_user(conn))

@@ -110,7 +110,7 @@ class Switching(Action):
         with self.step("record"), self.cfg.store.write() as conn:
             settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
             releases.apply(conn, settled)
-            self._event(conn, plan, settled.deployed)
+            self._event(conn, plan, settled.deployed, written=settled)
             rows = releases.ledger(conn, env.name)
         # Still under the lock, so no concurrent promote has a fresh (not yet running) container here.
         removed, warnings = self._retain(rows)
@@ -143,9 +143,9 @@ class Switching(Action):
         with self.cfg.store.write() as conn:
             settled = ledger.settle(plan, ok=False, at=clock.now(), error=error, previous=previous)
             releases.apply(conn, settled)
-            self._event(conn, plan, settled.updates[0], error=error)
+            self._event(conn, plan, settled.updates[0], error=error, written=settled)
             if settled.appended:
-                self._event(conn, plan, settled.appended[0], automatic=True)
+                self._event(conn, plan, settled.appended[0], automatic=True, written=settled)
             locks.drop(conn, self.lock)
         if isinstance(exc, StepFailed):
             raise HealthGateFailed(f"{plan.pending.ref} failed on {env.name} (revision {plan.pending.revision}): "
@@ -207,7 +207,8 @@ class Switching(Action):
         return "restored", (f"rolled back automatically to {current.ref} "
                             f"(revision {plan.pending.revision + 1}), which answers again")
 
-    def _event(self, conn, plan: Plan, row: Release, *, error: str | None = None, automatic: bool = False) -> None:
+    def _event(self, conn, plan: Plan, row: Release, *, written: ledger.Settlement, error: str | None = None,
+               automatic: bool = False) -> None:
         action = "rollback" if automatic or row.operation != ledger.Operation.PROMOTE else "promote"
         detail = {"revision": row.revision, "status": str(row.status), "manifest_digest": row.manifest_digest,
                   "image_digest": row.image_digest, "container": (row.container_id or "")[:12],
@@ -216,6 +217,7 @@ class Switching(Action):
             detail["error"] = error
         if automatic:
             detail["automatic"] = True
+        detail["rows"] = releases.bindings([*written.updates, *written.appended])  # what this change wrote
         events.append(conn, actor=row.actor, action=action, object=row.ref, model=row.model, env=self.env.name,
                       reason=row.reason, detail=self.scrubber.scrub_json(detail), db_user=self.cfg.store.db_user(conn))
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from registry import clock
+from registry import clock, signing
 from registry.errors import NotFound
 from registry.models import Environment
 from registry.store import schema as t
+from registry.store.seals import require_rows, sealed
 
 
 def all_(conn: Connection) -> list[Environment]:
     """Every environment, by name."""
-    return [_env(r) for r in conn.execute(select(t.environments).order_by(t.environments.c.name))]
+    return _checked(conn, conn.execute(select(t.environments).order_by(t.environments.c.name)).all())
 
 
 def get(conn: Connection, name: str) -> Environment | None:
-    row = conn.execute(select(t.environments).where(t.environments.c.name == name)).first()
-    return _env(row) if row else None
+    found = _checked(conn, conn.execute(select(t.environments).where(t.environments.c.name == name)).all())
+    return found[0] if found else None
 
 
 def find(conn: Connection, name: str | None) -> Environment:
@@ -36,14 +37,32 @@ def find(conn: Connection, name: str | None) -> Environment:
     return chosen[0]
 
 
-def insert_(conn: Connection, env: Environment) -> None:
+def insert_(conn: Connection, env: Environment) -> list[Environment]:
+    """Record ``env``; a new default takes the flag from the old one. Returns every row written."""
+    written = [env]
     if env.is_default:
-        conn.execute(update(t.environments).values(is_default=False))
-    conn.execute(insert(t.environments).values(**env.model_dump()))
+        for old in all_(conn):
+            if old.is_default:
+                written.append(old.model_copy(update={"is_default": False}))
+                conn.execute(update(t.environments).where(t.environments.c.name == old.name)
+                             .values(**sealed(conn, "environment", written[-1].model_dump())))
+    conn.execute(insert(t.environments).values(**sealed(conn, "environment", env.model_dump())))
+    return written
 
 
 def delete_(conn: Connection, name: str) -> None:
     conn.execute(delete(t.environments).where(t.environments.c.name == name))
+
+
+def bindings(written: list[Environment], *, deleted: list[Environment] = ()) -> dict:
+    """``{row name: digest}`` of the environment rows a change wrote or deleted, for its event."""
+    return signing.bindings("environment", [e.model_dump() for e in written],
+                            deleted=[e.model_dump() for e in deleted])
+
+
+def _checked(conn: Connection, rows) -> list[Environment]:
+    require_rows(conn, "environment", [r._mapping for r in rows])
+    return [_env(r) for r in rows]
 
 
 def _env(row) -> Environment:

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from registry import audit, clock
 from registry.audit import AuditFilter, Checkpoint, Event, Verification
+from registry.store import seals
 from registry.store.schema import events
 
 # Statements on the push path are built once: building one costs more than running it.
@@ -25,7 +26,7 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
     last = conn.execute(_LAST).first()
     row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
                           object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
-    conn.execute(_INSERT, row)
+    conn.execute(_INSERT, {**row, "mac": seals.seal_event(conn, row["id"], row["hash"])})
     return row["hash"]
 
 
@@ -64,7 +65,11 @@ def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 
         return conn.execute(select(events.c.id).where(events.c.hash == digest)).scalar()
 
     with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
-        return audit.verify(result.mappings(), find_by_hash=find_by_hash, against=against)
+        chain = audit.verify(result.mappings(), find_by_hash=find_by_hash, against=against)
+    problems = seals.check(conn)
+    if not problems:
+        return chain
+    return chain.model_copy(update={"ok": False, "seals": problems})
 
 
 def checkpoint(conn: Connection) -> Checkpoint:

@@ -6,16 +6,19 @@ from __future__ import annotations
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from registry import clock
+from registry import clock, signing
 from registry.ledger import Operation, Release, ReleaseStatus, Settlement
 from registry.store import schema as t
+from registry.store.seals import require_rows, sealed
 
 _COLUMNS = [c.name for c in t.releases.columns if c.name not in ("id", "mac")]
 
 
 def ledger(conn: Connection, env: str) -> list[Release]:
-    """An environment's releases, oldest revision first."""
-    rows = conn.execute(select(t.releases).where(t.releases.c.env == env).order_by(t.releases.c.revision))
+    """An environment's releases, oldest revision first; AuditBroken when a row is not what
+    Cellar wrote (every decision and report about an environment rests on its ledger)."""
+    rows = conn.execute(select(t.releases).where(t.releases.c.env == env).order_by(t.releases.c.revision)).all()
+    require_rows(conn, "release", [r._mapping for r in rows])
     return [_release(r) for r in rows]
 
 
@@ -26,12 +29,17 @@ def all_(conn: Connection) -> list[Release]:
 
 
 def insert_(conn: Connection, r: Release) -> None:
-    conn.execute(insert(t.releases).values(**_values(r)))
+    conn.execute(insert(t.releases).values(**sealed(conn, "release", _values(r))))
 
 
 def update_(conn: Connection, r: Release) -> None:
-    conn.execute(update(t.releases).values(**_values(r))
+    conn.execute(update(t.releases).values(**sealed(conn, "release", _values(r)))
                  .where(t.releases.c.env == r.env, t.releases.c.revision == r.revision))
+
+
+def bindings(rows: list[Release]) -> dict:
+    """``{row name: digest}`` of the rows a change wrote, for its event (``registry.signing``)."""
+    return signing.bindings("release", [_values(r) for r in rows])
 
 
 def apply(conn: Connection, settlement: Settlement) -> None:

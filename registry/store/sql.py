@@ -22,15 +22,21 @@ from registry.store.schema import SCHEMA_HEAD
 from registry.store.urls import masked_url
 
 BUSY_TIMEOUT_MS = 60_000
+KEY_INFO = "cellar.key"  # where a connection carries its store's signing key
 _PG_WRITE_LOCK = 0x63656C6C  # "cell"
 
 
 class Store:
-    """Connections to the metadata database at ``url``."""
+    """Connections to the metadata database at ``url``.
 
-    def __init__(self, url: str, *, source: str = "REGISTRY_DB_URL"):
+    ``key`` (a ``registry.signing.Key``) seals every row the store writes and checks the rows
+    it hands out where a decision rests on them (``registry.store.seals``); it rides along on
+    each connection (``conn.info``), so no store function can forget it."""
+
+    def __init__(self, url: str, *, source: str = "REGISTRY_DB_URL", key=None):
         self.url = url
         self.source = source  # where the URL came from, for messages (see registry.home)
+        self.key = key
         self.engine = _engine_or_refuse(url)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
@@ -42,12 +48,14 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with _translated(self.url), self._connect(self.engine) as conn, conn.begin():
+            conn.info[KEY_INFO] = self.key
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One serialised write transaction: committed on success, rolled back on error."""
         with _translated(self.url), self._connect(self._writer) as conn, conn.begin():
+            conn.info[KEY_INFO] = self.key
             yield conn
 
     @contextmanager
@@ -123,7 +131,8 @@ def _engine_or_refuse(url: str) -> Engine:
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidInput(f"REGISTRY_DB_URL {masked_url(url)} is not a database URL ({reason}): "
-                           "use sqlite:////path or postgresql+psycopg://user:pass@host/db") from None
+                           "use sqlite:////path or postgresql+psycopg://user@host/db (the password from "
+                           "PGPASSWORD or ~/.pgpass)") from None
 
 
 def _make_engine(url: str) -> Engine:

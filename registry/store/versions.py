@@ -27,6 +27,7 @@ from registry.models import Provenance, Tensor, VersionInfo, VersionSummary, che
 from registry.safetensors_index import is_safetensors
 from registry.store import schema as t
 from registry.store.blobs import Ingested
+from registry.store.seals import require_version, seal_version, version_rows
 from registry.store.sql import Store
 
 
@@ -108,6 +109,7 @@ def info(conn: Connection, model: str, version: str) -> VersionInfo:
         if _model_id(conn, model) is None:
             raise NotFound(f"no model named {model!r}: see `registry list`")
         raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
+    require_version(conn, row._mapping)  # what show and diff report is what was pushed
     record = json.loads(row.manifest)
     tensors = tensors_of(conn, [w["digest"] for w in record["weights"]])
     provenance = Provenance.model_validate_json(row.provenance) if row.provenance else None
@@ -115,11 +117,14 @@ def info(conn: Connection, model: str, version: str) -> VersionInfo:
 
 
 def record_of(conn: Connection, model: str, version: str) -> StoredRecord:
-    """The record ``model@version`` pins and its manifest digest."""
-    row = conn.execute(_RECORD, {"model": model, "version": version}).first()
+    """The record ``model@version`` pins and its manifest digest; AuditBroken when the stored row
+    is not what was pushed (an edited manifest, digest, message or actor): nothing is served
+    that the record does not prove."""
+    row = conn.execute(_RECORD, {"model": model, "version": version}).mappings().first()
     if row is None:
         raise NotFound(f"no version {model}@{version}: see `registry list {model}`")
-    return StoredRecord(record=json.loads(row.manifest), digest=row.manifest_digest)
+    require_version(conn, row)
+    return StoredRecord(record=json.loads(row["manifest"]), digest=row["manifest_digest"])
 
 
 def newest_prompts(conn: Connection, model: str) -> dict[str, str]:
@@ -185,10 +190,11 @@ def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
 def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> None:
     """The version's row, its blobs not known yet, its files and its weights' tensor index."""
     m, now = new.resolved.manifest, clock.now()
+    row = dict(version=m.version, manifest_digest=new.digest, manifest=canonical.dumps(new.record),
+               message=m.message, actor=actor, created_at=now,
+               provenance=provenance.model_dump_json() if provenance else None)
     version_id = conn.execute(_INSERT["versions"], dict(
-        model_id=_model_id_or_insert(conn, m.model, now), version=m.version, manifest_digest=new.digest,
-        manifest=canonical.dumps(new.record), message=m.message, actor=actor, created_at=now,
-        provenance=provenance.model_dump_json() if provenance else None,
+        **row, model_id=_model_id_or_insert(conn, m.model, now), mac=seal_version(conn, {**row, "model": m.model}),
     )).inserted_primary_key[0]
     _insert_blobs(conn, new.stored, now)
     if new.stored:  # an image-only version (weights baked in) has no files; an empty insert fails
@@ -248,8 +254,7 @@ _MODEL_ID = select(t.models.c.id).where(t.models.c.name == bindparam("name"))
 _TENSOR_DIGESTS = select(t.tensors.c.name, t.tensors.c.digest).where(t.tensors.c.blob_digest == bindparam("blob"))
 _KNOWN_BLOBS = select(t.blobs.c.digest).where(t.blobs.c.digest.in_(bindparam("digests", expanding=True)))
 _INSERT = {table.name: insert(table) for table in (t.models, t.versions, t.blobs, t.version_files, t.tensors)}
-_RECORD = (select(t.versions.c.manifest, t.versions.c.manifest_digest).select_from(t.versions.join(t.models))
-           .where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version")))
+_RECORD = version_rows().where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version"))
 _NEWEST_PROMPTS = select(t.version_files.c.name, t.version_files.c.digest).where(
     t.version_files.c.kind == "prompt",
     t.version_files.c.version_id == (
@@ -267,7 +272,7 @@ def _summary_query(full: bool = False):
     cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
             t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]
     if full:
-        cols += [t.versions.c.manifest, t.versions.c.provenance]
+        cols += [t.versions.c.manifest, t.versions.c.provenance, t.versions.c.mac]
     return select(*cols).select_from(t.versions.join(t.models))
 
 

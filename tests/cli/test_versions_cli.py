@@ -56,7 +56,7 @@ def test_init_hides_the_database_password(tmp_path, monkeypatch):
     monkeypatch.setenv("REGISTRY_DB_URL", "postgresql+psycopg://u:hunter2@127.0.0.1:1/none")
     result = cli("init", str(tmp_path / "h"), code=1)
     assert "hunter2" not in result.stdout + result.stderr
-    assert result.stderr.startswith("error: cannot reach the database")
+    assert result.stderr.startswith("error: cannot connect to the database")
 
 
 def test_init_names_a_folder_it_cannot_create(monkeypatch):
@@ -75,7 +75,7 @@ def test_a_malformed_database_url_says_what_to_write(tmp_path, monkeypatch, url)
     errors.append(cli("list", code=1).stderr)
     for err in errors:
         assert err.startswith("error: REGISTRY_DB_URL ") and "is not a database URL" in err, err
-        assert "postgresql+psycopg://user:pass@host/db" in err and "hunter2" not in err
+        assert "postgresql+psycopg://user@host/db" in err and "hunter2" not in err
 
 
 # --- push -------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class Record:
         row["mac"] = signing.seal_row(self.key, "release", row)
         self.releases.append(row)
 
-    def check(self, key: Key | None = None) -> list[signing.Problem]:
+    def check(self, key: Key | None = None) -> list[signing.SealProblem]:
         return check_record(key or self.key, events=self.events, head=self.head, versions=self.versions,
                             releases=self.releases, environments=self.environments)
 

@@ -1,0 +1,123 @@
+"""Someone with write access to the database alone (not the key file) edits the record: each
+change is found by `audit verify`, naming the row, and refused by promote and rollback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select, text
+
+from registry import audit, canonical
+from registry.api import Registry
+from registry.deploy.fake import FakeEngine
+from registry.errors import AuditBroken
+from registry.store import schema as t
+
+IMAGE = "example:latest"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "token-for-the-fake")
+    return FakeEngine(images={IMAGE: "sha256:" + "aa" * 32})
+
+
+@pytest.fixture
+def reg(home, fake, model_dir):
+    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as r:
+        for version in ("v1.0", "v1.1"):
+            model_dir.set_prompt(f"prompt {version}\n")
+            model_dir.write_manifest(version=version, image=IMAGE)
+            r.push(model_dir.manifest)
+        r.add_env("staging", port=18080, default=True)
+        r.promote("v1.0")
+        r.promote("v1.1")
+        yield r
+
+
+def sql(reg, *statements, **params):
+    with reg.store.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement), params)
+
+
+def seal_objects(reg) -> list[str]:
+    result = reg.verify_audit()
+    assert not result.ok
+    return [p.object for p in result.seals]
+
+
+def test_an_untouched_record_verifies(reg):
+    result = reg.verify_audit()
+    assert result.ok and result.seals == [] and result.problem is None
+
+
+def test_a_rehashed_chain_is_found(reg):
+    """Edit event 3's actor and recompute every hash after it: the chain checks, the seals do not."""
+    with reg.store.engine.begin() as conn:
+        rows = [dict(r) for r in conn.execute(select(t.events).order_by(t.events.c.id)).mappings()]
+        rows[2]["actor"] = "mallory"
+        prev = rows[1]["hash"]
+        for row in rows[2:]:
+            row["hash"] = audit.chain_hash(prev, audit.event_body(row))
+            row["prev_hash"] = prev
+            prev = row["hash"]
+            conn.execute(text("UPDATE events SET actor = :actor, hash = :hash, prev_hash = :prev_hash WHERE id = :id"),
+                         {k: row[k] for k in ("actor", "hash", "prev_hash", "id")})
+    result = reg.verify_audit()
+    assert result.problem is None  # the chain alone is fooled
+    assert "event:3" in seal_objects(reg)
+
+
+def test_a_forged_appended_event_is_found(reg):
+    with reg.store.engine.begin() as conn:
+        last = conn.execute(text("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")).first()
+    row = audit.new_event((last.id, last.hash), at=reg.audit(limit=1)[0].at, actor="mallory", action="push",
+                          object="support-bot@v9", detail={"message": "forged"})
+    sql(reg, "INSERT INTO events (id, at, actor, db_user, action, object, model, env, detail, reason, prev_hash, hash)"
+             " VALUES (:id, :at, :actor, :db_user, :action, :object, :model, :env, :detail, :reason, :prev_hash, :hash)",
+        **row)
+    objects = seal_objects(reg)
+    assert f"event:{last.id + 1}" in objects
+
+
+def test_an_edited_manifest_is_found_and_refused(reg):
+    with reg.store.engine.begin() as conn:
+        manifest = json.loads(conn.execute(text("SELECT manifest FROM versions WHERE version = 'v1.0'")).scalar())
+    manifest["runtime"]["env"]["MODE"] = "attacker-controlled"
+    forged = canonical.dumps(manifest)
+    # the digest recomputed too, so the manifest "matches": only the seal can tell
+    sql(reg, "UPDATE versions SET manifest = :m, manifest_digest = :d WHERE version = 'v1.0'",
+        m=forged, d=canonical.digest(manifest))
+    assert "version:support-bot@v1.0" in seal_objects(reg)
+    with pytest.raises(AuditBroken, match="support-bot@v1.0"):
+        reg.rollback()
+    with pytest.raises(AuditBroken, match="support-bot@v1.0"):
+        reg.diff("v1.0", "v1.1")
+
+
+def test_an_edited_release_row_is_found_and_refused(reg):
+    sql(reg, "UPDATE releases SET actor = 'someone-else' WHERE revision = 1")
+    assert "release:staging#1" in seal_objects(reg)
+    with pytest.raises(AuditBroken, match="release:staging#1"):
+        reg.rollback()
+    with pytest.raises(AuditBroken, match="release:staging#1"):
+        reg.history("staging")
+
+
+def test_an_old_copy_of_a_release_row_put_back_is_found(reg):
+    """Replay: revision 1 as it was while deployed, its once-valid seal included."""
+    with reg.store.engine.begin() as conn:
+        now = dict(conn.execute(text("SELECT * FROM releases WHERE revision = 1")).mappings().first())
+    reg.promote("v1.0")  # revision 3; revision 2 superseded; revision 1 unchanged since
+    sql(reg, "UPDATE releases SET status = 'superseded' WHERE revision = 3")
+    sql(reg, "UPDATE releases SET status = :s, mac = :mac WHERE revision = 1", s=now["status"], mac=now["mac"])
+    assert "release:staging#3" in seal_objects(reg)
+
+
+def test_an_edited_environment_row_is_found_and_refused(reg):
+    sql(reg, "UPDATE environments SET port = 8443 WHERE name = 'staging'")
+    assert "environment:staging" in seal_objects(reg)
+    with pytest.raises(AuditBroken, match="environment:staging"):
+        reg.promote("v1.0")
