@@ -115,7 +115,9 @@ def _check_tiling(tensors: list[TensorRange], base: int, data_size: int) -> None
         if t.begin > at:
             raise SafetensorsError(f"gap of {t.begin - at} bytes before tensor {_show(t.name)}")
         at, before = t.end, t
-    if at != base + data_size:
+    if at > base + data_size:
+        raise SafetensorsError(f"tensor {_show(before.name)} ends {at - base - data_size} bytes past the end of the file")
+    if at < base + data_size:
         raise SafetensorsError(f"{base + data_size - at} bytes after the last tensor "
                                "(the data is not fully covered by the header)")
 
