@@ -15,6 +15,7 @@ tensors with the current algorithm when an old and a new version meet in a diff.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 ALGORITHM = "blake3"
@@ -51,3 +52,9 @@ def is_current(digests: dict[str, str]) -> bool:
     """True if every digest of a tensor index uses the current algorithm."""
     return all(algorithm(d) == ALGORITHM for d in digests.values())
 
+
+
+def upgraded(digests: dict[str, str], rehash: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """A blob's tensor digests in the current algorithm: as given when they are, else from
+    ``rehash`` (``BlobStore.rehash_tensors``: one read of a blob indexed by an older Cellar)."""
+    return digests if is_current(digests) else rehash()
