@@ -148,11 +148,12 @@ def _unchanged(ctx: Context, f: SourceFile) -> Ingested | None:
 def _store_all(ctx: Context, files: list[SourceFile], *, write: bool, progress: Progress | None) -> list[Ingested]:
     """Hash (and store) files; the shards of a large model side by side, a few at a time.
 
-    Each file in flight holds one 8 MiB buffer and at most 128 MiB of dirty page cache
-    (registry.store.blobs), so PARALLEL bounds the memory; hashlib and blake3 release the
-    GIL on large buffers, so the files really are hashed on several cores."""
+    A file in flight keeps about two cores busy (SHA-256 on one; BLAKE3 and the kernel's copy
+    on another: hashlib and blake3 release the GIL) and holds at most 128 MiB of dirty page
+    cache, so at most one file per two cores and PARALLEL files at once bound CPU and memory.
+    On 2 cores shards go one after another: side by side they measured slower (bench/push.py)."""
     large = sum(1 for f in files if os.stat(f.path).st_size > PARALLEL_FROM)
-    workers = min(large, os.cpu_count() or 1, PARALLEL)
+    workers = min(large, (os.cpu_count() or 1) // 2, PARALLEL)
     if workers < 2:
         return [_store_file(ctx, f, write=write, progress=progress) for f in files]
     from concurrent.futures import ThreadPoolExecutor  # only for sharded models

@@ -16,9 +16,11 @@ damaged, repaired by the copy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
+import mmap
 import os
 import queue
 import secrets
@@ -78,6 +80,7 @@ class BlobStore:
         self.root = root
         self.tmp = root / "tmp"
         self.stamps = StatCache(root / "stamps.json", tmp=self.tmp, racy_ns=STAMP_SETTLE_NS)
+        self._stamping = threading.Lock()  # the shards of one push are stored on several threads
 
     def create(self) -> None:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
@@ -180,8 +183,9 @@ class BlobStore:
         wait = max(st.st_mtime_ns, st.st_ctime_ns) + STAMP_SETTLE_NS - time.time_ns()
         if wait > 0:
             time.sleep(wait / 1e9)
-        self.stamps.record(final, st, digest)  # records nothing if final changed since st
-        self.stamps.save()
+        with self._stamping:
+            self.stamps.record(final, st, digest)  # records nothing if final changed since st
+            self.stamps.save()
 
     def rehash_tensors(self, digest: str) -> dict[str, str]:
         """Tensor name -> digest with the current algorithm, read from a stored safetensors
@@ -276,14 +280,11 @@ def _copy_hashing(src_fd: int, dst_fd: int, tensors: list[TensorRange], progress
     os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     hashes = _Hashes(tensors, threaded=True)
     writeback = _Writeback(dst_fd)
-    buf = bytearray(CHUNK)
     copier = _KernelCopier(src_fd, dst_fd)
     try:
         for offset, n in copier:
-            view = _pread_full(dst_fd, buf, offset, n)
-            if len(view) != n:
-                raise OSError(errno.EIO, "the copy came back short")
-            hashes.feed(offset, view)
+            with _mapped(dst_fd, offset, n) as view:  # the page cache itself: no copy to a buffer
+                hashes.feed(offset, view)
             writeback.written(offset + n)
             if progress:
                 progress(n)
@@ -291,6 +292,18 @@ def _copy_hashing(src_fd: int, dst_fd: int, tensors: list[TensorRange], progress
         copier.close()
         hashes.close()
     return hashes.result()
+
+
+@contextlib.contextmanager
+def _mapped(fd: int, offset: int, length: int) -> Iterator[memoryview]:
+    """``length`` bytes of ``fd`` at ``offset``, mapped read-only for the time of the block."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, length + offset - start, prot=mmap.PROT_READ, offset=start) as mapped:
+        view = memoryview(mapped)[offset - start :]
+        try:
+            yield view
+        finally:
+            view.release()
 
 
 def _pread_full(fd: int, buf: bytearray, offset: int, want: int | None = None) -> memoryview:
@@ -346,11 +359,14 @@ class _Helper:
     def _run(self) -> None:
         while (item := self._todo.get()) is not None:
             fn, args = item
+            del item  # hold no reference to the caller's buffer once done: it may be unmapped
             try:
                 fn(*args)
-                self._done.put(None)
+                done = None
             except BaseException as exc:  # handed to the caller in wait()
-                self._done.put(exc)
+                done = exc
+            del fn, args
+            self._done.put(done)
 
     def start(self, fn: Callable, *args) -> None:
         self._todo.put((fn, args))
