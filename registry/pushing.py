@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from registry.deploy.engine import Engine
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
-# Files over this size are hashed side by side, at most PARALLEL at once (see _hash_all).
+# Files over this size are hashed side by side, at most PARALLEL at once (see _store_all).
 PARALLEL_FROM, PARALLEL = 64 << 20, 4
 
 

@@ -17,8 +17,15 @@ import pytest
 from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
 from registry.safetensors_index import read_index
 from registry.store import blobs as blobs_mod
+from registry.store import streams
 from registry.store.blobs import BlobStore, hash_file
 from tests import helpers
+
+
+def small_chunks(monkeypatch, size: int) -> None:
+    """Chunks of ``size`` bytes: files "large" (over one chunk) and tensors straddling chunks."""
+    monkeypatch.setattr(blobs_mod, "CHUNK", size)
+    monkeypatch.setattr(streams, "CHUNK", size)
 
 
 @pytest.fixture
@@ -82,8 +89,8 @@ def test_has_with_a_size_refuses_a_truncated_blob(store, tmp_path):
 
 def test_writeback_path_with_small_window(store, tmp_path, monkeypatch):
     # Exercise the sync_file_range branch with many windows on a small file.
-    monkeypatch.setattr(blobs_mod, "CHUNK", 4096)
-    monkeypatch.setattr(blobs_mod, "WRITEBACK_EVERY", 3 * 4096)
+    small_chunks(monkeypatch, 4096)
+    monkeypatch.setattr(streams, "WRITEBACK_EVERY", 3 * 4096)
     data = os.urandom(100_000)
     src = tmp_path / "src.bin"
     src.write_bytes(data)
@@ -97,7 +104,7 @@ def b3(data: bytes) -> str:
 
 @pytest.mark.parametrize("chunk", [100, 1 << 20])  # tensors straddle chunks / one inline read
 def test_one_read_gives_the_blob_sha256_and_each_tensors_blake3(store, tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(blobs_mod, "CHUNK", chunk)
+    small_chunks(monkeypatch, chunk)
     data = helpers.tensors()
     src = helpers.write_safetensors(tmp_path / "m.safetensors", data)
     index = read_index(src)
@@ -112,7 +119,7 @@ def test_one_read_gives_the_blob_sha256_and_each_tensors_blake3(store, tmp_path,
 
 def test_each_byte_is_hashed_once_with_sha256(store, tmp_path, monkeypatch):
     """The whole file goes through SHA-256 once; the tensors through BLAKE3 only."""
-    monkeypatch.setattr(blobs_mod, "CHUNK", 4096)
+    small_chunks(monkeypatch, 4096)
     data = helpers.tensors(embed__weight=np.zeros((64, 64), np.float32))
     src = helpers.write_safetensors(tmp_path / "m.safetensors", data)
     fed = []
@@ -185,7 +192,7 @@ def test_falls_back_when_the_kernel_cannot_copy(store, tmp_path, monkeypatch, wi
 @pytest.fixture
 def big(tmp_path, monkeypatch):
     """A "large" file (over one chunk, so the hash-first path applies) and a copy of it."""
-    monkeypatch.setattr(blobs_mod, "CHUNK", 4096)
+    small_chunks(monkeypatch, 4096)
     data = os.urandom(100_000)
     (tmp_path / "a.bin").write_bytes(data)
     (tmp_path / "copy.bin").write_bytes(data)  # same bytes, another inode: no stat-cache hit
@@ -200,7 +207,7 @@ def _no_writes(monkeypatch):
 
 
 def test_a_copy_of_a_stored_blob_is_hashed_and_nothing_is_written(store, big, monkeypatch):
-    data, src, copy = big
+    _, src, copy = big
     first = store.ingest(src)
     final = store.path(first.digest)
     before = final.stat()
@@ -213,7 +220,7 @@ def test_a_copy_of_a_stored_blob_is_hashed_and_nothing_is_written(store, big, mo
 
 
 def test_a_stored_blob_is_read_once_when_its_stamp_holds(store, big, monkeypatch):
-    data, src, copy = big
+    _, src, copy = big
     store.ingest(src)
     reads = []
     monkeypatch.setattr(blobs_mod, "hash_file", lambda *a: reads.append(a) or pytest.fail("re-hashed"))
@@ -221,7 +228,7 @@ def test_a_stored_blob_is_read_once_when_its_stamp_holds(store, big, monkeypatch
 
 
 def test_a_blob_stored_before_stamps_existed_is_verified_then_reused(store, big, monkeypatch):
-    data, src, copy = big
+    _, src, copy = big
     digest = store.ingest(src).digest
     (store.root / "stamps.json").unlink()
     store = BlobStore(store.root)
