@@ -44,6 +44,8 @@ __all__ = ["CHUNK", "BlobStore", "Ingested", "digest_of_bytes", "hash_file"]
 # A stamp is recorded this long after the blob's last change, longer than one tick of a
 # fine-grained filesystem clock (jiffies: 1-10 ms), so any later write shows in its timestamps.
 STAMP_SETTLE_NS = 20_000_000
+# Dedup before writing compares these many bytes at three places of each blob of equal size.
+SAMPLE, MAX_CANDIDATES = 64 << 10, 64
 def digest_of_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -96,12 +98,30 @@ class BlobStore:
         size = os.fstat(fd).st_size
         if size <= CHUNK:
             return self._ingest_small(fd, tensors, progress)
-        if self.stamps.has_size(size):  # likely a copy of a stored blob: hash before writing
+        if self._likely_stored(fd, size):  # hash before writing: maybe nothing to write
             got = hash_fd(fd, tensors, progress)
             if self._holds(got):
                 return got
             progress = None  # every byte was reported once already
         return self._write(lambda out: copy_hashing(fd, out, tensors, progress))
+
+    def _likely_stored(self, fd: int, size: int) -> bool:
+        """True if a stamped blob has this size and the same bytes at a few sampled places.
+
+        Size alone misleads: the shards of one model, or a fine-tune and its base, often have
+        equal sizes, and each wrong guess costs a second read and hash."""
+        candidates = self.stamps.paths_of_size(size)[:MAX_CANDIDATES]
+        if not candidates:
+            return False
+        mine = _samples(fd, size)
+        for path in candidates:
+            try:
+                with open(path, "rb") as blob:
+                    if _samples(blob.fileno(), size) == mine:
+                        return True
+            except OSError:
+                continue  # gone or unreadable: it cannot be reused anyway
+        return False
 
     def _ingest_small(self, fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
         """A small file (a prompt): read whole, no threads, compared byte for byte if stored."""
@@ -195,6 +215,11 @@ def hash_file(path: Path, tensors: list[TensorRange] = ()) -> Ingested:
     """Digest of a file (and its tensors) without storing it."""
     with open(path, "rb") as fin:
         return hash_fd(fin.fileno(), tensors, None)
+
+
+def _samples(fd: int, size: int) -> list[bytes]:
+    """The first, middle and last SAMPLE bytes of a file of ``size`` bytes."""
+    return [os.pread(fd, SAMPLE, offset) for offset in (0, (size - SAMPLE) // 2, max(size - SAMPLE, 0))]
 
 
 def _size(path: Path) -> int | None:

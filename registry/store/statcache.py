@@ -32,7 +32,7 @@ class StatCache:
         self._entries: dict[str, list] | None = None
         self._dirty = False
         self._saved_at = float("-inf")
-        self._sizes: set[int] | None = None
+        self._sizes: dict[int, list[str]] | None = None  # size -> paths, built on first use
 
     @property
     def entries(self) -> dict[str, list]:
@@ -54,11 +54,13 @@ class StatCache:
             return None
         return digest
 
-    def has_size(self, size: int) -> bool:
-        """True if some entry (trusted or not) recorded a file of ``size`` bytes: a hint only."""
+    def paths_of_size(self, size: int) -> list[Path]:
+        """Paths recorded (trusted or not) with ``size`` bytes, newest first: a hint only."""
         if self._sizes is None:
-            self._sizes = {entry[2] for entry in self.entries.values() if len(entry) > 2}
-        return size in self._sizes
+            self._sizes = {}
+            for path, entry in self.entries.items():
+                self._sizes.setdefault(entry[2], []).append(path)
+        return [Path(p) for p in reversed(self._sizes.get(size, []))]
 
     def record(self, path: Path, before: os.stat_result, digest: str) -> None:
         """Remember ``digest`` for ``path`` if it did not change while it was being read."""
@@ -66,7 +68,7 @@ class StatCache:
             return
         self.entries[str(path.absolute())] = [*_key(before), digest, time.time_ns()]
         if self._sizes is not None:
-            self._sizes.add(before.st_size)
+            self._sizes.setdefault(before.st_size, []).append(str(path.absolute()))
         self._dirty = True
 
     def save(self, *, unless_within: float = 0.0) -> None:

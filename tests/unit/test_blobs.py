@@ -279,6 +279,21 @@ def test_other_bytes_of_the_same_size_are_stored(store, big):
     assert got.written and got.digest == sha(other) and store.path(got.digest).read_bytes() == other
 
 
+def test_a_file_of_equal_size_but_other_bytes_is_not_hashed_twice(store, big, monkeypatch):
+    """Shards of one model often share a size: only sampled bytes equal to a blob's send a
+    file down the hash-first path (whose wrong guess costs a second read)."""
+    data, src, copy = big
+    monkeypatch.setattr(blobs_mod, "SAMPLE", 1024)
+    store.ingest(src)
+    copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # differs in the last sample only
+    hashed_first = []
+    real = blobs_mod.hash_fd
+    monkeypatch.setattr(blobs_mod, "hash_fd", lambda *a: hashed_first.append(1) or real(*a))
+    assert store.ingest(copy).written and hashed_first == []
+    copy.write_bytes(data[:5000] + bytes([data[5000] ^ 1]) + data[5001:])  # not sampled: guessed wrong
+    assert store.ingest(copy).written and hashed_first == [1]
+
+
 def test_a_small_file_already_stored_writes_nothing(store, tmp_path, monkeypatch):
     (tmp_path / "p1").write_text("prompt")
     (tmp_path / "p2").write_text("prompt")
