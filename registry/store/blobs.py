@@ -219,7 +219,8 @@ def hash_file(path: Path, tensors: list[TensorRange] = ()) -> Ingested:
 
 def _samples(fd: int, size: int) -> list[bytes]:
     """The first, middle and last SAMPLE bytes of a file of ``size`` bytes."""
-    return [os.pread(fd, SAMPLE, offset) for offset in (0, (size - SAMPLE) // 2, max(size - SAMPLE, 0))]
+    last = max(size - SAMPLE, 0)
+    return [os.pread(fd, SAMPLE, offset) for offset in (0, last // 2, last)]
 
 
 def _size(path: Path) -> int | None:
