@@ -1,10 +1,19 @@
-"""Bench: push a 2 GiB weights file vs ``cp SRC DST && sync``, page cache dropped, paired A/B.
+"""Bench: `registry push` of large weights against the plain tools, page cache dropped, paired A/B.
 
-    python bench/push.py [--size-mib 2048] [--rounds 3] [--dir /tmp/cellar-bench] [--kind safetensors|bin]
+    python bench/push.py [--size 2048] [--pairs 7] [--dir /tmp/cellar-bench] [--only cold,shards,copied,prompt]
 
-Each round times both, in alternating order, each from a cold page cache and into a fresh
-registry home (so the blob is really written). Then it times a prompt-only re-push of the
-unchanged weights (the stat cache path). Prints figures; asserts nothing.
+- cold:   push of one SIZE MiB safetensors into a fresh home   vs  `cp FILE DST && sync DST`
+- shards: push of 8 safetensors shards (SIZE/8 MiB each)        vs  `cp` of the 8 files && `sync` them
+- copied: push of a byte-for-byte copy of weights already stored (a new inode: the stat cache
+          misses)                                               vs  one hashlib SHA-256 pass over it
+- prompt: a prompt-only new version (weights known to the stat cache), CLI and API.
+
+Each pair runs both sides in alternating order, each from a cold page cache (`echo 3 >
+/proc/sys/vm/drop_caches`, as root), and prints min/median/max of each side and of the ratio,
+CPU seconds per GiB (user+system of the process and its children, from wait4), and bytes the
+process wrote to storage (rusage blocks out: includes write-back it caused). Asserts nothing.
+Default size 2 GiB runs in about 6 minutes; needs about 5x SIZE of free disk; removes its
+files at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -18,10 +27,22 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
-MIB = 1 << 20
+# Run the code of this checkout, whichever one the environment's `registry` was installed from.
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+MIB, GIB = 1 << 20, 1 << 30
+HASH_PASS = "import hashlib, sys; hashlib.file_digest(open(sys.argv[1], 'rb'), 'sha256')"
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float  # user + system seconds, the process and the children it waited for
+    written: int  # bytes written to storage (rusage blocks out x 512)
 
 
 def drop_caches() -> bool:
@@ -34,34 +55,44 @@ def drop_caches() -> bool:
     except OSError:
         dropped = False
     subprocess.run(["cp", "--version"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "-c", "import registry.api, cli.main, yaml, rich.progress, git"], check=True)
+    subprocess.run([sys.executable, "-c", "import registry.api, cli.main, yaml, rich.progress, blake3"], check=True)
     return dropped
 
 
-def make_weights(path: Path, size: int, kind: str) -> None:
-    """Random bytes; as safetensors, eight U8 tensors, so per-tensor hashing is exercised too."""
+def run(cmd: list[str] | str, *, env: dict | None = None, cold: bool = True) -> Run:
+    if cold:
+        drop_caches()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
+    return Run(wall=wall, cpu=usage.ru_utime + usage.ru_stime, written=usage.ru_oublock * 512)
+
+
+def make_safetensors(path: Path, size: int, tensors: int = 8) -> None:
+    """Random bytes as ``tensors`` U8 tensors, so per-tensor hashing is exercised too."""
+    each = size // tensors
+    header = {f"layer{i}.weight": {"dtype": "U8", "shape": [each], "data_offsets": [i * each, (i + 1) * each]}
+              for i in range(tensors)}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as f:
-        body = size
-        if kind == "safetensors":
-            n, each = 8, size // 8
-            header = {f"layer{i}.weight": {"dtype": "U8", "shape": [each],
-                                           "data_offsets": [i * each, (i + 1) * each]} for i in range(n)}
-            raw = json.dumps(header).encode()
-            raw += b" " * (-len(raw) % 8)
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            body = n * each
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        body = tensors * each
         while body:
             chunk = min(body, 64 * MIB)
             f.write(os.urandom(chunk))
             body -= chunk
-    old = time.time_ns() - 3600 * 10**9  # written long ago, like real weights (not "racy")
+    age(path)
+
+
+def age(path: Path, seconds: int = 3600) -> None:
+    """Written long ago, like real weights (not "racy" for the stat cache); a new stat key."""
+    old = time.time_ns() - seconds * 10**9
     os.utime(path, ns=(old, old))
-
-
-def run(cmd: list[str], env: dict | None = None, shell: bool = False) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, shell=shell, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
 
 
 def fresh_home(work: Path) -> dict:
@@ -73,77 +104,154 @@ def fresh_home(work: Path) -> dict:
     return env
 
 
-def push_cmd(src: Path, version: str, prompt: Path) -> list[str]:
-    return [REGISTRY, "push", "--model", "bench", "--version", version, "--weights", src.name,
-            "--prompt", f"system={prompt.name}", "-m", "bench"]
+def push_cmd(weights: list[Path], version: str, prompt: Path) -> list[str]:
+    cmd = [REGISTRY, "push", "--model", "bench", "--version", version, "-m", "bench",
+           "--prompt", f"system={prompt.name}"]
+    for w in weights:
+        cmd += ["--weights", str(w.relative_to(Path.cwd()))]
+    return cmd
+
+
+def spread(xs: list[float], unit: str = "s") -> str:
+    return f"min {min(xs):.2f}{unit} median {statistics.median(xs):.2f}{unit} max {max(xs):.2f}{unit}"
+
+
+def report(title: str, name_a: str, a: list[Run], name_b: str, b: list[Run], size: int, target: float) -> None:
+    ratios = [x.wall / y.wall for x, y in zip(a, b)]
+    gib = size / GIB
+    print(f"\n{title} ({len(a)} interleaved pairs, {size // MIB} MiB, cold page cache)")
+    for name, runs in ((name_a, a), (name_b, b)):
+        print(f"  {name:<28} wall {spread([r.wall for r in runs])}; "
+              f"CPU {statistics.median(r.cpu for r in runs) / gib:.2f} s/GiB; "
+              f"written {statistics.median(r.written for r in runs) / MIB:.0f} MiB (median)")
+    verdict = "met" if statistics.median(ratios) <= target else "MISSED"
+    print(f"  ratio {name_a} / {name_b}: {spread(ratios, 'x')}  (target <= {target}x: {verdict})", flush=True)
+
+
+def pairs(n: int, a, b) -> tuple[list[Run], list[Run]]:
+    """n pairs, alternating which side runs first."""
+    ra, rb = [], []
+    for i in range(n):
+        for side in ((a, b) if i % 2 == 0 else (b, a)):
+            (ra if side is a else rb).append(side(i))
+    return ra, rb
+
+
+def bench_cold(work: Path, src: Path, prompt: Path, n: int) -> None:
+    dst = work / "cp-dst.bin"
+
+    def push(i: int) -> Run:
+        env = fresh_home(work)
+        return run(push_cmd([src], "v1", prompt), env=env)
+
+    def cp(i: int) -> Run:
+        dst.unlink(missing_ok=True)
+        drop_caches()
+        r = run(f"cp {src} {dst} && sync {dst}", cold=False)
+        dst.unlink()
+        return r
+
+    a, b = pairs(n, push, cp)
+    report("push of one safetensors file vs cp && sync", "registry push", a, "cp && sync", b,
+           src.stat().st_size, 1.2)
+
+
+def bench_shards(work: Path, shards: list[Path], prompt: Path, n: int) -> None:
+    dst = work / "cp-shards"
+    files = " ".join(str(s) for s in shards)
+
+    def push(i: int) -> Run:
+        env = fresh_home(work)
+        return run(push_cmd(shards, "v1", prompt), env=env)
+
+    def cp(i: int) -> Run:
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir()
+        drop_caches()
+        r = run(f"cp {files} {dst}/ && sync {dst}/*", cold=False)
+        shutil.rmtree(dst)
+        return r
+
+    a, b = pairs(n, push, cp)
+    report(f"push of {len(shards)} safetensors shards vs cp && sync", "registry push", a, "cp && sync", b,
+           sum(s.stat().st_size for s in shards), 1.2)
+
+
+def bench_copied(work: Path, src: Path, copy: Path, prompt: Path, n: int) -> None:
+    env = fresh_home(work)
+    run(push_cmd([src], "v1", prompt), env=env, cold=False)  # the original: stored and stamped
+
+    def push(i: int) -> Run:
+        age(copy, 3600 + i)  # a new stat key: the stat cache misses, as for a fresh copy
+        return run(push_cmd([copy], f"v2.{i}", prompt), env=env)
+
+    def sha(i: int) -> Run:
+        return run([sys.executable, "-c", HASH_PASS, str(copy)])
+
+    a, b = pairs(n, push, sha)
+    report("re-push of a copied file vs one hashlib SHA-256 pass", "registry push (copy)", a,
+           "hashlib sha256 pass", b, copy.stat().st_size, 1.15)
+    blobs = sum(p.stat().st_size for p in (work / "home/blobs/sha256").rglob("*") if p.is_file())
+    print(f"  blob store after {n} copied re-pushes: {blobs / MIB:.0f} MiB (the original's blob and prompts)")
+
+
+def bench_prompt_only(work: Path, src: Path, prompt: Path) -> None:
+    """A prompt-only new version: the weights are known to the stat cache."""
+    env = fresh_home(work)
+    run(push_cmd([src], "v1", prompt), env=env, cold=False)
+    times = []
+    for i in range(5):
+        prompt.write_text(f"You are a helpful assistant, take {i}.\n")
+        times.append(run(push_cmd([src], f"v2.{i}", prompt), env=env, cold=False).wall)
+    print(f"\nprompt-only new version, unchanged weights (stat cache): CLI {spread(times)} "
+          "(incl. interpreter start)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size-mib", type=int, default=2048)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=2048, help="MiB of weights (default 2048)")
+    ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--dir", default="/tmp/cellar-bench")
-    ap.add_argument("--kind", choices=["safetensors", "bin"], default="safetensors")
+    ap.add_argument("--only", default="cold,shards,copied,prompt")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files for another run")
     args = ap.parse_args()
-    work = Path(args.dir)
+    work = Path(args.dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
-    src = work / f"weights.{args.kind}"
+    size = args.size * MIB
+    free = shutil.disk_usage(work).free
+    if free < 5 * size:
+        raise SystemExit(f"{work}: {free // MIB} MiB free, need about {5 * size // MIB}")
     prompt = work / "system.txt"
     prompt.write_text("You are a helpful assistant.\n")
-    if not src.exists() or src.stat().st_size < args.size_mib * MIB * 0.99:
-        print(f"writing {args.size_mib} MiB of random weights to {src} ...", flush=True)
-        make_weights(src, args.size_mib * MIB, args.kind)
-    cold = drop_caches()
-    print(f"page cache dropped before each run: {'yes' if cold else 'NO (not permitted here; runs are warm)'}; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    cp_times, push_times = [], []
-    for r in range(args.rounds):
-        order = ["cp", "push"] if r % 2 == 0 else ["push", "cp"]
-        for which in order:
-            if which == "cp":
-                dst = work / "copy.bin"
-                drop_caches()
-                cp_times.append(run(f"cp {src} {dst} && sync", shell=True))
-                dst.unlink()
-            else:
-                env = fresh_home(work)
-                drop_caches()
-                push_times.append(run(push_cmd(src, "v1", prompt), env=env))
-        print(f"round {r + 1}: cp+sync {cp_times[-1]:.2f} s, registry push {push_times[-1]:.2f} s", flush=True)
-    cp_med, push_med = statistics.median(cp_times), statistics.median(push_times)
-    print(f"median cp+sync {cp_med:.2f} s, median push {push_med:.2f} s, ratio {push_med / cp_med:.2f}x "
-          f"(target <= 1.15x); {args.size_mib} MiB {args.kind}, {args.rounds} rounds")
-    repush(work, src, prompt, env)
-
-
-def repush(work: Path, src: Path, prompt: Path, env: dict) -> None:
-    """A prompt-only new version: the 2 GiB weights are known to the stat cache."""
-    times = []
-    for i in range(5):
-        prompt.write_text(f"You are a helpful assistant, take {i}.\n")
-        times.append(run(push_cmd(src, f"v2.{i}", prompt), env=env))
-    api = _api_repush(work, src, prompt)
-    print(f"re-push, unchanged weights (prompt-only new version): CLI median {statistics.median(times):.3f} s "
-          f"wall (incl. interpreter start), API median {api:.3f} s (target <= 0.3 s)")
-
-
-def _api_repush(work: Path, src: Path, prompt: Path) -> float:
-    os.environ["REGISTRY_HOME"] = str(work / "home")
-    from registry import Registry
-    from registry import manifest
-
-    times = []
-    with Registry.open() as reg:
-        for i in range(5):
-            prompt.write_text(f"API take {i}.\n")
-            t0 = time.perf_counter()
-            resolved = manifest.from_flags(model="bench", version=f"v3.{i}", message="bench",
-                                           weights=[src.name], prompts=[f"system={prompt.name}"],
-                                           image=None, root=work)
-            reg.push(resolved, actor="bench")
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    src, copy = work / "weights.safetensors", work / "copy/weights.safetensors"
+    shards = [work / "shards" / f"model-{i:05d}-of-00008.safetensors" for i in range(8)]
+    only = set(args.only.split(","))
+    try:
+        if not src.exists() or src.stat().st_size < size * 0.99:
+            print(f"writing {args.size} MiB of random weights ...", flush=True)
+            make_safetensors(src, size)
+        cold = drop_caches()
+        print(f"page cache dropped before each run: {'yes' if cold else 'NO (not root: runs are warm)'}; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+        if "cold" in only:
+            bench_cold(work, src, prompt, args.pairs)
+        if "shards" in only:
+            (work / "shards").mkdir(exist_ok=True)
+            for s in shards:
+                if not s.exists():
+                    make_safetensors(s, size // 8, tensors=4)
+            bench_shards(work, shards, prompt, args.pairs)
+        if "copied" in only:
+            copy.parent.mkdir(exist_ok=True)
+            if not copy.exists():
+                shutil.copyfile(src, copy)
+            bench_copied(work, src, copy, prompt, args.pairs)
+        if "prompt" in only:
+            bench_prompt_only(work, src, prompt)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from registry import actor as actor_mod
 from registry import blame as blame_mod
-from registry import clock, diffing, pushing, refs
+from registry import clock, diffing, pushing, refs, tensor_digests
 from registry import manifest as manifest_mod
 from registry.blame import BlameLine
 from registry.configuration import Configuration
@@ -43,12 +43,38 @@ def show(store: Store, ref: str) -> VersionInfo:
 def diff(cfg: Configuration, a: str, b: str) -> Diff:
     """What changed from ``a`` to ``b``; prompt texts are read only where their digests differ."""
     old, new = diff_input(cfg, a), diff_input(cfg, b)
+    if _mixed_tensor_digests(old.info, new.info):
+        old, new = (d._replace(info=_current_tensor_digests(d.info, cfg.blobs)) for d in (old, new))
     local = {**old.texts, **new.texts}
     texts = {d: local[d] if d in local else prompt_text(cfg.blobs, d)
              for d in _changed_prompts(old.info, new.info)}
     result = diffing.diff(old.info, new.info, texts=texts, refs=(a, b))
     result.warnings = old.warnings + new.warnings
     return result
+
+
+def _mixed_tensor_digests(*infos: VersionInfo) -> bool:
+    """True when the two sides index tensors with different algorithms (an older Cellar used
+    sha256, this one blake3: registry.tensor_digests), so their digests cannot be compared."""
+    algorithms = {tensor_digests.algorithm(t.digest) for i in infos for w in i.weights for t in w.tensors}
+    return len(algorithms) > 1
+
+
+def _current_tensor_digests(info: VersionInfo, blobs: BlobStore) -> VersionInfo:
+    """``info`` with every weight's tensors in the current algorithm: read once from the blob
+    for a weight indexed by an older Cellar (weights bytes are otherwise never read by a diff)."""
+    weights = []
+    for w in info.weights:
+        digests = {t.name: t.digest for t in w.tensors}
+        if w.tensors and not tensor_digests.is_current(digests):
+            try:
+                digests = tensor_digests.upgraded(digests, lambda: blobs.rehash_tensors(w.digest))
+            except NotFound:  # the blob is gone: the diff says "changed" rather than fail
+                pass
+            w = w.model_copy(update={"tensors": [t.model_copy(update={"digest": digests.get(t.name, t.digest)})
+                                                 for t in w.tensors]})
+        weights.append(w)
+    return info.model_copy(update={"weights": weights})
 
 
 def _changed_prompts(old: VersionInfo, new: VersionInfo) -> set[str]:

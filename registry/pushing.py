@@ -8,6 +8,7 @@ a manifest that is not pushed yet exactly as push would record it.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from registry.errors import CellarError, InvalidInput, VersionConflict
 from registry.faults import crashpoint
 from registry.manifest import Resolved, SourceFile
 from registry.models import ImageRef, Provenance, PushResult, VersionSummary
-from registry.safetensors_index import read_index
 from registry.store import events, versions
 from registry.store.blobs import Ingested, hash_file
 from registry.store.versions import NewVersion
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
+# Files over this size are hashed side by side, at most PARALLEL at once (see _store_all).
+PARALLEL_FROM, PARALLEL = 64 << 20, 4
 
 
 def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
@@ -102,20 +104,59 @@ def _store_files(ctx: Configuration, resolved: Resolved, *, write: bool,
                  progress: Progress | None) -> dict[tuple[str, str], Ingested]:
     out: dict[tuple[str, str], Ingested] = {}
     try:
+        todo = []
         for f in resolved.files:
-            out[(f.kind, f.name)] = _store_file(ctx, f, write=write, progress=progress)
+            if known := _unchanged(ctx, f):
+                out[(f.kind, f.name)] = known
+            else:
+                todo.append(f)
+        for f, got in zip(todo, _store_all(ctx, todo, write=write, progress=progress)):
+            out[(f.kind, f.name)] = got
     finally:
         ctx.stat_cache.save(unless_within=1.0)  # Registry.close() saves the rest
-    return out
+    return {(f.kind, f.name): out[(f.kind, f.name)] for f in resolved.files}
+
+
+def _unchanged(ctx: Configuration, f: SourceFile) -> Ingested | None:
+    """The stored blob of a file the stat cache proves unchanged (a truncated blob: None)."""
+    known = ctx.stat_cache.lookup(f.path)
+    size = os.stat(f.path).st_size
+    if known and ctx.blobs.has(known, size=size):
+        return Ingested(digest=known, size=size, tensor_digests=_known_tensors(ctx, known, f))
+    return None
+
+
+def _store_all(ctx: Configuration, files: list[SourceFile], *, write: bool, progress: Progress | None) -> list[Ingested]:
+    """Hash (and store) files; the shards of a large model side by side, a few at a time.
+
+    A file in flight keeps about two cores busy (SHA-256 on one; BLAKE3 and the kernel's copy
+    on another: hashlib and blake3 release the GIL) and holds at most 128 MiB of dirty page
+    cache, so one file per two cores, PARALLEL at most, bounds CPU and memory; at least two,
+    so that one file's final fsync overlaps the next one's copy (8 shards stored one after
+    another waited 1.1 s in fsync against 0.15 s for one file of their size)."""
+    large = sum(1 for f in files if os.stat(f.path).st_size > PARALLEL_FROM)
+    workers = min(large, max(2, (os.cpu_count() or 1) // 2), PARALLEL)
+    if workers < 2:
+        return [_store_file(ctx, f, write=write, progress=progress) for f in files]
+    from concurrent.futures import ThreadPoolExecutor  # only for sharded models
+
+    lock = threading.Lock()
+    shared = (lambda *a: _locked(lock, progress, *a)) if progress else None  # the bar is not thread-safe
+    with ThreadPoolExecutor(workers) as pool:
+        jobs = [pool.submit(_store_file, ctx, f, write=write, progress=shared) for f in files]
+        return [job.result() for job in jobs]
+
+
+def _locked(lock: threading.Lock, progress: Progress, *args) -> None:
+    with lock:
+        progress(*args)
 
 
 def _store_file(ctx: Configuration, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
-    before = os.stat(f.path)
-    known = ctx.stat_cache.lookup(f.path)
-    if known and ctx.blobs.has(known, size=before.st_size):  # a truncated blob gets re-stored
-        return Ingested(digest=known, size=before.st_size, tensor_digests=_known_tensors(ctx, known, f))
-    tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
+    """Hash (and, if ``write``, store) a file the stat cache does not vouch for."""
     try:
+        before = os.stat(f.path)
+        tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
         got = (ctx.blobs.ingest(f.path, tensors=f.tensors, progress=tick) if write
                else hash_file(f.path, f.tensors))
     except FileNotFoundError:
@@ -135,8 +176,7 @@ def _known_tensors(ctx: Configuration, digest: str, f: SourceFile) -> dict[str, 
     if indexed:
         ctx.tensor_index[digest] = indexed
         return indexed
-    path = ctx.blobs.path(digest)
-    return hash_file(path, read_index(path)).tensor_digests
+    return ctx.blobs.rehash_tensors(digest)
 
 
 def _pin_image(cfg: Configuration, ref: str | None) -> tuple[ImageRef, list[str]]:

@@ -1,9 +1,17 @@
 """The content-addressed blob store: ``<home>/blobs/sha256/<2 hex>/<62 hex>``.
 
-A blob is written to a temp file on the same filesystem, hashed while it is copied (one
-read of the source), flushed, checked against the digest, renamed into place and made
-read-only. A final path therefore only ever holds complete, verified bytes; a crash leaves
-at most a temp file, which the next command removes.
+A blob is copied into a temp file on the same filesystem through the kernel
+(``copy_file_range``, else ``sendfile``), and the copy is hashed from the page cache as it
+lands, so every byte is read from the source once and hashed once with SHA-256 (and, for
+safetensors, once with BLAKE3 per tensor, on another core). The temp file is fsynced, renamed
+into place, its directory fsynced, and made read-only: a final path only ever holds complete,
+verified bytes; a crash leaves at most a temp file, which the next command removes.
+
+Before copying a large file whose size matches a blob already stored, the file is hashed
+first: when the blob is there and intact nothing is written at all. "Intact" is proved by the
+blob's *stamp* (its stat key recorded once its bytes were verified, in ``stamps.json``): any
+write to the blob changes its mtime or ctime, so a blob modified since is re-hashed and, when
+damaged, repaired by the copy.
 """
 
 from __future__ import annotations
@@ -12,45 +20,32 @@ import errno
 import functools
 import hashlib
 import os
-import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.faults import crashpoint
 from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
-from registry.safetensors_index import TensorRange
+from registry.faults import crashpoint
+from registry.safetensors_index import TensorRange, read_index
+from registry.store.statcache import StatCache
+from registry.store.streams import (
+    CHUNK,
+    Ingested,
+    Progress,
+    copy_hashing,
+    hash_bytes,
+    hash_fd,
+)
 
-CHUNK = 8 << 20
-# Start writeback every 64 MiB so dirty pages never pile up into one long fsync at the end.
-WRITEBACK_EVERY = 64 << 20
-_SYNC_FILE_RANGE_WAIT_BEFORE, _SYNC_FILE_RANGE_WRITE = 1, 2
+__all__ = ["CHUNK", "BlobStore", "Ingested", "digest_of_bytes", "hash_file"]
 
-Progress = Callable[[int], None]
-
-
-@dataclass
-class Ingested:
-    digest: str
-    size: int
-    tensor_digests: dict[str, str] = field(default_factory=dict)
-    written: bool = False
-
-
-@functools.cache  # looked up on the first large write, not at import (CLI start-up)
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return fn
-
-
+# A stamp is recorded this long after the blob's last change, longer than one tick of a
+# fine-grained filesystem clock (jiffies: 1-10 ms), so any later write shows in its timestamps.
+STAMP_SETTLE_NS = 20_000_000
+# Dedup before writing compares these many bytes at three places of each blob of equal size.
+SAMPLE, MAX_CANDIDATES = 64 << 10, 64
 def digest_of_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -61,6 +56,8 @@ class BlobStore:
     def __init__(self, root: Path):
         self.root = root
         self.tmp = root / "tmp"
+        self.stamps = StatCache(root / "stamps.json", tmp=self.tmp, racy_ns=STAMP_SETTLE_NS)
+        self._stamping = threading.Lock()  # the shards of one push are stored on several threads
 
     def create(self) -> None:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
@@ -83,24 +80,12 @@ class BlobStore:
         tensors: list[TensorRange] = (),
         progress: Progress | None = None,
     ) -> Ingested:
-        """Copy ``src`` into the store in one pass; return its digest (and per-tensor digests)."""
-        tmp = self.tmp / f"ingest-{os.getpid()}-{secrets.token_hex(6)}"
+        """Store ``src`` (one read, one SHA-256 pass); return its digest and per-tensor digests.
+
+        ``written`` is False when the blob was there already, intact, and nothing was written."""
         try:
-            with open(src, "rb") as fin, _create_exclusive(tmp) as fout:
-                got = _copy_hashing(fin.fileno(), fout.fileno(), tensors, progress)
-                crashpoint("blob:copied")
-                os.fsync(fout.fileno())
-            final = self.path(got.digest)
-            # Never trust a blob already at the final path: it may be truncated or damaged.
-            # The verified copy is written and fsynced already, so renaming it over the old one
-            # costs no extra read (re-hashing a large old blob would) and repairs any damage.
-            # "written" counts bytes that were not there before, judged by the cheap size check.
-            got.written = _size(final) != got.size
-            final.parent.mkdir(exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.rename(tmp, final)
-            _fsync_dir(final.parent)
-            return got
+            with open(src, "rb") as fin:
+                return self._ingest_fd(fin.fileno(), tensors, progress)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(
@@ -108,8 +93,103 @@ class BlobStore:
                     "free some space and push again (nothing was recorded)"
                 ) from None
             raise StorageError(f"cannot store {src}: {exc.strerror or exc}") from None
+
+    def _ingest_fd(self, fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+        size = os.fstat(fd).st_size
+        if size <= CHUNK:
+            return self._ingest_small(fd, tensors, progress)
+        if self._likely_stored(fd, size):  # hash before writing: maybe nothing to write
+            got = hash_fd(fd, tensors, progress)
+            if self._holds(got):
+                return got
+            progress = None  # every byte was reported once already
+        return self._write(lambda out: copy_hashing(fd, out, tensors, progress))
+
+    def _likely_stored(self, fd: int, size: int) -> bool:
+        """True if a stamped blob has this size and the same bytes at a few sampled places.
+
+        Size alone misleads: the shards of one model, or a fine-tune and its base, often have
+        equal sizes, and each wrong guess costs a second read and hash."""
+        candidates = self.stamps.paths_of_size(size)[:MAX_CANDIDATES]
+        if not candidates:
+            return False
+        mine = _samples(fd, size)
+        for path in candidates:
+            try:
+                with open(path, "rb") as blob:
+                    if _samples(blob.fileno(), size) == mine:
+                        return True
+            except OSError:
+                continue  # gone or unreadable: it cannot be reused anyway
+        return False
+
+    def _ingest_small(self, fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+        """A small file (a prompt): read whole, no threads, compared byte for byte if stored."""
+        data = b"".join(iter(lambda: os.read(fd, CHUNK), b""))  # to EOF, even if it grew
+        got = hash_bytes(data, tensors)
+        if progress:
+            progress(len(data))
+        final = self.path(got.digest)
+        if _size(final) == len(data) and _read(final) == data:
+            return got
+        return self._write(functools.partial(_write_returning, data, got))
+
+    def _holds(self, got: Ingested) -> bool:
+        """True if the blob ``got`` names is stored intact: by its stamp, else by hashing it."""
+        final = self.path(got.digest)
+        try:
+            if _size(final) != got.size:
+                return False
+            if self.stamps.lookup(final) == got.digest:
+                return True
+            if hash_file(final).digest != got.digest:
+                return False  # damaged: the caller stores the file again, repairing it
+            self._stamp(final, os.stat(final), got.digest)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _write(self, fill: Callable[[int], Ingested]) -> Ingested:
+        """Fill a new temp file, fsync it, rename it into place (over a damaged blob too)."""
+        tmp = self.tmp / f"ingest-{os.getpid()}-{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            got = fill(fd)
+            crashpoint("blob:copied")
+            os.fsync(fd)
+            final = self.path(got.digest)
+            # "written" counts bytes that were not there before, judged by the cheap size check.
+            got.written = _size(final) != got.size
+            _mkdir_durable(final.parent)
+            os.fchmod(fd, 0o444)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+            if got.size > CHUNK:
+                self._stamp(final, os.fstat(fd), got.digest)
+            return got
         finally:
+            os.close(fd)
             tmp.unlink(missing_ok=True)
+
+    def _stamp(self, final: Path, st: os.stat_result, digest: str) -> None:
+        """Remember that ``final`` held verified bytes in the state ``st`` describes."""
+        if st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0:
+            return  # whole-second timestamps: a later write could leave them unchanged
+        wait = max(st.st_mtime_ns, st.st_ctime_ns) + STAMP_SETTLE_NS - time.time_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        with self._stamping:
+            self.stamps.record(final, st, digest)  # records nothing if final changed since st
+            self.stamps.save()
+
+    def rehash_tensors(self, digest: str) -> dict[str, str]:
+        """Tensor name -> digest with the current algorithm, read from a stored safetensors
+        blob: for a blob indexed by an older Cellar (``sha256:`` tensor digests)."""
+        path = self.path(digest)
+        try:
+            return hash_file(path, read_index(path)).tensor_digests
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is missing from {self.root}; restore it from a backup") from None
 
     def verify(self, digest: str) -> None:
         """Raise CorruptBlob unless the blob exists and its bytes match its name."""
@@ -131,6 +211,18 @@ class BlobStore:
         return removed
 
 
+def hash_file(path: Path, tensors: list[TensorRange] = ()) -> Ingested:
+    """Digest of a file (and its tensors) without storing it."""
+    with open(path, "rb") as fin:
+        return hash_fd(fin.fileno(), tensors, None)
+
+
+def _samples(fd: int, size: int) -> list[bytes]:
+    """The first, middle and last SAMPLE bytes of a file of ``size`` bytes."""
+    last = max(size - SAMPLE, 0)
+    return [os.pread(fd, SAMPLE, offset) for offset in (0, last // 2, last)]
+
+
 def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -138,188 +230,36 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def _create_exclusive(path: Path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    return os.fdopen(fd, "wb", buffering=0)
-
-
-def _copy_hashing(
-    src_fd: int, dst_fd: int, tensors: list[TensorRange], progress: Progress | None
-) -> Ingested:
-    """Read src once and hash it here; a reader thread keeps the disk busy meanwhile, a writer
-    thread writes, another hashes tensors. Files of one chunk or less are copied inline."""
-    if os.fstat(src_fd).st_size <= CHUNK:
-        return _copy_inline(src_fd, dst_fd, tensors, progress)
-    os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    splitter = _TensorHasher(tensors) if tensors else None
-    stages = [_Stage(_Writer(dst_fd).feed)] + ([_Stage(splitter.feed)] if splitter else [])
-    reader = _Reader(src_fd)
-    whole, size = hashlib.sha256(), 0
+def _read(path: Path) -> bytes | None:
     try:
-        for buf in reader:
-            for stage in stages:
-                stage.put(size, buf)
-            whole.update(buf)
-            size += len(buf)
-            if progress:
-                progress(len(buf))
-    finally:
-        reader.close()
-        errors = [stage.close() for stage in stages]
-    if error := next(filter(None, errors), None):
-        raise error
-    return Ingested(digest="sha256:" + whole.hexdigest(), size=size,
-                    tensor_digests=splitter.digests() if splitter else {})
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
-def _copy_inline(src_fd: int, dst_fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
-    """A small file (a prompt): no threads, whose start-up would cost more than the copy."""
-    data = b"".join(iter(lambda: os.read(src_fd, CHUNK), b""))  # to EOF, even if it grew
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(dst_fd, view) :]
-    splitter = _TensorHasher(tensors) if tensors else None
-    if splitter:
-        splitter.feed(0, data)
-    if progress:
-        progress(len(data))
-    return Ingested(digest=digest_of_bytes(data), size=len(data),
-                    tensor_digests=splitter.digests() if splitter else {})
+        view = view[os.write(fd, view) :]
 
 
-class _Reader:
-    """Reads chunks ahead in a thread, so the disk works while the caller hashes."""
-
-    def __init__(self, fd: int, depth: int = 4):
-        self._fd, self._stop = fd, False
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop and (buf := os.read(self._fd, CHUNK)):
-                self._queue.put(buf)
-            self._queue.put(None)
-        except BaseException as exc:  # handed to the consumer
-            self._queue.put(exc)
-
-    def __iter__(self):
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        """Stop reading (early on an error) and wait for the thread."""
-        self._stop = True
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)  # unblock a put on a full queue
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-
-class _Stage:
-    """One consumer thread fed (offset, bytes) in order; its error surfaces in put/close."""
-
-    def __init__(self, fn: Callable[[int, bytes], None]):
-        self._fn, self._error = fn, None
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._fn(*item)
-                except BaseException as exc:  # handed to the producer in close()
-                    self._error = exc
-
-    def put(self, offset: int, buf: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put((offset, buf))
-
-    def close(self) -> BaseException | None:
-        """Finish the thread; return the error it met, if any."""
-        self._queue.put(None)
-        self._thread.join()
-        return self._error
-
-
-class _Writer:
-    def __init__(self, fd: int):
-        self.fd, self.flushed, self.previous = fd, 0, 0
-        self.sync_range = _libc_sync_file_range()
-
-    def feed(self, offset: int, buf: bytes) -> None:
-        view = memoryview(buf)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        end = offset + len(buf)
-        if self.sync_range and end - self.flushed >= WRITEBACK_EVERY:
-            # Start writing this range; wait for the one before, so the final fsync is short
-            # and the page cache holds at most two ranges of dirty pages.
-            self.sync_range(self.fd, self.flushed, end - self.flushed, _SYNC_FILE_RANGE_WRITE)
-            if self.flushed:
-                self.sync_range(self.fd, self.previous, self.flushed - self.previous,
-                                _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE)
-                # That range is on disk: drop its clean pages now rather than make the kernel
-                # reclaim them under pressure (2 GiB push: 2.4 s -> 0.8 s of system time).
-                os.posix_fadvise(self.fd, self.previous, self.flushed - self.previous, os.POSIX_FADV_DONTNEED)
-            self.previous, self.flushed = self.flushed, end
-
-
-class _TensorHasher:
-    """Hashes each tensor's byte range as the file streams past."""
-
-    def __init__(self, tensors: list[TensorRange]):
-        self.tensors = sorted(tensors, key=lambda t: t.begin)
-        self.hashers = [hashlib.sha256() for _ in self.tensors]
-        self.next = 0
-
-    def feed(self, offset: int, buf: bytes) -> None:
-        end = offset + len(buf)
-        view = memoryview(buf)
-        i = self.next
-        while i < len(self.tensors) and self.tensors[i].begin < end:
-            t = self.tensors[i]
-            lo, hi = max(t.begin, offset), min(t.end, end)
-            if lo < hi:
-                self.hashers[i].update(view[lo - offset : hi - offset])
-            if t.end <= end:
-                i += 1
-                self.next = i
-            else:
-                break
-
-    def digests(self) -> dict[str, str]:
-        return {t.name: "sha256:" + h.hexdigest() for t, h in zip(self.tensors, self.hashers)}
-
-
-def hash_file(path: Path, tensors: list[TensorRange] = ()) -> Ingested:
-    """Digest of a file (and its tensors) without storing it."""
-    with open(path, "rb") as fin:
-        whole, size = hashlib.sha256(), 0
-        splitter = _TensorHasher(tensors) if tensors else None
-        while buf := fin.read(CHUNK):
-            whole.update(buf)
-            if splitter:
-                splitter.feed(size, buf)
-            size += len(buf)
-    return Ingested(
-        digest="sha256:" + whole.hexdigest(),
-        size=size,
-        tensor_digests=splitter.digests() if splitter else {},
-    )
+def _write_returning(data: bytes, got: Ingested, fd: int) -> Ingested:
+    _write_all(fd, data)
+    return got
 
 
 def _hash_file(path: Path) -> str:
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _mkdir_durable(path: Path) -> None:
+    """Create a fan-out directory; fsync its parent so the new entry survives a crash."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -20,14 +20,19 @@ def _key(st: os.stat_result) -> list[int]:
 
 
 class StatCache:
-    def __init__(self, path: Path, *, tmp: Path | None = None):
+    """Path -> digest, trusted only while the file's stat key is unchanged and not racy."""
+
+    def __init__(self, path: Path, *, tmp: Path | None = None, racy_ns: int = RACY_NS):
         """``tmp``: where to write before renaming (the blob store's, so the sweep of dead
-        processes' temp files covers it); default: beside ``path``."""
+        processes' temp files covers it); default: beside ``path``. ``racy_ns``: how long after
+        its last change a file must have been recorded to be trusted (the timestamp granularity)."""
         self.path = path
+        self.racy_ns = racy_ns
         self.tmp = tmp or path.parent
         self._entries: dict[str, list] | None = None
         self._dirty = False
         self._saved_at = float("-inf")
+        self._sizes: dict[int, list[str]] | None = None  # size -> paths, built on first use
 
     @property
     def entries(self) -> dict[str, list]:
@@ -45,15 +50,25 @@ class StatCache:
             return None
         st = os.stat(path)
         key, digest, recorded_ns = entry[:5], entry[5], entry[6]
-        if key != _key(st) or st.st_mtime_ns >= recorded_ns - RACY_NS:
+        if key != _key(st) or st.st_mtime_ns >= recorded_ns - self.racy_ns:
             return None
         return digest
+
+    def paths_of_size(self, size: int) -> list[Path]:
+        """Paths recorded (trusted or not) with ``size`` bytes, newest first: a hint only."""
+        if self._sizes is None:
+            self._sizes = {}
+            for path, entry in self.entries.items():
+                self._sizes.setdefault(entry[2], []).append(path)
+        return [Path(p) for p in reversed(self._sizes.get(size, []))]
 
     def record(self, path: Path, before: os.stat_result, digest: str) -> None:
         """Remember ``digest`` for ``path`` if it did not change while it was being read."""
         if _key(os.stat(path)) != _key(before):
             return
         self.entries[str(path.absolute())] = [*_key(before), digest, time.time_ns()]
+        if self._sizes is not None:
+            self._sizes.setdefault(before.st_size, []).append(str(path.absolute()))
         self._dirty = True
 
     def save(self, *, unless_within: float = 0.0) -> None:

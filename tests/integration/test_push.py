@@ -7,6 +7,7 @@ import json
 import os
 import stat
 
+import blake3
 import numpy as np
 import pytest
 from sqlalchemy import func, select
@@ -31,7 +32,8 @@ def test_push_records_version_blobs_and_tensors(reg, model_dir):
     assert sorted(names) == sorted(helpers.tensors())
     bias = next(x for x in weight.tensors if x.name == "layer0.bias")
     assert bias.dtype == "F32" and bias.shape == [8]
-    assert bias.digest == "sha256:" + hashlib.sha256(helpers.tensors()["layer0.bias"].tobytes()).hexdigest()
+    # tensors: BLAKE3, computed in the same read as the blob's SHA-256 (registry.tensor_digests)
+    assert bias.digest == "blake3:" + blake3.blake3(helpers.tensors()["layer0.bias"].tobytes()).hexdigest()
     blob = reg.blobs.path(weight.digest)
     assert blob.read_bytes() == data
     assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)

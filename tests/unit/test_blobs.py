@@ -1,20 +1,31 @@
-"""The blob store: one-pass hashing copy, verified, atomic, read-only; temp files swept."""
+"""The blob store: one read and one SHA-256 pass per byte, a kernel copy, dedup before writing,
+damaged blobs repaired, atomic and read-only; temp files swept."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
 import subprocess
 import sys
 
+import blake3
+import numpy as np
 import pytest
 
-from registry.errors import CorruptBlob, NotFound, StorageError
+from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
 from registry.safetensors_index import read_index
 from registry.store import blobs as blobs_mod
+from registry.store import streams
 from registry.store.blobs import BlobStore, hash_file
 from tests import helpers
+
+
+def small_chunks(monkeypatch, size: int) -> None:
+    """Chunks of ``size`` bytes: files "large" (over one chunk) and tensors straddling chunks."""
+    monkeypatch.setattr(blobs_mod, "CHUNK", size)
+    monkeypatch.setattr(streams, "CHUNK", size)
 
 
 @pytest.fixture
@@ -78,8 +89,8 @@ def test_has_with_a_size_refuses_a_truncated_blob(store, tmp_path):
 
 def test_writeback_path_with_small_window(store, tmp_path, monkeypatch):
     # Exercise the sync_file_range branch with many windows on a small file.
-    monkeypatch.setattr(blobs_mod, "CHUNK", 4096)
-    monkeypatch.setattr(blobs_mod, "WRITEBACK_EVERY", 3 * 4096)
+    small_chunks(monkeypatch, 4096)
+    monkeypatch.setattr(streams, "WRITEBACK_EVERY", 3 * 4096)
     data = os.urandom(100_000)
     src = tmp_path / "src.bin"
     src.write_bytes(data)
@@ -87,18 +98,47 @@ def test_writeback_path_with_small_window(store, tmp_path, monkeypatch):
     assert store.path(got.digest).read_bytes() == data
 
 
-def test_tensor_digests_while_copying(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(blobs_mod, "CHUNK", 100)  # tensors straddle chunk boundaries
+def b3(data: bytes) -> str:
+    return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+@pytest.mark.parametrize("chunk", [100, 1 << 20])  # tensors straddle chunks / one inline read
+def test_one_read_gives_the_blob_sha256_and_each_tensors_blake3(store, tmp_path, monkeypatch, chunk):
+    small_chunks(monkeypatch, chunk)
     data = helpers.tensors()
     src = helpers.write_safetensors(tmp_path / "m.safetensors", data)
     index = read_index(src)
     got = store.ingest(src, tensors=index)
-    expected = {name: sha(arr.tobytes()) for name, arr in data.items()}
+    expected = {name: b3(arr.tobytes()) for name, arr in data.items()}
+    assert got.digest == sha(src.read_bytes())
     assert got.tensor_digests == expected
     assert hash_file(src, index).tensor_digests == expected
     assert hash_file(src).digest == got.digest
+    assert store.rehash_tensors(got.digest) == expected
 
 
+def test_each_byte_is_hashed_once_with_sha256(store, tmp_path, monkeypatch):
+    """The whole file goes through SHA-256 once; the tensors through BLAKE3 only."""
+    small_chunks(monkeypatch, 4096)
+    data = helpers.tensors(embed__weight=np.zeros((64, 64), np.float32))
+    src = helpers.write_safetensors(tmp_path / "m.safetensors", data)
+    fed = []
+    real = hashlib.sha256
+
+    class Counting:
+        def __init__(self, *a):
+            self._h = real(*a)
+
+        def update(self, b):
+            fed.append(len(b))
+            self._h.update(b)
+
+        def hexdigest(self):
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(blobs_mod.hashlib, "sha256", Counting)
+    store.ingest(src, tensors=read_index(src))
+    assert sum(fed) == src.stat().st_size
 def test_progress_reports_every_byte(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(blobs_mod.CHUNK * 2 + 7))
@@ -108,16 +148,158 @@ def test_progress_reports_every_byte(store, tmp_path):
 
 
 def test_a_write_error_leaves_no_temp_file(store, tmp_path, monkeypatch):
-    def broken(self, offset, buf):
+    def broken(*args):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(blobs_mod._Writer, "feed", broken)
+    monkeypatch.setattr(blobs_mod.os, "copy_file_range", broken)
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(blobs_mod.CHUNK * 3))
     with pytest.raises(StorageError, match="Input/output error"):
         store.ingest(src)
     assert list(store.tmp.iterdir()) == []
     assert not list((store.root / "sha256").rglob("*"))
+
+
+def test_no_space_is_a_one_line_error(store, tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(blobs_mod.os, "copy_file_range", full)
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(blobs_mod.CHUNK * 2))
+    with pytest.raises(NoSpace, match="free some space"):
+        store.ingest(src)
+    assert list(store.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("without", [["copy_file_range"], ["copy_file_range", "sendfile"]])
+def test_falls_back_when_the_kernel_cannot_copy(store, tmp_path, monkeypatch, without):
+    def cross_device(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    for name in without:
+        monkeypatch.setattr(blobs_mod.os, name, cross_device)
+    data = os.urandom(blobs_mod.CHUNK * 2 + 12345)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    got = store.ingest(src)
+    assert got.digest == sha(data) and store.path(got.digest).read_bytes() == data
+
+
+# --- dedup before writing -----------------------------------------------------------------
+
+
+@pytest.fixture
+def big(tmp_path, monkeypatch):
+    """A "large" file (over one chunk, so the hash-first path applies) and a copy of it."""
+    small_chunks(monkeypatch, 4096)
+    data = os.urandom(100_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "copy.bin").write_bytes(data)  # same bytes, another inode: no stat-cache hit
+    return data, tmp_path / "a.bin", tmp_path / "copy.bin"
+
+
+def _no_writes(monkeypatch):
+    def refuse(self, fill):
+        raise AssertionError("a temp file was created")
+
+    monkeypatch.setattr(BlobStore, "_write", refuse)
+
+
+def test_a_copy_of_a_stored_blob_is_hashed_and_nothing_is_written(store, big, monkeypatch):
+    _, src, copy = big
+    first = store.ingest(src)
+    final = store.path(first.digest)
+    before = final.stat()
+    _no_writes(monkeypatch)
+    again = BlobStore(store.root).ingest(copy)  # another process: the stamp is on disk
+    assert again.digest == first.digest and not again.written
+    after = final.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (before.st_ino, before.st_mtime_ns,
+                                                                   before.st_ctime_ns)
+
+
+def test_a_stored_blob_is_read_once_when_its_stamp_holds(store, big, monkeypatch):
+    _, src, copy = big
+    store.ingest(src)
+    reads = []
+    monkeypatch.setattr(blobs_mod, "hash_file", lambda *a: reads.append(a) or pytest.fail("re-hashed"))
+    assert not store.ingest(copy).written and reads == []
+
+
+def test_a_blob_stored_before_stamps_existed_is_verified_then_reused(store, big, monkeypatch):
+    _, src, copy = big
+    digest = store.ingest(src).digest
+    (store.root / "stamps.json").unlink()
+    store = BlobStore(store.root)
+    store.stamps.record(src, os.stat(src), digest)  # the size hint, as if from a user's file
+    _no_writes(monkeypatch)
+    assert not store.ingest(copy).written
+    assert BlobStore(store.root).stamps.lookup(store.path(digest)) == digest
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_blob_is_repaired_never_reused(store, big, damage):
+    data, src, copy = big
+    final = store.path(store.ingest(src).digest)
+    os.chmod(final, 0o644)
+    if damage == "flip":
+        with open(final, "r+b") as f:
+            f.seek(5000)
+            f.write(bytes([data[5000] ^ 1]))
+    else:
+        os.truncate(final, 50_000)
+    os.chmod(final, 0o444)
+    got = store.ingest(copy)
+    assert final.read_bytes() == data
+    assert got.written is (damage == "truncate")  # new bytes: judged by the size
+    assert stat.S_IMODE(final.stat().st_mode) == 0o444 and list(store.tmp.iterdir()) == []
+    store.verify(got.digest)
+
+
+def test_a_damaged_blob_whose_timestamps_were_put_back_is_still_caught(store, big):
+    data, src, copy = big
+    final = store.path(store.ingest(src).digest)
+    st = final.stat()
+    os.chmod(final, 0o644)
+    with open(final, "r+b") as f:
+        f.write(b"\0" * 16)
+    os.chmod(final, 0o444)
+    os.utime(final, ns=(st.st_atime_ns, st.st_mtime_ns))  # ctime cannot be put back
+    store.ingest(copy)
+    assert final.read_bytes() == data
+
+
+def test_other_bytes_of_the_same_size_are_stored(store, big):
+    data, src, copy = big
+    store.ingest(src)
+    other = bytes(reversed(data))
+    copy.write_bytes(other)
+    got = store.ingest(copy)
+    assert got.written and got.digest == sha(other) and store.path(got.digest).read_bytes() == other
+
+
+def test_a_file_of_equal_size_but_other_bytes_is_not_hashed_twice(store, big, monkeypatch):
+    """Shards of one model often share a size: only sampled bytes equal to a blob's send a
+    file down the hash-first path (whose wrong guess costs a second read)."""
+    data, src, copy = big
+    monkeypatch.setattr(blobs_mod, "SAMPLE", 1024)
+    store.ingest(src)
+    copy.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # differs in the last sample only
+    hashed_first = []
+    real = blobs_mod.hash_fd
+    monkeypatch.setattr(blobs_mod, "hash_fd", lambda *a: hashed_first.append(1) or real(*a))
+    assert store.ingest(copy).written and hashed_first == []
+    copy.write_bytes(data[:5000] + bytes([data[5000] ^ 1]) + data[5001:])  # not sampled: guessed wrong
+    assert store.ingest(copy).written and hashed_first == [1]
+
+
+def test_a_small_file_already_stored_writes_nothing(store, tmp_path, monkeypatch):
+    (tmp_path / "p1").write_text("prompt")
+    (tmp_path / "p2").write_text("prompt")
+    store.ingest(tmp_path / "p1")
+    _no_writes(monkeypatch)
+    assert not store.ingest(tmp_path / "p2").written
 
 
 def test_verify_finds_corruption(store, tmp_path):
