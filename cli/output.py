@@ -138,8 +138,12 @@ class _Running:
 
         self.label, self.since, self.spinner = label, time.monotonic(), Spinner("dots")
 
+    QUIET_S = 0.25  # a step done sooner shows no spinner at all: no flicker for the quick ones
+
     def __rich_console__(self, console, options):
         from rich.text import Text  # loaded with rich.live already
 
+        if time.monotonic() - self.since < self.QUIET_S:
+            return
         self.spinner.update(text=Text(f"{plain(self.label)}  {time.monotonic() - self.since:.1f} s"))
         yield self.spinner

@@ -149,3 +149,13 @@ def test_completion_costs_nothing_at_start_up():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stderr.strip().splitlines()[-1] == "[]"
     assert "--install-completion" not in run("--help").stdout
+
+
+def test_the_table_renderer_bounds_every_column(capsys):
+    from cli.output import table
+
+    table(["ENV", "REASON / ERROR"], [["staging", "r" * 300], ["production", "short"], ["qa", "line\nbreak"]])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "staging     " + "r" * 79 + "…"
+    assert lines[2] == "production  short"  # the last column is never padded
+    assert lines[3] == "qa          line⏎break"
