@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,16 +54,20 @@ def build(home: Path, n: int) -> None:
         assert reg.count_versions() == n
 
 
-def wall(args: list[str], env: dict, runs: int, trees: list[Path]) -> list[list[float]]:
-    """Seconds per run of ``registry ARGS`` from each tree, the trees interleaved run by run."""
-    times: list[list[float]] = [[] for _ in trees]
+def wall(args: list[str], env: dict, runs: int, trees: list[Path]) -> tuple[list[list[float]], list[list[float]]]:
+    """Wall and CPU (user + system) seconds per run of ``registry ARGS`` from each tree, the trees
+    interleaved run by run. CPU time barely moves with the machine's load; wall time does."""
+    walls: list[list[float]] = [[] for _ in trees]
+    cpus: list[list[float]] = [[] for _ in trees]
     for _ in range(runs):
         for i, tree in enumerate(trees):
-            t0 = time.perf_counter()
+            before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
             subprocess.run([sys.executable, "-c", MAIN, *args], env={**env, "PYTHONPATH": str(tree)},
                            check=True, stdout=subprocess.DEVNULL)
-            times[i].append(time.perf_counter() - t0)
-    return times
+            walls[i].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[i].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return walls, cpus
 
 
 def spread(times: list[float]) -> str:
@@ -97,16 +102,16 @@ def main() -> None:
         print(f"min/median/max of {args.runs} runs" + (f"; baseline {trees[1]}" if args.baseline else ""))
         for cmd, target in ((["--help"], 0.25), (["list"], 0.4), (["list", "--json"], None),
                             (["show", "v5000"], None), (["promote", "--help"], None)):
-            times = wall(cmd, env, args.runs, trees)
+            times, cpu = wall(cmd, env, args.runs, trees)
             goal = f" (target <= {target} s)" if target else ""
-            line = f"registry {' '.join(cmd):15s} {spread(times[0])}{goal}"
             heavy, modules = imported(cmd, env)
-            line += f"; {modules} modules"
+            print(f"registry {' '.join(cmd):15s} wall {spread(times[0])}{goal}, cpu {spread(cpu[0])}, "
+                  f"{modules} modules; imports: {', '.join(heavy) or '-'}")
             if args.baseline:
                 ratio = statistics.median(times[0]) / statistics.median(times[1])
-                line += (f"; baseline {spread(times[1])}, {imported(cmd, env, trees[1])[1]} modules; "
-                         f"ratio {ratio:.2f}")
-            print(f"{line}; imports: {', '.join(heavy) or '-'}")
+                cpu_ratio = statistics.median(cpu[0]) / statistics.median(cpu[1])
+                print(f"  {'baseline':24s} wall {spread(times[1])}, cpu {spread(cpu[1])}, "
+                      f"{imported(cmd, env, trees[1])[1]} modules; ratio wall {ratio:.2f}, cpu {cpu_ratio:.2f}")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         print(f"(a bare `python -c pass` takes {time.perf_counter() - t0:.3f} s here; "

@@ -56,7 +56,7 @@ def test_init_hides_the_database_password(tmp_path, monkeypatch):
     monkeypatch.setenv("REGISTRY_DB_URL", "postgresql+psycopg://u:hunter2@127.0.0.1:1/none")
     result = cli("init", str(tmp_path / "h"), code=1)
     assert "hunter2" not in result.stdout + result.stderr
-    assert result.stderr.startswith("error: cannot reach the database")
+    assert result.stderr.startswith("error: cannot connect to the database")
 
 
 def test_init_names_a_folder_it_cannot_create(monkeypatch):
