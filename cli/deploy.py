@@ -7,11 +7,11 @@ from contextlib import contextmanager
 
 import typer
 
-from cli.app import ACTOR, JSON, app, open_registry
-from cli.output import console, esc, first_line, plain, print_json, short, table, when
+from cli.app import ACTOR, JSON, CellarGroup, app, open_registry
+from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, when
 from registry import HealthGateFailed
 
-env_app = typer.Typer(help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
+env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
@@ -94,7 +94,8 @@ def env_remove(
 @app.command()
 def promote(
     ref: str = typer.Argument(..., help="v1.3, model@v1.3, or an environment name (promote what it runs)."),
-    to: str = typer.Option(None, "--to", help="Target environment (default: the default environment)."),
+    env: str = typer.Option(None, "--env", help="Target environment (default: the default environment)."),
+    to: str = typer.Option(None, "--to", hidden=True, help="Old name of --env, still accepted."),
     reason: str = REASON,
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Run what the image tag names now, even if it moved since push."),
     actor: str = ACTOR,
@@ -102,11 +103,12 @@ def promote(
 ) -> None:
     """Deploy a version into an environment; rolls back automatically if it fails its health check.
 
-    Example:  registry promote v1.3 --to production --reason "fixes refund answers"
+    Example:  registry promote v1.3 --env production --reason "fixes refund answers"
     """
+    env = _one_env(env, to)
     with open_registry() as reg, _failure_as_json(as_json):
-        result = reg.promote(ref, env=to, reason=reason, actor=actor, allow_retag=allow_retag,
-                             on_step=None if as_json else _show_step)
+        result = reg.promote(ref, env=env, reason=reason, actor=actor, allow_retag=allow_retag,
+                             on_step=None if as_json else StepLines())
     if as_json:
         return print_json(result)
     r = result.release
@@ -131,7 +133,7 @@ def rollback(
         raise typer.BadParameter("give --to or --revision, not both", param_hint="'--to' / '--revision'")
     with open_registry() as reg, _failure_as_json(as_json):
         result = reg.rollback(env=env, to=to, revision=revision, reason=reason, actor=actor,
-                              on_step=None if as_json else _show_step)
+                              on_step=None if as_json else StepLines())
     if as_json:
         return print_json(result)
     r = result.release
@@ -151,9 +153,12 @@ def _failure_as_json(as_json: bool):
         raise
 
 
-def _show_step(name: str, seconds: float, ok: bool) -> None:
-    mark = "[green]✓[/]" if ok else "[red]✗[/]"
-    console(stderr=True).print(f"  {mark} {name:<23} {seconds * 1000:7.0f} ms")
+def _one_env(env: str | None, to: str | None) -> str | None:
+    """``promote --to`` is the old spelling of ``--env``: either works, both must agree."""
+    if env and to and env != to:
+        raise typer.BadParameter(f"--env {env} and --to {to} name different environments: give one",
+                                 param_hint="'--env'")
+    return env or to
 
 
 def _removed(result) -> str:
@@ -185,14 +190,18 @@ def history(
 
 
 @app.command()
-def status(as_json: bool = JSON) -> None:
+def status(
+    env: str = typer.Option(None, "--env", help="Only this environment."),
+    as_json: bool = JSON,
+) -> None:
     """What runs where: each environment's deployed version, container state, health, pending work.
     Exits 1 (one summary line on stderr) when a deployed release is not running and healthy: fit for cron.
 
-    Example:  registry status
+    Example:  registry status --env production
     """
     with open_registry() as reg:
-        rows = reg.status()
+        name = reg.environment(env).name if env else None  # a typo is an error, not an empty table
+        rows = [s for s in reg.status() if name in (None, s.env)]
     if as_json:
         print_json(rows)
     elif not rows:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from cli.app import JSON, app, open_registry
+from cli.app import JSON, CellarGroup, app, open_registry
 from cli.output import console, esc, first_line, print_json, short, table, when
 
-audit_app = typer.Typer(invoke_without_command=True)  # help: the callback's docstring
+audit_app = typer.Typer(cls=CellarGroup, invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -94,3 +95,57 @@ def table(headers: list[str], rows: list[list[object]]) -> None:
 def _cell(value: object) -> str:
     text = plain("" if value is None else value)
     return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+class StepLines:
+    """Deploy steps on stderr, as ``on_step`` of promote and rollback: one line per finished
+    step, with what it decided (``✓ health check  812 ms  (timeout 2.5 s from environment
+    staging)``), and on a terminal only a spinner with the elapsed time while a step runs (a
+    health wait, warm-up), erased when it ends."""
+
+    def __init__(self, out=None):
+        self.out = out or console(stderr=True)
+        self.detail: str | None = None
+        self._live = None
+        self._running: _Running | None = None
+
+    def started(self, name: str, detail: str | None) -> None:
+        """A step started, or noted its detail while running (the timer keeps going)."""
+        self.detail = detail
+        label = name + (f" ({detail})" if detail else "")
+        if self._running is not None:
+            self._running.label = label
+        elif self.out.is_terminal:
+            from rich.live import Live  # only on a terminal: a pipe never pays for it
+
+            self._running = _Running(label)
+            self._live = Live(self._running, console=self.out, transient=True, refresh_per_second=10)
+            self._live.start()
+
+    def __call__(self, name: str, seconds: float, ok: bool) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live, self._running = None, None
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        note = f"  ({esc(self.detail)})" if self.detail else ""
+        self.out.print(f"  {mark} {esc(name):<23} {seconds * 1000:7.0f} ms{note}")
+        self.detail = None
+
+
+class _Running:
+    """A spinner, the running step and the seconds since it started, redrawn by rich's Live."""
+
+    def __init__(self, label: str):
+        from rich.spinner import Spinner
+
+        self.label, self.since, self.spinner = label, time.monotonic(), Spinner("dots")
+
+    QUIET_S = 0.25  # a step done sooner shows no spinner at all: no flicker for the quick ones
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text  # loaded with rich.live already
+
+        if time.monotonic() - self.since < self.QUIET_S:
+            return
+        self.spinner.update(text=Text(f"{plain(self.label)}  {time.monotonic() - self.since:.1f} s"))
+        yield self.spinner

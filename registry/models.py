@@ -327,10 +327,12 @@ class Environment(BaseModel):
 
 
 class Step(BaseModel):
-    """One step of a promote or rollback and how long it took."""
+    """One step of a promote or rollback and how long it took; ``detail`` says what it decided,
+    e.g. the health check's "timeout 2.5 s from environment staging"."""
 
     name: str
     seconds: float
+    detail: str | None = None
 
 
 class DeployResult(BaseModel):

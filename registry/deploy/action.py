@@ -16,6 +16,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from registry import snapshots
@@ -28,6 +29,17 @@ from registry.secrets import Scrubber, from_environ, mask_urls_in, secret_values
 from registry.store import environments, versions
 
 OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
+
+
+class StepWatcher(Protocol):
+    """An ``on_step`` that also wants to know while a step runs (a spinner during a health wait).
+    Any plain ``OnStep`` callable still works: ``started`` is looked up, not required."""
+
+    def __call__(self, name: str, seconds: float, ok: bool) -> None:
+        """The step ended after ``seconds``; ``ok`` is False when it raised."""
+
+    def started(self, name: str, detail: str | None) -> None:
+        """The step started (``detail`` None), or noted a detail while it runs."""
 
 
 @dataclass
@@ -81,9 +93,15 @@ class Action:
 
     # --- steps and secrets ---------------------------------------------------------------
 
+    _running: list | None = None  # [name, detail] of the step in progress
+
     @contextmanager
     def step(self, name: str):
-        """Time a step; report it to ``on_step`` (e.g. the CLI's progress lines)."""
+        """Time a step; report it to ``on_step`` (e.g. the CLI's progress lines). An ``on_step``
+        with a ``started(name, detail)`` method (see ``StepWatcher``) also hears when the step
+        starts, and again when it notes a detail (the health timeout and where it came from)."""
+        self._running = [name, None]
+        self._tell_started()
         started = time.perf_counter()
         try:
             yield
@@ -91,9 +109,22 @@ class Action:
             if self.on_step:
                 self.on_step(name, time.perf_counter() - started, False)
             raise
-        self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4)))
+        finally:
+            _, detail = self._running
+            self._running = None
+        self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4), detail=detail))
         if self.on_step:
             self.on_step(name, time.perf_counter() - started, True)
+
+    def _note(self, detail: str) -> None:
+        """Attach ``detail`` to the running step (none running: nobody is shown it)."""
+        if self._running is not None:
+            self._running[1] = detail
+            self._tell_started()
+
+    def _tell_started(self) -> None:
+        if hasattr(self.on_step, "started"):
+            self.on_step.started(*self._running)
 
     def scrub(self, text: str) -> str:
         """Text bound for the user or the audit log, with every known secret (in any encoding, or
@@ -167,8 +198,14 @@ class Action:
                                      exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted)
 
     def health_timeout(self, runtime: Runtime) -> float:
-        """The environment's setting when it has one, else the version's own."""
-        return self.env.health_timeout_s or runtime.health.timeout_s
+        """The environment's setting when it has one, else the version's own; the running step
+        notes which applied, e.g. "timeout 2.5 s from environment staging"."""
+        if self.env.health_timeout_s:
+            timeout, source = self.env.health_timeout_s, f"environment {self.env.name}"
+        else:
+            timeout, source = runtime.health.timeout_s, "the version's runtime.health"
+        self._note(f"timeout {timeout:g} s from {source}")
+        return timeout
 
     def start_and_check(self, release: Release) -> None:
         """Start a release's existing container and wait until its own health path answers."""
