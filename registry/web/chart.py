@@ -179,6 +179,8 @@ def _markers(releases: list[Release], s: _Scale, link: Link) -> list[str]:
         tip = (f"revision {rel.revision}: {rel.ref} ({rel.operation}, {rel.status}) by {rel.actor} "
                f"at {_when(rel.started_at)}" + (f" — {rel.reason}" if rel.reason else ""))
         body = (f'<line class="marker-line" x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{bottom}"/>'
+                f'<line class="marker-hit" x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{bottom}" '
+                'stroke="transparent" stroke-width="10"/>'  # a dashed 1 px line is hard to click
                 + _text(x + 3, TOP - 8 - 12 * (i % 2), label, "marker-label")
                 + f"<title>{escape(tip)}</title>")
         classes = f"release-marker status-{escape(str(rel.status))}"
