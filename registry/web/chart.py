@@ -21,6 +21,7 @@ from registry import ProbeRun, Release
 WIDTH, HEIGHT = 860, 330
 LEFT, RIGHT, TOP = 56, 16, 44
 LATENCY_H, GAP, RATE_H = 170, 26, 60
+DOTS_UP_TO = 120  # runs: beyond this a dot (and its tooltip) per run costs more than it shows
 Link = Callable[[Release, Release | None], str | None]
 
 
@@ -143,6 +144,8 @@ def _latency_lines(points: list[Point], s: _Scale) -> list[str]:
         for segment in _segments([(p.at, getattr(p, name)) for p in points]):
             coords = " ".join(f"{s.x(at):.1f},{s.y_ms(v):.1f}" for at, v in segment)
             out.append(f'<polyline class="line {name}" fill="none" points="{coords}"/>')
+        if len(points) > DOTS_UP_TO:
+            continue
         out += [f'<circle class="dot {name}" cx="{s.x(p.at):.1f}" cy="{s.y_ms(getattr(p, name)):.1f}" r="2">'
                 f"<title>{_when(p.at)} {name} {getattr(p, name):.0f} ms</title></circle>"
                 for p in points if getattr(p, name) is not None]

@@ -20,6 +20,7 @@ from registry.web.chart import latency_chart
 
 VERSIONS_PER_PAGE = 50
 EVENTS_PER_PAGE = 100
+PROBE_RUNS_SHOWN = 500  # the newest runs charted; older ones with ?since=
 MAX_AUDIT_PAGES = 50  # pages are fetched as a growing limit: page 50 reads 5,000 events
 _REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}@)?[a-z0-9][a-z0-9._+-]{0,62}")
 
@@ -188,10 +189,13 @@ def environment_page(reg: Registry, name: str, *, since: str | None = None) -> E
     when = _since(since)
     page = EnvironmentPage(environment=env, status=status, releases=releases, since=when)
     probe_runs = getattr(reg, "probe_runs", None)  # wired by the probes work; absent: "no probe data"
-    if probe_runs is not None:
-        page.probe_runs = probe_runs(env.name, since=when)
-        shown = [r for r in releases if when is None or r.started_at >= when]
-        page.chart_svg = latency_chart(page.probe_runs, shown, title=f"{env.name}: probe latency and pass rate")
+    if probe_runs is None:
+        return page
+    page.probe_runs = probe_runs(env.name, since=when, limit=PROBE_RUNS_SHOWN)
+    if page.probe_runs and len(page.probe_runs) == PROBE_RUNS_SHOWN:
+        when = page.since = page.probe_runs[0].started_at  # the chart, markers and figures cover the same window
+    shown = [r for r in releases if when is None or r.started_at >= when]
+    page.chart_svg = latency_chart(page.probe_runs, shown, title=f"{env.name}: probe latency and pass rate")
     health = getattr(reg, "health", None)
     if health is not None:
         page.health = health(env.name, since=when)
