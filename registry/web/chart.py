@@ -184,7 +184,7 @@ def _markers(releases: list[Release], s: _Scale, link: Link) -> list[str]:
         body = (f'<line class="marker-line" x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{bottom}"/>'
                 f'<line class="marker-hit" x1="{x:.1f}" y1="{TOP - 4}" x2="{x:.1f}" y2="{bottom}" '
                 'stroke="transparent" stroke-width="10"/>'  # a dashed 1 px line is hard to click
-                + _text(x + 3, TOP - 8 - 12 * (i % 2), label, "marker-label")
+                + _label(x, TOP - 8 - 12 * (i % 2), label)
                 + f"<title>{escape(tip)}</title>")
         classes = f"release-marker status-{escape(str(rel.status))}"
         target = link(rel, previous)
@@ -210,6 +210,13 @@ def _legend() -> str:
 
 def _text(x: float, y: float, text: str, cls: str, *, anchor: str = "start") -> str:
     return f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}">{escape(text)}</text>'
+
+
+def _label(x: float, y: float, label: str) -> str:
+    """A marker's label right of its line, or left of it near the right edge (so it is not cut off)."""
+    if x > WIDTH - RIGHT - 7 * len(label):
+        return _text(x - 3, y, label, "marker-label", anchor="end")
+    return _text(x + 3, y, label, "marker-label")
 
 
 def _short_actor(actor: str) -> str:

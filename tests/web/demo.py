@@ -119,3 +119,39 @@ def synthetic_runs(count: int, *, start: datetime | None = None, version: str = 
                          ProbeResult(probe="c", status=ProbeStatus.FAIL if i % 5 == 0 else ProbeStatus.PASS,
                                      latency_ms=200.0)])
             for i in range(count)]
+
+
+def build_examples(home: Path, work: Path, fake: FakeEngine, *, clock=None) -> None:
+    """scripts/demo.sh's story on the fake engine: the three example versions pushed (weights
+    made in ``work``), promoted to staging (v1.2 fails and is rolled back), v1.1 in production,
+    a rollback by hand, and probe runs after each release."""
+    import shutil
+    import subprocess
+    import sys
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    shutil.copytree(examples / "support-bot", work / "support-bot")
+    tick = clock.tick if clock else (lambda seconds: None)
+    actors = {"v1.0": "bob <bob@example.org>", "v1.1": "alice <alice@example.org>", "v1.2": "alice <alice@example.org>"}
+    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as reg:
+        for version, actor in actors.items():
+            target = work / "support-bot" / version / "weights" / "model.safetensors"
+            extra = ["--change", "head.weight"] if version == "v1.2" else []
+            subprocess.run([sys.executable, str(examples / "make_weights.py"), str(target), *extra], check=True)
+            reg.push(work / "support-bot" / version, actor=actor)
+            tick(1800)
+        reg.add_env("staging", port=18080, default=True, actor="ops <ops@example.org>")
+        reg.add_env("production", port=18081, protected=True, actor="ops <ops@example.org>")
+        fake.unhealthy["v1.2"] = "HTTP 503 {\"error\":\"MAX_TOKENS must be a positive integer\"}"
+        for env_name, version, reason in [("staging", "v1.0", "first release"), ("production", "v1.0", "CAB-1432 approved"),
+                                          ("staging", "v1.1", "friendlier persona"), ("staging", "v1.2", "longer answers"),
+                                          ("production", "v1.1", "CAB-1440 approved")]:
+            tick(4 * 3600)
+            try:
+                reg.promote(version, env=env_name, reason=reason, actor="carol <carol@example.org>")
+            except HealthGateFailed:
+                pass
+        tick(4 * 3600)
+        reg.rollback(env="staging", reason="compare with the first persona", actor="dave <dave@example.org>")
+        tick(4 * 3600)
+        record_runs(reg, clock)
