@@ -144,9 +144,10 @@ class Registry:
 
     # --- reading -------------------------------------------------------------------------
 
-    def versions(self, model: str | None = None, *, limit: int | None = None) -> list[VersionSummary]:
-        """Versions, newest first; all models unless ``model`` is given."""
-        return versions.summaries(self.store, model, limit=limit)
+    def versions(self, model: str | None = None, *, limit: int | None = None,
+                 offset: int = 0) -> list[VersionSummary]:
+        """Versions, newest first; all models unless ``model`` is given; ``offset`` skips the first ones."""
+        return versions.summaries(self.store, model, limit=limit, offset=offset)
 
     def count_versions(self, model: str | None = None) -> int:
         """How many versions there are (of ``model``, or in all)."""

@@ -54,8 +54,10 @@ class StoredRecord:
 # --- reading ------------------------------------------------------------------------------
 
 
-def summaries(store: Store, model: str | None = None, *, limit: int | None = None) -> list[VersionSummary]:
-    """Versions, newest first; all models unless ``model`` is given (NotFound if it is unknown).
+def summaries(store: Store, model: str | None = None, *, limit: int | None = None,
+              offset: int = 0) -> list[VersionSummary]:
+    """Versions, newest first; all models unless ``model`` is given (NotFound if it is unknown);
+    ``offset`` skips that many first (a page of the web view).
 
     Takes the store, not a connection: a malformed name is refused before connecting, so it
     reads as the user's mistake even when the database is down."""
@@ -64,6 +66,8 @@ def summaries(store: Store, model: str | None = None, *, limit: int | None = Non
         query = query.where(t.models.c.name == _valid_model(model))
     if limit:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     with store.read() as conn:
         rows = conn.execute(query).all()
         if model and not rows and not _model_id(conn, model):

@@ -1,0 +1,255 @@
+"""What each page of the web view shows, as pydantic models built from the public ``Registry`` API.
+
+One function per page takes an open ``Registry`` and the page's query parameters and returns its
+model; the HTML templates render that model and ``?format=json`` (or ``/api/...``) serialises it,
+so both views show the same data. Nothing here writes: the web view is read-only.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from pydantic import BaseModel, Field
+
+from registry import (AuditFilter, BlameLine, Diff, Environment, EnvStatus, Event, HealthReport, InvalidInput,
+                      LogEntry, NotFound, ProbeRun, Registry, Release, Verification, VersionInfo, VersionSummary)
+from registry.web.chart import latency_chart
+
+VERSIONS_PER_PAGE = 50
+EVENTS_PER_PAGE = 100
+PROBE_RUNS_SHOWN = 500  # the newest runs charted; older ones with ?since=
+MAX_AUDIT_PAGES = 50  # pages are fetched as a growing limit: page 50 reads 5,000 events
+_REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}@)?[a-z0-9][a-z0-9._+-]{0,62}")
+
+
+class ModelCount(BaseModel):
+    name: str
+    versions: int
+
+
+class VersionsPage(BaseModel):
+    """Models, and one page of versions (newest first), of one model or all."""
+
+    model: str | None = None
+    models: list[ModelCount]
+    versions: list[VersionSummary]
+    total: int
+    page: int
+    pages: int
+
+
+class VersionPage(BaseModel):
+    """One version: its manifest as recorded, tensors, prompts with provenance, and the model's changelog."""
+
+    info: VersionInfo
+    changelog: list[LogEntry]
+    previous: str | None = None  # model@version pushed just before, for "diff with previous"
+
+
+class PromptPage(BaseModel):
+    """A prompt's text at a version, each line with the version that introduced it (``registry blame``)."""
+
+    model: str
+    version: str
+    prompt: str
+    lines: list[BlameLine]
+
+
+class DiffPage(BaseModel):
+    a: str
+    b: str
+    a_resolved: str | None = None
+    b_resolved: str | None = None
+    diff: Diff | None = None
+
+
+class EnvironmentsPage(BaseModel):
+    """What runs where: each environment, its deployed release and container state."""
+
+    environments: list[Environment]
+    status: list[EnvStatus]
+
+
+class EnvironmentPage(BaseModel):
+    environment: Environment
+    status: EnvStatus | None = None
+    releases: list[Release]  # the ledger, oldest revision first
+    since: datetime | None = None
+    probe_runs: list[ProbeRun] | None = None  # None: this registry cannot list probe runs (yet)
+    health: HealthReport | None = None
+    chart_svg: str | None = Field(default=None, exclude=True)  # HTML only: JSON clients have the runs
+
+
+class CheckedAudit(BaseModel):
+    """The audit chain's verification and when it was computed (it is cached, see ``AuditVerifier``)."""
+
+    verification: Verification
+    verified_at: datetime
+    seconds: float
+
+
+class AuditPage(BaseModel):
+    filters: dict[str, str | None]
+    events: list[Event]
+    page: int
+    more: bool
+    verified: CheckedAudit
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+def versions_page(reg: Registry, *, model: str | None = None, page: int = 1) -> VersionsPage:
+    """Page ``page`` (from 1) of the versions of ``model`` (or of every model)."""
+    model = model or None
+    names = reg.models()
+    counts = [ModelCount(name=n, versions=reg.count_versions(n)) for n in names]
+    total = next((c.versions for c in counts if c.name == model), 0) if model else sum(c.versions for c in counts)
+    if model and model not in names:
+        raise NotFound(f"no model named {model!r}")
+    pages = max(1, -(-total // VERSIONS_PER_PAGE))
+    page = min(max(page, 1), pages)
+    shown = reg.versions(model, limit=VERSIONS_PER_PAGE, offset=(page - 1) * VERSIONS_PER_PAGE)
+    return VersionsPage(model=model, models=counts, versions=shown, total=total, page=page, pages=pages)
+
+
+def version_page(reg: Registry, model: str, version: str) -> VersionPage:
+    info = reg.show(_ref(f"{model}@{version}"))
+    changelog = reg.changelog(model, limit=12)
+    older = [e for e in changelog if e.created_at < info.created_at]
+    return VersionPage(info=info, changelog=changelog,
+                       previous=f"{model}@{older[0].version}" if older else None)
+
+
+def prompt_page(reg: Registry, model: str, version: str, prompt: str) -> PromptPage:
+    ref = _ref(f"{model}@{version}")
+    return PromptPage(model=model, version=version, prompt=prompt, lines=reg.blame(prompt, at=ref, model=model))
+
+
+# --- diff ----------------------------------------------------------------------------------
+
+
+def diff_page(reg: Registry, a: str | None, b: str | None) -> DiffPage:
+    """A diff of two versions, or of an environment (what it runs) and a version."""
+    page = DiffPage(a=a or "", b=b or "")
+    if not a or not b:
+        return page
+    page.a_resolved, page.b_resolved = resolve_side(reg, a), resolve_side(reg, b)
+    page.diff = reg.diff(page.a_resolved, page.b_resolved)
+    return page
+
+
+def resolve_side(reg: Registry, text: str) -> str:
+    """``model@version``, a bare version, or an environment's name -> ``model@version``.
+
+    Always an explicit, validated ``model@version``: ``Registry.diff`` also reads manifest files
+    from the server's disk, which a web request must never reach."""
+    text = text.strip()
+    if not _REF.fullmatch(text):
+        raise InvalidInput(f"{text!r} is not a version (model@v1.3 or v1.3) or an environment name")
+    if "@" not in text:
+        deployed = _deployed_in(reg, text)
+        if deployed:
+            return _ref(deployed)
+    model, version = reg.resolve_ref(text)
+    return _ref(f"{model}@{version}")
+
+
+def _deployed_in(reg: Registry, env_name: str) -> str | None:
+    """What ``env_name`` runs; None when no environment has that name."""
+    if env_name not in {e.name for e in reg.environments()}:
+        return None
+    current = [r for r in reg.history(env_name) if r.status == "deployed"]
+    if not current:
+        raise NotFound(f"nothing is deployed in {env_name}")
+    return current[-1].ref
+
+
+def _ref(ref: str) -> str:
+    if Path(ref).exists():  # belt and braces: a file of that name would be read as a manifest
+        raise InvalidInput(f"{ref!r} names a file on the server, not a version")
+    return ref
+
+
+# --- environments --------------------------------------------------------------------------
+
+
+def environments_page(reg: Registry) -> EnvironmentsPage:
+    return EnvironmentsPage(environments=reg.environments(), status=reg.status())
+
+
+def environment_page(reg: Registry, name: str, *, since: str | None = None) -> EnvironmentPage:
+    """One environment: status, ledger, probe runs and the health chart with release markers."""
+    env = reg.environment(name)
+    status = next((s for s in reg.status() if s.env == env.name), None)
+    releases = reg.history(env.name)
+    when = _since(since)
+    page = EnvironmentPage(environment=env, status=status, releases=releases, since=when)
+    probe_runs = getattr(reg, "probe_runs", None)  # wired by the probes work; absent: "no probe data"
+    if probe_runs is None:
+        return page
+    page.probe_runs = probe_runs(env.name, since=when, limit=PROBE_RUNS_SHOWN)
+    if page.probe_runs and len(page.probe_runs) == PROBE_RUNS_SHOWN:
+        when = page.since = page.probe_runs[0].started_at  # the chart, markers and figures cover the same window
+    shown = [r for r in releases if when is None or r.started_at >= when]
+    page.chart_svg = latency_chart(page.probe_runs, shown, title=f"{env.name}: probe latency and pass rate")
+    health = getattr(reg, "health", None)
+    if health is not None:
+        page.health = health(env.name, since=when)
+    return page
+
+
+def _since(text: str | None) -> datetime | None:
+    """An age (``7d``) or ISO date, as ``registry audit --since`` reads it; None for all time."""
+    if not text:
+        return None
+    try:
+        return AuditFilter(since=text).since
+    except ValueError:
+        raise InvalidInput(f"since {text!r}: use an ISO date or an age like 30m, 12h, 7d, 2w") from None
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+AUDIT_FILTERS = ("action", "actor", "env", "model", "prompt", "since")
+
+
+def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, **filters: str | None) -> AuditPage:
+    """One page of audit events (newest first) narrowed like ``registry audit``, and the chain's check."""
+    given = {k: (filters.get(k) or None) for k in AUDIT_FILTERS}
+    page = min(max(page, 1), MAX_AUDIT_PAGES)
+    # Registry.audit has a limit, not an offset: read up to this page (plus one to know if more follow)
+    upto = reg.audit(**given, limit=page * EVENTS_PER_PAGE + 1)
+    shown = upto[(page - 1) * EVENTS_PER_PAGE: page * EVENTS_PER_PAGE]
+    more = len(upto) > page * EVENTS_PER_PAGE and page < MAX_AUDIT_PAGES
+    return AuditPage(filters=given, events=shown, page=page, more=more, verified=verifier.result(reg))
+
+
+class AuditVerifier:
+    """``Registry.verify_audit()`` re-reads the whole chain (about a second on 100,000 events), so a
+    result is reused while the log's head and count are unchanged and it is younger than ``max_age_s``.
+
+    A row altered in the middle leaves head and count as they were: that is why results expire.
+    ``result(reg, fresh=True)`` (the page's "verify now" link) always recomputes."""
+
+    def __init__(self, max_age_s: float = 300.0):
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._cached: tuple[str, float, CheckedAudit] | None = None
+
+    def result(self, reg: Registry, *, fresh: bool = False) -> CheckedAudit:
+        head = str(reg.audit_checkpoint())
+        with self._lock:
+            cached = self._cached
+            if (not fresh and cached and cached[0] == head
+                    and time.monotonic() - cached[1] < self.max_age_s):
+                return cached[2]
+            started = time.monotonic()
+            checked = CheckedAudit(verification=reg.verify_audit(), verified_at=datetime.now(UTC),
+                                   seconds=round(time.monotonic() - started, 3))
+            self._cached = (head, started, checked)
+            return checked
