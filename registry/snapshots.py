@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import secrets
 from pathlib import Path, PurePosixPath
 
@@ -25,10 +26,14 @@ def path_for(root: Path, manifest_digest: str) -> Path:
 
 
 def materialise(root: Path, blobs: BlobStore, *, manifest_digest: str, record: dict) -> Path:
-    """The snapshot folder of the version whose canonical manifest is ``record``."""
+    """The snapshot folder of the version whose record is ``record``. An existing one is reused
+    only when every file in it is a hard link to its (verified) blob and nothing else is there;
+    otherwise it is rebuilt, so a file replaced or added in place is never served."""
     final = path_for(root, manifest_digest)
     if final.is_dir():
-        return final
+        if differs(final, blobs, record) is None:
+            return final
+        _discard(final)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -51,6 +56,41 @@ def materialise(root: Path, blobs: BlobStore, *, manifest_digest: str, record: d
             _unseal(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def differs(folder: Path, blobs: BlobStore, record: dict) -> str | None:
+    """Why ``folder`` is not exactly the record's files, hard-linked to their blobs (the file
+    that differs, named), or None. A snapshot on another filesystem holds copies: those are
+    compared by content."""
+    want = dict(_files(record))
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            rel = Path(dirpath, name).relative_to(folder).as_posix()
+            if rel not in want:
+                return f"{rel} is in the snapshot but not in the version"
+    for rel, digest in want.items():
+        try:
+            have, blob = os.lstat(folder / rel), os.stat(blobs.path(digest))
+        except FileNotFoundError:
+            return f"{rel} is missing from the snapshot"
+        if (have.st_dev, have.st_ino) == (blob.st_dev, blob.st_ino):
+            continue
+        if not stat.S_ISREG(have.st_mode) or have.st_dev == blob.st_dev or have.st_size != blob.st_size:
+            return f"{rel} is not the recorded blob {digest[:19]} (replaced in place)"
+        if (folder / rel).read_bytes() != blobs.path(digest).read_bytes():  # a copy: compare
+            return f"{rel} differs from the recorded blob {digest[:19]}"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a snapshot that is not what it should be out of the way, then remove it."""
+    aside = folder.with_name(f".bad-{folder.name}-{secrets.token_hex(4)}")
+    try:
+        os.rename(folder, aside)
+        _unseal(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError as exc:
+        raise StorageError(f"cannot replace the damaged snapshot {folder}: {exc.strerror or exc}") from None
 
 
 def _files(record: dict) -> list[tuple[str, str]]:

@@ -169,8 +169,7 @@ class Action:
         # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
         env_vars = {**runtime.env, "CELLAR_MODEL": model, "CELLAR_VERSION": version, **secret_env}
         with self.step("verify blobs"):
-            for item in [*record["weights"], *record["prompts"]]:
-                self.cfg.blobs.verify(item["digest"])
+            self._verify_blobs(record)
         with self.step("pin image"):
             image = (self.engine.image_digest(image_digest) if image_digest else
                      pin_image(self.engine, record["image"], ref=ref, allow_retag=allow_retag))
@@ -179,6 +178,23 @@ class Action:
                                          record=record)
         target = Target(model=model, version=version, manifest_digest=stored.digest, image_digest=image)
         return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars)
+
+    def prove_files(self, release: Release) -> None:
+        """Before a kept container serves again: its version's blobs are intact and its snapshot
+        (what the container mounts) is exactly those blobs, rebuilt if a file was replaced in it.
+        CorruptBlob (naming the blob) when the recorded bytes themselves are gone."""
+        with self.cfg.store.read() as conn:
+            stored = versions.record_of(conn, release.model, release.version)
+        with self.step("verify files"):
+            self._verify_blobs(stored.record)
+            snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
+                                  record=stored.record)
+
+    def _verify_blobs(self, record: dict) -> None:
+        # A blob whose stat key is unchanged since its bytes were verified is trusted (a write
+        # changes its mtime/ctime); any other is re-read: rollback stays fast on big weights.
+        for item in [*record["weights"], *record["prompts"]]:
+            self.cfg.blobs.verify(item["digest"], trust_stamp=True)
 
     def create_container(self, release: Release, ready: Ready) -> str:
         """Create (stopped) the container of ``release``, labelled so state can be rebuilt."""

@@ -31,9 +31,11 @@ class Rollback(Switching):
             # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
             self.remember_secrets(runtime, container_env=kept.env if kept else None)
             ready = None
-            if kept is None:
-                with self.nothing_changed(chosen.ref):
+            with self.nothing_changed(chosen.ref):
+                if kept is None:
                     ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
+                else:  # bytes served are bytes recorded: the kept container mounts this snapshot
+                    self.prove_files(chosen)
             plan = self.open_revision(lambda rows: ledger.plan_rollback(
                 rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
         if kept:
