@@ -129,4 +129,5 @@ def open_registry():
 
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+DEFAULT_LIMIT = 100  # rows a listing shows unless --limit or --all: bounded reads at any size
 ACTOR = typer.Option(None, "--actor", help="Who is acting (default: $REGISTRY_ACTOR, git user, OS user).")

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import typer
 
-from cli.app import ACTOR, JSON, CellarGroup, app, open_registry
+from cli.app import ACTOR, DEFAULT_LIMIT, JSON, CellarGroup, app, open_registry
 from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, when
 from registry import HealthGateFailed
 
@@ -171,18 +171,26 @@ def _removed(result) -> str:
 @app.command()
 def history(
     env: str = typer.Option(None, "--env", help="Only this environment."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="The newest N releases (0 = all)."),
+    show_all: bool = typer.Option(False, "--all", help="Every release (same as --limit 0)."),
     as_json: bool = JSON,
 ) -> None:
     """The release ledger: every revision, who did it, when and why. History is never rewritten.
 
-    Example:  registry history --env production
+    Shows the newest 100 releases, oldest first, unless --limit or --all says otherwise.
+
+    Example:  registry history --env production --limit 20
     """
+    shown = None if show_all or not limit else limit
     with open_registry() as reg:
-        rows = reg.history(env)
+        rows = reg.history(env, limit=shown)
+        earlier = reg.count_releases(env) - len(rows) if shown and len(rows) == shown else 0
     if as_json:
         return print_json(rows)
     if not rows:
         return print("No releases yet: deploy one with `registry promote VERSION`.")
+    if earlier:
+        print(f"... {earlier} earlier releases (use --all or --limit N)")
     table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", "STARTED", "BY", "REASON / ERROR"],
           [[r.env, r.revision, r.ref, r.status, r.operation, when(r.started_at), r.actor,
             (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)]

@@ -16,8 +16,17 @@ MAX_CELL = 80  # a table cell longer than this is cut with "…" (--json has the
 
 
 def print_json(value: Any) -> None:
-    """Print pydantic models (or lists of them) as JSON on stdout."""
-    sys.stdout.write(json.dumps(_plain(value), indent=2, ensure_ascii=False) + "\n")
+    """Print pydantic models (or lists of them) as JSON on stdout; a list is written item by
+    item, so a long listing never sits in memory twice."""
+    if not isinstance(value, list | tuple):
+        sys.stdout.write(json.dumps(_plain(value), indent=2, ensure_ascii=False) + "\n")
+        return
+    write = sys.stdout.write
+    write("[")
+    for i, item in enumerate(value):
+        text = json.dumps(_plain(item), indent=2, ensure_ascii=False)
+        write(("," if i else "") + "\n  " + text.replace("\n", "\n  "))
+    write("\n]\n" if value else "]\n")
 
 
 def _plain(value: Any) -> Any:

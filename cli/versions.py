@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cli.app import ACTOR, JSON, app, db_app, open_registry
+from cli.app import ACTOR, DEFAULT_LIMIT, JSON, app, db_app, open_registry
 from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
 
 @app.command()
@@ -193,15 +193,20 @@ def _file_origin(info, name: str) -> str:
 @app.command()
 def log(
     model: str = typer.Argument(None, help="Only this model's changelog."),
-    limit: int = typer.Option(None, "--limit", help="At most N entries."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="At most N entries, newest first (0 = all)."),
+    show_all: bool = typer.Option(False, "--all", help="Every entry (same as --limit 0)."),
     as_json: bool = JSON,
 ) -> None:
     """The changelog: each version's message, who pushed it, when, and its git commit, newest first.
 
-    Example:  registry log support-bot
+    Shows the newest 100 entries unless --limit or --all says otherwise.
+
+    Example:  registry log support-bot --limit 20
     """
+    shown = None if show_all or not limit else limit
     with open_registry() as reg:
-        rows = reg.changelog(model, limit=limit or None)
+        rows = reg.changelog(model, limit=shown)
+        more = reg.count_versions(model) - len(rows) if shown and len(rows) == shown else 0
     if as_json:
         return print_json(rows)
     out = console()
@@ -211,3 +216,5 @@ def log(
         if pv := r.provenance:
             out.print(f"Git:    {_git_line(pv)}")
         out.print("\n".join(f"    {esc(line)}" for line in (r.message or "(no message)").splitlines()) + "\n")
+    if more:
+        print(f"... {more} older entries (use --all or --limit N)")

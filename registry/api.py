@@ -255,11 +255,18 @@ class Registry:
         action = Rollback(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
 
-    def history(self, env: str | None = None) -> list[Release]:
-        """The release ledger: one environment's, or all of them, oldest revision first."""
+    def history(self, env: str | None = None, *, limit: int | None = None) -> list[Release]:
+        """The release ledger, oldest revision first: one environment's, or all of them; the
+        newest ``limit`` releases only when given."""
         from registry.deploy.environments import history
 
-        return history(self.config, env)
+        return history(self.config, env, limit=limit)
+
+    def count_releases(self, env: str | None = None) -> int:
+        """How many releases there are (in ``env``, or in all)."""
+        from registry.deploy.environments import count_history
+
+        return count_history(self.config, env)
 
     def status(self) -> list[EnvStatus]:
         """Each environment: what is deployed, its container's state and health, pending work."""

@@ -159,7 +159,4 @@ def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
 
 def changelog(store: Store, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
     """Versions newest first, each with its git provenance."""
-    rows = versions.summaries(store, model, limit=limit)
-    with store.read() as conn:
-        found = versions.provenances(conn, [(r.model, r.version) for r in rows])
-    return [LogEntry(**r.model_dump(), provenance=found.get((r.model, r.version))) for r in rows]
+    return versions.changelog(store, model, limit=limit)

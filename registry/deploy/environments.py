@@ -127,15 +127,19 @@ class RemoveEnv(Action):
         return env, now
 
 
-def history(cfg, env_name: str | None = None) -> list[Release]:
-    """Releases, oldest first: one environment's, or every environment's."""
+def history(cfg, env_name: str | None = None, *, limit: int | None = None) -> list[Release]:
+    """The newest ``limit`` releases (all when None), oldest first: one environment's, or every
+    environment's."""
     with cfg.store.read() as conn:
-        if env_name is None:
-            return releases.all_(conn)
-        rows = releases.ledger(conn, env_name)
-        if not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
+        rows = releases.newest(conn, env_name, limit=limit)
+        if env_name and not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
             environments.find(conn, env_name)
         return rows
+
+
+def count_history(cfg, env_name: str | None = None) -> int:
+    with cfg.store.read() as conn:
+        return releases.count(conn, env_name)
 
 
 class Status(Action):
@@ -145,7 +149,7 @@ class Status(Action):
     def run(self) -> list[EnvStatus]:
         with self.cfg.store.read() as conn:
             envs = environments.all_(conn)
-            rows = {e.name: releases.ledger(conn, e.name) for e in envs}
+            rows = {e.name: releases.current_and_pending(conn, e.name) for e in envs}
             held = {lock.env: lock for lock in locks.all_(conn)}
         return [self._one(env, rows[env.name], held.get(env.name)) for env in envs]
 

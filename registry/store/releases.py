@@ -3,7 +3,7 @@ connection, so a ledger change, its lock and its audit event share one transacti
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import clock, signing
@@ -22,9 +22,30 @@ def ledger(conn: Connection, env: str) -> list[Release]:
     return [_release(r) for r in rows]
 
 
-def all_(conn: Connection) -> list[Release]:
-    """Every environment's releases, by environment then revision."""
-    rows = conn.execute(select(t.releases).order_by(t.releases.c.env, t.releases.c.revision))
+def newest(conn: Connection, env: str | None = None, *, limit: int | None = None) -> list[Release]:
+    """The newest ``limit`` releases (all when None) of one environment or of all, returned oldest
+    first (by environment, then revision); reads only those rows, through the (env, revision) index."""
+    c = t.releases.c
+    query = select(t.releases).order_by(c.started_at.desc(), c.revision.desc()) if env is None else (
+        select(t.releases).where(c.env == env).order_by(c.revision.desc()))
+    if limit:
+        query = query.limit(limit)
+    rows = conn.execute(query).all()
+    require_rows(conn, "release", [r._mapping for r in rows])
+    return sorted((_release(r) for r in rows), key=lambda r: (r.env, r.revision))
+
+
+def count(conn: Connection, env: str | None = None) -> int:
+    query = select(func.count()).select_from(t.releases)
+    return conn.execute(query if env is None else query.where(t.releases.c.env == env)).scalar_one()
+
+
+def current_and_pending(conn: Connection, env: str) -> list[Release]:
+    """Only the rows ``status`` needs: the deployed release and a pending one, if any."""
+    c = t.releases.c
+    rows = conn.execute(select(t.releases).where(
+        c.env == env, c.status.in_(["deployed", "pending-deploy", "pending-rollback"])).order_by(c.revision)).all()
+    require_rows(conn, "release", [r._mapping for r in rows])
     return [_release(r) for r in rows]
 
 

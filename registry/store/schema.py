@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 metadata = MetaData()
 
@@ -56,7 +56,8 @@ versions = Table(
     Column("deprecated_at", DateTime(timezone=True)),  # hidden from listings, refused by promote (0005)
     Column("deprecated_reason", Text),
     UniqueConstraint("model_id", "version", name="uq_versions_model_version"),
-    Index("ix_versions_model_created", "model_id", "created_at"),
+    Index("ix_versions_model_created", "model_id", "created_at", "id"),
+    Index("ix_versions_created", "created_at", "id"),
 )
 
 blobs = Table(
@@ -159,6 +160,7 @@ releases = Table(
     # makes this index partial (WHERE status = 'deployed'). The WHERE is not repeated here:
     # naming dialect options imports both SQL dialects (~25 ms) on every command's start-up,
     # and this metadata only serves queries (tests check the migrated index is partial).
+    Index("ix_releases_env_status", "env", "status"),
     Index("uq_releases_one_deployed", "env", unique=True),
 )
 

@@ -23,7 +23,7 @@ from registry import canonical, clock
 from registry.blame import PromptRevision
 from registry.errors import InvalidInput, NotFound
 from registry.manifest import Resolved
-from registry.models import Provenance, Tensor, VersionInfo, VersionSummary, check_name
+from registry.models import LogEntry, Provenance, Tensor, VersionInfo, VersionSummary, check_name
 from registry.safetensors_index import is_safetensors
 from registry.store import schema as t
 from registry.store.blobs import Ingested
@@ -156,18 +156,23 @@ def prompt_history(conn: Connection, *, model: str, prompt: str, upto: str) -> l
     raise NotFound(f"no version {model}@{upto}: see `registry list {model}`")
 
 
-def provenances(conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Provenance]:
-    """Git provenance of the given (model, version) pairs, those that have one."""
-    keys = set(keys)
-    if not keys:
-        return {}
-    rows = conn.execute(
-        select(t.models.c.name, t.versions.c.version, t.versions.c.provenance)
-        .select_from(t.versions.join(t.models))
-        .where(t.models.c.name.in_({m for m, _ in keys}), t.versions.c.version.in_({v for _, v in keys}),
-               t.versions.c.provenance.is_not(None))).all()
-    return {(r.name, r.version): Provenance.model_validate_json(r.provenance)
-            for r in rows if (r.name, r.version) in keys}
+def changelog(store: Store, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
+    """Versions newest first with their git provenance, in one bounded query (no parameter per
+    row: PostgreSQL allows at most 65,535 of them)."""
+    cols = [*_summary_query().selected_columns, t.versions.c.provenance]
+    query = (select(*cols).select_from(t.versions.join(t.models))
+             .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()))
+    if model:
+        query = query.where(t.models.c.name == _valid_model(model))
+    if limit:
+        query = query.limit(limit)
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+        if model and not rows and not _model_id(conn, model):
+            raise NotFound(f"no model named {model!r}: see `registry list`")
+    return [LogEntry(**_to_summary(r).model_dump(),
+                     provenance=Provenance.model_validate_json(r.provenance) if r.provenance else None)
+            for r in rows]
 
 
 def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
