@@ -327,19 +327,28 @@ def test_metrics_page_parses_and_is_served(deployed):
     reg.probe()
     reg.promote("v2.0")
     reg.probe()
-    families = {f.name: f for f in text_string_to_metric_families(cli("metrics").stdout)}
-    [info] = families["cellar_deployed_version"].samples
-    assert info.labels == {"env": env, "model": "support-bot", "version": "v2.0", "revision": "2"}
-    counts = {(s.labels["probe"], s.labels["status"]): s.value for s in families["cellar_probe_results"].samples
-              if s.name.endswith("_total")}
-    assert counts[("answers", "pass")] == 1 and counts[("answers", "fail")] == 1
-    assert families["cellar_probe_consecutive_failures"].samples[0].value == 1
-    assert "cellar_probe_latency_seconds" in families and families["cellar_last_deploy_timestamp_seconds"].samples
+    got = samples(cli("metrics").stdout)
+    [info] = [labels for name, labels in got if name == "cellar_deployed_version_info"]
+    assert dict(info) == {"env": env, "model": "support-bot", "version": "v2.0", "revision": "2"}
+    results = {(labels["probe"], labels["status"]): value for (name, labels), value in _labelled(got)
+               if name == "cellar_probe_results_total"}
+    assert results[("answers", "pass")] == 1 and results[("answers", "fail")] == 1
+    assert got[("cellar_probe_consecutive_failures", (("env", env),))] == 1
+    assert got[("cellar_probe_latency_seconds_count", (("env", env), ("probe", "answers")))] == 2
+    assert ("cellar_last_deploy_timestamp_seconds", (("env", env),)) in got
     server, _thread = reg.serve_metrics("127.0.0.1:0")
     try:
         reg.probe()  # the page is read from the database on every scrape
         page = urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5).read()
     finally:
         server.shutdown()
-    served = {f.name: f for f in text_string_to_metric_families(page.decode())}
-    assert served["cellar_probe_consecutive_failures"].samples[0].value == 2
+    assert samples(page.decode())[("cellar_probe_consecutive_failures", (("env", env),))] == 2
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _labelled(got):
+    return [((name, dict(labels)), value) for (name, labels), value in got.items()]
