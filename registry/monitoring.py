@@ -18,19 +18,20 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from registry import clock, healthreport, inspection, ledger, probing, templating
+from registry import clock, ledger, probing, templating
 from registry.configuration import Configuration
 from registry.deploy import locks as lock_rules
 from registry.deploy.action import Action
-from registry.deploy.rollback import Rollback
-from registry.diffing import Diff
 from registry.errors import CellarError, OperationInProgress, StepFailed
 from registry.ledger import Operation, Release, ReleaseStatus
 from registry.models import Environment, Probe
 from registry.probe_models import (DeployedInfo, HealthReport, MetricsSnapshot, ProbeResult, ProbeRun,
-                                   ProbeStatus, WatchSummary)
+                                   ProbeStatus, WatchSummary, bounded)
 from registry.store import environments, locks, probes, releases, versions
 from registry.watching import StopFlag, Watcher, WatchPolicy
+
+# Imported where used: a cron `registry probe` needs neither diffs nor rollbacks (start-up
+# time, bench/probe.py): registry.inspection, registry.healthreport, registry.deploy.rollback.
 
 log = logging.getLogger("registry.monitoring")
 
@@ -53,6 +54,8 @@ def suite_of(cfg: Configuration, model: str, version: str, *, env_name: str = ""
     suite = [Probe.model_validate(p) for p in record.get("probes", [])]
     render = None
     if any(templating.has_template(p.json_body) for p in suite):
+        from registry import inspection
+
         texts = {p["name"]: inspection.prompt_text(cfg.blobs, p["digest"]) for p in record["prompts"]}
         render = templating.renderer(prompts=texts, model=model, version=version, env=env_name)
     return Suite(suite, render, bool(record.get("no_auto_rollback")))
@@ -69,7 +72,7 @@ class ProbeEnv(Action):
     """``ProbeEnv(cfg, actor=...).run(env_name)``: one run of the deployed release's suite.
 
     Nothing deployed, no container, a stopped one or an unreachable engine is recorded as
-    ``error`` results (nothing was measured), never raised; a held lock (a promote or rollback
+    ``error`` results (nothing was measured, and the detail says why), never raised; a held lock (a promote or rollback
     switching containers) raises OperationInProgress, so the run is skipped rather than blamed."""
 
     timeout_s: float = probing.DEFAULT_TIMEOUT_S
@@ -90,18 +93,31 @@ class ProbeEnv(Action):
                                                 revision=now.revision, actor=self.actor))
 
     def measure(self, env: Environment, release: Release, suite: Suite) -> list[ProbeResult]:
-        """Send the suite when the release's container runs; else say, per probe, why not."""
+        """Send the suite; when something could not be measured, ask Docker why (the container
+        is gone or stopped, the engine is down) and say so in those results. Docker is not
+        consulted on the usual path: a cron probe then never loads docker-py (bench/probe.py)."""
+        self.env = env
+        results = probing.run_suite(self.base_url, suite.probes, timeout_s=self.timeout_s, render=suite.render)
+        if all(r.status != ProbeStatus.ERROR for r in results) and release.container_id:
+            return results
+        why = self.container_problem(env, release)
+        if why is None:
+            return results
+        return [r.model_copy(update={"detail": bounded(f"{why}; {r.detail}")}) if r.status == ProbeStatus.ERROR
+                else r for r in results]
+
+    def container_problem(self, env: Environment, release: Release) -> str | None:
+        """Why ``release``'s container cannot answer, or None when it runs."""
+        if not release.container_id:
+            return f"no container recorded for {release.ref}: see `registry status`"
         try:
             self.use_env(env)
-            info = self.engine.inspect(release.container_id) if release.container_id else None
+            info = self.engine.inspect(release.container_id)
         except (CellarError, OSError) as exc:  # OSError: the connection dropped under docker-py
-            return probing.unmeasured(suite.probes, f"Docker engine unreachable: {self.scrub(str(exc))}")
+            return f"Docker engine unreachable: {self.scrub(str(exc))}"
         if info is None:
-            return probing.unmeasured(suite.probes, f"no container for {release.ref} (revision "
-                                                    f"{release.revision}): see `registry status`")
-        if not info.running:
-            return probing.unmeasured(suite.probes, f"container of {release.ref} is {info.status}")
-        return probing.run_suite(self.base_url, suite.probes, timeout_s=self.timeout_s, render=suite.render)
+            return f"no container for {release.ref} (revision {release.revision}): see `registry status`"
+        return None if info.running else f"container of {release.ref} is {info.status}"
 
 
 def nothing_deployed(env_name: str, *, actor: str) -> ProbeRun:
@@ -139,6 +155,8 @@ def failures(run: ProbeRun, limit: int = 3) -> str:
 def health(cfg: Configuration, env_name: str | None = None, *, since: datetime | None = None) -> HealthReport:
     """Figures per version and the change points of the stored runs (one environment or all),
     each change point with the release's actor, reason and what changed from the version before."""
+    from registry import healthreport
+
     with cfg.store.read() as conn:
         if env_name is not None:
             environments.find(conn, env_name)  # a typo is NotFound, not an empty report
@@ -158,15 +176,13 @@ def change_summary(cfg: Configuration, model: str | None, before: str, after: st
         return ""
     if before == after:
         return "same version, redeployed"
+    from registry import healthreport, inspection
+
     try:
-        return healthreport.diff_summary(_diff(cfg, model, before, after))
+        return healthreport.diff_summary(inspection.diff(cfg, f"{model}@{before}", f"{model}@{after}"))
     except CellarError as exc:  # a missing prompt blob must not cost the whole report
         log.warning("no diff summary for %s@%s: %s", model, after, exc)
         return ""
-
-
-def _diff(cfg: Configuration, model: str, before: str, after: str) -> Diff:
-    return inspection.diff(cfg, f"{model}@{before}", f"{model}@{after}")
 
 
 # --- watch --------------------------------------------------------------------------------
@@ -189,6 +205,8 @@ class Watch:
 
     def rollback(self) -> str:
         """The normal rollback (lock, ledger ``rollback_of``, audit event) with its reason."""
+        from registry.deploy.rollback import Rollback
+
         reason = f"automatic: {self.failures} consecutive failing probe runs"
         result = Rollback(self.cfg, actor=self.actor).run(env_name=self.env_name, reason=reason)
         return result.release.version

@@ -143,7 +143,8 @@ def test_nothing_measured_is_an_error_not_a_fail(deployed, tmp_path):
     client.containers.get(release.container_id).stop(timeout=1)
     client.close()
     stopped = reg.probe(env)
-    assert set(statuses(stopped).values()) == {"error"} and "exited" in stopped.results[0].detail
+    assert set(statuses(stopped).values()) == {"error"}
+    assert "is exited" in stopped.results[0].detail and "connection refused" in stopped.results[0].detail
     dead = cli("probe", "--json", code=4, env={"DOCKER_HOST": f"unix://{tmp_path}/no-dockerd.sock"})
     results = json.loads(dead.stdout)["results"]
     assert {r["status"] for r in results} == {"error"} and "Docker engine unreachable" in results[0]["detail"]
@@ -274,10 +275,13 @@ def test_a_version_that_forbids_auto_rollback_only_alerts(deployed):
     assert reg.history(env)[-1].version == "v2.3"
 
 
-def test_an_unreachable_engine_alerts_and_never_rolls_back(deployed, tmp_path):
+def test_a_stopped_engine_alerts_and_never_rolls_back(deployed, tmp_path):
     reg, env = deployed
     reg.promote("v1.0")
-    reg.promote("v2.0")
+    live = reg.promote("v2.0").release
+    client = _docker_client()  # a stopped dockerd: its containers stop, its socket answers no more
+    client.containers.get(live.container_id).stop(timeout=1)
+    client.close()
     with Listener() as hook:
         out = cli("watch", "--every", "0", "--failures", "2", "--auto-rollback", "--max-runs", "3",
                   "--alert-webhook", hook.url, "--json", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
