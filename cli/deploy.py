@@ -27,6 +27,7 @@ def env_add(
     protected: bool = typer.Option(False, "--protected", help="Promote and rollback need --reason."),
     default: bool = typer.Option(False, "--default", help="Use this environment when none is named."),
     bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on."),
+    gate: bool = typer.Option(False, "--gate", help="Promotes here run the version's probes after warm-up; any fail or error rolls back."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -36,7 +37,7 @@ def env_add(
     """
     with open_registry() as reg:
         env = reg.add_env(name, port=port, docker_host=docker_host, health_timeout_s=health_timeout, keep=keep,
-                          protected=protected, default=default, bind_addr=bind, actor=actor)
+                          protected=protected, default=default, bind_addr=bind, gate=gate, actor=actor)
     if as_json:
         return print_json(env)
     console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}")
@@ -98,6 +99,7 @@ def promote(
     to: str = typer.Option(None, "--to", hidden=True, help="Old name of --env, still accepted."),
     reason: str = REASON,
     allow_retag: bool = typer.Option(False, "--allow-retag", help="Run what the image tag names now, even if it moved since push."),
+    gate: bool = typer.Option(None, "--gate/--no-gate", help="Run the version's probes after warm-up; any fail or error rolls back, exit 4 (default: the environment's setting).", show_default=False),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -107,7 +109,7 @@ def promote(
     """
     env = _one_env(env, to)
     with open_registry() as reg, _failure_as_json(as_json):
-        result = reg.promote(ref, env=env, reason=reason, actor=actor, allow_retag=allow_retag,
+        result = reg.promote(ref, env=env, reason=reason, actor=actor, allow_retag=allow_retag, gate=gate,
                              on_step=None if as_json else StepLines())
     if as_json:
         return print_json(result)

@@ -36,6 +36,13 @@ _EXPORTS = {
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
         "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT",
     ],
+    "registry.probe_models": [
+        "ProbeRun", "ProbeResult", "ProbeStatus", "RunOutcome", "HealthReport", "VersionHealth", "ChangePoint",
+        "WatchAction", "WatchSummary", "MetricsSnapshot", "DeployedInfo",
+    ],
+    "registry.alerting": ["Webhook", "webhook_from_env"],
+    "registry.watching": ["StopFlag", "stop_on_signals"],
+    "registry.templating": ["TemplateRefused"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -71,6 +71,9 @@ def from_env(var: str, **options) -> Webhook:
     return Webhook(url, **options)
 
 
+webhook_from_env = from_env  # the name ``registry`` exports
+
+
 def _kind(reason: object) -> str:
     # str(reason) of a DNS failure or a proxy error can quote the host: only the kind and errno go out
     if isinstance(reason, TimeoutError):

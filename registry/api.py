@@ -7,6 +7,8 @@ from the registry's ``Configuration``; nothing here talks to SQL or Docker itsel
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from registry.errors import InvalidInput, StorageError
 from registry.ledger import Release
 from registry.models import (DeployResult, Environment, EnvStatus, InitResult, LogEntry, PushResult, RecoverResult,
                              VersionInfo, VersionSummary)
+from registry.probe_models import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
 from registry.pushing import Progress
 from registry.store import events, seals, versions
 from registry.store.blobs import BlobStore
@@ -206,7 +209,7 @@ class Registry:
 
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
-        protected, default, bind_addr."""
+        protected, default, bind_addr, gate (promotes run the probe suite as a gate)."""
         from registry.deploy.environments import AddEnv, new_env
 
         return AddEnv(self.config, actor=actor_mod.resolve(actor)).run(new_env(name, port=port, **settings))
@@ -234,15 +237,17 @@ class Registry:
         return RemoveEnv(self.config, actor=actor_mod.resolve(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
-                allow_retag: bool = False, on_step=None) -> DeployResult:
+                allow_retag: bool = False, on_step=None, gate: bool | None = None) -> DeployResult:
         """Deploy a version (or what environment ``ref`` runs) into ``env``; HealthGateFailed
-        (exit 4) after an automatic rollback when the new release does not come up healthy."""
+        (exit 4) after an automatic rollback when the new release does not come up healthy.
+        ``gate``: also run its probes after warm-up, any fail or error failing the promote
+        (None: the environment's ``gate`` setting)."""
         from registry.deploy.promote import Promote
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
         action = Promote(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
-        return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag)
+        return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
                  reason: str | None = None, actor: str | None = None, on_step=None) -> DeployResult:
@@ -281,6 +286,87 @@ class Registry:
         from registry.deploy.recover import Recover
 
         return Recover(self.config, actor=actor_mod.resolve(actor)).run(env_name=env, force=force)
+
+    # --- probes and health ---------------------------------------------------------------
+
+    def probe(self, env: str | None = None, *, csv: str | Path | None = None, actor: str | None = None,
+              timeout_s: float | None = None) -> ProbeRun:
+        """Send the deployed version's probe suite once to ``env``'s published port and store the
+        run (env, model, version, revision, time, actor). Nothing deployed, no container or the
+        engine down give ``error`` results, not an exception; ``csv`` appends one row per result
+        (header when the file is new). OperationInProgress while a promote or rollback runs."""
+        from registry import monitoring, probing
+
+        action = monitoring.ProbeEnv(self.config, actor=actor_mod.resolve(actor))
+        if timeout_s is not None:
+            action.timeout_s = timeout_s
+        run = action.run(env)
+        if csv is not None:
+            probing.append_csv(csv, run)
+        return run
+
+    def probe_runs(self, env: str | None = None, *, since: str | datetime | None = None,
+                   limit: int | None = None) -> list[ProbeRun]:
+        """Stored probe runs, oldest first (``since``: a datetime, ISO date or age like ``7d``;
+        ``limit``: the newest N)."""
+        from registry.store import probes
+
+        with self.store.read() as conn:
+            return probes.runs(conn, env, _since(since), limit=limit)
+
+    def health(self, env: str | None = None, *, since: str | datetime | None = None) -> HealthReport:
+        """Per version deployed in the window: runs, pass rate, p50/p95 latency; and each change
+        point: the release after which latency or pass rate moved, with its actor, reason and a
+        one-line summary of its diff from the version before."""
+        from registry import monitoring
+
+        return monitoring.health(self.config, env, since=_since(since))
+
+    def watch(self, env: str | None = None, *, every_s: float, failures: int = 3,
+              notify: Callable[[str], object] | None = None, auto_rollback: bool = False,
+              max_runs: int | None = None, should_stop: Callable[[], bool] | None = None,
+              sleep: Callable[[float], None] | None = None, on_run: Callable[[ProbeRun], None] | None = None,
+              actor: str | None = None) -> WatchSummary:
+        """Probe ``env`` every ``every_s`` seconds. After ``failures`` failing runs in a row: one
+        alert through ``notify`` (e.g. ``Webhook(url).send``) and, with ``auto_rollback`` (unless
+        the version says ``no_auto_rollback``), one rollback through the normal path with reason
+        "automatic: N consecutive failing probe runs"; a failing target alerts "degraded" once and
+        the watch stops acting. Error runs alert, never roll back; a held lock skips a run. Ends
+        after ``max_runs`` or when ``should_stop()`` (e.g. a ``StopFlag`` set by SIGTERM)."""
+        from registry import monitoring
+
+        if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
+            raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
+        return monitoring.watch(self.config, actor=actor_mod.resolve(actor), env_name=env, failures=failures,
+                                every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
+                                max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What the metrics page shows now, read from the database (so cron's runs count too)."""
+        from registry import monitoring
+
+        return monitoring.metrics_snapshot(self.config)
+
+    def metrics_text(self) -> str:
+        """The Prometheus page as a scrape would see it."""
+        from registry import metrics
+
+        return metrics.render(self.metrics_snapshot)
+
+    def serve_metrics(self, listen: str):
+        """Serve the Prometheus page on ``HOST:PORT`` in a daemon thread, read from the database
+        on every scrape; returns (server, thread)."""
+        from registry import metrics
+
+        return metrics.serve(self.metrics_snapshot, listen)
+
+
+def _since(since: str | datetime | None) -> datetime | None:
+    return audit.parse_since(since) if isinstance(since, str) else since
+
+
+def _log_alert(text: str) -> None:
+    logging.getLogger("registry.watching").warning("alert: %s", text)
 
 
 def _seal(store: Store, home: home_mod.Home) -> None:

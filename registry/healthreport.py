@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
+from registry.diffing import Diff, Status
 from registry.ledger import Release
 from registry.probe_models import ChangePoint, HealthReport, ProbeRun, ProbeStatus, VersionHealth
 
@@ -145,3 +146,40 @@ def _pass_rate(runs: Iterable[ProbeRun]) -> float | None:
     if not results:
         return None
     return sum(r.status == ProbeStatus.PASS for r in results) / len(results)
+
+
+def diff_summary(diff: Diff) -> str:
+    """What a diff changed, on one line, values never shown (secrets): ``prompt system +3 lines,
+    2 tensors changed, image changed, env MAX_TOKENS changed``."""
+    parts = [_prompt_part(p) for p in diff.prompts if p.changed]
+    parts += _weight_parts(diff)
+    if diff.image.changed:
+        parts.append("image changed")
+    parts += [f"env {k.key} {k.status.value}" for k in diff.runtime.env]
+    parts += [f"secret {name} added" for name in diff.runtime.secrets_added]
+    parts += [f"secret {name} removed" for name in diff.runtime.secrets_removed]
+    parts += [f"runtime {c.field} changed" for c in diff.runtime.settings]
+    parts += [f"probe {p.name} {p.status.value}" for p in diff.probes]
+    return ", ".join(parts) or "no content change"
+
+
+def _prompt_part(p) -> str:
+    if p.status != Status.changed:
+        return f"prompt {p.name} {p.status.value}"
+    counts = " ".join(c for c in (f"+{p.lines_added}" if p.lines_added else "",
+                                  f"-{p.lines_removed}" if p.lines_removed else "") if c)
+    return f"prompt {p.name} {counts or '±0'} lines"
+
+
+def _weight_parts(diff: Diff) -> list[str]:
+    parts, tensors = [], 0
+    for w in diff.weights:
+        if w.status == Status.unchanged:
+            continue
+        if w.tensors is not None:
+            tensors += len(w.tensors.changed) + len(w.tensors.added) + len(w.tensors.removed)
+        else:
+            parts.append(f"weights {w.path} {w.status.value}")
+    if tensors:
+        parts.insert(0, f"{tensors} tensor{'s' if tensors != 1 else ''} changed")
+    return parts

@@ -203,6 +203,9 @@ class Manifest(_Strict):
     prompts: dict[str, str] = Field(default_factory=dict)
     runtime: Runtime = Field(default_factory=Runtime)
     probes: list[Probe] = Field(default_factory=list)
+    # `registry watch --auto-rollback` leaves this version alone (it alerts only), e.g. a
+    # release whose database migration an older version cannot run against
+    no_auto_rollback: bool = False
 
     @field_validator("prompts")
     @classmethod

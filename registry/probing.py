@@ -128,13 +128,30 @@ def _check_schema(probe: Probe, body: str) -> tuple[ProbeStatus, str] | None:
     except ValueError:
         return ProbeStatus.FAIL, f"answer is not JSON: {body}"
     try:
-        jsonschema.validate(doc, schema)
+        validator = _validator(schema)
     except jsonschema.SchemaError as exc:
         return ProbeStatus.ERROR, f"expect.json_schema is not a valid JSON Schema ({exc.message}); fix the manifest"
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        return ProbeStatus.FAIL, f"answer breaks the JSON Schema at {where}: {exc.message}"
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        return ProbeStatus.FAIL, f"answer breaks the JSON Schema at {where}: {error.message}"
     return None
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict):
+    """A checked validator per schema, kept: ``jsonschema.validate`` checks the schema against
+    its meta-schema on every call, most of a probe's judging time (bench/probe.py)."""
+    import jsonschema
+
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _VALIDATORS[key] = cls(schema)
+    return _VALIDATORS[key]
 
 
 def _check_not_contains(probe: Probe, body: str) -> tuple[ProbeStatus, str] | None:

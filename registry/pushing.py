@@ -197,6 +197,8 @@ def build_record(resolved: Resolved, stored: dict[tuple[str, str], Ingested], im
         "prompts": [_pinned("name", "prompt", f.name, stored) for f in _by_name(resolved.prompts)],
         "runtime": m.runtime.model_dump(mode="json", by_alias=True),
         "probes": [p.model_dump(mode="json", by_alias=True) for p in m.probes],
+        # only when set: the digests of versions that do not use it stay what they were
+        **({"no_auto_rollback": True} if m.no_auto_rollback else {}),
     }
 
 

@@ -85,6 +85,11 @@ def render_text(text: str, sandbox, variables: Mapping[str, Any], *, probe: str 
         raise TemplateRefused(f"probe {probe!r}: body template does not render ({_first_line(exc)})") from None
 
 
+def has_template(value: Any) -> bool:
+    """True when a string anywhere in ``value`` (a probe body) holds ``{{`` or ``{%``."""
+    return _has_template(value)
+
+
 def _has_template(value: Any) -> bool:
     if isinstance(value, str):
         return "{{" in value or "{%" in value

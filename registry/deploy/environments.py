@@ -42,11 +42,11 @@ class AddEnv(Action):
 
 def new_env(name: str, *, port: int, docker_host: str | None = None, health_timeout_s: float | None = None,
             keep: int = 3, protected: bool = False, default: bool = False,
-            bind_addr: str = "127.0.0.1") -> Environment:
+            bind_addr: str = "127.0.0.1", gate: bool = False) -> Environment:
     """An environment's settings, checked where pydantic cannot say what to type instead."""
     return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
                        health_timeout_s=health_timeout_s, keep=keep, protected=protected,
-                       is_default=default, created_at=clock.now())
+                       is_default=default, gate=gate, created_at=clock.now())
 
 
 def _check_settings(env: Environment) -> None:

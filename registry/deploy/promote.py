@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from registry import clock, ledger
+from registry import clock, ledger, monitoring
 from registry.deploy.switching import Switching
 from registry.faults import crashpoint
+from registry.ledger import Release
 from registry.models import DeployResult
 
 
@@ -14,8 +15,10 @@ class Promote(Switching):
     operation = "promote"
 
     def run(self, model: str, version: str, *, env_name: str | None, reason: str | None = None,
-            allow_retag: bool = False) -> DeployResult:
-        self.open_env(env_name, reason=reason)
+            allow_retag: bool = False, gate: bool | None = None) -> DeployResult:
+        """``gate``: run the version's probes after warm-up (None: the environment's setting)."""
+        env = self.open_env(env_name, reason=reason)
+        self.gate = env.gate if gate is None else gate
         with self.deciding(target=version):
             with self.nothing_changed(f"{model}@{version}"):
                 ready = self.make_ready(model, version, allow_retag=allow_retag)
@@ -24,3 +27,7 @@ class Promote(Switching):
         crashpoint("promote:pending")
         return self.switch(plan, runtime=ready.runtime,
                            make_container=lambda plan: (self.create_container(plan.pending, ready), True))
+
+    def probe_gate(self, release: Release) -> None:
+        """The suite of the release being promoted, stored; StepFailed unless every probe passes."""
+        monitoring.gate(self, release)

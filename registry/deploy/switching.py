@@ -31,6 +31,7 @@ class Switching(Action):
     """Base of the actions that replace what an environment runs."""
 
     operation = ""  # "promote" or "rollback": the lock's and the crash points' name
+    gate = False  # run the probe suite after warm-up (promote --gate): ``probe_gate``
 
     @contextmanager
     def deciding(self, *, target: str):
@@ -93,6 +94,9 @@ class Switching(Action):
             if runtime.warmup:
                 with self.step("warm-up"):
                     self.cfg.checks.warm_up(self.base_url, runtime.warmup, untrusted=self.untrusted)
+            if self.gate:
+                with self.step("probe gate"):
+                    self.probe_gate(plan.pending)
             crashpoint(f"{op}:healthy")
         except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
             self._fail(plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)

@@ -36,28 +36,39 @@ def record_run(conn: Connection, run: ProbeRun) -> int:
 
 def runs(conn: Connection, env: str | None = None, since: datetime | None = None,
          *, limit: int | None = None) -> list[ProbeRun]:
-    """Stored runs, oldest first; ``limit`` keeps the newest ``limit`` of them."""
-    query = select(probe_runs).order_by(probe_runs.c.started_at.desc(), probe_runs.c.id.desc())
+    """Stored runs, oldest first; ``limit`` keeps the newest ``limit`` of them.
+
+    Two statements whatever the number of runs: the heads, then their results selected by the
+    same filter as a subquery (no IN list of ids, so no statement grows with the answer)."""
+    chosen = _chosen(env, since, limit)
+    heads = list(reversed(conn.execute(
+        select(probe_runs).where(probe_runs.c.id.in_(chosen))
+        .order_by(probe_runs.c.started_at.desc(), probe_runs.c.id.desc())).all()))
+    results = _results(conn, chosen)
+    return [_run(h, results.get(h.id, [])) for h in heads]
+
+
+def _chosen(env: str | None, since: datetime | None, limit: int | None):
+    """The ids of the runs a read wants, as a subquery: newest first, at most ``limit``."""
+    query = select(probe_runs.c.id).order_by(probe_runs.c.started_at.desc(), probe_runs.c.id.desc())
     if env is not None:
         query = query.where(probe_runs.c.env == env)
     if since is not None:
         query = query.where(probe_runs.c.started_at >= since)
     if limit is not None:
         query = query.limit(limit)
-    heads = list(reversed(conn.execute(query).all()))
-    results = _results(conn, [h.id for h in heads])
-    return [_run(h, results.get(h.id, [])) for h in heads]
+    # PostgreSQL and SQLite both take LIMIT inside IN (subquery) when it is wrapped once more
+    return select(query.subquery().c.id)
 
 
-def _results(conn: Connection, run_ids: list[int]) -> dict[int, list[ProbeResult]]:
+def _results(conn: Connection, chosen) -> dict[int, list[ProbeResult]]:
     found: dict[int, list[ProbeResult]] = {}
-    for chunk in (run_ids[i:i + 500] for i in range(0, len(run_ids), 500)):  # bound the IN list
-        query = (select(probe_results).where(probe_results.c.run_id.in_(chunk))
-                 .order_by(probe_results.c.run_id, probe_results.c.position))
-        for row in conn.execute(query):
-            found.setdefault(row.run_id, []).append(ProbeResult(
-                probe=row.probe, status=ProbeStatus(row.status), latency_ms=row.latency_ms,
-                http_status=row.http_status, detail=row.detail))
+    query = (select(probe_results).where(probe_results.c.run_id.in_(chosen))
+             .order_by(probe_results.c.run_id, probe_results.c.position))
+    for row in conn.execute(query):
+        found.setdefault(row.run_id, []).append(ProbeResult(
+            probe=row.probe, status=ProbeStatus(row.status), latency_ms=row.latency_ms,
+            http_status=row.http_status, detail=row.detail))
     return found
 
 
