@@ -28,7 +28,6 @@ _EXPORTS = {
     "registry.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
     "registry.blame": ["BlameLine"],
     "registry.diffing": ["Diff"],
-    "registry.probe_models": ["ProbeRun", "ProbeResult", "ProbeStatus", "HealthReport"],
     "registry.web": ["create_app", "serve_ui", "ui_listen", "UiListen"],
     "registry.errors": [
         "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",

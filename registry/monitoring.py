@@ -80,7 +80,7 @@ class ProbeEnv(Action):
     def run(self, env_name: str | None) -> ProbeRun:
         with self.cfg.store.read() as conn:
             env = environments.find(conn, env_name)
-            rows = releases.ledger(conn, env.name)
+            rows = releases.current_and_pending(conn, env.name)  # a probe needs only what runs now
             held = locks.get(conn, env.name)
         if held is not None:
             raise OperationInProgress(lock_rules.busy_message(held))
@@ -161,7 +161,7 @@ def health(cfg: Configuration, env_name: str | None = None, *, since: datetime |
         if env_name is not None:
             environments.find(conn, env_name)  # a typo is NotFound, not an empty report
         runs = probes.runs(conn, env_name, since)
-        rows = releases.ledger(conn, env_name) if env_name else releases.all_(conn)
+        rows = releases.newest(conn, env_name)
     report = healthreport.build(runs, rows, since=since)
     models = {(r.env, r.revision): r.model for r in rows}
     for point in report.change_points:
@@ -255,7 +255,7 @@ def metrics_snapshot(cfg: Configuration, *, window: timedelta = METRICS_WINDOW) 
     (so counters cover that window), and the last deploy and rollback times."""
     with cfg.store.read() as conn:
         names = {e.name for e in environments.all_(conn)}
-        rows = [r for r in releases.all_(conn) if r.env in names]
+        rows = [r for r in releases.newest(conn) if r.env in names]
         runs = probes.runs(conn, since=clock.now() - window)
     snapshot = MetricsSnapshot(runs=[r for r in runs if r.env in names])
     for name in sorted(names):

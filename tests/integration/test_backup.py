@@ -13,7 +13,6 @@ from sqlalchemy import text
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput
 from registry.store import backup, scan
-from registry.store.blobs import BlobStore
 from registry.store.sql import Store
 from tests import helpers
 from tests.conftest import _pg_database
