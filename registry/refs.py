@@ -83,6 +83,6 @@ def promote_source(store: Store, ref: str, env: str | None) -> tuple[str, str]:
     """The version ``promote`` deploys: ``ref`` itself, or what environment ``ref`` runs."""
     if "@" not in ref and (running := deployed(store, ref)) is not None:
         if env == ref:
-            raise InvalidInput(f"cannot promote {ref} into itself: pass --to ENV")
+            raise InvalidInput(f"cannot promote {ref} into itself: pass --env ENV")
         return resolve(store, running)
     return resolve(store, ref)
