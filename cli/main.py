@@ -5,6 +5,7 @@ import gc
 from cli import versions as _versions  # noqa: F401  (registers its commands)
 from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
 from cli import deploy as _deploy  # noqa: F401  (registers its commands)
+from cli import maintenance as _maintenance  # noqa: F401  (verify, gc, backup, export, ...)
 from cli.app import app
 
 

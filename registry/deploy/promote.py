@@ -6,6 +6,7 @@ from registry import clock, ledger
 from registry.deploy.switching import Switching
 from registry.faults import crashpoint
 from registry.models import DeployResult
+from registry.store import maintenance
 
 
 class Promote(Switching):
@@ -15,6 +16,8 @@ class Promote(Switching):
 
     def run(self, model: str, version: str, *, env_name: str | None, reason: str | None = None,
             allow_retag: bool = False) -> DeployResult:
+        with self.cfg.store.read() as conn:
+            maintenance.refuse_deprecated(conn, model, version)  # deprecated: diffable, not deployable
         self.open_env(env_name, reason=reason)
         with self.nothing_changed(f"{model}@{version}"):
             ready = self.make_ready(model, version, allow_retag=allow_retag)

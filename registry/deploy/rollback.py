@@ -11,7 +11,7 @@ from registry.deploy.engine import LABEL, ContainerInfo
 from registry.deploy.switching import Switching
 from registry.ledger import Release
 from registry.models import DeployResult
-from registry.store import releases
+from registry.store import releases, versions
 
 
 class Rollback(Switching):
@@ -32,6 +32,9 @@ class Rollback(Switching):
         if kept is None:
             with self.nothing_changed(chosen.ref):
                 ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
+        else:
+            with self.nothing_changed(chosen.ref), self.step("verify blobs"):
+                _verify_blobs(self.cfg, chosen)
         plan = self.begin(target=chosen.version, make_plan=lambda rows: ledger.plan_rollback(
             rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
         if kept:
@@ -57,3 +60,12 @@ class Rollback(Switching):
         if info.labels.get(f"{LABEL}.registry", registry) != registry:
             return None
         return info
+
+
+def _verify_blobs(cfg, release: Release) -> None:
+    """A kept container mounts its snapshot, whose files are the blobs themselves (hard links):
+    a damaged blob is damage in what it would serve, so reuse is refused like a promote."""
+    with cfg.store.read() as conn:
+        record = versions.record_of(conn, release.model, release.version).record
+    for item in [*record["weights"], *record["prompts"]]:
+        cfg.blobs.verify(item["digest"])

@@ -36,7 +36,8 @@ from registry.errors import CellarError, InvalidInput, StorageError
 from registry.maintenance_models import BackupResult, Problem, ProblemKind, RestoreResult
 from registry.store.blobs import BlobStore
 from registry.store.scan import CHUNK, hash_path
-from registry.store.sql import BUSY_TIMEOUT_MS, Store, redact
+from registry.store.sql import BUSY_TIMEOUT_MS, Store
+from registry.store.urls import masked_url as redact
 
 MANIFEST = "MANIFEST.json"
 SQLITE_FILE = "registry.db"
