@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from registry import canonical, clock
 from registry.errors import InvalidInput, NotFound
@@ -152,10 +153,10 @@ def integrity_check(conn: Connection) -> tuple[str, list[Problem]]:
     problems = []
     for table in t.metadata.sorted_tables:
         try:
-            with conn.begin_nested():
-                conn.execute(select(func.count()).select_from(table)).scalar_one()
-        except Exception as exc:  # a damaged page: the driver's error, reported, not raised
-            problems.append(Problem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {str(exc).splitlines()[0]}"))
+            conn.execute(select(func.count()).select_from(table)).scalar_one()
+        except DBAPIError as exc:  # a damaged page: reported; the transaction is over, so stop here
+            problems.append(Problem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {str(exc.orig or exc).splitlines()[0]}"))
+            break
     return ("PostgreSQL: every table read in full and the references between them checked "
             "(page-level checks need the amcheck extension: run pg_amcheck)"), problems
 
