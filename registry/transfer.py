@@ -105,7 +105,7 @@ def import_archive(cfg: Configuration, path: Path, *, actor: str, progress: Prog
         existing = _existing(cfg, index)
         image_loaded = _load_image(cfg, bundle)
         blobs, size = (0, 0) if existing else bundle.install_blobs(cfg.blobs)
-        created = not existing and _record(cfg, index, provenance, path=path, actor=actor,
+        created = not existing and _record(cfg, bundle, provenance, path=path, actor=actor,
                                            image_loaded=image_loaded)
     finally:
         bundle.cleanup()
@@ -165,9 +165,10 @@ def _load_image(cfg: Configuration, bundle: archive.ImportBundle) -> bool:
     return True
 
 
-def _record(cfg: Configuration, index: archive.ArchiveIndex, provenance: Provenance | None, *, path: Path,
+def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Provenance | None, *, path: Path,
             actor: str, image_loaded: bool) -> bool:
-    tensors = _tensor_index(cfg, index.record)
+    index = bundle.index
+    tensors = _tensor_index(cfg, index.record, known=bundle.tensors)
     with cfg.store.write() as conn:
         found = versions.find(conn, index.model, index.version)
         if found is not None:  # imported by someone else meanwhile
@@ -186,10 +187,10 @@ def _record(cfg: Configuration, index: archive.ArchiveIndex, provenance: Provena
     return True
 
 
-def _tensor_index(cfg: Configuration, record: dict) -> dict:
-    """Blob digest -> (tensor ranges, tensor digests) of each safetensors weight, from the
-    installed (verified) blob; blobs indexed before are skipped."""
-    out = {}
+def _tensor_index(cfg: Configuration, record: dict, *, known: dict) -> dict:
+    """Blob digest -> (tensor ranges, tensor digests) of each safetensors weight: hashed while
+    the archive was read (``known``), else from the stored blob unless it is indexed already."""
+    out = dict(known)
     for w in record.get("weights", []):
         digest = w["digest"]
         if not is_safetensors(w["path"]) or digest in out:
