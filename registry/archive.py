@@ -36,7 +36,7 @@ from registry import canonical
 from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.models import Name, VersionStr
 from registry.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, _tensor, is_safetensors
-from registry.store.blobs import WRITEBACK_EVERY, _libc_sync_file_range, _TensorHasher
+from registry.store.blobs import WRITEBACK_EVERY, _libc_sync_file_range, _Stage, _TensorHasher
 from registry.store.scan import hash_path
 
 FORMAT = "cellar-export"
@@ -376,29 +376,29 @@ def _tensor_ranges(fd: int, info: tarfile.TarInfo, m: Member) -> list[TensorRang
 
 def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress: Progress | None,
                    ranges: list[TensorRange] = ()) -> tuple[Path, dict[str, str]]:
-    """Copy one member into a temp file, hashing it (and its tensors) on the way; the file
-    and its tensors' digests."""
+    """Copy one member into a temp file, hashing it on the way (its tensors on a second
+    thread, so both cores hash); the file and its tensors' digests."""
     # "import-<pid>-<token>": the name BlobStore.sweep_tmp removes after a crash
     tmp = tmp_dir / f"import-{os.getpid()}-{secrets.token_hex(6)}"
     h, done = hashlib.sha256(), 0
     tensors = _TensorHasher(list(ranges)) if ranges else None
+    stage = _Stage(tensors.feed) if tensors else None
     sync_range, flushed = _libc_sync_file_range(), 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    fd = f.fileno()
+    view = memoryview(bytearray(CHUNK))
     try:
         with open(tmp, "xb") as out:
             while done < m.size:
-                n = os.preadv(fd, [view[: min(CHUNK, m.size - done)]], info.offset_data + done)
-                if n == 0:
+                data = _read(f.fileno(), view, info.offset_data + done, min(CHUNK, m.size - done),
+                             fresh=stage is not None)
+                if not data:
                     raise InvalidInput(f"{m.name} ends early: the archive is truncated")
-                h.update(view[:n])
-                if tensors:
-                    tensors.feed(done, view[:n])
-                out.write(view[:n])
-                done += n
+                if stage:
+                    stage.put(done, data)
+                h.update(data)
+                out.write(data)
+                done += len(data)
                 if progress:
-                    progress(n)
+                    progress(len(data))
                 if sync_range and done - flushed >= WRITEBACK_EVERY:
                     # Start writing back now, so the disk works while we read on and the fsync
                     # at the end is short (as BlobStore.ingest does).
@@ -406,13 +406,26 @@ def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress:
                     sync_range(out.fileno(), flushed, done - flushed, 2)  # SYNC_FILE_RANGE_WRITE
                     flushed = done
             os.fsync(out.fileno())
+        if stage and (error := stage.close()):
+            raise error
+        stage = None
         if "sha256:" + h.hexdigest() != m.digest:
             raise InvalidInput(f"{m.name} does not match its digest {m.digest}: the archive is damaged; "
                                "nothing was imported")
     except BaseException:
+        if stage:
+            stage.close()
         tmp.unlink(missing_ok=True)
         raise
     return tmp, tensors.digests() if tensors else {}
+
+
+def _read(fd: int, view: memoryview, offset: int, size: int, *, fresh: bool):
+    """``size`` bytes at ``offset``: into the reused buffer, or as new bytes when another
+    thread still reads the previous chunk."""
+    if fresh:
+        return os.pread(fd, size, offset)
+    return view[: os.preadv(fd, [view[:size]], offset)]
 
 
 def _refuse(path: Path, why: str) -> InvalidInput:
