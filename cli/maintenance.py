@@ -167,7 +167,8 @@ def import_(
         print(f"imported {ref} ({short(result.manifest_digest)}): {result.blobs_stored} blobs, "
               f"{size(result.bytes_stored)} new{image}")
     else:
-        print(f"{ref} is already here with identical content ({short(result.manifest_digest)}); nothing recorded{image}")
+        print(f"{ref} is already here with identical content ({short(result.manifest_digest)}); "
+              f"nothing recorded{image}")
 
 
 @app.command()

@@ -155,7 +155,8 @@ def integrity_check(conn: Connection) -> tuple[str, list[Problem]]:
         try:
             conn.execute(select(func.count()).select_from(table)).scalar_one()
         except DBAPIError as exc:  # a damaged page: reported; the transaction is over, so stop here
-            problems.append(Problem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {str(exc.orig or exc).splitlines()[0]}"))
+            why = str(exc.orig or exc).splitlines()[0]
+            problems.append(Problem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {why}"))
             break
     return ("PostgreSQL: every table read in full and the references between them checked "
             "(page-level checks need the amcheck extension: run pg_amcheck)"), problems
