@@ -91,8 +91,10 @@ def _events(reg: Registry, action: str) -> list:
 
 
 def test_verify_an_intact_registry(pushed):
-    report = pushed.verify()
+    ticks = []
+    report = pushed.verify(progress=lambda n, total: ticks.append((n, total)))
     assert report.ok and report.blobs_checked == 5 and report.problems == []
+    assert sum(n for n, _ in ticks) == report.bytes_hashed == ticks[0][1]
     assert report.audit_events == len(pushed.audit()) and report.database_check
 
 
