@@ -118,22 +118,26 @@ class _progress:
 def list_(
     model: str = typer.Argument(None, help="Only this model's versions."),
     limit: int = typer.Option(None, "--limit", help="At most N rows (default 100 for the table, all for --json; 0 = all)."),
+    all_: bool = typer.Option(False, "--all", help="Also deprecated versions (marked in MESSAGE)."),
     as_json: bool = JSON,
 ) -> None:
-    """List versions, newest first.
+    """List versions, newest first (deprecated ones only with --all).
 
     Example:  registry list support-bot --limit 10
     """
     with open_registry() as reg:
         shown = (None if as_json else 100) if limit is None else (limit or None)
-        rows = reg.versions(model, limit=shown)
-        total = reg.count_versions(model) if shown and len(rows) == shown else len(rows)
+        rows = reg.versions(model, limit=shown, include_deprecated=all_)
+        total = (reg.count_versions(model, include_deprecated=all_) if shown and len(rows) == shown
+                 else len(rows))
+        deprecated = {(d.model, d.version) for d in reg.deprecations(model)} if all_ and not as_json else set()
     if as_json:
         return print_json(rows)
     if not rows:
         return print("No versions yet: push one with `registry push`.")
     table(["MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"],
-          [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor, first_line(r.message)]
+          [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
+            ("(deprecated) " if (r.model, r.version) in deprecated else "") + first_line(r.message)]
            for r in rows])
     if total > len(rows):
         print(f"... {total - len(rows)} more (use --limit 0 for all)")

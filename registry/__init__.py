@@ -25,6 +25,10 @@ _EXPORTS = {
         "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance",
     ],
     "registry.ledger": ["Release", "ReleaseStatus", "Operation"],
+    "registry.maintenance_models": [
+        "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",
+        "Deprecation", "DeleteResult", "ProblemKind",
+    ],
     "registry.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
     "registry.blame": ["BlameLine"],
     "registry.diffing": ["Diff"],

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import actor as actor_mod
 from registry import audit, inputs, inspection, pushing, refs, signing
@@ -32,7 +33,13 @@ from registry.store import events, seals, versions
 from registry.store.blobs import BlobStore
 from registry.store.sql import Store, masked_url
 
+if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
+    from registry.maintenance_models import (BackupResult, DeleteResult, Deprecation, ExportResult, GcResult,
+                                             ImportResult, RestoreResult, VerifyReport)
+
 __all__ = ["Progress", "Registry"]
+
+VerifyProgress = Callable[[int, int], None]  # (bytes hashed since the last call, bytes to hash in all)
 
 
 class Registry:
@@ -148,14 +155,16 @@ class Registry:
     # --- reading -------------------------------------------------------------------------
 
     def versions(self, model: str | None = None, *, limit: int | None = None,
-                 offset: int = 0) -> list[VersionSummary]:
-        """Versions, newest first; all models unless ``model`` is given; ``offset`` skips the first ones."""
-        return versions.summaries(self.store, model, limit=limit, offset=offset)
+                 offset: int = 0, include_deprecated: bool = False) -> list[VersionSummary]:
+        """Versions, newest first; all models unless ``model`` is given; ``offset`` skips the first
+        ones; deprecated ones only with ``include_deprecated``."""
+        return versions.summaries(self.store, model, limit=limit, offset=offset,
+                                  include_deprecated=include_deprecated)
 
-    def count_versions(self, model: str | None = None) -> int:
+    def count_versions(self, model: str | None = None, *, include_deprecated: bool = False) -> int:
         """How many versions there are (of ``model``, or in all)."""
         with self.store.read() as conn:
-            return versions.count(conn, model)
+            return versions.count(conn, model, include_deprecated=include_deprecated)
 
     def models(self) -> list[str]:
         """Model names, sorted."""
@@ -204,6 +213,88 @@ class Registry:
         """The audit log's head hash and event count, to keep somewhere else."""
         with self.store.read() as conn:
             return events.checkpoint(conn)
+
+    # --- maintenance: verify, gc, backup, export -----------------------------------------
+
+    def verify(self, *, progress: VerifyProgress | None = None) -> VerifyReport:
+        """Re-hash every blob on all cores, resolve every recorded reference, check snapshots,
+        the audit chain and the database's own integrity; ``ok`` when nothing is damaged.
+        ``progress(bytes, total)`` is called as blobs are hashed."""
+        from registry import maintenance
+
+        return maintenance.verify(self.config, progress=progress)
+
+    def gc(self, *, dry_run: bool = False, actor: str | None = None, grace: timedelta | None = None) -> GcResult:
+        """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
+        files, snapshots no release needs, stopped containers beyond retention. The dry run
+        returns the same set the real run removes."""
+        from registry import gc as gc_plan, maintenance
+
+        return maintenance.gc(self.config, actor=actor_mod.resolve(actor), dry_run=dry_run,
+                              grace=gc_plan.GRACE if grace is None else grace)
+
+    def backup(self, dest: str | Path, *, actor: str | None = None) -> BackupResult:
+        """A consistent online backup (database and blobs, MANIFEST.json last) into ``dest``;
+        a second backup to the same place copies only new blobs."""
+        from registry import maintenance
+
+        return maintenance.backup(self.config, Path(dest), actor=actor_mod.resolve(actor))
+
+    @classmethod
+    def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
+                engine_factory: EngineFactory | None = None, checks: Checks | None = None) -> RestoreResult:
+        """Restore the backup in ``src`` into a new or empty home (``path``, else $REGISTRY_HOME
+        or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it."""
+        from registry import maintenance
+
+        home = home_mod.for_init(path)
+        result = maintenance.restore(Path(src), home=home.path, db_url=home.db_url)
+        if home.db_source == home_mod.DB_URL_VAR:
+            home_mod.write_config(home, home.db_url)
+        with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
+            maintenance.record_restore(reg.config, result, src=Path(src), actor=actor_mod.resolve(actor))
+            return result.model_copy(update={"verify": reg.verify()})
+
+    def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
+               progress=None) -> ExportResult:
+        """Write one version (and, ``with_image``, its pinned container image) to one tar file."""
+        from registry import transfer
+
+        model, version = refs.resolve(self.store, ref)
+        return transfer.export(self.config, model, version, Path(out), actor=actor_mod.resolve(actor),
+                               with_image=with_image, progress=progress)
+
+    def import_archive(self, path: str | Path, *, actor: str | None = None, progress=None) -> ImportResult:
+        """Record the version in an export file after checking every member and digest; the
+        same file again is a no-op."""
+        from registry import transfer
+
+        return transfer.import_archive(self.config, Path(path), actor=actor_mod.resolve(actor), progress=progress)
+
+    def deprecate(self, ref: str, *, reason: str | None = None, actor: str | None = None) -> Deprecation:
+        """Hide a version from ``versions()`` and refuse to promote it; diff, show and audit still work."""
+        from registry import maintenance
+
+        inputs.check_reason(reason)
+        model, version = refs.resolve(self.store, ref)
+        return maintenance.deprecate(self.config, model, version, actor=actor_mod.resolve(actor), reason=reason)
+
+    def deprecations(self, model: str | None = None) -> list[Deprecation]:
+        """The deprecated versions (of ``model``)."""
+        from registry.store import maintenance as maintenance_store
+
+        with self.store.read() as conn:
+            return maintenance_store.deprecations(conn, model)
+
+    def delete(self, ref: str, *, force: bool = False, reason: str | None = None,
+               actor: str | None = None) -> DeleteResult:
+        """Remove a version no release ever named (``force`` required); ``gc`` then reclaims its blobs."""
+        from registry import maintenance
+
+        inputs.check_reason(reason)
+        model, version = refs.resolve(self.store, ref)
+        return maintenance.delete(self.config, model, version, actor=actor_mod.resolve(actor), force=force,
+                                  reason=reason)
 
     # --- environments, promote, rollback -------------------------------------------------
 

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import struct
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from registry import canonical
 from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.models import Name, VersionStr
+from registry.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, _tensor, is_safetensors
+from registry.store.blobs import WRITEBACK_EVERY, _libc_sync_file_range, _Stage, _TensorHasher
 from registry.store.scan import hash_path
 
 FORMAT = "cellar-export"
@@ -98,6 +101,8 @@ class ImportBundle:
     blobs: dict[str, Path] = field(default_factory=dict)  # digest -> verified temp file
     image: Path | None = None
     bytes_verified: int = 0
+    # safetensors blob digest -> (its tensors, their digests), hashed in the same pass as the blob
+    tensors: dict[str, tuple[list[TensorRange], dict[str, str]]] = field(default_factory=dict)
 
     def install_blobs(self, store) -> tuple[int, int]:
         """Rename the verified blobs into ``store`` (a BlobStore on the same filesystem);
@@ -327,48 +332,100 @@ def _check_record(path: Path, index: ArchiveIndex) -> None:
 def _extract(f, index: ArchiveIndex, members: dict[str, tarfile.TarInfo], *, tmp_dir: Path,
              have: Callable[[str, int], bool] | None, progress: Progress | None) -> ImportBundle:
     bundle = ImportBundle(index=index)
+    indexed = {w.get("digest") for w in index.record.get("weights", []) if is_safetensors(str(w.get("path")))}
     try:
         for m in index.members:
             if m.name != index.image and have and have(m.digest, m.size):
                 continue
-            tmp = _copy_verified(f, members[m.name], m, tmp_dir, progress)
+            info = members[m.name]
+            ranges = _tensor_ranges(f.fileno(), info, m) if m.digest in indexed and m.name != index.image else []
+            tmp, digests = _copy_verified(f, info, m, tmp_dir, progress, ranges)
             bundle.bytes_verified += m.size
             if m.name == index.image:
                 bundle.image = tmp
             else:
                 bundle.blobs[m.digest] = tmp
+                if ranges:
+                    bundle.tensors[m.digest] = (ranges, digests)
     except BaseException:
         bundle.cleanup()
         raise
     return bundle
 
 
-def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress: Progress | None) -> Path:
+def _tensor_ranges(fd: int, info: tarfile.TarInfo, m: Member) -> list[TensorRange]:
+    """The tensors of a safetensors member, from its header read in place (nothing extracted)."""
+    at, size = info.offset_data, m.size
+    try:
+        head = os.pread(fd, 8, at)
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (size,)
+        if n > MAX_HEADER or 8 + n > size:
+            raise SafetensorsError(f"header length {n} does not fit the file ({size} bytes)")
+        header = json.loads(os.pread(fd, n, at + 8))
+        if not isinstance(header, dict):
+            raise SafetensorsError("header is not a JSON object")
+        ranges = sorted((_tensor(name, spec, 8 + n, size) for name, spec in header.items()
+                         if name != "__metadata__"), key=lambda r: r.begin)
+    except (SafetensorsError, ValueError) as exc:
+        raise InvalidInput(f"refusing to import: member {m.name} is not a valid safetensors file ({exc}); "
+                           "nothing was recorded") from None
+    if any(b.begin < a.end for a, b in zip(ranges, ranges[1:])):
+        raise InvalidInput(f"refusing to import: member {m.name} has overlapping tensors; nothing was recorded")
+    return ranges
+
+
+def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress: Progress | None,
+                   ranges: list[TensorRange] = ()) -> tuple[Path, dict[str, str]]:
+    """Copy one member into a temp file, hashing it on the way (its tensors on a second
+    thread, so both cores hash); the file and its tensors' digests."""
     # "import-<pid>-<token>": the name BlobStore.sweep_tmp removes after a crash
     tmp = tmp_dir / f"import-{os.getpid()}-{secrets.token_hex(6)}"
     h, done = hashlib.sha256(), 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    fd = f.fileno()
+    tensors = _TensorHasher(list(ranges)) if ranges else None
+    stage = _Stage(tensors.feed) if tensors else None
+    sync_range, flushed = _libc_sync_file_range(), 0
+    view = memoryview(bytearray(CHUNK))
     try:
         with open(tmp, "xb") as out:
             while done < m.size:
-                n = os.preadv(fd, [view[: min(CHUNK, m.size - done)]], info.offset_data + done)
-                if n == 0:
+                data = _read(f.fileno(), view, info.offset_data + done, min(CHUNK, m.size - done),
+                             fresh=stage is not None)
+                if not data:
                     raise InvalidInput(f"{m.name} ends early: the archive is truncated")
-                h.update(view[:n])
-                out.write(view[:n])
-                done += n
+                if stage:
+                    stage.put(done, data)
+                h.update(data)
+                out.write(data)
+                done += len(data)
                 if progress:
-                    progress(n)
+                    progress(len(data))
+                if sync_range and done - flushed >= WRITEBACK_EVERY:
+                    # Start writing back now, so the disk works while we read on and the fsync
+                    # at the end is short (as BlobStore.ingest does).
+                    out.flush()
+                    sync_range(out.fileno(), flushed, done - flushed, 2)  # SYNC_FILE_RANGE_WRITE
+                    flushed = done
             os.fsync(out.fileno())
+        if stage and (error := stage.close()):
+            raise error
+        stage = None
         if "sha256:" + h.hexdigest() != m.digest:
             raise InvalidInput(f"{m.name} does not match its digest {m.digest}: the archive is damaged; "
                                "nothing was imported")
     except BaseException:
+        if stage:
+            stage.close()
         tmp.unlink(missing_ok=True)
         raise
-    return tmp
+    return tmp, tensors.digests() if tensors else {}
+
+
+def _read(fd: int, view: memoryview, offset: int, size: int, *, fresh: bool):
+    """``size`` bytes at ``offset``: into the reused buffer, or as new bytes when another
+    thread still reads the previous chunk."""
+    if fresh:
+        return os.pread(fd, size, offset)
+    return view[: os.preadv(fd, [view[:size]], offset)]
 
 
 def _refuse(path: Path, why: str) -> InvalidInput:

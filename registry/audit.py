@@ -30,7 +30,8 @@ from registry.signing import SealProblem
 GENESIS = "0" * 64
 
 # Every action an event can record; `registry audit --action` accepts only these.
-ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove")
+ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove",
+           "gc", "backup", "restore", "export", "import", "deprecate", "delete")
 
 
 def timestamp(at: datetime) -> str:

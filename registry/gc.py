@@ -67,6 +67,7 @@ class Inputs:
     keep: dict[str, int] = field(default_factory=dict)  # env -> stopped containers to keep
     kept_containers: set[str] = field(default_factory=set)  # ids releases name (never removed)
     grace: timedelta = GRACE
+    warnings: list[str] = field(default_factory=list)  # e.g. an engine that could not be asked
 
 
 def plan(inputs: Inputs) -> GcPlan:
@@ -82,7 +83,7 @@ def plan(inputs: Inputs) -> GcPlan:
     containers = _containers(inputs)
     freed = sum(b.size for b in blobs) + sum(t.size for t in temps) + sum(s.size for s in snaps)
     return GcPlan(blobs=blobs, temp_files=temps, snapshots=snaps, containers=containers,
-                  bytes_freed=freed, kept_fresh=fresh)
+                  bytes_freed=freed, kept_fresh=fresh, warnings=list(inputs.warnings))
 
 
 def _blobs(inputs: Inputs, cutoff: float) -> tuple[list[BlobItem], list[str]]:

@@ -5,6 +5,7 @@ They are what the Python API returns and what ``--json`` prints, so field names 
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -58,6 +59,9 @@ class VerifyReport(_Model):
     seconds: float
     problems: list[Problem] = Field(default_factory=list)
     stale_temp_files: list[str] = Field(default_factory=list)
+    snapshots_checked: int = 0
+    audit_events: int = 0
+    database_check: str = ""          # what the database's own check covered
 
 
 class BlobItem(_Model):
@@ -89,6 +93,7 @@ class GcPlan(_Model):
     containers: list[ContainerItem] = Field(default_factory=list)
     bytes_freed: int = 0
     kept_fresh: list[str] = Field(default_factory=list)  # unreferenced blobs inside the grace period
+    warnings: list[str] = Field(default_factory=list)    # e.g. an engine that could not be asked
 
 
 class GcResult(GcPlan):
@@ -118,11 +123,12 @@ class RestoreResult(_Model):
     bytes_restored: int
     seconds: float
     problems: list[Problem] = Field(default_factory=list)
+    verify: VerifyReport | None = None  # the restored registry, verified (Registry.restore)
 
     @computed_field
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and (self.verify is None or self.verify.ok)
 
 
 class ExportResult(_Model):
@@ -146,3 +152,22 @@ class ImportResult(_Model):
     bytes_stored: int
     image_loaded: bool
     seconds: float
+
+
+class Deprecation(_Model):
+    """``registry deprecate``: hidden from ``list`` (``--all`` shows it), refused by promote."""
+
+    model: str
+    version: str
+    deprecated_at: datetime
+    reason: str | None = None
+    changed: bool = True              # False: it was deprecated already (nothing recorded)
+
+
+class DeleteResult(_Model):
+    """``registry delete --force``: the version's rows are gone; gc reclaims its blobs."""
+
+    model: str
+    version: str
+    manifest_digest: str
+    blobs_released: list[str] = Field(default_factory=list)  # digests no other version uses now

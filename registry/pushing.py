@@ -43,6 +43,7 @@ def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progre
         raced = versions.find(conn, m.model, m.version)
         if raced:
             return _same_or_conflict(raced, new)
+        _store_again_if_gone(cfg, new)
         _record(cfg, conn, new, actor=actor, provenance=provenance)
         crashpoint("push:before-commit")
     return PushResult(
@@ -64,6 +65,17 @@ def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
                 "prompts_changed": prompts_changed},
         db_user=cfg.store.db_user(conn),
     )
+
+
+def _store_again_if_gone(cfg: Configuration, new: NewVersion) -> None:
+    """Under the write lock, so no gc runs meanwhile (registry.maintenance): a blob this push
+    reused without copying it (the stat cache vouched for it) may have been collected since."""
+    for f in new.resolved.files:
+        got = new.stored[(f.kind, f.name)]
+        if not cfg.blobs.has(got.digest, size=got.size):
+            again = cfg.blobs.ingest(f.path, tensors=f.tensors)
+            if again.digest != got.digest:
+                raise InvalidInput(f"{f.path} changed during the push; nothing was recorded")
 
 
 def _same_or_conflict(existing: VersionSummary, new: NewVersion) -> PushResult:

@@ -4,6 +4,7 @@ talk to Docker: docker-py and requests cost ~50 ms of start-up."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound as DockerNotFound
@@ -57,6 +58,30 @@ class DockerEngine:
                            "build or load it first") from None
         except DockerException as exc:
             raise EngineError(f"Docker engine error for image {ref!r}: {_short(exc)}") from None
+
+    def save_image(self, digest: str, dest_file: Path) -> None:
+        """``docker save`` of the image ID, streamed to ``dest_file`` (untagged, see Engine)."""
+        try:
+            chunks = self.client.images.get(digest).save(chunk_size=4 << 20, named=False)
+            with open(dest_file, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+        except ImageNotFound:
+            raise NotFound(f"image {digest} is not on the Docker engine at {self.base_url}; "
+                           "load or pull it there, or export without --with-image") from None
+        except DockerException as exc:
+            raise EngineError(f"cannot save image {digest[:19]}: {_short(exc)}") from None
+
+    def load_image(self, path: Path) -> str:
+        """``docker load`` of a saved tar; the image ID it holds."""
+        try:
+            with open(path, "rb") as f:
+                images = self.client.images.load(f)
+        except DockerException as exc:
+            raise EngineError(f"cannot load the image from {path}: {_short(exc)}") from None
+        if not images:
+            raise EngineError(f"the Docker engine at {self.base_url} loaded no image from {path}")
+        return images[0].id
 
     def create(self, spec: ContainerSpec) -> str:
         port = f"{spec.container_port}/tcp"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 LABEL = "cellar"
@@ -84,6 +85,13 @@ class Engine(Protocol):
 
     def logs(self, container_id: str, *, tail: int = 10) -> str:
         """The last ``tail`` log lines (unscrubbed: the caller scrubs); empty when unavailable."""
+
+    def save_image(self, digest: str, dest_file: Path) -> None:
+        """Write the image ``digest`` names as a ``docker save`` tar to ``dest_file`` (untagged:
+        loading it elsewhere never moves a tag there). NotFound when the image is absent."""
+
+    def load_image(self, path: Path) -> str:
+        """Load a ``docker save`` tar; the image ID (``sha256:...``) it holds."""
 
     def close(self) -> None:
         """Release the connection. Idempotent."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from registry.deploy.engine import ContainerInfo, ContainerSpec
@@ -92,6 +93,20 @@ class FakeEngine:
 
     def logs(self, container_id: str, *, tail: int = 10) -> str:
         return ""
+
+    def save_image(self, digest: str, dest_file: Path) -> None:
+        self._maybe_fail("save_image")
+        if digest not in self.images.values():
+            raise NotFound(f"image {digest!r} is not on the Docker engine at {self.base_url}")
+        dest_file.write_bytes(b"fake-image " + digest.encode())
+        self.calls.append(f"save {digest}")
+
+    def load_image(self, path: Path) -> str:
+        self._maybe_fail("load_image")
+        digest = path.read_bytes().removeprefix(b"fake-image ").decode()
+        self.images[digest] = digest
+        self.calls.append(f"load {digest}")
+        return digest
 
     def running(self) -> list[ContainerInfo]:
         return [c.info for c in self.containers.values() if c.info.running]

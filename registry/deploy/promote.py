@@ -7,6 +7,7 @@ from registry.deploy.switching import Switching
 from registry.faults import crashpoint
 from registry.ledger import Release
 from registry.models import DeployResult
+from registry.store import maintenance
 
 
 class Promote(Switching):
@@ -17,6 +18,8 @@ class Promote(Switching):
     def run(self, model: str, version: str, *, env_name: str | None, reason: str | None = None,
             allow_retag: bool = False, gate: bool | None = None) -> DeployResult:
         """``gate``: run the version's probes after warm-up (None: the environment's setting)."""
+        with self.cfg.store.read() as conn:
+            maintenance.refuse_deprecated(conn, model, version)  # deprecated: diffable, not deployable
         env = self.open_env(env_name, reason=reason)
         self.gate = env.gate if gate is None else gate
         with self.deciding(target=version):

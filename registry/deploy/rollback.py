@@ -61,3 +61,4 @@ class Rollback(Switching):
         if info.labels.get(f"{LABEL}.registry", registry) != registry:
             return None
         return info
+

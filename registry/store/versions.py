@@ -54,15 +54,18 @@ class StoredRecord:
 
 
 def summaries(store: Store, model: str | None = None, *, limit: int | None = None,
-              offset: int = 0) -> list[VersionSummary]:
+              offset: int = 0, include_deprecated: bool = True) -> list[VersionSummary]:
     """Versions, newest first; all models unless ``model`` is given (NotFound if it is unknown);
-    ``offset`` skips that many first (a page of the web view).
+    ``offset`` skips that many first (a page of the web view); deprecated ones unless
+    ``include_deprecated`` is False.
 
     Takes the store, not a connection: a malformed name is refused before connecting, so it
     reads as the user's mistake even when the database is down."""
     query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
     if model:
         query = query.where(t.models.c.name == _valid_model(model))
+    if not include_deprecated:
+        query = query.where(t.versions.c.deprecated_at.is_(None))
     if limit:
         query = query.limit(limit)
     if offset:
@@ -74,10 +77,12 @@ def summaries(store: Store, model: str | None = None, *, limit: int | None = Non
     return [_to_summary(r) for r in rows]
 
 
-def count(conn: Connection, model: str | None = None) -> int:
+def count(conn: Connection, model: str | None = None, *, include_deprecated: bool = True) -> int:
     query = select(func.count()).select_from(t.versions.join(t.models))
     if model:
         query = query.where(t.models.c.name == model)
+    if not include_deprecated:
+        query = query.where(t.versions.c.deprecated_at.is_(None))
     return conn.execute(query).scalar_one()
 
 

@@ -24,7 +24,7 @@ def store(tmp_path) -> BlobStore:
 
 
 def _version(store: BlobStore, tmp_path: Path, *, image: bytes | None = None) -> archive.ExportSource:
-    files = {"weights": ("model.safetensors", os.urandom(archive.CHUNK + 777)),
+    files = {"weights": ("model.bin", os.urandom(archive.CHUNK + 777)),
              "prompts": ("system", b"You are a helpful support assistant.\n")}
     pins = {}
     for kind, (name, data) in files.items():
@@ -226,3 +226,25 @@ def test_index_declaring_hundred_thousand_members(good, dest, tmp_path):
     index["members"] += [{"name": f"blobs/sha256/{i:064x}", "size": 0, "digest": f"sha256:{i:064x}"}
                          for i in range(100_000)]
     _refused(_rebuild(good, tmp_path, index=index), dest, "index.json")
+
+
+def test_safetensors_tensors_are_hashed_while_extracting(store, dest, tmp_path):
+    from registry.safetensors_index import read_index
+    from registry.store.blobs import hash_file
+    from tests import helpers
+
+    src = _version(store, tmp_path)
+    weights = helpers.write_safetensors(tmp_path / "w" / "model.safetensors")
+    got = store.ingest(weights)
+    pin = {"path": "model.safetensors", "digest": got.digest, "size": got.size}
+    record = {**src.record, "weights": [pin]}
+    src = archive.ExportSource(**{**src.__dict__, "record": record, "manifest_digest": canonical.digest(record),
+                                  "blob_paths": {got.digest: store.path(got.digest),
+                                                 **{d: p for d, p in src.blob_paths.items()
+                                                    if d == record["prompts"][0]["digest"]}}})
+    out = tmp_path / "st.tar"
+    archive.write_archive(out, src)
+    bundle = archive.read_archive(out, tmp_dir=dest.tmp)
+    ranges, digests = bundle.tensors[got.digest]
+    assert digests == hash_file(weights, read_index(weights)).tensor_digests and len(ranges) == 4
+    bundle.cleanup()

@@ -1,0 +1,168 @@
+"""Export and import between two registry homes (each with its own database, SQLite or
+PostgreSQL): a round trip, twice; the image through the engine; hostile files refused with
+nothing recorded. The real Docker engine: test_transfer_docker.py."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from sqlalchemy import text
+
+from registry import archive
+from registry.api import Registry
+from registry.deploy.fake import FakeEngine
+from registry.errors import InvalidInput, VersionConflict
+from tests.conftest import _pg_database
+from tests.unit.test_archive import _info, _many, _rebuild
+
+IMAGE = "example:latest"
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
+    return FakeEngine(images={IMAGE: IMAGE_ID})
+
+
+@pytest.fixture
+def reg(home, fake, model_dir):
+    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as r:
+        for version in ("v1.0", "v1.1"):
+            model_dir.set_prompt(f"prompt of {version}\n")
+            model_dir.write_manifest(version=version, image=IMAGE)
+            r.push(model_dir.manifest)
+        yield r
+
+
+@pytest.fixture
+def other_url(tmp_path, db_url):
+    """The air-gapped site's own database, of the same kind."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    admin, name, url = _pg_database()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def site():
+    """The other site's engine: it has never seen the image."""
+    return FakeEngine()
+
+
+@pytest.fixture
+def other(reg, other_url, tmp_path, monkeypatch, site):
+    monkeypatch.setenv("REGISTRY_DB_URL", other_url)  # ``reg`` holds its own store already
+    Registry.init(tmp_path / "other", db_url=other_url)[0].close()
+    with Registry.open(tmp_path / "other", engine_factory=lambda host: site, checks=site.checks) as r:
+        r.add_env("prod", port=18081, default=True)
+        yield r
+
+
+def _nothing_recorded(other: Registry) -> None:
+    assert other.versions(include_deprecated=True) == []
+    assert other.audit(action="import") == []
+    assert [p for p in (other.blobs.root / "sha256").rglob("*") if p.is_file()] == []
+    assert list(other.blobs.tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_export_import_between_two_homes_twice(reg, other, site, tmp_path, with_image):
+    out = tmp_path / "v1.1.tar"
+    exported = reg.export("v1.1", out, with_image=with_image)
+    assert exported.blobs == 2 and exported.with_image is with_image and out.is_file()
+    [event] = reg.audit(action="export")
+    assert event.object == "support-bot@v1.1" and event.detail["file"] == str(out)
+
+    first = other.import_archive(out)
+    assert first.created and first.blobs_stored == 2 and first.image_loaded is with_image
+    again = other.import_archive(out)
+    assert not again.created and again.blobs_stored == 0 and not again.image_loaded  # a no-op
+    assert len(other.audit(action="import")) == 1
+    [event] = other.audit(action="import")
+    assert event.detail["from"] == str(out) and event.detail["pushed_by"] == "tester"
+
+    here, there = reg.show("v1.1"), other.show("v1.1")
+    assert there.model_dump() == here.model_dump()  # tensors, provenance, pusher and time included
+    assert other.verify().ok
+    if with_image:
+        assert site.image_digest(IMAGE_ID) == IMAGE_ID
+        assert other.promote("v1.1").release.version == "v1.1"
+
+
+def test_import_of_other_content_under_the_same_version_is_a_conflict(reg, other, tmp_path, model_dir):
+    reg.export("v1.1", tmp_path / "v1.1.tar")
+    model_dir.set_prompt("something else entirely\n")
+    model_dir.write_manifest(version="v1.1", image=None)
+    other.push(model_dir.manifest)
+    with pytest.raises(VersionConflict, match="other content"):
+        other.import_archive(tmp_path / "v1.1.tar")
+    assert other.audit(action="import") == []
+
+
+def _hostile(good, tmp_path, case: str):
+    if case == "many":
+        return _many(good, tmp_path, 100_000, lambda i: f"blobs/sha256/{i:064x}")
+    if case == "larger":
+        def grow(info, data):
+            if info.name.startswith("blobs/") and info.size < 1000:
+                data += b"!"
+                info.size = len(data)
+            return info, data
+        return _rebuild(good, tmp_path, replace=grow)
+    member = {
+        "dotdot": _info("../x", size=1), "absolute": _info("/etc/cron.d/x", size=1),
+        "symlink": _info("blobs/sha256/link", tarfile.SYMTYPE, link="/etc/passwd"),
+        "hardlink": _info("blobs/sha256/hard", tarfile.LNKTYPE, link="index.json"),
+        "device": _info("dev", tarfile.CHRTYPE),
+    }[case]
+    return _rebuild(good, tmp_path, extra=[(member, b"x" if member.size else None)])
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink", "hardlink", "device", "larger", "many"])
+def test_hostile_archive_refused_with_nothing_recorded(reg, other, tmp_path, case):
+    out = tmp_path / "good.tar"
+    reg.export("v1.1", out)
+    with tarfile.open(out) as tar:
+        index = tar.extractfile("index.json").read()
+    hostile = _hostile((out, archive.ArchiveIndex.model_validate_json(index)), tmp_path, case)
+    with pytest.raises(InvalidInput, match="refusing to import"):
+        other.import_archive(hostile)
+    _nothing_recorded(other)
+
+
+def test_altered_blob_refused_before_anything_is_recorded(reg, other, tmp_path):
+    out = tmp_path / "good.tar"
+    reg.export("v1.0", out)
+    data = bytearray(out.read_bytes())
+    prompt = b"prompt of v1.0\n"
+    at = data.index(prompt)
+    data[at] ^= 1
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InvalidInput, match="does not match its digest"):
+        other.import_archive(bad)
+    _nothing_recorded(other)
+
+
+def test_export_refuses_a_version_without_a_pinned_image(reg, tmp_path, model_dir):
+    model_dir.write_manifest(version="v2.0", image=None)
+    reg.push(model_dir.manifest)
+    with pytest.raises(InvalidInput, match="no image"):
+        reg.export("v2.0", tmp_path / "v2.tar", with_image=True)
+    assert not (tmp_path / "v2.tar").exists() and list(reg.blobs.tmp.iterdir()) == []
+
+
+def test_a_plain_tar_is_not_an_export(other, tmp_path):
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.addfile(_info("readme", size=2), io.BytesIO(b"hi"))
+    with pytest.raises(InvalidInput, match="not a Cellar export"):
+        other.import_archive(plain)
+    _nothing_recorded(other)
