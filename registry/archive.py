@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from registry import canonical
 from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.models import Name, VersionStr
-from registry.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, _tensor, is_safetensors
-from registry.store.blobs import WRITEBACK_EVERY, _libc_sync_file_range, _Stage, _TensorHasher
+from registry.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, is_safetensors, parse_header
+from registry.store.streams import Hashes, Writeback
 from registry.store.scan import hash_path
 
 FORMAT = "cellar-export"
@@ -361,17 +361,11 @@ def _tensor_ranges(fd: int, info: tarfile.TarInfo, m: Member) -> list[TensorRang
         (n,) = struct.unpack("<Q", head) if len(head) == 8 else (size,)
         if n > MAX_HEADER or 8 + n > size:
             raise SafetensorsError(f"header length {n} does not fit the file ({size} bytes)")
-        header = json.loads(os.pread(fd, n, at + 8))
-        if not isinstance(header, dict):
-            raise SafetensorsError("header is not a JSON object")
-        ranges = sorted((_tensor(name, spec, 8 + n, size) for name, spec in header.items()
-                         if name != "__metadata__"), key=lambda r: r.begin)
+        # validated exactly as a push validates it (dtypes, sizes, no overlaps, gaps or tail)
+        return parse_header(os.pread(fd, n, at + 8), data_size=size - 8 - n, base=8 + n)
     except (SafetensorsError, ValueError) as exc:
         raise InvalidInput(f"refusing to import: member {m.name} is not a valid safetensors file ({exc}); "
                            "nothing was recorded") from None
-    if any(b.begin < a.end for a, b in zip(ranges, ranges[1:])):
-        raise InvalidInput(f"refusing to import: member {m.name} has overlapping tensors; nothing was recorded")
-    return ranges
 
 
 def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress: Progress | None,
@@ -380,44 +374,36 @@ def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress:
     thread, so both cores hash); the file and its tensors' digests."""
     # "import-<pid>-<token>": the name BlobStore.sweep_tmp removes after a crash
     tmp = tmp_dir / f"import-{os.getpid()}-{secrets.token_hex(6)}"
-    h, done = hashlib.sha256(), 0
-    tensors = _TensorHasher(list(ranges)) if ranges else None
-    stage = _Stage(tensors.feed) if tensors else None
-    sync_range, flushed = _libc_sync_file_range(), 0
+    done = 0
+    # the blob's SHA-256 and its tensors' digests in one read (tensors on a second thread), as
+    # BlobStore.ingest computes them; writeback starts early so the final fsync is short
+    hashes = Hashes(list(ranges), threaded=True)
     view = memoryview(bytearray(CHUNK))
     try:
         with open(tmp, "xb") as out:
+            writeback = Writeback(out.fileno())
             while done < m.size:
-                data = _read(f.fileno(), view, info.offset_data + done, min(CHUNK, m.size - done),
-                             fresh=stage is not None)
+                data = _read(f.fileno(), view, info.offset_data + done, min(CHUNK, m.size - done), fresh=False)
                 if not data:
                     raise InvalidInput(f"{m.name} ends early: the archive is truncated")
-                if stage:
-                    stage.put(done, data)
-                h.update(data)
+                hashes.feed(done, data)  # returns once both hashes are done with the buffer
                 out.write(data)
                 done += len(data)
+                out.flush()
+                writeback.written(done)
                 if progress:
                     progress(len(data))
-                if sync_range and done - flushed >= WRITEBACK_EVERY:
-                    # Start writing back now, so the disk works while we read on and the fsync
-                    # at the end is short (as BlobStore.ingest does).
-                    out.flush()
-                    sync_range(out.fileno(), flushed, done - flushed, 2)  # SYNC_FILE_RANGE_WRITE
-                    flushed = done
             os.fsync(out.fileno())
-        if stage and (error := stage.close()):
-            raise error
-        stage = None
-        if "sha256:" + h.hexdigest() != m.digest:
+        got = hashes.result()
+        if got.digest != m.digest:
             raise InvalidInput(f"{m.name} does not match its digest {m.digest}: the archive is damaged; "
                                "nothing was imported")
     except BaseException:
-        if stage:
-            stage.close()
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, tensors.digests() if tensors else {}
+    finally:
+        hashes.close()
+    return tmp, got.tensor_digests
 
 
 def _read(fd: int, view: memoryview, offset: int, size: int, *, fresh: bool):

@@ -15,12 +15,13 @@ it again if not. The two transactions are serialised, so one of them sees the ot
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from registry import clock, gc as gc_mod, ledger
+from registry import clock, gc as gc_mod, ledger, signing
 from registry.configuration import Configuration
 from registry.errors import CellarError, Conflict, InvalidInput
 from registry.ledger import Release, ReleaseStatus
@@ -136,7 +137,7 @@ def _needed_releases(conn) -> tuple[list[Release], set[str]]:
     (retention plus the default rollback target); and the container ids kept."""
     needed, kept = [], set()
     by_env: dict[str, list[Release]] = {}
-    for r in releases.all_(conn):
+    for r in releases.newest(conn):
         by_env.setdefault(r.env, []).append(r)
     keep = {e.name: e.keep for e in environments.all_(conn)}
     for env, rows in by_env.items():
@@ -214,6 +215,9 @@ def _remove_containers(cfg: Configuration, planned: list[ContainerItem], engines
 def backup(cfg: Configuration, dest: Path, *, actor: str) -> BackupResult:
     """A consistent online backup into ``dest`` (incremental when ``dest`` holds one)."""
     result = backup_store.backup(db_url=cfg.store.url, blobs=cfg.blobs, dest=Path(dest))
+    # The signing key goes along (mode 0600): without it a restored record cannot be proven.
+    # So a backup is as private as the home itself.
+    _copy_private(signing.key_path(cfg.home.path), Path(dest) / signing.KEY_FILE)
     with cfg.store.write() as conn:
         events.append(conn, actor=actor, action="backup", object=result.dest, db_user=cfg.store.db_user(conn),
                       detail={"db_sha256": result.db_sha256, "blobs": result.blobs_total,
@@ -222,8 +226,24 @@ def backup(cfg: Configuration, dest: Path, *, actor: str) -> BackupResult:
 
 
 def restore(src: Path, *, home: Path, db_url: str) -> RestoreResult:
-    """Restore the backup in ``src`` into the empty or new ``home`` and database ``db_url``."""
-    return backup_store.restore(Path(src), home=home, db_url=db_url)
+    """Restore the backup in ``src`` into the empty or new ``home`` and database ``db_url``, its
+    signing key included (the record's seals are checked with it)."""
+    result = backup_store.restore(Path(src), home=home, db_url=db_url)
+    if (Path(src) / signing.KEY_FILE).is_file():
+        _copy_private(Path(src) / signing.KEY_FILE, signing.key_path(home))
+    return result
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    """Copy a secret file so that only its owner can read the copy, at no moment more."""
+    data = src.read_bytes()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
 
 
 def record_restore(cfg: Configuration, result: RestoreResult, *, src: Path, actor: str) -> None:

@@ -58,9 +58,9 @@ def export(cfg: Configuration, model: str, version: str, out: Path, *, actor: st
 
 def _source(cfg: Configuration, model: str, version: str) -> archive.ExportSource:
     with cfg.store.read() as conn:
-        stored = versions.record_of(conn, model, version)
-        summary = versions.find(conn, model, version)
-        provenance = versions.provenances(conn, [(model, version)]).get((model, version))
+        stored = versions.record_of(conn, model, version)  # refuses a record that is not what was pushed
+        info = versions.info(conn, model, version)
+        summary, provenance = info, info.provenance
     record = stored.record
     paths = {f["digest"]: cfg.blobs.path(f["digest"]) for key in ("weights", "prompts") for f in record[key]}
     for digest, path in paths.items():

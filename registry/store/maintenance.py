@@ -19,7 +19,7 @@ from registry.errors import InvalidInput, NotFound
 from registry.maintenance_models import Deprecation, Problem, ProblemKind
 from registry.models import Provenance
 from registry.safetensors_index import TensorRange
-from registry.store import schema as t
+from registry.store import schema as t, seals
 
 # --- blobs and who uses them -----------------------------------------------------------------
 
@@ -248,10 +248,11 @@ def insert_imported(conn: Connection, *, model: str, version: str, manifest_dige
     if model_id is None:
         model_id = conn.execute(insert(t.models).values(name=model, created_at=now)).inserted_primary_key[0]
     created = _when(changelog.get("created_at")) or now
+    row = dict(version=version, manifest_digest=manifest_digest, manifest=canonical.dumps(record),
+               message=str(changelog.get("message") or ""), actor=str(changelog.get("actor") or "unknown"),
+               created_at=created, provenance=provenance.model_dump_json() if provenance else None)
     vid = conn.execute(insert(t.versions).values(
-        model_id=model_id, version=version, manifest_digest=manifest_digest, manifest=canonical.dumps(record),
-        message=str(changelog.get("message") or ""), actor=str(changelog.get("actor") or "unknown"),
-        created_at=created, provenance=provenance.model_dump_json() if provenance else None,
+        **row, model_id=model_id, mac=seals.seal_version(conn, {**row, "model": model}),  # sealed with this home's key
     )).inserted_primary_key[0]
     files = [("weight", w["path"], w["digest"], w["size"]) for w in record.get("weights", [])]
     files += [("prompt", p["name"], p["digest"], p["size"]) for p in record.get("prompts", [])]

@@ -53,7 +53,7 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 def hash_bytes(data: bytes, tensors: list[TensorRange]) -> Ingested:
-    hashes = _Hashes(tensors, threaded=False)
+    hashes = Hashes(tensors, threaded=False)
     hashes.feed(0, memoryview(data))
     return hashes.result()
 
@@ -61,7 +61,7 @@ def hash_bytes(data: bytes, tensors: list[TensorRange]) -> Ingested:
 def hash_fd(fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
     """One read of ``fd`` from its start, hashed; the kernel reads ahead while we hash."""
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    hashes = _Hashes(tensors, threaded=os.fstat(fd).st_size > CHUNK)
+    hashes = Hashes(tensors, threaded=os.fstat(fd).st_size > CHUNK)
     buf = bytearray(CHUNK)
     offset = 0
     try:
@@ -83,8 +83,8 @@ def copy_hashing(src_fd: int, dst_fd: int, tensors: list[TensorRange], progress:
     """Copy src into dst through the kernel (a thread runs ahead), hashing each chunk as it
     lands in dst's page cache: the digest is of the bytes stored, read from memory, not disk."""
     os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-    hashes = _Hashes(tensors, threaded=True)
-    writeback = _Writeback(dst_fd)
+    hashes = Hashes(tensors, threaded=True)
+    writeback = Writeback(dst_fd)
     copier = _KernelCopier(src_fd, dst_fd)
     try:
         for offset, n in copier:
@@ -123,7 +123,7 @@ def _pread_full(fd: int, buf: bytearray, offset: int, want: int | None = None) -
     return view[:got]
 
 
-class _Hashes:
+class Hashes:
     """SHA-256 of the whole stream and the current tensor digest of each tensor's range; the
     tensors are hashed on a second thread (both hashes release the GIL on large buffers)."""
 
@@ -259,7 +259,7 @@ def _sendfile_all(dst_fd: int, src_fd: int, offset: int) -> int:
     return done
 
 
-class _Writeback:
+class Writeback:
     """Keeps dirty pages of the new blob bounded while it is written (see WRITEBACK_EVERY)."""
 
     def __init__(self, fd: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_backup_restore_round_trip(reg, db_url, model_dir, tmp_path, target, mon
 
     path, url = target
     restored = backup.restore(dest, home=path, db_url=url)
+    shutil.copy(reg.home.path / "signing.key", path / "signing.key")  # Registry.restore does this
     assert restored.ok and restored.blobs_restored == 2
     with _open(path, url, monkeypatch) as again:
         assert [v.model_dump() for v in again.versions()] == before
@@ -116,6 +118,7 @@ def test_backup_during_concurrent_pushes_restores_consistently(reg, home, tmp_pa
 
     path, url = target
     assert backup.restore(dest, home=path, db_url=url).ok
+    shutil.copy(reg.home.path / "signing.key", path / "signing.key")  # Registry.restore does this
     with _open(path, url, monkeypatch) as again:
         _assert_intact(again)  # whatever prefix of the pushes it caught, it caught whole
         assert 0 <= len(again.versions()) <= 12

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from registry import pushing, snapshots
+from registry import pushing
 from registry.api import Registry
 from registry.deploy.engine import ContainerSpec, labels_for
 from registry.deploy.fake import FakeEngine
