@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from registry import canonical
+from registry.durable import fsync_dir
 from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.models import Name, VersionStr
 from registry.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, is_safetensors, parse_header
@@ -114,7 +115,7 @@ class ImportBundle:
             os.chmod(tmp, 0o444)
             size += tmp.stat().st_size
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             count += 1
         self.blobs.clear()
         return count, size
@@ -417,10 +418,3 @@ def _read(fd: int, view: memoryview, offset: int, size: int, *, fresh: bool):
 def _refuse(path: Path, why: str) -> InvalidInput:
     return InvalidInput(f"refusing to import {path}: {why}; nothing was extracted")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -58,6 +58,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from registry import canonical, clock
+from registry.durable import fsync_dir
 from registry.errors import AuditBroken, CellarError, NotInitialised
 
 KEY_FILE = "signing.key"
@@ -128,15 +129,8 @@ def _create(path: Path) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load(path: Path) -> Key:

@@ -105,6 +105,9 @@ ensure_role_and_db() {  # ensure_role_and_db PORT
     # The password goes through stdin, not argv, so `ps` never shows it.
     printf '%s ROLE "%s" LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '"'"'%s'"'"';\n' \
         "$verb" "$ROLE" "$PASSWORD" | as_postgres psql -X -q -v ON_ERROR_STOP=1 -p "$port" >/dev/null
+    # DROP DATABASE ... WITH (FORCE) must end an autovacuum worker busy in a test database, which
+    # only superusers and members of pg_signal_backend may (it cannot signal superuser sessions).
+    psql_admin "$port" "GRANT pg_signal_backend TO \"$ROLE\"" >/dev/null
     if [ "$(psql_admin "$port" "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]; then
         log "creating database $DB"
         psql_admin "$port" "CREATE DATABASE \"$DB\" OWNER \"$ROLE\""

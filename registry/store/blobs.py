@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from registry.durable import fsync_dir
 from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
 from registry.faults import crashpoint
 from registry.safetensors_index import TensorRange, read_index
@@ -163,7 +164,7 @@ class BlobStore:
             _mkdir_durable(final.parent)
             os.fchmod(fd, 0o444)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             if got.size > CHUNK:
                 self._stamp(final, os.fstat(fd), got.digest)
             return got
@@ -269,15 +270,8 @@ def _mkdir_durable(path: Path) -> None:
         path.mkdir()
     except FileExistsError:
         return
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_of(name: str) -> int | None:

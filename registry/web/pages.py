@@ -78,7 +78,7 @@ class EnvironmentPage(BaseModel):
     status: EnvStatus | None = None
     releases: list[Release]  # the ledger, oldest revision first
     since: datetime | None = None
-    probe_runs: list[ProbeRun] | None = None  # None: this registry cannot list probe runs (yet)
+    probe_runs: list[ProbeRun] = []  # the newest runs in the window, oldest first
     health: HealthReport | None = None
     chart_svg: str | None = Field(default=None, exclude=True)  # HTML only: JSON clients have the runs
 
@@ -188,17 +188,14 @@ def environment_page(reg: Registry, name: str, *, since: str | None = None) -> E
     releases = reg.history(env.name)
     when = _since(since)
     page = EnvironmentPage(environment=env, status=status, releases=releases, since=when)
-    probe_runs = getattr(reg, "probe_runs", None)  # wired by the probes work; absent: "no probe data"
-    if probe_runs is None:
+    page.probe_runs = reg.probe_runs(env.name, since=when, limit=PROBE_RUNS_SHOWN)
+    if not page.probe_runs:
         return page
-    page.probe_runs = probe_runs(env.name, since=when, limit=PROBE_RUNS_SHOWN)
     if page.probe_runs and len(page.probe_runs) == PROBE_RUNS_SHOWN:
         when = page.since = page.probe_runs[0].started_at  # the chart, markers and figures cover the same window
     shown = [r for r in releases if when is None or r.started_at >= when]
     page.chart_svg = latency_chart(page.probe_runs, shown, title=f"{env.name}: probe latency and pass rate")
-    health = getattr(reg, "health", None)
-    if health is not None:
-        page.health = health(env.name, since=when)
+    page.health = reg.health(env.name, since=when)
     return page
 
 

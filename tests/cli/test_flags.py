@@ -110,8 +110,8 @@ def _complete(env: dict) -> str:
 
 
 def test_completion_answers_the_shells():
-    assert _complete({"_REGISTRY_COMPLETE": "complete_bash", "COMP_WORDS": "registry pro",
-                      "COMP_CWORD": "1"}).split() == ["promote"]
+    assert sorted(_complete({"_REGISTRY_COMPLETE": "complete_bash", "COMP_WORDS": "registry pro",
+                             "COMP_CWORD": "1"}).split()) == ["probe", "promote"]
     options = _complete({"_REGISTRY_COMPLETE": "complete_bash", "COMP_WORDS": "registry promote --",
                          "COMP_CWORD": "2"}).split()
     assert "--env" in options and "--json" in options and "--to" not in options
