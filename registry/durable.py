@@ -1,4 +1,4 @@
-"""What makes a rename durable: the folder holding it flushed to disk."""
+"""What makes a write or a rename durable: the file, or the folder holding the name, flushed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def fsync_dir(path: Path) -> None:
-    """fsync a folder, so the names created or renamed in it survive a power cut."""
+    """fsync a folder (so the names created or renamed in it survive a power cut) or a file."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -6,6 +6,7 @@ developer machine without them, and fail under CI=true, where .ci/run starts bot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -73,19 +74,29 @@ def _pg_database():
     return admin, name, url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A fresh, empty database: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry.db'}"
+@contextlib.contextmanager
+def database_like(kind: str, sqlite_file: Path):
+    """A new, empty database of ``kind`` (a URL or "sqlite"/"postgresql"): the SQLite file
+    ``sqlite_file``, or a new PostgreSQL database, dropped afterwards."""
+    if kind.startswith("sqlite"):
+        yield f"sqlite:///{sqlite_file}"
         return
     from sqlalchemy import text
 
     admin, name, url = _pg_database()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database."""
+    with database_like(request.param, tmp_path / "registry.db") as url:
+        yield url
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from registry import clock
+from registry.durable import fsync_dir
 from registry.errors import CellarError, InvalidInput, StorageError
 from registry.maintenance_models import BackupResult, Problem, ProblemKind, RestoreResult
 from registry.store.blobs import BlobStore
@@ -99,10 +100,10 @@ def _backup_sqlite(db_path: Path, dest: Path) -> Path:
                 dst.close()
         finally:
             src.close()
-        _fsync(tmp)
+        fsync_dir(tmp)
         final = dest / SQLITE_FILE
         os.replace(tmp, final)
-        _fsync(dest)
+        fsync_dir(dest)
         return final
     except sqlite3.Error as exc:
         raise StorageError(f"cannot back up {db_path} ({exc}): check that the disk of {dest} has space") from None
@@ -131,10 +132,10 @@ def _backup_postgres(db_url: str, dest: Path) -> Path:
     tmp = dest / f".{PG_FILE}.{os.getpid()}-{secrets.token_hex(4)}"
     try:
         _pg_tool("pg_dump", db_url, ["--format=custom", "--no-owner", "--no-privileges", f"--file={tmp}"])
-        _fsync(tmp)
+        fsync_dir(tmp)
         final = dest / PG_FILE
         os.replace(tmp, final)
-        _fsync(dest)
+        fsync_dir(dest)
         return final
     finally:
         tmp.unlink(missing_ok=True)
@@ -216,9 +217,9 @@ def _write_manifest(dest: Path, db_file: Path, blobs: dict[str, int], *, kind: s
     }
     tmp = dest / f".{MANIFEST}.{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp)
+    fsync_dir(tmp)
     os.replace(tmp, dest / MANIFEST)
-    _fsync(dest)
+    fsync_dir(dest)
     return manifest
 
 
@@ -298,9 +299,9 @@ def _restore_sqlite(db_file: Path, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     try:
         shutil.copyfile(db_file, tmp)
-        _fsync(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, target)
-        _fsync(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -367,10 +368,3 @@ def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,21 +16,15 @@ from registry.errors import CellarError, InvalidInput
 from registry.store import backup, scan
 from registry.store.sql import Store
 from tests import helpers
-from tests.conftest import _pg_database
+from tests.conftest import database_like
 
 
 @pytest.fixture
 def target(tmp_path, db_url, monkeypatch):
     """Where to restore: a new home, and a new database of the same kind as ``db_url``."""
     path = tmp_path / "restored"
-    if db_url.startswith("sqlite"):
-        yield path, f"sqlite:///{path / 'registry.db'}"
-        return
-    admin, name, url = _pg_database()
-    yield path, url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database_like(db_url, path / "registry.db") as url:
+        yield path, url
 
 
 def _push(reg: Registry, md: helpers.ModelDir, version: str) -> None:

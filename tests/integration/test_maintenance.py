@@ -21,7 +21,7 @@ from registry.errors import CellarError, Conflict, InvalidInput
 from registry.ledger import ReleaseStatus, keep_containers
 from registry.maintenance_models import ProblemKind
 from tests import helpers
-from tests.conftest import _pg_database
+from tests.conftest import database_like
 
 IMAGE = "example:latest"
 HOURS_AGO = time.time() - 3 * 3600
@@ -243,15 +243,8 @@ def test_gc_during_a_push_that_reuses_an_old_blob(reg, model_dir, monkeypatch, h
 def target(tmp_path, db_url, monkeypatch):
     """Where to restore: a new home and a new, empty database of the same kind."""
     path = tmp_path / "restored"
-    if db_url.startswith("sqlite"):
-        url = f"sqlite:///{path / 'registry.db'}"
+    with database_like(db_url, path / "registry.db") as url:
         yield path, url
-        return
-    admin, name, url = _pg_database()
-    yield path, url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_backup_wipe_restore_verify_promote(pushed, fake, tmp_path, target, monkeypatch, model_dir):

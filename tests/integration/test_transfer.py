@@ -8,13 +8,12 @@ import io
 import tarfile
 
 import pytest
-from sqlalchemy import text
 
 from registry import archive
 from registry.api import Registry
 from registry.deploy.fake import FakeEngine
 from registry.errors import InvalidInput, VersionConflict
-from tests.conftest import _pg_database
+from tests.conftest import database_like
 from tests.unit.test_archive import _info, _many, _rebuild
 
 IMAGE = "example:latest"
@@ -40,14 +39,8 @@ def reg(home, fake, model_dir):
 @pytest.fixture
 def other_url(tmp_path, db_url):
     """The air-gapped site's own database, of the same kind."""
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'other.db'}"
-        return
-    admin, name, url = _pg_database()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database_like(db_url, tmp_path / "other.db") as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ import os
 import tarfile
 
 import pytest
-from sqlalchemy import text
 
 from registry.api import Registry
 from registry.errors import NotFound
-from tests.conftest import _pg_database
+from tests.conftest import database_like
 from tests.integration.conftest import _docker_client
 
 LABEL = "cellar.test"
@@ -42,14 +41,8 @@ def own_image():
 
 @pytest.fixture
 def other_url(tmp_path, db_url):
-    if db_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'other.db'}"
-        return
-    admin, name, url = _pg_database()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with database_like(db_url, tmp_path / "other.db") as url:
+        yield url
 
 
 def test_export_with_image_and_import_after_the_image_is_gone(reg, own_image, model_dir, tmp_path,
