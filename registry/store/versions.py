@@ -61,19 +61,7 @@ def summaries(store: Store, model: str | None = None, *, limit: int | None = Non
 
     Takes the store, not a connection: a malformed name is refused before connecting, so it
     reads as the user's mistake even when the database is down."""
-    query = _summary_query().order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc())
-    if model:
-        query = query.where(t.models.c.name == _valid_model(model))
-    if not include_deprecated:
-        query = query.where(t.versions.c.deprecated_at.is_(None))
-    if limit:
-        query = query.limit(limit)
-    if offset:
-        query = query.offset(offset)
-    with store.read() as conn:
-        rows = conn.execute(query).all()
-        if model and not rows and not _model_id(conn, model):
-            raise NotFound(f"no model named {model!r}: see `registry list`")
+    rows = _newest(store, model, limit=limit, offset=offset, include_deprecated=include_deprecated)
     return [_to_summary(r) for r in rows]
 
 
@@ -163,20 +151,31 @@ def prompt_history(conn: Connection, *, model: str, prompt: str, upto: str) -> l
 def changelog(store: Store, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
     """Versions newest first with their git provenance, in one bounded query (no parameter per
     row: PostgreSQL allows at most 65,535 of them)."""
-    cols = [*_summary_query().selected_columns, t.versions.c.provenance]
-    query = (select(*cols).select_from(t.versions.join(t.models))
+    rows = _newest(store, model, limit=limit, extra=[t.versions.c.provenance])
+    return [LogEntry(**_to_summary(r).model_dump(),
+                     provenance=Provenance.model_validate_json(r.provenance) if r.provenance else None)
+            for r in rows]
+
+
+def _newest(store: Store, model: str | None, *, limit: int | None, offset: int = 0,
+            include_deprecated: bool = True, extra: list = ()) -> list:
+    """Summary rows (plus ``extra`` columns), newest first, in one bounded query through the
+    (model_id, created_at, id) / (created_at, id) indexes; NotFound for an unknown model."""
+    query = (select(*_summary_query().selected_columns, *extra).select_from(t.versions.join(t.models))
              .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()))
     if model:
         query = query.where(t.models.c.name == _valid_model(model))
+    if not include_deprecated:
+        query = query.where(t.versions.c.deprecated_at.is_(None))
     if limit:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     with store.read() as conn:
         rows = conn.execute(query).all()
         if model and not rows and not _model_id(conn, model):
             raise NotFound(f"no model named {model!r}: see `registry list`")
-    return [LogEntry(**_to_summary(r).model_dump(),
-                     provenance=Provenance.model_validate_json(r.provenance) if r.provenance else None)
-            for r in rows]
+    return rows
 
 
 def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
