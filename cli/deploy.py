@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import typer
 
 from cli.app import ACTOR, DEFAULT_LIMIT, JSON, CellarGroup, app, open_registry
-from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, when
+from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, warn, when
 from registry import HealthGateFailed
 
 env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
@@ -166,7 +166,7 @@ def _one_env(env: str | None, to: str | None) -> str | None:
 def _removed(result) -> str:
     """The retention summary; warnings (e.g. Docker would not remove an old container) go to stderr."""
     for warning in result.warnings:
-        console(stderr=True).print(f"[yellow]warning:[/] {esc(warning)}")
+        warn(warning)
     return f"; removed old containers {', '.join(result.removed_containers)}" if result.removed_containers else ""
 
 

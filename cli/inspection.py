@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.app import JSON, CellarGroup, app, open_registry
-from cli.output import console, esc, first_line, print_json, short, table, when
+from cli.output import console, esc, first_line, print_json, short, table, warn, when
 
 audit_app = typer.Typer(cls=CellarGroup, invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
@@ -32,7 +32,7 @@ def diff(
     with open_registry() as reg:
         result = reg.diff(a, b)
     for warning in result.warnings:
-        console(stderr=True).print(f"[yellow]warning:[/] {esc(warning)}")
+        warn(warning)
     if as_json:
         print_json(result)
     else:
