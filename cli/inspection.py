@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli.app import JSON, CellarGroup, app, open_registry
-from cli.output import console, esc, first_line, print_json, short, table, warn, when
+from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
 
 audit_app = typer.Typer(cls=CellarGroup, invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
@@ -78,6 +78,7 @@ def audit(
     prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
     since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 30s, 30m, 12h, 7d, 2w."),
     limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
+    before: int = typer.Option(None, "--before", help="Only events older than event ID: the next page after the last ID shown."),
     as_json: bool = JSON,
 ) -> None:
     """The tamper-evident audit log: who did what, when and why, newest first.
@@ -91,13 +92,15 @@ def audit(
     shown = (None if as_json else 100) if limit is None else (limit or None)
     with open_registry() as reg:
         events = reg.audit(action=action, actor=actor, env=env, model=model, prompt=prompt,
-                           since=since, limit=shown)
+                           since=since, limit=shown, before=before)
         empty = None if events or as_json else _nothing_matched(reg, env=env, model=model)
     if as_json:
         return print_json(events)
     if empty:
         return print(empty)
     _event_table(events)
+    if shown and len(events) == shown:
+        print(f"... older events: --before {events[-1].id} (or --limit 0 for all)")
 
 
 def _nothing_matched(reg, *, env: str | None, model: str | None) -> str:
@@ -128,9 +131,31 @@ def _summary(event) -> str:
         parts.append("prompts " + ", ".join(d["prompts_changed"]))
     if d.get("message"):
         parts.append(repr(first_line(d["message"])))
+    parts += _maintenance_summary(d)
     if event.reason:
         parts.append(f"reason: {event.reason}")
     return "; ".join(parts)
+
+
+def _maintenance_summary(d: dict) -> list[str]:
+    """What gc, backup, restore, export and import did, from the figures their events record."""
+    parts = []
+    if d.get("from"):
+        parts.append(f"from {d['from']}")
+    if d.get("file"):
+        parts.append(f"to {d['file']}" + (" with image" if d.get("with_image") else ""))
+    if d.get("image_loaded"):
+        parts.append("image loaded")
+    if "blobs" in d:
+        copied = f" ({d['copied']} copied)" if "copied" in d else ""
+        parts.append(f"{d['blobs']} blobs{copied}")
+    if d.get("bytes_freed"):
+        parts.append(f"{size(d['bytes_freed'])} freed")
+    if d.get("containers"):
+        parts.append(f"{len(d['containers'])} containers removed")
+    if d.get("problems"):
+        parts.append(f"{d['problems']} problems")
+    return parts
 
 
 @audit_app.command("verify")

@@ -130,14 +130,13 @@ def list_(
         rows = reg.versions(model, limit=shown, include_deprecated=all_)
         total = (reg.count_versions(model, include_deprecated=all_) if shown and len(rows) == shown
                  else len(rows))
-        deprecated = {(d.model, d.version) for d in reg.deprecations(model)} if all_ and not as_json else set()
     if as_json:
         return print_json(rows)
     if not rows:
         return print("No versions yet: push one with `registry push`.")
     table(["MODEL", "VERSION", "DIGEST", "PUSHED", "BY", "MESSAGE"],
           [[r.model, r.version, short(r.manifest_digest), when(r.created_at), r.actor,
-            ("(deprecated) " if (r.model, r.version) in deprecated else "") + first_line(r.message)]
+            ("(deprecated) " if r.deprecated_at else "") + first_line(r.message)]
            for r in rows])
     if total > len(rows):
         print(f"... {total - len(rows)} more (use --limit 0 for all)")

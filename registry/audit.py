@@ -109,6 +109,8 @@ class AuditFilter(BaseModel):
     prompt: str | None = None  # events that changed this prompt (detail.prompts_changed)
     since: datetime | None = None  # also an ISO date or an age like 7d, 12h
     limit: int | None = None
+    before: int | None = Field(default=None, ge=1)  # only events older than event ID (the next page)
+    after: int | None = Field(default=None, ge=0)  # only events newer than event ID (the page before)
 
     @field_validator("since", mode="before")
     @classmethod

@@ -266,6 +266,7 @@ class VersionSummary(_Model):
     created_at: datetime
     actor: str
     message: str
+    deprecated_at: datetime | None = None  # set by `registry deprecate`: hidden from default listings
 
 
 class VersionInfo(VersionSummary):

@@ -31,8 +31,14 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
 
 
 def query(conn: Connection, flt: AuditFilter) -> list[Event]:
-    """Events matching ``flt``, newest first."""
-    stmt = select(events).order_by(events.c.id.desc())
+    """Events matching ``flt``, newest first. ``before``/``after`` page by event id through the
+    primary key, so the thousandth page costs what the first does."""
+    # after: the ``limit`` oldest events newer than it (read upwards, returned newest first)
+    stmt = select(events).order_by(events.c.id.asc() if flt.after is not None else events.c.id.desc())
+    if flt.before is not None:
+        stmt = stmt.where(events.c.id < flt.before)
+    if flt.after is not None:
+        stmt = stmt.where(events.c.id > flt.after)
     for column, value in ((events.c.action, flt.action), (events.c.env, flt.env), (events.c.model, flt.model)):
         if value:
             stmt = stmt.where(column == value)
@@ -56,7 +62,7 @@ def query(conn: Connection, flt: AuditFilter) -> list[Event]:
             out.append(event)
             if flt.limit and len(out) >= flt.limit:
                 break
-    return out
+    return out[::-1] if flt.after is not None else out
 
 
 def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:

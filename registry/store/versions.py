@@ -282,7 +282,7 @@ def _find_stmt():
 @functools.cache  # built once: a statement is immutable, and building it costs more than running it
 def _summary_query(full: bool = False):
     cols = [t.models.c.name.label("model"), t.versions.c.version, t.versions.c.manifest_digest,
-            t.versions.c.created_at, t.versions.c.actor, t.versions.c.message]
+            t.versions.c.created_at, t.versions.c.actor, t.versions.c.message, t.versions.c.deprecated_at]
     if full:
         cols += [t.versions.c.manifest, t.versions.c.provenance, t.versions.c.mac]
     return select(*cols).select_from(t.versions.join(t.models))
@@ -290,4 +290,5 @@ def _summary_query(full: bool = False):
 
 def _to_summary(row) -> VersionSummary:
     return VersionSummary(model=row.model, version=row.version, manifest_digest=row.manifest_digest,
-                          created_at=clock.utc(row.created_at), actor=row.actor, message=row.message)
+                          created_at=clock.utc(row.created_at), actor=row.actor, message=row.message,
+                          deprecated_at=clock.utc(row.deprecated_at) if row.deprecated_at else None)

@@ -139,8 +139,8 @@ class _Views:
         q = request.query_params
         if q.get("verify") == "now":
             self.verifier.result(reg, fresh=True)
-        return pages.audit_page(reg, self.verifier, page=_int(q.get("page"), 1),
-                                **{k: q.get(k) for k in pages.AUDIT_FILTERS})
+        return pages.audit_page(reg, self.verifier, page=_int(q.get("page"), 1), before=_cursor(q.get("before")),
+                                after=_cursor(q.get("after")), **{k: q.get(k) for k in pages.AUDIT_FILTERS})
 
     # --- rendering ---------------------------------------------------------------------------
 
@@ -200,8 +200,14 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
-def _page_query(filters: dict[str, str | None], page: int) -> str:
-    return urlencode({**{k: v for k, v in filters.items() if v}, "page": page})
+def _page_query(filters: dict[str, str | None], page: int, **cursor: int) -> str:
+    return urlencode({**{k: v for k, v in filters.items() if v}, **cursor, "page": page})
+
+
+def _cursor(text: str | None) -> int | None:
+    """An event id from the address, or None (a bad one reads as no cursor: the first page)."""
+    value = _int(text, 0)
+    return value if value > 0 else None
 
 
 def _when(at: datetime | None) -> str:

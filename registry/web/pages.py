@@ -21,7 +21,6 @@ from registry.web.chart import latency_chart
 VERSIONS_PER_PAGE = 50
 EVENTS_PER_PAGE = 100
 PROBE_RUNS_SHOWN = 500  # the newest runs charted; older ones with ?since=
-MAX_AUDIT_PAGES = 50  # pages are fetched as a growing limit: page 50 reads 5,000 events
 _REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}@)?[a-z0-9][a-z0-9._+-]{0,62}")
 
 
@@ -94,8 +93,9 @@ class CheckedAudit(BaseModel):
 class AuditPage(BaseModel):
     filters: dict[str, str | None]
     events: list[Event]
-    page: int
-    more: bool
+    page: int  # its number, counted from the newest page while the reader pages through
+    more: bool  # older events follow (``?before=`` the last one shown)
+    newer: bool = False  # newer events precede (``?after=`` the first one shown)
     verified: CheckedAudit
 
 
@@ -215,15 +215,22 @@ def _since(text: str | None) -> datetime | None:
 AUDIT_FILTERS = ("action", "actor", "env", "model", "prompt", "since")
 
 
-def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, **filters: str | None) -> AuditPage:
-    """One page of audit events (newest first) narrowed like ``registry audit``, and the chain's check."""
+def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, before: int | None = None,
+               after: int | None = None, **filters: str | None) -> AuditPage:
+    """One page of audit events (newest first) narrowed like ``registry audit``, and the chain's
+    check. Pages are cursors: ``before`` the oldest event of the page shown (older), or ``after``
+    its newest (newer); ``page`` only numbers them for the reader."""
     given = {k: (filters.get(k) or None) for k in AUDIT_FILTERS}
-    page = min(max(page, 1), MAX_AUDIT_PAGES)
-    # Registry.audit has a limit, not an offset: read up to this page (plus one to know if more follow)
-    upto = reg.audit(**given, limit=page * EVENTS_PER_PAGE + 1)
-    shown = upto[(page - 1) * EVENTS_PER_PAGE: page * EVENTS_PER_PAGE]
-    more = len(upto) > page * EVENTS_PER_PAGE and page < MAX_AUDIT_PAGES
-    return AuditPage(filters=given, events=shown, page=page, more=more, verified=verifier.result(reg))
+    n = EVENTS_PER_PAGE
+    if after is not None:
+        events = reg.audit(**given, after=after, limit=n + 1)  # the n + 1 just newer, newest first
+        newer, older, shown = len(events) > n, True, events[-n:]
+    else:
+        events = reg.audit(**given, before=before, limit=n + 1)
+        newer, older, shown = before is not None, len(events) > n, events[:n]
+    page = max(page, 2 if newer else 1) if newer else 1
+    return AuditPage(filters=given, events=shown, page=page, more=older and bool(shown),
+                     newer=newer and bool(shown), verified=verifier.result(reg))
 
 
 class AuditVerifier:

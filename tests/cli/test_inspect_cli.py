@@ -89,6 +89,14 @@ def test_audit_since_too_far_back_is_one_line(two_versions, since):
     assert "unexpected" not in result.stderr
 
 
+def test_audit_pages_on_with_before(two_versions):
+    newest, older = json.loads(run("audit", "--json").stdout)[:2]
+    first = run("audit", "--limit", "1").stdout
+    assert f"... older events: --before {newest['id']}" in first
+    assert [e["id"] for e in json.loads(run("audit", "--before", str(newest["id"]), "--limit", "1", "--json").stdout)] \
+        == [older["id"]]
+
+
 def test_audit_since_accepts_weeks(two_versions):
     assert "2w" in run("audit", "--help").stdout
     assert len(json.loads(run("audit", "--since", "2w", "--json").stdout)) == 3

@@ -48,7 +48,10 @@ def test_deprecate_list_all_delete_gc(sqlite_home, model_dir):
     _two_versions(model_dir)
     assert "deprecated support-bot@v1.0" in cli("deprecate", "v1.0", "--reason", "old").stdout
     assert [r["version"] for r in as_json("list")] == ["v1.1"]
-    assert [r["version"] for r in as_json("list", "--all")] == ["v1.1", "v1.0"]
+    listed = as_json("list", "--all")
+    assert [r["version"] for r in listed] == ["v1.1", "v1.0"]
+    assert listed[0]["deprecated_at"] is None and listed[1]["deprecated_at"]  # JSON says which
+    assert as_json("show", "v1.0")["deprecated_at"] == listed[1]["deprecated_at"]
     assert "(deprecated) " in cli("list", "--all").stdout
     assert "error: deleting support-bot@v1.1 cannot be undone: pass --force" in cli("delete", "v1.1", code=1).stderr
     deleted = as_json("delete", "v1.1", "--force")
@@ -56,6 +59,9 @@ def test_deprecate_list_all_delete_gc(sqlite_home, model_dir):
     plan = as_json("gc", "--dry-run")
     assert plan["dry_run"] is True and plan["kept_fresh"] == deleted["blobs_released"]  # within the grace period
     assert "0 B freed" in cli("gc").stdout
+    audit = cli("audit", "--limit", "3").stdout  # each maintenance event says what it did
+    assert "delete" in audit and "reason: " not in audit.split("delete")[0]
+    assert "gc" in audit and "0 blobs" in audit
 
 
 def test_backup_restore_export_import(sqlite_home, model_dir, tmp_path, monkeypatch):
@@ -65,6 +71,8 @@ def test_backup_restore_export_import(sqlite_home, model_dir, tmp_path, monkeypa
     assert "backed up" in cli("backup", str(tmp_path / "bk")).stdout
     exported = as_json("export", "v1.1", "-o", str(tmp_path / "v1.1.tar"))
     assert exported["blobs"] == 2 and not exported["with_image"]
+    audit = cli("audit", "--limit", "2").stdout
+    assert "export" in audit and "to /" in audit and "3 blobs (0 copied)" in audit  # incremental
 
     monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "restored"))
     restored = as_json("restore", str(tmp_path / "bk"))

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import insert, select, text
 
-from registry import audit
+from registry import InvalidInput, audit
 from registry.store import schema as t
 
 
@@ -51,6 +51,16 @@ def test_filters_narrow_the_log(pushed, frozen_clock):
     assert [e.object for e in pushed.audit(since="150m", action="push")] == ["support-bot@v1.5", "support-bot@v1.4"]
     assert len(pushed.audit(model="support-bot")) == 6 and pushed.audit(env="production") == []
     assert [e.id for e in pushed.audit(prompt="system", limit=1)] == [6]
+
+
+def test_pages_by_event_id_in_both_directions_with_filters(pushed):
+    assert [e.id for e in pushed.audit(before=6, limit=2)] == [5, 4]
+    assert [e.id for e in pushed.audit(after=2, limit=2)] == [4, 3]  # the two just newer, newest first
+    assert [e.id for e in pushed.audit(after=5)] == [7, 6]
+    assert [e.object for e in pushed.audit(prompt="system", before=6)] == ["support-bot@v1.2", "support-bot@v1.0"]
+    assert [e.id for e in pushed.audit(actor="alice", after=2, limit=1)] == [3]
+    with pytest.raises(InvalidInput, match="audit filter before"):
+        pushed.audit(before=0)
 
 
 def test_secret_canary_never_reaches_the_audit_log(reg, model_dir, monkeypatch):

@@ -125,3 +125,23 @@ def test_listen_needs_a_token_off_the_loopback():
     wide = ui_listen("0.0.0.0:8765", environ={"REGISTRY_UI_TOKEN": TOKEN})
     assert wide.token == TOKEN and "token is required" in wide.notice
     assert TOKEN not in wide.notice and TOKEN not in json.dumps(wide.model_dump())
+
+
+def test_audit_pages_follow_cursors_both_ways(client, monkeypatch):
+    monkeypatch.setattr(pages, "EVENTS_PER_PAGE", 3)
+    everything = [e["id"] for e in client.get("/api/audit?page=1").json()["events"]]
+    assert len(everything) == 3
+    seen, query, numbers = [], "", []
+    while True:  # older, page by page, to the end: every event once, newest first
+        page = client.get(f"/api/audit?{query}").json()
+        seen += [e["id"] for e in page["events"]]
+        numbers.append(page["page"])
+        if not page["more"]:
+            break
+        query = f"before={page['events'][-1]['id']}&page={page['page'] + 1}"
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen)) > 3
+    assert numbers == list(range(1, len(numbers) + 1))
+    html = client.get(f"/audit?{query}").text
+    assert "after=" in html and "older &rarr;" not in html
+    back = client.get(f"/api/audit?after={seen[-1]}").json()  # newer than the oldest: the page above it
+    assert [e["id"] for e in back["events"]] == seen[-4:-1] and back["newer"] and back["more"]
