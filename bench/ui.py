@@ -30,6 +30,7 @@ def clone_versions(reg, count: int, batch: int = 2000) -> None:
     from sqlalchemy import insert, select
 
     from registry.store import schema as t
+    from registry.store import seals
 
     with reg.store.read() as conn:
         row = conn.execute(select(t.versions).join(t.models).where(
@@ -41,7 +42,8 @@ def clone_versions(reg, count: int, batch: int = 2000) -> None:
         with reg.store.write() as conn:
             for i in range(start, min(count, start + batch)):
                 new = {**base, "version": f"v2.0.{i}", "created_at": row["created_at"] + timedelta(minutes=i + 1),
-                       "message": f"bench copy {i}", "mac": None}
+                       "message": f"bench copy {i}"}
+                new["mac"] = seals.seal_version(conn, {**new, "model": "support-bot"})  # as a push seals it
                 vid = conn.execute(insert(t.versions).values(**new)).inserted_primary_key[0]
                 conn.execute(insert(t.version_files), [{**dict(f), "version_id": vid} for f in files])
 
@@ -68,13 +70,16 @@ def cases(reg, verifier):
          lambda: (reg.models(), reg.count_versions("support-bot"), reg.versions("support-bot", limit=50, offset=4950))),
         (f"/v/support-bot/{newest}", lambda: (reg.show(f"support-bot@{newest}"), reg.changelog("support-bot", limit=12))),
         ("/v/support-bot/v1.1/prompts/system", lambda: reg.blame("system", at="support-bot@v1.1", model="support-bot")),
+        (f"/v/support-bot/{newest}/prompts/system",  # blame walks all 10,000 versions
+         lambda: reg.blame("system", at=f"support-bot@{newest}", model="support-bot")),
         ("/diff?a=v1.0&b=v1.2", lambda: reg.diff("support-bot@v1.0", "support-bot@v1.2")),
         ("/diff?a=production&b=v1.2", lambda: (reg.history("production"), reg.diff("support-bot@v1.1", "support-bot@v1.2"))),
         ("/envs", lambda: (reg.environments(), reg.status())),
         ("/envs/staging", lambda: (reg.environment("staging"), reg.status(), reg.history("staging"),
-                                   reg.probe_runs("staging"), reg.health("staging"))),
+                                   reg.health("staging", runs=reg.probe_runs("staging", limit=500)))),
         ("/audit", lambda: (reg.audit(limit=101), reg.audit_checkpoint())),
-        ("/audit?actor=user3&page=3", lambda: (reg.audit(actor="user3", limit=301), reg.audit_checkpoint())),
+        ("/audit?actor=user3&before=50000&page=2", lambda: (reg.audit(actor="user3", before=50000, limit=101),
+                                                            reg.audit_checkpoint())),
         ("/audit?prompt=system", lambda: (reg.audit(prompt="system", limit=101), reg.audit_checkpoint())),
         ("/api/envs/staging", None),
         ("/api/audit", None),
@@ -131,9 +136,12 @@ def run(root: Path, opts) -> None:
     app = create_app(demo.opener(root / "home", fake))
     with TestClient(app, base_url="http://127.0.0.1:8765") as client, demo.opener(root / "home", fake)() as reg:
         t0 = time.perf_counter()
-        client.get("/audit")  # the first audit page verifies the whole chain; later ones reuse it
-        print(f"first /audit (verifies the chain of {opts.events} events): {(time.perf_counter() - t0) * 1000:.0f} ms; "
-              "then reused while head and count are unchanged, for up to 5 minutes")
+        client.get("/audit")  # starts verifying the whole chain in the background
+        first = time.perf_counter() - t0
+        while client.get("/api/audit").json()["verified"] is None:  # timed pages run without it
+            time.sleep(0.2)
+        print(f"first /audit: {first * 1000:.0f} ms; the chain of {opts.events} events verified in the background "
+              f"in {time.perf_counter() - t0:.1f} s, then renewed when the log changes or after 5 minutes")
         print(f"{'page':44} {'min':>7} {'median':>7} {'max':>7}   {'API alone (median)':>18}  ratio")
         worst = 0.0
         for path, baseline in cases(reg, None):

@@ -405,13 +405,15 @@ class Registry:
         with self.store.read() as conn:
             return probes.runs(conn, env, _since(since), limit=limit)
 
-    def health(self, env: str | None = None, *, since: str | datetime | None = None) -> HealthReport:
+    def health(self, env: str | None = None, *, since: str | datetime | None = None,
+               runs: list[ProbeRun] | None = None) -> HealthReport:
         """Per version deployed in the window: runs, pass rate, p50/p95 latency; and each change
         point: the release after which latency or pass rate moved, with its actor, reason and a
-        one-line summary of its diff from the version before."""
+        one-line summary of its diff from the version before. ``runs``: the window's runs when
+        already read with ``probe_runs`` (they are not read again)."""
         from registry import monitoring
 
-        return monitoring.health(self.config, env, since=_since(since))
+        return monitoring.health(self.config, env, since=_since(since), runs=runs)
 
     def watch(self, env: str | None = None, *, every_s: float, failures: int = 3,
               notify: Callable[[str], object] | None = None, auto_rollback: bool = False,

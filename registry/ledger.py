@@ -137,14 +137,14 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
         return _chosen(ledger, candidates, lambda r: r.revision == revision, f"revision {revision}")
     if version is not None:
         return _chosen(ledger, candidates, lambda r: r.version == version or r.ref == version, version)
-    before = _step_back_from(now)
+    before = step_back_from(now)
     for r in candidates:
         if before is None or r.revision < before:
             return r
     raise NotFound("no earlier healthy release to roll back to: see `registry history`")
 
 
-def _step_back_from(now: Release | None) -> int | None:
+def step_back_from(now: Release | None) -> int | None:
     """The revision a default rollback looks behind: for a rollback copy, the one it copies."""
     if now is None:
         return None

@@ -152,15 +152,18 @@ def failures(run: ProbeRun, limit: int = 3) -> str:
 # --- health -------------------------------------------------------------------------------
 
 
-def health(cfg: Configuration, env_name: str | None = None, *, since: datetime | None = None) -> HealthReport:
+def health(cfg: Configuration, env_name: str | None = None, *, since: datetime | None = None,
+           runs: list[ProbeRun] | None = None) -> HealthReport:
     """Figures per version and the change points of the stored runs (one environment or all),
-    each change point with the release's actor, reason and what changed from the version before."""
+    each change point with the release's actor, reason and what changed from the version before.
+    ``runs``: those runs, when the caller has already read them (the web view charts them too)."""
     from registry import healthreport
 
     with cfg.store.read() as conn:
         if env_name is not None:
             environments.find(conn, env_name)  # a typo is NotFound, not an empty report
-        runs = probes.runs(conn, env_name, since)
+        if runs is None:
+            runs = probes.runs(conn, env_name, since)
         rows = releases.newest(conn, env_name)
     report = healthreport.build(runs, rows, since=since)
     models = {(r.env, r.revision): r.model for r in rows}

@@ -73,7 +73,7 @@ def deployed(store: Store, env: str) -> str | None:
     with store.read() as conn:
         if environments.get(conn, env) is None:
             return None
-        running = ledger.current(releases.ledger(conn, env))
+        running = ledger.current(releases.current_and_pending(conn, env))
     if running is None:
         raise NotFound(f"nothing is deployed in {env}")
     return f"{running.model}@{running.version}"

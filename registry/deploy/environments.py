@@ -109,7 +109,7 @@ class RemoveEnv(Action):
     def _claim(self, name: str, *, reason: str | None, force: bool) -> tuple[Environment, Release | None]:
         with self.cfg.store.write() as conn:
             env = environments.find(conn, name)
-            rows = releases.ledger(conn, name)
+            rows = releases.current_and_pending(conn, name)
             held = locks.get(conn, name)
             if held:  # says, by case, whether to wait, recover, or (another host's lock) recover --force
                 raise OperationInProgress(lock_rules.busy_message(held))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from registry import clock, ledger
 from registry.deploy.engine import LABEL, ContainerInfo
 from registry.deploy.switching import Switching
+from registry.errors import InvalidInput, NotFound
 from registry.ledger import Release
 from registry.models import DeployResult
 from registry.store import releases
@@ -25,7 +26,13 @@ class Rollback(Switching):
         wanted = to or (f"revision {revision}" if revision is not None else "previous release")
         with self.deciding(target=wanted):  # the target is chosen from the ledger as it is under the lock
             with self.cfg.store.read() as conn:
-                chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
+                rows, complete = releases.working_set(conn, env.name)
+                try:
+                    chosen = ledger.rollback_target(rows, version=to, revision=revision)
+                except (NotFound, InvalidInput):
+                    if complete:  # a named version or revision further back: read the rest
+                        raise
+                    chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
             runtime = self.runtime_of(chosen)
             kept = self.kept_container(chosen)
             # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.

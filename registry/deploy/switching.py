@@ -66,7 +66,7 @@ class Switching(Action):
     def open_revision(self, make_plan: MakePlan) -> Plan:
         """Append the pending revision, planned from the ledger as it is now (under our lock)."""
         with self.cfg.store.write() as conn:
-            plan = make_plan(releases.ledger(conn, self.env.name))
+            plan = make_plan(releases.working_set(conn, self.env.name)[0])  # current, pending, newest revision
             releases.insert_(conn, plan.pending)
         return plan
 
@@ -115,9 +115,8 @@ class Switching(Action):
             settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
             releases.apply(conn, settled)
             self._event(conn, plan, settled.deployed, written=settled)
-            rows = releases.ledger(conn, env.name)
         # Still under the lock, so no concurrent promote has a fresh (not yet running) container here.
-        removed, warnings = self._retain(rows)
+        removed, warnings = self._retain()
         with self.cfg.store.write() as conn:
             locks.drop(conn, self.lock)
         previous = settled.updates[1] if len(settled.updates) > 1 else None  # as recorded: superseded
@@ -225,15 +224,21 @@ class Switching(Action):
         events.append(conn, actor=row.actor, action=action, object=row.ref, model=row.model, env=self.env.name,
                       reason=row.reason, detail=self.scrubber.scrub_json(detail), db_user=self.cfg.store.db_user(conn))
 
-    def _retain(self, rows: list[Release]) -> tuple[list[str], list[str]]:
+    def _retain(self) -> tuple[list[str], list[str]]:
         """Remove stopped containers beyond the environment's ``keep``; never one a rollback needs.
-        Best effort: the release is already recorded, so a Docker error is a warning, not a failure."""
-        keepers = ledger.keep_containers(rows, keep=self.env.keep)
+        Best effort: the release is already recorded, so a Docker error is a warning, not a failure.
+
+        Decided on the releases that ran the containers found, the deployed one and the default
+        rollback target (``releases.working_set``), not the whole ledger: protecting a container
+        that no longer exists changes nothing."""
         removed, warnings = [], []
         try:
             found = self.engine.find(env=self.env.name, registry=self.cfg.registry_id)
         except CellarError as exc:
             return [], [f"old containers were not cleaned up: {self.scrub(str(exc))}"]
+        with self.cfg.store.read() as conn:
+            rows, _ = releases.working_set(conn, self.env.name, containers=[c.id for c in found])
+        keepers = ledger.keep_containers(rows, keep=self.env.keep)
         for c in found:
             if c.running or c.id in keepers:
                 continue

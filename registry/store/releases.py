@@ -3,11 +3,11 @@ connection, so a ledger change, its lock and its audit event share one transacti
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import clock, signing
-from registry.ledger import Operation, Release, ReleaseStatus, Settlement
+from registry.ledger import Operation, Release, ReleaseStatus, Settlement, current, step_back_from
 from registry.store import schema as t
 from registry.store.seals import require_rows, sealed
 
@@ -33,6 +33,37 @@ def newest(conn: Connection, env: str | None = None, *, limit: int | None = None
     rows = conn.execute(query).all()
     require_rows(conn, "release", [r._mapping for r in rows])
     return sorted((_release(r) for r in rows), key=lambda r: (r.env, r.revision))
+
+
+WINDOW = 50  # the newest releases a deploy decision reads (plus the rows working_set names)
+_LIVE = ["deployed", "pending-deploy", "pending-rollback"]
+
+
+def working_set(conn: Connection, env: str, *, containers: list[str] = ()) -> tuple[list[Release], bool]:
+    """What promote, rollback and retention decide on without reading the whole ledger, oldest
+    revision first: the newest ``WINDOW`` releases, the deployed and pending ones, the release a
+    default rollback copies (``registry.ledger.rollback_target``, found through the (env, revision) index),
+    and those that ran one of ``containers``. Also whether that is the whole ledger: a rollback
+    to a named version or revision reads the rest only when the answer lies further back."""
+    c = t.releases.c
+    found = {r.id: r for r in conn.execute(
+        select(t.releases).where(c.env == env).order_by(c.revision.desc()).limit(WINDOW))}
+    complete = len(found) < WINDOW
+    if not complete:
+        found.update((r.id, r) for r in conn.execute(select(t.releases).where(c.env == env, c.status.in_(_LIVE))))
+        now = current(sorted((_release(r) for r in found.values()), key=lambda r: r.revision))
+        query = select(t.releases).where(c.env == env, c.healthy.is_(True), c.status != "failed")
+        if now is not None:
+            query = query.where(~and_(c.model == now.model, c.version == now.version))
+        if (before := step_back_from(now)) is not None:
+            query = query.where(c.revision < before)
+        found.update((r.id, r) for r in conn.execute(query.order_by(c.revision.desc()).limit(1)))
+        if containers:
+            found.update((r.id, r) for r in conn.execute(
+                select(t.releases).where(c.env == env, c.container_id.in_(list(containers)))))
+    rows = sorted(found.values(), key=lambda r: r.revision)
+    require_rows(conn, "release", [r._mapping for r in rows])
+    return [_release(r) for r in rows], complete
 
 
 def count(conn: Connection, env: str | None = None) -> int:

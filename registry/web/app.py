@@ -97,7 +97,7 @@ class _Views:
         self.session = session
         self.templates = templates
         self.token = token
-        self.verifier = pages.AuditVerifier()
+        self.verifier = pages.AuditVerifier(session.opener)
 
     def page(self, name: str) -> Callable[[Request], Response]:
         build = getattr(self, f"_{name}")

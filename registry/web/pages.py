@@ -7,20 +7,23 @@ so both views show the same data. Nothing here writes: the web view is read-only
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections.abc import Callable
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from pydantic import BaseModel, Field
 
-from registry import (AuditFilter, BlameLine, Diff, Environment, EnvStatus, Event, HealthReport, InvalidInput,
+from registry import (AuditFilter, BlameLine, Checkpoint, Diff, Environment, EnvStatus, Event, HealthReport, InvalidInput,
                       LogEntry, NotFound, ProbeRun, Registry, Release, Verification, VersionInfo, VersionSummary)
 from registry.web.chart import latency_chart
 
 VERSIONS_PER_PAGE = 50
 EVENTS_PER_PAGE = 100
 PROBE_RUNS_SHOWN = 500  # the newest runs charted; older ones with ?since=
+log = logging.getLogger(__name__)
 _REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}@)?[a-z0-9][a-z0-9._+-]{0,62}")
 
 
@@ -96,7 +99,8 @@ class AuditPage(BaseModel):
     page: int  # its number, counted from the newest page while the reader pages through
     more: bool  # older events follow (``?before=`` the last one shown)
     newer: bool = False  # newer events precede (``?after=`` the first one shown)
-    verified: CheckedAudit
+    verified: CheckedAudit | None = None  # None while the first verification runs
+    events_now: int = 0  # the log's length now: more than ``verified`` checked when events came since
 
 
 # --- versions ------------------------------------------------------------------------------
@@ -195,7 +199,7 @@ def environment_page(reg: Registry, name: str, *, since: str | None = None) -> E
         when = page.since = page.probe_runs[0].started_at  # the chart, markers and figures cover the same window
     shown = [r for r in releases if when is None or r.started_at >= when]
     page.chart_svg = latency_chart(page.probe_runs, shown, title=f"{env.name}: probe latency and pass rate")
-    page.health = reg.health(env.name, since=when)
+    page.health = reg.health(env.name, since=when, runs=page.probe_runs)
     return page
 
 
@@ -221,7 +225,7 @@ def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, before:
     check. Pages are cursors: ``before`` the oldest event of the page shown (older), or ``after``
     its newest (newer); ``page`` only numbers them for the reader."""
     given = {k: (filters.get(k) or None) for k in AUDIT_FILTERS}
-    n = EVENTS_PER_PAGE
+    n, now = EVENTS_PER_PAGE, reg.audit_checkpoint()
     if after is not None:
         events = reg.audit(**given, after=after, limit=n + 1)  # the n + 1 just newer, newest first
         newer, older, shown = len(events) > n, True, events[-n:]
@@ -230,30 +234,67 @@ def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, before:
         newer, older, shown = before is not None, len(events) > n, events[:n]
     page = max(page, 2 if newer else 1) if newer else 1
     return AuditPage(filters=given, events=shown, page=page, more=older and bool(shown),
-                     newer=newer and bool(shown), verified=verifier.result(reg))
+                     newer=newer and bool(shown), verified=verifier.result(reg, checkpoint=now), events_now=now.count)
 
 
 class AuditVerifier:
-    """``Registry.verify_audit()`` re-reads the whole chain (about a second on 100,000 events), so a
-    result is reused while the log's head and count are unchanged and it is younger than ``max_age_s``.
+    """Verifying the audit chain re-reads every event (seconds on 100,000), so no page waits for
+    it: a thread of its own verifies through a registry of its own (``opener()``), and pages show
+    the newest finished result with when it was computed.
 
-    A row altered in the middle leaves head and count as they were: that is why results expire.
-    ``result(reg, fresh=True)`` (the page's "verify now" link) always recomputes."""
+    A result is renewed in the background when the log's head or count changed or it is older
+    than ``max_age_s``: a row altered in the middle leaves head and count as they were, which is
+    why results expire. The first page waits up to ``wait_s`` for the first result (a small log
+    is verified by then); ``verify now`` (``fresh=True``) verifies in the request, and waits."""
 
-    def __init__(self, max_age_s: float = 300.0):
-        self.max_age_s = max_age_s
+    def __init__(self, opener: Callable[[], Registry], *, max_age_s: float = 300.0, wait_s: float = 1.0):
+        self.opener, self.max_age_s, self.wait_s = opener, max_age_s, wait_s
         self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
         self._cached: tuple[str, float, CheckedAudit] | None = None
+        self._running = False
 
-    def result(self, reg: Registry, *, fresh: bool = False) -> CheckedAudit:
-        head = str(reg.audit_checkpoint())
+    def result(self, reg: Registry, *, fresh: bool = False, checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
+        """The newest result (None while the first one is computed); renewal started if due.
+        ``checkpoint``: the log's head and count now, when the caller has read them."""
+        head = str(checkpoint or reg.audit_checkpoint())
+        if fresh:
+            started = time.monotonic()
+            checked = _verified(reg)
+            with self._lock:
+                self._cached = (head, started, checked)
+            return checked
         with self._lock:
             cached = self._cached
-            if (not fresh and cached and cached[0] == head
-                    and time.monotonic() - cached[1] < self.max_age_s):
-                return cached[2]
+            if not (cached and cached[0] == head and time.monotonic() - cached[1] < self.max_age_s):
+                self._start()
+            if self._cached is None:
+                self._finished.wait_for(lambda: self._cached is not None or not self._running, timeout=self.wait_s)
+            return self._cached[2] if self._cached else None
+
+    def _start(self) -> None:  # with the lock held
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._run, name="cellar-audit-verify", daemon=True).start()
+
+    def _run(self) -> None:
+        result = None
+        try:
             started = time.monotonic()
-            checked = CheckedAudit(verification=reg.verify_audit(), verified_at=datetime.now(UTC),
-                                   seconds=round(time.monotonic() - started, 3))
-            self._cached = (head, started, checked)
-            return checked
+            with self.opener() as reg:
+                head = str(reg.audit_checkpoint())  # read first: the result covers at least this
+                result = (head, started, _verified(reg))
+        except Exception:  # a database gone for a moment: the page says "not verified yet"
+            log.exception("audit verification failed")
+        finally:
+            with self._lock:
+                if result is not None:
+                    self._cached = result
+                self._running = False
+                self._finished.notify_all()
+
+
+def _verified(reg: Registry) -> CheckedAudit:
+    started = time.monotonic()
+    return CheckedAudit(verification=reg.verify_audit(), verified_at=datetime.now(UTC),
+                        seconds=round(time.monotonic() - started, 3))

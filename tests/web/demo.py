@@ -1,9 +1,6 @@
 """A demo-like registry for the web tests, the screenshots and bench/ui.py: three versions of
 support-bot (v1.1's prompt carries HTML/script payloads), two environments, a ledger with a
 failed release rolled back automatically, and probe runs around each release.
-
-``ProbeRegistry`` stands in for the probe API the probes work adds to ``Registry``
-(``probe_runs``/``health``), computed here from the store, so the health chart has data.
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from registry import healthreport
 from registry.api import Registry
 from registry.deploy.fake import FakeEngine
 from registry.errors import HealthGateFailed
@@ -35,25 +31,13 @@ MESSAGES = {"v1.0": "First release: polite support persona",
             "v1.2": "Retrained output head (broken: MAX_TOKENS is not a number)"}
 
 
-class ProbeRegistry(Registry):
-    """A Registry with ``probe_runs`` and ``health``, as the probes work will add them."""
-
-    def probe_runs(self, env: str | None = None, *, since: datetime | None = None,
-                   limit: int | None = None) -> list[ProbeRun]:
-        with self.store.read() as conn:
-            return probes.runs(conn, env, since, limit=limit)
-
-    def health(self, env: str | None = None, *, since: datetime | None = None):
-        return healthreport.build(self.probe_runs(env, since=since), self.history(env), since=since)
-
-
 def fake_engine() -> FakeEngine:
     return FakeEngine(images={IMAGE: IMAGE_DIGEST})
 
 
-def opener(home: Path, fake: FakeEngine, cls: type[Registry] = ProbeRegistry):
+def opener(home: Path, fake: FakeEngine):
     """What ``create_app`` takes: opens the registry at ``home`` on the fake engine."""
-    return lambda: cls.open(home, engine_factory=lambda host: fake, checks=fake.checks)
+    return lambda: Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks)
 
 
 def build(home: Path, work: Path, fake: FakeEngine, *, clock=None) -> None:

@@ -4,6 +4,8 @@ guard, the token, security headers, and diff inputs that must never reach the se
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -145,3 +147,30 @@ def test_audit_pages_follow_cursors_both_ways(client, monkeypatch):
     assert "after=" in html and "older &rarr;" not in html
     back = client.get(f"/api/audit?after={seen[-1]}").json()  # newer than the oldest: the page above it
     assert [e["id"] for e in back["events"]] == seen[-4:-1] and back["newer"] and back["more"]
+
+
+def test_audit_verification_runs_in_the_background(demo_registry):
+    gate = threading.Event()
+
+    def slow_opener():  # a long chain: the verification is still running when the page renders
+        gate.wait(10)
+        return demo_registry.opener()
+
+    verifier = pages.AuditVerifier(slow_opener, wait_s=0)
+    with demo_registry.opener() as reg:
+        first = pages.audit_page(reg, verifier)
+        assert first.verified is None and first.events_now > 0 and first.events
+        gate.set()
+        deadline = time.monotonic() + 10
+        while verifier.result(reg) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = pages.audit_page(reg, verifier)
+    assert again.verified.verification.ok and again.verified.verification.checked == again.events_now
+
+
+def test_the_audit_page_says_when_verification_is_still_running(demo_registry, monkeypatch):
+    monkeypatch.setattr(pages.AuditVerifier, "_start", lambda self: None)  # never finishes
+    with TestClient(create_app(demo_registry.opener), base_url="http://127.0.0.1:8765") as c:
+        html = c.get("/audit").text
+        assert "is being checked; reload in a few seconds" in html and "chain intact" not in html
+        assert "chain intact" in c.get("/audit?verify=now").text  # verify now waits for it

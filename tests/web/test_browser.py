@@ -77,11 +77,10 @@ def test_the_health_chart_has_one_marker_per_release(tab, served, demo_registry)
 
 
 def test_no_probe_data_is_said_when_no_run_was_recorded(tab, demo_registry):
-    from registry.api import Registry
     from registry.web import create_app
     from tests.web.conftest import _serve
 
-    plain = create_app(demo.opener(demo_registry.home, demo_registry.fake, cls=Registry))
+    plain = create_app(demo.opener(demo_registry.home, demo_registry.fake))
     for served in _serve(plain):
         tab.page.goto(served.url + "/envs/staging?since=2099-01-01")  # a window with no run in it
         assert tab.page.locator("#no-probe-data").is_visible()
