@@ -1,0 +1,140 @@
+"""Bench: listings and deploy decisions at scale. Each command on a registry of 100,000 versions
+and 10,000 releases against the same command on 1,000 versions and 100 releases, interleaved
+pair by pair; prints min/median/max of each and of the ratio large/small (target <= 1.2x).
+
+    python bench/scale.py [--pairs 7]      (SQLite)
+
+`list`, `log`, `history --env production` and `status` run as CLI processes (start-up included:
+it is the same on both sides); `rollback` runs through ``Registry.rollback`` on the fake engine,
+so what is timed is the registry's own work (ledger reads, decision, record), not Docker's.
+The registries are built fast: real pushes and promotes, then rows copied with bulk inserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MAIN = "import sys; sys.argv[0] = 'registry'\nfrom cli.main import main\nmain()"
+SIZES = {"small": (1_000, 100), "large": (100_000, 10_000)}
+
+
+def build(home: Path, work: Path, versions: int, releases: int):
+    """A registry of ``versions`` versions and ``releases`` releases in production."""
+    from sqlalchemy import insert, select
+
+    from registry import clock
+    from registry.api import Registry
+    from registry.ledger import Operation, Release, ReleaseStatus
+    from registry.store import releases as release_store
+    from registry.store import schema as t
+    from registry.store import seals
+    from tests.web import demo
+
+    Registry.init(home)[0].close()
+    fake = demo.fake_engine()
+    opener = demo.opener(home, fake)
+    model = demo.ModelDir.create(work / "bot")
+    with opener() as reg:
+        for v in ("v1.0", "v1.1"):
+            model.set_prompt(f"prompt of {v}\n")
+            model.write_manifest(version=v, image=demo.IMAGE)
+            reg.push(model.manifest)
+        with reg.store.write() as conn:  # copies of v1.0's rows, older than the two real pushes
+            row = dict(conn.execute(select(t.versions).where(t.versions.c.version == "v1.0")).mappings().one())
+            files = [dict(f) for f in conn.execute(
+                select(t.version_files).where(t.version_files.c.version_id == row["id"])).mappings()]
+            row.pop("id")
+            start = row["created_at"] - timedelta(days=30)
+            for first in range(0, versions - 2, 5_000):
+                batch = []
+                for i in range(first, min(versions - 2, first + 5_000)):
+                    new = {**row, "version": f"v0.{i}", "created_at": start + timedelta(seconds=i), "message": f"copy {i}"}
+                    new["mac"] = seals.seal_version(conn, {**new, "model": "support-bot"})
+                    batch.append(new)
+                conn.execute(insert(t.versions), batch)
+            ids = conn.execute(select(t.versions.c.id).where(t.versions.c.version.like("v0.%"))).scalars().all()
+            for first in range(0, len(ids), 5_000):
+                conn.execute(insert(t.version_files), [{**f, "version_id": vid} for vid in ids[first:first + 5_000]
+                                                       for f in files])
+        reg.add_env("production", port=18099)
+        with reg.store.write() as conn:  # the ledger's past: superseded releases of v1.0 and v1.1
+            at = clock.now() - timedelta(days=30)
+            digests = {v.version: v.manifest_digest for v in reg.versions("support-bot")}
+            for revision in range(1, releases - 1):
+                version = "v1.0" if revision % 2 else "v1.1"
+                release_store.insert_(conn, Release(
+                    env="production", revision=revision, operation=Operation.PROMOTE, model="support-bot", version=version,
+                    manifest_digest=digests[version], image_digest=demo.IMAGE_DIGEST, status=ReleaseStatus.SUPERSEDED,
+                    actor="bench", started_at=at + timedelta(minutes=revision), healthy=True,
+                    container_id=f"gone-{revision}"))
+        for v in ("v1.0", "v1.1"):  # the last two for real
+            reg.promote(f"support-bot@{v}", env="production")
+        assert reg.count_versions() == versions and reg.count_releases("production") == releases
+    return opener
+
+
+def cli_time(home: Path, args: list[str]) -> float:
+    env = {**os.environ, "REGISTRY_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", MAIN, *args], env=env, capture_output=True, text=True)
+    assert done.returncode in (0, 1), done.stderr  # status exits 1: the fake engine's containers are not in Docker
+    return time.perf_counter() - t0
+
+
+def api_rollback(opener) -> float:
+    with opener() as reg:
+        t0 = time.perf_counter()
+        reg.rollback(env="production", reason="bench")
+        return time.perf_counter() - t0
+
+
+def spread(values: list[float], unit: str = "s") -> str:
+    return f"min {min(values):.3f} median {statistics.median(values):.3f} max {max(values):.3f} {unit}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=7)
+    opts = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cellar-bench-scale-"))
+    os.environ.pop("REGISTRY_DB_URL", None)
+    os.environ.setdefault("REGISTRY_ACTOR", "bench")
+    os.environ.setdefault("SUPPORT_API_TOKEN", "bench-secret")  # the test model declares it
+    try:
+        openers, homes = {}, {}
+        for name, (versions, releases) in SIZES.items():
+            t0 = time.perf_counter()
+            homes[name] = root / name / "home"
+            openers[name] = build(homes[name], root / name / "work", versions, releases)
+            print(f"{name}: {versions} versions, {releases} releases, built in {time.perf_counter() - t0:.0f} s")
+        cases = [("list", lambda h, o: cli_time(h, ["list"])), ("log", lambda h, o: cli_time(h, ["log"])),
+                 ("history --env production", lambda h, o: cli_time(h, ["history", "--env", "production"])),
+                 ("status", lambda h, o: cli_time(h, ["status"])),
+                 ("rollback (API, fake engine)", lambda h, o: api_rollback(o))]
+        print(f"{'command':30} {'1k versions / 100 releases':>36} {'100k / 10k':>36}   ratio large/small")
+        for label, run in cases:
+            small, large, ratios = [], [], []
+            for _ in range(opts.pairs):  # interleaved: small then large, pair by pair
+                small.append(run(homes["small"], openers["small"]))
+                large.append(run(homes["large"], openers["large"]))
+                ratios.append(large[-1] / small[-1])
+            print(f"{label:30} {spread(small):>36} {spread(large):>36}   "
+                  f"{spread(ratios, 'x')} (target <= 1.2x)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
