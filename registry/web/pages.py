@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from pydantic import BaseModel, Field
@@ -232,7 +232,7 @@ def audit_page(reg: Registry, verifier: AuditVerifier, *, page: int = 1, before:
     else:
         events = reg.audit(**given, before=before, limit=n + 1)
         newer, older, shown = before is not None, len(events) > n, events[:n]
-    page = max(page, 2 if newer else 1) if newer else 1
+    page = max(page, 2) if newer else 1
     return AuditPage(filters=given, events=shown, page=page, more=older and bool(shown),
                      newer=newer and bool(shown), verified=verifier.result(reg, checkpoint=now), events_now=now.count)
 
