@@ -17,7 +17,7 @@ from cli.main import app
 from tests import helpers
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
-SUMMARY_KEYS = {"model", "version", "manifest_digest", "created_at", "actor", "message"}
+SUMMARY_KEYS = {"model", "version", "manifest_digest", "created_at", "actor", "message", "deprecated_at"}
 
 
 def cli(*args: str, code: int = 0):

@@ -247,24 +247,37 @@ def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env,
     assert any(e is own for e in closed) and any(e is reg.engine() for e in closed)
 
 
-def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env):
-    reg, env = docker_env
-    reg.promote("v1.0")
-    proc = subprocess.Popen([*REGISTRY, "promote", "v1.4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    for line in proc.stderr:  # v1.4 needs 1 s to answer: Ctrl-C lands in the health check
-        if "start container" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == 130
-    assert proc.stderr.read().strip().splitlines()[-1] == (f"error: interrupted: support-bot@v1.4 was not deployed to {env}; "
-                                          "support-bot@v1.0 was restored (revision 3)")
-    assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.4", "failed"), (3, "v1.0", "deployed")]
-    assert answer(reg, env).startswith("prompt=prompt-v1.0")
-    assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
-    with reg.store.read() as conn:
-        assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
+def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env, docker_image, model_dir):
+    reg, base = docker_env
+    env = f"{base}-c"  # a health check of 60 s: Ctrl-C lands in it however loaded the machine is
+    reg.add_env(env, port=free_port(), health_timeout_s=60)
+    model_dir.set_prompt("prompt-v1.9")
+    model_dir.write_manifest(version="v1.9", image=docker_image, runtime={
+        "port": 8080, "env": {"MAX_TOKENS": "64", "READY_DELAY": "600"}, "secrets": ["SUPPORT_API_TOKEN"],
+        "health": {"path": "/cgi-bin/health"}})
+    reg.push(model_dir.manifest)
+    client = docker.from_env()
+    try:
+        reg.promote("v1.0", env=env)
+        proc = subprocess.Popen([*REGISTRY, "promote", "v1.9", "--env", env], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:  # v1.9 never answers: the health check waits until Ctrl-C
+            if "start container" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        proc.wait(timeout=60)
+        assert proc.returncode == 130
+        assert proc.stderr.read().strip().splitlines()[-1] == (
+            f"error: interrupted: support-bot@v1.9 was not deployed to {env}; support-bot@v1.0 was restored (revision 3)")
+        assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.9", "failed"), (3, "v1.0", "deployed")]
+        assert answer(reg, env).startswith("prompt=prompt-v1.0")
+        assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]
+        with reg.store.read() as conn:
+            assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
+    finally:
+        for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}"}):
+            c.remove(force=True)
+        client.close()
 
 
 def test_engine_errors_name_the_url_its_source_and_the_cause_in_a_few_words(tmp_path, monkeypatch):
