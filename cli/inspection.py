@@ -177,8 +177,12 @@ def audit_verify(
         print_json(result)
     elif result.ok:
         console().print(f"audit log intact: {result.checked} events, head {short(result.head)}")
-    if not result.ok:
+    if result.problem is not None:
         raise AuditBroken(f"audit log broken at event {result.problem.event}: {result.problem.message}")
+    if not result.ok:
+        first = result.seals[0]
+        more = f" (and {len(result.seals) - 1} more: see --json)" if len(result.seals) > 1 else ""
+        raise AuditBroken(f"audit record altered: {first.object}: {first.message}{more}")
 
 
 @audit_app.command("checkpoint")

@@ -230,7 +230,7 @@ def bindings(kind: str, rows: Iterable[Mapping[str, Any]], *, deleted: Iterable[
 class SealProblem(BaseModel):
     """One row that is not what was sealed; ``object`` names it (``event:12``, ``release:prod#7``)."""
 
-    kind: str  # unsealed, other-key, forged, digest, appended, truncated, stale, deleted
+    kind: str  # unsealed, other-key, forged, digest, appended, truncated, stale, deleted, index
     object: str
     message: str
 

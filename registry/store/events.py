@@ -4,6 +4,7 @@ to ``registry.audit.verify``. The chain's logic is ``registry.audit``; the rows 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -11,12 +12,14 @@ from sqlalchemy.engine import Connection
 
 from registry import audit, clock
 from registry.audit import AuditFilter, Checkpoint, Event, Verification
+from registry.signing import SealProblem
 from registry.store import seals
-from registry.store.schema import events
+from registry.store.schema import event_prompts, events
 
 # Statements on the push path are built once: building one costs more than running it.
 _LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
 _INSERT = insert(events)
+_INDEX = insert(event_prompts)
 
 
 def append(conn: Connection, *, actor: str, action: str, object: str, detail: dict[str, Any],
@@ -27,7 +30,14 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
     row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
                           object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
     conn.execute(_INSERT, {**row, "mac": seals.seal_event(conn, row["id"], row["hash"])})
+    if changed := _prompts_of(detail):
+        conn.execute(_INDEX, [{"prompt": p, "event_id": row["id"]} for p in changed])
     return row["hash"]
+
+
+def _prompts_of(detail: dict[str, Any]) -> list[str]:
+    """The prompts an event says it changed, each once (what ``event_prompts`` indexes)."""
+    return list(dict.fromkeys(detail.get("prompts_changed") or []))
 
 
 def query(conn: Connection, flt: AuditFilter) -> list[Event]:
@@ -47,10 +57,9 @@ def query(conn: Connection, flt: AuditFilter) -> list[Event]:
     if flt.since:
         stmt = stmt.where(events.c.at >= flt.since)
     if flt.prompt:
-        # Narrow in SQL on the canonical JSON text, then check the parsed detail exactly.
-        stmt = stmt.where(events.c.detail.like(
-            f'%"prompts_changed":[%"{_escape_like(flt.prompt)}"%', escape="\\"))
-    elif flt.limit:
+        # Through the index of prompts changed, then checked against the parsed (sealed) detail.
+        stmt = stmt.where(events.c.id.in_(select(event_prompts.c.event_id).where(event_prompts.c.prompt == flt.prompt)))
+    if flt.limit:
         stmt = stmt.limit(flt.limit)
     out = []
     # Streamed: with a limit, reading stops at the limit-th match instead of fetching every match.
@@ -72,10 +81,28 @@ def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 
 
     with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
         chain = audit.verify(result.mappings(), find_by_hash=find_by_hash, against=against)
-    problems = seals.check(conn)
+    problems = seals.check(conn) + index_problems(conn)
     if not problems:
         return chain
     return chain.model_copy(update={"ok": False, "seals": problems})
+
+
+def index_problems(conn: Connection, batch: int = 2000) -> list[SealProblem]:
+    """Where ``event_prompts`` differs from what the events themselves say: a row removed there
+    would hide an event from ``audit --prompt``, one added would show an event that changed nothing."""
+    said: set[tuple[int, str]] = set()
+    query = select(events.c.id, events.c.detail).where(events.c.detail.like('%"prompts_changed":["%'))
+    with conn.execution_options(yield_per=batch).execute(query) as result:
+        for event_id, detail in result:
+            said.update((event_id, p) for p in _prompts_of(json.loads(detail)))
+    # a row of an event that is gone changes no answer (the chain reports the deletion itself)
+    indexed = {(r.event_id, r.prompt) for r in conn.execute(
+        select(event_prompts).join(events, events.c.id == event_prompts.c.event_id))}
+    return [SealProblem(kind="index", object=f"event:{event_id}", message=(
+                f"the prompt index {'lacks' if (event_id, prompt) in said else 'invents'} event {event_id} "
+                f"changing prompt {prompt!r}: `registry audit --prompt` would "
+                f"{'miss' if (event_id, prompt) in said else 'show'} it"))
+            for event_id, prompt in sorted(said ^ indexed)]
 
 
 def checkpoint(conn: Connection) -> Checkpoint:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 metadata = MetaData()
 
@@ -110,6 +110,15 @@ events = Table(
     Column("mac", String(80)),
     Index("ix_events_action", "action"),
     Index("ix_events_model", "model"),
+)
+
+# Which events changed which prompt (detail.prompts_changed), so `audit --prompt` reads an index
+# instead of every event's JSON (0007). Derived from the sealed events: `audit verify` checks it.
+event_prompts = Table(
+    "event_prompts",
+    metadata,
+    Column("prompt", String(1024), primary_key=True),
+    Column("event_id", Integer, primary_key=True),  # no foreign key: derived, checked by verify
 )
 
 # --- environments, releases, operation locks (0002) ------------------------------------

@@ -175,3 +175,15 @@ def test_show_log_and_blame_display_git_provenance(home, git_repo):
     assert f"git     {commit} on main" in run("show", "v1.0").stdout
     assert f"{commit[:8]} Grace Hopper <grace@example.org>" in run("blame", "system").stdout
     assert json.loads(run("log", "--json").stdout)[0]["provenance"]["commit"] == commit
+
+
+def test_audit_verify_names_an_altered_prompt_index_in_one_line(two_versions, home):
+    from sqlalchemy import text
+
+    from registry.api import Registry
+
+    with Registry.open(home) as reg, reg.store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM event_prompts"))
+    result = run("audit", "verify", code=1)
+    assert result.stderr.count("\n") == 1 and "error: audit record altered: event:" in result.stderr
+    assert "the prompt index lacks event" in result.stderr and "(and 1 more: see --json)" in result.stderr

@@ -140,3 +140,27 @@ def test_a_checkpoint_of_an_intact_log_verifies(pushed, model_dir):
     pushed.push(model_dir.manifest, version="v3.0")
     result = pushed.verify_audit(checkpoint=f"{cp.head}:{cp.count}")
     assert result.ok and result.checked == 8
+
+
+def test_the_prompt_filter_reads_an_index_that_verify_checks(pushed):
+    with pushed.store.read() as conn:
+        indexed = sorted(tuple(r) for r in conn.execute(select(t.event_prompts.c.event_id, t.event_prompts.c.prompt)))
+    assert indexed == [(2, "system"), (4, "system"), (6, "system")]  # the pushes that changed it
+    sql(pushed, "DELETE FROM event_prompts WHERE event_id = 4")  # hides v1.2's change from the filter
+    sql(pushed, "INSERT INTO event_prompts (prompt, event_id) VALUES ('system', 7)")  # invents one
+    assert [e.object for e in pushed.audit(prompt="system")] == ["support-bot@v1.4", "support-bot@v1.0"]
+    result = pushed.verify_audit()
+    assert not result.ok and result.problem is None  # the chain itself is intact
+    assert [(p.kind, p.object) for p in result.seals] == [("index", "event:4"), ("index", "event:7")]
+    assert "lacks event 4 changing prompt 'system'" in result.seals[0].message
+    assert "invents event 7" in result.seals[1].message
+
+
+def test_migration_0007_indexes_the_events_already_written(pushed):
+    from registry.store import migrate
+
+    migrate.downgrade(pushed.store, "0006")
+    migrate.upgrade(pushed.store)
+    assert [e.object for e in pushed.audit(prompt="system")] == [
+        "support-bot@v1.4", "support-bot@v1.2", "support-bot@v1.0"]
+    assert pushed.verify_audit().ok
