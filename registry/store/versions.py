@@ -66,9 +66,9 @@ def summaries(store: Store, model: str | None = None, *, limit: int | None = Non
 
 
 def count(conn: Connection, model: str | None = None, *, include_deprecated: bool = True) -> int:
-    query = select(func.count()).select_from(t.versions.join(t.models))
+    query = select(func.count()).select_from(t.versions)
     if model:
-        query = query.where(t.models.c.name == model)
+        query = query.where(t.versions.c.model_id == _id_of(model))
     if not include_deprecated:
         query = query.where(t.versions.c.deprecated_at.is_(None))
     return conn.execute(query).scalar_one()
@@ -144,7 +144,7 @@ def prompt_history(conn: Connection, *, model: str, prompt: str, upto: str) -> l
                    func.lag(t.version_files.c.digest).over(order_by=order).label("previous"),
                    func.row_number().over(order_by=order).label("n"))
             .select_from(joined.join(target, t.versions.c.created_at <= target.c.created_at))
-            .where(t.models.c.name == model).subquery())
+            .where(t.versions.c.model_id == _id_of(model)).subquery())
     rows = conn.execute(
         select(t.versions.c.version, walk.c.digest, t.versions.c.actor, t.versions.c.created_at,
                t.versions.c.provenance)
@@ -181,7 +181,7 @@ def _newest(store: Store, model: str | None, *, limit: int | None, offset: int =
     query = (select(*_summary_query().selected_columns, *extra).select_from(t.versions.join(t.models))
              .order_by(t.versions.c.created_at.desc(), t.versions.c.id.desc()))
     if model:
-        query = query.where(t.models.c.name == _valid_model(model))
+        query = query.where(t.versions.c.model_id == _id_of(_valid_model(model)))
     if not include_deprecated:
         query = query.where(t.versions.c.deprecated_at.is_(None))
     if limit:
@@ -303,6 +303,12 @@ def _summary_query(full: bool = False):
     if full:
         cols += [t.versions.c.manifest, t.versions.c.provenance, t.versions.c.mac]
     return select(*cols).select_from(t.versions.join(t.models))
+
+
+def _id_of(model: str):
+    """The model's id as a scalar subquery: filtering versions by it (not by a join on the name)
+    lets PostgreSQL walk the (model_id, created_at, id) index instead of scanning every version."""
+    return select(t.models.c.id).where(t.models.c.name == model).scalar_subquery()
 
 
 def _to_summary(row) -> VersionSummary:
