@@ -72,6 +72,7 @@ def create_app(registry_opener: Opener, token: str | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app):
+        views.verifier.prime()  # the chain is being verified before anyone opens the audit page
         yield
         session.close()
 

@@ -244,10 +244,11 @@ class AuditVerifier:
 
     A result is renewed in the background when the log's head or count changed or it is older
     than ``max_age_s``: a row altered in the middle leaves head and count as they were, which is
-    why results expire. The first page waits up to ``wait_s`` for the first result (a small log
-    is verified by then); ``verify now`` (``fresh=True``) verifies in the request, and waits."""
+    why results expire. The app starts the first verification as it starts (``prime``); a page
+    waits up to ``wait_s`` for the first result (a small log is verified by then); ``verify now``
+    (``fresh=True``) verifies in the request, and waits."""
 
-    def __init__(self, opener: Callable[[], Registry], *, max_age_s: float = 300.0, wait_s: float = 1.0):
+    def __init__(self, opener: Callable[[], Registry], *, max_age_s: float = 300.0, wait_s: float = 0.25):
         self.opener, self.max_age_s, self.wait_s = opener, max_age_s, wait_s
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)
@@ -271,6 +272,11 @@ class AuditVerifier:
             if self._cached is None:
                 self._finished.wait_for(lambda: self._cached is not None or not self._running, timeout=self.wait_s)
             return self._cached[2] if self._cached else None
+
+    def prime(self) -> None:
+        """Start the first verification now (the app calls this as it starts)."""
+        with self._lock:
+            self._start()
 
     def _start(self) -> None:  # with the lock held
         if not self._running:
