@@ -40,12 +40,13 @@ def build(home: Path, work: Path, versions: int, releases: int):
     from registry.store import releases as release_store
     from registry.store import schema as t
     from registry.store import seals
+    from tests.helpers import ModelDir
     from tests.web import demo
 
     Registry.init(home)[0].close()
     fake = demo.fake_engine()
     opener = demo.opener(home, fake)
-    model = demo.ModelDir.create(work / "bot")
+    model = ModelDir.create(work / "bot")
     with opener() as reg:
         for v in ("v1.0", "v1.1"):
             model.set_prompt(f"prompt of {v}\n")
