@@ -280,7 +280,8 @@ def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env, docker_im
         with reg.store.read() as conn:
             assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
     finally:
-        for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}"}):
+        own = {"label": [f"cellar.env={env}", f"cellar.registry={reg.config.registry_id}"]}
+        for c in client.containers.list(all=True, filters=own):
             c.remove(force=True)
         client.close()
 
