@@ -1,6 +1,11 @@
 """Bench: 1,000 versions pushed through the Python API (``Registry.push``); target <= 3 s in all.
 
     python bench/api_push.py [--n 1000] [--pg ADMIN_URL] [--git] [--same-files] [--profile]
+    python bench/api_push.py --parity ADMIN_URL [--n 1000] [--pairs 7]
+
+``--parity`` times the same pushes on SQLite and on a scratch PostgreSQL database, interleaved
+pair by pair (the order alternating), and prints PostgreSQL/SQLite as min/median/max (issue 10:
+median <= 1.3x).
 
 Each version changes the prompt (a new small blob) and keeps the weights (stat cache hit),
 which is what a prompt-tuning loop does; ``--same-files`` pushes metadata only. ``--git``
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,7 +90,11 @@ def main() -> None:
     ap.add_argument("--git", action="store_true")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--same-files", action="store_true", help="metadata only: every version has the same files")
+    ap.add_argument("--parity", metavar="ADMIN_URL", help="PostgreSQL against SQLite, interleaved pairs")
+    ap.add_argument("--pairs", type=int, default=7)
     args = ap.parse_args()
+    if args.parity:
+        return parity(args.parity, n=args.n, pairs=args.pairs, same_files=args.same_files)
     with tempfile.TemporaryDirectory(prefix="cellar-api-bench-") as tmp, scratch_db(args.pg) as db_url:
         home, md = setup(Path(tmp), db_url=db_url, git=args.git)
         if args.profile:
@@ -102,6 +112,25 @@ def main() -> None:
           f"{', same files (metadata only)' if args.same_files else ', a new prompt each'}: "
           f"{elapsed:.2f} s wall ({cpu:.2f} s CPU) in all, {elapsed / args.n * 1000:.2f} ms per push "
           f"(target <= 3 s per 1,000); load average {os.getloadavg()[0]:.1f}")
+
+
+def parity(admin_url: str, *, n: int, pairs: int, same_files: bool) -> None:
+    def one(pg: bool) -> float:
+        with tempfile.TemporaryDirectory(prefix="cellar-api-bench-") as tmp, scratch_db(admin_url if pg else None) as url:
+            home, md = setup(Path(tmp), db_url=url, git=False)
+            return push_many(home, md, n, same_files=same_files)[0]
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(pairs):
+        for pg in ((False, True) if i % 2 == 0 else (True, False)):
+            times[pg].append(one(pg))
+    ratios = sorted(p / s for s, p in zip(times[False], times[True]))
+    ms = lambda xs: f"{min(xs) / n * 1000:.2f}/{statistics.median(xs) / n * 1000:.2f}/{max(xs) / n * 1000:.2f} ms"
+    print(f"{n} pushes through Registry.push, {pairs} interleaved pairs, min/median/max per push:")
+    print(f"  SQLite      {ms(times[False])}")
+    print(f"  PostgreSQL  {ms(times[True])}")
+    print(f"  PostgreSQL/SQLite {ratios[0]:.2f}/{statistics.median(ratios):.2f}/{ratios[-1]:.2f}x "
+          f"(target median <= 1.3x); load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

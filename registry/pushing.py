@@ -30,7 +30,7 @@ PARALLEL_FROM, PARALLEL = 64 << 20, 4
 def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
     """Record a version; the same content again is a no-op, other content a VersionConflict."""
     m = resolved.manifest
-    with cfg.store.read() as conn:
+    with cfg.store.peek() as conn:
         existing = versions.find(conn, m.model, m.version)
     # An existing version only needs digests to compare against: store nothing new.
     new = stage(cfg, resolved, write=existing is None, progress=progress)
@@ -40,11 +40,9 @@ def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progre
     new.warnings.extend(_dirty_warning(resolved, provenance))
     crashpoint("push:blobs-stored")
     with cfg.store.write() as conn:
-        raced = versions.find(conn, m.model, m.version)
-        if raced:
-            return _same_or_conflict(raced, new)
         _store_again_if_gone(cfg, new)
-        _record(cfg, conn, new, actor=actor, provenance=provenance)
+        if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # pushed meanwhile
+            return _same_or_conflict(versions.find(conn, m.model, m.version), new)
         crashpoint("push:before-commit")
     return PushResult(
         model=m.model, version=m.version, manifest_digest=new.digest, created=True,
@@ -54,10 +52,12 @@ def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progre
 
 
 def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
-            provenance: Provenance | None) -> None:
+            provenance: Provenance | None) -> bool:
+    """The version and its event; False (nothing written) if another writer recorded it first."""
     m = new.resolved.manifest
     prompts_changed = audit.prompts_changed(versions.newest_prompts(conn, m.model), new.record["prompts"])
-    versions.insert_version(conn, new, actor=actor, provenance=provenance)
+    if not versions.insert_version(conn, new, actor=actor, provenance=provenance):
+        return False
     events.append(
         conn, actor=actor, action="push", object=f"{m.model}@{m.version}", model=m.model,
         detail={"manifest_digest": new.digest, "image": new.record["image"],
@@ -65,6 +65,7 @@ def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
                 "prompts_changed": prompts_changed},
         db_user=cfg.store.db_user(conn),
     )
+    return True
 
 
 def _store_again_if_gone(cfg: Configuration, new: NewVersion) -> None:

@@ -216,37 +216,34 @@ def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
 # --- writing ------------------------------------------------------------------------------
 
 
-def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> None:
-    """The version's row, its blobs not known yet, its files and its weights' tensor index."""
+def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> bool:
+    """The version's row, its blobs not known yet, its files and its weights' tensor index;
+    False (and nothing written) when the model already has this version.
+
+    Written in as few statements as the two databases allow, because on PostgreSQL each is a
+    round trip: the version row takes its model's id from a subquery and refuses a duplicate
+    itself (no lookups first), and blobs already known are skipped by the insert."""
     m, now = new.resolved.manifest, clock.now()
     row = dict(version=m.version, manifest_digest=new.digest, manifest=canonical.dumps(new.record),
                message=m.message, actor=actor, created_at=now,
                provenance=provenance.model_dump_json() if provenance else None)
-    version_id = conn.execute(_INSERT["versions"], dict(
-        **row, model_id=_model_id_or_insert(conn, m.model, now), mac=seal_version(conn, {**row, "model": m.model}),
-    )).inserted_primary_key[0]
-    _insert_blobs(conn, new.stored, now)
+    params = dict(**row, model=m.model, mac=seal_version(conn, {**row, "model": m.model}))
+    version_id = conn.execute(_statements(conn).version, params).scalar()
+    if version_id is None:
+        if _model_id(conn, m.model) is not None:
+            return False  # another writer recorded it first (or it was there all along)
+        conn.execute(_INSERT["models"], {"name": m.model, "created_at": now})  # the model's first version
+        version_id = conn.execute(_statements(conn).version, params).scalar_one()
     if new.stored:  # an image-only version (weights baked in) has no files; an empty insert fails
+        by_digest = {got.digest: got for got in new.stored.values()}
+        conn.execute(_statements(conn).blobs, [
+            {"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items()])
         conn.execute(_INSERT["version_files"], [
             {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
             for (kind, name), got in new.stored.items()
         ])
     _insert_tensors(conn, new)
-
-
-def _model_id_or_insert(conn: Connection, name: str, now: datetime) -> int:
-    model_id = _model_id(conn, name)
-    if model_id is None:
-        model_id = conn.execute(_INSERT["models"], {"name": name, "created_at": now}).inserted_primary_key[0]
-    return model_id
-
-
-def _insert_blobs(conn: Connection, stored: dict[tuple[str, str], Ingested], now: datetime) -> None:
-    by_digest = {got.digest: got for got in stored.values()}
-    known = set(conn.execute(_KNOWN_BLOBS, {"digests": list(by_digest)}).scalars())
-    missing = [{"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items() if d not in known]
-    if missing:
-        conn.execute(_INSERT["blobs"], missing)
+    return True
 
 
 def _insert_tensors(conn: Connection, new: NewVersion) -> None:
@@ -281,8 +278,33 @@ def _model_id(conn: Connection, name: str) -> int | None:
 # than running it on SQLite (bench/api_push.py).
 _MODEL_ID = select(t.models.c.id).where(t.models.c.name == bindparam("name"))
 _TENSOR_DIGESTS = select(t.tensors.c.name, t.tensors.c.digest).where(t.tensors.c.blob_digest == bindparam("blob"))
-_KNOWN_BLOBS = select(t.blobs.c.digest).where(t.blobs.c.digest.in_(bindparam("digests", expanding=True)))
-_INSERT = {table.name: insert(table) for table in (t.models, t.versions, t.blobs, t.version_files, t.tensors)}
+_INSERT = {table.name: insert(table) for table in (t.models, t.version_files, t.tensors)}
+_VERSION_COLUMNS = ("version", "manifest_digest", "manifest", "message", "actor", "created_at", "provenance", "mac")
+
+
+@dataclass(frozen=True)
+class _Upserts:
+    version: object  # the versions row from the model's name; no row back if it exists
+    blobs: object  # blob rows, the known ones skipped
+
+
+@functools.cache
+def _upserts(dialect: str) -> _Upserts:
+    """``INSERT .. ON CONFLICT DO NOTHING`` is spelled alike on both databases but built by each
+    dialect's own ``insert``."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    values = [bindparam(c, type_=t.versions.c[c].type) for c in _VERSION_COLUMNS]
+    from_model = select(t.models.c.id, *values).where(t.models.c.name == bindparam("model"))
+    version = (upsert(t.versions).from_select(["model_id", *_VERSION_COLUMNS], from_model)
+               .on_conflict_do_nothing(index_elements=["model_id", "version"]).returning(t.versions.c.id))
+    return _Upserts(version=version, blobs=upsert(t.blobs).on_conflict_do_nothing(index_elements=["digest"]))
+
+
+def _statements(conn: Connection) -> _Upserts:
+    return _upserts(conn.dialect.name)
 _RECORD = version_rows().where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version"))
 _NEWEST_PROMPTS = select(t.version_files.c.name, t.version_files.c.digest).where(
     t.version_files.c.kind == "prompt",

@@ -49,6 +49,32 @@ def test_identical_push_is_a_noop_and_other_content_is_refused(reg, model_dir):
     assert reg.count_versions() == 1
 
 
+@pytest.mark.parametrize("same", [True, False], ids=["same-content", "other-content"])
+def test_a_version_recorded_while_this_push_staged_is_compared_not_duplicated(reg, model_dir, monkeypatch, same):
+    """Another writer records the same version between push's first look and its write
+    transaction: the insert refuses the duplicate itself, and push answers as for a version that
+    existed (same content: not created; other content: VersionConflict), recording nothing."""
+    racer = model_dir if same else helpers.ModelDir.create(model_dir.root.parent / "other", prompt="Other.\n")
+    real_stage = pushing.stage
+
+    def stage_while_another_pushes(cfg, resolved, *, write, progress=None):
+        monkeypatch.setattr(pushing, "stage", real_stage)
+        reg.push(racer.manifest)  # the other writer, between the look and the write
+        return real_stage(cfg, resolved, write=write, progress=progress)
+
+    monkeypatch.setattr(pushing, "stage", stage_while_another_pushes)
+    if same:
+        assert reg.push(model_dir.manifest).created is False
+    else:
+        with pytest.raises(VersionConflict, match="immutable"):
+            reg.push(model_dir.manifest)
+    assert [e.action for e in reg.audit()].count("push") == 1  # the racer's alone
+    assert [v.version for v in reg.versions("support-bot")] == ["v1.0"]
+    assert reg.show("support-bot@v1.0").message == "test version"
+    assert (reg.show("support-bot@v1.0").prompts[0].digest
+            == "sha256:" + hashlib.sha256((racer.root / "prompts/system").read_bytes()).hexdigest())
+
+
 def test_equal_content_has_equal_digest_across_versions(reg, model_dir):
     a = reg.push(model_dir.manifest)
     b = reg.push(model_dir.manifest, version="v1.1", message="same bytes, new name")
