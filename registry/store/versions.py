@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.engine import Connection
@@ -305,6 +304,8 @@ def _upserts(dialect: str) -> _Upserts:
 
 def _statements(conn: Connection) -> _Upserts:
     return _upserts(conn.dialect.name)
+
+
 _RECORD = version_rows().where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version"))
 _NEWEST_PROMPTS = select(t.version_files.c.name, t.version_files.c.digest).where(
     t.version_files.c.kind == "prompt",
