@@ -1,5 +1,5 @@
-"""Bench: CLI start-up. ``registry --help`` (target <= 0.25 s) and ``registry list`` on a
-10,000-version registry (target <= 0.4 s), wall time, min/median/max of several runs.
+"""Bench: CLI start-up. ``registry --help`` (target <= 0.10 s, issue 10) and ``registry list`` on a
+10,000-version registry (target <= 0.30 s), wall time, min/median/max of several runs.
 
     python bench/startup.py [--versions 10000] [--runs 7] [--baseline DIR]
 
@@ -36,6 +36,7 @@ def build(home: Path, n: int) -> None:
 
     from registry import Registry, clock
     from registry.store import schema as t
+    from registry.store import seals
     from tests.helpers import ModelDir
 
     Registry.init(home)[0].close()
@@ -48,6 +49,8 @@ def build(home: Path, n: int) -> None:
             start = row.pop("id")
             rows = [{**row, "version": f"v{i}", "message": f"bulk version {i}",
                      "created_at": clock.now()} for i in range(1, n)]
+            for r in rows:  # sealed like a real push, or `show` refuses them as edited outside Cellar
+                r["mac"] = seals.seal_version(conn, {**r, "model": "support-bot"})
             conn.execute(insert(t.versions), rows)
             ids = conn.execute(select(t.versions.c.id).where(t.versions.c.id != start)).scalars().all()
             conn.execute(insert(t.version_files), [{**f, "version_id": vid} for vid in ids for f in files])
@@ -100,7 +103,7 @@ def main() -> None:
         build(home, args.versions)
         env = dict(os.environ)
         print(f"min/median/max of {args.runs} runs" + (f"; baseline {trees[1]}" if args.baseline else ""))
-        for cmd, target in ((["--help"], 0.25), (["list"], 0.4), (["list", "--json"], None),
+        for cmd, target in ((["--help"], 0.10), (["list"], 0.30), (["list", "--json"], None),
                             (["show", "v5000"], None), (["promote", "--help"], None)):
             times, cpu = wall(cmd, env, args.runs, trees)
             goal = f" (target <= {target} s)" if target else ""
