@@ -3,23 +3,27 @@ to ``registry.audit.verify``. The chain's logic is ``registry.audit``; the rows 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Integer, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import audit, clock
 from registry.audit import AuditFilter, Checkpoint, Event, Verification
 from registry.signing import SealProblem
 from registry.store import seals
-from registry.store.schema import event_prompts, events
+from registry.store.schema import audit_head, event_prompts, events
 
 # Statements on the push path are built once: building one costs more than running it.
 _LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
 _INSERT = insert(events)
 _INDEX = insert(event_prompts)
+_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
+    count=bindparam("head_count"), head=bindparam("head_hash"), mac=bindparam("head_mac"))
+_NEW_HEAD = insert(audit_head)
 
 
 def append(conn: Connection, *, actor: str, action: str, object: str, detail: dict[str, Any],
@@ -29,10 +33,43 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
     last = conn.execute(_LAST).first()
     row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
                           object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
-    conn.execute(_INSERT, {**row, "mac": seals.seal_event(conn, row["id"], row["hash"])})
-    if changed := _prompts_of(detail):
+    mac, head = seals.event_seals(conn, row["id"], row["hash"])
+    changed = _prompts_of(detail)
+    if conn.dialect.name == "postgresql":  # one round trip, not three
+        conn.execute(_pg_append(head is not None, bool(changed)),
+                     {**row, "mac": mac, **_head_params(head), "prompts": changed})
+        return row["hash"]
+    if head is not None and not conn.execute(_MOVE_HEAD, _head_params(head)).rowcount:
+        conn.execute(_NEW_HEAD, head)
+    conn.execute(_INSERT, {**row, "mac": mac})
+    if changed:
         conn.execute(_INDEX, [{"prompt": p, "event_id": row["id"]} for p in changed])
     return row["hash"]
+
+
+def _head_params(head: dict[str, Any] | None) -> dict[str, Any]:
+    return {} if head is None else {"head_count": head["count"], "head_hash": head["head"], "head_mac": head["mac"]}
+
+
+@functools.cache
+def _pg_append(move_head: bool, index_prompts: bool):
+    """The event, the signed head moving to it and the prompts it changed, as one statement:
+    PostgreSQL runs data-modifying CTEs in the same transaction (tables apart, so their order
+    does not matter). The head row exists from ``registry init`` on (``seals.seal_unsealed``);
+    a missing one is written like SQLite writes it."""
+    from sqlalchemy import ARRAY, String, literal
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    stmt = insert(events).values({c.name: bindparam(c.name, type_=c.type) for c in events.columns})
+    if move_head:
+        head = pg_insert(audit_head).values(id=literal(1), count=bindparam("head_count"), head=bindparam("head_hash"),
+                                            mac=bindparam("head_mac"))
+        stmt = stmt.add_cte(head.on_conflict_do_update(index_elements=["id"], set_={
+            "count": head.excluded["count"], "head": head.excluded["head"], "mac": head.excluded["mac"]}).cte("moved_head"))
+    if index_prompts:
+        names = select(func.unnest(bindparam("prompts", type_=ARRAY(String))), bindparam("id", type_=Integer))
+        stmt = stmt.add_cte(insert(event_prompts).from_select(["prompt", "event_id"], names).cte("indexed_prompts"))
+    return stmt
 
 
 def _prompts_of(detail: dict[str, Any]) -> list[str]:

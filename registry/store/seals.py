@@ -32,15 +32,23 @@ def sealed(conn: Connection, kind: str, values: dict[str, Any]) -> dict[str, Any
     return {**values, "mac": signing.seal_row(key, kind, values) if key else None}
 
 
-def seal_event(conn: Connection, event_id: int, event_hash: str) -> str | None:
-    """The event's mac; the signed head of the log moves to it (same transaction)."""
+def event_seals(conn: Connection, event_id: int, event_hash: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The event's mac and the ``audit_head`` row that moves to it, for the caller to write in
+    the same transaction (``registry.store.events.append``); (None, None) without a key."""
     key = key_of(conn)
     if key is None:
-        return None
-    head = {"count": event_id, "head": event_hash, "mac": signing.seal_head(key, event_id, event_hash)}
-    if not conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(**head)).rowcount:
-        conn.execute(insert(t.audit_head).values(id=1, **head))
-    return signing.seal_event(key, event_id, event_hash)
+        return None, None
+    head = {"id": 1, "count": event_id, "head": event_hash, "mac": signing.seal_head(key, event_id, event_hash)}
+    return signing.seal_event(key, event_id, event_hash), head
+
+
+def seal_event(conn: Connection, event_id: int, event_hash: str) -> str | None:
+    """The event's mac; the signed head of the log moves to it (same transaction)."""
+    mac, head = event_seals(conn, event_id, event_hash)
+    if head is not None:
+        if not conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(**head)).rowcount:
+            conn.execute(insert(t.audit_head).values(**head))
+    return mac
 
 
 def seal_version(conn: Connection, fields: Mapping[str, Any]) -> str | None:

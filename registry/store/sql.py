@@ -8,6 +8,7 @@ audit hash chain and the release ledger simple.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,8 @@ class Store:
         self.key = key
         self.engine = _engine_or_refuse(url)
         self._writer = self.engine.execution_options(cellar_write=True)
+        # PostgreSQL writes: the driver in autocommit, the transaction ours (see _pg_write)
+        self._pg_writer = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._peeker = (self.engine if self.engine.dialect.name == "sqlite"  # BEGIN costs nothing there
                         else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         self.dialect = self.engine.dialect.name
@@ -65,9 +68,29 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One serialised write transaction: committed on success, rolled back on error."""
+        if self.dialect == "postgresql":
+            with _translated(self.url), self._pg_write() as conn:
+                yield conn
+            return
         with _translated(self.url), self._connect(self._writer) as conn, conn.begin():
             conn.info[KEY_INFO] = self.key
             yield conn
+
+    @contextmanager
+    def _pg_write(self) -> Iterator[Connection]:
+        """PostgreSQL's write transaction, begun by hand so that BEGIN and the advisory lock
+        travel in one round trip (psycopg sends its own BEGIN alone, then the lock). The lock is
+        a statement of its own, so every later statement's snapshot is taken under it."""
+        with self._connect(self._pg_writer) as conn:
+            conn.info[KEY_INFO] = self.key
+            conn.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(DBAPIError):  # a broken connection: the first error is the one to tell
+                    conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
 
     @contextmanager
     def schema_change(self) -> Iterator[Connection]:
@@ -177,6 +200,7 @@ def _make_engine(url: str) -> Engine:
 
 
 def _pg_begin_listener(engine: Engine) -> None:
+    """The write lock for schema changes (ordinary writes take it in ``Store._pg_write``)."""
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         if conn.get_execution_options().get("cellar_write"):
