@@ -1,0 +1,77 @@
+"""Store.write on both databases: all or nothing, serialised, and a clean connection after an
+error (PostgreSQL's write transaction is begun and ended by hand: registry.store.sql)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from registry import clock
+from registry.store import schema as t
+from registry.store.sql import Store
+
+
+def _models(store: Store) -> list[str]:
+    with store.peek() as conn:
+        return sorted(conn.execute(select(t.models.c.name)).scalars())
+
+
+def _add(conn, name: str) -> None:
+    conn.execute(insert(t.models).values(name=name, created_at=clock.now()))
+
+
+def test_an_error_inside_a_write_leaves_nothing_and_the_next_write_commits(reg):
+    store = reg.store
+    with pytest.raises(RuntimeError, match="half-way"), store.write() as conn:
+        _add(conn, "half-written")
+        raise RuntimeError("half-way")
+    with pytest.raises(IntegrityError), store.write() as conn:  # the database refuses a statement
+        _add(conn, "twice")
+        _add(conn, "twice")
+    with store.write() as conn:
+        _add(conn, "whole")
+    assert _models(store) == ["whole"]
+
+
+def test_a_return_from_inside_a_write_commits(reg):
+    """(push returns from inside its write when another writer recorded the version first)"""
+    def record() -> str:
+        with reg.store.write() as conn:
+            _add(conn, "returned")
+            return "done"
+
+    assert record() == "done"
+    assert _models(reg.store) == ["returned"]
+
+
+@pytest.mark.parametrize("second_store", [False, True], ids=["same-store", "other-store"])
+def test_writes_wait_for_each_other_and_see_what_came_before(reg, home, second_store):
+    first = reg.store
+    other = Store(first.url) if second_store else first
+    inside, order = threading.Event(), []
+
+    def late_writer():
+        inside.wait(10)
+        with other.write() as conn:
+            order.append("second in")
+            count = conn.execute(select(func.count()).select_from(t.models)).scalar()
+            _add(conn, f"after-{count}")
+
+    worker = threading.Thread(target=late_writer)
+    worker.start()
+    try:
+        with first.write() as conn:
+            _add(conn, "first")
+            inside.set()
+            time.sleep(0.5)  # the second writer is waiting for the lock meanwhile
+            order.append("first out")
+    finally:
+        worker.join(30)
+        if second_store:
+            other.close()
+    assert order == ["first out", "second in"]
+    assert _models(first) == ["after-1", "first"]  # it saw the first writer's row
