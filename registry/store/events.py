@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, insert, select, update
+from sqlalchemy import Integer, bindparam, func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import audit, clock
@@ -21,9 +21,6 @@ from registry.store.schema import audit_head, event_prompts, events
 _LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
 _INSERT = insert(events)
 _INDEX = insert(event_prompts)
-_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(
-    count=bindparam("head_count"), head=bindparam("head_hash"), mac=bindparam("head_mac"))
-_NEW_HEAD = insert(audit_head)
 
 
 def append(conn: Connection, *, actor: str, action: str, object: str, detail: dict[str, Any],
@@ -37,26 +34,21 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
     changed = _prompts_of(detail)
     if conn.dialect.name == "postgresql":  # one round trip, not three
         conn.execute(_pg_append(head is not None, bool(changed)),
-                     {**row, "mac": mac, **_head_params(head), "prompts": changed})
+                     {**row, "mac": mac, **(seals.head_params(head) if head else {}), "prompts": changed})
         return row["hash"]
-    if head is not None and not conn.execute(_MOVE_HEAD, _head_params(head)).rowcount:
-        conn.execute(_NEW_HEAD, head)
+    if head is not None:
+        seals.move_head(conn, head)
     conn.execute(_INSERT, {**row, "mac": mac})
     if changed:
         conn.execute(_INDEX, [{"prompt": p, "event_id": row["id"]} for p in changed])
     return row["hash"]
 
 
-def _head_params(head: dict[str, Any] | None) -> dict[str, Any]:
-    return {} if head is None else {"head_count": head["count"], "head_hash": head["head"], "head_mac": head["mac"]}
-
-
 @functools.cache
 def _pg_append(move_head: bool, index_prompts: bool):
     """The event, the signed head moving to it and the prompts it changed, as one statement:
     PostgreSQL runs data-modifying CTEs in the same transaction (tables apart, so their order
-    does not matter). The head row exists from ``registry init`` on (``seals.seal_unsealed``);
-    a missing one is written like SQLite writes it."""
+    does not matter). The head row is upserted: a log sealed for the first time has none yet."""
     from sqlalchemy import ARRAY, String, literal
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 

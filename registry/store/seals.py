@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import signing
@@ -20,6 +20,9 @@ from registry.errors import AuditBroken
 from registry.signing import Key, SealProblem
 from registry.store import schema as t
 from registry.store.sql import KEY_INFO
+
+_MOVE_HEAD = update(t.audit_head).where(t.audit_head.c.id == 1).values(
+    count=bindparam("head_count"), head=bindparam("head_hash"), mac=bindparam("head_mac"))
 
 
 def key_of(conn: Connection) -> Key | None:
@@ -46,9 +49,20 @@ def seal_event(conn: Connection, event_id: int, event_hash: str) -> str | None:
     """The event's mac; the signed head of the log moves to it (same transaction)."""
     mac, head = event_seals(conn, event_id, event_hash)
     if head is not None:
-        if not conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(**head)).rowcount:
-            conn.execute(insert(t.audit_head).values(**head))
+        move_head(conn, head)
     return mac
+
+
+def move_head(conn: Connection, head: dict[str, Any]) -> None:
+    """Rewrite the one ``audit_head`` row (write it, the first time)."""
+    if not conn.execute(_MOVE_HEAD, head_params(head)).rowcount:
+        conn.execute(insert(t.audit_head), head)
+
+
+def head_params(head: dict[str, Any]) -> dict[str, Any]:
+    """``head``'s values under the bind names of ``_MOVE_HEAD`` (and of events' one-statement append)."""
+    return {"head_count": head["count"], "head_hash": head["head"], "head_mac": head["mac"]}
+
 
 
 def seal_version(conn: Connection, fields: Mapping[str, Any]) -> str | None:

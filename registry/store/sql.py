@@ -40,11 +40,11 @@ class Store:
         self.key = key
         self.engine = _engine_or_refuse(url)
         self._writer = self.engine.execution_options(cellar_write=True)
-        # PostgreSQL writes: the driver in autocommit, the transaction ours (see _pg_write)
-        self._pg_writer = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._peeker = (self.engine if self.engine.dialect.name == "sqlite"  # BEGIN costs nothing there
-                        else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         self.dialect = self.engine.dialect.name
+        # PostgreSQL with the driver in autocommit: peek's one statement stands alone, and
+        # _pg_write begins and ends its transaction itself. (On SQLite a BEGIN costs nothing.)
+        self._autocommit = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if self.dialect == "postgresql" else None)
         self._db_user: str | None = None
 
     def close(self) -> None:
@@ -61,7 +61,7 @@ class Store:
         """A connection for one statement, outside any transaction. One statement sees one
         snapshot either way; on PostgreSQL this spares the BEGIN and COMMIT round trips (three
         become one). Use ``read`` for anything more (several statements, ``yield_per``)."""
-        with _translated(self.url), self._connect(self._peeker) as conn:
+        with _translated(self.url), self._connect(self._autocommit or self.engine) as conn:
             conn.info[KEY_INFO] = self.key
             yield conn
 
@@ -81,7 +81,7 @@ class Store:
         """PostgreSQL's write transaction, begun by hand so that BEGIN and the advisory lock
         travel in one round trip (psycopg sends its own BEGIN alone, then the lock). The lock is
         a statement of its own, so every later statement's snapshot is taken under it."""
-        with self._connect(self._pg_writer) as conn:
+        with self._connect(self._autocommit) as conn:
             conn.info[KEY_INFO] = self.key
             conn.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
             try:
