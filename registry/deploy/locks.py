@@ -9,6 +9,7 @@ import socket
 
 from registry import clock
 from registry.models import Lock
+from registry.store.blobs import process_alive
 
 
 def new_lock(env: str, *, operation: str, target: str, actor: str) -> Lock:
@@ -19,19 +20,7 @@ def new_lock(env: str, *, operation: str, target: str, actor: str) -> Lock:
 
 def holder_gone(lock: Lock) -> bool:
     """True when the lock's owner provably no longer runs: same host and its pid is dead."""
-    if lock.host != socket.gethostname():
-        return False
-    try:
-        os.kill(lock.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # a killed child its parent has not reaped yet is a zombie: gone all the same
-        with open(f"/proc/{lock.pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return lock.host == socket.gethostname() and not process_alive(lock.pid)
 
 
 def busy_message(lock: Lock) -> str:

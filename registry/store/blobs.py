@@ -215,7 +215,7 @@ class BlobStore:
         removed = 0
         for path in self.tmp.glob("*-*-*"):  # <what>-<pid>-<token>: ingest-..., statcache-...
             pid = _pid_of(path.name)
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 continue
             path.unlink(missing_ok=True)
             removed += 1
@@ -281,11 +281,18 @@ def _pid_of(name: str) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie does not: it was killed and
+    holds nothing, only its parent has not reaped it yet (e.g. the warm process, for the few
+    milliseconds after a ``kill -9`` of the ``registry`` that started the command)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.maintenance_models import Problem, ProblemKind
-from registry.store.blobs import BlobStore, _alive, _pid_of
+from registry.store.blobs import BlobStore, _pid_of, process_alive
 
 CHUNK = 4 << 20
 HEX = frozenset("0123456789abcdef")
@@ -80,7 +80,7 @@ def list_temp_files(blobs: BlobStore) -> list[TempFile]:
         except FileNotFoundError:  # its writer renamed it into place just now
             continue
         pid = _pid_of(entry.name)
-        out.append(TempFile(Path(entry.path), st.st_size, st.st_mtime, pid is not None and _alive(pid)))
+        out.append(TempFile(Path(entry.path), st.st_size, st.st_mtime, pid is not None and process_alive(pid)))
     return out
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from registry.api import Registry
 from registry.errors import ManifestError, NoSpace, NotFound
 from registry.store import schema as t
+from registry.store.blobs import process_alive
 from tests import helpers
 from tests.conftest import need
 
@@ -232,6 +233,16 @@ def _kill_when(proc: subprocess.Popen, ready) -> bool:
     return False
 
 
+def _wait_for_writers_gone(home: Path) -> None:
+    """A killed `registry` stops its command: at once in-process, within milliseconds when the
+    command ran in a child of the warm process (which kills it when its client disappears)."""
+    pids = {int(p.name.split("-")[1]) for p in temp_files(home)}
+    deadline = time.monotonic() + 5
+    while any(process_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"the killed command still runs: {pids}"
+        time.sleep(0.005)
+
+
 def _temp_bytes(tmp: Path) -> int:
     total = 0
     for p in tmp.glob("ingest-*"):
@@ -253,6 +264,7 @@ def test_timed_kills_during_a_large_copy(sqlite_home, tmp_path):
         killed = _kill_when(proc, lambda: _temp_bytes(tmp) > at)
         assert killed, "the push finished before it could be killed"
         assert temp_files(sqlite_home), "expected a temp file left by the killed push"
+        _wait_for_writers_gone(sqlite_home)
         present.append(assert_complete_or_absent(sqlite_home, f"support-bot@v{i}"))
         assert temp_files(sqlite_home) == []
     for delay in (0.4, 0.9):  # and at arbitrary moments
@@ -261,6 +273,7 @@ def test_timed_kills_during_a_large_copy(sqlite_home, tmp_path):
         time.sleep(delay)
         proc.kill()
         proc.wait()
+        _wait_for_writers_gone(sqlite_home)
         present.append(assert_complete_or_absent(sqlite_home, f"support-bot@t{delay}"))
         assert temp_files(sqlite_home) == []
     assert present[:2] == [False, False]

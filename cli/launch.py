@@ -1,0 +1,209 @@
+"""Entry point of the ``registry`` console script: hand the command to the warm process.
+
+Most of a short command's time is importing (SQLAlchemy, pydantic, docker-py, typer, rich):
+0.4-1 s on a small server, against milliseconds of work. So the first command also starts a
+*warm process* (``cli/warm.py``) that imports all of it once and then forks one child per
+command; later commands connect to it over a Unix socket, pass their stdin/stdout/stderr, argv,
+environment, working directory and umask, forward the signals they receive, and exit with the
+child's status. The command runs exactly as it would here, only without the imports: the
+model is Bazel's and Gradle's client/server, with a fork per command as in Android's zygote.
+
+This module imports nothing beyond the standard library's small pieces. It runs the command in
+this process instead when ``REGISTRY_WARM=0``, for the long-running commands (``watch``,
+``metrics``, ``ui``: their own cgroup and signals matter more than start-up), and whenever the
+warm process is not there yet or cannot be used.
+"""
+
+from __future__ import annotations
+
+import _socket  # socket.py's C core: `import socket` would cost 7 ms of a 100 ms command
+import os
+import struct
+import sys
+
+LONG_RUNNING = frozenset({"watch", "metrics", "ui"})
+MAX_SOCKET_PATH = 96  # sun_path holds 107 bytes; the warm process binds PATH.<pid> first
+IDLE_S = 600  # the warm process exits after this long without a command
+# Variables read when a module is imported (by Python itself, typer or rich): a child of the
+# warm process has them as the warm process saw them, so they are part of its identity.
+IMPORT_TIME_ENV = ("PYTHON", "TYPER_", "_TYPER_", "PYDANTIC_", "TERMINAL_WIDTH", "FORCE_COLOR",
+                   "PY_COLORS", "GITHUB_ACTIONS", "SQLALCHEMY_")
+# What a forked child inherits from the warm process rather than from this one: who it is,
+# what it may do and see. A difference in any of them means another warm process.
+INHERITED = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
+             "Seccomp", "Cpus_allowed_list", "Mems_allowed_list")
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+def main() -> None:
+    argv = [os.path.basename(sys.argv[0]).removesuffix(".py") or "registry", *sys.argv[1:]]
+    if os.environ.get("REGISTRY_WARM", "1") != "0" and not LONG_RUNNING.intersection(argv[1:]):
+        try:
+            path = socket_path()
+        except Exception:  # an unusual /proc or /tmp: run here, as without a warm process
+            path = None
+        if path is not None:
+            try:
+                code = run_warm(path, argv)
+            except OSError:  # none yet, or an old socket left by one that was killed
+                start_warm(path)
+                code = None
+            if code is not None:
+                os._exit(code)
+    from cli.main import main as run_here
+
+    run_here()
+
+
+def run_warm(path: str, argv: list[str]) -> int | None:
+    """Run the command in a child of the warm process at ``path``; its exit code, or None when
+    the command should run in this process (nothing has run then). OSError: none listens there."""
+    import marshal
+    import signal
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    try:
+        streams = (sys.stdin, sys.stdout, sys.stderr)
+        request = marshal.dumps({
+            "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(),
+            "stdio": [(s.encoding, s.errors) if s is not None else None for s in streams],
+        })
+        fds = struct.pack("3i", 0, 1, 2)
+        sock.sendmsg([struct.pack("!I", len(request))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        sock.sendall(request)
+    except OSError:  # a closed stdin/stdout/stderr
+        sock.close()
+        return None
+
+    def forward(signum, _frame):
+        try:
+            sock.send(bytes([signum]))
+        except OSError:
+            pass
+
+    if not _read(sock, 1):  # the warm process closed without taking the command: run it here
+        sock.close()
+        return None
+    for name in FORWARDED_SIGNALS:
+        signal.signal(getattr(signal, name), forward)
+    status = _read(sock, 4)
+    if len(status) < 4:
+        sys.stderr.write("registry: the warm process ended before the command did; "
+                         "see `registry status`, and set REGISTRY_WARM=0 to run commands in-process\n")
+        return 1
+    (code,) = struct.unpack("!i", status)
+    if code < 0:  # the child died of a signal: so do we, and the shell sees the same status
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return 128 - code  # a signal whose default is to carry on
+    return code
+
+
+def _read(sock: _socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def start_warm(path: str) -> None:
+    """Start the warm process for ``path`` in the background, detached from this session."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.chdir("/")
+                os.execv(sys.executable, [sys.executable, "-c", "import sys; sys.path[:] = sys.argv[3:]; "
+                                          "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[2]))",
+                                          path, str(IDLE_S), *sys.path])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def socket_path() -> str | None:
+    """Where the warm process for this code, interpreter and process identity listens: a socket
+    in a folder only this user may enter, or None when there is no such folder."""
+    try:
+        from _blake2 import blake2b  # hashlib would load OpenSSL: 5 ms
+    except ImportError:
+        from hashlib import blake2b
+
+    uid = os.getuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    folder = os.path.join(runtime, "cellar") if runtime else f"/tmp/cellar-{uid}"
+    if len(folder) > MAX_SOCKET_PATH - 38:
+        return None
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(folder)
+    if not (st.st_uid == uid and (st.st_mode & 0o170077) == 0o040000):  # a dir of ours, private
+        return None
+    path = os.path.join(folder, blake2b(_identity(), digest_size=16).hexdigest() + ".sock")
+    return path if len(path.encode()) <= MAX_SOCKET_PATH else None
+
+
+def _identity() -> bytes:
+    """Everything that, when it differs, must not share a warm process: the interpreter and the
+    code it would import, environment read at import time, and what a child inherits."""
+    parts = [sys.executable, sys.version, repr(sys.path), repr(sys.flags)]
+    for entry in sys.path:  # a package installed, removed or upgraded changes its folder
+        parts.append(_stamp(entry))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for package in ("cli", "registry"):
+        for folder, dirs, files in os.walk(os.path.join(root, package)):
+            dirs.sort()
+            parts.extend(_stamp(os.path.join(folder, f)) for f in sorted(files) if f.endswith(".py"))
+    parts.extend(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(IMPORT_TIME_ENV))
+    with open("/proc/self/status") as status:
+        parts.extend(line for line in status if line.split(":", 1)[0] in INHERITED)
+    with open("/proc/self/cgroup") as cgroup:
+        parts.append(cgroup.read())
+    for ns in ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup"):
+        try:
+            parts.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            parts.append(ns)
+    import resource
+
+    parts.extend(f"{n}={resource.getrlimit(getattr(resource, n))}" for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
+    parts.append(repr(os.getpriority(os.PRIO_PROCESS, 0)))
+    return "\0".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{path}:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+if __name__ == "__main__":
+    main()

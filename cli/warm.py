@@ -1,0 +1,281 @@
+"""The warm process: imports the CLI and what its commands use once, then forks a child per
+command (see ``cli/launch.py`` for why and for the client's side).
+
+One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
+argv, environment, working directory, umask and stream encodings. The warm process answers one
+byte (accepted), forks, and the child becomes the command: it takes the client's descriptors as
+0/1/2, its environment, directory and umask, and runs ``cli.main.main`` as the client would
+have, then answers its exit status itself. The warm process forwards the signal numbers the
+client sends, kills the child when the client disappears (``kill -9`` of ``registry`` stops the
+command, as before), and answers for a child killed by a signal (the negative signal number). A
+child dies with the warm process.
+
+Only the user who started it may connect (``SO_PEERCRED``), the socket sits in a folder only
+that user may enter, and after ``idle_s`` seconds without a command it removes its socket,
+serves what was already queued, and exits. One warm process per socket: a lock file decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import gc
+import io
+import marshal
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+MAX_REQUEST = 16 << 20
+PR_SET_PDEATHSIG = 1
+
+
+def serve(path: str, idle_s: int) -> None:
+    lock = os.open(path.removesuffix(".sock") + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another warm process serves this socket
+    _preload()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fresh = f"{path}.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh)
+    listener.bind(fresh)
+    os.chmod(fresh, 0o600)
+    listener.listen(128)
+    os.rename(fresh, path)  # replaces the socket of a warm process that was killed
+    gc.collect()
+    gc.freeze()  # children neither scan nor copy the imported heap
+    try:
+        Server(listener, lock).run(path, idle_s)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _preload() -> None:
+    """Import what any command may import, so that no child imports anything."""
+    import importlib
+    import pkgutil
+
+    import cli.main  # the commands, typer, rich
+    import registry
+
+    for mod in pkgutil.walk_packages(registry.__path__, "registry."):
+        if not mod.name.startswith("registry.web"):  # `registry ui` runs in its own process
+            importlib.import_module(mod.name)
+    for name in ("sqlalchemy.dialects.sqlite.pysqlite", "sqlalchemy.dialects.postgresql.psycopg", "psycopg",
+                 "docker"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    # typer turns the app into click commands on every call (28 ms); click commands are meant to
+    # be built once and called many times, so here they are.
+    import typer.main
+
+    built, build = typer.main.get_command(cli.main.app), typer.main.get_command
+    typer.main.get_command = lambda typer_app: built if typer_app is cli.main.app else build(typer_app)
+    # What typer and rich build on first use (the click commands' help, markup and table
+    # styles, regexes) is built here once: 0.2 s a child would otherwise spend on `--help`.
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        for args in (["--help"], ["push", "--help"], ["no-such-command"]):
+            with contextlib.suppress(SystemExit):
+                cli.main.app(args, prog_name="registry")
+
+
+class Server:
+    def __init__(self, listener: socket.socket, lock: int):
+        self.listener, self.lock = listener, lock
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, ("accept", 0))
+        self.jobs: dict[int, tuple[socket.socket | None, int]] = {}  # pid -> (client, pidfd)
+
+    def run(self, path: str, idle_s: int) -> None:
+        last = time.monotonic()
+        closing = False
+        while True:
+            if not closing and not self.jobs and time.monotonic() - last >= idle_s:
+                os.unlink(path)  # no new clients; the ones already queued are still served
+                closing = True
+            if closing:
+                timeout = 0 if not self.jobs else None
+            else:
+                timeout = None if self.jobs else max(idle_s - (time.monotonic() - last), 0.1)
+            events = self.sel.select(timeout)
+            if closing and not events and not self.jobs:
+                return
+            for key, _ in events:
+                kind, pid = key.data
+                if kind == "accept":
+                    last = time.monotonic()
+                    self.accept()
+                elif kind == "client":
+                    self.from_client(pid)
+                else:
+                    self.finished(pid)
+
+    def accept(self) -> None:
+        conn, _ = self.listener.accept()
+        fds: list[int] = []
+        try:
+            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.getuid():
+                raise OSError("another user")
+            conn.settimeout(5)
+            head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+            (size,) = struct.unpack("!I", head)
+            if len(fds) != 3 or size > MAX_REQUEST:
+                raise OSError("not a request")
+            body = bytearray()
+            while len(body) < size:
+                chunk = conn.recv(size - len(body))
+                if not chunk:
+                    raise OSError("short request")
+                body += chunk
+            request = marshal.loads(body)
+            conn.sendall(b"\x01")  # accepted: from here on the command counts as started
+        except (OSError, ValueError, EOFError, struct.error):
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.write(fds[2], f"registry: could not start the command: {exc}\n".encode())
+            self._answer(conn, 1)
+            conn.close()
+            pid = -1
+        if pid == 0:
+            self._child(conn, fds, request)  # never returns
+        for fd in fds:
+            os.close(fd)
+        if pid < 0:
+            return
+        conn.settimeout(None)
+        pidfd = os.pidfd_open(pid)
+        self.jobs[pid] = (conn, pidfd)
+        self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", pid))
+
+    def from_client(self, pid: int) -> None:
+        conn, pidfd = self.jobs[pid]
+        try:
+            data = conn.recv(64)
+        except OSError:
+            data = b""
+        if not data:  # the client is gone (killed, or its terminal closed): so is the command
+            self.sel.unregister(conn)
+            conn.close()
+            self.jobs[pid] = (None, pidfd)
+            data = bytes([signal.SIGKILL])
+        for signum in data:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def finished(self, pid: int) -> None:
+        conn, pidfd = self.jobs.pop(pid)
+        _, status = os.waitpid(pid, 0)
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        if conn is not None:
+            self.sel.unregister(conn)
+            if os.WIFSIGNALED(status):  # else the child has answered, just before it exited
+                self._answer(conn, -os.WTERMSIG(status))
+            conn.close()
+
+    @staticmethod
+    def _answer(conn: socket.socket, code: int) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(struct.pack("!i", code))
+
+    def _child(self, conn: socket.socket, fds: list[int], request: dict) -> None:
+        code = 1
+        try:
+            parent = os.getppid()
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                return
+            # Nothing of the warm process's may stay open here: not its lock (a new warm
+            # process could not start), nor another command's socket (its client would not
+            # see that the warm process died).
+            self.sel.close()
+            self.listener.close()
+            os.close(self.lock)
+            for other, pidfd in self.jobs.values():
+                if other is not None:
+                    other.close()
+                os.close(pidfd)
+            for fd, fd_from in enumerate(fds):
+                os.dup2(fd_from, fd)
+                os.close(fd_from)
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.chdir(request["cwd"])
+            os.umask(request["umask"])
+            _streams(request["stdio"])
+            sys.argv = request["argv"]
+            from cli.main import main
+
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = _exit_code(exc.code)
+            except BaseException:  # as the interpreter would: through the hook typer installed
+                sys.excepthook(*sys.exc_info())
+            finally:
+                threading = sys.modules.get("threading")
+                if threading is not None and hasattr(threading, "_shutdown"):
+                    threading._shutdown()  # non-daemon threads finish, as at interpreter exit
+                import atexit
+
+                atexit._run_exitfuncs()
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):
+                    stream.flush()
+            # Answer before exiting: tearing down the heap takes ~8 ms the client need not
+            # wait. Every other descriptor is closed first, so that its locks, the database and
+            # the client's pipes are released by the time the client exits.
+            fd = conn.fileno()
+            os.closerange(0, fd)
+            os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+            with contextlib.suppress(OSError):
+                os.write(fd, struct.pack("!i", code))
+            os._exit(code)
+
+
+def _streams(specs: list) -> None:
+    """sys.stdin/stdout/stderr over the client's descriptors, with its encodings, buffered as
+    Python buffers them (stdout by line on a terminal, stderr always by line)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        spec = specs[fd]
+        stream = None
+        if spec is not None:
+            encoding, errors = spec
+            line = mode == "w" and (fd == 2 or os.isatty(fd))
+            stream = io.TextIOWrapper(open(fd, mode + "b", closefd=False), encoding=encoding, errors=errors,
+                                      line_buffering=line)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1

@@ -1,0 +1,255 @@
+"""The warm process (cli/warm.py, cli/launch.py): a command run through it behaves as the same
+command run in-process (output, exit status, environment, directory, signals, kill -9), only
+its owner may use it, and it goes away when idle.
+
+Each test starts its own warm process on a socket under tmp_path and stops it afterwards; the
+client side is ``cli.launch.run_warm`` in a fresh interpreter, as the console script calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REGISTRY = str(Path(sys.executable).with_name("registry"))
+CLIENT = ("import sys; from cli.launch import run_warm; code = run_warm(sys.argv[1], ['registry', *sys.argv[2:]]); "
+          "sys.exit(99 if code is None else code)")  # 99: the warm process did not take it
+
+
+@pytest.fixture
+def short_tmp():
+    """A private folder with a short name (a socket's path has at most 107 bytes)."""
+    folder = tempfile.mkdtemp(prefix="cellar-test-", dir="/tmp")
+    yield Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def warm(short_tmp):
+    """A warm process serving a socket of its own; yields the socket path."""
+    path = str(short_tmp / "w.sock")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)", path],
+                            cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
+    _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
+    assert proc.poll() is None, "the warm process did not start"
+    yield path
+    proc.kill()
+    proc.wait()
+
+
+def _wait_for(ready, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def client(path: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CLIENT, path, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def through_warm(path: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    proc = client(path, *args, **kw)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def in_process(*args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**kw.pop("env", os.environ), "REGISTRY_WARM": "0"}
+    return subprocess.run([REGISTRY, *args], capture_output=True, text=True, env=env, timeout=60, **kw)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("list", "--json"), ("show", "v1", "--json"), ("list", "--bogus"),
+                                  ("show", "v9"), ("log", "--limit", "3")], ids=" ".join)
+def test_same_output_and_status_as_in_process(warm, sqlite_home, model_dir, args):
+    assert in_process("push", str(model_dir.manifest), "--version", "v1", "-m", "first").returncode == 0
+    here, there = in_process(*args), through_warm(warm, *args)
+    assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout, here.stderr)
+    assert here.returncode != 99
+
+
+def test_environment_directory_and_umask_are_the_clients(warm, tmp_path):
+    env = {**os.environ, "REGISTRY_HOME": "relative/home"}
+    proc = subprocess.Popen([sys.executable, "-c", "import os, sys; os.umask(0o077); exec(sys.argv.pop(1))", CLIENT, warm,
+                             "init"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    home = tmp_path / "relative" / "home"
+    assert (home / "registry.db").is_file()
+    assert os.stat(home / "registry.db").st_mode & 0o077 == 0
+
+
+def _silent_server() -> socket.socket:
+    """A TCP listener that accepts and never answers: a database connection to it blocks."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    return srv
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(c) for c in f.read().split()}
+
+
+def _warm_pid(path: str) -> int:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if path.encode() in cmdline and b"cli.warm" in cmdline:
+                return int(entry)
+    raise AssertionError("no warm process")
+
+
+@pytest.fixture
+def blocked(warm, sqlite_home):
+    """A command that blocks (connecting to a database that never answers): (client, child pid)."""
+    srv = _silent_server()
+    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
+    server = _warm_pid(warm)
+    before = _children(server)
+    proc = client(warm, "list", env={**os.environ, "REGISTRY_DB_URL": url})
+    _wait_for(lambda: _children(server) - before, 30)
+    (child,) = _children(server) - before
+    time.sleep(0.3)  # into the connect
+    yield proc, child
+    proc.kill()
+    srv.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_client_reaches_the_command(blocked, sig):
+    proc, child = blocked
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -sig  # the command died of it, and so did the client
+    _wait_for(lambda: not os.path.exists(f"/proc/{child}"), 10)
+
+
+def test_ctrl_c_interrupts_the_command(blocked):
+    proc, child = blocked
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode not in (0, 99), err
+    _wait_for(lambda: not os.path.exists(f"/proc/{child}"), 10)
+
+
+def test_kill_9_of_the_client_stops_the_command(blocked):
+    proc, child = blocked
+    proc.kill()
+    proc.wait()
+    _wait_for(lambda: not os.path.exists(f"/proc/{child}"), 5)
+
+
+def test_a_command_killed_by_a_signal_kills_the_client_alike(warm, sqlite_home, model_dir):
+    env = {**os.environ, "CELLAR_CRASH_AT": "push:blobs-stored"}
+    done = through_warm(warm, "push", str(model_dir.manifest), "--version", "v1", env=env)
+    assert done.returncode == -signal.SIGKILL
+
+
+def test_only_its_owner_may_connect(warm):
+    assert os.stat(warm).st_mode & 0o777 == 0o600
+    os.chmod(warm, 0o777)  # even then, the peer's uid is checked
+    os.chmod(os.path.dirname(warm), 0o711)
+    pid = os.fork()
+    if pid == 0:  # as nobody: the warm process must not take the command
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            from cli.launch import run_warm
+
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            code = 0 if run_warm(warm, ["registry", "--help"]) is None else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
+    path = str(short_tmp / "w.sock")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)", path],
+                            cwd="/", stdin=subprocess.DEVNULL)
+    _wait_for(lambda: os.path.exists(path), 60)
+    assert through_warm(path, "--help").returncode == 0
+    assert proc.wait(timeout=30) == 0
+    assert not os.path.exists(path)
+
+
+def test_one_warm_process_per_socket(warm):
+    second = subprocess.run([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)", warm],
+                            cwd="/", timeout=60)
+    assert second.returncode == 0  # it found the lock held and left
+    assert through_warm(warm, "--help").returncode == 0
+
+
+def test_identity_follows_code_and_import_time_environment(short_tmp):
+    script = "import cli.launch as l; print(l.socket_path())"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
+
+    def path(**extra) -> str:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
+                              env={**env, **extra}).stdout.strip()
+
+    first = path()
+    assert first.startswith(str(short_tmp / "cellar")) and first == path(REGISTRY_HOME="/elsewhere")
+    assert path(PYTHONWARNINGS="ignore") != first
+    source = ROOT / "registry" / "clock.py"
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    try:
+        assert path() != first  # edited code: a new warm process, never stale code
+    finally:
+        os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_no_warm_process_where_its_socket_would_not_fit(tmp_path):
+    deep = tmp_path / ("d" * 100)
+    script = "import cli.launch as l; print(l.socket_path())"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "XDG_RUNTIME_DIR": str(deep)}).stdout
+    assert out == "None\n"
+
+
+@pytest.mark.parametrize("args,env", [(("--help",), {"REGISTRY_WARM": "0"}), (("watch", "--help"), {})],
+                         ids=["REGISTRY_WARM=0", "watch"])
+def test_in_process_when_asked_and_for_long_running_commands(tmp_path, args, env):
+    done = subprocess.run([REGISTRY, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path), **env})
+    assert done.returncode == 0
+    assert not (tmp_path / "cellar").exists()
+
+
+def test_console_script_starts_it_and_then_uses_it(short_tmp, sqlite_home):
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
+    first = subprocess.run([REGISTRY, "list", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    folder = short_tmp / "cellar"
+    _wait_for(lambda: list(folder.glob("*.sock")), 60)
+    (sock,) = folder.glob("*.sock")
+    server = _warm_pid(str(sock))
+    try:
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+        second = subprocess.run([REGISTRY, "list", "--json"], capture_output=True, text=True, env=env, timeout=60)
+        assert (second.returncode, second.stdout) == (first.returncode, first.stdout) == (0, "[]\n")
+        assert json.loads(second.stdout) == []
+    finally:
+        os.kill(server, signal.SIGKILL)
