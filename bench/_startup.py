@@ -1,10 +1,66 @@
-"""Shared by the benches: run the CLI in a subprocess that reports on itself, and the start-up floor."""
+"""Shared by the benches: run the CLI as the console script does, through a warm process of the
+bench's own or in-process (``REGISTRY_WARM=0``) for comparison; run it in a subprocess that
+reports on itself; the start-up floor."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'registry'\nfrom cli.launch import main\nmain()"]
+IN_PROCESS = {"REGISTRY_WARM": "0"}
+
+
+@dataclass
+class Warm:
+    env: dict  # run the CLI with this environment to use the warm process
+    first_call_s: float  # the call that started it (that call ran in-process)
+    ready_s: float  # from that call's start until the warm process served
+
+
+@contextlib.contextmanager
+def own_warm_process(env: dict) -> Iterator[Warm]:
+    """A warm process of this bench's own, already started; stopped on exit."""
+    run = tempfile.mkdtemp(prefix="cellar-bench-", dir="/tmp")
+    env = {**env, "XDG_RUNTIME_DIR": run}
+    env.pop("REGISTRY_WARM", None)
+    t0 = time.perf_counter()
+    subprocess.run([*CLI, "--help"], env=env, stdout=subprocess.DEVNULL, check=True)
+    first = time.perf_counter() - t0
+    folder = Path(run) / "cellar"
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("*.sock")):
+        if time.monotonic() > deadline:
+            raise SystemExit("the warm process did not start")
+        time.sleep(0.01)
+    try:
+        yield Warm(env, first, time.perf_counter() - t0)
+    finally:
+        for pid in _processes_mentioning(run):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+    return found
+
+
 
 # Runs `registry ARGS` as the console script does (cli.main.main), then prints one /proc
 # figure of its own process on stderr.

@@ -25,15 +25,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, ".")
+sys.path.insert(0, "bench")
 
 import docker  # noqa: E402
 
 from registry.api import Registry  # noqa: E402
 from tests.helpers import ModelDir  # noqa: E402
 from tests.integration import conftest as server  # noqa: E402
+from _startup import CLI, IN_PROCESS, own_warm_process  # noqa: E402
 
 PAIRS = 9
-CLI = [sys.executable, "-m", "cli.main"]
 SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
 PROBES = [{"name": f"q{i}", "path": "/cgi-bin/answer", "json": {"prompt": f"question {i}"},
            "expect": {"regex": '"answer":"42"', "json_schema": SCHEMA, "not_contains": "CANARY"},
@@ -69,9 +70,9 @@ def setup(root: Path, client) -> tuple[Registry, str, int]:
     return reg, env, port
 
 
-def wall(args) -> float:
+def wall(args, env: dict) -> float:
     t0 = time.perf_counter()
-    out = subprocess.run(args, capture_output=True, text=True)
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
     took = time.perf_counter() - t0
     assert out.returncode == 0, out.stderr
     return took
@@ -88,16 +89,24 @@ def raw(port: int) -> float:
 
 
 def probe_cost(port: int) -> None:
-    helps, probes, raws = [], [], []
-    for _ in range(PAIRS):
-        helps.append(wall([*CLI, "--help"]))
-        probes.append(wall([*CLI, "probe"]))
-        raws.append(raw(port))
-    above = [p - h - r for p, h, r in zip(probes, helps, raws)]
-    print(f"registry --help                        {spread(helps)}")
+    """Triples of `registry --help`, `registry probe` and the 5 raw requests, through the warm
+    process (the default) and in-process (REGISTRY_WARM=0), interleaved."""
+    runs = {"warm": ([], []), "in-process": ([], [])}
+    raws = []
+    with own_warm_process(dict(os.environ)) as warm:
+        envs = {"warm": warm.env, "in-process": {**os.environ, **IN_PROCESS}}
+        for _ in range(PAIRS):
+            for mode, (helps, probes) in runs.items():
+                helps.append(wall([*CLI, "--help"], envs[mode]))
+                probes.append(wall([*CLI, "probe"], envs[mode]))
+            raws.append(raw(port))
     print(f"5 raw requests (the server's own time) {spread(raws)}")
-    print(f"registry probe (5 probes, stored)      {spread(probes)}")
-    print(f"probe - (help + raw), per triple       {spread(above)}  (target <= 0.150 s)")
+    for mode, (helps, probes) in runs.items():
+        above = [p - h - r for p, h, r in zip(probes, helps, raws)]
+        print(f"{mode}:")
+        print(f"  registry --help                      {spread(helps)}")
+        print(f"  registry probe (5 probes, stored)    {spread(probes)}")
+        print(f"  probe - (help + raw), per triple     {spread(above)}  (target <= 0.150 s)")
 
 
 def rss_kib() -> int:

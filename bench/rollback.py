@@ -2,8 +2,10 @@
 
 Paired in the same run on the same two containers, several rounds, medians printed:
 
-  tool      wall time of the `registry rollback` process (start-up included) until it returns;
-            it returns after its own health check passed, so the model already answers.
+  tool      wall time of the `registry rollback` process (start-up included) until it returns,
+            through a warm process (the default; one of the bench's own); it returns after its
+            own health check passed, so the model already answers. Also timed in-process
+            (REGISTRY_WARM=0), in the same rounds.
   docker    `docker stop OLD && docker start PREV` (docker CLI) plus polling until the first
             2xx answer from the health path.
   overhead  the tool's own time beyond Docker calls and health waits: wall time minus the
@@ -29,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _startup import CLI, IN_PROCESS, own_warm_process
+
 DOCKER_STEPS = {"pin image", "create container", "stop old container", "start container", "health check", "warm-up"}
 ROLLBACK_DOCKER_STEPS = DOCKER_STEPS - {"pin image", "create container"}
 
@@ -45,8 +49,11 @@ def main() -> None:
         port = _free_port()
         name = f"bench{os.getpid()}"
         try:
-            _setup(Path(tmp), env, args, port, name)
-            _report(_rounds(env, args, port, name), _promotes(env, args.rounds), _in_process(env, args.rounds))
+            _setup(Path(tmp), {**env, **IN_PROCESS}, args, port, name)
+            with own_warm_process(env) as warm:
+                rounds = _rounds(warm.env, {**env, **IN_PROCESS}, args, port)
+                promotes = _promotes(warm.env, args.rounds)
+            _report(rounds, promotes, _in_process(env, args.rounds))
         finally:
             ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cellar.env={name}"],
                                  capture_output=True, text=True).stdout.split()
@@ -55,7 +62,7 @@ def main() -> None:
 
 
 def _setup(tmp: Path, env: dict, args, port: int, name: str) -> None:
-    reg = [sys.executable, "-m", "cli.main"]
+    reg = CLI
     model = tmp / "model"
     (model / "prompts").mkdir(parents=True)
     (model / "weights.bin").write_bytes(os.urandom(1 << 20))
@@ -72,31 +79,36 @@ def _setup(tmp: Path, env: dict, args, port: int, name: str) -> None:
         _run(reg + ["promote", version], env)
 
 
-def _rounds(env: dict, args, port: int, name: str) -> dict[str, list[float]]:
-    reg = [sys.executable, "-m", "cli.main"]
-    out = {"tool": [], "docker": [], "overhead": []}
+def _rounds(warm: dict, in_process: dict, args, port: int) -> dict[str, list[float]]:
+    """Each round: a rollback through the warm process, two raw Docker flips, a rollback in-process."""
+    out = {"tool": [], "docker": [], "overhead": [], "in-process": []}
     url = f"http://127.0.0.1:{port}{args.health_path}"
-    for i in range(args.rounds):
-        # Back and forth between v1 and v2 (v2 runs after set-up): a plain `rollback` would step
-        # further back each time and run out of releases.
-        started = time.perf_counter()
-        result = json.loads(_run(reg + ["rollback", "--to", "v1" if i % 2 == 0 else "v2", "--json"], env))
-        wall = time.perf_counter() - started
-        out["tool"].append(wall)
-        out["overhead"].append(wall - sum(s["seconds"] for s in result["steps"] if s["name"] in ROLLBACK_DOCKER_STEPS))
-        now, before = result["release"]["container_id"], result["previous"]["container_id"]
-        for old, new in ((now, before), (before, now)):  # flip there and back: the ledger stays true
+    running = "v2"  # after set-up
+    for _ in range(args.rounds):
+        # Back and forth between v1 and v2: a plain `rollback` would step further back each
+        # time and run out of releases.
+        for env, key in ((warm, "tool"), (in_process, "in-process")):
+            running = "v1" if running == "v2" else "v2"
             started = time.perf_counter()
-            _run(["docker", "stop", old], env)
-            _run(["docker", "start", new], env)
-            _wait(url)
-            out["docker"].append(time.perf_counter() - started)
+            result = json.loads(_run(CLI + ["rollback", "--to", running, "--json"], env))
+            wall = time.perf_counter() - started
+            out[key].append(wall)
+            if key == "tool":
+                out["overhead"].append(wall - sum(s["seconds"] for s in result["steps"]
+                                                  if s["name"] in ROLLBACK_DOCKER_STEPS))
+                now, before = result["release"]["container_id"], result["previous"]["container_id"]
+                for old, new in ((now, before), (before, now)):  # there and back: the ledger stays true
+                    started = time.perf_counter()
+                    _run(["docker", "stop", old], env)
+                    _run(["docker", "start", new], env)
+                    _wait(url)
+                    out["docker"].append(time.perf_counter() - started)
     return out
 
 
 def _promotes(env: dict, rounds: int) -> list[float]:
     """Overhead of promote: alternate v3 and v2 into the environment."""
-    reg = [sys.executable, "-m", "cli.main"]
+    reg = CLI
     out = []
     for i in range(max(3, rounds // 2)):
         started = time.perf_counter()
@@ -132,9 +144,12 @@ def _report(r: dict[str, list[float]], promote_overhead: list[float], api: dict[
     print(f"rounds: {len(r['tool'])} (docker baseline: {len(r['docker'])} flips)")
     print(f"registry rollback (process start included): median {med['tool'] * 1000:6.0f} ms  "
           f"(min {min(r['tool']) * 1000:.0f}, max {max(r['tool']) * 1000:.0f})")
+    print(f"  the same in-process (REGISTRY_WARM=0):    median {med['in-process'] * 1000:6.0f} ms  "
+          f"(min {min(r['in-process']) * 1000:.0f}, max {max(r['in-process']) * 1000:.0f})")
     print(f"docker stop && docker start + first answer: median {med['docker'] * 1000:6.0f} ms  "
           f"(min {min(r['docker']) * 1000:.0f}, max {max(r['docker']) * 1000:.0f})")
-    print(f"ratio tool / docker:                        {med['tool'] / med['docker']:.2f}x (target <= 1.6x, issue 10)")
+    print(f"ratio tool / docker:                        {med['tool'] / med['docker']:.2f}x (target <= 1.6x, issue 10); "
+          f"in-process {med['in-process'] / med['docker']:.2f}x")
     print("tool overhead beyond Docker calls + health waits (target <= 150 ms):")
     print(f"  rollback, CLI process (interpreter + imports included): median {med['overhead'] * 1000:5.0f} ms")
     print(f"  promote,  CLI process (interpreter + imports included): median "

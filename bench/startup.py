@@ -1,14 +1,13 @@
 """Bench: CLI start-up. ``registry --help`` (target <= 0.10 s, issue 10) and ``registry list`` on a
 10,000-version registry (target <= 0.30 s), wall time, min/median/max of several runs.
 
-    python bench/startup.py [--versions 10000] [--runs 7] [--baseline DIR]
+    python bench/startup.py [--versions 10000] [--runs 7]
 
-The CLI runs from this source tree (not whatever ``registry`` is installed). With
-``--baseline DIR`` (another checkout, e.g. ``git archive main | tar -x -C DIR``) each command
-also runs from DIR, interleaved run by run, and the ratio of medians is printed: > 1 means
-this tree is slower. The registry is built fast: one real push, then its row copied with bulk
-inserts. Also prints which heavy packages each command imports (sqlalchemy.orm, docker, git
-must not be).
+The CLI runs from this source tree (not whatever ``registry`` is installed), as the console
+script runs it: through a warm process (of this bench's own, started first; cli/launch.py),
+and in-process (REGISTRY_WARM=0), interleaved run by run; the ratio of medians is printed.
+The registry is built fast: one real push, then its row copied with bulk inserts. Also prints
+which heavy packages each command imports in-process.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _startup import CLI, IN_PROCESS, own_warm_process  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-# As the console script runs it (cli.main.main), from the tree on PYTHONPATH.
-MAIN = "import sys; sys.argv[0] = 'registry'\nfrom cli.main import main\nmain()"
 HEAVY = ("sqlalchemy.orm", "docker", "git", "alembic", "rich", "pydantic", "yaml", "sqlalchemy")
 
 
@@ -57,16 +56,15 @@ def build(home: Path, n: int) -> None:
         assert reg.count_versions() == n
 
 
-def wall(args: list[str], env: dict, runs: int, trees: list[Path]) -> tuple[list[list[float]], list[list[float]]]:
-    """Wall and CPU (user + system) seconds per run of ``registry ARGS`` from each tree, the trees
-    interleaved run by run. CPU time barely moves with the machine's load; wall time does."""
-    walls: list[list[float]] = [[] for _ in trees]
-    cpus: list[list[float]] = [[] for _ in trees]
+def wall(args: list[str], envs: list[dict], runs: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Wall and CPU (user + system, of the `registry` process itself) seconds per run of
+    ``registry ARGS`` with each environment, interleaved run by run."""
+    walls: list[list[float]] = [[] for _ in envs]
+    cpus: list[list[float]] = [[] for _ in envs]
     for _ in range(runs):
-        for i, tree in enumerate(trees):
+        for i, env in enumerate(envs):
             before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            subprocess.run([sys.executable, "-c", MAIN, *args], env={**env, "PYTHONPATH": str(tree)},
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([*CLI, *args], env=env, check=True, stdout=subprocess.DEVNULL)
             walls[i].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpus[i].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -77,14 +75,13 @@ def spread(times: list[float]) -> str:
     return f"{min(times):.3f}/{statistics.median(times):.3f}/{max(times):.3f} s"
 
 
-def imported(args: list[str], env: dict, tree: Path = ROOT) -> tuple[list[str], int]:
+def imported(args: list[str], env: dict) -> tuple[list[str], int]:
     """The heavy packages ``registry ARGS`` imports, and how many modules it loads in all."""
     code = ("import sys; sys.argv = ['registry', *sys.argv[1:]]\n"
             "from cli.main import app\n"
             "try:\n    app()\nexcept SystemExit:\n    pass\n"
             f"print(len(sys.modules), ' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code, *args], env={**env, "PYTHONPATH": str(tree)},
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     count, *heavy = done.stderr.strip().splitlines()[-1].split()
     return heavy, int(count)
 
@@ -93,28 +90,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--baseline", type=Path, help="another checkout to compare with, run interleaved")
     args = ap.parse_args()
-    trees = [ROOT, *([args.baseline.resolve()] if args.baseline else [])]
     with tempfile.TemporaryDirectory(prefix="cellar-startup-") as tmp:
         home = Path(tmp) / "home"
         os.environ["REGISTRY_HOME"] = str(home)
         os.environ.pop("REGISTRY_DB_URL", None)
         build(home, args.versions)
-        env = dict(os.environ)
-        print(f"min/median/max of {args.runs} runs" + (f"; baseline {trees[1]}" if args.baseline else ""))
-        for cmd, target in ((["--help"], 0.10), (["list"], 0.30), (["list", "--json"], None),
-                            (["show", "v5000"], None), (["promote", "--help"], None)):
-            times, cpu = wall(cmd, env, args.runs, trees)
-            goal = f" (target <= {target} s)" if target else ""
-            heavy, modules = imported(cmd, env)
-            print(f"registry {' '.join(cmd):15s} wall {spread(times[0])}{goal}, cpu {spread(cpu[0])}, "
-                  f"{modules} modules; imports: {', '.join(heavy) or '-'}")
-            if args.baseline:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with own_warm_process(env) as warm:
+            print(f"min/median/max of {args.runs} runs, interleaved: through the warm process (the default) "
+                  f"and in-process (REGISTRY_WARM=0). The first command took {warm.first_call_s:.3f} s "
+                  f"(in-process) and the warm process served {warm.ready_s:.2f} s after it started.")
+            for cmd, target in ((["--help"], 0.10), (["list"], 0.30), (["list", "--json"], None),
+                                (["show", "v5000"], None), (["promote", "--help"], None)):
+                times, cpu = wall(cmd, [warm.env, {**env, **IN_PROCESS}], args.runs)
+                goal = f" (target <= {target} s)" if target else ""
+                heavy, modules = imported(cmd, env)
                 ratio = statistics.median(times[0]) / statistics.median(times[1])
-                cpu_ratio = statistics.median(cpu[0]) / statistics.median(cpu[1])
-                print(f"  {'baseline':24s} wall {spread(times[1])}, cpu {spread(cpu[1])}, "
-                      f"{imported(cmd, env, trees[1])[1]} modules; ratio wall {ratio:.2f}, cpu {cpu_ratio:.2f}")
+                print(f"registry {' '.join(cmd):15s} warm       wall {spread(times[0])}{goal}, "
+                      f"cpu of the client {spread(cpu[0])}")
+                print(f"{'':24s} in-process wall {spread(times[1])}, cpu {spread(cpu[1])}, {modules} modules; "
+                      f"imports: {', '.join(heavy) or '-'}; warm/in-process {ratio:.2f}")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         print(f"(a bare `python -c pass` takes {time.perf_counter() - t0:.3f} s here; "

@@ -61,6 +61,7 @@ def run_warm(path: str, argv: list[str]) -> int | None:
     import marshal
     import signal
 
+    forwarded = [int(getattr(signal, name)) for name in FORWARDED_SIGNALS]
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -69,8 +70,9 @@ def run_warm(path: str, argv: list[str]) -> int | None:
         raise
     try:
         streams = (sys.stdin, sys.stdout, sys.stderr)
+        ignored = [sig for sig in forwarded if signal.getsignal(sig) is signal.SIG_IGN]  # nohup, `cmd &`
         request = marshal.dumps({
-            "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(),
+            "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(), "ignored": ignored,
             "stdio": [(s.encoding, s.errors) if s is not None else None for s in streams],
         })
         fds = struct.pack("3i", 0, 1, 2)
@@ -89,8 +91,8 @@ def run_warm(path: str, argv: list[str]) -> int | None:
     if not _read(sock, 1):  # the warm process closed without taking the command: run it here
         sock.close()
         return None
-    for name in FORWARDED_SIGNALS:
-        signal.signal(getattr(signal, name), forward)
+    for sig in set(forwarded) - set(ignored):
+        signal.signal(sig, forward)
     status = _read(sock, 4)
     if len(status) < 4:
         sys.stderr.write("registry: the warm process ended before the command did; "

@@ -219,6 +219,8 @@ class Server:
             os.environ.update(request["env"])
             os.chdir(request["cwd"])
             os.umask(request["umask"])
+            for signum in request["ignored"]:  # as in the client: nohup's SIGHUP, SIGINT of `cmd &`
+                signal.signal(signum, signal.SIG_IGN)
             _streams(request["stdio"])
             sys.argv = request["argv"]
             from cli.main import main

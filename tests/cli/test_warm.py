@@ -117,19 +117,28 @@ def _warm_pid(path: str) -> int:
     raise AssertionError("no warm process")
 
 
-@pytest.fixture
-def blocked(warm, sqlite_home):
-    """A command that blocks (connecting to a database that never answers): (client, child pid)."""
+def _start_blocked(warm: str, setup: str = "") -> tuple[subprocess.Popen, int, socket.socket]:
+    """A command that blocks (connecting to a database that never answers), its client running
+    ``setup`` first: (client, the command's pid, the silent server)."""
     srv = _silent_server()
     url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
     server = _warm_pid(warm)
     before = _children(server)
-    proc = client(warm, "list", env={**os.environ, "REGISTRY_DB_URL": url})
+    proc = subprocess.Popen([sys.executable, "-c", setup + "import sys; exec(sys.argv.pop(1))", CLIENT, warm, "list"],
+                            env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _children(server) - before, 30)
     (child,) = _children(server) - before
     time.sleep(0.3)  # into the connect
+    return proc, child, srv
+
+
+@pytest.fixture
+def blocked(warm, sqlite_home):
+    proc, child, srv = _start_blocked(warm)
     yield proc, child
     proc.kill()
+    proc.wait()
     srv.close()
 
 
@@ -253,3 +262,17 @@ def test_console_script_starts_it_and_then_uses_it(short_tmp, sqlite_home):
         assert json.loads(second.stdout) == []
     finally:
         os.kill(server, signal.SIGKILL)
+
+
+def test_a_signal_the_client_ignores_is_ignored_by_the_command(warm, sqlite_home):
+    """nohup registry ... keeps running when the terminal hangs up."""
+    proc, child, srv = _start_blocked(warm, "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); ")
+    try:
+        proc.send_signal(signal.SIGHUP)
+        os.kill(child, signal.SIGHUP)  # as a hangup would, if it reached the command directly
+        time.sleep(0.5)
+        assert proc.poll() is None and os.path.exists(f"/proc/{child}")
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.close()
