@@ -3,7 +3,7 @@ command (see ``cli/launch.py`` for why and for the client's side).
 
 One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
 argv, environment, working directory, umask and stream encodings. The warm process answers one
-byte (accepted), forks, and the child becomes the command: it takes the client's descriptors as
+byte (accepted) and hands it all to a child forked ahead, which becomes the command: it takes the client's descriptors as
 0/1/2, its environment, directory and umask, and runs ``cli.main.main`` as the client would
 have, then answers its exit status itself. The warm process forwards the signal numbers the
 client sends, kills the child when the client disappears (``kill -9`` of ``registry`` stops the
@@ -90,16 +90,23 @@ def _preload() -> None:
 
 
 class Server:
+    """The accept loop. One child is forked ahead (the spare) and waits on a socket pair, so a
+    command does not wait for the fork (~8 ms of ~100 MB here); it gets the client's socket,
+    descriptors and request, and the next spare is forked after it started."""
+
     def __init__(self, listener: socket.socket, lock: int):
         self.listener, self.lock = listener, lock
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", 0))
         self.jobs: dict[int, tuple[socket.socket | None, int]] = {}  # pid -> (client, pidfd)
+        self.spare: tuple[int, socket.socket] | None = None  # pid, our end of its socket pair
 
     def run(self, path: str, idle_s: int) -> None:
         last = time.monotonic()
         closing = False
         while True:
+            if self.spare is None and not closing:
+                self.spare = self._fork_spare()
             if not closing and not self.jobs and time.monotonic() - last >= idle_s:
                 os.unlink(path)  # no new clients; the ones already queued are still served
                 closing = True
@@ -138,31 +145,46 @@ class Server:
                 if not chunk:
                     raise OSError("short request")
                 body += chunk
-            request = marshal.loads(body)
+            marshal.loads(body)  # a request the child can read
             conn.sendall(b"\x01")  # accepted: from here on the command counts as started
         except (OSError, ValueError, EOFError, struct.error):
             for fd in fds:
                 os.close(fd)
             conn.close()
             return
+        conn.settimeout(None)
         try:
-            pid = os.fork()
+            pid = self._hand_over(conn, fds, bytes(body))
         except OSError as exc:
             os.write(fds[2], f"registry: could not start the command: {exc}\n".encode())
             self._answer(conn, 1)
             conn.close()
-            pid = -1
-        if pid == 0:
-            self._child(conn, fds, request)  # never returns
-        for fd in fds:
-            os.close(fd)
-        if pid < 0:
             return
-        conn.settimeout(None)
+        finally:
+            for fd in fds:
+                os.close(fd)
         pidfd = os.pidfd_open(pid)
         self.jobs[pid] = (conn, pidfd)
         self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", pid))
+
+    def _hand_over(self, conn: socket.socket, fds: list[int], body: bytes) -> int:
+        """Give the command to the spare (a fresh one if it died); its pid."""
+        for attempt in range(2):
+            pid, pair = self.spare or self._fork_spare()
+            self.spare = None
+            try:
+                socket.send_fds(pair, [struct.pack("!I", len(body))], [conn.fileno(), *fds])
+                pair.sendall(body)
+                return pid
+            except OSError:
+                if attempt:
+                    raise
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            finally:
+                pair.close()
+        raise AssertionError("unreachable")
 
     def from_client(self, pid: int) -> None:
         conn, pidfd = self.jobs[pid]
@@ -195,8 +217,19 @@ class Server:
         with contextlib.suppress(OSError):
             conn.sendall(struct.pack("!i", code))
 
-    def _child(self, conn: socket.socket, fds: list[int], request: dict) -> None:
+    def _fork_spare(self) -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self._spare(theirs)  # never returns
+        theirs.close()
+        return pid, ours
+
+    def _spare(self, pair: socket.socket) -> None:
+        """The spare child: drop what is the warm process's, wait for a command, run it."""
         code = 1
+        conn = None
         try:
             parent = os.getppid()
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -212,7 +245,21 @@ class Server:
                 if other is not None:
                     other.close()
                 os.close(pidfd)
-            for fd, fd_from in enumerate(fds):
+            head, fds, _, _ = socket.recv_fds(pair, 4, 4)
+            if len(head) < 4 or len(fds) != 4:
+                code = 0  # the warm process is closing: never used
+                return
+            (size,) = struct.unpack("!I", head)
+            body = bytearray()
+            while len(body) < size:
+                chunk = pair.recv(size - len(body))
+                if not chunk:
+                    return
+                body += chunk
+            pair.close()
+            conn = socket.socket(fileno=fds[0])
+            request = marshal.loads(body)
+            for fd, fd_from in enumerate(fds[1:]):
                 os.dup2(fd_from, fd)
                 os.close(fd_from)
             os.environ.clear()
@@ -248,14 +295,15 @@ class Server:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(BaseException):
                     stream.flush()
-            # Answer before exiting: tearing down the heap takes ~8 ms the client need not
-            # wait. Every other descriptor is closed first, so that its locks, the database and
-            # the client's pipes are released by the time the client exits.
-            fd = conn.fileno()
-            os.closerange(0, fd)
-            os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
-            with contextlib.suppress(OSError):
-                os.write(fd, struct.pack("!i", code))
+            if conn is not None:
+                # Answer before exiting: tearing down the heap takes ~8 ms the client need not
+                # wait. Every other descriptor is closed first, so that its locks, the
+                # database and the client's pipes are released by the time the client exits.
+                fd = conn.fileno()
+                os.closerange(0, fd)
+                os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+                with contextlib.suppress(OSError):
+                    os.write(fd, struct.pack("!i", code))
             os._exit(code)
 
 

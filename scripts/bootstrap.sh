@@ -10,9 +10,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # A stamp of pyproject.toml avoids a slow pip run when nothing changed.
 stamp=".venv/.cellar-installed"
-want=$(sha256sum pyproject.toml | cut -c1-16)
+want="$(sha256sum pyproject.toml | cut -c1-16)-compat"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,postgres]"
+    # compat: the checkout's path in a .pth file, where the default editable mode imports a
+    # finder (pathlib, fnmatch, ...) into every interpreter: 0.02 s instead of 0.04 s a start.
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,postgres]" \
+        --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi
 echo "bootstrap: .venv ready ($(.venv/bin/registry --help >/dev/null && echo registry ok))" >&2

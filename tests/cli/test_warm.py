@@ -123,12 +123,13 @@ def _start_blocked(warm: str, setup: str = "") -> tuple[subprocess.Popen, int, s
     srv = _silent_server()
     url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
     server = _warm_pid(warm)
-    before = _children(server)
+    _wait_for(lambda: len(_children(server)) == 1, 30)
+    spare = _children(server)  # the child forked ahead: it will run the command
     proc = subprocess.Popen([sys.executable, "-c", setup + "import sys; exec(sys.argv.pop(1))", CLIENT, warm, "list"],
                             env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: _children(server) - before, 30)
-    (child,) = _children(server) - before
+    _wait_for(lambda: _children(server) - spare, 30)  # the next spare: the command has started
+    (child,) = spare
     time.sleep(0.3)  # into the connect
     return proc, child, srv
 
@@ -276,3 +277,14 @@ def test_a_signal_the_client_ignores_is_ignored_by_the_command(warm, sqlite_home
         proc.kill()
         proc.wait()
         srv.close()
+
+
+def test_a_lost_spare_is_replaced(warm):
+    server = _warm_pid(warm)
+    _wait_for(lambda: len(_children(server)) == 1, 30)
+    (spare,) = _children(server)
+    os.kill(spare, signal.SIGKILL)
+    _wait_for(lambda: open(f"/proc/{spare}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 10)
+    done = through_warm(warm, "--help")
+    assert done.returncode == 0 and "Usage: registry" in done.stdout
+    assert not os.path.exists(f"/proc/{spare}")  # reaped
