@@ -68,9 +68,22 @@ def run_warm(path: str, argv: list[str]) -> int | None:
     except OSError:
         sock.close()
         raise
+
+    def forward(signum, _frame):
+        try:
+            sock.send(bytes([signum]))
+        except OSError:
+            pass
+
+    def run_here() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+
+    ignored = [sig for sig in forwarded if signal.getsignal(sig) is signal.SIG_IGN]  # nohup, `cmd &`
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded if sig not in ignored}
     try:
         streams = (sys.stdin, sys.stdout, sys.stderr)
-        ignored = [sig for sig in forwarded if signal.getsignal(sig) is signal.SIG_IGN]  # nohup, `cmd &`
         request = marshal.dumps({
             "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(), "ignored": ignored,
             "stdio": [(s.encoding, s.errors) if s is not None else None for s in streams],
@@ -79,20 +92,11 @@ def run_warm(path: str, argv: list[str]) -> int | None:
         sock.sendmsg([struct.pack("!I", len(request))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         sock.sendall(request)
     except OSError:  # a closed stdin/stdout/stderr
-        sock.close()
+        run_here()
         return None
-
-    def forward(signum, _frame):
-        try:
-            sock.send(bytes([signum]))
-        except OSError:
-            pass
-
-    if not _read(sock, 1):  # the warm process closed without taking the command: run it here
-        sock.close()
+    if not _read(sock, 1):  # the warm process closed without taking the command
+        run_here()
         return None
-    for sig in set(forwarded) - set(ignored):
-        signal.signal(sig, forward)
     status = _read(sock, 4)
     if len(status) < 4:
         sys.stderr.write("registry: the warm process ended before the command did; "
@@ -130,6 +134,9 @@ def start_warm(path: str) -> None:
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
+                # Nothing of the caller's stays open for the warm process's lifetime: a pipe
+                # its caller reads to the end would not end.
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
                 os.chdir("/")
                 os.execv(sys.executable, [sys.executable, "-c", "import sys; sys.path[:] = sys.argv[3:]; "
                                           "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[2]))",

@@ -2,10 +2,10 @@
 command (see ``cli/launch.py`` for why and for the client's side).
 
 One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
-argv, environment, working directory, umask and stream encodings. The warm process answers one
-byte (accepted) and hands it all to a child forked ahead, which becomes the command: it takes the client's descriptors as
-0/1/2, its environment, directory and umask, and runs ``cli.main.main`` as the client would
-have, then answers its exit status itself. The warm process forwards the signal numbers the
+argv, environment, working directory, umask, ignored signals and stream encodings. The warm
+process answers one byte (accepted) and hands it all to a child forked ahead, which becomes
+the command: it takes the client's descriptors as 0/1/2, its environment, directory and umask,
+runs ``cli.main.main`` as the client would have, and answers its exit status itself. The warm process forwards the signal numbers the
 client sends, kills the child when the client disappears (``kill -9`` of ``registry`` stops the
 command, as before), and answers for a child killed by a signal (the negative signal number). A
 child dies with the warm process.

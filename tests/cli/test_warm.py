@@ -288,3 +288,21 @@ def test_a_lost_spare_is_replaced(warm):
     done = through_warm(warm, "--help")
     assert done.returncode == 0 and "Usage: registry" in done.stdout
     assert not os.path.exists(f"/proc/{spare}")  # reaped
+
+
+def test_the_warm_process_keeps_nothing_of_its_starter(short_tmp):
+    """A pipe the first command inherited is not held open by the warm process it started: a
+    caller reading that pipe to its end is not kept waiting for 10 minutes."""
+    r, w = os.pipe()
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
+    subprocess.run([REGISTRY, "--help"], pass_fds=(w,), env=env, stdout=subprocess.DEVNULL, timeout=60, check=True)
+    os.close(w)
+    _wait_for(lambda: list((short_tmp / "cellar").glob("*.sock")), 60)
+    (sock,) = (short_tmp / "cellar").glob("*.sock")
+    server = _warm_pid(str(sock))
+    try:
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # end of file: no writer left (BlockingIOError if one were)
+    finally:
+        os.kill(server, signal.SIGKILL)
+        os.close(r)
