@@ -24,9 +24,10 @@ import sys
 LONG_RUNNING = frozenset({"watch", "metrics", "ui"})
 MAX_SOCKET_PATH = 96  # sun_path holds 107 bytes; the warm process binds PATH.<pid> first
 IDLE_S = 600  # the warm process exits after this long without a command
-# Variables read when a module is imported (by Python itself, typer or rich): a child of the
-# warm process has them as the warm process saw them, so they are part of its identity.
-IMPORT_TIME_ENV = ("PYTHON", "TYPER_", "_TYPER_", "PYDANTIC_", "TERMINAL_WIDTH", "FORCE_COLOR",
+# Variables read when the interpreter starts (locale) or a module is imported (Python's own,
+# typer's, rich's): a child of the warm process has them as the warm process saw them, so they
+# are part of its identity.
+IMPORT_TIME_ENV = ("PYTHON", "LANG", "LC_", "TYPER_", "_TYPER_", "PYDANTIC_", "TERMINAL_WIDTH", "FORCE_COLOR",
                    "PY_COLORS", "GITHUB_ACTIONS", "SQLALCHEMY_")
 # What a forked child inherits from the warm process rather than from this one: who it is,
 # what it may do and see. A difference in any of them means another warm process.

@@ -264,6 +264,7 @@ class Server:
                 os.close(fd_from)
             os.environ.clear()
             os.environ.update(request["env"])
+            time.tzset()  # the client's TZ
             os.chdir(request["cwd"])
             os.umask(request["umask"])
             for signum in request["ignored"]:  # as in the client: nohup's SIGHUP, SIGINT of `cmd &`

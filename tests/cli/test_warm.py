@@ -223,6 +223,7 @@ def test_identity_follows_code_and_import_time_environment(short_tmp):
     first = path()
     assert first.startswith(str(short_tmp / "cellar")) and first == path(REGISTRY_HOME="/elsewhere")
     assert path(PYTHONWARNINGS="ignore") != first
+    assert path(LC_ALL="C") != first  # the interpreter took its locale at start
     source = ROOT / "registry" / "clock.py"
     st = source.stat()
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
