@@ -307,3 +307,27 @@ def test_the_warm_process_keeps_nothing_of_its_starter(short_tmp):
     finally:
         os.kill(server, signal.SIGKILL)
         os.close(r)
+
+
+@pytest.mark.parametrize("spoil", ["open to others", "a symlink", "another owner"])
+def test_no_warm_process_in_a_folder_not_private(short_tmp, spoil):
+    """Someone who made the socket folder first (or a link to theirs) gets no socket of ours:
+    the command runs in-process."""
+    folder = short_tmp / "cellar"
+    if spoil == "open to others":
+        folder.mkdir(mode=0o755)
+        os.chmod(folder, 0o755)
+    elif spoil == "a symlink":
+        (short_tmp / "theirs").mkdir(mode=0o700)
+        folder.symlink_to(short_tmp / "theirs")
+    else:
+        folder.mkdir(mode=0o700)
+        os.chown(folder, 65534, 65534)
+    script = "import cli.launch as l; print(l.socket_path())"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}).stdout
+    assert out == "None\n"
+    done = subprocess.run([REGISTRY, "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
+    assert done.returncode == 0 and "Usage: registry" in done.stdout
+    assert not list(short_tmp.rglob("*.sock"))
