@@ -128,7 +128,10 @@ class Server:
                     self.finished(pid)
 
     def accept(self) -> None:
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # out of descriptors, or the client gave up: it runs the command itself
+            return
         fds: list[int] = []
         try:
             _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -198,7 +201,7 @@ class Server:
             self.jobs[pid] = (None, pidfd)
             data = bytes([signal.SIGKILL])
         for signum in data:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(OSError):  # gone already, or not a signal number
                 os.kill(pid, signum)
 
     def finished(self, pid: int) -> None:

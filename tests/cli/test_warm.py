@@ -331,3 +331,28 @@ def test_no_warm_process_in_a_folder_not_private(short_tmp, spoil):
                           env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
     assert done.returncode == 0 and "Usage: registry" in done.stdout
     assert not list(short_tmp.rglob("*.sock"))
+
+
+def test_it_survives_a_client_that_sends_nonsense(warm):
+    """Bytes after a request are signal numbers; ones that are not (0, 77, 255), and a request
+    that is not one, leave the warm process serving."""
+    raw = """
+import marshal, os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+req = marshal.dumps({"argv": ["registry", "--help"], "env": dict(os.environ), "cwd": "/", "umask": 0o022,
+                     "ignored": [], "stdio": [None, ("utf-8", "strict"), ("utf-8", "strict")]})
+socket.send_fds(s, [struct.pack("!I", len(req))], [0, 1, 2])
+s.sendall(req + bytes([0, 77, 255]))
+print(s.recv(1) + s.recv(4) == b"\\x01" + struct.pack("!i", 0), file=sys.stderr)
+junk = socket.socket(socket.AF_UNIX)
+junk.connect(sys.argv[1])
+junk.sendall(b"not a request at all")
+try:
+    print(junk.recv(1) == b"", file=sys.stderr)  # closed, nothing accepted
+except ConnectionResetError:
+    print(True, file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", raw, warm], capture_output=True, text=True, timeout=60)
+    assert done.stderr.split() == ["True", "True"], done.stderr
+    assert through_warm(warm, "--help").returncode == 0
