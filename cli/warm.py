@@ -31,6 +31,8 @@ import struct
 import sys
 import time
 
+from cli.launch import FORWARDED_SIGNALS
+
 MAX_REQUEST = 16 << 20
 PR_SET_PDEATHSIG = 1
 
@@ -270,8 +272,13 @@ class Server:
             time.tzset()  # the client's TZ
             os.chdir(request["cwd"])
             os.umask(request["umask"])
-            for signum in request["ignored"]:  # as in the client: nohup's SIGHUP, SIGINT of `cmd &`
-                signal.signal(signum, signal.SIG_IGN)
+            # The client's dispositions, not the ones the warm process was started with (its
+            # starter may have ignored SIGINT, as `cmd &` does): ignored where the client ignores
+            # them (nohup's SIGHUP), else Python's defaults.
+            for name in FORWARDED_SIGNALS:
+                signum = getattr(signal, name)
+                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                signal.signal(signum, signal.SIG_IGN if signum in request["ignored"] else default)
             _streams(request["stdio"])
             sys.argv = request["argv"]
             from cli.main import main

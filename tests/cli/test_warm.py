@@ -39,7 +39,10 @@ def short_tmp():
 def warm(short_tmp):
     """A warm process serving a socket of its own; yields the socket path."""
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)", path],
+    # Started as by `registry ... &` from a script: with SIGINT ignored, which its commands
+    # must not inherit.
+    serve = "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); from cli.warm import serve; "
+    proc = subprocess.Popen([sys.executable, "-c", serve + "serve(sys.argv[1], 60)", path],
                             cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
     assert proc.poll() is None, "the warm process did not start"
@@ -117,15 +120,22 @@ def _warm_pid(path: str) -> int:
     raise AssertionError("no warm process")
 
 
+# A client as started from a terminal: a test run in the background (`pytest &`, CI) inherits
+# SIGINT ignored, and the client then rightly keeps it ignored for the command.
+TERMINAL = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "signal.signal(signal.SIGTERM, signal.SIG_DFL); signal.signal(signal.SIGHUP, signal.SIG_DFL); ")
+
+
 def _start_blocked(warm: str, setup: str = "") -> tuple[subprocess.Popen, int, socket.socket]:
-    """A command that blocks (connecting to a database that never answers), its client running
-    ``setup`` first: (client, the command's pid, the silent server)."""
+    """A command that blocks (connecting to a database that never answers), its client started
+    as from a terminal and then running ``setup``: (client, the command's pid, the silent server)."""
     srv = _silent_server()
     url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
     server = _warm_pid(warm)
     _wait_for(lambda: len(_children(server)) == 1, 30)
     spare = _children(server)  # the child forked ahead: it will run the command
-    proc = subprocess.Popen([sys.executable, "-c", setup + "import sys; exec(sys.argv.pop(1))", CLIENT, warm, "list"],
+    proc = subprocess.Popen([sys.executable, "-c", TERMINAL + setup + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
+                             "list"],
                             env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: _children(server) - spare, 30)  # the next spare: the command has started
