@@ -43,11 +43,12 @@ def serve(path: str, idle_s: int) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another warm process serves this socket
-    # Whatever its starter ignored (SIGCHLD ignored would reap children before waitpid could),
-    # the warm process and its children start from the defaults.
+    # Whatever its starter ignored or blocked (SIGCHLD ignored would reap children before
+    # waitpid could), the warm process and its children start from the defaults.
     for name in ("SIGCHLD", *FORWARDED_SIGNALS):
         signum = getattr(signal, name)
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # and nothing blocked
     _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fresh = f"{path}.{os.getpid()}"

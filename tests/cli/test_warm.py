@@ -39,10 +39,11 @@ def short_tmp():
 def warm(short_tmp):
     """A warm process serving a socket of its own; yields the socket path."""
     path = str(short_tmp / "w.sock")
-    # Started as by `registry ... &` from a script (SIGINT ignored) whose caller ignored SIGCHLD:
-    # neither may reach its commands, nor stop it from reaping them.
+    # Started as by `registry ... &` from a script (SIGINT ignored) whose caller ignored SIGCHLD
+    # and blocked SIGTERM: none of it may reach its commands, nor stop it from reaping them.
     serve = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-             "signal.signal(signal.SIGCHLD, signal.SIG_IGN); from cli.warm import serve; ")
+             "signal.signal(signal.SIGCHLD, signal.SIG_IGN); signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
+             "from cli.warm import serve; ")
     proc = subprocess.Popen([sys.executable, "-c", serve + "serve(sys.argv[1], 60)", path],
                             cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
