@@ -46,9 +46,12 @@ def main() -> None:
         if path is not None:
             try:
                 code = run_warm(path, argv)
-            except OSError:  # none yet, or an old socket left by one that was killed
-                start_warm(path)
+            except NoWarmProcess:  # none yet, or an old socket left by one that was killed
                 code = None
+                try:
+                    start_warm(path)
+                except OSError:  # cannot fork now, or SIGCHLD ignored: the next command tries again
+                    pass
             if code is not None:
                 os._exit(code)
     from cli.main import main as run_here
@@ -56,19 +59,26 @@ def main() -> None:
     run_here()
 
 
+class NoWarmProcess(Exception):
+    """Nothing listens at the socket (nothing has run)."""
+
+
 def run_warm(path: str, argv: list[str]) -> int | None:
     """Run the command in a child of the warm process at ``path``; its exit code, or None when
-    the command should run in this process (nothing has run then). OSError: none listens there."""
+    the command should run in this process (nothing has run then)."""
     import marshal
     import signal
 
-    forwarded = [int(getattr(signal, name)) for name in FORWARDED_SIGNALS]
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError:
         sock.close()
-        raise
+        raise NoWarmProcess(path) from None
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
+    if uid != os.getuid():  # a socket put there by someone else: never hand them anything
+        sock.close()
+        return None
 
     def forward(signum, _frame):
         try:
@@ -76,32 +86,47 @@ def run_warm(path: str, argv: list[str]) -> int | None:
         except OSError:
             pass
 
-    def run_here() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        sock.close()
+    def stop(_signum, _frame):  # Ctrl-Z: stop the command, then ourselves; resume both
+        forward(signal.SIGSTOP, None)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop)
+        forward(signal.SIGCONT, None)
 
+    forwarded = [int(getattr(signal, name)) for name in FORWARDED_SIGNALS]
     ignored = [sig for sig in forwarded if signal.getsignal(sig) is signal.SIG_IGN]  # nohup, `cmd &`
     previous = {sig: signal.signal(sig, forward) for sig in forwarded if sig not in ignored}
+    if signal.getsignal(signal.SIGTSTP) is not signal.SIG_IGN:
+        previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, stop)
+    # A signal's byte must not land inside the request: while it is sent, signals wait.
+    signal.pthread_sigmask(signal.SIG_BLOCK, previous)
     try:
         streams = (sys.stdin, sys.stdout, sys.stderr)
         request = marshal.dumps({
             "argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(), "ignored": ignored,
-            "stdio": [(s.encoding, s.errors) if s is not None else None for s in streams],
+            "stdio": [(s.encoding, s.errors, getattr(s, "write_through", False)) if s is not None else None
+                      for s in streams],
         })
         fds = struct.pack("3i", 0, 1, 2)
         sock.sendmsg([struct.pack("!I", len(request))], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         sock.sendall(request)
-    except OSError:  # a closed stdin/stdout/stderr
-        run_here()
-        return None
-    if not _read(sock, 1):  # the warm process closed without taking the command
-        run_here()
+        sent = True
+    except OSError:  # a closed stdin/stdout/stderr, a deleted working directory
+        sent = False
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, previous)
+    if not sent or _read(sock, 1) != b"\x01":  # not accepted, nothing has run: run it here
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         return None
     status = _read(sock, 4)
     if len(status) < 4:
-        sys.stderr.write("registry: the warm process ended before the command did; "
-                         "see `registry status`, and set REGISTRY_WARM=0 to run commands in-process\n")
+        try:
+            sys.stderr.write("registry: the warm process ended before the command did; "
+                             "see `registry status`, and set REGISTRY_WARM=0 to run commands in-process\n")
+        except OSError:
+            pass
         return 1
     (code,) = struct.unpack("!i", status)
     if code < 0:  # the child died of a signal: so do we, and the shell sees the same status
@@ -185,20 +210,28 @@ def _identity() -> bytes:
             dirs.sort()
             parts.extend(_stamp(os.path.join(folder, f)) for f in sorted(files) if f.endswith(".py"))
     parts.extend(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(IMPORT_TIME_ENV))
-    with open("/proc/self/status") as status:
-        parts.extend(line for line in status if line.split(":", 1)[0] in INHERITED)
-    with open("/proc/self/cgroup") as cgroup:
-        parts.append(cgroup.read())
-    for ns in ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup"):
-        try:
-            parts.append(os.readlink(f"/proc/self/ns/{ns}"))
-        except OSError:
-            parts.append(ns)
+    parts.extend(privileges())
     import resource
 
     parts.extend(f"{n}={resource.getrlimit(getattr(resource, n))}" for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
     parts.append(repr(os.getpriority(os.PRIO_PROCESS, 0)))
     return "\0".join(parts).encode("utf-8", "surrogateescape")
+
+
+def privileges(proc: int | str = "self") -> list[str]:
+    """What a process may do and see, from /proc: uids, groups, capabilities, seccomp, CPU and
+    memory affinity, cgroup, namespaces. The warm process refuses a client whose privileges
+    differ from its own (a sandboxed process of the same user must not use an unsandboxed one)."""
+    with open(f"/proc/{proc}/status") as status:
+        parts = [line for line in status if line.split(":", 1)[0] in INHERITED]
+    with open(f"/proc/{proc}/cgroup") as cgroup:
+        parts.append(cgroup.read())
+    for ns in ("mnt", "net", "pid", "user", "ipc", "uts", "cgroup"):
+        try:
+            parts.append(os.readlink(f"/proc/{proc}/ns/{ns}"))
+        except OSError:
+            parts.append(ns)
+    return parts
 
 
 def _stamp(path: str) -> str:

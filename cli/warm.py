@@ -31,9 +31,10 @@ import struct
 import sys
 import time
 
-from cli.launch import FORWARDED_SIGNALS
+from cli.launch import FORWARDED_SIGNALS, privileges
 
 MAX_REQUEST = 16 << 20
+REQUEST_S = 5  # a client has this long to send its request
 PR_SET_PDEATHSIG = 1
 
 
@@ -58,13 +59,13 @@ def serve(path: str, idle_s: int) -> None:
     os.chmod(fresh, 0o600)
     listener.listen(128)
     os.rename(fresh, path)  # replaces the socket of a warm process that was killed
+    server = Server(listener, lock, path)
     gc.collect()
     gc.freeze()  # children neither scan nor copy the imported heap
     try:
-        Server(listener, lock).run(path, idle_s)
+        server.run(idle_s)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        server.unlink()
 
 
 def _preload() -> None:
@@ -99,27 +100,33 @@ def _preload() -> None:
 
 class Server:
     """The accept loop. One child is forked ahead (the spare) and waits on a socket pair, so a
-    command does not wait for the fork (~8 ms of ~100 MB here); it gets the client's socket,
-    descriptors and request, and the next spare is forked after it started."""
+    command does not wait for the fork (~8 ms of ~100 MB here): it gets the client's socket,
+    descriptors and request, answers the accept byte itself, and the next spare is forked after
+    it started. Nothing a client sends or a failed fork can stop the loop; a command that could
+    not be handed over gets no accept byte, and its client runs it in-process."""
 
-    def __init__(self, listener: socket.socket, lock: int):
-        self.listener, self.lock = listener, lock
+    def __init__(self, listener: socket.socket, lock: int, path: str):
+        self.listener, self.lock, self.path = listener, lock, path
+        self.inode = os.stat(path).st_ino
+        self.own = privileges()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", 0))
         self.jobs: dict[int, tuple[socket.socket | None, int]] = {}  # pid -> (client, pidfd)
-        self.spare: tuple[int, socket.socket] | None = None  # pid, our end of its socket pair
+        self.spare: tuple[int, socket.socket, int] | None = None  # pid, our end of its pair, pidfd
 
-    def run(self, path: str, idle_s: int) -> None:
+    def run(self, idle_s: int) -> None:
         last = time.monotonic()
         closing = False
         while True:
             if self.spare is None and not closing:
                 self.spare = self._fork_spare()
             if not closing and not self.jobs and time.monotonic() - last >= idle_s:
-                os.unlink(path)  # no new clients; the ones already queued are still served
+                self.unlink()  # no new clients; the ones already queued are still served
                 closing = True
             if closing:
                 timeout = 0 if not self.jobs else None
+            elif self.spare is None:
+                timeout = 1.0  # fork failed (no memory, a pids limit): try again soon
             else:
                 timeout = None if self.jobs else max(idle_s - (time.monotonic() - last), 0.1)
             events = self.sel.select(timeout)
@@ -130,10 +137,17 @@ class Server:
                 if kind == "accept":
                     last = time.monotonic()
                     self.accept()
-                elif kind == "client":
-                    self.from_client(pid)
-                else:
-                    self.finished(pid)
+                elif pid in self.jobs:  # not finished earlier in this same batch
+                    if kind == "client":
+                        self.from_client(pid)
+                    else:
+                        self.finished(pid)
+
+    def unlink(self) -> None:
+        """Remove our socket, not one a newer warm process put at the same path."""
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
 
     def accept(self) -> None:
         try:
@@ -142,57 +156,56 @@ class Server:
             return
         fds: list[int] = []
         try:
-            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            if uid != os.getuid():
-                raise OSError("another user")
-            conn.settimeout(5)
+            pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            if uid != os.getuid() or privileges(pid) != self.own:  # not ours, or less privileged
+                raise OSError("another user, or a process with other privileges")
+            deadline = time.monotonic() + REQUEST_S
+            conn.settimeout(REQUEST_S)
             head, fds, _, _ = socket.recv_fds(conn, 4, 3)
             (size,) = struct.unpack("!I", head)
             if len(fds) != 3 or size > MAX_REQUEST:
                 raise OSError("not a request")
             body = bytearray()
             while len(body) < size:
+                conn.settimeout(max(deadline - time.monotonic(), 0.001))
                 chunk = conn.recv(size - len(body))
                 if not chunk:
                     raise OSError("short request")
                 body += chunk
-            marshal.loads(body)  # a request the child can read
-            conn.sendall(b"\x01")  # accepted: from here on the command counts as started
-        except (OSError, ValueError, EOFError, struct.error):
-            for fd in fds:
-                os.close(fd)
-            conn.close()
-            return
-        conn.settimeout(None)
-        try:
-            pid = self._hand_over(conn, fds, bytes(body))
-        except OSError as exc:
-            os.write(fds[2], f"registry: could not start the command: {exc}\n".encode())
-            self._answer(conn, 1)
+            # marshal, not JSON: the client's start-up does not import json. Only a process
+            # of this user with these privileges gets here, and it could kill us anyway.
+            marshal.loads(body)
+            conn.settimeout(None)
+            pid, pidfd = self._hand_over(conn, fds, bytes(body))
+        except (OSError, ValueError, EOFError, struct.error):  # no accept byte: it runs in-process
             conn.close()
             return
         finally:
             for fd in fds:
                 os.close(fd)
-        pidfd = os.pidfd_open(pid)
         self.jobs[pid] = (conn, pidfd)
         self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", pid))
 
-    def _hand_over(self, conn: socket.socket, fds: list[int], body: bytes) -> int:
-        """Give the command to the spare (a fresh one if it died); its pid."""
+    def _hand_over(self, conn: socket.socket, fds: list[int], body: bytes) -> tuple[int, int]:
+        """Give the command to the spare (a fresh one if it died); its pid and pidfd."""
         for attempt in range(2):
-            pid, pair = self.spare or self._fork_spare()
-            self.spare = None
+            spare, self.spare = self.spare or self._fork_spare(conn, fds), None
+            if spare is None:
+                raise OSError("cannot fork")
+            pid, pair, pidfd = spare
             try:
                 socket.send_fds(pair, [struct.pack("!I", len(body))], [conn.fileno(), *fds])
                 pair.sendall(body)
-                return pid
+                return pid, pidfd
             except OSError:
-                if attempt:
-                    raise
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                os.close(pidfd)
+                if attempt:
+                    raise
             finally:
                 pair.close()
         raise AssertionError("unreachable")
@@ -219,25 +232,38 @@ class Server:
         os.close(pidfd)
         if conn is not None:
             self.sel.unregister(conn)
-            if os.WIFSIGNALED(status):  # else the child has answered, just before it exited
-                self._answer(conn, -os.WTERMSIG(status))
+            # The child answered just before it exited, unless it was killed (or left by
+            # os._exit); the client reads the first answer only.
+            with contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
             conn.close()
 
-    @staticmethod
-    def _answer(conn: socket.socket, code: int) -> None:
-        with contextlib.suppress(OSError):
-            conn.sendall(struct.pack("!i", code))
-
-    def _fork_spare(self) -> tuple[int, socket.socket]:
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
+    def _fork_spare(self, *inherited) -> tuple[int, socket.socket, int] | None:
+        """A child forked ahead; None when the system will not fork now. ``inherited``: the
+        request being handed over, which this child must not keep a second copy of."""
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
         if pid == 0:
             ours.close()
-            self._spare(theirs)  # never returns
+            self._spare(theirs, inherited)  # never returns
         theirs.close()
-        return pid, ours
+        try:
+            return pid, ours, os.pidfd_open(pid)
+        except OSError:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            ours.close()
+            return None
 
-    def _spare(self, pair: socket.socket) -> None:
+    def _spare(self, pair: socket.socket, inherited) -> None:
         """The spare child: drop what is the warm process's, wait for a command, run it."""
         code = 1
         conn = None
@@ -256,6 +282,9 @@ class Server:
                 if other is not None:
                     other.close()
                 os.close(pidfd)
+            if inherited:
+                for fd in (inherited[0].detach(), *inherited[1]):
+                    os.close(fd)
             head, fds, _, _ = socket.recv_fds(pair, 4, 4)
             if len(head) < 4 or len(fds) != 4:
                 code = 0  # the warm process is closing: never used
@@ -268,7 +297,9 @@ class Server:
                     return
                 body += chunk
             pair.close()
+            os.set_inheritable(fds[0], False)  # a subprocess of the command must not hold it
             conn = socket.socket(fileno=fds[0])
+            conn.sendall(b"\x01")  # accepted: from here on the command counts as started
             request = marshal.loads(body)
             for fd, fd_from in enumerate(fds[1:]):
                 os.dup2(fd_from, fd)
@@ -309,9 +340,7 @@ class Server:
 
                 traceback.print_exc()
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(BaseException):
-                    stream.flush()
+            code = _flush_as_python_does(code)
             if conn is not None:
                 # Answer before exiting: tearing down the heap takes ~8 ms the client need not
                 # wait. Every other descriptor is closed first, so that its locks, the
@@ -324,17 +353,39 @@ class Server:
             os._exit(code)
 
 
+def _flush_as_python_does(code: int) -> int:
+    """Flush stdout and stderr as the interpreter does at exit: a failed stdout (a closed pipe)
+    is reported on stderr and makes the exit status 120."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except Exception as exc:
+        with contextlib.suppress(BaseException):
+            sys.stderr.write(f"Exception ignored on flushing sys.stdout:\n{type(exc).__name__}: {exc}\n")
+        code = 120
+    with contextlib.suppress(BaseException):
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    return code
+
+
 def _streams(specs: list) -> None:
-    """sys.stdin/stdout/stderr over the client's descriptors, with its encodings, buffered as
-    Python buffers them (stdout by line on a terminal, stderr always by line)."""
+    """sys.stdin/stdout/stderr over the client's descriptors, as the interpreter made the
+    client's: its encodings; stdout line-buffered on a terminal, stderr always; unbuffered as
+    under -u or PYTHONUNBUFFERED when the client's were."""
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         spec = specs[fd]
         stream = None
         if spec is not None:
-            encoding, errors = spec
+            encoding, errors, unbuffered = spec
+            raw = io.FileIO(fd, mode, closefd=False)
+            raw.name = f"<{name}>"
+            write_through = mode == "w" and unbuffered
+            buffer = raw if write_through else (io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw))
             line = mode == "w" and (fd == 2 or os.isatty(fd))
-            stream = io.TextIOWrapper(open(fd, mode + "b", closefd=False), encoding=encoding, errors=errors,
-                                      line_buffering=line)
+            stream = io.TextIOWrapper(buffer, encoding=encoding, errors=errors, line_buffering=line,
+                                      write_through=write_through)
+            stream.mode = mode
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
 

@@ -9,10 +9,12 @@ client side is ``cli.launch.run_warm`` in a fresh interpreter, as the console sc
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -200,11 +202,108 @@ def test_only_its_owner_may_connect(warm):
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            code = 0 if run_warm(warm, ["registry", "--help"]) is None else 1
+            refused = run_warm(warm, ["registry", "--help"]) is None  # the client sees a stranger
+            raw = socket.socket(socket.AF_UNIX)  # and the warm process refuses one that does not look
+            raw.connect(warm)
+            req = marshal.dumps({"argv": ["registry", "--help"], "env": {}, "cwd": "/", "umask": 0o022,
+                                 "ignored": [], "stdio": [None, None, None]})
+            socket.send_fds(raw, [struct.pack("!I", len(req))], [0, 1, 2])
+            raw.sendall(req)
+            try:
+                accepted = raw.recv(1)
+            except ConnectionResetError:  # closed with our request unread
+                accepted = b""
+            code = 0 if refused and accepted == b"" else 1
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_command_and_fg_resumes_it(blocked):
+    proc, child = blocked
+    proc.send_signal(signal.SIGTSTP)
+    _wait_for(lambda: _state(child) == "T" and _state(proc.pid) == "T", 10)
+    proc.send_signal(signal.SIGCONT)
+    _wait_for(lambda: _state(child) != "T" and _state(proc.pid) != "T", 10)
+
+
+def test_a_command_that_ends_while_the_warm_process_is_stopped(warm, sqlite_home):
+    """Its exit and its client's end can reach the warm process in the same wake-up."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
+    server = _warm_pid(warm)
+    _wait_for(lambda: len(_children(server)) == 1, 30)
+    (child,) = _children(server)
+    proc = client(warm, "list", env={**os.environ, "REGISTRY_DB_URL": url})
+    peer, _ = srv.accept()  # the command connects...
+    os.kill(server, signal.SIGSTOP)
+    peer.close()  # ...and fails at once
+    _wait_for(lambda: not os.path.exists(f"/proc/{child}") or _state(child) == "Z", 30)
+    proc.kill()
+    proc.wait()
+    os.kill(server, signal.SIGCONT)
+    time.sleep(0.5)
+    assert through_warm(warm, "--help").returncode == 0
+    srv.close()
+
+
+def test_it_removes_only_its_own_socket(short_tmp):
+    path = str(short_tmp / "w.sock")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)", path],
+                            cwd="/", stdin=subprocess.DEVNULL)
+    _wait_for(lambda: os.path.exists(path), 60)
+    os.rename(path, path + ".old")  # a newer warm process took the path meanwhile
+    newer = socket.socket(socket.AF_UNIX)
+    newer.bind(path)
+    assert proc.wait(timeout=30) == 0
+    assert os.path.exists(path)
+    newer.close()
+
+
+def test_the_first_command_runs_when_its_caller_ignores_sigchld(short_tmp, sqlite_home):
+    done = subprocess.run([sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+                           "os.execv(sys.argv[1], sys.argv[1:])", REGISTRY, "list", "--json"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+    for pid in _processes_mentioning(str(short_tmp)):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
+def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, sqlite_home, model_dir, unbuffered):
+    assert in_process("push", str(model_dir.manifest), "--version", "v1", "-m", "first").returncode == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
+    results = []
+    for args, run_env in (([REGISTRY, "list", "--json"], {**env, "REGISTRY_WARM": "0"}),
+                          ([sys.executable, "-c", CLIENT, warm, "list", "--json"], env)):
+        r, w = os.pipe()
+        os.close(r)  # nobody reads: the first write fails with EPIPE
+        try:
+            results.append(subprocess.run(args, stdout=w, stderr=subprocess.PIPE, env=run_env, timeout=60).returncode)
+        finally:
+            os.close(w)
+    assert results[0] == results[1]
 
 
 def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
@@ -353,7 +452,7 @@ import marshal, os, socket, struct, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 req = marshal.dumps({"argv": ["registry", "--help"], "env": dict(os.environ), "cwd": "/", "umask": 0o022,
-                     "ignored": [], "stdio": [None, ("utf-8", "strict"), ("utf-8", "strict")]})
+                     "ignored": [], "stdio": [None, ("utf-8", "strict", False), ("utf-8", "strict", False)]})
 socket.send_fds(s, [struct.pack("!I", len(req))], [0, 1, 2])
 s.sendall(req + bytes([0, 77, 255]))
 print(s.recv(1) + s.recv(4) == b"\\x01" + struct.pack("!i", 0), file=sys.stderr)
