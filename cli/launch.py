@@ -166,7 +166,7 @@ def start_warm(path: str) -> None:
                 os.chdir("/")
                 os.execv(sys.executable, [sys.executable, "-c", "import sys; sys.path[:] = sys.argv[3:]; "
                                           "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[2]))",
-                                          path, str(IDLE_S), *sys.path])
+                                          path, str(IDLE_S), *_search_path()])
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
@@ -201,8 +201,8 @@ def socket_path() -> str | None:
 def _identity() -> bytes:
     """Everything that, when it differs, must not share a warm process: the interpreter and the
     code it would import, environment read at import time, and what a child inherits."""
-    parts = [sys.executable, sys.version, repr(sys.path), repr(sys.flags)]
-    for entry in sys.path:  # a package installed, removed or upgraded changes its folder
+    parts = [sys.executable, sys.version, repr(_search_path()), repr(sys.flags)]
+    for entry in _search_path():  # a package installed, removed or upgraded changes its folder
         parts.append(_stamp(entry))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for package in ("cli", "registry"):
@@ -216,6 +216,12 @@ def _identity() -> bytes:
     parts.extend(f"{n}={resource.getrlimit(getattr(resource, n))}" for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
     parts.append(repr(os.getpriority(os.PRIO_PROCESS, 0)))
     return "\0".join(parts).encode("utf-8", "surrogateescape")
+
+
+def _search_path() -> list[str]:
+    """sys.path with its relative entries ('' under `python -c`) made absolute: the warm
+    process runs in / and must import what this process would."""
+    return [os.path.abspath(entry) for entry in sys.path]
 
 
 def privileges(proc: int | str = "self") -> list[str]:

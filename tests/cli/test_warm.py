@@ -467,3 +467,16 @@ except ConnectionResetError:
     done = subprocess.run([sys.executable, "-c", raw, warm], capture_output=True, text=True, timeout=60)
     assert done.stderr.split() == ["True", "True"], done.stderr
     assert through_warm(warm, "--help").returncode == 0
+
+
+def test_a_relative_import_path_means_the_callers_directory(short_tmp, tmp_path):
+    """Under `python -c` the search path starts with '' (the current directory): the warm process
+    imports from the caller's directory, not its own, and another directory is another identity."""
+    script = "import cli.launch as l; print(l.socket_path())"
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
+
+    def path(cwd) -> str:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=cwd,
+                              env=env).stdout.strip()
+
+    assert path(ROOT) != path(tmp_path)
