@@ -75,7 +75,10 @@ def run_warm(path: str, argv: list[str]) -> int | None:
     except OSError:
         sock.close()
         raise NoWarmProcess(path) from None
-    _, uid, _ = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12))
+    except OSError:
+        uid = -1
     if uid != os.getuid():  # a socket put there by someone else: never hand them anything
         sock.close()
         return None

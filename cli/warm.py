@@ -2,17 +2,19 @@
 command (see ``cli/launch.py`` for why and for the client's side).
 
 One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
-argv, environment, working directory, umask, ignored signals and stream encodings. The warm
-process answers one byte (accepted) and hands it all to a child forked ahead, which becomes
-the command: it takes the client's descriptors as 0/1/2, its environment, directory and umask,
-runs ``cli.main.main`` as the client would have, and answers its exit status itself. The warm process forwards the signal numbers the
-client sends, kills the child when the client disappears (``kill -9`` of ``registry`` stops the
-command, as before), and answers for a child killed by a signal (the negative signal number). A
-child dies with the warm process.
+argv, environment, working directory, umask, ignored signals and stream settings. The warm
+process hands it all to a child forked ahead, which answers one byte (accepted: from here on
+the command counts as started), takes the client's descriptors as 0/1/2, its environment,
+directory and umask, runs ``cli.main.main`` as the client would have, and answers its exit
+status itself. The warm process forwards the signal numbers the client sends, kills the child
+when the client disappears (``kill -9`` of ``registry`` stops the command, as before), and
+answers for a child killed by a signal (the negative signal number). A child dies with the
+warm process. A request that gets no accept byte ran nowhere: its client runs it in-process.
 
-Only the user who started it may connect (``SO_PEERCRED``), the socket sits in a folder only
-that user may enter, and after ``idle_s`` seconds without a command it removes its socket,
-serves what was already queued, and exits. One warm process per socket: a lock file decides.
+Only the user who started it, with the same privileges, may use it (``SO_PEERCRED`` and
+/proc), the socket sits in a folder only that user may enter, and after ``idle_s`` seconds
+without a command it removes its socket, serves what was already queued, and exits. One warm
+process per socket: a lock file decides.
 """
 
 from __future__ import annotations
