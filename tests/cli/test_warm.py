@@ -242,9 +242,8 @@ def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm, sqlite_home):
 
 def test_a_command_that_ends_while_the_warm_process_is_stopped(warm, sqlite_home):
     """Its exit and its client's end can reach the warm process in the same wake-up."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
+    srv = _silent_server()
+    srv.settimeout(30)
     url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
     server = _warm_pid(warm)
     _wait_for(lambda: len(_children(server)) == 1, 30)
