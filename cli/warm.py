@@ -49,8 +49,7 @@ def serve(path: str, idle_s: int) -> None:
     # Whatever its starter ignored or blocked (SIGCHLD ignored would reap children before
     # waitpid could), the warm process and its children start from the defaults.
     for name in ("SIGCHLD", *FORWARDED_SIGNALS):
-        signum = getattr(signal, name)
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(getattr(signal, name), _python_default(getattr(signal, name)))
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # and nothing blocked
     _preload()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -316,8 +315,7 @@ class Server:
             # them (nohup's SIGHUP), else Python's defaults.
             for name in FORWARDED_SIGNALS:
                 signum = getattr(signal, name)
-                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-                signal.signal(signum, signal.SIG_IGN if signum in request["ignored"] else default)
+                signal.signal(signum, signal.SIG_IGN if signum in request["ignored"] else _python_default(signum))
             _streams(request["stdio"])
             sys.argv = request["argv"]
             from cli.main import main
@@ -353,6 +351,11 @@ class Server:
                 with contextlib.suppress(OSError):
                     os.write(fd, struct.pack("!i", code))
             os._exit(code)
+
+
+def _python_default(signum: int):
+    """The disposition a fresh interpreter gives ``signum``: KeyboardInterrupt for SIGINT."""
+    return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
 
 
 def _flush_as_python_does(code: int) -> int:

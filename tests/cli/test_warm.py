@@ -111,17 +111,41 @@ def _children(pid: int) -> set[int]:
         return {int(c) for c in f.read().split()}
 
 
-def _warm_pid(path: str) -> int:
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
+                    if text.encode() in f.read():
+                        found.append(int(entry))
             except OSError:
-                continue
-            if path.encode() in cmdline and b"cli.warm" in cmdline:
-                return int(entry)
-    raise AssertionError("no warm process")
+                pass
+    return found
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _warm_pid(path: str) -> int:
+    """The warm process serving ``path`` (its children have the same command line)."""
+    found = set(_processes_mentioning(path))
+    tops = [pid for pid in found if _parent(pid) not in found]
+    assert len(tops) == 1, f"no single warm process for {path}: {sorted(found)}"
+    return tops[0]
+
+
+def _socket_path(xdg: Path, cwd: Path = ROOT) -> str:
+    """Where ``registry`` run with XDG_RUNTIME_DIR=xdg from ``cwd`` (under python -c) looks."""
+    return subprocess.run([sys.executable, "-c", "import cli.launch as l; print(l.socket_path())"], capture_output=True,
+                          text=True, check=True, cwd=cwd, env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)}).stdout.strip()
 
 
 # A client as started from a terminal: a test run in the background (`pytest &`, CI) inherits
@@ -220,11 +244,6 @@ def test_only_its_owner_may_connect(warm):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm, sqlite_home):
     # A job of its own, as a shell with job control starts it: in an orphaned process group
     # (a test run in the background, CI) the kernel discards a stop, in-process as well.
@@ -283,19 +302,6 @@ def test_the_first_command_runs_when_its_caller_ignores_sigchld(short_tmp, sqlit
         os.kill(pid, signal.SIGKILL)
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
 def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, sqlite_home, model_dir, unbuffered):
     assert in_process("push", str(model_dir.manifest), "--version", "v1", "-m", "first").returncode == 0
@@ -329,13 +335,12 @@ def test_one_warm_process_per_socket(warm):
     assert through_warm(warm, "--help").returncode == 0
 
 
-def test_identity_follows_code_and_import_time_environment(short_tmp):
-    script = "import cli.launch as l; print(l.socket_path())"
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
-
+def test_identity_follows_code_and_import_time_environment(short_tmp, monkeypatch):
     def path(**extra) -> str:
-        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
-                              env={**env, **extra}).stdout.strip()
+        with monkeypatch.context() as m:
+            for key, value in extra.items():
+                m.setenv(key, value)
+            return _socket_path(short_tmp)
 
     first = path()
     assert first.startswith(str(short_tmp / "cellar")) and first == path(REGISTRY_HOME="/elsewhere")
@@ -351,11 +356,7 @@ def test_identity_follows_code_and_import_time_environment(short_tmp):
 
 
 def test_no_warm_process_where_its_socket_would_not_fit(tmp_path):
-    deep = tmp_path / ("d" * 100)
-    script = "import cli.launch as l; print(l.socket_path())"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "XDG_RUNTIME_DIR": str(deep)}).stdout
-    assert out == "None\n"
+    assert _socket_path(tmp_path / ("d" * 100)) == "None"
 
 
 @pytest.mark.parametrize("args,env", [(("--help",), {"REGISTRY_WARM": "0"}), (("watch", "--help"), {})],
@@ -402,7 +403,7 @@ def test_a_lost_spare_is_replaced(warm):
     _wait_for(lambda: len(_children(server)) == 1, 30)
     (spare,) = _children(server)
     os.kill(spare, signal.SIGKILL)
-    _wait_for(lambda: open(f"/proc/{spare}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", 10)
+    _wait_for(lambda: _state(spare) == "Z", 10)
     done = through_warm(warm, "--help")
     assert done.returncode == 0 and "Usage: registry" in done.stdout
     assert not os.path.exists(f"/proc/{spare}")  # reaped
@@ -440,10 +441,7 @@ def test_no_warm_process_in_a_folder_not_private(short_tmp, spoil):
     else:
         folder.mkdir(mode=0o700)
         os.chown(folder, 65534, 65534)
-    script = "import cli.launch as l; print(l.socket_path())"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}).stdout
-    assert out == "None\n"
+    assert _socket_path(short_tmp) == "None"
     done = subprocess.run([REGISTRY, "--help"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
     assert done.returncode == 0 and "Usage: registry" in done.stdout
@@ -478,11 +476,4 @@ except ConnectionResetError:
 def test_a_relative_import_path_means_the_callers_directory(short_tmp, tmp_path):
     """Under `python -c` the search path starts with '' (the current directory): the warm process
     imports from the caller's directory, not its own, and another directory is another identity."""
-    script = "import cli.launch as l; print(l.socket_path())"
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
-
-    def path(cwd) -> str:
-        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=cwd,
-                              env=env).stdout.strip()
-
-    assert path(ROOT) != path(tmp_path)
+    assert _socket_path(short_tmp, ROOT) != _socket_path(short_tmp, tmp_path)
