@@ -61,8 +61,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-
-# Runs `registry ARGS` as the console script does (cli.main.main), then prints one /proc
+# Runs `registry ARGS` as the console script does in-process (cli.main.main), then prints one /proc
 # figure of its own process on stderr.
 _SHIM = """
 import sys
