@@ -20,6 +20,7 @@ from registry.manifest import Resolved, SourceFile
 from registry.models import ImageRef, Provenance, PushResult, VersionSummary
 from registry.store import events, versions
 from registry.store.blobs import Ingested, hash_file
+from registry.store.sql import queue, run_all
 from registry.store.versions import NewVersion
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
@@ -28,22 +29,23 @@ PARALLEL_FROM, PARALLEL = 64 << 20, 4
 
 
 def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
-    """Record a version; the same content again is a no-op, other content a VersionConflict."""
+    """Record a version; the same content again is a no-op, other content a VersionConflict.
+
+    Whether the version exists is learnt under the write lock, in the round trip that takes
+    it, not in one of its own before storing: a push of a new version (the usual one) spares a
+    round trip, and a refused one removes the blobs it stored that nothing records."""
     m = resolved.manifest
-    with cfg.store.peek() as conn:
-        existing = versions.find(conn, m.model, m.version)
-    # An existing version only needs digests to compare against: store nothing new.
-    new = stage(cfg, resolved, write=existing is None, progress=progress)
-    if existing:
-        return _same_or_conflict(existing, new)
+    new = stage(cfg, resolved, write=True, progress=progress)
     provenance = git_provenance(resolved)
-    new.warnings.extend(_dirty_warning(resolved, provenance))
     crashpoint("push:blobs-stored")
-    with cfg.store.write() as conn:
-        _store_again_if_gone(cfg, new)
-        if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # pushed meanwhile
-            return _same_or_conflict(versions.find(conn, m.model, m.version), new)
+    with cfg.store.write(lazy=True) as conn:
+        if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # there already
+            existing = versions.find(conn, m.model, m.version)
+            if existing.manifest_digest != new.digest:
+                _remove_unrecorded(cfg, conn, new)
+            return _same_or_conflict(existing, new)
         crashpoint("push:before-commit")
+    new.warnings.extend(_dirty_warning(resolved, provenance))  # of what was recorded
     return PushResult(
         model=m.model, version=m.version, manifest_digest=new.digest, created=True,
         bytes_ingested=sum(s.size for s in new.stored.values() if s.written),
@@ -53,18 +55,25 @@ def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progre
 
 def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
             provenance: Provenance | None) -> bool:
-    """The version and its event; False (nothing written) if another writer recorded it first."""
+    """The version and its event; False (nothing written) if another writer recorded it first.
+
+    Two round trips on PostgreSQL: what to know, with BEGIN and the write lock (``run_all``),
+    then every row with the COMMIT (``queue``). A round trip costs more there than running a
+    small statement, and a push used to make ten."""
     m = new.resolved.manifest
-    prompts_changed = audit.prompts_changed(versions.newest_prompts(conn, m.model), new.record["prompts"])
-    if not versions.insert_version(conn, new, actor=actor, provenance=provenance):
+    *rows, last = run_all(conn, [*versions.lookups(new), events.LAST])
+    known = versions.known(new, rows)
+    if known.recorded:
         return False
-    events.append(
-        conn, actor=actor, action="push", object=f"{m.model}@{m.version}", model=m.model,
+    _store_again_if_gone(cfg, new)
+    event, _ = events.appending(
+        conn, last[0] if last else None, actor=actor, action="push", object=f"{m.model}@{m.version}", model=m.model,
         detail={"manifest_digest": new.digest, "image": new.record["image"],
                 "files": sorted(f"{k}:{n}" for k, n in new.stored), "message": m.message,
-                "prompts_changed": prompts_changed},
+                "prompts_changed": audit.prompts_changed(known.newest_prompts, new.record["prompts"])},
         db_user=cfg.store.db_user(conn),
     )
+    queue(conn, versions.inserting(conn, new, known, actor=actor, provenance=provenance) + event)
     return True
 
 
@@ -77,6 +86,15 @@ def _store_again_if_gone(cfg: Configuration, new: NewVersion) -> None:
             again = cfg.blobs.ingest(f.path, tensors=f.tensors)
             if again.digest != got.digest:
                 raise InvalidInput(f"{f.path} changed during the push; nothing was recorded")
+
+
+def _remove_unrecorded(cfg: Configuration, conn, new: NewVersion) -> None:
+    """The blobs a refused push wrote that no version records, removed under the write lock
+    (as gc would). A push of the same bytes that has not recorded yet stores them again
+    (``_store_again_if_gone``)."""
+    written = {got.digest for got in new.stored.values() if got.written}
+    for digest in written - versions.recorded_blobs(conn, written):
+        cfg.blobs.path(digest).unlink(missing_ok=True)
 
 
 def _same_or_conflict(existing: VersionSummary, new: NewVersion) -> PushResult:

@@ -3,22 +3,23 @@ to ``registry.audit.verify``. The chain's logic is ``registry.audit``; the rows 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import audit, clock
 from registry.audit import AuditFilter, Checkpoint, Event, Verification
 from registry.signing import SealProblem
 from registry.store import seals
-from registry.store.schema import audit_head, event_prompts, events
+from registry.store.schema import event_prompts, events
+from registry.store.sql import Statement, run_all
 
 # Statements on the push path are built once: building one costs more than running it.
 _LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)
+LAST: Statement = (_LAST, {})  # what ``appending`` needs to know, for a caller's ``run_all``
 _INSERT = insert(events)
 _INDEX = insert(event_prompts)
 
@@ -27,41 +28,26 @@ def append(conn: Connection, *, actor: str, action: str, object: str, detail: di
            model: str | None = None, env: str | None = None, reason: str | None = None,
            db_user: str | None = None) -> str:
     """Append one event inside the caller's (serialised) write transaction; return its hash."""
-    last = conn.execute(_LAST).first()
+    statements, digest = appending(conn, conn.execute(_LAST).first(), actor=actor, action=action, object=object,
+                                   detail=detail, model=model, env=env, reason=reason, db_user=db_user)
+    run_all(conn, statements)
+    return digest
+
+
+def appending(conn: Connection, last: tuple[int, str] | None, *, actor: str, action: str, object: str,
+              detail: dict[str, Any], model: str | None = None, env: str | None = None,
+              reason: str | None = None, db_user: str | None = None) -> tuple[list[Statement], str]:
+    """The statements that append one event after ``last`` (the newest event's id and hash as
+    ``LAST`` reads them; None in an empty log), and the new event's hash: the event, the signed
+    head moving to it, the prompts it changed (one round trip on PostgreSQL, see ``run_all``)."""
     row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
                           object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
     mac, head = seals.event_seals(conn, row["id"], row["hash"])
-    changed = _prompts_of(detail)
-    if conn.dialect.name == "postgresql":  # one round trip, not three
-        conn.execute(_pg_append(head is not None, bool(changed)),
-                     {**row, "mac": mac, **(seals.head_params(head) if head else {}), "prompts": changed})
-        return row["hash"]
+    statements: list[Statement] = [(_INSERT, {**row, "mac": mac})]
     if head is not None:
-        seals.move_head(conn, head)
-    conn.execute(_INSERT, {**row, "mac": mac})
-    if changed:
-        conn.execute(_INDEX, [{"prompt": p, "event_id": row["id"]} for p in changed])
-    return row["hash"]
-
-
-@functools.cache
-def _pg_append(move_head: bool, index_prompts: bool):
-    """The event, the signed head moving to it and the prompts it changed, as one statement:
-    PostgreSQL runs data-modifying CTEs in the same transaction (tables apart, so their order
-    does not matter). The head row is upserted: a log sealed for the first time has none yet."""
-    from sqlalchemy import ARRAY, String, literal
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-    stmt = insert(events).values({c.name: bindparam(c.name, type_=c.type) for c in events.columns})
-    if move_head:
-        head = pg_insert(audit_head).values(id=literal(1), count=bindparam("head_count"), head=bindparam("head_hash"),
-                                            mac=bindparam("head_mac"))
-        stmt = stmt.add_cte(head.on_conflict_do_update(index_elements=["id"], set_={
-            "count": head.excluded["count"], "head": head.excluded["head"], "mac": head.excluded["mac"]}).cte("moved_head"))
-    if index_prompts:
-        names = select(func.unnest(bindparam("prompts", type_=ARRAY(String))), bindparam("id", type_=Integer))
-        stmt = stmt.add_cte(insert(event_prompts).from_select(["prompt", "event_id"], names).cte("indexed_prompts"))
-    return stmt
+        statements.append(seals.moving_head(conn, head))
+    statements.append((_INDEX, [{"prompt": p, "event_id": row["id"]} for p in _prompts_of(detail)]))
+    return statements, row["hash"]
 
 
 def _prompts_of(detail: dict[str, Any]) -> list[str]:

@@ -9,20 +9,18 @@ Store opened without a key (tests of the schema, tools) writes unsealed rows and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from registry import signing
 from registry.errors import AuditBroken
 from registry.signing import Key, SealProblem
 from registry.store import schema as t
-from registry.store.sql import KEY_INFO
-
-_MOVE_HEAD = update(t.audit_head).where(t.audit_head.c.id == 1).values(
-    count=bindparam("head_count"), head=bindparam("head_hash"), mac=bindparam("head_mac"))
+from registry.store.sql import KEY_INFO, Statement, upsert
 
 
 def key_of(conn: Connection) -> Key | None:
@@ -55,14 +53,18 @@ def seal_event(conn: Connection, event_id: int, event_hash: str) -> str | None:
 
 def move_head(conn: Connection, head: dict[str, Any]) -> None:
     """Rewrite the one ``audit_head`` row (write it, the first time)."""
-    if not conn.execute(_MOVE_HEAD, head_params(head)).rowcount:
-        conn.execute(insert(t.audit_head), head)
+    conn.execute(*moving_head(conn, head))
 
 
-def head_params(head: dict[str, Any]) -> dict[str, Any]:
-    """``head``'s values under the bind names of ``_MOVE_HEAD`` (and of events' one-statement append)."""
-    return {"head_count": head["count"], "head_hash": head["head"], "head_mac": head["mac"]}
+def moving_head(conn: Connection, head: dict[str, Any]) -> Statement:
+    """``move_head`` as a statement, for a caller's ``run_all``."""
+    return _head_upsert(conn.dialect.name), head
 
+
+@functools.cache
+def _head_upsert(dialect: str):
+    stmt = upsert(dialect)(t.audit_head)
+    return stmt.on_conflict_do_update(index_elements=["id"], set_={c: stmt.excluded[c] for c in ("count", "head", "mac")})
 
 
 def seal_version(conn: Connection, fields: Mapping[str, Any]) -> str | None:

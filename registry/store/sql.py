@@ -9,13 +9,17 @@ audit hash chain and the release ledger simple.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.sql.expression import Executable
 
 from registry.errors import (DatabaseLocked, DatabaseUnavailable, InvalidInput, NoSpace, NotInitialised,
                              SchemaOutOfDate)
@@ -25,6 +29,13 @@ from registry.store.urls import masked_url
 BUSY_TIMEOUT_MS = 60_000
 KEY_INFO = "cellar.key"  # where a connection carries its store's signing key
 _PG_WRITE_LOCK = 0x63656C6C  # "cell"
+_PG_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})"
+# A PostgreSQL write's statements not sent yet (its BEGIN and lock too, while lazy): they go
+# with its next round trip (see ``queue``).
+_QUEUE = "cellar.queue"
+
+# A statement and its parameters: a dict, or a list of dicts (one execution each).
+Statement = tuple[Executable, dict[str, Any] | list[dict[str, Any]]]
 
 
 class Store:
@@ -39,12 +50,9 @@ class Store:
         self.source = source  # where the URL came from, for messages (see registry.home)
         self.key = key
         self.engine = _engine_or_refuse(url)
+        self._reader = self.engine.execution_options(cellar_read=True)
         self._writer = self.engine.execution_options(cellar_write=True)
         self.dialect = self.engine.dialect.name
-        # PostgreSQL with the driver in autocommit: peek's one statement stands alone, and
-        # _pg_write begins and ends its transaction itself. (On SQLite a BEGIN costs nothing.)
-        self._autocommit = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
-                            if self.dialect == "postgresql" else None)
         self._db_user: str | None = None
 
     def close(self) -> None:
@@ -52,7 +60,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with _translated(self.url), self._connect(self.engine) as conn, conn.begin():
+        with _translated(self.url), self._connect(self._reader) as conn, conn.begin():
             conn.info[KEY_INFO] = self.key
             yield conn
 
@@ -61,15 +69,19 @@ class Store:
         """A connection for one statement, outside any transaction. One statement sees one
         snapshot either way; on PostgreSQL this spares the BEGIN and COMMIT round trips (three
         become one). Use ``read`` for anything more (several statements, ``yield_per``)."""
-        with _translated(self.url), self._connect(self._autocommit or self.engine) as conn:
+        with _translated(self.url), self._connect(self.engine) as conn:
             conn.info[KEY_INFO] = self.key
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One serialised write transaction: committed on success, rolled back on error."""
+    def write(self, *, lazy: bool = False) -> Iterator[Connection]:
+        """One serialised write transaction: committed on success, rolled back on error.
+
+        ``lazy``: on PostgreSQL, BEGIN and the write lock travel with the transaction's first
+        statement (or ``run_all``) instead of a round trip of their own, so the lock guards
+        nothing outside the database until a statement has run."""
         if self.dialect == "postgresql":
-            with _translated(self.url), self._pg_write() as conn:
+            with _translated(self.url), self._pg_write(lazy=lazy) as conn:
                 yield conn
             return
         with _translated(self.url), self._connect(self._writer) as conn, conn.begin():
@@ -77,20 +89,28 @@ class Store:
             yield conn
 
     @contextmanager
-    def _pg_write(self) -> Iterator[Connection]:
+    def _pg_write(self, *, lazy: bool) -> Iterator[Connection]:
         """PostgreSQL's write transaction, begun by hand so that BEGIN and the advisory lock
         travel in one round trip (psycopg sends its own BEGIN alone, then the lock). The lock is
-        a statement of its own, so every later statement's snapshot is taken under it."""
-        with self._connect(self._autocommit) as conn:
+        a statement of its own, so every later statement's snapshot is taken under it.
+
+        Statements ``queue``d meanwhile travel with the next round trip, the COMMIT's at the
+        latest; a lazy write queues its BEGIN and lock too."""
+        with self._connect(self.engine) as conn:
             conn.info[KEY_INFO] = self.key
-            conn.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+            conn.info[_QUEUE] = list(_BEGIN_STEPS)
             try:
+                if not lazy:
+                    _flush(conn)
                 yield conn
+                _flush(conn, then=[_Queued("COMMIT")])
             except BaseException:
-                with contextlib.suppress(DBAPIError):  # a broken connection: the first error is the one to tell
-                    conn.exec_driver_sql("ROLLBACK")
+                if conn.info[_QUEUE][:len(_BEGIN_STEPS)] != list(_BEGIN_STEPS):  # else nothing was sent
+                    with contextlib.suppress(DBAPIError):  # a broken connection: the first error is the one to tell
+                        conn.exec_driver_sql("ROLLBACK")
                 raise
-            conn.exec_driver_sql("COMMIT")
+            finally:
+                del conn.info[_QUEUE]
 
     @contextmanager
     def schema_change(self) -> Iterator[Connection]:
@@ -158,6 +178,112 @@ class Store:
         return self._db_user
 
 
+def run_all(conn: Connection, statements: Sequence[Statement]) -> list[list[tuple]]:
+    """Run ``statements`` in order; each one's rows (empty for one that returns none).
+
+    On PostgreSQL they travel together in one round trip (psycopg's pipeline mode), behind what
+    the write transaction has queued: there a round trip costs more than running a small
+    statement (bench/api_push.py). A failing statement fails the batch and its transaction."""
+    if conn.dialect.name != "postgresql":
+        return [_rows(conn.execute(stmt, params)) for stmt, params in statements if params != []]
+    queued = [_queued(conn, stmt, params) for stmt, params in statements if params != []]
+    return _flush(conn, then=queued)[-len(queued):] if queued else []
+
+
+def queue(conn: Connection, statements: Sequence[Statement]) -> None:
+    """Run ``statements`` with the write transaction's next round trip on PostgreSQL (its COMMIT
+    at the latest), now on SQLite: for writes whose rows nobody reads. An error surfaces then,
+    inside the transaction, which rolls back."""
+    if _QUEUE not in conn.info:  # SQLite, or not a write transaction
+        run_all(conn, statements)
+        return
+    conn.info[_QUEUE].extend(_queued(conn, stmt, params) for stmt, params in statements if params != [])
+
+
+def upsert(dialect: str):
+    """The dialect's own ``insert``, which alone builds ``ON CONFLICT`` (spelled alike on both)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _rows(result) -> list[tuple]:
+    return [tuple(row) for row in result] if result.returns_rows else []
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A statement in the driver's terms: SQL text, parameters (a list: one execution each),
+    whether it returns rows."""
+
+    sql: str
+    params: dict[str, Any] | list[dict[str, Any]] | None = None
+    rows: bool = False
+
+
+_BEGIN_STEPS = tuple(_Queued(step) for step in _PG_BEGIN.split("; "))  # each its own statement in a pipeline
+
+
+def _queued(conn: Connection, stmt: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> _Queued:
+    many = isinstance(params, list)
+    sql, bind, rows = _compiled(stmt, conn.dialect, tuple(params[0] if many else params))
+    return _Queued(sql, [bind(p) for p in params] if many else bind(params), rows)
+
+
+def _flush(conn: Connection, *, then: list[_Queued] = ()) -> list[list[tuple]]:
+    """Send what the write has queued, then ``then``, in one round trip; each one's rows."""
+    import psycopg
+
+    statements = [*conn.info.get(_QUEUE, ()), *then]
+    if _QUEUE in conn.info:
+        conn.info[_QUEUE] = []
+    raw = conn.connection.driver_connection
+    sql = ""
+    try:
+        cursors, spare = [], raw.cursor()  # a cursor of its own for each statement that returns rows
+        with raw.pipeline():
+            for q in statements:
+                sql = q.sql
+                if isinstance(q.params, list):  # no rows back (as SQLAlchemy's executemany)
+                    spare.executemany(q.sql, q.params)
+                    cursors.append(None)
+                else:
+                    cursors.append(cur := raw.cursor() if q.rows else spare)
+                    cur.execute(q.sql, q.params)
+        return [cur.fetchall() if cur not in (spare, None) else [] for cur in cursors]
+    except psycopg.Error as exc:  # as SQLAlchemy would have raised it, for _translated
+        if raw.broken:
+            conn.invalidate()
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error, connection_invalidated=raw.broken,
+                                  dialect=conn.dialect) from exc
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(stmt: Executable, dialect: Dialect, keys: tuple[str, ...]):
+    """``stmt``'s SQL for ``dialect`` given parameters named ``keys`` (an INSERT names only
+    those columns), a function from such parameters to the driver's with each type's bind
+    processing (what SQLAlchemy does on ``execute``), and whether it returns rows; compiled once."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    processors = {name: proc for name, bind in compiled.binds.items()
+                  if (proc := bind.type.dialect_impl(dialect).bind_processor(dialect))}
+
+    def bind(params: dict[str, Any]) -> dict[str, Any]:
+        values = compiled.construct_params(params)
+        for name, proc in processors.items():
+            values[name] = proc(values[name])
+        return values
+
+    return compiled.string, bind, not stmt.is_dml or bool(compiled.effective_returning)
+
+
+def _send_queued(conn, *_args) -> None:
+    """Before a statement of a write (``before_cursor_execute``): what it queued, first."""
+    if conn.info.get(_QUEUE):
+        _flush(conn)
+
+
 def _engine_or_refuse(url: str) -> Engine:
     """Translate a malformed URL or an unknown dialect/driver into a message that says what to do."""
     try:
@@ -171,8 +297,12 @@ def _engine_or_refuse(url: str) -> Engine:
 
 def _make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() != "sqlite":
-        engine = create_engine(url)
+        # The driver in autocommit and every transaction begun by hand (_pg_begin_listener,
+        # Store._pg_write): peek's one statement stands alone, and no connection switches
+        # modes on each checkout and back on return (0.3 ms a push).
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
         _pg_begin_listener(engine)
+        event.listen(engine, "before_cursor_execute", _send_queued)
         return engine
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
@@ -200,11 +330,14 @@ def _make_engine(url: str) -> Engine:
 
 
 def _pg_begin_listener(engine: Engine) -> None:
-    """The write lock for schema changes (ordinary writes take it in ``Store._pg_write``)."""
+    """BEGIN for a read, with the write lock for a schema change (ordinary writes begin in
+    ``Store._pg_write``; peek's statement stands alone). The driver, in autocommit, sends
+    COMMIT or ROLLBACK at the end because the server is then in a transaction."""
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        if conn.get_execution_options().get("cellar_write"):
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+        options = conn.get_execution_options()  # neither: SQLAlchemy's autobegin, nothing to send
+        if options.get("cellar_write") or options.get("cellar_read"):
+            conn.exec_driver_sql(_PG_BEGIN if options.get("cellar_write") else "BEGIN")
 
 
 NO_SPACE = "no space left on device for the registry database: free some space and retry (nothing was recorded)"

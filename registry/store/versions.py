@@ -20,13 +20,13 @@ from sqlalchemy.engine import Connection
 from registry import canonical, clock
 from registry.blame import PromptRevision
 from registry.errors import InvalidInput, NotFound
-from registry.manifest import Resolved
+from registry.manifest import Resolved, SourceFile
 from registry.models import LogEntry, Provenance, Tensor, VersionInfo, VersionSummary, check_name
 from registry.safetensors_index import is_safetensors
 from registry.store import schema as t
 from registry.store.blobs import Ingested
 from registry.store.seals import require_version, seal_version, version_rows
-from registry.store.sql import Store
+from registry.store.sql import Statement, Store, upsert
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,6 @@ def record_of(conn: Connection, model: str, version: str) -> StoredRecord:
     return StoredRecord(record=json.loads(row["manifest"]), digest=row["manifest_digest"])
 
 
-def newest_prompts(conn: Connection, model: str) -> dict[str, str]:
-    """Prompt name -> digest in the model's newest version (empty for a new model)."""
-    return dict(conn.execute(_NEWEST_PROMPTS, {"model": model}).all())
-
-
 def prompt_history(conn: Connection, *, model: str, prompt: str, upto: str) -> list[PromptRevision]:
     """The model's versions oldest to newest up to ``upto`` (inclusive), with the prompt's digest:
     only those where the digest changes, and ``upto`` itself (the rest attribute no line, and
@@ -207,6 +202,13 @@ def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
     return out
 
 
+def recorded_blobs(conn: Connection, digests: set[str]) -> set[str]:
+    """Those of ``digests`` that the record knows (a version stored them)."""
+    if not digests:
+        return set()
+    return set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(sorted(digests)))).scalars())
+
+
 def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
     """Tensor name -> digest for one indexed blob; empty when the blob has no index."""
     return dict(conn.execute(_TENSOR_DIGESTS, {"blob": blob_digest}).all())
@@ -215,48 +217,62 @@ def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
 # --- writing ------------------------------------------------------------------------------
 
 
-def insert_version(conn: Connection, new: NewVersion, *, actor: str, provenance: Provenance | None) -> bool:
-    """The version's row, its blobs not known yet, its files and its weights' tensor index;
-    False (and nothing written) when the model already has this version.
+@dataclass(frozen=True)
+class Known:
+    """What recording a version needs to know, read under the write lock (``lookups``)."""
 
-    Written in as few statements as the two databases allow, because on PostgreSQL each is a
-    round trip: the version row takes its model's id from a subquery and refuses a duplicate
-    itself (no lookups first), and blobs already known are skipped by the insert."""
+    recorded: bool  # the model has this version already
+    model_known: bool
+    newest_prompts: dict[str, str]  # prompt name -> digest in the model's newest version
+    indexed: frozenset[str]  # weight blobs whose tensors are indexed already
+
+
+def lookups(new: NewVersion) -> list[Statement]:
+    """What ``known`` reads, as statements for the caller's ``run_all`` (which may send others
+    in the same round trip)."""
+    m = new.resolved.manifest
+    return [(_MODEL_AND_VERSION, {"model": m.model, "version": m.version}), (_NEWEST_PROMPTS, {"model": m.model}),
+            *((_INDEXED, {"blob": digest}) for digest in _indexable(new))]
+
+
+def known(new: NewVersion, rows: list[list[tuple]]) -> Known:
+    """``lookups``' answers."""
+    ids, prompts, *indexed = rows
+    return Known(recorded=bool(ids) and ids[0][1] is not None, model_known=bool(ids), newest_prompts=dict(prompts),
+                 indexed=frozenset(digest for found in indexed for (digest,) in found))
+
+
+def inserting(conn: Connection, new: NewVersion, known: Known, *, actor: str,
+              provenance: Provenance | None) -> list[Statement]:
+    """The statements that record ``new`` (the model's row first if it is new), its blobs not
+    known yet, its files and its weights' tensor index, for the caller's ``run_all``: on
+    PostgreSQL one round trip, so the version's id is found by name rather than returned."""
     m, now = new.resolved.manifest, clock.now()
     row = dict(version=m.version, manifest_digest=new.digest, manifest=canonical.dumps(new.record),
                message=m.message, actor=actor, created_at=now,
                provenance=provenance.model_dump_json() if provenance else None)
-    params = dict(**row, model=m.model, mac=seal_version(conn, {**row, "model": m.model}))
-    version_id = conn.execute(_statements(conn).version, params).scalar()
-    if version_id is None:
-        if _model_id(conn, m.model) is not None:
-            return False  # another writer recorded it first (or it was there all along)
-        conn.execute(_INSERT["models"], {"name": m.model, "created_at": now})  # the model's first version
-        version_id = conn.execute(_statements(conn).version, params).scalar_one()
-    if new.stored:  # an image-only version (weights baked in) has no files; an empty insert fails
-        by_digest = {got.digest: got for got in new.stored.values()}
-        conn.execute(_statements(conn).blobs, [
-            {"digest": d, "size": got.size, "created_at": now} for d, got in by_digest.items()])
-        conn.execute(_INSERT["version_files"], [
-            {"version_id": version_id, "kind": kind, "name": name, "digest": got.digest}
-            for (kind, name), got in new.stored.items()
-        ])
-    _insert_tensors(conn, new)
-    return True
+    blobs = {got.digest: got for got in new.stored.values()}
+    return [
+        *([(_INSERT["models"], {"name": m.model, "created_at": now})] if not known.model_known else []),
+        (_INSERT_VERSION, {**row, "model": m.model, "mac": seal_version(conn, {**row, "model": m.model})}),
+        (_new_blobs(conn.dialect.name), [{"digest": d, "size": got.size, "created_at": now} for d, got in blobs.items()]),
+        (_INSERT_FILES, [{"model": m.model, "version": m.version, "kind": kind, "name": name, "digest": got.digest}
+                         for (kind, name), got in new.stored.items()]),
+        (_INSERT["tensors"], [
+            {"blob_digest": digest, "name": tr.name, "position": i, "dtype": tr.dtype,
+             "shape": json.dumps(list(tr.shape)), "digest": new.stored[("weight", f.name)].tensor_digests[tr.name]}
+            for digest, f in _indexable(new).items() if digest not in known.indexed
+            for i, tr in enumerate(f.tensors)]),
+    ]
 
 
-def _insert_tensors(conn: Connection, new: NewVersion) -> None:
+def _indexable(new: NewVersion) -> dict[str, SourceFile]:
+    """Weight blobs with a tensor index (safetensors), each once, with a file that has it."""
+    out: dict[str, SourceFile] = {}
     for f in new.resolved.weights:
-        got = new.stored[("weight", f.name)]
-        if not f.tensors or not is_safetensors(f.name):
-            continue
-        if conn.execute(_TENSOR_DIGESTS, {"blob": got.digest}).first():
-            continue  # an equal file was indexed before
-        conn.execute(_INSERT["tensors"], [
-            {"blob_digest": got.digest, "name": tr.name, "position": i, "dtype": tr.dtype,
-             "shape": json.dumps(list(tr.shape)), "digest": got.tensor_digests[tr.name]}
-            for i, tr in enumerate(f.tensors)
-        ])
+        if f.tensors and is_safetensors(f.name):
+            out.setdefault(new.stored[("weight", f.name)].digest, f)
+    return out
 
 
 # --- rows in, domain objects out ------------------------------------------------------------
@@ -277,33 +293,28 @@ def _model_id(conn: Connection, name: str) -> int | None:
 # than running it on SQLite (bench/api_push.py).
 _MODEL_ID = select(t.models.c.id).where(t.models.c.name == bindparam("name"))
 _TENSOR_DIGESTS = select(t.tensors.c.name, t.tensors.c.digest).where(t.tensors.c.blob_digest == bindparam("blob"))
-_INSERT = {table.name: insert(table) for table in (t.models, t.version_files, t.tensors)}
+_INDEXED = select(t.tensors.c.blob_digest).where(t.tensors.c.blob_digest == bindparam("blob")).limit(1)
+_INSERT = {table.name: insert(table) for table in (t.models, t.tensors)}
+_MODEL_AND_VERSION = (  # no row: a new model; a row without a version id: a new version
+    select(t.models.c.id, t.versions.c.id).select_from(t.models.outerjoin(t.versions, and_(
+        t.versions.c.model_id == t.models.c.id, t.versions.c.version == bindparam("version"))))
+    .where(t.models.c.name == bindparam("model")))
 _VERSION_COLUMNS = ("version", "manifest_digest", "manifest", "message", "actor", "created_at", "provenance", "mac")
-
-
-@dataclass(frozen=True)
-class _Upserts:
-    version: object  # the versions row from the model's name; no row back if it exists
-    blobs: object  # blob rows, the known ones skipped
+_INSERT_VERSION = insert(t.versions).from_select(  # the model's id from its name
+    ["model_id", *_VERSION_COLUMNS],
+    select(t.models.c.id, *(bindparam(c, type_=t.versions.c[c].type) for c in _VERSION_COLUMNS))
+    .where(t.models.c.name == bindparam("model")))
+_INSERT_FILES = insert(t.version_files).from_select(  # the version's id from the model's name and its version
+    ["version_id", "kind", "name", "digest"],
+    select(t.versions.c.id, *(bindparam(c, type_=t.version_files.c[c].type) for c in ("kind", "name", "digest")))
+    .where(t.versions.c.model_id == select(t.models.c.id).where(t.models.c.name == bindparam("model")).scalar_subquery(),
+           t.versions.c.version == bindparam("version")))
 
 
 @functools.cache
-def _upserts(dialect: str) -> _Upserts:
-    """``INSERT .. ON CONFLICT DO NOTHING`` is spelled alike on both databases but built by each
-    dialect's own ``insert``."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    values = [bindparam(c, type_=t.versions.c[c].type) for c in _VERSION_COLUMNS]
-    from_model = select(t.models.c.id, *values).where(t.models.c.name == bindparam("model"))
-    version = (upsert(t.versions).from_select(["model_id", *_VERSION_COLUMNS], from_model)
-               .on_conflict_do_nothing(index_elements=["model_id", "version"]).returning(t.versions.c.id))
-    return _Upserts(version=version, blobs=upsert(t.blobs).on_conflict_do_nothing(index_elements=["digest"]))
-
-
-def _statements(conn: Connection) -> _Upserts:
-    return _upserts(conn.dialect.name)
+def _new_blobs(dialect: str):
+    """Blob rows, the known ones skipped."""
+    return upsert(dialect)(t.blobs).on_conflict_do_nothing(index_elements=["digest"])
 
 
 _RECORD = version_rows().where(t.models.c.name == bindparam("model"), t.versions.c.version == bindparam("version"))

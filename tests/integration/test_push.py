@@ -75,6 +75,32 @@ def test_a_version_recorded_while_this_push_staged_is_compared_not_duplicated(re
             == "sha256:" + hashlib.sha256((racer.root / "prompts/system").read_bytes()).hexdigest())
 
 
+def _blob_files(reg) -> set[str]:
+    return {p.name for p in (reg.blobs.root / "sha256").rglob("*") if p.is_file()}
+
+
+def test_a_refused_push_leaves_no_blob_behind_and_a_repeated_one_repairs_a_lost_blob(reg, model_dir, tmp_path):
+    """Whether the version exists is learnt under the write lock, after storing: the blobs a
+    refused push wrote are removed then, unless a version records them."""
+    reg.push(model_dir.manifest)
+    before = _blob_files(reg)
+    model_dir.set_prompt("Something else entirely.\n")
+    helpers.write_safetensors(model_dir.root / "weights/model.safetensors", helpers.tensors(seed=7))
+    other = helpers.ModelDir.create(tmp_path / "other", model="classifier")
+    other.set_prompt("Something else entirely.\n")  # the same bytes, recorded by another model
+    reg.push(other.manifest)
+    recorded = _blob_files(reg)
+    with pytest.raises(VersionConflict, match="immutable"):
+        reg.push(model_dir.manifest)
+    assert _blob_files(reg) == recorded  # the new weights went again; the shared prompt stays
+    assert recorded - before  # (the other model did add blobs)
+
+    lost = reg.show("classifier@v1.0").prompts[0].digest
+    reg.blobs.path(lost).unlink()
+    again = reg.push(other.manifest)
+    assert not again.created and reg.blobs.has(lost)
+
+
 def test_equal_content_has_equal_digest_across_versions(reg, model_dir):
     a = reg.push(model_dir.manifest)
     b = reg.push(model_dir.manifest, version="v1.1", message="same bytes, new name")

@@ -9,11 +9,15 @@ import shutil
 import blake3
 import pytest
 
+from sqlalchemy import event
+
 from registry import pushing
+from registry.api import Registry
 from registry.errors import ManifestError
 from registry.store import blobs as blobs_mod
-from registry.store import streams
+from registry.store import sql, streams
 from tests import helpers
+from tests.conftest import database_like
 
 
 def small_chunks(monkeypatch, size: int = 1024) -> None:
@@ -84,3 +88,54 @@ def test_a_malformed_shard_is_refused_naming_the_file(reg, sharded):
                                             r"\(8 bytes after the last tensor"):
         reg.push(sharded.manifest)
     assert not reg.versions()
+
+
+@pytest.fixture
+def pg_reg(tmp_path, monkeypatch):
+    with database_like("postgresql", tmp_path / "unused.db") as url:
+        monkeypatch.setenv("REGISTRY_DB_URL", url)
+        Registry.init(tmp_path / "home")[0].close()
+        with Registry.open(tmp_path / "home") as reg:
+            yield reg
+
+
+def test_a_push_makes_two_round_trips_on_postgresql(pg_reg, model_dir, monkeypatch):
+    """What to know with BEGIN and the lock, then every row with the COMMIT: a round trip
+    costs more there than running a small statement (bench/api_push.py --parity)."""
+    pg_reg.push(model_dir.manifest)  # the first asks the server for its user, once
+    trips = []
+    flush = sql._flush
+    monkeypatch.setattr(sql, "_flush", lambda conn, **kw: trips.append("batch") or flush(conn, **kw))
+    event.listen(pg_reg.store.engine, "before_cursor_execute", lambda *args: trips.append(args[2]))
+    model_dir.set_prompt("A new prompt.\n")
+    assert pg_reg.push(model_dir.manifest, version="v1.1").created
+    assert trips == ["batch", "batch"]
+    model_dir.set_prompt("Another prompt.\n")
+    with pytest.raises(Exception, match="immutable"):  # refused: a third trip reads what is recorded
+        pg_reg.push(model_dir.manifest, version="v1.1")
+    assert [e.action for e in pg_reg.audit()].count("push") == 2
+
+
+def test_no_statement_of_a_push_scans_a_whole_table_on_postgresql(pg_reg, model_dir, monkeypatch):
+    """Push costs what it did at 100,000 versions because every statement it sends can go
+    through an index: with sequential scans disabled, the planner picks none (it would only
+    where no index serves; tables this small would otherwise be scanned anyway)."""
+    pg_reg.push(model_dir.manifest)
+    sent = []
+    flush = sql._flush
+    monkeypatch.setattr(sql, "_flush", lambda conn, *, then=(): sent.extend([*conn.info.get(sql._QUEUE, ()), *then])
+                        or flush(conn, then=then))
+    model_dir.set_prompt("A new prompt.\n")
+    pg_reg.push(model_dir.manifest, version="v1.1")
+    statements = [q for q in sent if q.params is not None]
+    assert len(statements) >= 8
+    raw = pg_reg.store.engine.raw_connection()
+    try:
+        with raw.driver_connection.transaction(force_rollback=True) as _, raw.driver_connection.cursor() as cur:
+            cur.execute("SET LOCAL enable_seqscan = off")
+            for q in statements:
+                cur.execute(f"EXPLAIN {q.sql}", q.params[0] if isinstance(q.params, list) else q.params)
+                plan = "\n".join(row[0] for row in cur.fetchall())
+                assert "Seq Scan" not in plan, f"{q.sql}\n{plan}"
+    finally:
+        raw.close()

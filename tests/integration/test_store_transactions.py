@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from registry import clock
 from registry.store import schema as t
-from registry.store.sql import Store
+from registry.store.sql import Store, queue, run_all
 
 
 def _models(store: Store) -> list[str]:
@@ -75,3 +75,67 @@ def test_writes_wait_for_each_other_and_see_what_came_before(reg, home, second_s
             other.close()
     assert order == ["first out", "second in"]
     assert _models(first) == ["after-1", "first"]  # it saw the first writer's row
+
+
+def test_batched_statements_answer_in_order_and_queued_ones_commit_with_the_write(reg):
+    """run_all answers each statement's rows in order (one round trip on PostgreSQL); queued
+    statements run with the next round trip, the COMMIT's at the latest."""
+    store = reg.store
+    add = insert(t.models).values(created_at=clock.now())
+    names = select(t.models.c.name).order_by(t.models.c.name)
+    with store.write(lazy=True) as conn:
+        got = run_all(conn, [(names, {}), (add, [{"name": "a"}, {"name": "b"}]), (names, {}), (add, [])])
+        assert got == [[], [], [("a",), ("b",)]]  # the empty insert is left out
+        queue(conn, [(add, {"name": "queued"})])
+        assert run_all(conn, [(select(func.count()).select_from(t.models), {})]) == [[(3,)]]  # sent first
+        queue(conn, [(add, {"name": "with-the-commit"})])
+    assert _models(store) == ["a", "b", "queued", "with-the-commit"]
+
+
+def test_a_failing_queued_statement_fails_its_write_which_leaves_nothing(reg):
+    store = reg.store
+    add = insert(t.models).values(created_at=clock.now())
+    with pytest.raises(IntegrityError), store.write(lazy=True) as conn:
+        run_all(conn, [(add, {"name": "first"})])
+        queue(conn, [(add, {"name": "twice"}), (add, {"name": "twice"})])  # refused at the COMMIT's trip
+    with pytest.raises(IntegrityError), store.write(lazy=True) as conn:
+        queue(conn, [(add, {"name": "dup"})])
+        run_all(conn, [(add, {"name": "dup"})])  # the queued one went first
+    assert _models(store) == []
+    with store.write(lazy=True) as conn:  # the connection is clean again
+        queue(conn, [(add, {"name": "whole"})])
+    assert _models(store) == ["whole"]
+
+
+def test_a_lazy_write_that_fails_before_any_statement_sends_nothing(reg):
+    store = reg.store
+    with pytest.raises(RuntimeError, match="before"), store.write(lazy=True):
+        raise RuntimeError("before any statement")
+    with store.write(lazy=True):
+        pass  # nothing to send, nothing begun
+    with store.write(lazy=True) as conn:
+        _add(conn, "plain")  # an ordinary statement sends the pending BEGIN and lock first
+    assert _models(store) == ["plain"]
+
+
+def test_a_lazy_write_holds_the_lock_from_its_first_statement(reg):
+    store, inside, order = reg.store, threading.Event(), []
+
+    def late_writer():
+        inside.wait(10)
+        with store.write(lazy=True) as conn:
+            (count,), = run_all(conn, [(select(func.count()).select_from(t.models), {})])[0]
+            order.append(f"second in, saw {count}")
+
+    worker = threading.Thread(target=late_writer)
+    worker.start()
+    try:
+        with store.write(lazy=True) as conn:
+            run_all(conn, [(select(func.count()).select_from(t.models), {})])
+            queue(conn, [(insert(t.models).values(created_at=clock.now()), {"name": "first"})])
+            inside.set()
+            time.sleep(0.5)  # the second writer waits for the lock meanwhile
+            order.append("first out")
+    finally:
+        worker.join(30)
+    assert order == ["first out", "second in, saw 1"]
