@@ -1,6 +1,7 @@
 """Bench: `registry push` of large weights against the plain tools, page cache dropped, paired A/B.
 
     python bench/push.py [--size 2048] [--pairs 7] [--dir /tmp/cellar-bench] [--only cold,shards,copied,prompt]
+                         [--pg ADMIN_URL]
 
 - cold:   push of one SIZE MiB safetensors into a fresh home   vs  `cp FILE DST && sync DST`
 - shards: push of 8 safetensors shards (SIZE/8 MiB each)        vs  `cp` of the 8 files && `sync` them
@@ -13,12 +14,14 @@ Each pair runs both sides in alternating order, each from a cold page cache (`ec
 CPU seconds per GiB (user+system of the process and its children, from wait4), and bytes the
 process wrote to storage (rusage blocks out: includes write-back it caused). Asserts nothing.
 Default size 2 GiB runs in about 6 minutes; needs about 5x SIZE of free disk; removes its
-files at the end unless --keep.
+files at the end unless --keep. SQLite by default; with ``--pg`` each fresh home records into a
+scratch PostgreSQL database on that server (all dropped at the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -95,11 +98,21 @@ def age(path: Path, seconds: int = 3600) -> None:
     os.utime(path, ns=(old, old))
 
 
+PG_ADMIN: str | None = None  # --pg
+DATABASES = contextlib.ExitStack()
+
+
 def fresh_home(work: Path) -> dict:
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
-    env = {**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_ACTOR": "bench"}
+    # In-process: through the warm process the work would run in its child, and the CPU time
+    # and bytes written that wait4 reports would be only the client's.
+    env = {**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_ACTOR": "bench", "REGISTRY_WARM": "0"}
     env.pop("REGISTRY_DB_URL", None)
+    if PG_ADMIN:
+        from api_push import scratch_db
+
+        env["REGISTRY_DB_URL"] = DATABASES.enter_context(scratch_db(PG_ADMIN))
     subprocess.run([REGISTRY, "init"], check=True, env=env, stdout=subprocess.DEVNULL)
     return env
 
@@ -214,7 +227,10 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/cellar-bench")
     ap.add_argument("--only", default="cold,shards,copied,prompt")
     ap.add_argument("--keep", action="store_true", help="keep the generated files for another run")
+    ap.add_argument("--pg", metavar="ADMIN_URL", help="each home's database on PostgreSQL")
     args = ap.parse_args()
+    global PG_ADMIN
+    PG_ADMIN = args.pg
     work = Path(args.dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
@@ -250,6 +266,7 @@ def main() -> None:
         if "prompt" in only:
             bench_prompt_only(work, src, prompt)
     finally:
+        DATABASES.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

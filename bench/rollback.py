@@ -14,7 +14,10 @@ Paired in the same run on the same two containers, several rounds, medians print
             for the CLI process (interpreter start and imports included) and for the Python
             API call alone (``Registry.rollback`` / ``Registry.promote`` in this process).
 
-Usage: python bench/rollback.py [--image cellar-example-server:latest] [--rounds 7]
+Usage: python bench/rollback.py [--image cellar-example-server:latest] [--rounds 7] [--pg ADMIN_URL]
+
+SQLite by default; with ``--pg`` the registry lives in a scratch PostgreSQL database on that
+server (dropped after).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from _startup import CLI, IN_PROCESS, own_warm_process
+from api_push import scratch_db
 
 DOCKER_STEPS = {"pin image", "create container", "stop old container", "start container", "health check", "warm-up"}
 ROLLBACK_DOCKER_STEPS = DOCKER_STEPS - {"pin image", "create container"}
@@ -42,10 +46,13 @@ def main() -> None:
     ap.add_argument("--image", default="cellar-example-server:latest")
     ap.add_argument("--health-path", default="/health")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--pg", metavar="ADMIN_URL", help="the registry on PostgreSQL")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, scratch_db(args.pg) as db_url:
         env = {**os.environ, "REGISTRY_HOME": f"{tmp}/home", "REGISTRY_ACTOR": "bench"}
         env.pop("REGISTRY_DB_URL", None)
+        if db_url:
+            env["REGISTRY_DB_URL"] = db_url
         port = _free_port()
         name = f"bench{os.getpid()}"
         try:
@@ -120,7 +127,7 @@ def _promotes(env: dict, rounds: int) -> list[float]:
 
 def _in_process(env: dict, rounds: int) -> dict[str, list[float]]:
     """Overhead of the API calls alone, imports and connections already done."""
-    os.environ["REGISTRY_HOME"] = env["REGISTRY_HOME"]
+    os.environ.update({k: env[k] for k in ("REGISTRY_HOME", "REGISTRY_DB_URL") if k in env})
     from registry.api import Registry
 
     out: dict[str, list[float]] = {"rollback": [], "promote": []}

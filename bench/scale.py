@@ -9,7 +9,8 @@ on that server (and dropped after).
 
 `list`, `log`, `history --env production` and `status` run as CLI processes (start-up included:
 it is the same on both sides); `rollback` runs through ``Registry.rollback`` on the fake engine,
-so what is timed is the registry's own work (ledger reads, decision, record), not Docker's.
+so what is timed is the registry's own work (ledger reads, decision, record), not Docker's;
+`push` is 20 pushes of a new prompt each through ``Registry.push`` (the time per push).
 The registries are built fast: real pushes and promotes, then rows copied with bulk inserts.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import shutil
 import statistics
@@ -87,7 +89,7 @@ def build(home: Path, work: Path, versions: int, releases: int):
         for v in ("v1.0", "v1.1"):  # the last two for real
             reg.promote(f"support-bot@{v}", env="production")
         assert reg.count_versions() == versions and reg.count_releases("production") == releases
-    return opener
+    return opener, model
 
 
 def cli_time(home: Path, args: list[str]) -> float:
@@ -104,6 +106,23 @@ def api_rollback(opener) -> float:
         t0 = time.perf_counter()
         reg.rollback(env="production", reason="bench")
         return time.perf_counter() - t0
+
+
+def api_pushes(opener, model, n: int = 20) -> float:
+    """Seconds per push of a new version (a new prompt each) through the API."""
+    from tests.web import demo
+
+    with opener() as reg:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            version = f"v2.{next(_PUSHED)}"
+            model.set_prompt(f"prompt of {version}\n")
+            model.write_manifest(version=version, image=demo.IMAGE)
+            reg.push(model.manifest)
+        return (time.perf_counter() - t0) / n
+
+
+_PUSHED = itertools.count()
 
 
 def spread(values: list[float], unit: str = "s") -> str:
@@ -128,26 +147,27 @@ def main() -> None:
         os.environ.setdefault("PGPASSWORD", make_url(opts.pg).password)
 
     try:
-        openers, homes = {}, {}
+        openers, models, homes = {}, {}, {}
         for name, (versions, releases) in SIZES.items():
             t0 = time.perf_counter()
             homes[name] = root / name / "home"
             if opts.pg:  # the home remembers its database: the CLI runs below find it
                 os.environ["REGISTRY_DB_URL"] = databases.enter_context(scratch_db(opts.pg))
-            openers[name] = build(homes[name], root / name / "work", versions, releases)
+            openers[name], models[name] = build(homes[name], root / name / "work", versions, releases)
             os.environ.pop("REGISTRY_DB_URL", None)
             print(f"{name}: {versions} versions, {releases} releases on {'PostgreSQL' if opts.pg else 'SQLite'}, "
                   f"built in {time.perf_counter() - t0:.0f} s")
-        cases = [("list", lambda h, o: cli_time(h, ["list"])), ("log", lambda h, o: cli_time(h, ["log"])),
-                 ("history --env production", lambda h, o: cli_time(h, ["history", "--env", "production"])),
-                 ("status", lambda h, o: cli_time(h, ["status"])),
-                 ("rollback (API, fake engine)", lambda h, o: api_rollback(o))]
+        cases = [("list", lambda n: cli_time(homes[n], ["list"])), ("log", lambda n: cli_time(homes[n], ["log"])),
+                 ("history --env production", lambda n: cli_time(homes[n], ["history", "--env", "production"])),
+                 ("status", lambda n: cli_time(homes[n], ["status"])),
+                 ("rollback (API, fake engine)", lambda n: api_rollback(openers[n])),
+                 ("push (API, per push)", lambda n: api_pushes(openers[n], models[n]))]
         print(f"{'command':30} {'1k versions / 100 releases':>36} {'100k / 10k':>36}   ratio large/small")
         for label, run in cases:
             small, large, ratios = [], [], []
             for _ in range(opts.pairs):  # interleaved: small then large, pair by pair
-                small.append(run(homes["small"], openers["small"]))
-                large.append(run(homes["large"], openers["large"]))
+                small.append(run("small"))
+                large.append(run("large"))
                 ratios.append(large[-1] / small[-1])
             print(f"{label:30} {spread(small):>36} {spread(large):>36}   "
                   f"{spread(ratios, 'x')} (target <= 1.2x)")

@@ -1,13 +1,14 @@
 """Bench: CLI start-up. ``registry --help`` (target <= 0.10 s, issue 10) and ``registry list`` on a
 10,000-version registry (target <= 0.30 s), wall time, min/median/max of several runs.
 
-    python bench/startup.py [--versions 10000] [--runs 7]
+    python bench/startup.py [--versions 10000] [--runs 7] [--pg ADMIN_URL]
 
 The CLI runs from this source tree (not whatever ``registry`` is installed), as the console
 script runs it: through a warm process (of this bench's own, started first; cli/launch.py),
 and in-process (REGISTRY_WARM=0), interleaved run by run; the ratio of medians is printed.
 The registry is built fast: one real push, then its row copied with bulk inserts. Also prints
-which heavy packages each command imports in-process.
+which heavy packages each command imports in-process. SQLite by default; with ``--pg`` the
+registry lives in a scratch PostgreSQL database on that server (dropped after).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _startup import CLI, IN_PROCESS, own_warm_process  # noqa: E402
+from api_push import scratch_db  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("sqlalchemy.orm", "docker", "git", "alembic", "rich", "pydantic", "yaml", "sqlalchemy")
@@ -90,12 +93,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--pg", metavar="ADMIN_URL", help="build the registry on PostgreSQL")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cellar-startup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cellar-startup-") as tmp, scratch_db(args.pg) as db_url:
         home = Path(tmp) / "home"
         os.environ["REGISTRY_HOME"] = str(home)
         os.environ.pop("REGISTRY_DB_URL", None)
+        if db_url:  # the home remembers its database (without the password)
+            os.environ["REGISTRY_DB_URL"] = db_url
+            os.environ.setdefault("PGPASSWORD", make_url(db_url).password or "")
         build(home, args.versions)
+        os.environ.pop("REGISTRY_DB_URL", None)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with own_warm_process(env) as warm:
             print(f"min/median/max of {args.runs} runs, interleaved: through the warm process (the default) "
@@ -114,7 +122,8 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         print(f"(a bare `python -c pass` takes {time.perf_counter() - t0:.3f} s here; "
-              f"{args.versions} versions; load average {os.getloadavg()[0]:.1f})")
+              f"{args.versions} versions on {'PostgreSQL' if args.pg else 'SQLite'}; "
+              f"load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":
