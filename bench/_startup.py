@@ -25,6 +25,14 @@ class Warm:
     env: dict  # run the CLI with this environment to use the warm process
     first_call_s: float  # the call that started it (that call ran in-process)
     ready_s: float  # from that call's start until the warm process served
+    pid: int  # the warm process (it forks and reaps one child per command)
+
+    def reaped(self) -> tuple[float, int]:
+        """CPU seconds and bytes written to storage by the commands it has run so far: a child's
+        are added to its parent's children-CPU time and I/O counters when reaped."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        io = dict(line.split(": ") for line in Path(f"/proc/{self.pid}/io").read_text().splitlines())
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK"), int(io["write_bytes"])
 
 
 @contextlib.contextmanager
@@ -42,8 +50,10 @@ def own_warm_process(env: dict) -> Iterator[Warm]:
         if time.monotonic() > deadline:
             raise SystemExit("the warm process did not start")
         time.sleep(0.01)
+    ready = time.perf_counter() - t0
+    found = _processes_mentioning(run)  # the warm process and its spare child
     try:
-        yield Warm(env, first, time.perf_counter() - t0)
+        yield Warm(env, first, ready, pid=next(p for p in found if _parent(p) not in found))
     finally:
         for pid in _processes_mentioning(run):
             with contextlib.suppress(ProcessLookupError):
@@ -59,6 +69,10 @@ def _processes_mentioning(text: str) -> list[int]:
                 if text.encode() in f.read():
                     found.append(int(entry))
     return found
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 # Runs `registry ARGS` as the console script does in-process (cli.main.main), then prints one /proc

@@ -1,7 +1,7 @@
 """Bench: `registry push` of large weights against the plain tools, page cache dropped, paired A/B.
 
     python bench/push.py [--size 2048] [--pairs 7] [--dir /tmp/cellar-bench] [--only cold,shards,copied,prompt]
-                         [--pg ADMIN_URL]
+                         [--pg ADMIN_URL] [--in-process]
 
 - cold:   push of one SIZE MiB safetensors into a fresh home   vs  `cp FILE DST && sync DST`
 - shards: push of 8 safetensors shards (SIZE/8 MiB each)        vs  `cp` of the 8 files && `sync` them
@@ -13,6 +13,9 @@ Each pair runs both sides in alternating order, each from a cold page cache (`ec
 /proc/sys/vm/drop_caches`, as root), and prints min/median/max of each side and of the ratio,
 CPU seconds per GiB (user+system of the process and its children, from wait4), and bytes the
 process wrote to storage (rusage blocks out: includes write-back it caused). Asserts nothing.
+`registry` runs as the console script does, through a warm process of the bench's own (its
+child's CPU time and writes, added to the warm process's counters when reaped, are counted), or
+with --in-process as REGISTRY_WARM=0 (each push starts Python and imports anew).
 Default size 2 GiB runs in about 6 minutes; needs about 5x SIZE of free disk; removes its
 files at the end unless --keep. SQLite by default; with ``--pg`` each fresh home records into a
 scratch PostgreSQL database on that server (all dropped at the end).
@@ -33,10 +36,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REGISTRY = str(Path(sys.executable).with_name("registry"))
 # Run the code of this checkout, whichever one the environment's `registry` was installed from.
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+from _startup import CLI, Warm, own_warm_process  # noqa: E402
+
+REGISTRY = CLI  # as the console script runs: through a warm process of this bench's own (see main)
+WARM: Warm | None = None  # None with --in-process
 MIB, GIB = 1 << 20, 1 << 30
 HASH_PASS = "import hashlib, sys; hashlib.file_digest(open(sys.argv[1], 'rb'), 'sha256')"
 
@@ -65,6 +71,7 @@ def drop_caches() -> bool:
 def run(cmd: list[str] | str, *, env: dict | None = None, cold: bool = True) -> Run:
     if cold:
         drop_caches()
+    warm = WARM.reaped() if WARM else (0.0, 0)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -72,7 +79,10 @@ def run(cmd: list[str] | str, *, env: dict | None = None, cold: bool = True) -> 
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{cmd} failed with exit code {proc.returncode}")
-    return Run(wall=wall, cpu=usage.ru_utime + usage.ru_stime, written=usage.ru_oublock * 512)
+    # With the warm process, the command ran in its child: its CPU time and writes are there.
+    after = WARM.reaped() if WARM else (0.0, 0)
+    return Run(wall=wall, cpu=usage.ru_utime + usage.ru_stime + after[0] - warm[0],
+               written=usage.ru_oublock * 512 + after[1] - warm[1])
 
 
 def make_safetensors(path: Path, size: int, tensors: int = 8) -> None:
@@ -105,20 +115,19 @@ DATABASES = contextlib.ExitStack()
 def fresh_home(work: Path) -> dict:
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
-    # In-process: through the warm process the work would run in its child, and the CPU time
-    # and bytes written that wait4 reports would be only the client's.
-    env = {**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_ACTOR": "bench", "REGISTRY_WARM": "0"}
+    env = {**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_ACTOR": "bench",
+           **(WARM.env if WARM else {"REGISTRY_WARM": "0"})}
     env.pop("REGISTRY_DB_URL", None)
     if PG_ADMIN:
         from api_push import scratch_db
 
         env["REGISTRY_DB_URL"] = DATABASES.enter_context(scratch_db(PG_ADMIN))
-    subprocess.run([REGISTRY, "init"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([*REGISTRY, "init"], check=True, env=env, stdout=subprocess.DEVNULL)
     return env
 
 
 def push_cmd(weights: list[Path], version: str, prompt: Path) -> list[str]:
-    cmd = [REGISTRY, "push", "--model", "bench", "--version", version, "-m", "bench",
+    cmd = [*REGISTRY, "push", "--model", "bench", "--version", version, "-m", "bench",
            "--prompt", f"system={prompt.name}"]
     for w in weights:
         cmd += ["--weights", str(w.relative_to(Path.cwd()))]
@@ -217,7 +226,7 @@ def bench_prompt_only(work: Path, src: Path, prompt: Path) -> None:
         prompt.write_text(f"You are a helpful assistant, take {i}.\n")
         times.append(run(push_cmd([src], f"v2.{i}", prompt), env=env, cold=False).wall)
     print(f"\nprompt-only new version, unchanged weights (stat cache): CLI {spread(times)} "
-          "(incl. interpreter start)")
+          f"({'through the warm process' if WARM else 'in-process, interpreter start included'})")
 
 
 def main() -> None:
@@ -228,9 +237,17 @@ def main() -> None:
     ap.add_argument("--only", default="cold,shards,copied,prompt")
     ap.add_argument("--keep", action="store_true", help="keep the generated files for another run")
     ap.add_argument("--pg", metavar="ADMIN_URL", help="each home's database on PostgreSQL")
+    ap.add_argument("--in-process", action="store_true", help="REGISTRY_WARM=0: every push starts Python anew")
     args = ap.parse_args()
-    global PG_ADMIN
+    global PG_ADMIN, WARM
     PG_ADMIN = args.pg
+    with contextlib.ExitStack() as stack:
+        if not args.in_process:
+            WARM = stack.enter_context(own_warm_process(dict(os.environ)))
+        bench(args)
+
+
+def bench(args) -> None:
     work = Path(args.dir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)

@@ -179,15 +179,18 @@ class Store:
 
 
 def run_all(conn: Connection, statements: Sequence[Statement]) -> list[list[tuple]]:
-    """Run ``statements`` in order; each one's rows (empty for one that returns none).
+    """Run ``statements`` in order; each one's rows (empty for one that returns none, and for
+    one given an empty list of parameters: that one is not run at all).
 
     On PostgreSQL they travel together in one round trip (psycopg's pipeline mode), behind what
     the write transaction has queued: there a round trip costs more than running a small
     statement (bench/api_push.py). A failing statement fails the batch and its transaction."""
     if conn.dialect.name != "postgresql":
-        return [_rows(conn.execute(stmt, params)) for stmt, params in statements if params != []]
-    queued = [_queued(conn, stmt, params) for stmt, params in statements if params != []]
-    return _flush(conn, then=queued)[-len(queued):] if queued else []
+        return [_rows(conn.execute(stmt, params)) if params != [] else [] for stmt, params in statements]
+    queued = [_queued(conn, stmt, params) if params != [] else None for stmt, params in statements]
+    sent = [q for q in queued if q]
+    answers = iter(_flush(conn, then=sent)[-len(sent):] if sent else ())
+    return [next(answers) if q else [] for q in queued]
 
 
 def queue(conn: Connection, statements: Sequence[Statement]) -> None:

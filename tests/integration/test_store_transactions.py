@@ -85,7 +85,7 @@ def test_batched_statements_answer_in_order_and_queued_ones_commit_with_the_writ
     names = select(t.models.c.name).order_by(t.models.c.name)
     with store.write(lazy=True) as conn:
         got = run_all(conn, [(names, {}), (add, [{"name": "a"}, {"name": "b"}]), (names, {}), (add, [])])
-        assert got == [[], [], [("a",), ("b",)]]  # the empty insert is left out
+        assert got == [[], [], [("a",), ("b",)], []]  # an insert of no rows runs nowhere
         queue(conn, [(add, {"name": "queued"})])
         assert run_all(conn, [(select(func.count()).select_from(t.models), {})]) == [[(3,)]]  # sent first
         queue(conn, [(add, {"name": "with-the-commit"})])
