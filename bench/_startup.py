@@ -34,6 +34,12 @@ class Warm:
         io = dict(line.split(": ") for line in Path(f"/proc/{self.pid}/io").read_text().splitlines())
         return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK"), int(io["write_bytes"])
 
+    def settle(self, timeout: float = 10) -> None:
+        """Wait until every command it ran is reaped (a child answers its client before it exits)."""
+        deadline = time.monotonic() + timeout
+        while _children(self.pid) > 1 and time.monotonic() < deadline:  # beyond the spare one
+            time.sleep(0.005)
+
 
 @contextlib.contextmanager
 def own_warm_process(env: dict) -> Iterator[Warm]:
@@ -73,6 +79,15 @@ def _processes_mentioning(text: str) -> list[int]:
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _children(pid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                count += _parent(int(entry)) == pid
+    return count
 
 
 # Runs `registry ARGS` as the console script does in-process (cli.main.main), then prints one /proc
