@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'registry'\nfrom cli.launch import main\nmain()"]
+# -P: no working directory in sys.path, as the console script has none (a folder on the search
+# path is part of the warm process's identity, so a changing one would start a new one each time)
+CLI = [sys.executable, "-P", "-c", "import sys; sys.argv[0] = 'registry'\nfrom cli.launch import main\nmain()"]
 IN_PROCESS = {"REGISTRY_WARM": "0"}
 
 
