@@ -58,7 +58,7 @@ def drop_caches(env: dict | None = None) -> bool:
     """Drop the page cache, then warm the programs (not the data) for both sides alike:
     Python's libraries are ~30 MB against cp's 150 KB, and a user's are warm. So is a user's
     database: with a registry's ``env``, one `registry list` reads it back (on PostgreSQL a
-    new connection reads the server's catalogs from disk, about a second here)."""
+    new connection would otherwise read the server's catalogs from disk)."""
     subprocess.run(["sync"], check=True)
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
