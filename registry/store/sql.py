@@ -90,9 +90,9 @@ class Store:
 
     @contextmanager
     def _pg_write(self, *, lazy: bool) -> Iterator[Connection]:
-        """PostgreSQL's write transaction, begun by hand so that BEGIN and the advisory lock
-        travel in one round trip (psycopg sends its own BEGIN alone, then the lock). The lock is
-        a statement of its own, so every later statement's snapshot is taken under it.
+        """PostgreSQL's write transaction, begun by hand (the driver is in autocommit) so that
+        BEGIN and the advisory lock travel in one round trip. The lock is a statement of its
+        own, so every later statement's snapshot is taken under it.
 
         Statements ``queue``d meanwhile travel with the next round trip, the COMMIT's at the
         latest; a lazy write queues its BEGIN and lock too."""

@@ -92,7 +92,7 @@ def test_a_refused_push_leaves_no_blob_behind_and_a_repeated_one_repairs_a_lost_
     recorded = _blob_files(reg)
     with pytest.raises(VersionConflict, match="immutable"):
         reg.push(model_dir.manifest)
-    assert _blob_files(reg) == recorded  # the new weights went again; the shared prompt stays
+    assert _blob_files(reg) == recorded  # the new weights are gone again; the shared prompt stays
     assert recorded - before  # (the other model did add blobs)
 
     lost = reg.show("classifier@v1.0").prompts[0].digest

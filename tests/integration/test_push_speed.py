@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from registry import pushing
 from registry.api import Registry
-from registry.errors import ManifestError
+from registry.errors import ManifestError, VersionConflict
 from registry.store import blobs as blobs_mod
 from registry.store import sql, streams
 from tests import helpers
@@ -111,7 +111,7 @@ def test_a_push_makes_two_round_trips_on_postgresql(pg_reg, model_dir, monkeypat
     assert pg_reg.push(model_dir.manifest, version="v1.1").created
     assert trips == ["batch", "batch"]
     model_dir.set_prompt("Another prompt.\n")
-    with pytest.raises(Exception, match="immutable"):  # refused: a third trip reads what is recorded
+    with pytest.raises(VersionConflict, match="immutable"):  # refused: a third trip reads what is recorded
         pg_reg.push(model_dir.manifest, version="v1.1")
     assert [e.action for e in pg_reg.audit()].count("push") == 2
 
@@ -131,7 +131,7 @@ def test_no_statement_of_a_push_scans_a_whole_table_on_postgresql(pg_reg, model_
     assert len(statements) >= 8
     raw = pg_reg.store.engine.raw_connection()
     try:
-        with raw.driver_connection.transaction(force_rollback=True) as _, raw.driver_connection.cursor() as cur:
+        with raw.driver_connection.transaction(force_rollback=True), raw.driver_connection.cursor() as cur:
             cur.execute("SET LOCAL enable_seqscan = off")
             for q in statements:
                 cur.execute(f"EXPLAIN {q.sql}", q.params[0] if isinstance(q.params, list) else q.params)
