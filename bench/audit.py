@@ -1,6 +1,6 @@
 """Bench: `registry audit --prompt NAME` on 100,000 events, and `registry audit verify`.
 
-Appends the events through ``registry.store.events.append`` (the chain the real commands write) in
+Appends the events through ``registry.store.sql.events.append`` (the chain the real commands write) in
 big transactions, then times the commands as subprocesses. Target: `audit --prompt` <= 0.5 s.
 Verify streams rows, so its peak memory is printed too.
 
@@ -26,7 +26,7 @@ PROMPTS = ["greeting", "refusal", "tools", "style"]
 def fill(home: Path, count: int, batch: int = 10_000) -> None:
     """``count`` push-like events; one in a hundred changes the ``system`` prompt."""
     from registry.api import Registry
-    from registry.store import events
+    from registry.store.sql import events
 
     with Registry.open(home) as reg:
         for start in range(0, count, batch):

@@ -1,6 +1,6 @@
 """Probe figures (issue 11), library level until the CLI is wired:
 
-1. import cost of what `registry probe` adds (registry.probing + probe_models + store.probes,
+1. import cost of what `registry probe` adds (registry.probes.probing + probe_models + store.probes,
    and jsonschema for suites with a schema) against a bare `import registry.models`;
 2. run_suite of 5 probes against a local HTTP server vs the same 5 requests with http.client
    (the server's own answer time): the ratio is the probe machinery's overhead;
@@ -25,8 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, ".")
 
 from registry.models import Probe  # noqa: E402
-from registry.probing import new_run, run_suite  # noqa: E402
-from registry.watching import StopFlag, Watcher, WatchPolicy  # noqa: E402
+from registry.probes.probing import new_run, run_suite
+from registry.health.watching import StopFlag, Watcher, WatchPolicy
 
 PAIRS = 9
 BODY = json.dumps({"answer": "42", "completion": "You said: hello"}).encode()
@@ -59,8 +59,8 @@ def imports():
     base, probe, schema = [], [], []
     for _ in range(PAIRS):
         base.append(wall("import registry.models"))
-        probe.append(wall("import registry.models, registry.probing, registry.store.probes"))
-        schema.append(wall("import registry.models, registry.probing, registry.store.probes, jsonschema"))
+        probe.append(wall("import registry.models, registry.probes.probing, registry.store.sql.probes"))
+        schema.append(wall("import registry.models, registry.probes.probing, registry.store.sql.probes, jsonschema"))
     print(f"import baseline (registry.models)       s: {spread(base)}")
     print(f"import + probing + store.probes         s: {spread(probe)}  "
           f"(+{(statistics.median(probe) - statistics.median(base)) * 1000:.1f} ms median)")

@@ -43,9 +43,9 @@ def build(home: Path, work: Path, versions: int, releases: int):
     from registry import clock
     from registry.api import Registry
     from registry.ledger import Operation, Release, ReleaseStatus
-    from registry.store import releases as release_store
-    from registry.store import schema as t
-    from registry.store import seals
+    from registry.store.sql import releases as release_store
+    from registry.store.sql import schema as t
+    from registry.store.sql import sealing
     from tests.helpers import ModelDir
     from tests.web import demo
 
@@ -68,7 +68,7 @@ def build(home: Path, work: Path, versions: int, releases: int):
                 batch = []
                 for i in range(first, min(versions - 2, first + 5_000)):
                     new = {**row, "version": f"v0.{i}", "created_at": start + timedelta(seconds=i), "message": f"copy {i}"}
-                    new["mac"] = seals.seal_version(conn, {**new, "model": "support-bot"})
+                    new["mac"] = sealing.seal_version(conn, {**new, "model": "support-bot"})
                     batch.append(new)
                 conn.execute(insert(t.versions), batch)
             ids = conn.execute(select(t.versions.c.id).where(t.versions.c.version.like("v0.%"))).scalars().all()

@@ -1,7 +1,7 @@
 """Bench: scrubbing a 64 KiB container log that knows 10 secrets.
 
 Baseline: the old ``redact`` (one ``str.replace`` per raw value: no encoded forms, no cut
-fragments). Candidate: ``registry.secrets.Scrubber.scrub`` (every form of every value in one
+fragments). Candidate: ``registry.trust.secrets.Scrubber.scrub`` (every form of every value in one
 trie-shaped regex, then the fragments at both ends). Interleaved pairs on the same text;
 prints min/median/max of each and of the ratio, and the one-time costs of building the
 scrubber and of compiling its regex (done on the first scrub only). Target: a few
@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from registry.secrets import Scrubber  # noqa: E402
+from registry.trust.secrets import Scrubber
 
 
 def old_redact(text: str, values: set[str]) -> str:
-    """registry.deploy.engine.redact as it was: raw values only."""
+    """registry.engines.engine.redact as it was: raw values only."""
     for value in sorted(values, key=len, reverse=True):
         if value and value in text:
             text = text.replace(value, "***")

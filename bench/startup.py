@@ -37,8 +37,8 @@ def build(home: Path, n: int) -> None:
     from sqlalchemy import insert, select
 
     from registry import Registry, clock
-    from registry.store import schema as t
-    from registry.store import seals
+    from registry.store.sql import schema as t
+    from registry.store.sql import sealing
     from tests.helpers import ModelDir
 
     Registry.init(home)[0].close()
@@ -52,7 +52,7 @@ def build(home: Path, n: int) -> None:
             rows = [{**row, "version": f"v{i}", "message": f"bulk version {i}",
                      "created_at": clock.now()} for i in range(1, n)]
             for r in rows:  # sealed like a real push, or `show` refuses them as edited outside Cellar
-                r["mac"] = seals.seal_version(conn, {**r, "model": "support-bot"})
+                r["mac"] = sealing.seal_version(conn, {**r, "model": "support-bot"})
             conn.execute(insert(t.versions), rows)
             ids = conn.execute(select(t.versions.c.id).where(t.versions.c.id != start)).scalars().all()
             conn.execute(insert(t.version_files), [{**f, "version_id": vid} for vid in ids for f in files])

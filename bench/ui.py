@@ -29,8 +29,8 @@ def clone_versions(reg, count: int, batch: int = 2000) -> None:
     """``count`` copies of support-bot@v1.1's rows (same files), one minute apart, as v2.0.N."""
     from sqlalchemy import insert, select
 
-    from registry.store import schema as t
-    from registry.store import seals
+    from registry.store.sql import schema as t
+    from registry.store.sql import sealing
 
     with reg.store.read() as conn:
         row = conn.execute(select(t.versions).join(t.models).where(
@@ -43,14 +43,14 @@ def clone_versions(reg, count: int, batch: int = 2000) -> None:
             for i in range(start, min(count, start + batch)):
                 new = {**base, "version": f"v2.0.{i}", "created_at": row["created_at"] + timedelta(minutes=i + 1),
                        "message": f"bench copy {i}"}
-                new["mac"] = seals.seal_version(conn, {**new, "model": "support-bot"})  # as a push seals it
+                new["mac"] = sealing.seal_version(conn, {**new, "model": "support-bot"})  # as a push seals it
                 vid = conn.execute(insert(t.versions).values(**new)).inserted_primary_key[0]
                 conn.execute(insert(t.version_files), [{**dict(f), "version_id": vid} for f in files])
 
 
 def append_events(reg, count: int, batch: int = 10_000) -> None:
     """Push-like events, as bench/audit.py appends them (the real hash chain)."""
-    from registry.store import events
+    from registry.store.sql import events
 
     for start in range(0, count, batch):
         with reg.store.write() as conn:

@@ -5,7 +5,7 @@
 Builds SIZE of random blobs in a temp blob store (under /work by default, removed at the
 end), reads them once so they sit in the page cache, then times, interleaved per pair:
   baseline  one thread, hashlib.file_digest per blob (what BlobStore.verify does)
-  scan      registry.store.scan.scan (a thread per core, largest blob first)
+  scan      registry.store.files.scan.scan (a thread per core, largest blob first)
 and prints GB/s for each as min/median/max, and the ratio. Target: scan >= 1.5 GB/s.
 """
 
@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from registry.store import scan
-from registry.store.blobs import BlobStore
+from registry.store.files import scan
+from registry.store.files.blobs import BlobStore
 
 
 def build(store: BlobStore, total: int, blob: int) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The strict manifest loader (registry.safe_yaml) against PyYAML's CSafeLoader on a real manifest.
+"""The strict manifest loader (registry.formats.safe_yaml) against PyYAML's CSafeLoader on a real manifest.
 
 Prints min/median/max of the ratio strict/baseline over interleaved pairs, each timing 200 loads
 of examples/support-bot/v1.0/cellar.yaml. Usage: python bench/yaml_loader.py [pairs]
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from registry import safe_yaml
+from registry.formats import safe_yaml
 
 TEXT = (Path(__file__).parent.parent / "examples/support-bot/v1.0/cellar.yaml").read_text()
 BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -1,9 +1,10 @@
-"""Alembic environment: runs on the connection Cellar hands over, or on sqlalchemy.url."""
+"""Alembic environment: runs on the connection Cellar hands over, or on sqlalchemy.url.
+
+It imports nothing of Cellar (``registry.store.sql.migrate`` runs these files, so an import back
+would be a loop); tests/integration/test_schema.py compares the tables with the metadata."""
 
 from alembic import context
 from sqlalchemy import create_engine
-
-from registry.store.schema import metadata
 
 config = context.config
 
@@ -11,7 +12,6 @@ config = context.config
 def _run(connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )

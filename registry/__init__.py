@@ -15,23 +15,23 @@ from importlib import import_module
 
 _EXPORTS = {
     "registry.api": ["Registry"],
-    "registry.manifest": ["load_manifest", "manifest_from_flags", "Resolved"],
+    "registry.versions.manifest": ["load_manifest", "manifest_from_flags"],
     "registry.inputs": ["safe_for_terminal"],
-    "registry.secrets": ["scrub_for_display", "mask_url"],
-    "registry.signing": ["SealProblem"],
+    "registry.trust.secrets": ["scrub_for_display", "mask_url"],
+    "registry.trust.seals": ["SealProblem"],
     "registry.models": [
         "Manifest", "Runtime", "Probe", "VersionSummary", "VersionInfo", "LogEntry", "PushResult", "InitResult",
         "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",
-        "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance",
+        "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance", "Resolved",
     ],
     "registry.ledger": ["Release", "ReleaseStatus", "Operation"],
-    "registry.maintenance_models": [
+    "registry.models.upkeep": [
         "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",
         "Deprecation", "DeleteResult", "ProblemKind",
     ],
-    "registry.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
-    "registry.blame": ["BlameLine"],
-    "registry.diffing": ["Diff"],
+    "registry.trust.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
+    "registry.versions.blame": ["BlameLine"],
+    "registry.versions.diffing": ["Diff"],
     "registry.web": ["create_app", "serve_ui", "ui_listen", "UiListen"],
     "registry.errors": [
         "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",
@@ -39,13 +39,13 @@ _EXPORTS = {
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
         "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT",
     ],
-    "registry.probe_models": [
+    "registry.models.probes": [
         "ProbeRun", "ProbeResult", "ProbeStatus", "RunOutcome", "HealthReport", "VersionHealth", "ChangePoint",
         "WatchAction", "WatchSummary", "MetricsSnapshot", "DeployedInfo",
     ],
-    "registry.alerting": ["Webhook", "webhook_from_env"],
-    "registry.watching": ["StopFlag", "stop_on_signals"],
-    "registry.templating": ["TemplateRefused"],
+    "registry.health.alerting": ["Webhook", "webhook_from_env"],
+    "registry.health.watching": ["StopFlag", "stop_on_signals"],
+    "registry.probes.templating": ["TemplateRefused"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

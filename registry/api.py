@@ -14,28 +14,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry import actor as actor_mod
-from registry import audit, inputs, inspection, pushing, refs, signing
+from registry import inputs
+from registry.trust import audit, seals
+from registry.versions import inspection, pushing, refs
 from registry import home as home_mod
-from registry import manifest as manifest_mod
-from registry.audit import Checkpoint, Event, Verification
-from registry.blame import BlameLine
+from registry.versions import manifest as manifest_mod
+from registry.trust.audit import Checkpoint, Event, Verification
+from registry.versions.blame import BlameLine
 from registry.configuration import Configuration, EngineFactory
-from registry.deploy.engine import Engine
-from registry.deploy.http import Checks
-from registry.diffing import Diff
+from registry.engines.engine import Engine
+from registry.engines.http import Checks
+from registry.versions.diffing import Diff
 from registry.errors import InvalidInput, StorageError
 from registry.ledger import Release
 from registry.models import (DeployResult, Environment, EnvStatus, InitResult, LogEntry, PushResult, RecoverResult,
                              VersionInfo, VersionSummary)
-from registry.probe_models import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
-from registry.pushing import Progress
-from registry.store import events, seals, versions
-from registry.store.blobs import BlobStore
+from registry.models.probes import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
+from registry.versions.pushing import Progress
+from registry.store.sql import events, sealing, versions
+from registry.store.files.blobs import BlobStore
 from registry.store.sql import Store, masked_url
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
-    from registry.maintenance_models import (BackupResult, DeleteResult, Deprecation, ExportResult, GcResult,
-                                             ImportResult, RestoreResult, VerifyReport)
+    from registry.models.upkeep import (BackupResult, DeleteResult, Deprecation, ExportResult, GcResult, ImportResult, RestoreResult, VerifyReport)
 
 __all__ = ["Progress", "Registry"]
 
@@ -49,7 +50,7 @@ class Registry:
     >>> reg.push("examples/support-bot/v1.0/cellar.yaml")
 
     ``engine_factory`` (docker host -> ``Engine``) and ``checks`` replace Docker and HTTP, e.g.
-    with ``registry.deploy.fake.FakeEngine`` and its ``.checks`` in tests.
+    with ``registry.engines.fake.FakeEngine`` and its ``.checks`` in tests.
     """
 
     def __init__(self, home: home_mod.Home, store: Store, *, engine_factory: EngineFactory | None = None,
@@ -76,7 +77,7 @@ class Registry:
         home = home_mod.find(path)
         store = Store(home.db_url, source=home.db_source)
         store.check_schema()
-        store.key = signing.load_or_create_key(home.path, create=False)
+        store.key = seals.load_or_create_key(home.path, create=False)
         reg = cls(home, store, engine_factory=engine_factory, checks=checks)
         reg.blobs.sweep_tmp()
         return reg
@@ -86,7 +87,7 @@ class Registry:
              db_url: str | None = None) -> tuple[Registry, InitResult]:
         """Create (or bring up to date) a registry home. Idempotent. ``db_url`` (e.g. PostgreSQL)
         is remembered in the home's config file, without its password, for later commands."""
-        from registry.store import migrate  # alembic: only when the schema changes
+        from registry.store.sql import migrate
 
         home = home_mod.for_init(path, db_url=db_url)
         store = Store(home.db_url, source=home.db_source)  # a malformed URL is refused before any folder exists
@@ -106,7 +107,7 @@ class Registry:
     @classmethod
     def upgrade_schema(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[str | None, str]:
         """Migrate the database to the schema this program needs; return (before, after)."""
-        from registry.store import migrate
+        from registry.store.sql import migrate
 
         home = home_mod.find(path)
         store = Store(home.db_url, source=home.db_source)
@@ -220,45 +221,45 @@ class Registry:
         """Re-hash every blob on all cores, resolve every recorded reference, check snapshots,
         the audit chain and the database's own integrity; ``ok`` when nothing is damaged.
         ``progress(bytes, total)`` is called as blobs are hashed."""
-        from registry import maintenance
+        from registry.upkeep import operations
 
-        return maintenance.verify(self.config, progress=progress)
+        return operations.verify(self.config, progress=progress)
 
     def gc(self, *, dry_run: bool = False, actor: str | None = None, grace: timedelta | None = None) -> GcResult:
         """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
         files, snapshots no release needs, stopped containers beyond retention. The dry run
         returns the same set the real run removes."""
-        from registry import gc as gc_plan, maintenance
+        from registry.upkeep import gc as gc_plan, operations
 
-        return maintenance.gc(self.config, actor=actor_mod.resolve(actor), dry_run=dry_run,
+        return operations.gc(self.config, actor=actor_mod.resolve(actor), dry_run=dry_run,
                               grace=gc_plan.GRACE if grace is None else grace)
 
     def backup(self, dest: str | Path, *, actor: str | None = None) -> BackupResult:
         """A consistent online backup (database and blobs, MANIFEST.json last) into ``dest``;
         a second backup to the same place copies only new blobs."""
-        from registry import maintenance
+        from registry.upkeep import operations
 
-        return maintenance.backup(self.config, Path(dest), actor=actor_mod.resolve(actor))
+        return operations.backup(self.config, Path(dest), actor=actor_mod.resolve(actor))
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
                 engine_factory: EngineFactory | None = None, checks: Checks | None = None) -> RestoreResult:
         """Restore the backup in ``src`` into a new or empty home (``path``, else $REGISTRY_HOME
         or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it."""
-        from registry import maintenance
+        from registry.upkeep import operations
 
         home = home_mod.for_init(path)
-        result = maintenance.restore(Path(src), home=home.path, db_url=home.db_url)
+        result = operations.restore(Path(src), home=home.path, db_url=home.db_url)
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            maintenance.record_restore(reg.config, result, src=Path(src), actor=actor_mod.resolve(actor))
+            operations.record_restore(reg.config, result, src=Path(src), actor=actor_mod.resolve(actor))
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
                progress=None) -> ExportResult:
         """Write one version (and, ``with_image``, its pinned container image) to one tar file."""
-        from registry import transfer
+        from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
         return transfer.export(self.config, model, version, Path(out), actor=actor_mod.resolve(actor),
@@ -267,21 +268,21 @@ class Registry:
     def import_archive(self, path: str | Path, *, actor: str | None = None, progress=None) -> ImportResult:
         """Record the version in an export file after checking every member and digest; the
         same file again is a no-op."""
-        from registry import transfer
+        from registry.upkeep import transfer
 
         return transfer.import_archive(self.config, Path(path), actor=actor_mod.resolve(actor), progress=progress)
 
     def deprecate(self, ref: str, *, reason: str | None = None, actor: str | None = None) -> Deprecation:
         """Hide a version from ``versions()`` and refuse to promote it; diff, show and audit still work."""
-        from registry import maintenance
+        from registry.upkeep import operations
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return maintenance.deprecate(self.config, model, version, actor=actor_mod.resolve(actor), reason=reason)
+        return operations.deprecate(self.config, model, version, actor=actor_mod.resolve(actor), reason=reason)
 
     def deprecations(self, model: str | None = None) -> list[Deprecation]:
         """The deprecated versions (of ``model``)."""
-        from registry.store import maintenance as maintenance_store
+        from registry.store.sql import upkeep as maintenance_store
 
         with self.store.read() as conn:
             return maintenance_store.deprecations(conn, model)
@@ -289,11 +290,11 @@ class Registry:
     def delete(self, ref: str, *, force: bool = False, reason: str | None = None,
                actor: str | None = None) -> DeleteResult:
         """Remove a version no release ever named (``force`` required); ``gc`` then reclaims its blobs."""
-        from registry import maintenance
+        from registry.upkeep import operations
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return maintenance.delete(self.config, model, version, actor=actor_mod.resolve(actor), force=force,
+        return operations.delete(self.config, model, version, actor=actor_mod.resolve(actor), force=force,
                                   reason=reason)
 
     # --- environments, promote, rollback -------------------------------------------------
@@ -301,20 +302,20 @@ class Registry:
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
         protected, default, bind_addr, gate (promotes run the probe suite as a gate)."""
-        from registry.deploy.environments import AddEnv, new_env
+        from registry.deploy.env_actions import AddEnv, new_env
 
         return AddEnv(self.config, actor=actor_mod.resolve(actor)).run(new_env(name, port=port, **settings))
 
     def environments(self) -> list[Environment]:
         """All environments, by name."""
-        from registry.store import environments
+        from registry.store.sql import environments
 
         with self.store.read() as conn:
             return environments.all_(conn)
 
     def environment(self, name: str | None = None) -> Environment:
         """One environment (the default one when ``name`` is None)."""
-        from registry.store import environments
+        from registry.store.sql import environments
 
         with self.store.read() as conn:
             return environments.find(conn, name)
@@ -322,7 +323,7 @@ class Registry:
     def remove_env(self, name: str, *, reason: str | None = None, force: bool = False,
                    actor: str | None = None) -> Environment:
         """Forget an environment (its history stays); ``force`` when something is deployed."""
-        from registry.deploy.environments import RemoveEnv
+        from registry.deploy.env_actions import RemoveEnv
 
         inputs.check_reason(reason)
         return RemoveEnv(self.config, actor=actor_mod.resolve(actor)).run(name, reason=reason, force=force)
@@ -354,19 +355,19 @@ class Registry:
     def history(self, env: str | None = None, *, limit: int | None = None) -> list[Release]:
         """The release ledger, oldest revision first: one environment's, or all of them; the
         newest ``limit`` releases only when given."""
-        from registry.deploy.environments import history
+        from registry.deploy.env_actions import history
 
         return history(self.config, env, limit=limit)
 
     def count_releases(self, env: str | None = None) -> int:
         """How many releases there are (in ``env``, or in all)."""
-        from registry.deploy.environments import count_history
+        from registry.deploy.env_actions import count_history
 
         return count_history(self.config, env)
 
     def status(self) -> list[EnvStatus]:
         """Each environment: what is deployed, its container's state and health, pending work."""
-        from registry.deploy.environments import Status
+        from registry.deploy.env_actions import Status
 
         return Status(self.config, actor="status").run()
 
@@ -386,7 +387,8 @@ class Registry:
         run (env, model, version, revision, time, actor). Nothing deployed, no container or the
         engine down give ``error`` results, not an exception; ``csv`` appends one row per result
         (header when the file is new). OperationInProgress while a promote or rollback runs."""
-        from registry import monitoring, probing
+        from registry.health import monitoring
+        from registry.probes import probing
 
         action = monitoring.ProbeEnv(self.config, actor=actor_mod.resolve(actor))
         if timeout_s is not None:
@@ -400,7 +402,7 @@ class Registry:
                    limit: int | None = None) -> list[ProbeRun]:
         """Stored probe runs, oldest first (``since``: a datetime, ISO date or age like ``7d``;
         ``limit``: the newest N)."""
-        from registry.store import probes
+        from registry.store.sql import probes
 
         with self.store.read() as conn:
             return probes.runs(conn, env, _since(since), limit=limit)
@@ -411,7 +413,7 @@ class Registry:
         point: the release after which latency or pass rate moved, with its actor, reason and a
         one-line summary of its diff from the version before. ``runs``: the window's runs when
         already read with ``probe_runs`` (they are not read again)."""
-        from registry import monitoring
+        from registry.health import monitoring
 
         return monitoring.health(self.config, env, since=_since(since), runs=runs)
 
@@ -426,7 +428,7 @@ class Registry:
         "automatic: N consecutive failing probe runs"; a failing target alerts "degraded" once and
         the watch stops acting. Error runs alert, never roll back; a held lock skips a run. Ends
         after ``max_runs`` or when ``should_stop()`` (e.g. a ``StopFlag`` set by SIGTERM)."""
-        from registry import monitoring
+        from registry.health import monitoring
 
         if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
             raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
@@ -436,20 +438,20 @@ class Registry:
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """What the metrics page shows now, read from the database (so cron's runs count too)."""
-        from registry import monitoring
+        from registry.health import monitoring
 
         return monitoring.metrics_snapshot(self.config)
 
     def metrics_text(self) -> str:
         """The Prometheus page as a scrape would see it."""
-        from registry import metrics
+        from registry.health import metrics
 
         return metrics.render(self.metrics_snapshot)
 
     def serve_metrics(self, listen: str):
         """Serve the Prometheus page on ``HOST:PORT`` in a daemon thread, read from the database
         on every scrape; returns (server, thread)."""
-        from registry import metrics
+        from registry.health import metrics
 
         return metrics.serve(self.metrics_snapshot, listen)
 
@@ -459,15 +461,15 @@ def _since(since: str | datetime | None) -> datetime | None:
 
 
 def _log_alert(text: str) -> None:
-    logging.getLogger("registry.watching").warning("alert: %s", text)
+    logging.getLogger("registry.health.watching").warning("alert: %s", text)
 
 
 def _seal(store: Store, home: home_mod.Home) -> None:
     """Load (or create) the signing key and seal what has no seal yet: a record written before
-    seals existed is trusted once, here (registry.signing)."""
-    store.key = signing.load_or_create_key(home.path, create=True)
+    seals existed is trusted once, here (registry.trust.seals)."""
+    store.key = seals.load_or_create_key(home.path, create=True)
     with store.write() as conn:
-        seals.seal_unsealed(conn)
+        sealing.seal_unsealed(conn)
 
 
 def _create_folders(home: home_mod.Home) -> None:

@@ -11,13 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.deploy.engine import Engine
-from registry.deploy.http import Checks, HttpChecks
+from registry.engines.engine import Engine
+from registry.engines.http import Checks, HttpChecks
 from registry.home import Home
-from registry.store import events
-from registry.store.blobs import BlobStore
+from registry.store.sql import events
+from registry.store.files.blobs import BlobStore
 from registry.store.sql import Store
-from registry.store.statcache import StatCache
+from registry.store.files.statcache import StatCache
 
 # docker host URL (None: $DOCKER_HOST or the local socket) -> an engine connected to it
 EngineFactory = Callable[[str | None], Engine]
@@ -25,7 +25,7 @@ EngineFactory = Callable[[str | None], Engine]
 
 def docker_engine(docker_host: str | None) -> Engine:
     """The real engine; docker-py is imported only when a command needs Docker."""
-    from registry.deploy.docker import DockerEngine
+    from registry.engines.docker import DockerEngine
 
     return DockerEngine(docker_host)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import InvalidInput, NotInitialised
-from registry.store.urls import sqlite_file, without_password
+from registry.store.sql.urls import sqlite_file, without_password
 
 HOME_DIR = ".cellar"
 CONFIG_NAME = "config.json"  # JSON, not TOML: tomllib costs ~19 ms of start-up on every command

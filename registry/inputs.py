@@ -4,7 +4,7 @@ PostgreSQL enforces ``VARCHAR(n)`` and refuses NUL in text; SQLite does neither.
 here, before anything is written, makes both backends refuse the same input with the same
 one-line message naming the field, instead of PostgreSQL alone failing with "value too long".
 
-The limits follow the columns in ``registry.store.schema``; free-text columns (``Text``) get
+The limits follow the columns in ``registry.store.sql.schema``; free-text columns (``Text``) get
 a limit that keeps tables and the audit log readable.
 
 Every check raises ``InvalidInput`` (or returns the value unchanged); the ``*_error`` variants

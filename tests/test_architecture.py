@@ -1,6 +1,7 @@
-"""The shape the code promises (README, Architecture): SQL only behind registry/store/, no
-import cycle anywhere (imports inside functions included), and a CLI that imports only the
-public ``registry`` package and its own modules."""
+"""The shape the code promises (README, Architecture): SQL only behind registry/store/sql/, no
+import cycle between files nor between packages (imports inside functions included), at most
+20 modules at registry/'s top level, and a CLI that imports only the public ``registry`` package
+and its own modules."""
 
 from __future__ import annotations
 
@@ -36,18 +37,38 @@ def _imports(path: Path, module: str) -> set[str]:
 
 REGISTRY = _modules("registry")
 CLI = _modules("cli")
+MIGRATIONS = _modules("migrations")
+TOP_LEVEL_LIMIT = 20
 
 
-def test_only_the_store_and_migrations_import_sqlalchemy():
-    offenders = [name for name, path in {**REGISTRY, **CLI}.items()
-                 if not name.startswith("registry.store")
-                 and any(i == "sqlalchemy" or i.startswith("sqlalchemy.") for i in _imports(path, name))]
-    assert offenders == []
+def _targets(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """The known modules ``name`` imports, where ``from registry import clock`` is an edge to
+    ``registry.clock`` alone: the package ``registry`` is only passed through."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            subs = {f"{base}.{alias.name}" for alias in node.names} & known.keys()
+            found.update(subs if len(subs) == len(node.names) else subs | {base})
+    return (found & known.keys()) - {name}
 
 
-def test_no_import_cycles():
-    graph = {name: {i for i in _imports(path, name) if i in REGISTRY and i != name}
-             for name, path in REGISTRY.items()}
+def _node(module: str) -> str:
+    """The node a module belongs to: each folder is one node (cli, migrations, registry/deploy,
+    registry/store/sql, ...), and each module at registry's top level is one of its own."""
+    path = {**REGISTRY, **CLI, **MIGRATIONS}[module]
+    if path.parent == ROOT / "registry" and path.name != "__init__.py":
+        return module
+    return ".".join(path.parent.relative_to(ROOT).parts)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}
     cycles = []
 
@@ -63,7 +84,36 @@ def test_no_import_cycles():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
-    assert cycles == []
+    return cycles
+
+
+def test_only_the_store_and_migrations_import_sqlalchemy():
+    offenders = [name for name, path in {**REGISTRY, **CLI}.items()
+                 if not name.startswith("registry.store.sql")
+                 and any(i == "sqlalchemy" or i.startswith("sqlalchemy.") for i in _imports(path, name))]
+    assert offenders == []
+
+
+def test_no_import_cycles():
+    graph = {name: {i for i in _imports(path, name) if i in REGISTRY and i != name}
+             for name, path in REGISTRY.items()}
+    assert _cycles(graph) == []
+
+
+def test_no_loops_between_packages():
+    known = {**REGISTRY, **CLI, **MIGRATIONS}
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        edges = graph.setdefault(_node(name), set())
+        edges.update(_node(i) for i in _targets(path, name, known))
+    for node, edges in graph.items():
+        edges.discard(node)
+    assert _cycles(graph) == []
+
+
+def test_the_top_level_keeps_only_the_core():
+    top = sorted(p.name for p in (ROOT / "registry").glob("*.py"))
+    assert len(top) <= TOP_LEVEL_LIMIT, top
 
 
 def test_the_cli_imports_only_the_public_registry_package():

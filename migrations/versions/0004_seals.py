@@ -1,6 +1,6 @@
 """Seals: an HMAC ``mac`` on events, versions, releases and environments, and the signed head.
 
-The key lives in a file outside the database (registry.signing); rows written before this
+The key lives in a file outside the database (registry.trust.seals); rows written before this
 revision have no seal (NULL) until ``registry init`` seals the existing record once.
 
 Revision ID: 0004

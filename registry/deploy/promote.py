@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from registry import clock, ledger, monitoring
+from registry import clock, ledger
 from registry.deploy.switching import Switching
 from registry.faults import crashpoint
 from registry.ledger import Release
+from registry.errors import StepFailed
 from registry.models import DeployResult
-from registry.store import maintenance
+from registry.probes import probing, suites
+from registry.store.sql import upkeep
 
 
 class Promote(Switching):
@@ -19,7 +21,7 @@ class Promote(Switching):
             allow_retag: bool = False, gate: bool | None = None) -> DeployResult:
         """``gate``: run the version's probes after warm-up (None: the environment's setting)."""
         with self.cfg.store.read() as conn:
-            maintenance.refuse_deprecated(conn, model, version)  # deprecated: diffable, not deployable
+            upkeep.refuse_deprecated(conn, model, version)  # deprecated: diffable, not deployable
         env = self.open_env(env_name, reason=reason)
         self.gate = env.gate if gate is None else gate
         with self.deciding(target=version):
@@ -32,5 +34,13 @@ class Promote(Switching):
                            make_container=lambda plan: (self.create_container(plan.pending, ready), True))
 
     def probe_gate(self, release: Release) -> None:
-        """The suite of the release being promoted, stored; StepFailed unless every probe passes."""
-        monitoring.gate(self, release)
+        """``promote --gate``: the suite of ``release`` (still pending) against the environment's
+        port; the run is stored whatever its outcome, then StepFailed unless every probe passed,
+        which takes the promote's failure path (old container back, exit 4)."""
+        suite = suites.suite_of(self.cfg, release.model, release.version, env_name=self.env.name)
+        results = probing.run_suite(self.base_url, suite.probes, render=suite.render)
+        run = suites.record(self.cfg, probing.new_run(results, env=self.env.name, model=release.model,
+                                                      version=release.version, revision=release.revision,
+                                                      actor=self.actor))
+        if not run.ok:
+            raise StepFailed(f"probe gate: {suites.failures(run)}")

@@ -13,13 +13,13 @@ recreated from its version (same revision, same labels).
 from __future__ import annotations
 
 from registry import clock, ledger
-from registry.deploy import locks as lock_rules
+from registry.deploy import ownership
 from registry.deploy.action import Action
-from registry.deploy.engine import ContainerInfo
+from registry.engines.engine import ContainerInfo
 from registry.errors import CellarError, StepFailed
 from registry.ledger import Plan, Release, Settlement, Target
 from registry.models import Environment, Lock, RecoverAction, RecoverResult
-from registry.store import environments, events, locks, releases
+from registry.store.sql import environments, events, locks, releases
 
 INTERRUPTED = "interrupted: the process running it died; reverted by `registry recover`"
 
@@ -46,11 +46,11 @@ class Recover(Action):
         self.use_env(env)
         with self.cfg.store.write() as conn:
             held = locks.get(conn, env.name)
-            if held and not force and not lock_rules.holder_gone(held):
-                return [RecoverAction(env=env.name, action="skipped", detail=lock_rules.busy_message(held))]
+            if held and not force and not ownership.holder_gone(held):
+                return [RecoverAction(env=env.name, action="skipped", detail=ownership.busy_message(held))]
             if held:
                 locks.drop(conn, held)  # raises if it changed hands since it was read
-            self.lock = lock_rules.new_lock(env.name, operation="recover", target=env.name, actor=self.actor)
+            self.lock = ownership.new_lock(env.name, operation="recover", target=env.name, actor=self.actor)
             locks.take(conn, self.lock)
             rows = releases.ledger(conn, env.name)
         try:

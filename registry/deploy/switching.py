@@ -12,15 +12,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from registry import clock, ledger
-from registry.deploy import locks as lock_rules
+from registry.deploy import ownership
 from registry.deploy.action import Action
 from registry.deploy.recover import Recover
 from registry.errors import CellarError, EngineError, HealthGateFailed, Interrupted, OperationInProgress, StepFailed
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release
 from registry.models import DeployResult, FailedDeploy, Runtime
-from registry.secrets import cut
-from registry.store import events, locks, releases
+from registry.trust.secrets import cut
+from registry.store.sql import events, locks, releases
 
 ERROR_LIMIT = 2000  # characters of an error kept on the release row and its event
 MakePlan = Callable[[list[Release]], Plan]  # the ledger as it is under the lock -> the plan
@@ -54,14 +54,14 @@ class Switching(Action):
             with self.cfg.store.write() as conn:
                 held = locks.get(conn, env.name)
                 if held is None:
-                    self.lock = lock_rules.new_lock(env.name, operation=self.operation, target=target,
+                    self.lock = ownership.new_lock(env.name, operation=self.operation, target=target,
                                                     actor=self.actor)
                     locks.take(conn, self.lock)
                     return
-            if not lock_rules.holder_gone(held):
-                raise OperationInProgress(lock_rules.busy_message(held))
+            if not ownership.holder_gone(held):
+                raise OperationInProgress(ownership.busy_message(held))
             Recover(self.cfg, actor=self.actor).reconcile(env)
-        raise OperationInProgress(lock_rules.busy_message(held))
+        raise OperationInProgress(ownership.busy_message(held))
 
     def open_revision(self, make_plan: MakePlan) -> Plan:
         """Append the pending revision, planned from the ledger as it is now (under our lock)."""

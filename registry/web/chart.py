@@ -230,7 +230,7 @@ def _when(at: datetime) -> str:
 
 
 def _percentile(values: list[float], q: float) -> float | None:
-    # nearest rank, as registry.healthreport computes it, so the chart and `registry health` agree
+    # nearest rank, as registry.health.report computes it, so the chart and `registry health` agree
     if not values:
         return None
     return values[max(1, math.ceil(q / 100 * len(values))) - 1]

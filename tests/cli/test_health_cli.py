@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from registry import Registry
-from registry.healthreport import diff_summary
-from registry.monitoring import failures
-from registry.probe_models import ProbeResult, ProbeRun
+from registry.health.report import diff_summary
+from registry.health.monitoring import failures
+from registry.models.probes import ProbeResult, ProbeRun
 from tests import helpers
 
 

@@ -105,7 +105,7 @@ def test_audit_since_accepts_weeks(two_versions):
 def _deploy_events(home):
     """A failed promote and its automatic rollback, with the detail deploy records for them."""
     from registry.api import Registry
-    from registry.store import events
+    from registry.store.sql import events
 
     with Registry.open(home) as reg, reg.store.write() as conn:
         for action, detail in (("promote", {"status": "failed", "error": "health check timed out\nlast: 503"}),

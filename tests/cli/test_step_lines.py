@@ -11,7 +11,7 @@ from rich.console import Console
 
 from cli.output import StepLines
 from registry import Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 
 IMAGE = "example:latest"
 RUNTIME = {"port": 8080, "health": {"path": "/health", "timeout_s": 7},

@@ -8,8 +8,9 @@ import json
 import pytest
 from sqlalchemy import insert, select, text
 
-from registry import InvalidInput, audit
-from registry.store import schema as t
+from registry import InvalidInput
+from registry.trust import audit
+from registry.store.sql import schema as t
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_a_truncated_tail_is_caught_against_a_checkpoint(pushed, model_dir):
     cp = pushed.audit_checkpoint()
     assert cp.count == 7
     sql(pushed, "DELETE FROM events WHERE id >= 6")
-    # the chain alone cannot see a cut tail; the signed head (registry.signing) can
+    # the chain alone cannot see a cut tail; the signed head (registry.trust.seals) can
     cut = pushed.verify_audit()
     assert cut.problem is None and [(p.kind, p.object) for p in cut.seals] == [("truncated", "event:6")]
     problem = broken(pushed, checkpoint=str(cp))
@@ -157,7 +158,7 @@ def test_the_prompt_filter_reads_an_index_that_verify_checks(pushed):
 
 
 def test_migration_0007_indexes_the_events_already_written(pushed):
-    from registry.store import migrate
+    from registry.store.sql import migrate
 
     migrate.downgrade(pushed.store, "0006")
     migrate.upgrade(pushed.store)

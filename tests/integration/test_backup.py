@@ -13,8 +13,9 @@ from sqlalchemy import text
 
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput
-from registry.store import backup, scan
-from registry.store.sql import Store
+from registry.upkeep import backup
+from registry.store.files import scan
+from registry.store.sql import Store, dump
 from tests import helpers
 from tests.conftest import database_like
 
@@ -150,8 +151,8 @@ def test_sqlite_backup_is_one_self_contained_file(reg, model_dir, tmp_path, db_u
     _push(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
-    assert sorted(p.name for p in dest.iterdir()) == [backup.MANIFEST, "blobs", backup.SQLITE_FILE]
-    conn = sqlite3.connect(dest / backup.SQLITE_FILE)
+    assert sorted(p.name for p in dest.iterdir()) == [backup.MANIFEST, "blobs", dump.SQLITE_FILE]
+    conn = sqlite3.connect(dest / dump.SQLITE_FILE)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     conn.close()
 

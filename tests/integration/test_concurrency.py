@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from registry import audit
+from registry.trust import audit
 from registry.api import Registry
-from registry.store import schema as t
+from registry.store.sql import schema as t
 from tests import helpers
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))

@@ -17,10 +17,10 @@ import docker
 import pytest
 from sqlalchemy import func, select
 
-from registry.store import events
-from registry.deploy.engine import container_name
+from registry.store.sql import events
+from registry.engines.engine import container_name
 from registry.errors import HealthGateFailed
-from registry.store import schema as t
+from registry.store.sql import schema as t
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.docker
@@ -234,7 +234,7 @@ def test_retention_removes_old_stopped_containers_only(docker_env):
 
 
 def test_close_closes_the_engines_of_environments_on_their_own_hosts(docker_env, monkeypatch):
-    from registry.deploy.docker import DockerEngine, describe_host
+    from registry.engines.docker import DockerEngine, describe_host
 
     reg, _ = docker_env
     other = reg.add_env("t" + os.urandom(4).hex(), port=free_port(), docker_host=describe_host())
@@ -287,7 +287,7 @@ def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env, docker_im
 
 
 def test_engine_errors_name_the_url_its_source_and_the_cause_in_a_few_words(tmp_path, monkeypatch):
-    from registry.deploy.docker import DockerEngine
+    from registry.engines.docker import DockerEngine
     from registry.errors import EngineError
 
     dead = f"unix://{tmp_path}/no-dockerd.sock"

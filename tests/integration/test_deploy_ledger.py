@@ -11,13 +11,13 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.api import Registry
-from registry.deploy import locks as lock_rules
-from registry.deploy.engine import container_name
-from registry.deploy.fake import FakeEngine
+from registry.deploy import ownership
+from registry.engines.engine import container_name
+from registry.engines.fake import FakeEngine
 from registry.errors import (CellarError, CorruptBlob, HealthGateFailed, ImageMoved, InvalidInput, NotFound,
                              OperationInProgress)
-from registry.store import events, locks, releases
-from registry.store import schema as t
+from registry.store.sql import events, locks, releases
+from registry.store.sql import schema as t
 
 IMAGE = "example:latest"
 
@@ -170,7 +170,7 @@ def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
 
 def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
     with reg.store.write() as conn:
-        lock = lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+        lock = ownership.new_lock("staging", operation="promote", target="v1.4", actor="alice")
         locks.take(conn, lock)
     with pytest.raises(OperationInProgress, match=r"another operation \(promote v1.4 by alice, \d+ s ago\)"):
         reg.promote("v1.0")
@@ -179,7 +179,7 @@ def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
 
 def test_a_dead_holder_is_recovered_automatically(versions, fake, reg):
     reg.promote("v1.0")
-    dead = lock_rules.new_lock("staging", operation="promote", target="v1.1", actor="bob").model_copy(
+    dead = ownership.new_lock("staging", operation="promote", target="v1.1", actor="bob").model_copy(
         update={"pid": 2**22 + 12345})
     with reg.store.write() as conn:
         locks.take(conn, dead)
@@ -263,7 +263,7 @@ def test_removing_an_environment_with_a_deployment_needs_force(versions, fake, r
 def test_status_shows_deployed_container_health_and_pending_work(versions, fake, reg):
     reg.promote("v1.0")
     with reg.store.write() as conn:
-        locks.take(conn, lock_rules.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
+        locks.take(conn, ownership.new_lock("staging", operation="rollback", target="v0.9", actor="eve"))
     (state,) = reg.status()
     assert state.deployed.version == "v1.0" and state.container_state == "running" and state.healthy
     assert state.pending.actor == "eve" and state.pending.operation == "rollback"
@@ -312,7 +312,7 @@ def test_concurrent_promotes_exactly_one_wins(versions, fake, home):
 
 def test_recover_leaves_a_live_holder_alone_unless_forced(versions, reg):
     with reg.store.write() as conn:
-        locks.take(conn, lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+        locks.take(conn, ownership.new_lock("staging", operation="promote", target="v1.4", actor="alice")
                           .model_copy(update={"host": "another-host"}))
     assert [a.action for a in reg.recover().actions] == ["skipped"]
     assert [a.action for a in reg.recover(force=True).actions] == ["unlocked"]
@@ -331,7 +331,7 @@ def test_env_settings_are_validated(reg, fake):
 def test_recover_holds_the_lock_while_it_works(versions, fake, reg):
     reg.promote("v1.0")
     with reg.store.write() as conn:
-        locks.take(conn, lock_rules.new_lock("staging", operation="promote", target="v1.1", actor="bob")
+        locks.take(conn, ownership.new_lock("staging", operation="promote", target="v1.1", actor="bob")
                           .model_copy(update={"pid": 2**22 + 777}))
     seen = locks_seen_by_find(reg, fake, "staging")
     reg.recover()
@@ -378,7 +378,7 @@ def test_failed_restore_message_is_scrubbed(versions, fake, reg):
 
 
 def test_container_logs_are_scrubbed_where_they_leave_the_engine(versions, fake, reg):
-    from registry.deploy.engine import ContainerInfo
+    from registry.engines.engine import ContainerInfo
 
     class Exited(FakeEngine):
         def inspect(self, cid):
@@ -516,7 +516,7 @@ def test_env_remove_holds_the_lock_and_refuses_a_pending_row(versions, fake, reg
 
 
 def test_drop_lock_refuses_a_lock_that_changed_hands(reg):
-    mine = lock_rules.new_lock("staging", operation="promote", target="v1.0", actor="alice")
+    mine = ownership.new_lock("staging", operation="promote", target="v1.0", actor="alice")
     with reg.store.write() as conn:
         locks.take(conn, mine.model_copy(update={"operation": "recover", "actor": "bob"}))
     with pytest.raises(OperationInProgress, match="taken over"), reg.store.write() as conn:
@@ -623,9 +623,9 @@ def test_a_failed_health_gate_carries_the_rows_it_recorded(versions, fake, reg):
 
 
 def test_lock_held_message_names_the_command_for_each_case(versions, reg):
-    from registry.deploy.locks import busy_message
+    from registry.deploy.ownership import busy_message
 
-    mine = lock_rules.new_lock("staging", operation="promote", target="v1.4", actor="alice")
+    mine = ownership.new_lock("staging", operation="promote", target="v1.4", actor="alice")
     alive = busy_message(mine)
     assert f"kill {mine.pid}" in alive and "`registry recover --env staging`" in alive and "--force" not in alive
     dead = busy_message(mine.model_copy(update={"pid": 2**22 + 777}))

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from registry.api import Registry
 from registry.errors import NotFound
-from registry.store import schema as t
+from registry.store.sql import schema as t
 from tests import helpers
 
 
@@ -82,7 +82,7 @@ def test_diff_against_an_unpushed_manifest_stores_nothing(reg, model_dir):
 
 def test_diff_an_environment_against_an_unpushed_manifest(reg, model_dir, monkeypatch):
     """An environment name stands for the version it runs (here on the in-library fake engine)."""
-    from registry.deploy.fake import FakeEngine
+    from registry.engines.fake import FakeEngine
 
     engine = FakeEngine(images={"example:latest": "sha256:" + "ab" * 32})
     reg = Registry.open(reg.home.path, engine_factory=lambda host: engine, checks=engine.checks)

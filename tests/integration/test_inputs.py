@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from registry.store import urls
+from registry.store.sql import urls
 from registry import home as home_mod
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput, ManifestError, NotInitialised

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from registry.api import Registry
-from registry.deploy import locks as lock_rules
+from registry.deploy import ownership
 from registry.errors import HealthGateFailed
-from registry.store import locks
+from registry.store.sql import locks
 from tests.integration.conftest import _docker_client, free_port
 from tests.listener import Listener
 
@@ -296,7 +296,7 @@ def test_a_held_lock_skips_the_run(deployed):
     reg, env = deployed
     reg.promote("v1.0")
     with reg.store.write() as conn:
-        locks.take(conn, lock_rules.new_lock(env, operation="promote", target="v1.1", actor="someone"))
+        locks.take(conn, ownership.new_lock(env, operation="promote", target="v1.1", actor="someone"))
     summary = reg.watch(every_s=0, max_runs=2, notify=lambda text: None)
     assert (summary.runs, summary.skipped) == (0, 2) and reg.probe_runs(env) == []
 

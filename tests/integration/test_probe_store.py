@@ -1,12 +1,12 @@
-"""Migration 0003 and registry.store.probes on SQLite and PostgreSQL."""
+"""Migration 0003 and registry.store.sql.probes on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 
-from registry.probe_models import ProbeResult, ProbeRun
-from registry.store import migrate, probes
+from registry.models.probes import ProbeResult, ProbeRun
+from registry.store.sql import migrate, probes
 from registry.store.sql import Store
 
 NEW = {"probe_runs", "probe_results"}

@@ -12,12 +12,12 @@ import urllib.request
 
 import pytest
 
-from registry import alerting
+from registry.health import alerting
 from registry.models import Probe
-from registry.probe_models import ProbeStatus
-from registry.probing import new_run, run_suite
-from registry.templating import renderer
-from registry.watching import Watcher, WatchPolicy
+from registry.models.probes import ProbeStatus
+from registry.probes.probing import new_run, run_suite
+from registry.probes.templating import renderer
+from registry.health.watching import Watcher, WatchPolicy
 from tests.integration.conftest import _docker_client, free_port
 from tests.listener import Listener
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry import pushing
+from registry.versions import pushing
 from registry.errors import InvalidInput, NotFound, VersionConflict
-from registry.store import schema as t
+from registry.store.sql import schema as t
 from tests import helpers
 
 
@@ -32,7 +32,7 @@ def test_push_records_version_blobs_and_tensors(reg, model_dir):
     assert sorted(names) == sorted(helpers.tensors())
     bias = next(x for x in weight.tensors if x.name == "layer0.bias")
     assert bias.dtype == "F32" and bias.shape == [8]
-    # tensors: BLAKE3, computed in the same read as the blob's SHA-256 (registry.tensor_digests)
+    # tensors: BLAKE3, computed in the same read as the blob's SHA-256 (registry.formats.tensor_digests)
     assert bias.digest == "blake3:" + blake3.blake3(helpers.tensors()["layer0.bias"].tobytes()).hexdigest()
     blob = reg.blobs.path(weight.digest)
     assert blob.read_bytes() == data
@@ -155,7 +155,7 @@ def test_an_unknown_model_is_named_as_such(reg, model_dir):
 
 
 def test_push_without_manifest(reg, model_dir, monkeypatch):
-    from registry import manifest
+    from registry.versions import manifest
 
     monkeypatch.chdir(model_dir.root)
     resolved = manifest.from_flags(model="flags", version="v2", message="from flags",

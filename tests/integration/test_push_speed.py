@@ -11,11 +11,12 @@ import pytest
 
 from sqlalchemy import event
 
-from registry import pushing
+from registry.versions import pushing
 from registry.api import Registry
 from registry.errors import ManifestError, VersionConflict
-from registry.store import blobs as blobs_mod
-from registry.store import sql, streams
+from registry.store.files import blobs as blobs_mod
+from registry.store import sql
+from registry.store.files import streams
 from tests import helpers
 from tests.conftest import database_like
 

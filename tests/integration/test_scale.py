@@ -11,10 +11,11 @@ from sqlalchemy import insert
 from typer.testing import CliRunner
 
 from cli.main import app
-from registry import canonical, clock
+from registry import clock
+from registry.formats import canonical
 from registry.api import Registry
-from registry.store import schema as t
-from registry.store import seals
+from registry.store.sql import schema as t
+from registry.store.sql import sealing
 
 N = 70_000
 
@@ -33,7 +34,7 @@ def big(home, db_url):
             row = dict(version=f"v{i}", manifest_digest=canonical.digest(record), manifest=manifest,
                        message=f"release {i}", actor="bulk", created_at=start + timedelta(seconds=i),
                        provenance=None)
-            rows.append({**row, "model_id": model_id, "mac": seals.seal_version(conn, {**row, "model": "bot"})})
+            rows.append({**row, "model_id": model_id, "mac": sealing.seal_version(conn, {**row, "model": "bot"})})
         conn.execute(insert(t.versions), rows)
     return home
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from registry.api import Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 from registry.errors import HealthGateFailed
 
 IMAGE = "example:latest"
@@ -108,9 +108,9 @@ def test_a_real_health_answer_is_scrubbed_before_it_is_cut(keep):
     import http.server
     import threading
 
-    from registry.deploy.http import HttpChecks
+    from registry.engines.http import HttpChecks
     from registry.errors import StepFailed
-    from registry.secrets import Scrubber
+    from registry.trust.secrets import Scrubber
 
     body = ("x" * (200 - keep) + SECRET + " and more").encode()
 

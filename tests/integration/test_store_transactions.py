@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from registry import clock
-from registry.store import schema as t
+from registry.store.sql import schema as t
 from registry.store.sql import Store, queue, run_all
 
 

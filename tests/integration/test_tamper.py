@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from registry import audit, canonical
+from registry.trust import audit
+from registry.formats import canonical
 from registry.api import Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 from registry.errors import AuditBroken
-from registry.store import schema as t
+from registry.store.sql import schema as t
 
 IMAGE = "example:latest"
 

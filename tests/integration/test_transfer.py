@@ -9,9 +9,9 @@ import tarfile
 
 import pytest
 
-from registry import archive
+from registry.upkeep import archive
 from registry.api import Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 from registry.errors import InvalidInput, VersionConflict
 from tests.conftest import database_like
 from tests.unit.test_archive import _info, _many, _rebuild

@@ -13,7 +13,7 @@ from registry import clock, ledger
 from registry.api import Registry
 from registry.errors import InvalidInput, NotFound
 from registry.ledger import Operation, Release, ReleaseStatus
-from registry.store import releases
+from registry.store.sql import releases
 
 WINDOW = 4
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from registry import alerting
+from registry.health import alerting
 from registry.errors import InvalidInput
 from tests.listener import Listener
 

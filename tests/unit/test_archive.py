@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from registry import archive, canonical
+from registry.upkeep import archive
+from registry.formats import canonical
 from registry.errors import CorruptBlob, InvalidInput
-from registry.store.blobs import BlobStore
+from registry.store.files.blobs import BlobStore
 
 
 @pytest.fixture
@@ -229,8 +230,8 @@ def test_index_declaring_hundred_thousand_members(good, dest, tmp_path):
 
 
 def test_safetensors_tensors_are_hashed_while_extracting(store, dest, tmp_path):
-    from registry.safetensors_index import read_index
-    from registry.store.blobs import hash_file
+    from registry.formats.safetensors_index import read_index
+    from registry.store.files.blobs import hash_file
     from tests import helpers
 
     src = _version(store, tmp_path)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
-from registry.safetensors_index import read_index
-from registry.store import blobs as blobs_mod
-from registry.store import streams
-from registry.store.blobs import BlobStore, hash_file
+from registry.formats.safetensors_index import read_index
+from registry.store.files import blobs as blobs_mod
+from registry.store.files import streams
+from registry.store.files.blobs import BlobStore, hash_file
 from tests import helpers
 
 

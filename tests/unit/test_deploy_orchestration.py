@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from registry import HealthGateFailed, Interrupted, Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 
 IMAGE = "example:latest"
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from registry import audit, blame, diffing
+from registry.trust import audit
+from registry.versions import blame, diffing
 from registry.errors import InvalidInput, NotFound
 from registry.models import ImageRef, PromptFile, Runtime, Tensor, VersionInfo, WeightFile
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from registry.healthreport import Thresholds, build, percentile, sparkline
+from registry.health.report import Thresholds, build, percentile, sparkline
 from registry.ledger import Operation, Release, ReleaseStatus
-from registry.probe_models import ProbeResult, ProbeRun
+from registry.models.probes import ProbeResult, ProbeRun
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from registry.store import urls
+from registry.store.sql import urls
 from registry import home as home_mod
 from registry.errors import InvalidInput, NotInitialised
 

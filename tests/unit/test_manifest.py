@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from registry import manifest
+from registry.versions import manifest
 from registry.errors import ManifestError
 from tests import helpers
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry import manifest, safe_yaml
+from registry.versions import manifest
+from registry.formats import safe_yaml
 from registry.errors import ManifestError
 from registry.models import Runtime
 from tests import helpers
@@ -40,7 +41,7 @@ def manifest_with_warmup_bomb() -> str:
 
 def load_limited(path: Path, limit_bytes: int = 1 << 30) -> subprocess.CompletedProcess:
     """``manifest.load(path)`` in a child whose address space is capped at ``limit_bytes``."""
-    code = ("from registry import manifest\nfrom registry.errors import ManifestError\n"
+    code = ("from registry.versions import manifest\nfrom registry.errors import ManifestError\n"
             f"try:\n    manifest.load({str(path)!r})\nexcept ManifestError as exc:\n    print(exc)\n")
 
     def cap():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 
 from registry.models import Probe
-from registry.probe_models import ProbeStatus, RunOutcome
-from registry.probing import evaluate, new_run, run_suite, unmeasured
+from registry.models.probes import ProbeStatus, RunOutcome
+from registry.probes.probing import evaluate, new_run, run_suite, unmeasured
 
 
 def probe(**expect) -> Probe:
@@ -94,7 +94,7 @@ def test_csv_rows_are_appended_under_one_header(tmp_path):
     import csv
     from datetime import UTC, datetime
 
-    from registry.probing import append_csv
+    from registry.probes.probing import append_csv
 
     ok = judge(probe())
     [err] = unmeasured([probe()], 'no answer (timed out), "quoted", with comma')

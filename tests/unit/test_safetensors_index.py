@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors import SafetensorError, safe_open
 
-from registry.safetensors_index import DTYPE_BITS, SafetensorsError, read_index
+from registry.formats.safetensors_index import DTYPE_BITS, SafetensorsError, read_index
 from tests import helpers
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.maintenance_models import ProblemKind
-from registry.store import scan
-from registry.store.blobs import BlobStore
+from registry.models.upkeep import ProblemKind
+from registry.store.files import scan
+from registry.store.files.blobs import BlobStore
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_temp_files_know_whether_their_writer_lives(store):
 
 
 def test_snapshot_check(store, tmp_path):
-    from registry import snapshots
+    from registry.deploy import snapshots
 
     prompt, weights = _put(store, tmp_path, b"hello\n"), _put(store, tmp_path, os.urandom(3000))
     record = {"weights": [{"path": "w/model.bin", "digest": weights, "size": 3000}],

@@ -10,8 +10,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from registry import secrets
-from registry.secrets import MASK, MIN_FRAGMENT, Scrubber, mask_url, mask_urls_in, untrusted
+from registry.trust import secrets
+from registry.trust.secrets import MASK, MIN_FRAGMENT, Scrubber, mask_url, mask_urls_in, untrusted
 
 SECRET = "Zq8#kP2v!Lm4@Rt7&Xw1-Bn5^Cd9%Hf3"  # 32 characters, no '.', '*' or space
 ODD = 'pa"ss\\wörd/€-Tok3n!'  # quotes, a backslash, a slash, non-ASCII

@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from registry import canonical, signing
+from registry.formats import canonical
+from registry.trust import seals
 from registry.errors import AuditBroken, NotInitialised
-from registry.signing import Key, KeyFileError, check_record, load_or_create_key
+from registry.trust.seals import Key, KeyFileError, check_record, load_or_create_key
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -35,10 +36,10 @@ class Record:
         row = {"id": len(self.events) + 1, "at": T0 + timedelta(seconds=len(self.events)), "actor": actor,
                "action": action, "object": obj, "detail": canonical.dumps(detail), "prev_hash": prev}
         row["hash"] = _chain(prev, row)
-        row["mac"] = signing.seal_event(self.key, row["id"], row["hash"])
+        row["mac"] = seals.event_mac(self.key, row["id"], row["hash"])
         self.events.append(row)
         self.head = {"count": row["id"], "head": row["hash"],
-                     "mac": signing.seal_head(self.key, row["id"], row["hash"])}
+                     "mac": seals.head_mac(self.key, row["id"], row["hash"])}
 
     def push(self, model: str, version: str, env_vars: dict) -> None:
         manifest = canonical.dumps({"model": model, "version": version, "runtime": {"env": env_vars},
@@ -46,7 +47,7 @@ class Record:
         row = {"model": model, "version": version, "manifest": manifest,
                "manifest_digest": "sha256:" + hashlib.sha256(manifest.encode()).hexdigest(),
                "message": "first", "actor": "alice", "created_at": T0, "provenance": None}
-        row["mac"] = signing.seal_version(self.key, row)
+        row["mac"] = seals.version_mac(self.key, row)
         self.versions.append(row)
         self.event("push", f"{model}@{version}", {"manifest_digest": row["manifest_digest"]})
 
@@ -62,8 +63,8 @@ class Record:
         self.environments.append(row)
         written.append(row)
         for env in written:
-            env["mac"] = signing.seal_row(self.key, "environment", env)
-        self.event("env-add", name, {"rows": signing.bindings("environment", written)})
+            env["mac"] = seals.row_mac(self.key, "environment", env)
+        self.event("env-add", name, {"rows": seals.bindings("environment", written)})
 
     def promote(self, env: str, version: str, *, actor: str = "alice") -> None:
         revision = sum(r["env"] == env for r in self.releases) + 1
@@ -79,15 +80,15 @@ class Record:
         pending.update(status="deployed", healthy=True, container_id="c" * 64, finished_at=T0 + timedelta(seconds=5))
         written.append(pending)
         for r in written:
-            r["mac"] = signing.seal_row(self.key, "release", r)
-        self.event("promote", f"bot@{version}", {"revision": revision, "rows": signing.bindings("release", written)},
+            r["mac"] = seals.row_mac(self.key, "release", r)
+        self.event("promote", f"bot@{version}", {"revision": revision, "rows": seals.bindings("release", written)},
                    actor=actor)
 
     def _write_release(self, row: dict) -> None:
-        row["mac"] = signing.seal_row(self.key, "release", row)
+        row["mac"] = seals.row_mac(self.key, "release", row)
         self.releases.append(row)
 
-    def check(self, key: Key | None = None) -> list[signing.SealProblem]:
+    def check(self, key: Key | None = None) -> list[seals.SealProblem]:
         return check_record(key or self.key, events=self.events, head=self.head, versions=self.versions,
                             releases=self.releases, environments=self.environments)
 
@@ -140,15 +141,15 @@ def test_the_key_file_is_created_with_mode_0600_and_loaded_again(tmp_path):
         key = load_or_create_key(tmp_path)
     finally:
         os.umask(old)
-    path = tmp_path / signing.KEY_FILE
+    path = tmp_path / seals.KEY_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_key(tmp_path).secret == key.secret and len(key.secret) == 32
-    assert [p.name for p in tmp_path.iterdir()] == [signing.KEY_FILE]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [seals.KEY_FILE]  # no temp file left behind
     assert key.secret.hex() not in repr(key)
 
 
 def test_registry_key_file_points_elsewhere(tmp_path, monkeypatch):
-    monkeypatch.setenv(signing.KEY_ENV, str(tmp_path / "keys" / "cellar.key"))
+    monkeypatch.setenv(seals.KEY_ENV, str(tmp_path / "keys" / "cellar.key"))
     (tmp_path / "keys").mkdir()
     key = load_or_create_key(tmp_path / "home")
     assert key.path == tmp_path / "keys" / "cellar.key" and key.path.exists()
@@ -157,18 +158,18 @@ def test_registry_key_file_points_elsewhere(tmp_path, monkeypatch):
 def test_a_missing_key_is_not_created_unless_asked(tmp_path):
     with pytest.raises(NotInitialised, match="registry init"):
         load_or_create_key(tmp_path, create=False)
-    assert not (tmp_path / signing.KEY_FILE).exists()
+    assert not (tmp_path / seals.KEY_FILE).exists()
 
 
 def test_a_key_open_to_others_is_refused(tmp_path):
     load_or_create_key(tmp_path)
-    (tmp_path / signing.KEY_FILE).chmod(0o640)
+    (tmp_path / seals.KEY_FILE).chmod(0o640)
     with pytest.raises(KeyFileError, match="chmod 600"):
         load_or_create_key(tmp_path)
 
 
 def test_a_malformed_key_file_is_refused(tmp_path):
-    path = tmp_path / signing.KEY_FILE
+    path = tmp_path / seals.KEY_FILE
     path.write_text("not a key\n")
     path.chmod(0o600)
     with pytest.raises(KeyFileError, match="not a Cellar signing key"):
@@ -177,7 +178,7 @@ def test_a_malformed_key_file_is_refused(tmp_path):
 
 def test_a_second_creation_keeps_the_first_key(tmp_path):
     first = load_or_create_key(tmp_path)
-    signing._create(tmp_path / signing.KEY_FILE)  # a racing `registry init` that lost
+    seals._create(tmp_path / seals.KEY_FILE)  # a racing `registry init` that lost
     assert load_or_create_key(tmp_path).secret == first.secret
 
 
@@ -186,7 +187,7 @@ def test_verify_compares_in_constant_time(key, monkeypatch):
 
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(signing.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    monkeypatch.setattr(seals.hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
     mac = key.sign(b"data")
     assert key.verify(b"data", mac) and not key.verify(b"datA", mac) and not key.verify(b"data", None)
     assert len(calls) == 2
@@ -260,7 +261,7 @@ def test_an_edited_manifest_is_found_with_or_without_its_digest(record):
     version["manifest_digest"] = canonical.digest(manifest)  # the digest made to match
     assert {(p.object, p.kind) for p in record.check()} == {("version:bot@v2", "forged")}
     with pytest.raises(AuditBroken, match="bot@v2.*refusing"):
-        signing.require_version(record.key, version)
+        seals.check_version(record.key, version)
 
 
 def test_an_edited_version_actor_or_message_is_found(record):
@@ -270,13 +271,13 @@ def test_an_edited_version_actor_or_message_is_found(record):
 
 
 def test_require_version_passes_an_untouched_version(record):
-    signing.require_version(record.key, record.versions[0])
+    seals.check_version(record.key, record.versions[0])
 
 
 def test_manifest_matches_needs_no_key(record):
     v = record.versions[0]
-    assert signing.manifest_matches(v["manifest"], v["manifest_digest"])
-    assert not signing.manifest_matches(v["manifest"] + " ", v["manifest_digest"])
+    assert seals.manifest_matches(v["manifest"], v["manifest_digest"])
+    assert not seals.manifest_matches(v["manifest"] + " ", v["manifest_digest"])
 
 
 # --- tampering with releases and environments ------------------------------------------------
@@ -315,7 +316,7 @@ def test_a_seal_moved_to_another_row_is_found(record):
 
 def test_a_pending_release_rests_on_its_seal(record):
     pending = {**record.releases[0], "revision": 3, "status": "pending-deploy", "mac": None}
-    pending["mac"] = signing.seal_row(record.key, "release", pending)
+    pending["mac"] = seals.row_mac(record.key, "release", pending)
     record.releases.append(pending)
     assert record.check() == []
     pending["actor"] = "mallory"
@@ -338,7 +339,7 @@ def test_an_unsealed_row_is_reported_as_such(record):
 
 def test_a_removed_environment_that_comes_back_is_found(record):
     gone = record.environments.pop(0)
-    record.event("env-remove", "staging", {"rows": signing.bindings("environment", [], deleted=[gone])})
+    record.event("env-remove", "staging", {"rows": seals.bindings("environment", [], deleted=[gone])})
     assert record.check() == []
     record.environments.append(gone)  # restored by hand, seal and all
     assert [(p.object, p.kind) for p in record.check()] == [("environment:staging", "stale")]
@@ -352,5 +353,5 @@ def test_digests_do_not_depend_on_how_the_database_returns_times_and_enums():
 
     aware = {"env": "prod", "revision": 1, "status": ReleaseStatus.DEPLOYED, "started_at": T0}
     naive = {"env": "prod", "revision": 1, "status": "deployed", "started_at": T0.replace(tzinfo=None), "id": 7}
-    assert signing.canonical_row_digest("release", aware) == signing.canonical_row_digest("release", naive)
-    assert signing.canonical_row_digest("release", aware) != signing.canonical_row_digest("environment", aware)
+    assert seals.canonical_row_digest("release", aware) == seals.canonical_row_digest("release", naive)
+    assert seals.canonical_row_digest("release", aware) != seals.canonical_row_digest("environment", aware)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from registry.store.statcache import RACY_NS, StatCache
+from registry.store.files.statcache import RACY_NS, StatCache
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -6,10 +6,11 @@ import hashlib
 
 import numpy as np
 
-from registry import diffing, tensor_digests
+from registry.versions import diffing
+from registry.formats import tensor_digests
 from registry.models import Tensor
-from registry.safetensors_index import read_index
-from registry.store.blobs import BlobStore
+from registry.formats.safetensors_index import read_index
+from registry.store.files.blobs import BlobStore
 from tests import helpers
 
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from registry.api import Registry
-from registry.deploy.fake import FakeEngine
+from registry.engines.fake import FakeEngine
 from registry.errors import HealthGateFailed
-from registry.probe_models import ProbeResult, ProbeRun, ProbeStatus
-from registry.store import probes
+from registry.models.probes import ProbeResult, ProbeRun, ProbeStatus
+from registry.store.sql import probes
 from tests.helpers import ModelDir
 
 IMAGE = "cellar-example-server:latest"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.diffing import unified
+from registry.versions.diffing import unified
 from registry.web.sidebyside import Row, side_by_side
 
 

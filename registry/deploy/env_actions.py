@@ -1,0 +1,171 @@
+"""Environments (deploy targets) and what runs in them: add, remove, history, status."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from registry import clock, inputs, ledger
+from registry.deploy import ownership
+from registry.deploy.action import Action, base_url
+from registry.errors import AlreadyExists, CellarError, InvalidInput, OperationInProgress
+from registry.ledger import Release
+from registry.models import Environment, EnvStatus, Lock, check_name
+from registry.store.sql import environments, events, locks, releases
+
+
+class AddEnv(Action):
+    """``AddEnv(cfg, actor=...).run(env)``: record a new environment."""
+
+    def run(self, env: Environment) -> Environment:
+        """Refuses a name or host port already taken."""
+        try:
+            check_name(env.name, "environment name")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        _check_settings(env)
+        with self.cfg.store.write() as conn:
+            for other in environments.all_(conn):
+                if other.name == env.name:
+                    raise AlreadyExists(f"environment {env.name!r} already exists: "
+                                        f"see `registry env show {env.name}`")
+                if other.port == env.port and other.docker_host == env.docker_host:
+                    raise AlreadyExists(f"port {env.port} is already used by environment {other.name!r}: "
+                                        "pick another")
+            written = environments.insert_(conn, env)
+            events.append(conn, actor=self.actor, action="env-add", object=env.name, env=env.name,
+                          detail={**env.model_dump(mode="json", exclude={"created_at"}),
+                                  "rows": environments.bindings(written)},
+                          db_user=self.cfg.store.db_user(conn))
+        return env
+
+
+def new_env(name: str, *, port: int, docker_host: str | None = None, health_timeout_s: float | None = None,
+            keep: int = 3, protected: bool = False, default: bool = False,
+            bind_addr: str = "127.0.0.1", gate: bool = False) -> Environment:
+    """An environment's settings, checked where pydantic cannot say what to type instead."""
+    return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
+                       health_timeout_s=health_timeout_s, keep=keep, protected=protected,
+                       is_default=default, gate=gate, created_at=clock.now())
+
+
+def _check_settings(env: Environment) -> None:
+    if not 1 <= env.port <= 65535:
+        raise InvalidInput(f"--port {env.port} is not a TCP port (1-65535)")
+    if env.keep < 0:
+        raise InvalidInput("--keep must be 0 or more")
+    if env.health_timeout_s is not None and not 0 < env.health_timeout_s <= 3600:
+        raise InvalidInput("--health-timeout must be between 0 and 3600 seconds")
+    inputs.check_docker_host(env.docker_host)
+    try:
+        ipaddress.ip_address(inputs.check_text(env.bind_addr, "bind_addr", 64))
+    except ValueError:
+        raise InvalidInput(f"--bind {env.bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
+    if env.docker_host:
+        _check_docker_host(env.docker_host)
+
+
+def _check_docker_host(docker_host: str) -> None:
+    parts = urlsplit(docker_host)
+    if parts.scheme not in ("unix", "tcp", "ssh", "http", "https"):
+        raise InvalidInput(f"--docker-host {docker_host!r} must be a unix://, tcp:// or ssh:// URL")
+    # Never echo the URL here: it would print the password this check exists to keep out.
+    if parts.password is not None or (parts.username is not None and parts.scheme != "ssh"):
+        raise InvalidInput("--docker-host must not carry a user or password (it would be stored and shown): "
+                           "use TLS certificates (DOCKER_CERT_PATH) or an ssh://user@host with keys")
+
+
+class RemoveEnv(Action):
+    """``RemoveEnv(cfg, actor=...).run(name, reason=..., force=...)``: forget an environment.
+
+    Its ledger stays (history is never rewritten). With something deployed this needs
+    ``force``, which also removes the environment's containers. The environment's lock is taken
+    in the first write transaction, before Docker is touched, so no promote can start a
+    container that the removal then misses or deletes."""
+
+    def run(self, name: str, *, reason: str | None = None, force: bool = False) -> Environment:
+        env, now = self._claim(name, reason=reason, force=force)
+        try:
+            if now or force:
+                self.use_env(env)
+                for c in self.engine.find(env=name, registry=self.cfg.registry_id):
+                    self.engine.remove(c.id)
+        except BaseException:
+            with self.cfg.store.write() as conn:
+                locks.drop(conn, self.lock, missing_ok=True)
+            raise
+        with self.cfg.store.write() as conn:
+            superseded = [now.model_copy(update={"status": ledger.ReleaseStatus.SUPERSEDED})] if now else []
+            for row in superseded:
+                releases.update_(conn, row)
+            locks.drop(conn, self.lock)  # raises (and keeps the environment) if it changed hands
+            environments.delete_(conn, name)
+            rows = {**releases.bindings(superseded), **environments.bindings([], deleted=[env])}
+            events.append(conn, actor=self.actor, action="env-remove", object=name, env=name, reason=reason,
+                          detail={"undeployed": now.ref if now else None, "rows": rows},
+                          db_user=self.cfg.store.db_user(conn))
+        return env
+
+    def _claim(self, name: str, *, reason: str | None, force: bool) -> tuple[Environment, Release | None]:
+        with self.cfg.store.write() as conn:
+            env = environments.find(conn, name)
+            rows = releases.current_and_pending(conn, name)
+            held = locks.get(conn, name)
+            if held:  # says, by case, whether to wait, recover, or (another host's lock) recover --force
+                raise OperationInProgress(ownership.busy_message(held))
+            if ledger.pending(rows):
+                raise OperationInProgress(f"{name} has an unfinished operation that no process owns: "
+                                          f"run `registry recover --env {name}` first")
+            if env.protected and not reason:
+                raise InvalidInput(f"{name} is protected: say why with --reason")
+            now = ledger.current(rows)
+            if now and not force:
+                raise InvalidInput(f"{now.ref} is deployed in {name}: pass --force to stop and remove its "
+                                   "containers too")
+            self.lock = ownership.new_lock(name, operation="env-remove", target=name, actor=self.actor)
+            locks.take(conn, self.lock)
+        return env, now
+
+
+def history(cfg, env_name: str | None = None, *, limit: int | None = None) -> list[Release]:
+    """The newest ``limit`` releases (all when None), oldest first: one environment's, or every
+    environment's."""
+    with cfg.store.read() as conn:
+        rows = releases.newest(conn, env_name, limit=limit)
+        if env_name and not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
+            environments.find(conn, env_name)
+        return rows
+
+
+def count_history(cfg, env_name: str | None = None) -> int:
+    with cfg.store.read() as conn:
+        return releases.count(conn, env_name)
+
+
+class Status(Action):
+    """``Status(cfg, actor=...).run()``: each environment's deployed release, its container's
+    state and health, pending work."""
+
+    def run(self) -> list[EnvStatus]:
+        with self.cfg.store.read() as conn:
+            envs = environments.all_(conn)
+            rows = {e.name: releases.current_and_pending(conn, e.name) for e in envs}
+            held = {lock.env: lock for lock in locks.all_(conn)}
+        return [self._one(env, rows[env.name], held.get(env.name)) for env in envs]
+
+    def _one(self, env: Environment, rows: list[Release], lock: Lock | None) -> EnvStatus:
+        now = ledger.current(rows)
+        out = EnvStatus(env=env.name, port=env.port, deployed=now, container_id=now.container_id if now else None,
+                        pending=lock, pending_release=ledger.pending(rows))
+        if now is None or not now.container_id:
+            return out
+        try:
+            self.use_env(env)
+            info = self.engine.inspect(now.container_id)
+        except CellarError as exc:
+            out.note = str(exc)
+            return out
+        out.container_state = info.status if info else "missing"
+        if info and info.running:
+            out.healthy = self.cfg.checks.answers(base_url(env) + self.runtime_of(now).health.path)
+        return out

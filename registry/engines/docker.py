@@ -1,0 +1,195 @@
+"""The Docker Engine adapter (docker-py) of the ``Engine`` port. Imported only by commands that
+talk to Docker: docker-py and requests cost ~50 ms of start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound as DockerNotFound
+
+from registry.engines.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec
+from registry.errors import EngineError, NotFound, StepFailed
+from registry.trust.secrets import mask_url
+
+
+def describe_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _source(base_url: str | None) -> tuple[str, str]:
+    """Where the engine URL came from, and what to fix: the environment's --docker-host
+    (the only URL passed in), $DOCKER_HOST, or the local socket."""
+    if base_url:
+        return "the environment's --docker-host", "start dockerd there, or check the URL with `registry env list`"
+    if os.environ.get("DOCKER_HOST"):
+        return "$DOCKER_HOST", "start dockerd there, or fix DOCKER_HOST"
+    return "the local socket", "start dockerd, or set DOCKER_HOST"
+
+
+class DockerEngine:
+    """A connection to one Docker engine (an environment's --docker-host, $DOCKER_HOST or the local socket)."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 30):
+        # for messages only: a tcp://user:password@host must never be printed or stored
+        self.base_url = mask_url(base_url or describe_host())
+        try:
+            if base_url:
+                self.client = docker.DockerClient(base_url=base_url, timeout=timeout)
+            else:
+                self.client = docker.from_env(timeout=timeout)
+            self.client.ping()
+        except Exception as exc:  # docker-py, and for ssh:// paramiko's own errors (OSError, SSHException)
+            source, fix = _source(base_url)
+            raise EngineError(f"cannot reach the Docker engine at {self.base_url} ({_short(exc)}; "
+                              f"from {source}): {fix}") from None
+        self.api = self.client.api
+
+    def close(self) -> None:
+        self.client.close()
+
+    def image_digest(self, ref: str) -> str:
+        """The image ID (``sha256:...``) that ``ref`` names on this engine now."""
+        try:
+            return self.api.inspect_image(ref)["Id"]
+        except ImageNotFound:
+            raise NotFound(f"image {ref!r} is not on the Docker engine at {self.base_url}; "
+                           "build or load it first") from None
+        except DockerException as exc:
+            raise EngineError(f"Docker engine error for image {ref!r}: {_short(exc)}") from None
+
+    def save_image(self, digest: str, dest_file: Path) -> None:
+        """``docker save`` of the image ID, streamed to ``dest_file`` (untagged, see Engine)."""
+        try:
+            chunks = self.client.images.get(digest).save(chunk_size=4 << 20, named=False)
+            with open(dest_file, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+        except ImageNotFound:
+            raise NotFound(f"image {digest} is not on the Docker engine at {self.base_url}; "
+                           "load or pull it there, or export without --with-image") from None
+        except DockerException as exc:
+            raise EngineError(f"cannot save image {digest[:19]}: {_short(exc)}") from None
+
+    def load_image(self, path: Path) -> str:
+        """``docker load`` of a saved tar; the image ID it holds."""
+        try:
+            with open(path, "rb") as f:
+                images = self.client.images.load(f)
+        except DockerException as exc:
+            raise EngineError(f"cannot load the image from {path}: {_short(exc)}") from None
+        if not images:
+            raise EngineError(f"the Docker engine at {self.base_url} loaded no image from {path}")
+        return images[0].id
+
+    def create(self, spec: ContainerSpec) -> str:
+        port = f"{spec.container_port}/tcp"
+        host_config = self.api.create_host_config(
+            init=True, privileged=False,
+            port_bindings={port: (spec.bind_addr, spec.host_port)},
+            binds={spec.snapshot: {"bind": "/model", "mode": "ro"}},
+        )
+        try:
+            created = self.api.create_container(
+                spec.image, command=spec.command, name=spec.name, labels=spec.labels,
+                environment=spec.env, ports=[spec.container_port], host_config=host_config, detach=True)
+        except ImageNotFound:
+            raise StepFailed(f"image {spec.image} is missing from the Docker engine at {self.base_url}") from None
+        except DockerException as exc:
+            raise EngineError(f"cannot create container {spec.name}: {_short(exc)}") from None
+        return created["Id"]
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except APIError as exc:
+            raise StepFailed(_start_error(exc)) from None
+
+    def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        with _ignore_missing():
+            self.api.stop(container_id, timeout=int(timeout))
+
+    def remove(self, container_id: str) -> None:
+        with _ignore_missing():
+            self.api.remove_container(container_id, force=True)
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            return _info(self.api.inspect_container(container_id))
+        except DockerNotFound:
+            return None
+        except DockerException as exc:
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+
+    def find(self, **labels: str) -> list[ContainerInfo]:
+        """Containers (running or not) carrying the cellar labels given, e.g. ``env="prod"``."""
+        filters = {"label": [f"{LABEL}.{k.replace('_', '-')}={v}" for k, v in labels.items()] or [LABEL + ".env"]}
+        try:
+            found = self.api.containers(all=True, filters=filters)
+        except DockerException as exc:
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+        return [ContainerInfo(id=c["Id"], name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                              labels=c.get("Labels") or {}, running=c.get("State") == "running",
+                              status=c.get("State") or "", created=str(c.get("Created", "")))
+                for c in found]
+
+    def logs(self, container_id: str, *, tail: int = 10) -> str:
+        try:
+            return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
+        except DockerException:
+            return ""
+
+
+class _ignore_missing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, DockerNotFound):
+            return exc is not None
+        if isinstance(exc, DockerException):
+            raise EngineError(f"Docker engine error: {_short(exc)}") from None
+        return False
+
+
+def _info(data: dict) -> ContainerInfo:
+    state = data.get("State") or {}
+    return ContainerInfo(
+        id=data["Id"], name=data.get("Name", "").lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        running=bool(state.get("Running")), status=state.get("Status", ""),
+        exit_code=state.get("ExitCode"), created=data.get("Created", ""),
+        env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []))
+
+
+def _start_error(exc: APIError) -> str:
+    text = _short(exc)
+    low = text.lower()
+    if "port is already allocated" in low or "address already in use" in low:
+        return f"the host port is already in use by another process ({text})"
+    if "no such image" in low:
+        return f"image missing ({text})"
+    return f"the container did not start ({text})"
+
+
+# Connection failures as docker-py, urllib3 and paramiko word them, in a few plain words.
+_REASONS = [
+    ("filenotfounderror", "no such socket"), ("no such file or directory", "no such socket"),
+    ("connection refused", "connection refused"), ("permission denied", "permission denied"),
+    ("failed to resolve", "unknown host"), ("name or service not known", "unknown host"),
+    ("timed out", "timed out"), ("unable to connect to port", "connection refused"),
+    ("install paramiko", "ssh:// hosts need the ssh extra: pip install 'cellar-registry[ssh]'"),
+    ("authentication failed", "ssh authentication failed"), ("connection aborted", "connection aborted"),
+]
+
+
+def _short(exc: Exception) -> str:
+    """docker-py's error as one short line: a known connection failure in plain words."""
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc).strip() or type(exc).__name__
+    low = text.lower()
+    for needle, reason in _REASONS:
+        if needle in low:
+            return reason
+    return text.removeprefix("Error while fetching server API version: ").splitlines()[0][:300]

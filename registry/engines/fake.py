@@ -1,0 +1,152 @@
+"""In-memory doubles of the engine and HTTP-check ports, for fast tests of the ledger, locks,
+recovery and the deploy orchestration.
+
+``FakeEngine`` behaves like the parts of Docker that deploys rely on: names are unique, a host
+port can be published by one running container only, a stopped container keeps its labels.
+``FakeEngine.checks`` answers health and warm-up for the containers of that engine. Tests make
+versions fail with ``unhealthy`` (version -> reason), slow with ``slow`` (version -> seconds),
+and make any engine call raise with ``fail_on`` (call name -> exception, e.g. KeyboardInterrupt).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from registry.engines.engine import ContainerInfo, ContainerSpec
+from registry.engines.http import ExitCheck, Untrusted, plain_excerpt
+from registry.errors import NotFound, StepFailed
+from registry.models import Request
+
+
+@dataclass
+class _Container:
+    info: ContainerInfo
+    spec: ContainerSpec
+
+
+@dataclass
+class FakeEngine:
+    base_url: str = "fake://"
+    images: dict[str, str] = field(default_factory=dict)
+    unhealthy: dict[str, str] = field(default_factory=dict)
+    slow: dict[str, float] = field(default_factory=dict)  # version -> seconds to come up
+    fail_on: dict[str, BaseException] = field(default_factory=dict)  # call -> raised once
+    containers: dict[str, _Container] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.checks = FakeChecks(self)
+
+    def image_digest(self, ref: str) -> str:
+        if ref in self.images.values():
+            return ref
+        if ref not in self.images:
+            raise NotFound(f"image {ref!r} is not on the Docker engine at {self.base_url}")
+        return self.images[ref]
+
+    def create(self, spec: ContainerSpec) -> str:
+        self._maybe_fail("create")
+        if any(c.info.name == spec.name for c in self.containers.values()):
+            raise StepFailed(f"a container named {spec.name} already exists")
+        cid = f"fake{next(self._ids):060d}"
+        self.containers[cid] = _Container(ContainerInfo(id=cid, name=spec.name, labels=dict(spec.labels),
+                                                        running=False, status="created", env=dict(spec.env)),
+                                          spec)
+        self.calls.append(f"create {spec.name}")
+        return cid
+
+    def start(self, container_id: str) -> None:
+        self._maybe_fail("start")
+        c = self._get(container_id)
+        for other in self.containers.values():
+            if other.info.running and other is not c and other.spec.host_port == c.spec.host_port:
+                raise StepFailed(f"the host port {c.spec.host_port} is already in use by another process")
+        c.info.running, c.info.status = True, "running"
+        self.calls.append(f"start {c.info.name}")
+
+    def stop(self, container_id: str, *, timeout: float = 5) -> None:
+        self._maybe_fail("stop")
+        if container_id in self.containers:
+            c = self.containers[container_id]
+            c.info.running, c.info.status, c.info.exit_code = False, "exited", 0
+            self.calls.append(f"stop {c.info.name}")
+
+    def remove(self, container_id: str) -> None:
+        self._maybe_fail("remove")
+        c = self.containers.pop(container_id, None)
+        if c:
+            self.calls.append(f"remove {c.info.name}")
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        c = self.containers.get(container_id)
+        return c.info if c else None
+
+    def find(self, **labels: str) -> list[ContainerInfo]:
+        want = {f"cellar.{k.replace('_', '-')}": v for k, v in labels.items()}
+        return [c.info for c in self.containers.values()
+                if all(c.info.labels.get(k) == v for k, v in want.items())]
+
+    def logs(self, container_id: str, *, tail: int = 10) -> str:
+        return ""
+
+    def save_image(self, digest: str, dest_file: Path) -> None:
+        self._maybe_fail("save_image")
+        if digest not in self.images.values():
+            raise NotFound(f"image {digest!r} is not on the Docker engine at {self.base_url}")
+        dest_file.write_bytes(b"fake-image " + digest.encode())
+        self.calls.append(f"save {digest}")
+
+    def load_image(self, path: Path) -> str:
+        self._maybe_fail("load_image")
+        digest = path.read_bytes().removeprefix(b"fake-image ").decode()
+        self.images[digest] = digest
+        self.calls.append(f"load {digest}")
+        return digest
+
+    def running(self) -> list[ContainerInfo]:
+        return [c.info for c in self.containers.values() if c.info.running]
+
+    def close(self) -> None:
+        pass
+
+    def serving(self, url: str) -> _Container | None:
+        """The running container published on ``url``'s port, if any."""
+        port = urlsplit(url).port
+        return next((c for c in self.containers.values() if c.info.running and c.spec.host_port == port), None)
+
+    def _maybe_fail(self, call: str) -> None:
+        if call in self.fail_on:
+            raise self.fail_on.pop(call)
+
+    def _get(self, container_id: str) -> _Container:
+        if container_id not in self.containers:
+            raise StepFailed(f"no container {container_id[:12]}")
+        return self.containers[container_id]
+
+
+@dataclass
+class FakeChecks:
+    """Health and warm-up answered from a ``FakeEngine``'s state."""
+
+    engine: FakeEngine
+
+    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck, untrusted: Untrusted = plain_excerpt) -> None:
+        c = self.engine.serving(url)
+        if c is None:
+            raise StepFailed(exited() or "container exited with code 1")
+        version = c.info.labels.get("cellar.version", "")
+        time.sleep(self.engine.slow.get(version, 0))
+        if reason := self.engine.unhealthy.get(version):  # as if the server answered this body
+            raise StepFailed(untrusted(reason))
+
+    def warm_up(self, base_url: str, requests: list[Request], *, untrusted: Untrusted = plain_excerpt) -> None:
+        self.engine.calls.append(f"warm-up {len(requests)}")
+
+    def answers(self, url: str) -> bool:
+        c = self.engine.serving(url)
+        return c is not None and not self.engine.unhealthy.get(c.info.labels.get("cellar.version", ""))

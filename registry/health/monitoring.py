@@ -1,0 +1,228 @@
+"""The standard questions against what is deployed: probe once, report health, watch on a
+schedule, and the figures for a metrics page. (The promote gate is ``Promote.probe_gate``; the
+suite both send is ``registry.probes.suites``.)
+
+    ProbeEnv(Action)     run the deployed release's suite once against the published port; store it
+    health(cfg, ...)     stored runs -> HealthReport, change points with a one-line diff summary
+    Watch                a ``watching.Watcher`` wired to ProbeEnv, the normal Rollback and a notifier
+    metrics_snapshot     what one scrape of ``registry metrics`` shows, read from the database
+
+The judging is pure (``registry.probes.probing``, ``report``, ``watching``); this module only
+finds the release, its suite and its container, and records what was measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from registry import clock, ledger
+from registry.probes import probing, suites
+from registry.probes.suites import Suite
+from registry.configuration import Configuration
+from registry.deploy import ownership
+from registry.deploy.action import Action
+from registry.errors import CellarError, OperationInProgress
+from registry.ledger import Operation, Release, ReleaseStatus
+from registry.models import Environment
+from registry.models.probes import (DeployedInfo, HealthReport, MetricsSnapshot, ProbeResult, ProbeRun, ProbeStatus, WatchSummary, bounded)
+from registry.store.sql import environments, locks, probes, releases
+from registry.health.watching import StopFlag, Watcher, WatchPolicy
+
+# Imported where used: a cron `registry probe` needs neither diffs nor rollbacks (start-up
+# time, bench/probe.py): registry.versions.inspection, registry.health.report, registry.deploy.rollback.
+
+log = logging.getLogger("registry.health.monitoring")
+
+METRICS_WINDOW = timedelta(days=7)  # runs a scrape reads: bounded, whatever the database holds
+
+
+class ProbeEnv(Action):
+    """``ProbeEnv(cfg, actor=...).run(env_name)``: one run of the deployed release's suite.
+
+    Nothing deployed, no container, a stopped one or an unreachable engine is recorded as
+    ``error`` results (nothing was measured, and the detail says why), never raised; a held lock (a promote or rollback
+    switching containers) raises OperationInProgress, so the run is skipped rather than blamed."""
+
+    timeout_s: float = probing.DEFAULT_TIMEOUT_S
+
+    def run(self, env_name: str | None) -> ProbeRun:
+        with self.cfg.store.read() as conn:
+            env = environments.find(conn, env_name)
+            rows = releases.current_and_pending(conn, env.name)  # a probe needs only what runs now
+            held = locks.get(conn, env.name)
+        if held is not None:
+            raise OperationInProgress(ownership.busy_message(held))
+        now = ledger.current(rows)
+        if now is None:
+            return suites.record(self.cfg, nothing_deployed(env.name, actor=self.actor))
+        suite = suites.suite_of(self.cfg, now.model, now.version, env_name=env.name)
+        results = self.measure(env, now, suite)
+        return suites.record(self.cfg, probing.new_run(results, env=env.name, model=now.model, version=now.version,
+                                                revision=now.revision, actor=self.actor))
+
+    def measure(self, env: Environment, release: Release, suite: Suite) -> list[ProbeResult]:
+        """Send the suite; when something could not be measured, ask Docker why (the container
+        is gone or stopped, the engine is down) and say so in those results. Docker is not
+        consulted on the usual path: a cron probe then never loads docker-py (bench/probe.py)."""
+        self.env = env
+        results = probing.run_suite(self.base_url, suite.probes, timeout_s=self.timeout_s, render=suite.render)
+        if all(r.status != ProbeStatus.ERROR for r in results) and release.container_id:
+            return results
+        why = self.container_problem(env, release)
+        if why is None:
+            return results
+        return [r.model_copy(update={"detail": bounded(f"{why}; {r.detail}")}) if r.status == ProbeStatus.ERROR
+                else r for r in results]
+
+    def container_problem(self, env: Environment, release: Release) -> str | None:
+        """Why ``release``'s container cannot answer, or None when it runs."""
+        if not release.container_id:
+            return f"no container recorded for {release.ref}: see `registry status`"
+        try:
+            self.use_env(env)
+            info = self.engine.inspect(release.container_id)
+        except (CellarError, OSError) as exc:  # OSError: the connection dropped under docker-py
+            return f"Docker engine unreachable: {self.scrub(str(exc))}"
+        if info is None:
+            return f"no container for {release.ref} (revision {release.revision}): see `registry status`"
+        return None if info.running else f"container of {release.ref} is {info.status}"
+
+
+def nothing_deployed(env_name: str, *, actor: str) -> ProbeRun:
+    """A run with one ``error`` result: there is no release whose suite could be sent."""
+    result = ProbeResult(probe="(deployed release)", status=ProbeStatus.ERROR,
+                         detail=f"nothing is deployed in {env_name}: promote a version first")
+    return probing.new_run([result], env=env_name, model="", version="", revision=None, actor=actor)
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+def health(cfg: Configuration, env_name: str | None = None, *, since: datetime | None = None,
+           runs: list[ProbeRun] | None = None) -> HealthReport:
+    """Figures per version and the change points of the stored runs (one environment or all),
+    each change point with the release's actor, reason and what changed from the version before.
+    ``runs``: those runs, when the caller has already read them (the web view charts them too)."""
+    from registry.health import report
+
+    with cfg.store.read() as conn:
+        if env_name is not None:
+            environments.find(conn, env_name)  # a typo is NotFound, not an empty report
+        if runs is None:
+            runs = probes.runs(conn, env_name, since)
+        rows = releases.newest(conn, env_name)
+    report = report.build(runs, rows, since=since)
+    models = {(r.env, r.revision): r.model for r in rows}
+    for point in report.change_points:
+        point.summary = change_summary(cfg, models.get((point.env, point.revision)),
+                                       point.previous_version, point.version)
+    return report
+
+
+def change_summary(cfg: Configuration, model: str | None, before: str, after: str) -> str:
+    """One line naming what changed from ``model@before`` to ``model@after`` ('' when unknown)."""
+    if not model or not before:
+        return ""
+    if before == after:
+        return "same version, redeployed"
+    from registry.health import report
+    from registry.versions import inspection
+
+    try:
+        return report.diff_summary(inspection.diff(cfg, f"{model}@{before}", f"{model}@{after}"))
+    except CellarError as exc:  # a missing prompt blob must not cost the whole report
+        log.warning("no diff summary for %s@%s: %s", model, after, exc)
+        return ""
+
+
+# --- watch --------------------------------------------------------------------------------
+
+
+class Watch:
+    """``Watch(cfg, actor=..., env_name=...)``: the pieces a ``Watcher`` calls, for real.
+
+    The environment is resolved once, so an automatic rollback acts on the environment the
+    watch started on even if the default changes meanwhile."""
+
+    def __init__(self, cfg: Configuration, *, actor: str, env_name: str | None, failures: int = 3):
+        self.cfg, self.actor, self.failures = cfg, actor, failures
+        with cfg.store.read() as conn:
+            self.env_name = environments.find(conn, env_name).name
+        self._allowed: dict[tuple[str, str], bool] = {}
+
+    def probe_once(self) -> ProbeRun:
+        return ProbeEnv(self.cfg, actor=self.actor).run(self.env_name)
+
+    def rollback(self) -> str:
+        """The normal rollback (lock, ledger ``rollback_of``, audit event) with its reason."""
+        from registry.deploy.rollback import Rollback
+
+        reason = f"automatic: {self.failures} consecutive failing probe runs"
+        result = Rollback(self.cfg, actor=self.actor).run(env_name=self.env_name, reason=reason)
+        return result.release.version
+
+    def may_roll_back(self, run: ProbeRun) -> bool:
+        """False for a version whose manifest says ``no_auto_rollback: true``."""
+        key = (run.model, run.version)
+        if key not in self._allowed:
+            try:
+                self._allowed[key] = not suites.suite_of(self.cfg, *key).no_auto_rollback
+            except CellarError:
+                self._allowed[key] = False  # nothing deployed: nothing to roll back from
+        return self._allowed[key]
+
+    def watcher(self, *, every_s: float, notify: Callable[[str], object], auto_rollback: bool = False,
+                max_runs: int | None = None, should_stop: Callable[[], bool] | None = None,
+                sleep: Callable[[float], None] | None = None,
+                on_run: Callable[[ProbeRun], None] | None = None) -> Watcher:
+        """A ``Watcher`` probing this environment every ``every_s`` seconds."""
+        stop = StopFlag()
+        probe_once = self.probe_once if on_run is None else _reporting(self.probe_once, on_run)
+        return Watcher(probe_once=probe_once, notify=notify, every_s=every_s,
+                       policy=WatchPolicy(failures=self.failures, auto_rollback=auto_rollback),
+                       rollback=self.rollback if auto_rollback else None, sleep=sleep or stop.wait,
+                       should_stop=should_stop or stop, max_runs=max_runs, may_roll_back=self.may_roll_back)
+
+
+def _reporting(probe_once: Callable[[], ProbeRun], on_run: Callable[[ProbeRun], None]) -> Callable[[], ProbeRun]:
+    def run() -> ProbeRun:
+        done = probe_once()
+        on_run(done)
+        return done
+    return run
+
+
+def watch(cfg: Configuration, *, actor: str, env_name: str | None, failures: int = 3, **options) -> WatchSummary:
+    """Run the watch loop until ``max_runs`` or ``should_stop``; see ``Watch.watcher``."""
+    return Watch(cfg, actor=actor, env_name=env_name, failures=failures).watcher(**options).run()
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def metrics_snapshot(cfg: Configuration, *, window: timedelta = METRICS_WINDOW) -> MetricsSnapshot:
+    """What a scrape shows: each environment's deployed release, the runs of the last ``window``
+    (so counters cover that window), and the last deploy and rollback times."""
+    with cfg.store.read() as conn:
+        names = {e.name for e in environments.all_(conn)}
+        rows = [r for r in releases.newest(conn) if r.env in names]
+        runs = probes.runs(conn, since=clock.now() - window)
+    snapshot = MetricsSnapshot(runs=[r for r in runs if r.env in names])
+    for name in sorted(names):
+        _add_env(snapshot, name, [r for r in rows if r.env == name])
+    return snapshot
+
+
+def _add_env(snapshot: MetricsSnapshot, env: str, rows: list[Release]) -> None:
+    now = ledger.current(rows)
+    if now is not None:
+        snapshot.deployed.append(DeployedInfo(env=env, model=now.model, version=now.version,
+                                              revision=now.revision, deployed_at=now.finished_at or now.started_at))
+    went_live = [r for r in rows if r.status in (ReleaseStatus.DEPLOYED, ReleaseStatus.SUPERSEDED)]
+    if went_live:
+        snapshot.last_deploy[env] = max(r.finished_at or r.started_at for r in went_live)
+    rolled = [r for r in went_live if r.operation in (Operation.ROLLBACK, Operation.AUTO_ROLLBACK)]
+    if rolled:
+        snapshot.last_rollback[env] = max(r.finished_at or r.started_at for r in rolled)

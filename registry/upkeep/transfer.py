@@ -1,0 +1,218 @@
+"""Export and import: carry one version (and its container image) to an air-gapped site as
+one verified tar file. The format and its hostile-archive checks are ``registry.upkeep.archive``;
+this module gathers what an export needs and records what an import verified.
+
+Import order: check every member, copy and verify the blobs into temp files, load the image
+(when the engine lacks it), rename the blobs into the store, then record the version, its
+blobs, files, tensor index and an audit event naming the file, in one transaction. A failure
+before that transaction records nothing; the temp files are always removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path, PurePosixPath
+
+from pydantic import ValidationError
+
+from registry.upkeep import archive
+from registry.configuration import Configuration
+from registry.errors import InvalidInput, NotFound, StorageError, VersionConflict
+from registry.models.upkeep import ExportResult, ImportResult
+from registry.models import ImageRef, Provenance, Runtime
+from registry.formats.safetensors_index import SafetensorsError, is_safetensors, read_index
+from registry.store.sql import events, versions
+from registry.store.sql import upkeep as store
+from registry.store.files.blobs import hash_file
+
+Progress = archive.Progress
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def export(cfg: Configuration, model: str, version: str, out: Path, *, actor: str, with_image: bool = False,
+           progress: Progress | None = None) -> ExportResult:
+    """Write ``model@version`` (and, ``with_image``, its pinned image) to the tar file ``out``."""
+    started = time.monotonic()
+    src = _source(cfg, model, version)
+    out = Path(out).absolute()
+    if with_image:
+        src.image = _save_image(cfg, src)
+    try:
+        archive.write_archive(out, src, progress=progress)
+    finally:
+        if src.image is not None:
+            src.image.unlink(missing_ok=True)
+    size = sum(p.stat().st_size for p in src.blob_paths.values())
+    with cfg.store.write() as conn:
+        events.append(conn, actor=actor, action="export", object=f"{model}@{version}", model=model,
+                      db_user=cfg.store.db_user(conn),
+                      detail={"file": str(out), "manifest_digest": src.manifest_digest, "with_image": with_image})
+    return ExportResult(file=str(out), model=model, version=version, manifest_digest=src.manifest_digest,
+                        blobs=len(src.blob_paths), bytes=size, with_image=with_image,
+                        seconds=round(time.monotonic() - started, 3))
+
+
+def _source(cfg: Configuration, model: str, version: str) -> archive.ExportSource:
+    with cfg.store.read() as conn:
+        stored = versions.record_of(conn, model, version)  # refuses a record that is not what was pushed
+        info = versions.info(conn, model, version)
+        summary, provenance = info, info.provenance
+    record = stored.record
+    paths = {f["digest"]: cfg.blobs.path(f["digest"]) for key in ("weights", "prompts") for f in record[key]}
+    for digest, path in paths.items():
+        if not path.is_file():
+            raise NotFound(f"blob {digest} of {model}@{version} is missing from the store: run `registry verify`; "
+                           "nothing was exported")
+    changelog = {"message": summary.message, "actor": summary.actor, "created_at": summary.created_at.isoformat()}
+    return archive.ExportSource(model=model, version=version, manifest_digest=stored.digest, record=record,
+                                changelog=changelog, blob_paths=paths,
+                                provenance=provenance.model_dump(mode="json") if provenance else None)
+
+
+def _save_image(cfg: Configuration, src: archive.ExportSource) -> Path:
+    """``docker save`` of the pinned image into the blob store's temp folder."""
+    image = src.record.get("image") or {}
+    digest = image.get("digest")
+    if not digest:
+        what = f"its image {image['ref']} was never pinned" if image.get("ref") else "it has no image"
+        raise InvalidInput(f"cannot export {src.model}@{src.version} --with-image: {what}; export without --with-image")
+    tmp = cfg.blobs.tmp / f"export-{os.getpid()}-{secrets.token_hex(6)}"
+    try:
+        cfg.engine().save_image(digest, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+def import_archive(cfg: Configuration, path: Path, *, actor: str, progress: Progress | None = None) -> ImportResult:
+    """Verify and record the version in the export file ``path``; the same version again is a
+    no-op, other content under its model@version a VersionConflict."""
+    started = time.monotonic()
+    path = Path(path).absolute()
+    bundle = archive.read_archive(path, tmp_dir=cfg.blobs.tmp, progress=progress,
+                                  have=lambda digest, size: cfg.blobs.has(digest, size=size))
+    try:
+        index = bundle.index
+        provenance = _check_record(path, index)
+        existing = _existing(cfg, index)
+        image_loaded = _load_image(cfg, bundle)
+        blobs, size = (0, 0) if existing else bundle.install_blobs(cfg.blobs)
+        created = not existing and _record(cfg, bundle, provenance, path=path, actor=actor,
+                                           image_loaded=image_loaded)
+    finally:
+        bundle.cleanup()
+    return ImportResult(file=str(path), model=index.model, version=index.version,
+                        manifest_digest=index.manifest_digest, created=created, blobs_stored=blobs,
+                        bytes_stored=size, image_loaded=image_loaded, seconds=round(time.monotonic() - started, 3))
+
+
+def _check_record(path: Path, index: archive.ArchiveIndex) -> Provenance | None:
+    """What promote and show will read from the record must parse; paths must stay relative."""
+    record = index.record
+    try:
+        Runtime.model_validate(record.get("runtime"))
+        ImageRef.model_validate(record.get("image") or {})
+        provenance = Provenance.model_validate(index.provenance) if index.provenance else None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"refusing to import {path}: its record is not valid "
+                           f"({'.'.join(map(str, first['loc']))}: {first['msg']}); nothing was recorded") from None
+    for w in record.get("weights", []):
+        rel = PurePosixPath(str(w.get("path", "")))
+        if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in str(rel):
+            raise InvalidInput(f"refusing to import {path}: weight path {str(rel)!r} is not a relative path "
+                               "inside the version; nothing was recorded")
+    return provenance
+
+
+def _existing(cfg: Configuration, index: archive.ArchiveIndex) -> bool:
+    """True when this exact version is recorded already; VersionConflict for other content."""
+    with cfg.store.read() as conn:
+        found = versions.find(conn, index.model, index.version)
+    if found is None:
+        return False
+    if found.manifest_digest != index.manifest_digest:
+        raise VersionConflict(f"{index.model}@{index.version} already exists here with other content "
+                              f"({found.manifest_digest[:19]}, the file holds {index.manifest_digest[:19]}): "
+                              "versions are immutable; nothing was imported")
+    return True
+
+
+def _load_image(cfg: Configuration, bundle: archive.ImportBundle) -> bool:
+    """``docker load`` the archive's image unless the engine has the pinned one; True if loaded."""
+    if bundle.image is None:
+        return False
+    pinned = (bundle.index.record.get("image") or {}).get("digest")
+    engine = cfg.engine()
+    if pinned:
+        try:
+            engine.image_digest(pinned)
+            return False
+        except NotFound:
+            pass
+    loaded = engine.load_image(bundle.image)
+    if pinned and loaded != pinned:
+        raise InvalidInput(f"the image in the file is {loaded[:19]}, not {pinned[:19]} that the version pins; "
+                           "nothing was recorded")
+    return True
+
+
+def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Provenance | None, *, path: Path,
+            actor: str, image_loaded: bool) -> bool:
+    index = bundle.index
+    tensors = _tensor_index(cfg, index.record, known=bundle.tensors)
+    with cfg.store.write() as conn:
+        found = versions.find(conn, index.model, index.version)
+        if found is not None:  # imported by someone else meanwhile
+            if found.manifest_digest != index.manifest_digest:
+                raise VersionConflict(f"{index.model}@{index.version} was recorded with other content meanwhile")
+            return False
+        _require_blobs(cfg, index.record)
+        store.insert_imported(conn, model=index.model, version=index.version, manifest_digest=index.manifest_digest,
+                              record=index.record, changelog=index.changelog, provenance=provenance,
+                              tensors=tensors)
+        events.append(conn, actor=actor, action="import", object=f"{index.model}@{index.version}",
+                      model=index.model, db_user=cfg.store.db_user(conn), detail={
+                          "from": str(path), "manifest_digest": index.manifest_digest,
+                          "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
+                          "image_loaded": image_loaded})
+    return True
+
+
+def _tensor_index(cfg: Configuration, record: dict, *, known: dict) -> dict:
+    """Blob digest -> (tensor ranges, tensor digests) of each safetensors weight: hashed while
+    the archive was read (``known``), else from the stored blob unless it is indexed already."""
+    out = dict(known)
+    for w in record.get("weights", []):
+        digest = w["digest"]
+        if not is_safetensors(w["path"]) or digest in out:
+            continue
+        with cfg.store.read() as conn:
+            if versions.tensor_digests(conn, digest):
+                continue
+        blob = cfg.blobs.path(digest)
+        try:
+            ranges = read_index(blob)
+        except SafetensorsError as exc:
+            raise InvalidInput(f"refusing to import: {w['path']} is not a valid safetensors file ({exc}); "
+                               "nothing was recorded") from None
+        out[digest] = (ranges, hash_file(blob, ranges).tensor_digests)
+    return out
+
+
+def _require_blobs(cfg: Configuration, record: dict) -> None:
+    """Under the write lock: every blob the version pins is in the store (a gc between
+    extraction and now would have removed an old unreferenced one)."""
+    for f in [*record.get("weights", []), *record.get("prompts", [])]:
+        if not cfg.blobs.has(f["digest"], size=f["size"]):
+            raise StorageError(f"blob {f['digest']} went missing during the import (a concurrent gc?): "
+                               "import the file again")
+
