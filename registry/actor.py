@@ -10,7 +10,7 @@ from collections.abc import Callable
 from registry.inputs import check_actor
 
 
-def resolve(explicit: str | None = None, *, git_identity: Callable[[], str | None] | None = None) -> str:
+def identify(explicit: str | None = None, *, git_identity: Callable[[], str | None] | None = None) -> str:
     """The actor's name; ``git_identity`` replaces the git probe (e.g. with a cached one).
     InvalidInput when it is too long or holds control characters (a newline would fake a row
     in every table that shows it)."""

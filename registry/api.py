@@ -74,7 +74,7 @@ class Registry:
     def open(cls, path: str | Path | None = None, *, engine_factory: EngineFactory | None = None,
              checks: Checks | None = None) -> Registry:
         """Open an existing registry; refuses a missing or out-of-date schema."""
-        home = home_mod.find(path)
+        home = home_mod.locate(path)
         store = Store(home.db_url, source=home.db_source)
         store.check_schema()
         store.key = seals.load_or_create_key(home.path, create=False)
@@ -100,7 +100,7 @@ class Registry:
         created = before is None
         if created:
             with store.write() as conn:
-                events.append(conn, actor=actor_mod.resolve(actor), action="init", object=str(home.path),
+                events.append(conn, actor=actor_mod.identify(actor), action="init", object=str(home.path),
                               detail={"db": masked_url(home.db_url)}, db_user=store.db_user(conn))
         return cls(home, store), InitResult(home=str(home.path), db_url=masked_url(home.db_url), created=created)
 
@@ -109,7 +109,7 @@ class Registry:
         """Migrate the database to the schema this program needs; return (before, after)."""
         from registry.store.sql import migrate
 
-        home = home_mod.find(path)
+        home = home_mod.locate(path)
         store = Store(home.db_url, source=home.db_source)
         try:
             before = store.schema_revision()
@@ -118,7 +118,7 @@ class Registry:
             after = store.schema_revision()
             if before != after:
                 with store.write() as conn:
-                    events.append(conn, actor=actor_mod.resolve(actor), action="db-upgrade", object="schema",
+                    events.append(conn, actor=actor_mod.identify(actor), action="db-upgrade", object="schema",
                                   detail={"from": before, "to": after}, db_user=store.db_user(conn))
             return before, after
         finally:
@@ -146,7 +146,7 @@ class Registry:
         """
         resolved = (source if isinstance(source, manifest_mod.Resolved)
                     else manifest_mod.load(source, version=version, message=message))
-        who = actor_mod.resolve(actor, git_identity=self._git_user)
+        who = actor_mod.identify(actor, git_identity=self._git_user)
         return pushing.push(self.config, resolved, actor=who, progress=progress)
 
     def engine(self, docker_host: str | None = None) -> Engine:
@@ -208,7 +208,7 @@ class Registry:
         if isinstance(checkpoint, str):
             checkpoint = audit.parse_checkpoint(checkpoint)
         with self.store.read() as conn:
-            return events.verify(conn, against=checkpoint)
+            return events.check_chain(conn, against=checkpoint)
 
     def audit_checkpoint(self) -> Checkpoint:
         """The audit log's head hash and event count, to keep somewhere else."""
@@ -231,7 +231,7 @@ class Registry:
         returns the same set the real run removes."""
         from registry.upkeep import gc as gc_plan, operations
 
-        return operations.gc(self.config, actor=actor_mod.resolve(actor), dry_run=dry_run,
+        return operations.gc(self.config, actor=actor_mod.identify(actor), dry_run=dry_run,
                               grace=gc_plan.GRACE if grace is None else grace)
 
     def backup(self, dest: str | Path, *, actor: str | None = None) -> BackupResult:
@@ -239,7 +239,7 @@ class Registry:
         a second backup to the same place copies only new blobs."""
         from registry.upkeep import operations
 
-        return operations.backup(self.config, Path(dest), actor=actor_mod.resolve(actor))
+        return operations.backup(self.config, Path(dest), actor=actor_mod.identify(actor))
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
@@ -253,7 +253,7 @@ class Registry:
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            operations.record_restore(reg.config, result, src=Path(src), actor=actor_mod.resolve(actor))
+            operations.record_restore(reg.config, result, src=Path(src), actor=actor_mod.identify(actor))
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
@@ -262,7 +262,7 @@ class Registry:
         from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
-        return transfer.export(self.config, model, version, Path(out), actor=actor_mod.resolve(actor),
+        return transfer.export(self.config, model, version, Path(out), actor=actor_mod.identify(actor),
                                with_image=with_image, progress=progress)
 
     def import_archive(self, path: str | Path, *, actor: str | None = None, progress=None) -> ImportResult:
@@ -270,7 +270,7 @@ class Registry:
         same file again is a no-op."""
         from registry.upkeep import transfer
 
-        return transfer.import_archive(self.config, Path(path), actor=actor_mod.resolve(actor), progress=progress)
+        return transfer.import_archive(self.config, Path(path), actor=actor_mod.identify(actor), progress=progress)
 
     def deprecate(self, ref: str, *, reason: str | None = None, actor: str | None = None) -> Deprecation:
         """Hide a version from ``versions()`` and refuse to promote it; diff, show and audit still work."""
@@ -278,7 +278,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return operations.deprecate(self.config, model, version, actor=actor_mod.resolve(actor), reason=reason)
+        return operations.deprecate(self.config, model, version, actor=actor_mod.identify(actor), reason=reason)
 
     def deprecations(self, model: str | None = None) -> list[Deprecation]:
         """The deprecated versions (of ``model``)."""
@@ -294,7 +294,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return operations.delete(self.config, model, version, actor=actor_mod.resolve(actor), force=force,
+        return operations.delete(self.config, model, version, actor=actor_mod.identify(actor), force=force,
                                   reason=reason)
 
     # --- environments, promote, rollback -------------------------------------------------
@@ -304,7 +304,7 @@ class Registry:
         protected, default, bind_addr, gate (promotes run the probe suite as a gate)."""
         from registry.deploy.env_actions import AddEnv, new_env
 
-        return AddEnv(self.config, actor=actor_mod.resolve(actor)).run(new_env(name, port=port, **settings))
+        return AddEnv(self.config, actor=actor_mod.identify(actor)).run(new_env(name, port=port, **settings))
 
     def environments(self) -> list[Environment]:
         """All environments, by name."""
@@ -318,7 +318,7 @@ class Registry:
         from registry.store.sql import environments
 
         with self.store.read() as conn:
-            return environments.find(conn, name)
+            return environments.named_or_default(conn, name)
 
     def remove_env(self, name: str, *, reason: str | None = None, force: bool = False,
                    actor: str | None = None) -> Environment:
@@ -326,7 +326,7 @@ class Registry:
         from registry.deploy.env_actions import RemoveEnv
 
         inputs.check_reason(reason)
-        return RemoveEnv(self.config, actor=actor_mod.resolve(actor)).run(name, reason=reason, force=force)
+        return RemoveEnv(self.config, actor=actor_mod.identify(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
                 allow_retag: bool = False, on_step=None, gate: bool | None = None) -> DeployResult:
@@ -338,7 +338,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
-        action = Promote(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
+        action = Promote(self.config, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
@@ -349,7 +349,7 @@ class Registry:
         if to is not None and revision is not None:
             raise InvalidInput("give --to or --revision, not both")
         inputs.check_reason(reason)
-        action = Rollback(self.config, actor=actor_mod.resolve(actor), on_step=on_step)
+        action = Rollback(self.config, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
 
     def history(self, env: str | None = None, *, limit: int | None = None) -> list[Release]:
@@ -377,7 +377,7 @@ class Registry:
         (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
         from registry.deploy.recover import Recover
 
-        return Recover(self.config, actor=actor_mod.resolve(actor)).run(env_name=env, force=force)
+        return Recover(self.config, actor=actor_mod.identify(actor)).run(env_name=env, force=force)
 
     # --- probes and health ---------------------------------------------------------------
 
@@ -390,7 +390,7 @@ class Registry:
         from registry.health import monitoring
         from registry.probes import probing
 
-        action = monitoring.ProbeEnv(self.config, actor=actor_mod.resolve(actor))
+        action = monitoring.ProbeEnv(self.config, actor=actor_mod.identify(actor))
         if timeout_s is not None:
             action.timeout_s = timeout_s
         run = action.run(env)
@@ -432,7 +432,7 @@ class Registry:
 
         if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
             raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
-        return monitoring.watch(self.config, actor=actor_mod.resolve(actor), env_name=env, failures=failures,
+        return monitoring.watch(self.config, actor=actor_mod.identify(actor), env_name=env, failures=failures,
                                 every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
                                 max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
 

@@ -98,7 +98,7 @@ def for_init(path: str | Path | None = None, *, db_url: str | None = None) -> Ho
     return Home(chosen, *resolve_db_url(chosen))
 
 
-def find(path: str | Path | None = None, start: Path | None = None) -> Home:
+def locate(path: str | Path | None = None, start: Path | None = None) -> Home:
     """The home of an existing registry; NotInitialised if there is none.
 
     Never creates anything: a SQLite database that does not exist yet is NotInitialised (it

@@ -80,7 +80,7 @@ class Action:
         """Find the environment (the default one when ``name`` is None) and work on it; a
         protected one needs a reason."""
         with self.cfg.store.read() as conn:
-            env = environments.find(conn, name)
+            env = environments.named_or_default(conn, name)
         if env.protected and not (reason and reason.strip()):
             raise InvalidInput(f"{env.name} is protected: say why with --reason")
         self.use_env(env)
@@ -194,7 +194,7 @@ class Action:
         # A blob whose stat key is unchanged since its bytes were verified is trusted (a write
         # changes its mtime/ctime); any other is re-read: rollback stays fast on big weights.
         for item in [*record["weights"], *record["prompts"]]:
-            self.cfg.blobs.verify(item["digest"], trust_stamp=True)
+            self.cfg.blobs.check(item["digest"], trust_stamp=True)
 
     def create_container(self, release: Release, ready: Ready) -> str:
         """Create (stopped) the container of ``release``, labelled so state can be rebuilt."""

@@ -88,7 +88,7 @@ class RemoveEnv(Action):
         try:
             if now or force:
                 self.use_env(env)
-                for c in self.engine.find(env=name, registry=self.cfg.registry_id):
+                for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
                     self.engine.remove(c.id)
         except BaseException:
             with self.cfg.store.write() as conn:
@@ -108,7 +108,7 @@ class RemoveEnv(Action):
 
     def _claim(self, name: str, *, reason: str | None, force: bool) -> tuple[Environment, Release | None]:
         with self.cfg.store.write() as conn:
-            env = environments.find(conn, name)
+            env = environments.named_or_default(conn, name)
             rows = releases.current_and_pending(conn, name)
             held = locks.get(conn, name)
             if held:  # says, by case, whether to wait, recover, or (another host's lock) recover --force
@@ -133,7 +133,7 @@ def history(cfg, env_name: str | None = None, *, limit: int | None = None) -> li
     with cfg.store.read() as conn:
         rows = releases.newest(conn, env_name, limit=limit)
         if env_name and not rows:  # a removed environment keeps its ledger: only a name never deployed is unknown
-            environments.find(conn, env_name)
+            environments.named_or_default(conn, env_name)
         return rows
 
 

@@ -34,7 +34,7 @@ class Recover(Action):
         alone unless ``force``: only the caller can know that the other host's process is gone.
         """
         with self.cfg.store.read() as conn:
-            envs = [environments.find(conn, env_name)] if env_name else environments.all_(conn)
+            envs = [environments.named_or_default(conn, env_name)] if env_name else environments.all_(conn)
         out = RecoverResult()
         for env in envs:
             out.actions += self.reconcile(env, force=force)
@@ -68,7 +68,7 @@ class Recover(Action):
                     target=Target(model=stuck.model, version=stuck.version, manifest_digest=stuck.manifest_digest))
         info = self._pending_container(stuck)
         if info is not None and info.running and self._answers(stuck, info.id):
-            for other in self.engine.find(env=env.name, registry=self.cfg.registry_id):
+            for other in self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id):
                 if other.running and other.id != info.id:
                     self.engine.stop(other.id)
             settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=info.id)
@@ -113,7 +113,7 @@ class Recover(Action):
         env, out, settled = self.env, [], Settlement()
         now = ledger.current(rows)
         info = self.engine.inspect(now.container_id) if now and now.container_id else None
-        others_running = [c for c in self.engine.find(env=env.name, registry=self.cfg.registry_id)
+        others_running = [c for c in self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
                           if c.running and (not info or c.id != info.id)]
         if info is not None and not info.running and not others_running:
             self.remember_secrets(self.runtime_of(now), container_env=info.env)  # its logs may print them
@@ -170,7 +170,7 @@ class Recover(Action):
         if stuck.container_id:
             return self.engine.inspect(stuck.container_id)
         # Killed between creating the container and noting its id: find it by its labels.
-        found = self.engine.find(env=self.env.name, revision=str(stuck.revision), registry=self.cfg.registry_id)
+        found = self.engine.find_labelled(env=self.env.name, revision=str(stuck.revision), registry=self.cfg.registry_id)
         return found[0] if found else None
 
     def _answers(self, release: Release, container_id: str) -> bool:

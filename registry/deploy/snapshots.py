@@ -42,7 +42,7 @@ def materialise(root: Path, blobs: BlobStore, *, manifest_digest: str, record: d
             target.parent.mkdir(parents=True, exist_ok=True)
             _link(blobs.path(digest), target)
         tmp.mkdir(exist_ok=True)
-        _seal(tmp)
+        _make_read_only(tmp)
         try:
             os.rename(tmp, final)
         except OSError as exc:
@@ -116,7 +116,7 @@ def _link(src: Path, dst: Path) -> None:
         os.chmod(dst, 0o444)
 
 
-def _seal(folder: Path) -> None:
+def _make_read_only(folder: Path) -> None:
     for dirpath, _dirs, _files in os.walk(folder, topdown=False):
         os.chmod(dirpath, READ_ONLY_DIR)
 

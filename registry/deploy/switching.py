@@ -233,7 +233,7 @@ class Switching(Action):
         that no longer exists changes nothing."""
         removed, warnings = [], []
         try:
-            found = self.engine.find(env=self.env.name, registry=self.cfg.registry_id)
+            found = self.engine.find_labelled(env=self.env.name, registry=self.cfg.registry_id)
         except CellarError as exc:
             return [], [f"old containers were not cleaned up: {self.scrub(str(exc))}"]
         with self.cfg.store.read() as conn:

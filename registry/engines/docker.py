@@ -122,7 +122,7 @@ class DockerEngine:
         except DockerException as exc:
             raise EngineError(f"Docker engine error: {_short(exc)}") from None
 
-    def find(self, **labels: str) -> list[ContainerInfo]:
+    def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         """Containers (running or not) carrying the cellar labels given, e.g. ``env="prod"``."""
         filters = {"label": [f"{LABEL}.{k.replace('_', '-')}={v}" for k, v in labels.items()] or [LABEL + ".env"]}
         try:

@@ -79,7 +79,7 @@ class Engine(Protocol):
     def inspect(self, container_id: str) -> ContainerInfo | None:
         """The container's state and labels; None when it does not exist."""
 
-    def find(self, **labels: str) -> list[ContainerInfo]:
+    def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         """Containers, running or not, carrying every ``cellar.<key>=<value>`` label given
         (``revision="3"``, ``manifest_digest=...``: underscores become dashes)."""
 

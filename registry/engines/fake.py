@@ -86,7 +86,7 @@ class FakeEngine:
         c = self.containers.get(container_id)
         return c.info if c else None
 
-    def find(self, **labels: str) -> list[ContainerInfo]:
+    def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         want = {f"cellar.{k.replace('_', '-')}": v for k, v in labels.items()}
         return [c.info for c in self.containers.values()
                 if all(c.info.labels.get(k) == v for k, v in want.items())]

@@ -49,7 +49,7 @@ class ProbeEnv(Action):
 
     def run(self, env_name: str | None) -> ProbeRun:
         with self.cfg.store.read() as conn:
-            env = environments.find(conn, env_name)
+            env = environments.named_or_default(conn, env_name)
             rows = releases.current_and_pending(conn, env.name)  # a probe needs only what runs now
             held = locks.get(conn, env.name)
         if held is not None:
@@ -109,7 +109,7 @@ def health(cfg: Configuration, env_name: str | None = None, *, since: datetime |
 
     with cfg.store.read() as conn:
         if env_name is not None:
-            environments.find(conn, env_name)  # a typo is NotFound, not an empty report
+            environments.named_or_default(conn, env_name)  # a typo is NotFound, not an empty report
         if runs is None:
             runs = probes.runs(conn, env_name, since)
         rows = releases.newest(conn, env_name)
@@ -149,7 +149,7 @@ class Watch:
     def __init__(self, cfg: Configuration, *, actor: str, env_name: str | None, failures: int = 3):
         self.cfg, self.actor, self.failures = cfg, actor, failures
         with cfg.store.read() as conn:
-            self.env_name = environments.find(conn, env_name).name
+            self.env_name = environments.named_or_default(conn, env_name).name
         self._allowed: dict[tuple[str, str], bool] = {}
 
     def probe_once(self) -> ProbeRun:

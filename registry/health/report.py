@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
-from registry.versions.diffing import Diff, Status
+from registry.versions.diffing import ChangeKind, Diff
 from registry.ledger import Release
 from registry.models.probes import ChangePoint, HealthReport, ProbeRun, ProbeStatus, VersionHealth
 
@@ -164,7 +164,7 @@ def diff_summary(diff: Diff) -> str:
 
 
 def _prompt_part(p) -> str:
-    if p.status != Status.changed:
+    if p.status != ChangeKind.changed:
         return f"prompt {p.name} {p.status.value}"
     counts = " ".join(c for c in (f"+{p.lines_added}" if p.lines_added else "",
                                   f"-{p.lines_removed}" if p.lines_removed else "") if c)
@@ -174,7 +174,7 @@ def _prompt_part(p) -> str:
 def _weight_parts(diff: Diff) -> list[str]:
     parts, tensors = [], 0
     for w in diff.weights:
-        if w.status == Status.unchanged:
+        if w.status == ChangeKind.unchanged:
             continue
         if w.tensors is not None:
             tensors += len(w.tensors.changed) + len(w.tensors.added) + len(w.tensors.removed)

@@ -33,7 +33,7 @@ class ProblemKind(StrEnum):
 NOTICES = frozenset({ProblemKind.UNREFERENCED})
 
 
-class Problem(_Model):
+class StorageProblem(_Model):
     """One thing verify found; ``versions`` are the model@version refs that use the blob."""
 
     kind: ProblemKind
@@ -57,7 +57,7 @@ class VerifyReport(_Model):
     blobs_checked: int
     bytes_hashed: int
     seconds: float
-    problems: list[Problem] = Field(default_factory=list)
+    problems: list[StorageProblem] = Field(default_factory=list)
     stale_temp_files: list[str] = Field(default_factory=list)
     snapshots_checked: int = 0
     audit_events: int = 0
@@ -113,7 +113,7 @@ class BackupResult(_Model):
     blobs_linked: int                 # of the new ones, hard-linked rather than copied
     bytes_copied: int
     seconds: float
-    problems: list[Problem] = Field(default_factory=list)  # source blobs not backed up (corrupt ...)
+    problems: list[StorageProblem] = Field(default_factory=list)  # source blobs not backed up (corrupt ...)
 
 
 class RestoreResult(_Model):
@@ -122,7 +122,7 @@ class RestoreResult(_Model):
     blobs_restored: int
     bytes_restored: int
     seconds: float
-    problems: list[Problem] = Field(default_factory=list)
+    problems: list[StorageProblem] = Field(default_factory=list)
     verify: VerifyReport | None = None  # the restored registry, verified (Registry.restore)
 
     @computed_field

@@ -219,7 +219,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
 FindByHash = Callable[[str], int | None]  # event hash -> id of the event holding it, if any
 
 
-def verify(rows: Iterable[Mapping[str, Any]], *, find_by_hash: FindByHash,
+def check_chain(rows: Iterable[Mapping[str, Any]], *, find_by_hash: FindByHash,
            against: Checkpoint | None = None) -> Verification:
     """Recompute the chain over ``rows`` (id order) and name the first event that is wrong."""
     prev, count, bad = GENESIS, 0, None

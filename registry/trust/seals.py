@@ -93,7 +93,7 @@ class Key:
         """``KEYID:HEX``: the HMAC-SHA256 of ``data``, prefixed by this key's id."""
         return f"{self.id}:{hmac.new(self.secret, data, hashlib.sha256).hexdigest()}"
 
-    def verify(self, data: bytes, mac: str | None) -> bool:
+    def matches(self, data: bytes, mac: str | None) -> bool:
         """True when ``mac`` is this key's seal of ``data`` (compared in constant time)."""
         return isinstance(mac, str) and hmac.compare_digest(self.sign(data).encode(), mac.encode())
 
@@ -251,8 +251,8 @@ def _seal_problem(key: Key, obj: str, mac: str | None, what: str) -> SealProblem
 
 def event_problem(key: Key, row: Mapping[str, Any]) -> SealProblem | None:
     """The problem with one event row (``id``, ``hash``, ``mac``), or None: call it inside
-    ``audit.verify``'s streaming loop, after the chain check."""
-    if key.verify(f"cellar event\0{row['id']}\0{row['hash']}".encode(), row.get("mac")):
+    ``audit.check_chain``'s streaming loop, after the chain check."""
+    if key.matches(f"cellar event\0{row['id']}\0{row['hash']}".encode(), row.get("mac")):
         return None
     return _seal_problem(key, f"event:{row['id']}", row.get("mac"), "its hash and content")
 
@@ -275,7 +275,7 @@ def check_head(key: Key, head_row: Mapping[str, Any] | None, *, count: int, last
             return []
         return [SealProblem(kind="unsealed", object="audit:head", message=(
             "the audit log has no signed head: run `registry init` to seal it, on a copy you trust"))]
-    if not key.verify(f"cellar head\0{head_row['count']}\0{head_row['head']}".encode(), head_row.get("mac")):
+    if not key.matches(f"cellar head\0{head_row['count']}\0{head_row['head']}".encode(), head_row.get("mac")):
         return [_seal_problem(key, "audit:head", head_row.get("mac"), "the event count and head hash")]
     sealed = f"the signed head records {head_row['count']} events ending at {str(head_row['head'])[:12]}"
     if head_row["count"] < count:
@@ -298,7 +298,7 @@ def version_problems(key: Key, row: Mapping[str, Any]) -> list[SealProblem]:
         out.append(SealProblem(kind="digest", object=obj, message=(
             f"{obj}: the stored manifest does not hash to its manifest_digest {row['manifest_digest'][:19]}: "
             "it was edited in the database")))
-    if not key.verify(_row_message("version", version_fields(row)), row.get("mac")):
+    if not key.matches(_row_message("version", version_fields(row)), row.get("mac")):
         out.append(_seal_problem(key, obj, row.get("mac"), "its manifest, digest, message or actor"))
     return out
 
@@ -313,7 +313,7 @@ def check_version(key: Key, row: Mapping[str, Any]) -> None:
 
 def row_problem(key: Key, kind: str, row: Mapping[str, Any]) -> SealProblem | None:
     """A release or environment row's problem with its seal, or None."""
-    if key.verify(_row_message(kind, row), row.get("mac")):
+    if key.matches(_row_message(kind, row), row.get("mac")):
         return None
     return _seal_problem(key, row_key(kind, row), row.get("mac"), "its columns")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from registry import clock
 from registry.durable import fsync_dir
 from registry.errors import InvalidInput, StorageError
-from registry.models.upkeep import BackupResult, Problem, ProblemKind, RestoreResult
+from registry.models.upkeep import BackupResult, StorageProblem, ProblemKind, RestoreResult
 from registry.store.files.blobs import BlobStore
 from registry.store.files.scan import CHUNK, hash_path
 from registry.store.sql import dump
@@ -43,7 +43,7 @@ class _Moved:
     digest: str
     size: int
     linked: bool
-    problem: Problem | None = None
+    problem: StorageProblem | None = None
 
 
 # --- backup -------------------------------------------------------------------------------
@@ -97,10 +97,10 @@ def _transfer(digest: str, size: int, src: BlobStore, dest: BlobStore, link: boo
                     raise
         return _copy_verified(path, digest, size, dest)
     except FileNotFoundError:
-        return _Moved(digest, size, False, Problem(kind=ProblemKind.MISSING, digest=digest, expected_size=size,
+        return _Moved(digest, size, False, StorageProblem(kind=ProblemKind.MISSING, digest=digest, expected_size=size,
                                                    detail=f"not in {src.root}; it is not in this backup"))
     except _Mismatch as exc:
-        return _Moved(digest, size, False, Problem(kind=ProblemKind.CORRUPT, digest=digest, path=str(path),
+        return _Moved(digest, size, False, StorageProblem(kind=ProblemKind.CORRUPT, digest=digest, path=str(path),
                                                    expected_size=size, actual_size=exc.size,
                                                    detail="damaged in the store; not backed up"))
 
@@ -165,7 +165,7 @@ def read_manifest(src: Path) -> dict:
     return manifest
 
 
-def verify_backup(src: Path) -> list[Problem]:
+def verify_backup(src: Path) -> list[StorageProblem]:
     """Cheap check of a backup against its manifest: the database file's sha256, and every
     blob present with its size (blob bytes are hashed when they are copied in or out)."""
     manifest = read_manifest(src)
@@ -173,13 +173,13 @@ def verify_backup(src: Path) -> list[Problem]:
     problems = []
     db_path = src / db["file"]
     if not db_path.is_file() or _sha256(db_path) != db["sha256"]:
-        problems.append(Problem(kind=ProblemKind.DATABASE, path=str(db_path),
+        problems.append(StorageProblem(kind=ProblemKind.DATABASE, path=str(db_path),
                                 detail="the database file does not match the backup manifest"))
     store = BlobStore(src / "blobs")
     for digest, size in manifest["blobs"].items():
         if not store.has(digest, size=size):
             kind = ProblemKind.TRUNCATED if store.has(digest) else ProblemKind.MISSING
-            problems.append(Problem(kind=kind, digest=digest, expected_size=size))
+            problems.append(StorageProblem(kind=kind, digest=digest, expected_size=size))
     return problems
 
 

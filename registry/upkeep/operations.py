@@ -27,7 +27,7 @@ from registry.trust import seals
 from registry.configuration import Configuration
 from registry.errors import CellarError, Conflict, InvalidInput
 from registry.ledger import Release, ReleaseStatus
-from registry.models.upkeep import (BackupResult, ContainerItem, DeleteResult, Deprecation, GcResult, PathItem, Problem, ProblemKind, RestoreResult, VerifyReport)
+from registry.models.upkeep import (BackupResult, ContainerItem, DeleteResult, Deprecation, GcResult, PathItem, StorageProblem, ProblemKind, RestoreResult, VerifyReport)
 from registry.upkeep import backup as backup_store
 from registry.store.sql import environments, events, releases, versions
 from registry.store.files import scan
@@ -48,7 +48,7 @@ def verify(cfg: Configuration, *, progress: VerifyProgress | None = None) -> Ver
         users = store.blob_users(conn)
         records = store.records_by_digest(conn)
         problems = store.reference_problems(conn)
-        chain = events.verify(conn)
+        chain = events.check_chain(conn)
         db_check, db_problems = store.integrity_check(conn)
     total = sum(recorded.get(d, 0) for d in users)
     tick = (lambda n: progress(n, total)) if progress else None
@@ -57,7 +57,7 @@ def verify(cfg: Configuration, *, progress: VerifyProgress | None = None) -> Ver
     snaps = list(gc_mod.list_snapshots(cfg.snapshots))
     problems += _snapshot_problems(cfg, snaps, records)
     if not chain.ok:
-        problems.append(Problem(kind=ProblemKind.AUDIT, detail=_chain_problem(chain)))
+        problems.append(StorageProblem(kind=ProblemKind.AUDIT, detail=_chain_problem(chain)))
     problems += db_problems
     stale = [str(f.path) for f in scan.list_temp_files(cfg.blobs) if not f.owner_alive]
     return VerifyReport(ok=not any(p.damage for p in problems), blobs_checked=result.blobs_checked,
@@ -72,7 +72,7 @@ def _chain_problem(chain) -> str:
 
 
 def _snapshot_problems(cfg: Configuration, snaps: list[gc_mod.Snapshot],
-                       records: dict[str, tuple[dict, list[str]]]) -> list[Problem]:
+                       records: dict[str, tuple[dict, list[str]]]) -> list[StorageProblem]:
     out = []
     for snap in snaps:
         if snap.manifest_digest not in records:
@@ -179,7 +179,7 @@ def _containers(cfg: Configuration, envs) -> tuple[list[gc_mod.Container], dict,
         seen.add(env.docker_host)
         try:
             engine = cfg.engine(env.docker_host)
-            infos = engine.find(registry=cfg.registry_id)
+            infos = engine.find_labelled(registry=cfg.registry_id)
         except CellarError as exc:
             warnings.append(f"containers on {env.docker_host or 'the local engine'} left alone: {exc}")
             continue

@@ -136,7 +136,7 @@ def _check_record(path: Path, index: archive.ArchiveIndex) -> Provenance | None:
 def _existing(cfg: Configuration, index: archive.ArchiveIndex) -> bool:
     """True when this exact version is recorded already; VersionConflict for other content."""
     with cfg.store.read() as conn:
-        found = versions.find(conn, index.model, index.version)
+        found = versions.lookup(conn, index.model, index.version)
     if found is None:
         return False
     if found.manifest_digest != index.manifest_digest:
@@ -170,7 +170,7 @@ def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Proven
     index = bundle.index
     tensors = _tensor_index(cfg, index.record, known=bundle.tensors)
     with cfg.store.write() as conn:
-        found = versions.find(conn, index.model, index.version)
+        found = versions.lookup(conn, index.model, index.version)
         if found is not None:  # imported by someone else meanwhile
             if found.manifest_digest != index.manifest_digest:
                 raise VersionConflict(f"{index.model}@{index.version} was recorded with other content meanwhile")

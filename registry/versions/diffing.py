@@ -21,7 +21,7 @@ from registry.models import ImageRef, Provenance, Tensor, VersionInfo, WeightFil
 MASK = "***"
 
 
-class Status(StrEnum):
+class ChangeKind(StrEnum):
     added = "added"
     removed = "removed"
     changed = "changed"
@@ -51,7 +51,7 @@ class ImageDiff(BaseModel):
 
 class KeyChange(BaseModel):
     key: str
-    status: Status
+    status: ChangeKind
     old: str | None = None
     new: str | None = None
 
@@ -66,7 +66,7 @@ class RuntimeDiff(BaseModel):
 
 class PromptDiff(BaseModel):
     name: str
-    status: Status
+    status: ChangeKind
     changed: bool
     old_digest: str | None = None
     new_digest: str | None = None
@@ -87,7 +87,7 @@ class TensorChanges(BaseModel):
 
 class WeightDiff(BaseModel):
     path: str
-    status: Status
+    status: ChangeKind
     old_size: int | None = None
     new_size: int | None = None
     old_digest: str | None = None
@@ -97,7 +97,7 @@ class WeightDiff(BaseModel):
 
 class ProbeDiff(BaseModel):
     name: str
-    status: Status
+    status: ChangeKind
     fields: list[str] = Field(default_factory=list)
 
 
@@ -164,19 +164,19 @@ def env_changes(old: dict[str, str], new: dict[str, str]) -> list[KeyChange]:
     out = []
     for key in sorted(set(old) | set(new)):
         status = _status(old.get(key), new.get(key), key in old, key in new)
-        if status is Status.unchanged:
+        if status is ChangeKind.unchanged:
             continue
         shown = (lambda v: None if v is None else MASK) if is_secret_key(key) else (lambda v: v)
         out.append(KeyChange(key=key, status=status, old=shown(old.get(key)), new=shown(new.get(key))))
     return out
 
 
-def _status(old: Any, new: Any, in_old: bool, in_new: bool) -> Status:
+def _status(old: Any, new: Any, in_old: bool, in_new: bool) -> ChangeKind:
     if not in_old:
-        return Status.added
+        return ChangeKind.added
     if not in_new:
-        return Status.removed
-    return Status.unchanged if old == new else Status.changed
+        return ChangeKind.removed
+    return ChangeKind.unchanged if old == new else ChangeKind.changed
 
 
 # --- prompts -----------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def prompt_diffs(a: VersionInfo, b: VersionInfo, *, texts: Mapping[str, str]) ->
     out = []
     for name in sorted(set(old) | set(new)):
         status = _status(old.get(name), new.get(name), name in old, name in new)
-        item = PromptDiff(name=name, status=status, changed=status is not Status.unchanged,
+        item = PromptDiff(name=name, status=status, changed=status is not ChangeKind.unchanged,
                           old_digest=old.get(name), new_digest=new.get(name))
         if item.changed:
             before = texts.get(old[name], "") if name in old else ""
@@ -222,7 +222,7 @@ def weight_diffs(old: list[WeightFile], new: list[WeightFile]) -> list[WeightDif
         item = WeightDiff(path=path, status=status,
                           old_size=wa and wa.size, new_size=wb and wb.size,
                           old_digest=wa and wa.digest, new_digest=wb and wb.digest)
-        if status is Status.changed and (wa.tensors or wb.tensors):
+        if status is ChangeKind.changed and (wa.tensors or wb.tensors):
             item.tensors = tensor_changes(wa.tensors, wb.tensors)
         out.append(item)
     return out
@@ -255,9 +255,9 @@ def probe_diffs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Pr
     out = []
     for name in sorted(set(a) | set(b)):
         status = _status(a.get(name), b.get(name), name in a, name in b)
-        if status is Status.unchanged:
+        if status is ChangeKind.unchanged:
             continue
         fields = (sorted(k for k in set(a[name]) | set(b[name]) if a[name].get(k) != b[name].get(k))
-                  if status is Status.changed else [])
+                  if status is ChangeKind.changed else [])
         out.append(ProbeDiff(name=name, status=status, fields=fields))
     return out

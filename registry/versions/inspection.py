@@ -111,7 +111,7 @@ def _unpushed(cfg: Configuration, path: str) -> DiffInput:
     new = pushing.stage(cfg, manifest_mod.load(path), write=False)
     m = new.resolved.manifest
     summary = VersionSummary(model=m.model, version=m.version, manifest_digest=new.digest,
-                             created_at=clock.now(), actor=actor_mod.resolve(), message=m.message)
+                             created_at=clock.now(), actor=actor_mod.identify(), message=m.message)
     info = VersionInfo.from_record(summary, new.record, _tensors(new), pushing.git_provenance(new.resolved))
     texts = {new.stored[("prompt", f.name)].digest: f.path.read_text(encoding="utf-8")
              for f in new.resolved.prompts}

@@ -41,7 +41,7 @@ def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progre
     crashpoint("push:blobs-stored")
     with cfg.store.write(lazy=True) as conn:
         if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # there already
-            existing = versions.find(conn, m.model, m.version)
+            existing = versions.lookup(conn, m.model, m.version)
             if existing.manifest_digest != new.digest:
                 _remove_unrecorded(cfg, conn, new)
             return _same_or_conflict(existing, new)
@@ -94,7 +94,7 @@ def _remove_unrecorded(cfg: Configuration, conn, new: NewVersion) -> None:
     (as gc would). A push of the same bytes that has not recorded yet stores them again
     (``_store_again_if_gone``)."""
     written = {got.digest for got in new.stored.values() if got.written}
-    for digest in written - versions.recorded_blobs(conn, written):
+    for digest in written - versions.already_recorded(conn, written):
         cfg.blobs.path(digest).unlink(missing_ok=True)
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from registry import Registry
 from registry.health.report import diff_summary
-from registry.health.monitoring import failures
+from registry.probes.suites import failures
 from registry.models.probes import ProbeResult, ProbeRun
 from tests import helpers
 

@@ -55,7 +55,7 @@ def test_eight_pushes_of_different_versions(home, tmp_path):
         for v in versions:
             info = reg.show(f"support-bot@{v}")
             for digest in [w.digest for w in info.weights] + [p.digest for p in info.prompts]:
-                reg.blobs.verify(digest)
+                reg.blobs.check(digest)
     pushes = [r for r in _assert_chain(home) if r["action"] == "push"]
     assert sorted(r["object"] for r in pushes) == sorted(f"support-bot@{v}" for v in versions)
 

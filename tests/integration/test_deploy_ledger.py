@@ -57,16 +57,16 @@ def cname(reg, revision, env="staging", model="support-bot"):
 
 
 def locks_seen_by_find(reg, fake, env: str) -> list:
-    """Make ``fake.find`` note the environment's lock each time it is called; the list of locks."""
+    """Make ``fake.find_labelled`` note the environment's lock each time it is called; the list of locks."""
     seen = []
-    real_find = fake.find
+    real_find = fake.find_labelled
 
     def find(**labels):
         with reg.store.read() as conn:
             seen.append(locks.get(conn, env))
         return real_find(**labels)
 
-    fake.find = find
+    fake.find_labelled = find
     return seen
 
 
@@ -113,7 +113,7 @@ def test_failed_promote_rolls_back_automatically(versions, fake):
     assert rows[1].error.startswith("health check timed out")
     (running,) = fake.running()
     assert running.id == rows[0].container_id
-    assert not any(c.labels["cellar.revision"] == "2" for c in fake.find(env="staging"))
+    assert not any(c.labels["cellar.revision"] == "2" for c in fake.find_labelled(env="staging"))
     with reg.store.read() as conn:
         actions = [r.action for r in conn.execute(select(t.events).order_by(t.events.c.id))]
         assert locks.get(conn, "staging") is None
@@ -163,7 +163,7 @@ def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
     reg.add_env("tight", port=18081, keep=1)
     for v in ("v1.0", "v1.1", "v1.2", "v1.3"):
         reg.promote(v, env="tight")
-    names = sorted(c.name for c in fake.find(env="tight"))
+    names = sorted(c.name for c in fake.find_labelled(env="tight"))
     # deployed (r4), the default rollback target (r3), and one more kept (keep=1)
     assert names == [cname(reg, i, env="tight") for i in (2, 3, 4)]
 
@@ -538,7 +538,7 @@ def test_two_registries_on_one_docker_host_leave_each_other_alone(versions, fake
         reg.remove_env("staging", force=True)
         assert [c.id for c in fake.running()] == [theirs.container_id]
         assert other.recover().actions == []
-    ids = {c.labels["cellar.registry"] for c in fake.find()}
+    ids = {c.labels["cellar.registry"] for c in fake.find_labelled()}
     assert len(ids) == 1 and len(next(iter(ids))) == 32
 
 

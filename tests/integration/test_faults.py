@@ -192,7 +192,7 @@ def assert_complete_or_absent(home: Path, ref: str) -> bool:
         except NotFound:
             return False
         for digest in [w.digest for w in info.weights] + [p.digest for p in info.prompts]:
-            reg.blobs.verify(digest)
+            reg.blobs.check(digest)
         for w in info.weights:
             assert w.tensors or not w.path.endswith(".safetensors"), "tensor index missing"
         return True

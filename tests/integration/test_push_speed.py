@@ -79,7 +79,7 @@ def test_a_damaged_blob_is_repaired_by_pushing_a_copy(reg, model_dir, tmp_path, 
     shutil.copytree(model_dir.root, copy)
     reg.push(copy / "cellar.yaml", version="v1.1")
     assert blob.read_bytes() == good
-    reg.blobs.verify(digest)
+    reg.blobs.check(digest)
 
 
 def test_a_malformed_shard_is_refused_naming_the_file(reg, sharded):

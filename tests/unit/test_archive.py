@@ -67,7 +67,7 @@ def test_round_trip(store, dest, tmp_path, image):
     assert bundle.install_blobs(dest)[0] == 2
     for digest, path in src.blob_paths.items():
         assert dest.path(digest).read_bytes() == path.read_bytes()
-        dest.verify(digest)
+        dest.check(digest)
     bundle.cleanup()
     assert list(dest.tmp.iterdir()) == []
 

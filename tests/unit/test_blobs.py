@@ -254,7 +254,7 @@ def test_a_damaged_blob_is_repaired_never_reused(store, big, damage):
     assert final.read_bytes() == data
     assert got.written is (damage == "truncate")  # new bytes: judged by the size
     assert stat.S_IMODE(final.stat().st_mode) == 0o444 and list(store.tmp.iterdir()) == []
-    store.verify(got.digest)
+    store.check(got.digest)
 
 
 def test_a_damaged_blob_whose_timestamps_were_put_back_is_still_caught(store, big):
@@ -306,15 +306,15 @@ def test_verify_finds_corruption(store, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"good bytes")
     digest = store.ingest(src).digest
-    store.verify(digest)
+    store.check(digest)
     path = store.path(digest)
     os.chmod(path, 0o644)
     path.write_bytes(b"evil bytes")
     with pytest.raises(CorruptBlob):
-        store.verify(digest)
+        store.check(digest)
     path.unlink()
     with pytest.raises(NotFound):
-        store.verify(digest)
+        store.check(digest)
 
 
 @pytest.mark.parametrize("digest", ["md5:abc", "sha256:" + "0" * 63, "sha256:../" + "0" * 61,

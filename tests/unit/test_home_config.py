@@ -67,8 +67,8 @@ def test_init_takes_db_url_first(tmp_path, monkeypatch):
 def test_finding_a_home_never_creates_its_sqlite_file(tmp_path, monkeypatch):
     (tmp_path / ".cellar").mkdir()
     with pytest.raises(NotInitialised, match="run `registry init`"):
-        home_mod.find(start=tmp_path)
+        home_mod.locate(start=tmp_path)
     monkeypatch.setenv("REGISTRY_DB_URL", f"sqlite:///{tmp_path / 'typo.db'}")
     with pytest.raises(NotInitialised, match=r"typo\.db \(named by REGISTRY_DB_URL\): run `registry init`"):
-        home_mod.find(start=tmp_path)
+        home_mod.locate(start=tmp_path)
     assert not (tmp_path / "typo.db").exists() and list((tmp_path / ".cellar").iterdir()) == []

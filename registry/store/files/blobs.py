@@ -185,7 +185,7 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"blob {digest} is missing from {self.root}; restore it from a backup") from None
 
-    def verify(self, digest: str, *, trust_stamp: bool = False) -> None:
+    def check(self, digest: str, *, trust_stamp: bool = False) -> None:
         """Raise CorruptBlob unless the blob exists and its bytes match its name.
 
         ``trust_stamp``: a blob whose stat key is still the one recorded when its bytes were

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.models.upkeep import Problem, ProblemKind
+from registry.models.upkeep import StorageProblem, ProblemKind
 from registry.store.files.blobs import BlobStore, _pid_of, process_alive
 
 CHUNK = 4 << 20
@@ -46,7 +46,7 @@ class TempFile:
 
 @dataclass
 class ScanResult:
-    problems: list[Problem]
+    problems: list[StorageProblem]
     blobs_checked: int
     bytes_hashed: int
 
@@ -101,16 +101,16 @@ def scan(
     stored, stray = list_blobs(blobs)
     on_disk = {b.digest: b for b in stored}
     refs = set(recorded) if referenced is None else set(referenced)
-    problems = [Problem(kind=ProblemKind.STRAY, path=str(p)) for p in stray]
-    problems += [Problem(kind=ProblemKind.MISSING, digest=d, expected_size=recorded.get(d))
+    problems = [StorageProblem(kind=ProblemKind.STRAY, path=str(p)) for p in stray]
+    problems += [StorageProblem(kind=ProblemKind.MISSING, digest=d, expected_size=recorded.get(d))
                  for d in sorted(refs) if d not in on_disk]
     to_hash = []
     for digest, blob in sorted(on_disk.items()):
         if digest not in refs:
-            problems.append(Problem(kind=ProblemKind.UNREFERENCED, digest=digest, path=str(blob.path),
+            problems.append(StorageProblem(kind=ProblemKind.UNREFERENCED, digest=digest, path=str(blob.path),
                                     actual_size=blob.size))
         elif (want := recorded.get(digest)) is not None and want != blob.size:
-            problems.append(Problem(kind=ProblemKind.TRUNCATED, digest=digest, path=str(blob.path),
+            problems.append(StorageProblem(kind=ProblemKind.TRUNCATED, digest=digest, path=str(blob.path),
                                     expected_size=want, actual_size=blob.size))
         else:
             to_hash.append(blob)
@@ -120,7 +120,7 @@ def scan(
 
 def hash_all(
     blobs: list[StoredBlob], *, progress: Progress | None = None, workers: int | None = None
-) -> tuple[list[Problem], int]:
+) -> tuple[list[StorageProblem], int]:
     """Hash ``blobs`` on ``workers`` threads (default: one per core); return the problems and
     the bytes hashed."""
     lock = threading.Lock()
@@ -138,19 +138,19 @@ def hash_all(
     return problems, sum(size for _, size in results)
 
 
-def _check_one(blob: StoredBlob, tick: Progress) -> tuple[Problem | None, int]:
+def _check_one(blob: StoredBlob, tick: Progress) -> tuple[StorageProblem | None, int]:
     try:
         digest, size = hash_path(blob.path, tick)
     except FileNotFoundError:  # removed since the listing (gc)
-        return Problem(kind=ProblemKind.MISSING, digest=blob.digest, expected_size=blob.size), 0
+        return StorageProblem(kind=ProblemKind.MISSING, digest=blob.digest, expected_size=blob.size), 0
     except OSError as exc:
-        return Problem(kind=ProblemKind.UNREADABLE, digest=blob.digest, path=str(blob.path),
+        return StorageProblem(kind=ProblemKind.UNREADABLE, digest=blob.digest, path=str(blob.path),
                        detail=exc.strerror or str(exc)), 0
     if size != blob.size:
-        return Problem(kind=ProblemKind.TRUNCATED, digest=blob.digest, path=str(blob.path),
+        return StorageProblem(kind=ProblemKind.TRUNCATED, digest=blob.digest, path=str(blob.path),
                        expected_size=blob.size, actual_size=size), size
     if digest != blob.digest:
-        return Problem(kind=ProblemKind.CORRUPT, digest=blob.digest, path=str(blob.path),
+        return StorageProblem(kind=ProblemKind.CORRUPT, digest=blob.digest, path=str(blob.path),
                        actual_size=size, detail=f"its bytes hash to {digest}"), size
     return None, size
 
@@ -171,13 +171,13 @@ def hash_path(path: Path, tick: Progress | None = None, *, chunk: int = CHUNK) -
     return "sha256:" + h.hexdigest(), size
 
 
-def name_versions(problems: list[Problem], users: Mapping[str, list[str]]) -> list[Problem]:
+def name_versions(problems: list[StorageProblem], users: Mapping[str, list[str]]) -> list[StorageProblem]:
     """The problems with ``versions`` filled from ``users`` (digest -> model@version refs)."""
     return [p.model_copy(update={"versions": sorted(users.get(p.digest, []))}) if p.digest else p
             for p in problems]
 
 
-def _sorted(problems: list[Problem]) -> list[Problem]:
+def _sorted(problems: list[StorageProblem]) -> list[StorageProblem]:
     return sorted(problems, key=lambda p: (p.kind.value, p.digest or "", p.path or ""))
 
 
@@ -189,7 +189,7 @@ def _scandir(path: Path) -> list[os.DirEntry]:
         return []
 
 
-def check_snapshot(folder: Path, record: dict, blobs: BlobStore) -> list[Problem]:
+def check_snapshot(folder: Path, record: dict, blobs: BlobStore) -> list[StorageProblem]:
     """Problems of one materialised snapshot against its version's canonical ``record``: a file
     missing, extra, or with other bytes. A hard link to the blob is checked by the blob scan."""
     want = {w["path"]: w["digest"] for w in record.get("weights", [])}
@@ -197,12 +197,12 @@ def check_snapshot(folder: Path, record: dict, blobs: BlobStore) -> list[Problem
     problems = []
     for rel, digest in sorted(want.items()):
         if detail := _snapshot_file_problem(folder / rel, digest, blobs):
-            problems.append(Problem(kind=ProblemKind.SNAPSHOT, digest=digest, path=str(folder / rel), detail=detail))
+            problems.append(StorageProblem(kind=ProblemKind.SNAPSHOT, digest=digest, path=str(folder / rel), detail=detail))
     for dirpath, _dirs, files in os.walk(folder):
         for name in files:
             rel = os.path.relpath(os.path.join(dirpath, name), folder)
             if rel not in want:
-                problems.append(Problem(kind=ProblemKind.SNAPSHOT, path=os.path.join(dirpath, name),
+                problems.append(StorageProblem(kind=ProblemKind.SNAPSHOT, path=os.path.join(dirpath, name),
                                         detail="a file the version does not have"))
     return problems
 

@@ -23,7 +23,7 @@ def get(conn: Connection, name: str) -> Environment | None:
     return found[0] if found else None
 
 
-def find(conn: Connection, name: str | None) -> Environment:
+def named_or_default(conn: Connection, name: str | None) -> Environment:
     """The named environment, or the default one (or the only one) when ``name`` is None."""
     if name is not None:
         found = get(conn, name)

@@ -1,5 +1,5 @@
 """The audit log in SQL: append in the caller's transaction, filtered reads, the chain streamed
-to ``registry.trust.audit.verify``. The chain's logic is ``registry.trust.audit``; the rows live here."""
+to ``registry.trust.audit.check_chain``. The chain's logic is ``registry.trust.audit``; the rows live here."""
 
 from __future__ import annotations
 
@@ -90,13 +90,13 @@ def query(conn: Connection, flt: AuditFilter) -> list[Event]:
     return out[::-1] if flt.after is not None else out
 
 
-def verify(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
-    """Stream every event in id order through ``audit.verify``."""
+def check_chain(conn: Connection, *, against: Checkpoint | None = None, batch: int = 2000) -> Verification:
+    """Stream every event in id order through ``audit.check_chain``."""
     def find_by_hash(digest: str) -> int | None:
         return conn.execute(select(events.c.id).where(events.c.hash == digest)).scalar()
 
     with conn.execution_options(yield_per=batch).execute(select(events).order_by(events.c.id)) as result:
-        chain = audit.verify(result.mappings(), find_by_hash=find_by_hash, against=against)
+        chain = audit.check_chain(result.mappings(), find_by_hash=find_by_hash, against=against)
     problems = sealing.check(conn) + index_problems(conn)
     if not problems:
         return chain

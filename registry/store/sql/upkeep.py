@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from registry import clock
 from registry.formats import canonical
 from registry.errors import InvalidInput, NotFound
-from registry.models.upkeep import Deprecation, Problem, ProblemKind
+from registry.models.upkeep import Deprecation, StorageProblem, ProblemKind
 from registry.models import Provenance
 from registry.formats.safetensors_index import TensorRange
 from registry.store.sql import schema as t, sealing
@@ -86,7 +86,7 @@ def forget_blobs(conn: Connection, digests: Iterable[str]) -> list[str]:
 # --- integrity -------------------------------------------------------------------------------
 
 
-def reference_problems(conn: Connection) -> list[Problem]:
+def reference_problems(conn: Connection) -> list[StorageProblem]:
     """Recorded references that do not resolve: a version's file without its blob row, a
     record pinning other files than the version's rows, a tensor index without its blob,
     a release naming a version that is not there (or has other content)."""
@@ -94,18 +94,18 @@ def reference_problems(conn: Connection) -> list[Problem]:
     for r in conn.execute(select(t.version_files.c.digest, t.models.c.name, t.versions.c.version)
                           .select_from(t.version_files.join(t.versions).join(t.models))
                           .where(~exists().where(t.blobs.c.digest == t.version_files.c.digest))):
-        problems.append(Problem(kind=ProblemKind.REFERENCE, digest=r.digest, versions=[f"{r.name}@{r.version}"],
+        problems.append(StorageProblem(kind=ProblemKind.REFERENCE, digest=r.digest, versions=[f"{r.name}@{r.version}"],
                                 detail="the version uses a blob the database has no row for"))
     problems += _record_mismatches(conn)
     for digest in conn.execute(select(t.tensors.c.blob_digest).distinct()
                                .where(~exists().where(t.blobs.c.digest == t.tensors.c.blob_digest))).scalars():
-        problems.append(Problem(kind=ProblemKind.REFERENCE, digest=digest,
+        problems.append(StorageProblem(kind=ProblemKind.REFERENCE, digest=digest,
                                 detail="a tensor index names a blob the database has no row for"))
     problems += _release_mismatches(conn)
     return problems
 
 
-def _record_mismatches(conn: Connection) -> list[Problem]:
+def _record_mismatches(conn: Connection) -> list[StorageProblem]:
     files: dict[int, set[str]] = {}
     for vid, digest in conn.execute(select(t.version_files.c.version_id, t.version_files.c.digest)):
         files.setdefault(vid, set()).add(digest)
@@ -115,16 +115,16 @@ def _record_mismatches(conn: Connection) -> list[Problem]:
         ref = f"{r.name}@{r.version}"
         record = json.loads(r.manifest)
         if canonical.digest(record) != r.manifest_digest:
-            out.append(Problem(kind=ProblemKind.REFERENCE, versions=[ref],
+            out.append(StorageProblem(kind=ProblemKind.REFERENCE, versions=[ref],
                                detail=f"its record does not hash to its manifest digest {r.manifest_digest}"))
         pinned = {f["digest"] for key in ("weights", "prompts") for f in record.get(key, [])}
         if pinned != files.get(r.id, set()):
-            out.append(Problem(kind=ProblemKind.REFERENCE, versions=[ref],
+            out.append(StorageProblem(kind=ProblemKind.REFERENCE, versions=[ref],
                                detail="its record pins other blobs than its file rows name"))
     return out
 
 
-def _release_mismatches(conn: Connection) -> list[Problem]:
+def _release_mismatches(conn: Connection) -> list[StorageProblem]:
     have = {(r.name, r.version): r.manifest_digest for r in conn.execute(
         select(t.models.c.name, t.versions.c.version, t.versions.c.manifest_digest)
         .select_from(t.versions.join(t.models)))}
@@ -134,18 +134,18 @@ def _release_mismatches(conn: Connection) -> list[Problem]:
         found = have.get((r.model, r.version))
         if found != r.manifest_digest:
             why = "names a version that is not recorded" if found is None else "names other content than recorded"
-            out.append(Problem(kind=ProblemKind.REFERENCE, versions=[f"{r.model}@{r.version}"],
+            out.append(StorageProblem(kind=ProblemKind.REFERENCE, versions=[f"{r.model}@{r.version}"],
                                detail=f"release {r.env} revision {r.revision} {why}"))
     return out
 
 
-def integrity_check(conn: Connection) -> tuple[str, list[Problem]]:
+def integrity_check(conn: Connection) -> tuple[str, list[StorageProblem]]:
     """The database's own check: what was checked, and what it found."""
     if conn.dialect.name == "sqlite":
         found = [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check").all()]
-        problems = [] if found == ["ok"] else [Problem(kind=ProblemKind.DATABASE, detail=line) for line in found[:20]]
+        problems = [] if found == ["ok"] else [StorageProblem(kind=ProblemKind.DATABASE, detail=line) for line in found[:20]]
         fk = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-        problems += [Problem(kind=ProblemKind.DATABASE, detail=f"a row of {r[0]} points at a missing {r[2]} row")
+        problems += [StorageProblem(kind=ProblemKind.DATABASE, detail=f"a row of {r[0]} points at a missing {r[2]} row")
                      for r in fk[:20]]
         return "SQLite PRAGMA integrity_check and foreign_key_check", problems
     # PostgreSQL checks its pages itself (checksums, if enabled at initdb); a full check needs
@@ -157,7 +157,7 @@ def integrity_check(conn: Connection) -> tuple[str, list[Problem]]:
             conn.execute(select(func.count()).select_from(table)).scalar_one()
         except DBAPIError as exc:  # a damaged page: reported; the transaction is over, so stop here
             why = str(exc.orig or exc).splitlines()[0]
-            problems.append(Problem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {why}"))
+            problems.append(StorageProblem(kind=ProblemKind.DATABASE, detail=f"table {table.name}: {why}"))
             break
     return ("PostgreSQL: every table read in full and the references between them checked "
             "(page-level checks need the amcheck extension: run pg_amcheck)"), problems

@@ -91,7 +91,7 @@ def prompt_names(conn: Connection, model: str, version: str) -> list[str]:
         .order_by(t.version_files.c.name)).scalars())
 
 
-def find(conn: Connection, model: str, version: str) -> VersionSummary | None:
+def lookup(conn: Connection, model: str, version: str) -> VersionSummary | None:
     row = conn.execute(_find_stmt(), {"model": model, "version": version}).first()
     return _to_summary(row) if row else None
 
@@ -202,7 +202,7 @@ def tensors_of(conn: Connection, digests: list[str]) -> dict[str, list[Tensor]]:
     return out
 
 
-def recorded_blobs(conn: Connection, digests: set[str]) -> set[str]:
+def already_recorded(conn: Connection, digests: set[str]) -> set[str]:
     """Those of ``digests`` that the record knows (a version stored them)."""
     if not digests:
         return set()
