@@ -22,6 +22,7 @@ from pathlib import Path
 
 from _startup import floor, run_cli
 
+
 def write_safetensors(path: Path, *, total: int, big_dtype: str, small: bytes) -> None:
     """A header, a small tensor with ``small`` bytes, then two big zero tensors filling ``total``."""
     big = (total - 1024) // 2 // 4 * 4

@@ -28,11 +28,11 @@ sys.path.insert(0, ".")
 sys.path.insert(0, "bench")
 
 import docker  # noqa: E402
+from _startup import CLI, IN_PROCESS, own_warm_process  # noqa: E402
 
 from registry.api import Registry  # noqa: E402
 from tests.helpers import ModelDir  # noqa: E402
 from tests.integration import conftest as server  # noqa: E402
-from _startup import CLI, IN_PROCESS, own_warm_process  # noqa: E402
 
 PAIRS = 9
 SCHEMA = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}

@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, ".")
 
+from registry.health.watching import StopFlag, Watcher, WatchPolicy
 from registry.models import Probe  # noqa: E402
 from registry.probes.probing import new_run, run_suite
-from registry.health.watching import StopFlag, Watcher, WatchPolicy
 
 PAIRS = 9
 BODY = json.dumps({"answer": "42", "completion": "You said: hello"}).encode()

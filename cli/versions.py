@@ -10,6 +10,7 @@ import typer
 from cli.app import ACTOR, DEFAULT_LIMIT, JSON, app, db_app, open_registry
 from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
 
+
 @app.command()
 def init(
     path: Path = typer.Argument(None, help="Where to create the home (default: $REGISTRY_HOME or ./.cellar)."),
@@ -99,8 +100,7 @@ class _progress:
         if total < self.LARGE:
             return
         if self.bar is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                 TransferSpeedColumn(), console=console(stderr=True), transient=True)

@@ -14,29 +14,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry import actor as actor_mod
-from registry import inputs
-from registry.trust import audit, seals
-from registry.versions import inspection, pushing, refs
 from registry import home as home_mod
-from registry.versions import manifest as manifest_mod
-from registry.trust.audit import Checkpoint, Event, Verification
-from registry.versions.blame import BlameLine
+from registry import inputs
 from registry.configuration import Configuration, EngineFactory
 from registry.engines.engine import Engine
 from registry.engines.http import Checks
-from registry.versions.diffing import Diff
 from registry.errors import InvalidInput, StorageError
 from registry.ledger import Release
-from registry.models import (DeployResult, Environment, EnvStatus, InitResult, LogEntry, PushResult, RecoverResult,
-                             VersionInfo, VersionSummary)
+from registry.models import (
+    DeployResult,
+    Environment,
+    EnvStatus,
+    InitResult,
+    LogEntry,
+    PushResult,
+    RecoverResult,
+    VersionInfo,
+    VersionSummary,
+)
 from registry.models.probes import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
-from registry.versions.pushing import Progress
-from registry.store.sql import events, sealing, versions
 from registry.store.files.blobs import BlobStore
-from registry.store.sql import Store, masked_url
+from registry.store.sql import Store, events, masked_url, sealing, versions
+from registry.trust import audit, seals
+from registry.trust.audit import Checkpoint, Event, Verification
+from registry.versions import inspection, pushing, refs
+from registry.versions import manifest as manifest_mod
+from registry.versions.blame import BlameLine
+from registry.versions.diffing import Diff
+from registry.versions.pushing import Progress
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
-    from registry.models.upkeep import (BackupResult, DeleteResult, Deprecation, ExportResult, GcResult, ImportResult, RestoreResult, VerifyReport)
+    from registry.models.upkeep import (
+        BackupResult,
+        DeleteResult,
+        Deprecation,
+        ExportResult,
+        GcResult,
+        ImportResult,
+        RestoreResult,
+        VerifyReport,
+    )
 
 __all__ = ["Progress", "Registry"]
 
@@ -229,7 +246,8 @@ class Registry:
         """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
         files, snapshots no release needs, stopped containers beyond retention. The dry run
         returns the same set the real run removes."""
-        from registry.upkeep import gc as gc_plan, operations
+        from registry.upkeep import gc as gc_plan
+        from registry.upkeep import operations
 
         return operations.gc(self.config, actor=actor_mod.identify(actor), dry_run=dry_run,
                               grace=gc_plan.GRACE if grace is None else grace)

@@ -14,10 +14,9 @@ from pathlib import Path
 from registry.engines.engine import Engine
 from registry.engines.http import Checks, HttpChecks
 from registry.home import Home
-from registry.store.sql import events
 from registry.store.files.blobs import BlobStore
-from registry.store.sql import Store
 from registry.store.files.statcache import StatCache
+from registry.store.sql import Store, events
 
 # docker host URL (None: $DOCKER_HOST or the local socket) -> an engine connected to it
 EngineFactory = Callable[[str | None], Engine]

@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from registry.deploy import snapshots
 from registry.configuration import Configuration
+from registry.deploy import snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
-from registry.errors import ImageMoved, InvalidInput, Interrupted, NotFound
+from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound
 from registry.ledger import Release, Target
 from registry.models import Environment, Lock, Runtime, Step
-from registry.trust.secrets import Scrubber, from_environ, mask_urls_in, secret_values
 from registry.store.sql import environments, versions
+from registry.trust.secrets import Scrubber, from_environ, mask_urls_in, secret_values
 
 OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
 

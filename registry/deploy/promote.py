@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from registry import clock, ledger
 from registry.deploy.switching import Switching
+from registry.errors import StepFailed
 from registry.faults import crashpoint
 from registry.ledger import Release
-from registry.errors import StepFailed
 from registry.models import DeployResult
 from registry.probes import probing, suites
 from registry.store.sql import upkeep

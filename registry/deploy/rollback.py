@@ -7,8 +7,8 @@ labels say it is that release; otherwise it is recreated from the version.
 from __future__ import annotations
 
 from registry import clock, ledger
-from registry.engines.engine import LABEL, ContainerInfo
 from registry.deploy.switching import Switching
+from registry.engines.engine import LABEL, ContainerInfo
 from registry.errors import InvalidInput, NotFound
 from registry.ledger import Release
 from registry.models import DeployResult

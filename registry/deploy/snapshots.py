@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import stat
-import secrets
 from pathlib import Path, PurePosixPath
 
 from registry.errors import StorageError

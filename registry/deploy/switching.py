@@ -19,8 +19,8 @@ from registry.errors import CellarError, EngineError, HealthGateFailed, Interrup
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release
 from registry.models import DeployResult, FailedDeploy, Runtime
-from registry.trust.secrets import cut
 from registry.store.sql import events, locks, releases
+from registry.trust.secrets import cut
 
 ERROR_LIMIT = 2000  # characters of an error kept on the release row and its event
 MakePlan = Callable[[list[Release]], Plan]  # the ledger as it is under the lock -> the plan

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound as DockerNotFound
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import NotFound as DockerNotFound
 
 from registry.engines.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec
 from registry.errors import EngineError, NotFound, StepFailed

@@ -18,17 +18,26 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from registry import clock, ledger
-from registry.probes import probing, suites
-from registry.probes.suites import Suite
 from registry.configuration import Configuration
 from registry.deploy import ownership
 from registry.deploy.action import Action
 from registry.errors import CellarError, OperationInProgress
+from registry.health.watching import StopFlag, Watcher, WatchPolicy
 from registry.ledger import Operation, Release, ReleaseStatus
 from registry.models import Environment
-from registry.models.probes import (DeployedInfo, HealthReport, MetricsSnapshot, ProbeResult, ProbeRun, ProbeStatus, WatchSummary, bounded)
+from registry.models.probes import (
+    DeployedInfo,
+    HealthReport,
+    MetricsSnapshot,
+    ProbeResult,
+    ProbeRun,
+    ProbeStatus,
+    WatchSummary,
+    bounded,
+)
+from registry.probes import probing, suites
+from registry.probes.suites import Suite
 from registry.store.sql import environments, locks, probes, releases
-from registry.health.watching import StopFlag, Watcher, WatchPolicy
 
 # Imported where used: a cron `registry probe` needs neither diffs nor rollbacks (start-up
 # time, bench/probe.py): registry.versions.inspection, registry.health.report, registry.deploy.rollback.

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
-from registry.versions.diffing import ChangeKind, Diff
 from registry.ledger import Release
 from registry.models.probes import ChangePoint, HealthReport, ProbeRun, ProbeStatus, VersionHealth
+from registry.versions.diffing import ChangeKind, Diff
 
 BARS = "▁▂▃▄▅▆▇█"
 ASCII_BARS = "_.-=+*#@"

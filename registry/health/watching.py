@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from registry.health import alerting
 from registry.errors import CellarError, OperationInProgress
+from registry.health import alerting
 from registry.models.probes import ProbeRun, RunOutcome, WatchAction, WatchSummary
 
 log = logging.getLogger("registry.health.watching")

@@ -23,8 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from registry import clock
-from registry.formats import canonical
 from registry.errors import InvalidInput
+from registry.formats import canonical
 from registry.models import check_name
 from registry.trust.seals import SealProblem
 

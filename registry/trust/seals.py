@@ -58,9 +58,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from registry import clock
-from registry.formats import canonical
 from registry.durable import fsync_dir
 from registry.errors import AuditBroken, CellarError, NotInitialised
+from registry.formats import canonical
 
 KEY_FILE = "signing.key"
 KEY_ENV = "REGISTRY_KEY_FILE"

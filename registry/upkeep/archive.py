@@ -32,13 +32,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from registry.formats import canonical
 from registry.durable import fsync_dir
 from registry.errors import CorruptBlob, InvalidInput, StorageError
-from registry.models import Name, VersionStr
+from registry.formats import canonical
 from registry.formats.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, is_safetensors, parse_header
-from registry.store.files.streams import Hashes, Writeback
+from registry.models import Name, VersionStr
 from registry.store.files.scan import hash_path
+from registry.store.files.streams import Hashes, Writeback
 
 FORMAT = "cellar-export"
 FORMAT_VERSION = 1

@@ -28,7 +28,7 @@ from pathlib import Path
 from registry import clock
 from registry.durable import fsync_dir
 from registry.errors import InvalidInput, StorageError
-from registry.models.upkeep import BackupResult, StorageProblem, ProblemKind, RestoreResult
+from registry.models.upkeep import BackupResult, ProblemKind, RestoreResult, StorageProblem
 from registry.store.files.blobs import BlobStore
 from registry.store.files.scan import CHUNK, hash_path
 from registry.store.sql import dump

@@ -22,16 +22,27 @@ from datetime import timedelta
 from pathlib import Path
 
 from registry import clock, ledger
-from registry.upkeep import gc as gc_mod
-from registry.trust import seals
 from registry.configuration import Configuration
 from registry.errors import CellarError, Conflict, InvalidInput
 from registry.ledger import Release, ReleaseStatus
-from registry.models.upkeep import (BackupResult, ContainerItem, DeleteResult, Deprecation, GcResult, PathItem, StorageProblem, ProblemKind, RestoreResult, VerifyReport)
-from registry.upkeep import backup as backup_store
-from registry.store.sql import environments, events, releases, versions
+from registry.models.upkeep import (
+    BackupResult,
+    ContainerItem,
+    DeleteResult,
+    Deprecation,
+    GcResult,
+    PathItem,
+    ProblemKind,
+    RestoreResult,
+    StorageProblem,
+    VerifyReport,
+)
 from registry.store.files import scan
+from registry.store.sql import environments, events, releases, versions
 from registry.store.sql import upkeep as store
+from registry.trust import seals
+from registry.upkeep import backup as backup_store
+from registry.upkeep import gc as gc_mod
 
 VerifyProgress = Callable[[int, int], None]  # (bytes hashed since the last call, bytes to hash in all)
 

@@ -17,15 +17,15 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from registry.upkeep import archive
 from registry.configuration import Configuration
 from registry.errors import InvalidInput, NotFound, StorageError, VersionConflict
-from registry.models.upkeep import ExportResult, ImportResult
-from registry.models import ImageRef, Provenance, Runtime
 from registry.formats.safetensors_index import SafetensorsError, is_safetensors, read_index
+from registry.models import ImageRef, Provenance, Runtime
+from registry.models.upkeep import ExportResult, ImportResult
+from registry.store.files.blobs import hash_file
 from registry.store.sql import events, versions
 from registry.store.sql import upkeep as store
-from registry.store.files.blobs import hash_file
+from registry.upkeep import archive
 
 Progress = archive.Progress
 

@@ -11,20 +11,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from registry import actor as actor_mod
-from registry.versions import blame as blame_mod
 from registry import clock
-from registry.versions import diffing, pushing, refs
+from registry.configuration import Configuration
+from registry.errors import CorruptBlob, InvalidInput, NotFound
 from registry.formats import tensor_digests
+from registry.models import LogEntry, Tensor, VersionInfo, VersionSummary
+from registry.store.files.blobs import BlobStore, digest_of_bytes
+from registry.store.sql import Store, versions
+from registry.store.sql.versions import NewVersion
+from registry.versions import blame as blame_mod
+from registry.versions import diffing, pushing, refs
 from registry.versions import manifest as manifest_mod
 from registry.versions.blame import BlameLine
-from registry.configuration import Configuration
 from registry.versions.diffing import Diff
-from registry.errors import CorruptBlob, InvalidInput, NotFound
-from registry.models import LogEntry, Tensor, VersionInfo, VersionSummary
-from registry.store.sql import versions
-from registry.store.files.blobs import BlobStore, digest_of_bytes
-from registry.store.sql import Store
-from registry.store.sql.versions import NewVersion
 
 
 class DiffInput(NamedTuple):

@@ -12,17 +12,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from registry.trust import audit
-from registry.formats import canonical
 from registry.configuration import Configuration
 from registry.errors import CellarError, InvalidInput, VersionConflict
 from registry.faults import crashpoint
-from registry.models import Resolved, SourceFile
-from registry.models import ImageRef, Provenance, PushResult, VersionSummary
-from registry.store.sql import events, versions
+from registry.formats import canonical
+from registry.models import ImageRef, Provenance, PushResult, Resolved, SourceFile, VersionSummary
 from registry.store.files.blobs import Ingested, hash_file
-from registry.store.sql import queue, run_all
+from registry.store.sql import events, queue, run_all, versions
 from registry.store.sql.versions import NewVersion
+from registry.trust import audit
 
 Progress = Callable[[str, int, int], None]  # (file name, bytes done in this call, file size)
 # Files over this size are hashed side by side, at most PARALLEL at once (see _store_all).

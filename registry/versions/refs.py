@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from registry import ledger
-from registry.versions import manifest as manifest_mod
 from registry.errors import InvalidInput, NotFound
 from registry.models import check_name, check_version
-from registry.store.sql import environments, releases, versions
-from registry.store.sql import Store
+from registry.store.sql import Store, environments, releases, versions
+from registry.versions import manifest as manifest_mod
 
 
 def resolve(store: Store, ref: str) -> tuple[str, str]:

@@ -14,10 +14,28 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
 from pydantic import BaseModel, Field
 
-from registry import (AuditFilter, BlameLine, Checkpoint, Diff, Environment, EnvStatus, Event, HealthReport, InvalidInput,
-                      LogEntry, NotFound, ProbeRun, Registry, Release, Verification, VersionInfo, VersionSummary)
+from registry import (
+    AuditFilter,
+    BlameLine,
+    Checkpoint,
+    Diff,
+    Environment,
+    EnvStatus,
+    Event,
+    HealthReport,
+    InvalidInput,
+    LogEntry,
+    NotFound,
+    ProbeRun,
+    Registry,
+    Release,
+    Verification,
+    VersionInfo,
+    VersionSummary,
+)
 from registry.web.chart import latency_chart
 
 VERSIONS_PER_PAGE = 50

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from registry import Registry
 from registry.health.report import diff_summary
-from registry.probes.suites import failures
 from registry.models.probes import ProbeResult, ProbeRun
+from registry.probes.suites import failures
 from tests import helpers
 
 

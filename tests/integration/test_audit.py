@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from registry import InvalidInput
-from registry.trust import audit
 from registry.store.sql import schema as t
+from registry.trust import audit
 
 
 @pytest.fixture

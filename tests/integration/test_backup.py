@@ -13,9 +13,9 @@ from sqlalchemy import text
 
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput
-from registry.upkeep import backup
 from registry.store.files import scan
 from registry.store.sql import Store, dump
+from registry.upkeep import backup
 from tests import helpers
 from tests.conftest import database_like
 

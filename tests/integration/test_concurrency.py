@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from registry.trust import audit
 from registry.api import Registry
 from registry.store.sql import schema as t
+from registry.trust import audit
 from tests import helpers
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))

@@ -17,9 +17,9 @@ import docker
 import pytest
 from sqlalchemy import func, select
 
-from registry.store.sql import events
 from registry.engines.engine import container_name
 from registry.errors import HealthGateFailed
+from registry.store.sql import events
 from registry.store.sql import schema as t
 from tests.integration.conftest import free_port
 

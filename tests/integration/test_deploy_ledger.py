@@ -14,8 +14,15 @@ from registry.api import Registry
 from registry.deploy import ownership
 from registry.engines.engine import container_name
 from registry.engines.fake import FakeEngine
-from registry.errors import (CellarError, CorruptBlob, HealthGateFailed, ImageMoved, InvalidInput, NotFound,
-                             OperationInProgress)
+from registry.errors import (
+    CellarError,
+    CorruptBlob,
+    HealthGateFailed,
+    ImageMoved,
+    InvalidInput,
+    NotFound,
+    OperationInProgress,
+)
 from registry.store.sql import events, locks, releases
 from registry.store.sql import schema as t
 
@@ -432,8 +439,7 @@ def test_failed_container_not_removable_still_restores_the_old_one(versions, fak
 @pytest.mark.parametrize("broken", [("remove", "stop"), ("remove", "stop", "start", "inspect")],
                          ids=["new-not-stoppable", "engine-gone"])
 def test_engine_lost_during_cleanup_raises_a_cellar_error_naming_recover(versions, fake, reg, monkeypatch, broken):
-    from registry.errors import StepFailed
-    from registry.errors import CellarError
+    from registry.errors import CellarError, StepFailed
 
     reg.promote("v1.0")
     real_wait = fake.checks.wait_healthy

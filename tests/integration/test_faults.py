@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 from registry.api import Registry
 from registry.errors import ManifestError, NoSpace, NotFound
-from registry.store.sql import schema as t
 from registry.store.files.blobs import process_alive
+from registry.store.sql import schema as t
 from tests import helpers
 from tests.conftest import need
 

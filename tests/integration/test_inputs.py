@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from registry.store.sql import urls
 from registry import home as home_mod
 from registry.api import Registry
 from registry.errors import CellarError, InvalidInput, ManifestError, NotInitialised
+from registry.store.sql import urls
 from tests.unit.test_manifest_hostile import laughs, write_raw_safetensors
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from registry.versions import pushing
 from registry.api import Registry
 from registry.engines.engine import ContainerSpec, labels_for
 from registry.engines.fake import FakeEngine
 from registry.errors import CellarError, Conflict, InvalidInput
 from registry.ledger import ReleaseStatus, keep_containers
 from registry.models.upkeep import ProblemKind
+from registry.versions import pushing
 from tests import helpers
 from tests.conftest import database_like
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-
 from registry.models.probes import ProbeResult, ProbeRun
-from registry.store.sql import migrate, probes
-from registry.store.sql import Store
+from registry.store.sql import Store, migrate, probes
 
 NEW = {"probe_runs", "probe_results"}
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)

@@ -13,11 +13,11 @@ import urllib.request
 import pytest
 
 from registry.health import alerting
+from registry.health.watching import Watcher, WatchPolicy
 from registry.models import Probe
 from registry.models.probes import ProbeStatus
 from registry.probes.probing import new_run, run_suite
 from registry.probes.templating import renderer
-from registry.health.watching import Watcher, WatchPolicy
 from tests.integration.conftest import _docker_client, free_port
 from tests.listener import Listener
 

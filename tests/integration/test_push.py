@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry.versions import pushing
 from registry.errors import InvalidInput, NotFound, VersionConflict
 from registry.store.sql import schema as t
+from registry.versions import pushing
 from tests import helpers
 
 

@@ -8,15 +8,14 @@ import shutil
 
 import blake3
 import pytest
-
 from sqlalchemy import event
 
-from registry.versions import pushing
 from registry.api import Registry
 from registry.errors import ManifestError, VersionConflict
-from registry.store.files import blobs as blobs_mod
 from registry.store import sql
+from registry.store.files import blobs as blobs_mod
 from registry.store.files import streams
+from registry.versions import pushing
 from tests import helpers
 from tests.conftest import database_like
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from registry import clock
-from registry.formats import canonical
 from registry.api import Registry
+from registry.formats import canonical
 from registry.store.sql import schema as t
 from registry.store.sql import sealing
 

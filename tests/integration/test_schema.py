@@ -14,9 +14,8 @@ from sqlalchemy import inspect
 
 from registry.api import Registry
 from registry.errors import NotInitialised, SchemaOutOfDate
-from registry.store.sql import migrate
+from registry.store.sql import Store, migrate
 from registry.store.sql.schema import SCHEMA_HEAD, metadata
-from registry.store.sql import Store
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 

@@ -11,8 +11,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from registry import clock
-from registry.store.sql import schema as t
 from registry.store.sql import Store, queue, run_all
+from registry.store.sql import schema as t
 
 
 def _models(store: Store) -> list[str]:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from registry.trust import audit
-from registry.formats import canonical
 from registry.api import Registry
 from registry.engines.fake import FakeEngine
 from registry.errors import AuditBroken
+from registry.formats import canonical
 from registry.store.sql import schema as t
+from registry.trust import audit
 
 IMAGE = "example:latest"
 

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from registry.upkeep import archive
 from registry.api import Registry
 from registry.engines.fake import FakeEngine
 from registry.errors import InvalidInput, VersionConflict
+from registry.upkeep import archive
 from tests.conftest import database_like
 from tests.unit.test_archive import _info, _many, _rebuild
 

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from registry.health import alerting
 from registry.errors import InvalidInput
+from registry.health import alerting
 from tests.listener import Listener
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from registry.upkeep import archive
-from registry.formats import canonical
 from registry.errors import CorruptBlob, InvalidInput
+from registry.formats import canonical
 from registry.store.files.blobs import BlobStore
+from registry.upkeep import archive
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from registry.trust import audit
-from registry.versions import blame, diffing
 from registry.errors import InvalidInput, NotFound
 from registry.models import ImageRef, PromptFile, Runtime, Tensor, VersionInfo, WeightFile
+from registry.trust import audit
+from registry.versions import blame, diffing
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 

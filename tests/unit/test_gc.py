@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.upkeep import gc
 from registry.store.files import scan
 from registry.store.files.blobs import BlobStore
+from registry.upkeep import gc
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0

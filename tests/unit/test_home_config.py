@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from registry.store.sql import urls
 from registry import home as home_mod
 from registry.errors import InvalidInput, NotInitialised
+from registry.store.sql import urls
 
 
 def test_the_default_is_a_sqlite_file_in_the_home(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 from registry import ledger
 from registry.errors import InvalidInput, NotFound, OperationInProgress
-from registry.ledger import Operation, Release, ReleaseStatus as S, Target
+from registry.ledger import Operation, Release, Target
+from registry.ledger import ReleaseStatus as S
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from registry.versions import manifest
 from registry.errors import ManifestError
+from registry.versions import manifest
 from tests import helpers
 
 

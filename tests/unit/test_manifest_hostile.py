@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.versions import manifest
-from registry.formats import safe_yaml
 from registry.errors import ManifestError
+from registry.formats import safe_yaml
 from registry.models import Runtime
+from registry.versions import manifest
 from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from registry.health import metrics
 from registry.errors import InvalidInput
+from registry.health import metrics
 from registry.models.probes import DeployedInfo, MetricsSnapshot, ProbeResult, ProbeRun
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

@@ -6,11 +6,11 @@ import hashlib
 
 import numpy as np
 
-from registry.versions import diffing
 from registry.formats import tensor_digests
-from registry.models import Tensor
 from registry.formats.safetensors_index import read_index
+from registry.models import Tensor
 from registry.store.files.blobs import BlobStore
+from registry.versions import diffing
 from tests import helpers
 
 

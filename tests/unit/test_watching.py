@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from registry.health import alerting
 from registry.errors import CellarError, OperationInProgress
-from registry.models.probes import ProbeResult, ProbeRun, RunOutcome, WatchAction
+from registry.health import alerting
 from registry.health.watching import StopFlag, Watcher, WatchPolicy, WatchState, stop_on_signals
+from registry.models.probes import ProbeResult, ProbeRun, RunOutcome, WatchAction
 from tests.listener import Listener
 
 P, F, E = RunOutcome.PASS, RunOutcome.FAIL, RunOutcome.ERROR

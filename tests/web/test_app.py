@@ -11,8 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from registry import InvalidInput
-from registry.web import create_app, ui_listen
-from registry.web import pages
+from registry.web import create_app, pages, ui_listen
 from tests.web.conftest import TOKEN
 
 JSON_TWINS = {

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.models.upkeep import StorageProblem, ProblemKind
+from registry.models.upkeep import ProblemKind, StorageProblem
 from registry.store.files.blobs import BlobStore, _pid_of, process_alive
 
 CHUNK = 4 << 20

@@ -6,11 +6,11 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import clock
-from registry.trust import seals
 from registry.errors import NotFound
 from registry.models import Environment
 from registry.store.sql import schema as t
 from registry.store.sql.sealing import require_rows, sealed
+from registry.trust import seals
 
 
 def all_(conn: Connection) -> list[Environment]:

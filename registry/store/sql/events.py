@@ -11,12 +11,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import clock
+from registry.store.sql import Statement, run_all, sealing
+from registry.store.sql.schema import event_prompts, events
 from registry.trust import audit
 from registry.trust.audit import AuditFilter, Checkpoint, Event, Verification
 from registry.trust.seals import SealProblem
-from registry.store.sql import sealing
-from registry.store.sql.schema import event_prompts, events
-from registry.store.sql import Statement, run_all
 
 # Statements on the push path are built once: building one costs more than running it.
 _LAST = select(events.c.id, events.c.hash).order_by(events.c.id.desc()).limit(1)

@@ -8,7 +8,6 @@ this metadata matches the migrated database.
 
 from __future__ import annotations
 
-from sqlalchemy import false
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -24,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.

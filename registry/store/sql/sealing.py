@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
-from registry.trust import seals
 from registry.errors import AuditBroken
-from registry.trust.seals import Key, SealProblem
-from registry.store.sql import schema as t
 from registry.store.sql import KEY_INFO, Statement, upsert
+from registry.store.sql import schema as t
+from registry.trust import seals
+from registry.trust.seals import Key, SealProblem
 
 
 def key_of(conn: Connection) -> Key | None:

@@ -15,12 +15,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from registry import clock
-from registry.formats import canonical
 from registry.errors import InvalidInput, NotFound
-from registry.models.upkeep import Deprecation, StorageProblem, ProblemKind
-from registry.models import Provenance
+from registry.formats import canonical
 from registry.formats.safetensors_index import TensorRange
-from registry.store.sql import schema as t, sealing
+from registry.models import Provenance
+from registry.models.upkeep import Deprecation, ProblemKind, StorageProblem
+from registry.store.sql import schema as t
+from registry.store.sql import sealing
 
 # --- blobs and who uses them -----------------------------------------------------------------
 

@@ -18,15 +18,24 @@ from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.engine import Connection
 
 from registry import clock
-from registry.formats import canonical
 from registry.errors import InvalidInput, NotFound
-from registry.models import (LogEntry, PromptRevision, Provenance, Resolved, SourceFile, Tensor, VersionInfo,
-                             VersionSummary, check_name)
+from registry.formats import canonical
 from registry.formats.safetensors_index import is_safetensors
-from registry.store.sql import schema as t
+from registry.models import (
+    LogEntry,
+    PromptRevision,
+    Provenance,
+    Resolved,
+    SourceFile,
+    Tensor,
+    VersionInfo,
+    VersionSummary,
+    check_name,
+)
 from registry.store.files.blobs import Ingested
-from registry.store.sql.sealing import require_version, seal_version, version_rows
 from registry.store.sql import Statement, Store, upsert
+from registry.store.sql import schema as t
+from registry.store.sql.sealing import require_version, seal_version, version_rows
 
 
 @dataclass(frozen=True)
