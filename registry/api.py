@@ -164,7 +164,7 @@ class Registry:
         resolved = (source if isinstance(source, manifest_mod.Resolved)
                     else manifest_mod.load(source, version=version, message=message))
         who = actor_mod.identify(actor, git_identity=self._git_user)
-        return pushing.push(self.config, resolved, actor=who, progress=progress)
+        return pushing.Push(self.config, actor=who).run(resolved, progress=progress)
 
     def engine(self, docker_host: str | None = None) -> Engine:
         """The Docker engine ($DOCKER_HOST or the local socket, or ``docker_host``), connected on first use."""
@@ -238,40 +238,40 @@ class Registry:
         """Re-hash every blob on all cores, resolve every recorded reference, check snapshots,
         the audit chain and the database's own integrity; ``ok`` when nothing is damaged.
         ``progress(bytes, total)`` is called as blobs are hashed."""
-        from registry.upkeep import operations
+        from registry.upkeep.verify import Verify
 
-        return operations.verify(self.config, progress=progress)
+        return Verify(self.config).run(progress=progress)
 
     def gc(self, *, dry_run: bool = False, actor: str | None = None, grace: timedelta | None = None) -> GcResult:
         """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
         files, snapshots no release needs, stopped containers beyond retention. The dry run
         returns the same set the real run removes."""
-        from registry.upkeep import gc as gc_plan
-        from registry.upkeep import operations
+        from registry.upkeep import gc_plan
+        from registry.upkeep.gc import Gc
 
-        return operations.gc(self.config, actor=actor_mod.identify(actor), dry_run=dry_run,
-                              grace=gc_plan.GRACE if grace is None else grace)
+        return Gc(self.config, actor=actor_mod.identify(actor)).run(
+            dry_run=dry_run, grace=gc_plan.GRACE if grace is None else grace)
 
     def backup(self, dest: str | Path, *, actor: str | None = None) -> BackupResult:
         """A consistent online backup (database and blobs, MANIFEST.json last) into ``dest``;
         a second backup to the same place copies only new blobs."""
-        from registry.upkeep import operations
+        from registry.upkeep.backup import Backup
 
-        return operations.backup(self.config, Path(dest), actor=actor_mod.identify(actor))
+        return Backup(self.config, actor=actor_mod.identify(actor)).run(Path(dest))
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
                 engine_factory: EngineFactory | None = None, checks: Checks | None = None) -> RestoreResult:
         """Restore the backup in ``src`` into a new or empty home (``path``, else $REGISTRY_HOME
         or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it."""
-        from registry.upkeep import operations
+        from registry.upkeep import backup
 
         home = home_mod.for_init(path)
-        result = operations.restore(Path(src), home=home.path, db_url=home.db_url)
+        result = backup.restore_with_key(Path(src), home=home.path, db_url=home.db_url)
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            operations.record_restore(reg.config, result, src=Path(src), actor=actor_mod.identify(actor))
+            backup.record_restore(reg.config, result, src=Path(src), actor=actor_mod.identify(actor))
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
@@ -280,23 +280,23 @@ class Registry:
         from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
-        return transfer.export(self.config, model, version, Path(out), actor=actor_mod.identify(actor),
-                               with_image=with_image, progress=progress)
+        return transfer.Export(self.config, actor=actor_mod.identify(actor)).run(
+            model, version, Path(out), with_image=with_image, progress=progress)
 
     def import_archive(self, path: str | Path, *, actor: str | None = None, progress=None) -> ImportResult:
         """Record the version in an export file after checking every member and digest; the
         same file again is a no-op."""
         from registry.upkeep import transfer
 
-        return transfer.import_archive(self.config, Path(path), actor=actor_mod.identify(actor), progress=progress)
+        return transfer.Import(self.config, actor=actor_mod.identify(actor)).run(Path(path), progress=progress)
 
     def deprecate(self, ref: str, *, reason: str | None = None, actor: str | None = None) -> Deprecation:
         """Hide a version from ``versions()`` and refuse to promote it; diff, show and audit still work."""
-        from registry.upkeep import operations
+        from registry.upkeep.lifecycle import Deprecate
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return operations.deprecate(self.config, model, version, actor=actor_mod.identify(actor), reason=reason)
+        return Deprecate(self.config, actor=actor_mod.identify(actor)).run(model, version, reason=reason)
 
     def deprecations(self, model: str | None = None) -> list[Deprecation]:
         """The deprecated versions (of ``model``)."""
@@ -308,12 +308,11 @@ class Registry:
     def delete(self, ref: str, *, force: bool = False, reason: str | None = None,
                actor: str | None = None) -> DeleteResult:
         """Remove a version no release ever named (``force`` required); ``gc`` then reclaims its blobs."""
-        from registry.upkeep import operations
+        from registry.upkeep.lifecycle import Delete
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return operations.delete(self.config, model, version, actor=actor_mod.identify(actor), force=force,
-                                  reason=reason)
+        return Delete(self.config, actor=actor_mod.identify(actor)).run(model, version, force=force, reason=reason)
 
     # --- environments, promote, rollback -------------------------------------------------
 
@@ -433,7 +432,7 @@ class Registry:
         already read with ``probe_runs`` (they are not read again)."""
         from registry.health import monitoring
 
-        return monitoring.health(self.config, env, since=_since(since), runs=runs)
+        return monitoring.Health(self.config).run(env, since=_since(since), runs=runs)
 
     def watch(self, env: str | None = None, *, every_s: float, failures: int = 3,
               notify: Callable[[str], object] | None = None, auto_rollback: bool = False,
@@ -450,15 +449,15 @@ class Registry:
 
         if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
             raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
-        return monitoring.watch(self.config, actor=actor_mod.identify(actor), env_name=env, failures=failures,
-                                every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
-                                max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
+        watch = monitoring.Watch(self.config, actor=actor_mod.identify(actor), env_name=env, failures=failures)
+        return watch.run(every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
+                         max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """What the metrics page shows now, read from the database (so cron's runs count too)."""
         from registry.health import monitoring
 
-        return monitoring.metrics_snapshot(self.config)
+        return monitoring.MetricsScrape(self.config).run()
 
     def metrics_text(self) -> str:
         """The Prometheus page as a scrape would see it."""

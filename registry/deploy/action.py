@@ -2,7 +2,7 @@
 the ``Configuration``, whose state (environment, engine, steps timed, secrets to scrub, the lock
 held) lives on the object, so helpers take only what they use.
 
-    Action                 base: environment, engine, steps, secrets, versions made ready
+    DeployAction           base: environment, engine, steps, secrets, versions made ready
     ├── Recover            reconcile a ledger with Docker (registry.deploy.recover)
     └── Switching          take the lock, switch containers, settle (registry.deploy.switching)
         ├── Promote        registry.deploy.promote
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
@@ -53,12 +54,11 @@ class Ready:
     env_vars: dict[str, str] = field(repr=False)
 
 
-class Action:
+class DeployAction(Action):
     """One run of an operation on one environment."""
 
     def __init__(self, cfg: Configuration, *, actor: str, on_step: OnStep | None = None):
-        self.cfg = cfg
-        self.actor = actor
+        super().__init__(cfg, actor=actor)
         self.on_step = on_step
         self.steps: list[Step] = []
         # Every secret this run knows (the caller's *_TOKEN-like variables, URL passwords, and

@@ -7,14 +7,19 @@ from urllib.parse import urlsplit
 
 from registry import clock, inputs, ledger
 from registry.deploy import ownership
-from registry.deploy.action import Action, base_url
-from registry.errors import AlreadyExists, CellarError, InvalidInput, OperationInProgress
+from registry.deploy.action import DeployAction, base_url
+from registry.errors import (
+    AlreadyExists,
+    CellarError,
+    InvalidInput,
+    OperationInProgress,
+)
 from registry.ledger import Release
 from registry.models import Environment, EnvStatus, Lock, check_name
 from registry.store.sql import environments, events, locks, releases
 
 
-class AddEnv(Action):
+class AddEnv(DeployAction):
     """``AddEnv(cfg, actor=...).run(env)``: record a new environment."""
 
     def run(self, env: Environment) -> Environment:
@@ -75,7 +80,7 @@ def _check_docker_host(docker_host: str) -> None:
                            "use TLS certificates (DOCKER_CERT_PATH) or an ssh://user@host with keys")
 
 
-class RemoveEnv(Action):
+class RemoveEnv(DeployAction):
     """``RemoveEnv(cfg, actor=...).run(name, reason=..., force=...)``: forget an environment.
 
     Its ledger stays (history is never rewritten). With something deployed this needs
@@ -142,7 +147,7 @@ def count_history(cfg, env_name: str | None = None) -> int:
         return releases.count(conn, env_name)
 
 
-class Status(Action):
+class Status(DeployAction):
     """``Status(cfg, actor=...).run()``: each environment's deployed release, its container's
     state and health, pending work."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from registry import clock, ledger
 from registry.deploy import ownership
-from registry.deploy.action import Action
+from registry.deploy.action import DeployAction
 from registry.engines.engine import ContainerInfo
 from registry.errors import CellarError, StepFailed
 from registry.ledger import Plan, Release, Settlement, Target
@@ -24,7 +24,7 @@ from registry.store.sql import environments, events, locks, releases
 INTERRUPTED = "interrupted: the process running it died; reverted by `registry recover`"
 
 
-class Recover(Action):
+class Recover(DeployAction):
     """``Recover(cfg, actor=...).run(env_name=None, force=False)``: every environment, or one."""
 
     def run(self, *, env_name: str | None = None, force: bool = False) -> RecoverResult:

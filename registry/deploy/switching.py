@@ -13,9 +13,16 @@ from contextlib import contextmanager
 
 from registry import clock, ledger
 from registry.deploy import ownership
-from registry.deploy.action import Action
+from registry.deploy.action import DeployAction
 from registry.deploy.recover import Recover
-from registry.errors import CellarError, EngineError, HealthGateFailed, Interrupted, OperationInProgress, StepFailed
+from registry.errors import (
+    CellarError,
+    EngineError,
+    HealthGateFailed,
+    Interrupted,
+    OperationInProgress,
+    StepFailed,
+)
 from registry.faults import crashpoint
 from registry.ledger import Plan, Release
 from registry.models import DeployResult, FailedDeploy, Runtime
@@ -27,7 +34,7 @@ MakePlan = Callable[[list[Release]], Plan]  # the ledger as it is under the lock
 MakeContainer = Callable[[Plan], tuple[str, bool]]  # -> (container id, created for this run)
 
 
-class Switching(Action):
+class Switching(DeployAction):
     """Base of the actions that replace what an environment runs."""
 
     operation = ""  # "promote" or "rollback": the lock's and the crash points' name

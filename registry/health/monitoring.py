@@ -2,10 +2,10 @@
 schedule, and the figures for a metrics page. (The promote gate is ``Promote.probe_gate``; the
 suite both send is ``registry.probes.suites``.)
 
-    ProbeEnv(Action)     run the deployed release's suite once against the published port; store it
-    health(cfg, ...)     stored runs -> HealthReport, change points with a one-line diff summary
+    ProbeEnv(DeployAction)     run the deployed release's suite once against the published port; store it
+    Health               stored runs -> HealthReport, change points with a one-line diff summary
     Watch                a ``watching.Watcher`` wired to ProbeEnv, the normal Rollback and a notifier
-    metrics_snapshot     what one scrape of ``registry metrics`` shows, read from the database
+    MetricsScrape        what one scrape of ``registry metrics`` shows, read from the database
 
 The judging is pure (``registry.probes.probing``, ``report``, ``watching``); this module only
 finds the release, its suite and its container, and records what was measured.
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from registry import clock, ledger
+from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import ownership
-from registry.deploy.action import Action
+from registry.deploy.action import DeployAction
 from registry.errors import CellarError, OperationInProgress
 from registry.health.watching import StopFlag, Watcher, WatchPolicy
 from registry.ledger import Operation, Release, ReleaseStatus
@@ -47,7 +48,7 @@ log = logging.getLogger("registry.health.monitoring")
 METRICS_WINDOW = timedelta(days=7)  # runs a scrape reads: bounded, whatever the database holds
 
 
-class ProbeEnv(Action):
+class ProbeEnv(DeployAction):
     """``ProbeEnv(cfg, actor=...).run(env_name)``: one run of the deployed release's suite.
 
     Nothing deployed, no container, a stopped one or an unreachable engine is recorded as
@@ -109,25 +110,27 @@ def nothing_deployed(env_name: str, *, actor: str) -> ProbeRun:
 # --- health -------------------------------------------------------------------------------
 
 
-def health(cfg: Configuration, env_name: str | None = None, *, since: datetime | None = None,
-           runs: list[ProbeRun] | None = None) -> HealthReport:
-    """Figures per version and the change points of the stored runs (one environment or all),
+class Health(Action):
+    """``Health(cfg).run(...)``: Figures per version and the change points of the stored runs (one environment or all),
     each change point with the release's actor, reason and what changed from the version before.
     ``runs``: those runs, when the caller has already read them (the web view charts them too)."""
-    from registry.health import report
 
-    with cfg.store.read() as conn:
-        if env_name is not None:
-            environments.named_or_default(conn, env_name)  # a typo is NotFound, not an empty report
-        if runs is None:
-            runs = probes.runs(conn, env_name, since)
-        rows = releases.newest(conn, env_name)
-    report = report.build(runs, rows, since=since)
-    models = {(r.env, r.revision): r.model for r in rows}
-    for point in report.change_points:
-        point.summary = change_summary(cfg, models.get((point.env, point.revision)),
-                                       point.previous_version, point.version)
-    return report
+    def run(self, env_name: str | None = None, *, since: datetime | None = None, runs: list[ProbeRun] | None = None) -> HealthReport:
+        cfg = self.cfg
+        from registry.health import report
+
+        with cfg.store.read() as conn:
+            if env_name is not None:
+                environments.named_or_default(conn, env_name)  # a typo is NotFound, not an empty report
+            if runs is None:
+                runs = probes.runs(conn, env_name, since)
+            rows = releases.newest(conn, env_name)
+        report = report.build(runs, rows, since=since)
+        models = {(r.env, r.revision): r.model for r in rows}
+        for point in report.change_points:
+            point.summary = change_summary(cfg, models.get((point.env, point.revision)),
+                                           point.previous_version, point.version)
+        return report
 
 
 def change_summary(cfg: Configuration, model: str | None, before: str, after: str) -> str:
@@ -160,6 +163,10 @@ class Watch:
         with cfg.store.read() as conn:
             self.env_name = environments.named_or_default(conn, env_name).name
         self._allowed: dict[tuple[str, str], bool] = {}
+
+    def run(self, **options) -> WatchSummary:
+        """Run the watch loop until ``max_runs`` or ``should_stop``; see ``watcher``."""
+        return self.watcher(**options).run()
 
     def probe_once(self) -> ProbeRun:
         return ProbeEnv(self.cfg, actor=self.actor).run(self.env_name)
@@ -203,25 +210,25 @@ def _reporting(probe_once: Callable[[], ProbeRun], on_run: Callable[[ProbeRun], 
     return run
 
 
-def watch(cfg: Configuration, *, actor: str, env_name: str | None, failures: int = 3, **options) -> WatchSummary:
-    """Run the watch loop until ``max_runs`` or ``should_stop``; see ``Watch.watcher``."""
-    return Watch(cfg, actor=actor, env_name=env_name, failures=failures).watcher(**options).run()
 
 
 # --- metrics ------------------------------------------------------------------------------
 
 
-def metrics_snapshot(cfg: Configuration, *, window: timedelta = METRICS_WINDOW) -> MetricsSnapshot:
-    """What a scrape shows: each environment's deployed release, the runs of the last ``window``
+class MetricsScrape(Action):
+    """``MetricsScrape(cfg).run(...)``: What a scrape shows: each environment's deployed release, the runs of the last ``window``
     (so counters cover that window), and the last deploy and rollback times."""
-    with cfg.store.read() as conn:
-        names = {e.name for e in environments.all_(conn)}
-        rows = [r for r in releases.newest(conn) if r.env in names]
-        runs = probes.runs(conn, since=clock.now() - window)
-    snapshot = MetricsSnapshot(runs=[r for r in runs if r.env in names])
-    for name in sorted(names):
-        _add_env(snapshot, name, [r for r in rows if r.env == name])
-    return snapshot
+
+    def run(self, *, window: timedelta = METRICS_WINDOW) -> MetricsSnapshot:
+        cfg = self.cfg
+        with cfg.store.read() as conn:
+            names = {e.name for e in environments.all_(conn)}
+            rows = [r for r in releases.newest(conn) if r.env in names]
+            runs = probes.runs(conn, since=clock.now() - window)
+        snapshot = MetricsSnapshot(runs=[r for r in runs if r.env in names])
+        for name in sorted(names):
+            _add_env(snapshot, name, [r for r in rows if r.env == name])
+        return snapshot
 
 
 def _add_env(snapshot: MetricsSnapshot, env: str, rows: list[Release]) -> None:

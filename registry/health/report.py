@@ -19,7 +19,13 @@ from datetime import datetime
 from itertools import groupby
 
 from registry.ledger import Release
-from registry.models.probes import ChangePoint, HealthReport, ProbeRun, ProbeStatus, VersionHealth
+from registry.models.probes import (
+    ChangePoint,
+    HealthReport,
+    ProbeRun,
+    ProbeStatus,
+    VersionHealth,
+)
 from registry.versions.diffing import ChangeKind, Diff
 
 BARS = "▁▂▃▄▅▆▇█"

@@ -35,7 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from registry.durable import fsync_dir
 from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.formats import canonical
-from registry.formats.safetensors_index import MAX_HEADER, SafetensorsError, TensorRange, is_safetensors, parse_header
+from registry.formats.safetensors_index import (
+    MAX_HEADER,
+    SafetensorsError,
+    TensorRange,
+    is_safetensors,
+    parse_header,
+)
 from registry.models import Name, VersionStr
 from registry.store.files.scan import hash_path
 from registry.store.files.streams import Hashes, Writeback

@@ -26,12 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry import clock
+from registry.action import Action
+from registry.configuration import Configuration
 from registry.durable import fsync_dir
 from registry.errors import InvalidInput, StorageError
-from registry.models.upkeep import BackupResult, ProblemKind, RestoreResult, StorageProblem
+from registry.models.upkeep import (
+    BackupResult,
+    ProblemKind,
+    RestoreResult,
+    StorageProblem,
+)
 from registry.store.files.blobs import BlobStore
 from registry.store.files.scan import CHUNK, hash_path
-from registry.store.sql import dump
+from registry.store.sql import dump, events
+from registry.trust import seals
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "cellar-backup"
@@ -235,4 +243,56 @@ def _mkdirs(*paths: Path) -> None:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --- the operations: the signing key goes along, and an audit event records each --------
+
+
+class Backup(Action):
+    """``Backup(cfg, actor=...).run(...)``: A consistent online backup into ``dest`` (incremental when ``dest`` holds one)."""
+
+    def run(self, dest: Path) -> BackupResult:
+        cfg = self.cfg
+        actor = self.actor
+        result = backup(db_url=cfg.store.url, blobs=cfg.blobs, dest=Path(dest))
+        # The signing key goes along (mode 0600): without it a restored record cannot be proven.
+        # So a backup is as private as the home itself.
+        _copy_private(seals.key_path(cfg.home.path), Path(dest) / seals.KEY_FILE)
+        with cfg.store.write() as conn:
+            events.append(conn, actor=actor, action="backup", object=result.dest, db_user=cfg.store.db_user(conn),
+                          detail={"db_sha256": result.db_sha256, "blobs": result.blobs_total,
+                                  "copied": result.blobs_copied, "problems": len(result.problems)})
+        return result
+
+
+def restore_with_key(src: Path, *, home: Path, db_url: str) -> RestoreResult:
+    # A function of paths, not an Action: no registry (no Configuration) exists until it is done.
+    """Restore the backup in ``src`` into the empty or new ``home`` and database ``db_url``, its
+    signing key included (the record's seals are checked with it)."""
+    result = restore(Path(src), home=home, db_url=db_url)
+    if (Path(src) / seals.KEY_FILE).is_file():
+        _copy_private(Path(src) / seals.KEY_FILE, seals.key_path(home))
+    return result
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    """Copy a secret file so that only its owner can read the copy, at no moment more."""
+    data = src.read_bytes()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+
+
+def record_restore(cfg: Configuration, result: RestoreResult, *, src: Path, actor: str) -> None:
+    """The restored registry's own record of where it came from."""
+    with cfg.store.write() as conn:
+        events.append(conn, actor=actor, action="restore", object=str(cfg.home.path),
+                      db_user=cfg.store.db_user(conn),
+                      detail={"from": str(Path(src).absolute()), "blobs": result.blobs_restored,
+                              "problems": len(result.problems)})
+
 

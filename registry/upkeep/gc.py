@@ -1,196 +1,161 @@
-"""Garbage collection: a pure planner and an executor that removes exactly a plan's files.
+"""``registry gc``: remove what nothing needs, with the plan from ``registry.upkeep.gc_plan``
+(pure); the SQL is in ``registry.store.sql.upkeep``, the blob scan in ``registry.store.files.scan``.
 
-The dry run and the real run share one ``plan()``, so they name the same set by
-construction. Two rules keep a rollback and a concurrent push safe:
-
-- never collect what a version references, what a release needs (deployed, pending, or a
-  kept rollback target), a snapshot such a release runs from, a running container, or a
-  container a kept release names;
-- never collect a blob or a temp file younger than the grace period: a push stores its blobs
-  before it records the version, so a fresh unreferenced blob is probably about to be used.
-
-A push that reuses an *old* blob (the stat cache says it is there) must refresh its mtime
-(``os.utime``) before it records the version; the executor re-checks the mtime of each blob
-right before unlinking it and skips one that became fresh.
+gc and a concurrent push: a push stores new blobs before it records them (fresh mtimes, kept
+by the grace period), and may reuse an old unreferenced blob the stat cache vouches for. gc
+therefore re-reads what is referenced, and unlinks blobs, inside one write transaction; push
+checks, inside its own write transaction, that every blob it records still exists and stores
+it again if not. The two transactions are serialised, so one of them sees the other.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import time
 from datetime import timedelta
-from pathlib import Path
 
-from registry.models.upkeep import BlobItem, ContainerItem, GcPlan, GcResult, PathItem
-from registry.store.files.scan import StoredBlob, TempFile
+from registry import ledger
+from registry.action import Action
+from registry.configuration import Configuration
+from registry.errors import CellarError
+from registry.ledger import Release, ReleaseStatus
+from registry.models.upkeep import (
+    ContainerItem,
+    GcResult,
+    PathItem,
+)
+from registry.store.files import scan
+from registry.store.sql import environments, events, releases
+from registry.store.sql import upkeep as store
+from registry.upkeep import gc_plan
 
-GRACE = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A snapshot folder on disk; ``size`` counts only bytes it alone holds (copies, not links)."""
-
-    manifest_digest: str
-    path: Path
-    size: int = 0
-    mtime: float = 0.0  # a snapshot materialised within the grace period is kept (a promote runs)
-
-
-@dataclass(frozen=True)
-class Container:
-    """A container carrying ``cellar.*`` labels, as found in the engine."""
-
-    env: str
-    id: str
-    name: str = ""
-    version: str = ""
-    revision: int | None = None
-    running: bool = False
+# --- gc --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Inputs:
-    """Everything the planner looks at; the caller gathers it (database, disk, Docker)."""
+class Gc(Action):
+    """``Gc(cfg, actor=...).run(...)``: Remove unreferenced blobs, stale temp files, snapshots no release needs and stopped
+    containers beyond each environment's retention. The dry run returns the same plan."""
 
-    now: float                                        # time.time() of the plan
-    referenced: set[str] = field(default_factory=set)  # blob digests any version uses
-    needed_by_releases: set[str] = field(default_factory=set)  # blobs of releases' versions
-    blobs: list[StoredBlob] = field(default_factory=list)
-    temp_files: list[TempFile] = field(default_factory=list)
-    snapshots: list[Snapshot] = field(default_factory=list)
-    needed_snapshots: set[str] = field(default_factory=set)  # manifest digests releases need
-    containers: list[Container] = field(default_factory=list)
-    keep: dict[str, int] = field(default_factory=dict)  # env -> stopped containers to keep
-    kept_containers: set[str] = field(default_factory=set)  # ids releases name (never removed)
-    grace: timedelta = GRACE
-    warnings: list[str] = field(default_factory=list)  # e.g. an engine that could not be asked
-
-
-def plan(inputs: Inputs) -> GcPlan:
-    """What gc removes, and the bytes that frees. Pure: same inputs, same plan."""
-    cutoff = inputs.now - inputs.grace.total_seconds()
-    blobs, fresh = _blobs(inputs, cutoff)
-    temps = [PathItem(path=str(t.path), size=t.size, why="its writer is gone")
-             for t in sorted(inputs.temp_files, key=lambda t: str(t.path))
-             if not t.owner_alive and t.mtime < cutoff]
-    snaps = [PathItem(path=str(s.path), size=s.size, why=f"no release needs {s.manifest_digest}")
-             for s in sorted(inputs.snapshots, key=lambda s: str(s.path))
-             if s.manifest_digest not in inputs.needed_snapshots and s.mtime < cutoff]
-    containers = _containers(inputs)
-    freed = sum(b.size for b in blobs) + sum(t.size for t in temps) + sum(s.size for s in snaps)
-    return GcPlan(blobs=blobs, temp_files=temps, snapshots=snaps, containers=containers,
-                  bytes_freed=freed, kept_fresh=fresh, warnings=list(inputs.warnings))
+    def run(self, *, dry_run: bool = False, grace: timedelta = gc_plan.GRACE) -> GcResult:
+        cfg = self.cfg
+        actor = self.actor
+        inputs, engines = _gc_inputs(cfg, grace=grace)
+        plan = gc_plan.plan(inputs)
+        if dry_run:
+            return gc_plan.dry_run(plan)
+        removed = _remove_containers(cfg, plan.containers, engines)
+        with cfg.store.write() as conn:
+            # Under the write lock: a push that recorded one of these blobs since the plan keeps it,
+            # and a push recording one after this commit finds it gone and stores it again.
+            still_used = store.referenced_digests(conn) | _needed_blobs(conn)
+            blobs = [b for b in plan.blobs if b.digest not in still_used]
+            result = gc_plan.execute(plan.model_copy(update={"blobs": blobs, "containers": []}), now=time.time(),
+                                    grace=grace, needed_snapshots_now=lambda: _needed(conn)[1])
+            kept = {s.path for s in result.skipped}
+            store.forget_blobs(conn, [b.digest for b in blobs if b.path not in kept])
+            result = result.model_copy(update={
+                "blobs": plan.blobs, "containers": plan.containers,
+                "skipped": result.skipped + _skipped_blobs(plan.blobs, still_used) + removed})
+            events.append(conn, actor=actor, action="gc", object="blobs", db_user=cfg.store.db_user(conn), detail={
+                "blobs": len(blobs), "bytes_freed": plan.bytes_freed, "temp_files": len(plan.temp_files),
+                "snapshots": len(plan.snapshots), "containers": [c.id[:12] for c in plan.containers],
+                "skipped": len(result.skipped)})
+        return result
 
 
-def _blobs(inputs: Inputs, cutoff: float) -> tuple[list[BlobItem], list[str]]:
-    keep = inputs.referenced | inputs.needed_by_releases
-    gone, fresh = [], []
-    for b in sorted(inputs.blobs, key=lambda b: b.digest):
-        if b.digest in keep:
-            continue
-        if b.mtime >= cutoff:
-            fresh.append(b.digest)
-        else:
-            gone.append(BlobItem(digest=b.digest, size=b.size, path=str(b.path)))
-    return gone, fresh
+def _skipped_blobs(planned, still_used: set[str]) -> list:
+    return [PathItem(path=b.path, size=b.size, why="a version uses it since the plan")
+            for b in planned if b.digest in still_used]
 
 
-def _containers(inputs: Inputs) -> list[ContainerItem]:
-    """Per environment, stopped containers beyond the newest ``keep`` (by revision)."""
-    out = []
-    by_env: dict[str, list[Container]] = {}
-    for c in inputs.containers:
-        by_env.setdefault(c.env, []).append(c)
-    for env, found in sorted(by_env.items()):
-        stopped = [c for c in found if not c.running and c.id not in inputs.kept_containers]
-        stopped.sort(key=lambda c: (c.revision is not None, c.revision or 0), reverse=True)
-        for c in stopped[inputs.keep.get(env, 3):]:
-            out.append(ContainerItem(env=c.env, id=c.id, name=c.name, version=c.version, revision=c.revision))
-    return out
+def _gc_inputs(cfg: Configuration, *, grace: timedelta) -> tuple[gc_plan.Inputs, dict]:
+    with cfg.store.read() as conn:
+        referenced = store.referenced_digests(conn)
+        needed_blobs = _needed_blobs(conn)
+        kept, needed_snaps = _needed(conn)
+        envs = environments.all_(conn)
+    blobs, _stray = scan.list_blobs(cfg.blobs)
+    containers, engines, warnings = _containers(cfg, envs)
+    return gc_plan.Inputs(
+        now=time.time(), referenced=referenced, needed_by_releases=needed_blobs, blobs=blobs,
+        temp_files=scan.list_temp_files(cfg.blobs), snapshots=list(gc_plan.list_snapshots(cfg.snapshots)),
+        needed_snapshots=needed_snaps, containers=containers, keep={e.name: e.keep for e in envs},
+        kept_containers=kept, grace=grace, warnings=warnings), engines
 
 
-def execute(
-    gc_plan: GcPlan,
-    *,
-    now: float,
-    grace: timedelta = GRACE,
-    remove_container: Callable[[ContainerItem], None] | None = None,
-    needed_snapshots_now: Callable[[], set[str]] | None = None,
-) -> GcResult:
-    """Remove exactly ``gc_plan``'s files (and, given ``remove_container``, its containers).
-
-    A blob whose mtime became fresh since the plan (a push reused it) or a file that vanished
-    is skipped and listed in ``skipped``; nothing outside the plan is touched.
-    ``needed_snapshots_now`` re-reads the manifest digests releases need, right before the
-    snapshots go: a promote that started after the plan keeps its snapshot.
-    """
-    cutoff = now - grace.total_seconds()
-    skipped: list[PathItem] = []
-    for b in gc_plan.blobs:
-        _remove_file(Path(b.path), b.size, cutoff, skipped)
-    for t in gc_plan.temp_files:
-        _remove_file(Path(t.path), t.size, cutoff, skipped)
-    needed = needed_snapshots_now() if needed_snapshots_now else set()
-    for s in gc_plan.snapshots:
-        if "sha256:" + Path(s.path).name in needed:
-            skipped.append(PathItem(path=s.path, size=s.size, why="a release needs it since the plan"))
-            continue
-        _remove_tree(Path(s.path), s.size, skipped)
-    for c in gc_plan.containers:
-        if remove_container:
-            remove_container(c)
-    return GcResult(**gc_plan.model_dump(), dry_run=False, skipped=skipped)
+def _needed_releases(conn) -> tuple[list[Release], set[str]]:
+    """Releases whose files must stay: deployed, pending, and those whose containers are kept
+    (retention plus the default rollback target); and the container ids kept."""
+    needed, kept = [], set()
+    by_env: dict[str, list[Release]] = {}
+    for r in releases.newest(conn):
+        by_env.setdefault(r.env, []).append(r)
+    keep = {e.name: e.keep for e in environments.all_(conn)}
+    for env, rows in by_env.items():
+        ids = ledger.keep_containers(rows, keep=keep.get(env, 3))
+        kept |= ids
+        target = _default_target(rows)
+        needed += [r for r in rows if r.status is ReleaseStatus.DEPLOYED or r.status.pending
+                   or (r.container_id and r.container_id in ids) or r is target]
+    return needed, kept
 
 
-def dry_run(gc_plan: GcPlan) -> GcResult:
-    """The result the dry run prints: the plan itself."""
-    return GcResult(**gc_plan.model_dump(), dry_run=True)
-
-
-def _remove_file(path: Path, size: int, cutoff: float, skipped: list[PathItem]) -> None:
+def _default_target(rows: list[Release]) -> Release | None:
     try:
-        if os.stat(path).st_mtime >= cutoff:
-            skipped.append(PathItem(path=str(path), size=size, why="used again since the plan"))
-            return
-        path.unlink()
-    except FileNotFoundError:
-        skipped.append(PathItem(path=str(path), size=size, why="already gone"))
+        return ledger.rollback_target(rows)
+    except CellarError:
+        return None
 
 
-def _remove_tree(path: Path, size: int, skipped: list[PathItem]) -> None:
-    if not path.is_dir():
-        skipped.append(PathItem(path=str(path), size=size, why="already gone"))
-        return
-    _make_writable(path)  # snapshots are sealed read-only (registry.deploy.snapshots)
-    shutil.rmtree(path)
+def _needed(conn) -> tuple[set[str], set[str]]:
+    """(container ids kept, manifest digests of snapshots that releases need)."""
+    needed, kept = _needed_releases(conn)
+    return kept, {r.manifest_digest for r in needed}
 
 
-def _make_writable(folder: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(folder):
-        os.chmod(dirpath, stat.S_IRWXU)
+def _needed_blobs(conn) -> set[str]:
+    needed, _kept = _needed_releases(conn)
+    return store.digests_of(conn, {(r.model, r.version) for r in needed})
 
 
-def snapshot_size(path: Path) -> int:
-    """Bytes a snapshot alone holds: files with one link (copies); hard links to blobs free nothing."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            st = os.lstat(os.path.join(dirpath, name))
-            if st.st_nlink == 1:
-                total += st.st_size
-    return total
+def _containers(cfg: Configuration, envs) -> tuple[list[gc_plan.Container], dict, list[str]]:
+    """Containers of this registry on each environment's engine (by label), their engines,
+    and a warning per engine that could not be asked (its containers are left alone)."""
+    found, engines, warnings, seen = [], {}, [], set()
+    for env in envs:
+        if env.docker_host in engines or env.docker_host in seen:
+            continue
+        seen.add(env.docker_host)
+        try:
+            engine = cfg.engine(env.docker_host)
+            infos = engine.find_labelled(registry=cfg.registry_id)
+        except CellarError as exc:
+            warnings.append(f"containers on {env.docker_host or 'the local engine'} left alone: {exc}")
+            continue
+        engines[env.docker_host] = engine
+        host_envs = {e.name for e in envs if e.docker_host == env.docker_host}
+        found += [gc_plan.Container(env=i.labels.get("cellar.env", ""), id=i.id, name=i.name,
+                                   version=i.labels.get("cellar.version", ""), revision=i.revision,
+                                   running=i.running)
+                  for i in infos if i.labels.get("cellar.env") in host_envs]
+    return found, {e.name: engines[e.docker_host] for e in envs if e.docker_host in engines}, warnings
 
 
-def list_snapshots(root: Path) -> Iterable[Snapshot]:
-    """Snapshot folders below ``root`` (``<hex>`` = manifest digest); temp folders of dead
-    materialisations (``.tmp-<pid>-<token>``) are the temp files' business, not listed here."""
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except FileNotFoundError:
+def _remove_containers(cfg: Configuration, planned: list[ContainerItem], engines: dict) -> list:
+    """Remove the planned containers, each re-checked first: a rollback since the plan may
+    have started one, or a new release may keep it."""
+    if not planned:
         return []
-    return [Snapshot("sha256:" + e.name, Path(e.path), snapshot_size(Path(e.path)), e.stat().st_mtime)
-            for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+    with cfg.store.read() as conn:
+        kept, _ = _needed(conn)
+    skipped = []
+    for c in planned:
+        engine = engines[c.env]
+        info = engine.inspect(c.id)
+        if info is None or info.running or c.id in kept:
+            why = "already gone" if info is None else "running or kept since the plan"
+            skipped.append(PathItem(path=f"container {c.name or c.id[:12]}", size=0, why=why))
+            continue
+        engine.remove(c.id)
+    return skipped
+
+

@@ -17,9 +17,14 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
+from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import InvalidInput, NotFound, StorageError, VersionConflict
-from registry.formats.safetensors_index import SafetensorsError, is_safetensors, read_index
+from registry.formats.safetensors_index import (
+    SafetensorsError,
+    is_safetensors,
+    read_index,
+)
 from registry.models import ImageRef, Provenance, Runtime
 from registry.models.upkeep import ExportResult, ImportResult
 from registry.store.files.blobs import hash_file
@@ -33,27 +38,30 @@ Progress = archive.Progress
 # --- export ----------------------------------------------------------------------------------
 
 
-def export(cfg: Configuration, model: str, version: str, out: Path, *, actor: str, with_image: bool = False,
-           progress: Progress | None = None) -> ExportResult:
-    """Write ``model@version`` (and, ``with_image``, its pinned image) to the tar file ``out``."""
-    started = time.monotonic()
-    src = _source(cfg, model, version)
-    out = Path(out).absolute()
-    if with_image:
-        src.image = _save_image(cfg, src)
-    try:
-        archive.write_archive(out, src, progress=progress)
-    finally:
-        if src.image is not None:
-            src.image.unlink(missing_ok=True)
-    size = sum(p.stat().st_size for p in src.blob_paths.values())
-    with cfg.store.write() as conn:
-        events.append(conn, actor=actor, action="export", object=f"{model}@{version}", model=model,
-                      db_user=cfg.store.db_user(conn),
-                      detail={"file": str(out), "manifest_digest": src.manifest_digest, "with_image": with_image})
-    return ExportResult(file=str(out), model=model, version=version, manifest_digest=src.manifest_digest,
-                        blobs=len(src.blob_paths), bytes=size, with_image=with_image,
-                        seconds=round(time.monotonic() - started, 3))
+class Export(Action):
+    """``Export(cfg, actor=...).run(...)``: Write ``model@version`` (and, ``with_image``, its pinned image) to the tar file ``out``."""
+
+    def run(self, model: str, version: str, out: Path, *, with_image: bool = False, progress: Progress | None = None) -> ExportResult:
+        cfg = self.cfg
+        actor = self.actor
+        started = time.monotonic()
+        src = _source(cfg, model, version)
+        out = Path(out).absolute()
+        if with_image:
+            src.image = _save_image(cfg, src)
+        try:
+            archive.write_archive(out, src, progress=progress)
+        finally:
+            if src.image is not None:
+                src.image.unlink(missing_ok=True)
+        size = sum(p.stat().st_size for p in src.blob_paths.values())
+        with cfg.store.write() as conn:
+            events.append(conn, actor=actor, action="export", object=f"{model}@{version}", model=model,
+                          db_user=cfg.store.db_user(conn),
+                          detail={"file": str(out), "manifest_digest": src.manifest_digest, "with_image": with_image})
+        return ExportResult(file=str(out), model=model, version=version, manifest_digest=src.manifest_digest,
+                            blobs=len(src.blob_paths), bytes=size, with_image=with_image,
+                            seconds=round(time.monotonic() - started, 3))
 
 
 def _source(cfg: Configuration, model: str, version: str) -> archive.ExportSource:
@@ -92,26 +100,30 @@ def _save_image(cfg: Configuration, src: archive.ExportSource) -> Path:
 # --- import ----------------------------------------------------------------------------------
 
 
-def import_archive(cfg: Configuration, path: Path, *, actor: str, progress: Progress | None = None) -> ImportResult:
-    """Verify and record the version in the export file ``path``; the same version again is a
+class Import(Action):
+    """``Import(cfg, actor=...).run(...)``: Verify and record the version in the export file ``path``; the same version again is a
     no-op, other content under its model@version a VersionConflict."""
-    started = time.monotonic()
-    path = Path(path).absolute()
-    bundle = archive.read_archive(path, tmp_dir=cfg.blobs.tmp, progress=progress,
-                                  have=lambda digest, size: cfg.blobs.has(digest, size=size))
-    try:
-        index = bundle.index
-        provenance = _check_record(path, index)
-        existing = _existing(cfg, index)
-        image_loaded = _load_image(cfg, bundle)
-        blobs, size = (0, 0) if existing else bundle.install_blobs(cfg.blobs)
-        created = not existing and _record(cfg, bundle, provenance, path=path, actor=actor,
-                                           image_loaded=image_loaded)
-    finally:
-        bundle.cleanup()
-    return ImportResult(file=str(path), model=index.model, version=index.version,
-                        manifest_digest=index.manifest_digest, created=created, blobs_stored=blobs,
-                        bytes_stored=size, image_loaded=image_loaded, seconds=round(time.monotonic() - started, 3))
+
+    def run(self, path: Path, *, progress: Progress | None = None) -> ImportResult:
+        cfg = self.cfg
+        actor = self.actor
+        started = time.monotonic()
+        path = Path(path).absolute()
+        bundle = archive.read_archive(path, tmp_dir=cfg.blobs.tmp, progress=progress,
+                                      have=lambda digest, size: cfg.blobs.has(digest, size=size))
+        try:
+            index = bundle.index
+            provenance = _check_record(path, index)
+            existing = _existing(cfg, index)
+            image_loaded = _load_image(cfg, bundle)
+            blobs, size = (0, 0) if existing else bundle.install_blobs(cfg.blobs)
+            created = not existing and _record(cfg, bundle, provenance, path=path, actor=actor,
+                                               image_loaded=image_loaded)
+        finally:
+            bundle.cleanup()
+        return ImportResult(file=str(path), model=index.model, version=index.version,
+                            manifest_digest=index.manifest_digest, created=created, blobs_stored=blobs,
+                            bytes_stored=size, image_loaded=image_loaded, seconds=round(time.monotonic() - started, 3))
 
 
 def _check_record(path: Path, index: archive.ArchiveIndex) -> Provenance | None:

@@ -16,7 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from registry.models import ImageRef, Provenance, Tensor, VersionInfo, WeightFile, is_secret_key
+from registry.models import (
+    ImageRef,
+    Provenance,
+    Tensor,
+    VersionInfo,
+    WeightFile,
+    is_secret_key,
+)
 
 MASK = "***"
 

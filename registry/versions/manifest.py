@@ -15,7 +15,12 @@ from pydantic import ValidationError
 
 from registry import inputs
 from registry.errors import InvalidInput, ManifestError
-from registry.formats.safetensors_index import SafetensorsError, TensorRange, is_safetensors, read_index
+from registry.formats.safetensors_index import (
+    SafetensorsError,
+    TensorRange,
+    is_safetensors,
+    read_index,
+)
 from registry.models import Manifest, Resolved, SourceFile
 
 DEFAULT_NAME = "cellar.yaml"

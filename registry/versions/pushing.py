@@ -1,4 +1,4 @@
-"""Push: hash and store a manifest's files, pin its image, build the record it pins, then
+"""``Push``: hash and store a manifest's files, pin its image, build the record it pins, then
 record the version and its audit event in one transaction.
 
 ``stage(write=False)`` is the same work without storing anything: diff uses it to describe
@@ -12,11 +12,19 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import CellarError, InvalidInput, VersionConflict
 from registry.faults import crashpoint
 from registry.formats import canonical
-from registry.models import ImageRef, Provenance, PushResult, Resolved, SourceFile, VersionSummary
+from registry.models import (
+    ImageRef,
+    Provenance,
+    PushResult,
+    Resolved,
+    SourceFile,
+    VersionSummary,
+)
 from registry.store.files.blobs import Ingested, hash_file
 from registry.store.sql import events, queue, run_all, versions
 from registry.store.sql.versions import NewVersion
@@ -27,29 +35,33 @@ Progress = Callable[[str, int, int], None]  # (file name, bytes done in this cal
 PARALLEL_FROM, PARALLEL = 64 << 20, 4
 
 
-def push(cfg: Configuration, resolved: Resolved, *, actor: str, progress: Progress | None = None) -> PushResult:
-    """Record a version; the same content again is a no-op, other content a VersionConflict.
+class Push(Action):
+    """``Push(cfg, actor=...).run(resolved)``: record a version; the same content again is a
+    no-op, other content a VersionConflict.
 
     Whether the version exists is learnt under the write lock, in the round trip that takes
     it, not in one of its own before storing: a push of a new version (the usual one) spares a
     round trip, and a refused one removes the blobs it stored that nothing records."""
-    m = resolved.manifest
-    new = stage(cfg, resolved, write=True, progress=progress)
-    provenance = git_provenance(resolved)
-    crashpoint("push:blobs-stored")
-    with cfg.store.write(lazy=True) as conn:
-        if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # there already
-            existing = versions.lookup(conn, m.model, m.version)
-            if existing.manifest_digest != new.digest:
-                _remove_unrecorded(cfg, conn, new)
-            return _same_or_conflict(existing, new)
-        crashpoint("push:before-commit")
-    new.warnings.extend(_dirty_warning(resolved, provenance))  # of what was recorded
-    return PushResult(
-        model=m.model, version=m.version, manifest_digest=new.digest, created=True,
-        bytes_ingested=sum(s.size for s in new.stored.values() if s.written),
-        files=len(new.stored), warnings=new.warnings,
-    )
+
+    def run(self, resolved: Resolved, *, progress: Progress | None = None) -> PushResult:
+        cfg, actor = self.cfg, self.actor
+        m = resolved.manifest
+        new = stage(cfg, resolved, write=True, progress=progress)
+        provenance = git_provenance(resolved)
+        crashpoint("push:blobs-stored")
+        with cfg.store.write(lazy=True) as conn:
+            if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # there already
+                existing = versions.lookup(conn, m.model, m.version)
+                if existing.manifest_digest != new.digest:
+                    _remove_unrecorded(cfg, conn, new)
+                return _same_or_conflict(existing, new)
+            crashpoint("push:before-commit")
+        new.warnings.extend(_dirty_warning(resolved, provenance))  # of what was recorded
+        return PushResult(
+            model=m.model, version=m.version, manifest_digest=new.digest, created=True,
+            bytes_ingested=sum(s.size for s in new.stored.values() if s.written),
+            files=len(new.stored), warnings=new.warnings,
+        )
 
 
 def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
@@ -77,7 +89,7 @@ def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
 
 
 def _store_again_if_gone(cfg: Configuration, new: NewVersion) -> None:
-    """Under the write lock, so no gc runs meanwhile (registry.upkeep.operations): a blob this push
+    """Under the write lock, so no gc runs meanwhile (registry.upkeep.gc): a blob this push
     reused without copying it (the stat cache vouched for it) may have been collected since."""
     for f in new.resolved.files:
         got = new.stored[(f.kind, f.name)]
@@ -130,33 +142,33 @@ def stage(cfg: Configuration, resolved: Resolved, *, write: bool,
                       digest=canonical.digest(record), warnings=warnings)
 
 
-def _store_files(ctx: Configuration, resolved: Resolved, *, write: bool,
+def _store_files(cfg: Configuration, resolved: Resolved, *, write: bool,
                  progress: Progress | None) -> dict[tuple[str, str], Ingested]:
     out: dict[tuple[str, str], Ingested] = {}
     try:
         todo = []
         for f in resolved.files:
-            if known := _unchanged(ctx, f):
+            if known := _unchanged(cfg, f):
                 out[(f.kind, f.name)] = known
             else:
                 todo.append(f)
-        for f, got in zip(todo, _store_all(ctx, todo, write=write, progress=progress)):
+        for f, got in zip(todo, _store_all(cfg, todo, write=write, progress=progress)):
             out[(f.kind, f.name)] = got
     finally:
-        ctx.stat_cache.save(unless_within=1.0)  # Registry.close() saves the rest
+        cfg.stat_cache.save(unless_within=1.0)  # Registry.close() saves the rest
     return {(f.kind, f.name): out[(f.kind, f.name)] for f in resolved.files}
 
 
-def _unchanged(ctx: Configuration, f: SourceFile) -> Ingested | None:
+def _unchanged(cfg: Configuration, f: SourceFile) -> Ingested | None:
     """The stored blob of a file the stat cache proves unchanged (a truncated blob: None)."""
-    known = ctx.stat_cache.lookup(f.path)
+    known = cfg.stat_cache.lookup(f.path)
     size = os.stat(f.path).st_size
-    if known and ctx.blobs.has(known, size=size):
-        return Ingested(digest=known, size=size, tensor_digests=_known_tensors(ctx, known, f))
+    if known and cfg.blobs.has(known, size=size):
+        return Ingested(digest=known, size=size, tensor_digests=_known_tensors(cfg, known, f))
     return None
 
 
-def _store_all(ctx: Configuration, files: list[SourceFile], *, write: bool, progress: Progress | None) -> list[Ingested]:
+def _store_all(cfg: Configuration, files: list[SourceFile], *, write: bool, progress: Progress | None) -> list[Ingested]:
     """Hash (and store) files; the shards of a large model side by side, a few at a time.
 
     A file in flight keeps about two cores busy (SHA-256 on one; BLAKE3 and the kernel's copy
@@ -167,13 +179,13 @@ def _store_all(ctx: Configuration, files: list[SourceFile], *, write: bool, prog
     large = sum(1 for f in files if os.stat(f.path).st_size > PARALLEL_FROM)
     workers = min(large, max(2, (os.cpu_count() or 1) // 2), PARALLEL)
     if workers < 2:
-        return [_store_file(ctx, f, write=write, progress=progress) for f in files]
+        return [_store_file(cfg, f, write=write, progress=progress) for f in files]
     from concurrent.futures import ThreadPoolExecutor  # only for sharded models
 
     lock = threading.Lock()
     shared = (lambda *a: _locked(lock, progress, *a)) if progress else None  # the bar is not thread-safe
     with ThreadPoolExecutor(workers) as pool:
-        jobs = [pool.submit(_store_file, ctx, f, write=write, progress=shared) for f in files]
+        jobs = [pool.submit(_store_file, cfg, f, write=write, progress=shared) for f in files]
         return [job.result() for job in jobs]
 
 
@@ -182,31 +194,31 @@ def _locked(lock: threading.Lock, progress: Progress, *args) -> None:
         progress(*args)
 
 
-def _store_file(ctx: Configuration, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
+def _store_file(cfg: Configuration, f: SourceFile, *, write: bool, progress: Progress | None) -> Ingested:
     """Hash (and, if ``write``, store) a file the stat cache does not vouch for."""
     try:
         before = os.stat(f.path)
         tick = (lambda n: progress(f.name, n, before.st_size)) if progress else None
-        got = (ctx.blobs.ingest(f.path, tensors=f.tensors, progress=tick) if write
+        got = (cfg.blobs.ingest(f.path, tensors=f.tensors, progress=tick) if write
                else hash_file(f.path, f.tensors))
     except FileNotFoundError:
         raise InvalidInput(f"{f.path} disappeared during the push; nothing was recorded") from None
-    ctx.stat_cache.record(f.path, before, got.digest)
+    cfg.stat_cache.record(f.path, before, got.digest)
     return got
 
 
-def _known_tensors(ctx: Configuration, digest: str, f: SourceFile) -> dict[str, str]:
+def _known_tensors(cfg: Configuration, digest: str, f: SourceFile) -> dict[str, str]:
     """Tensor digests of a stored blob: from the index, else hashed from the blob itself."""
     if not f.tensors:
         return {}
-    if digest in ctx.tensor_index:
-        return ctx.tensor_index[digest]
-    with ctx.store.read() as conn:
+    if digest in cfg.tensor_index:
+        return cfg.tensor_index[digest]
+    with cfg.store.read() as conn:
         indexed = versions.tensor_digests(conn, digest)
     if indexed:
-        ctx.tensor_index[digest] = indexed
+        cfg.tensor_index[digest] = indexed
         return indexed
-    return ctx.blobs.rehash_tensors(digest)
+    return cfg.blobs.rehash_tensors(digest)
 
 
 def _pin_image(cfg: Configuration, ref: str | None) -> tuple[ImageRef, list[str]]:

@@ -31,7 +31,14 @@ from registry.errors import CorruptBlob, NoSpace, NotFound, StorageError
 from registry.faults import crashpoint
 from registry.formats.safetensors_index import TensorRange, read_index
 from registry.store.files.statcache import StatCache
-from registry.store.files.streams import CHUNK, Ingested, Progress, copy_hashing, hash_bytes, hash_fd
+from registry.store.files.streams import (
+    CHUNK,
+    Ingested,
+    Progress,
+    copy_hashing,
+    hash_bytes,
+    hash_fd,
+)
 
 __all__ = ["CHUNK", "BlobStore", "Ingested", "digest_of_bytes", "hash_file"]
 

@@ -18,10 +18,23 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.sql.expression import Executable
 
-from registry.errors import DatabaseLocked, DatabaseUnavailable, InvalidInput, NoSpace, NotInitialised, SchemaOutOfDate
+from registry.errors import (
+    DatabaseLocked,
+    DatabaseUnavailable,
+    InvalidInput,
+    NoSpace,
+    NotInitialised,
+    SchemaOutOfDate,
+)
 from registry.store.sql.schema import SCHEMA_HEAD
 from registry.store.sql.urls import masked_url
 

@@ -7,7 +7,14 @@ from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import clock
-from registry.ledger import Operation, Release, ReleaseStatus, Settlement, current, step_back_from
+from registry.ledger import (
+    Operation,
+    Release,
+    ReleaseStatus,
+    Settlement,
+    current,
+    step_back_from,
+)
 from registry.store.sql import schema as t
 from registry.store.sql.sealing import require_rows, sealed
 from registry.trust import seals
