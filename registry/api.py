@@ -181,13 +181,11 @@ class Registry:
 
     def count_versions(self, model: str | None = None, *, include_deprecated: bool = False) -> int:
         """How many versions there are (of ``model``, or in all)."""
-        with self.store.read() as conn:
-            return versions.count(conn, model, include_deprecated=include_deprecated)
+        return self.store.read_once(versions.count, model, include_deprecated=include_deprecated)
 
     def models(self) -> list[str]:
         """Model names, sorted."""
-        with self.store.read() as conn:
-            return versions.model_names(conn)
+        return self.store.read_once(versions.model_names)
 
     def resolve_ref(self, ref: str) -> tuple[str, str]:
         """``model@version`` or ``version`` -> (model, version), guessing the model when unique."""
@@ -217,20 +215,17 @@ class Registry:
         """Audit events newest first, narrowed by ``AuditFilter`` fields (action, actor, env, model,
         prompt, limit); ``since`` takes a datetime, an ISO date or an age like ``7d``."""
         flt = audit.filter_of(since=since, **filters)
-        with self.store.read() as conn:
-            return events.query(conn, flt)
+        return self.store.read_once(events.query, flt)
 
     def verify_audit(self, *, checkpoint: str | Checkpoint | None = None) -> Verification:
         """Recompute the audit hash chain; ``checkpoint`` (HASH:COUNT) also catches a truncated tail."""
         if isinstance(checkpoint, str):
             checkpoint = audit.parse_checkpoint(checkpoint)
-        with self.store.read() as conn:
-            return events.check_chain(conn, against=checkpoint)
+        return self.store.read_once(events.check_chain, against=checkpoint)
 
     def audit_checkpoint(self) -> Checkpoint:
         """The audit log's head hash and event count, to keep somewhere else."""
-        with self.store.read() as conn:
-            return events.checkpoint(conn)
+        return self.store.read_once(events.checkpoint)
 
     # --- maintenance: verify, gc, backup, export -----------------------------------------
 
@@ -302,8 +297,7 @@ class Registry:
         """The deprecated versions (of ``model``)."""
         from registry.store.sql import upkeep as maintenance_store
 
-        with self.store.read() as conn:
-            return maintenance_store.deprecations(conn, model)
+        return self.store.read_once(maintenance_store.deprecations, model)
 
     def delete(self, ref: str, *, force: bool = False, reason: str | None = None,
                actor: str | None = None) -> DeleteResult:
@@ -327,15 +321,13 @@ class Registry:
         """All environments, by name."""
         from registry.store.sql import environments
 
-        with self.store.read() as conn:
-            return environments.all_(conn)
+        return self.store.read_once(environments.all_)
 
     def environment(self, name: str | None = None) -> Environment:
         """One environment (the default one when ``name`` is None)."""
         from registry.store.sql import environments
 
-        with self.store.read() as conn:
-            return environments.named_or_default(conn, name)
+        return self.store.read_once(environments.named_or_default, name)
 
     def remove_env(self, name: str, *, reason: str | None = None, force: bool = False,
                    actor: str | None = None) -> Environment:
@@ -421,8 +413,7 @@ class Registry:
         ``limit``: the newest N)."""
         from registry.store.sql import probes
 
-        with self.store.read() as conn:
-            return probes.runs(conn, env, _since(since), limit=limit)
+        return self.store.read_once(probes.runs, env, _since(since), limit=limit)
 
     def health(self, env: str | None = None, *, since: str | datetime | None = None,
                runs: list[ProbeRun] | None = None) -> HealthReport:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
@@ -50,6 +50,8 @@ _QUEUE = "cellar.queue"
 Statement = tuple[Executable, dict[str, Any] | list[dict[str, Any]]]
 
 
+T = TypeVar("T")
+
 class Store:
     """Connections to the metadata database at ``url``.
 
@@ -69,6 +71,12 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def read_once(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``read(conn, *args, **kwargs)`` in a read transaction of its own: how the facade asks
+        for one set of rows without holding a connection itself."""
+        with self.read() as conn:
+            return read(conn, *args, **kwargs)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
