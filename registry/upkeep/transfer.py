@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
+from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import InvalidInput, NotFound, StorageError, VersionConflict
@@ -28,8 +30,8 @@ from registry.formats.safetensors_index import (
 from registry.models import ImageRef, Provenance, Runtime
 from registry.models.upkeep import ExportResult, ImportResult
 from registry.store.files.blobs import hash_file
-from registry.store.sql import events, versions
-from registry.store.sql import upkeep as store
+from registry.store.sql import events, queue, run_all, versions
+from registry.trust import audit
 from registry.upkeep import archive
 
 Progress = archive.Progress
@@ -179,23 +181,32 @@ def _load_image(cfg: Configuration, bundle: archive.ImportBundle) -> bool:
 
 def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Provenance | None, *, path: Path,
             actor: str, image_loaded: bool) -> bool:
+    """The version (as its pusher recorded it: the changelog's actor and time) and the import's
+    event, through the same statements a push records with; False when it is there already."""
     index = bundle.index
-    tensors = _tensor_index(cfg, index.record, known=bundle.tensors)
+    rows = versions.VersionRows(
+        model=index.model, version=index.version, manifest_digest=index.manifest_digest, record=index.record,
+        message=str(index.changelog.get("message") or ""), actor=str(index.changelog.get("actor") or "unknown"),
+        created_at=_when(index.changelog.get("created_at")) or clock.now(), provenance=provenance,
+        files=[("weight", w["path"], w["digest"], w["size"]) for w in index.record.get("weights", [])]
+        + [("prompt", p["name"], p["digest"], p["size"]) for p in index.record.get("prompts", [])],
+        tensors=_tensor_index(cfg, index.record, known=bundle.tensors))
     with cfg.store.write() as conn:
-        found = versions.lookup(conn, index.model, index.version)
-        if found is not None:  # imported by someone else meanwhile
-            if found.manifest_digest != index.manifest_digest:
+        *answers, last = run_all(conn, [*versions.lookups(rows), events.LAST])
+        known = versions.known(answers)
+        if known.recorded:  # imported by someone else meanwhile
+            if versions.lookup(conn, index.model, index.version).manifest_digest != index.manifest_digest:
                 raise VersionConflict(f"{index.model}@{index.version} was recorded with other content meanwhile")
             return False
         _require_blobs(cfg, index.record)
-        store.insert_imported(conn, model=index.model, version=index.version, manifest_digest=index.manifest_digest,
-                              record=index.record, changelog=index.changelog, provenance=provenance,
-                              tensors=tensors)
-        events.append(conn, actor=actor, action="import", object=f"{index.model}@{index.version}",
-                      model=index.model, db_user=cfg.store.db_user(conn), detail={
-                          "from": str(path), "manifest_digest": index.manifest_digest,
-                          "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
-                          "image_loaded": image_loaded})
+        event, _ = events.appending(
+            conn, last[0] if last else None, actor=actor, action="import", object=f"{index.model}@{index.version}",
+            model=index.model, db_user=cfg.store.db_user(conn), detail={
+                "from": str(path), "manifest_digest": index.manifest_digest,
+                "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
+                "image_loaded": image_loaded,
+                "prompts_changed": audit.prompts_changed(known.newest_prompts, index.record.get("prompts", []))})
+        queue(conn, versions.inserting(conn, rows, known) + event)
     return True
 
 
@@ -228,3 +239,9 @@ def _require_blobs(cfg: Configuration, record: dict) -> None:
             raise StorageError(f"blob {f['digest']} went missing during the import (a concurrent gc?): "
                                "import the file again")
 
+
+def _when(value) -> datetime | None:
+    try:
+        return clock.utc(datetime.fromisoformat(value)) if value else None
+    except (TypeError, ValueError):
+        return None

@@ -72,8 +72,9 @@ def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
     then every row with the COMMIT (``queue``). A round trip costs more there than running a
     small statement, and a push used to make ten."""
     m = new.resolved.manifest
-    *rows, last = run_all(conn, [*versions.lookups(new), events.LAST])
-    known = versions.known(new, rows)
+    rows = versions.of_push(new, actor=actor, provenance=provenance)
+    *answers, last = run_all(conn, [*versions.lookups(rows), events.LAST])
+    known = versions.known(answers)
     if known.recorded:
         return False
     _store_again_if_gone(cfg, new)
@@ -84,7 +85,7 @@ def _record(cfg: Configuration, conn, new: NewVersion, *, actor: str,
                 "prompts_changed": audit.prompts_changed(known.newest_prompts, new.record["prompts"])},
         db_user=cfg.store.db_user(conn),
     )
-    queue(conn, versions.inserting(conn, new, known, actor=actor, provenance=provenance) + event)
+    queue(conn, versions.inserting(conn, rows, known) + event)
     return True
 
 

@@ -159,3 +159,14 @@ def test_a_plain_tar_is_not_an_export(other, tmp_path):
     with pytest.raises(InvalidInput, match="not a Cellar export"):
         other.import_archive(plain)
     _nothing_recorded(other)
+
+
+def test_an_import_indexes_the_prompts_it_brings(reg, other, tmp_path):
+    """``audit --prompt NAME`` finds an import that brought that prompt, as it finds a push
+    (the import records through the push's statements, its event names the prompts changed)."""
+    for version in ("v1.0", "v1.1"):
+        reg.export(version, tmp_path / f"{version}.tar")
+        other.import_archive(tmp_path / f"{version}.tar")
+    name = reg.show("v1.1").prompts[0].name
+    found = [(e.action, e.object) for e in other.audit(prompt=name)]
+    assert found == [("import", f"{reg.show('v1.1').model}@v1.1"), ("import", f"{reg.show('v1.0').model}@v1.0")]

@@ -10,18 +10,15 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from registry import clock
 from registry.errors import InvalidInput, NotFound
 from registry.formats import canonical
-from registry.formats.safetensors_index import TensorRange
-from registry.models import Provenance
 from registry.models.upkeep import Deprecation, ProblemKind, StorageProblem
 from registry.store.sql import schema as t
-from registry.store.sql import sealing
 
 # --- blobs and who uses them -----------------------------------------------------------------
 
@@ -235,50 +232,3 @@ def _version_id(conn: Connection, model: str, version: str) -> int:
     if vid is None:
         raise NotFound(f"no version {model}@{version}: see `registry list {model} --all`")
     return vid
-
-
-# --- import ----------------------------------------------------------------------------------
-
-
-def insert_imported(conn: Connection, *, model: str, version: str, manifest_digest: str, record: dict,
-                    changelog: dict, provenance: Provenance | None,
-                    tensors: dict[str, tuple[list[TensorRange], dict[str, str]]]) -> None:
-    """Record an imported version: its model (if new), its row (the original pusher and time
-    from the archive's changelog), its blobs' rows, its files and its weights' tensor index."""
-    now = clock.now()
-    model_id = conn.execute(select(t.models.c.id).where(t.models.c.name == model)).scalar()
-    if model_id is None:
-        model_id = conn.execute(insert(t.models).values(name=model, created_at=now)).inserted_primary_key[0]
-    created = _when(changelog.get("created_at")) or now
-    row = dict(version=version, manifest_digest=manifest_digest, manifest=canonical.dumps(record),
-               message=str(changelog.get("message") or ""), actor=str(changelog.get("actor") or "unknown"),
-               created_at=created, provenance=provenance.model_dump_json() if provenance else None)
-    vid = conn.execute(insert(t.versions).values(
-        **row, model_id=model_id, mac=sealing.seal_version(conn, {**row, "model": model}),  # sealed with this home's key
-    )).inserted_primary_key[0]
-    files = [("weight", w["path"], w["digest"], w["size"]) for w in record.get("weights", [])]
-    files += [("prompt", p["name"], p["digest"], p["size"]) for p in record.get("prompts", [])]
-    sizes = {digest: size for _k, _n, digest, size in files}
-    known = set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(list(sizes)))).scalars())
-    if new := [{"digest": d, "size": n, "created_at": now} for d, n in sizes.items() if d not in known]:
-        conn.execute(insert(t.blobs), new)
-    if files:
-        conn.execute(insert(t.version_files), [{"version_id": vid, "kind": k, "name": n, "digest": d}
-                                               for k, n, d, _s in files])
-    _insert_tensors(conn, tensors)
-
-
-def _insert_tensors(conn: Connection, tensors: dict[str, tuple[list[TensorRange], dict[str, str]]]) -> None:
-    for blob, (ranges, digests) in tensors.items():
-        if not ranges or conn.execute(select(t.tensors.c.name).where(t.tensors.c.blob_digest == blob).limit(1)).first():
-            continue  # an equal file was indexed before
-        conn.execute(insert(t.tensors), [
-            {"blob_digest": blob, "name": r.name, "position": i, "dtype": r.dtype,
-             "shape": json.dumps(list(r.shape)), "digest": digests[r.name]} for i, r in enumerate(ranges)])
-
-
-def _when(value) -> datetime | None:
-    try:
-        return clock.utc(datetime.fromisoformat(value)) if value else None
-    except (TypeError, ValueError):
-        return None

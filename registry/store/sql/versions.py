@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.engine import Connection
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Connection
 from registry import clock
 from registry.errors import InvalidInput, NotFound
 from registry.formats import canonical
-from registry.formats.safetensors_index import is_safetensors
+from registry.formats.safetensors_index import TensorRange, is_safetensors
 from registry.models import (
     LogEntry,
     PromptRevision,
@@ -236,42 +237,68 @@ class Known:
     indexed: frozenset[str]  # weight blobs whose tensors are indexed already
 
 
-def lookups(new: NewVersion) -> list[Statement]:
+@dataclass(frozen=True)
+class VersionRows:
+    """Everything recording one version writes, however it arrived (``of_push`` or an import)."""
+
+    model: str
+    version: str
+    manifest_digest: str
+    record: dict
+    message: str
+    actor: str
+    created_at: datetime
+    provenance: Provenance | None
+    files: list[tuple[str, str, str, int]]  # (kind, name, blob digest, size)
+    tensors: dict[str, tuple[list[TensorRange], dict[str, str]]]  # weight blob -> (ranges, tensor -> digest)
+
+
+def of_push(new: NewVersion, *, actor: str, provenance: Provenance | None) -> VersionRows:
+    """The rows of a version being pushed now."""
+    m = new.resolved.manifest
+    return VersionRows(
+        model=m.model, version=m.version, manifest_digest=new.digest, record=new.record, message=m.message,
+        actor=actor, created_at=clock.now(), provenance=provenance,
+        files=[(kind, name, got.digest, got.size) for (kind, name), got in new.stored.items()],
+        tensors={digest: (f.tensors, new.stored[("weight", f.name)].tensor_digests)
+                 for digest, f in _indexable(new).items()})
+
+
+def lookups(rows: VersionRows) -> list[Statement]:
     """What ``known`` reads, as statements for the caller's ``run_all`` (which may send others
     in the same round trip)."""
-    m = new.resolved.manifest
-    return [(_MODEL_AND_VERSION, {"model": m.model, "version": m.version}), (_NEWEST_PROMPTS, {"model": m.model}),
-            *((_INDEXED, {"blob": digest}) for digest in _indexable(new))]
+    return [(_MODEL_AND_VERSION, {"model": rows.model, "version": rows.version}),
+            (_NEWEST_PROMPTS, {"model": rows.model}), *((_INDEXED, {"blob": digest}) for digest in rows.tensors)]
 
 
-def known(new: NewVersion, rows: list[list[tuple]]) -> Known:
+def known(answers: list[list[tuple]]) -> Known:
     """``lookups``' answers."""
-    ids, prompts, *indexed = rows
+    ids, prompts, *indexed = answers
     return Known(recorded=bool(ids) and ids[0][1] is not None, model_known=bool(ids), newest_prompts=dict(prompts),
                  indexed=frozenset(digest for found in indexed for (digest,) in found))
 
 
-def inserting(conn: Connection, new: NewVersion, known: Known, *, actor: str,
-              provenance: Provenance | None) -> list[Statement]:
-    """The statements that record ``new`` (the model's row first if it is new), its blobs not
+def inserting(conn: Connection, rows: VersionRows, known: Known) -> list[Statement]:
+    """The statements that record a version (the model's row first if it is new), its blobs not
     known yet, its files and its weights' tensor index, for the caller's ``run_all``: on
-    PostgreSQL one round trip, so the version's id is found by name rather than returned."""
-    m, now = new.resolved.manifest, clock.now()
-    row = dict(version=m.version, manifest_digest=new.digest, manifest=canonical.dumps(new.record),
-               message=m.message, actor=actor, created_at=now,
-               provenance=provenance.model_dump_json() if provenance else None)
-    blobs = {got.digest: got for got in new.stored.values()}
+    PostgreSQL one round trip, so the version's id is found by name rather than returned. The
+    one path by which a version enters the database, pushed or imported."""
+    now = clock.now()
+    row = dict(version=rows.version, manifest_digest=rows.manifest_digest, manifest=canonical.dumps(rows.record),
+               message=rows.message, actor=rows.actor, created_at=rows.created_at,
+               provenance=rows.provenance.model_dump_json() if rows.provenance else None)
+    sizes = {digest: size for _kind, _name, digest, size in rows.files}
     return [
-        *([(_INSERT["models"], {"name": m.model, "created_at": now})] if not known.model_known else []),
-        (_INSERT_VERSION, {**row, "model": m.model, "mac": seal_version(conn, {**row, "model": m.model})}),
-        (_new_blobs(conn.dialect.name), [{"digest": d, "size": got.size, "created_at": now} for d, got in blobs.items()]),
-        (_INSERT_FILES, [{"model": m.model, "version": m.version, "kind": kind, "name": name, "digest": got.digest}
-                         for (kind, name), got in new.stored.items()]),
+        *([(_INSERT["models"], {"name": rows.model, "created_at": now})] if not known.model_known else []),
+        (_INSERT_VERSION, {**row, "model": rows.model, "mac": seal_version(conn, {**row, "model": rows.model})}),
+        (_new_blobs(conn.dialect.name), [{"digest": d, "size": n, "created_at": now} for d, n in sizes.items()]),
+        (_INSERT_FILES, [{"model": rows.model, "version": rows.version, "kind": kind, "name": name, "digest": digest}
+                         for kind, name, digest, _size in rows.files]),
         (_INSERT["tensors"], [
             {"blob_digest": digest, "name": tr.name, "position": i, "dtype": tr.dtype,
-             "shape": json.dumps(list(tr.shape)), "digest": new.stored[("weight", f.name)].tensor_digests[tr.name]}
-            for digest, f in _indexable(new).items() if digest not in known.indexed
-            for i, tr in enumerate(f.tensors)]),
+             "shape": json.dumps(list(tr.shape)), "digest": tensor_digests[tr.name]}
+            for digest, (ranges, tensor_digests) in rows.tensors.items() if digest not in known.indexed
+            for i, tr in enumerate(ranges)]),
     ]
 
 
