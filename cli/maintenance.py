@@ -79,15 +79,19 @@ def gc(
 @app.command()
 def backup(
     dest: Path = typer.Argument(..., help="Backup folder (created; a previous backup there is updated)."),
+    hard_links: bool = typer.Option(False, "--hard-links", help="Hard-link blobs where DEST is on the store's "
+                                    "filesystem instead of copying: no space, but DEST and the store share every "
+                                    "byte, so damage to a blob in one is damage in both. Not a backup against bit rot."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Back up the database and blobs while the registry stays in use; the second time, only new blobs.
+    Blobs are independent copies (the kernel copies them, as a push does).
 
     Example:  registry backup /mnt/backup/cellar
     """
     with open_registry() as reg:
-        result = reg.backup(dest, actor=actor)
+        result = reg.backup(dest, actor=actor, hard_links=hard_links)
     if as_json:
         print_json(result)
     else:

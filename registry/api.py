@@ -247,12 +247,14 @@ class Registry:
         return Gc(self.config, actor=actor_mod.identify(actor)).run(
             dry_run=dry_run, grace=gc_plan.GRACE if grace is None else grace)
 
-    def backup(self, dest: str | Path, *, actor: str | None = None) -> BackupResult:
+    def backup(self, dest: str | Path, *, actor: str | None = None, hard_links: bool = False) -> BackupResult:
         """A consistent online backup (database and blobs, MANIFEST.json last) into ``dest``;
-        a second backup to the same place copies only new blobs."""
+        a second backup to the same place copies only new blobs. Blobs are independent copies;
+        ``hard_links`` links them where ``dest`` shares the store's filesystem (no space, but
+        a byte damaged in one is damaged in both)."""
         from registry.upkeep.backup import Backup
 
-        return Backup(self.config, actor=actor_mod.identify(actor)).run(Path(dest))
+        return Backup(self.config, actor=actor_mod.identify(actor)).run(Path(dest), link=hard_links)
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,

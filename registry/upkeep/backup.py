@@ -9,8 +9,10 @@ The blobs backed up are exactly those the database snapshot records: a push stor
 before it records them, so every one of them is already on disk. A blob already in DEST is
 skipped (names are digests, blobs immutable), so a second backup copies only new blobs. New
 blobs are hashed while copied (or before being linked): a damaged one is reported, not saved.
-On the same filesystem blobs are hard-linked: no space, but no protection against a flipped
-bit either; put DEST on another disk for that.
+Copies are independent of the store (the kernel copies, ``copy_file_range``, as a push does), so
+a byte flipped in the store later is not flipped in the backup. ``link=True`` (``registry backup
+--hard-links``) links blobs on the same filesystem instead: no space, but the backup and the
+store are then one file each, and damage to one is damage to both.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.durable import fsync_dir
-from registry.errors import InvalidInput, StorageError
+from registry.errors import CorruptBlob, InvalidInput, StorageError
 from registry.models.upkeep import (
     BackupResult,
     ProblemKind,
@@ -37,7 +38,7 @@ from registry.models.upkeep import (
     StorageProblem,
 )
 from registry.store.files.blobs import BlobStore
-from registry.store.files.scan import CHUNK, hash_path
+from registry.store.files.scan import hash_path
 from registry.store.sql import dump, events
 from registry.trust import seals
 
@@ -57,14 +58,15 @@ class _Moved:
 # --- backup -------------------------------------------------------------------------------
 
 
-def backup(*, db_url: str, blobs: BlobStore, dest: Path) -> BackupResult:
+def backup(*, db_url: str, blobs: BlobStore, dest: Path, link: bool = False) -> BackupResult:
     """Back up the database at ``db_url`` and the blobs it records into ``dest`` (created if
-    needed; a previous backup there is brought up to date)."""
+    needed; a previous backup there is brought up to date); ``link``: hard-link blobs where
+    ``dest`` is on the store's filesystem instead of copying them."""
     started = time.monotonic()
     dest = dest.absolute()
     _mkdirs(dest / "blobs" / "sha256", dest / "blobs" / "tmp")
     db_file, recorded = dump.dump(db_url, dest)
-    moved = _transfer_all(recorded, src=blobs, dest=BlobStore(dest / "blobs"), link=_same_fs(blobs.root, dest))
+    moved = _transfer_all(recorded, src=blobs, dest=BlobStore(dest / "blobs"), link=link and _same_fs(blobs.root, dest))
     problems = [m.problem for m in moved if m.problem]
     saved = {d: n for d, n in recorded.items() if not any(p.digest == d for p in problems)}
     manifest = _write_manifest(dest, db_file, saved, kind="sqlite" if dump.is_sqlite(db_url) else "postgresql")
@@ -90,55 +92,38 @@ def _transfer_all(recorded: dict[str, int], *, src: BlobStore, dest: BlobStore, 
 def _transfer(digest: str, size: int, src: BlobStore, dest: BlobStore, link: bool) -> _Moved:
     path = src.path(digest)
     try:
-        if link and hash_path(path) == (digest, size):
-            final = dest.path(digest)
-            final.parent.mkdir(exist_ok=True)
-            try:
-                os.link(path, final)
-                return _Moved(digest, size, linked=True)
-            except FileExistsError:  # a partial earlier run, or a damaged file: replace it
-                final.unlink()
-                os.link(path, final)
-                return _Moved(digest, size, linked=True)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-        return _copy_verified(path, digest, size, dest)
+        if link and hash_path(path) == (digest, size) and _link(path, dest.path(digest)):
+            return _Moved(digest, size, linked=True)
+        dest.copy_in(path, digest, size)
+        return _Moved(digest, size, linked=False)
     except FileNotFoundError:
         return _Moved(digest, size, False, StorageProblem(kind=ProblemKind.MISSING, digest=digest, expected_size=size,
-                                                   detail=f"not in {src.root}; it is not in this backup"))
-    except _Mismatch as exc:
+                                                          detail=f"not in {src.root}; it is not in this backup"))
+    except CorruptBlob:
         return _Moved(digest, size, False, StorageProblem(kind=ProblemKind.CORRUPT, digest=digest, path=str(path),
-                                                   expected_size=size, actual_size=exc.size,
-                                                   detail="damaged in the store; not backed up"))
+                                                          expected_size=size, actual_size=_size_of(path),
+                                                          detail="damaged in the store; not backed up"))
 
 
-class _Mismatch(Exception):
-    def __init__(self, size: int):
-        self.size = size
-
-
-def _copy_verified(path: Path, digest: str, size: int, dest: BlobStore) -> _Moved:
-    tmp = dest.tmp / f"backup-{os.getpid()}-{secrets.token_hex(6)}"
-    h, done = hashlib.sha256(), 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
+def _link(path: Path, final: Path) -> bool:
+    """Hard-link ``path`` at ``final`` (replacing what a partial run left); False where the
+    filesystem refuses, and the caller copies."""
+    final.parent.mkdir(exist_ok=True)
     try:
-        with open(path, "rb", buffering=0) as fin, open(tmp, "xb") as fout:
-            while n := fin.readinto(buf):
-                h.update(view[:n])
-                fout.write(view[:n])
-                done += n
-            os.fsync(fout.fileno())
-        if ("sha256:" + h.hexdigest(), done) != (digest, size):
-            raise _Mismatch(done)
-        final = dest.path(digest)
-        final.parent.mkdir(exist_ok=True)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, final)
-        return _Moved(digest, size, linked=False)
-    finally:
-        tmp.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        os.link(path, final)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        return False
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 # --- the manifest -------------------------------------------------------------------------
@@ -249,19 +234,21 @@ def _sha256(path: Path) -> str:
 
 
 class Backup(Action):
-    """``Backup(cfg, actor=...).run(...)``: A consistent online backup into ``dest`` (incremental when ``dest`` holds one)."""
+    """``Backup(cfg, actor=...).run(dest)``: a consistent online backup into ``dest``
+    (incremental when ``dest`` holds one)."""
 
-    def run(self, dest: Path) -> BackupResult:
+    def run(self, dest: Path, *, link: bool = False) -> BackupResult:
         cfg = self.cfg
         actor = self.actor
-        result = backup(db_url=cfg.store.url, blobs=cfg.blobs, dest=Path(dest))
+        result = backup(db_url=cfg.store.url, blobs=cfg.blobs, dest=Path(dest), link=link)
         # The signing key goes along (mode 0600): without it a restored record cannot be proven.
         # So a backup is as private as the home itself.
         _copy_private(seals.key_path(cfg.home.path), Path(dest) / seals.KEY_FILE)
         with cfg.store.write() as conn:
             events.append(conn, actor=actor, action="backup", object=result.dest, db_user=cfg.store.db_user(conn),
                           detail={"db_sha256": result.db_sha256, "blobs": result.blobs_total,
-                                  "copied": result.blobs_copied, "problems": len(result.problems)})
+                                  "copied": result.blobs_copied, "linked": result.blobs_linked,
+                                  "problems": len(result.problems)})
         return result
 
 

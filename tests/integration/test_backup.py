@@ -57,7 +57,7 @@ def test_backup_restore_round_trip(reg, db_url, model_dir, tmp_path, target, mon
     dest = tmp_path / "backup"
     first = backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     assert first.problems == [] and first.blobs_total == first.blobs_copied == 2
-    assert first.blobs_linked == 2  # same filesystem: hard links
+    assert first.blobs_linked == 0  # independent copies, though on the same filesystem
     assert (dest / backup.MANIFEST).is_file() and backup.verify_backup(dest) == []
     before = [v.model_dump() for v in reg.versions()]
 
@@ -168,6 +168,41 @@ def test_missing_pg_dump_says_what_to_install(reg, tmp_path, db_url, monkeypatch
 def test_password_never_on_the_command_line():
     from sqlalchemy.engine import make_url
 
-    info = backup._conninfo(make_url("postgresql+psycopg://u:s3cret@db.example:5433/reg?sslmode=require"))
+    info = dump._conninfo(make_url("postgresql+psycopg://u:s3cret@db.example:5433/reg?sslmode=require"))
     assert "s3cret" not in info
     assert info == "host='db.example' port='5433' user='u' dbname='reg' sslmode='require'"
+
+
+def _blob_in(folder: Path, digest: str) -> Path:
+    return folder / "blobs" / "sha256" / digest[7:9] / digest[9:]
+
+
+def test_a_backup_does_not_share_bytes_with_the_store(reg, db_url, model_dir, tmp_path, target, monkeypatch):
+    """Bit rot in the store after a backup is not in the backup: restore brings the good bytes."""
+    _push(reg, model_dir, "v1.0")
+    dest = tmp_path / "backup"
+    assert backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest).problems == []
+    digest = max(_recorded(reg.store).items(), key=lambda item: item[1])[0]
+    stored = reg.blobs.path(digest)
+    assert os.stat(stored).st_ino != os.stat(_blob_in(dest, digest)).st_ino
+    os.chmod(stored, 0o644)
+    with open(stored, "r+b") as f:  # a flipped byte, in place
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))
+    path, url = target
+    restored = backup.restore(dest, home=path, db_url=url)
+    assert restored.ok and restored.problems == []
+    shutil.copy(reg.home.path / "signing.key", path / "signing.key")
+    with _open(path, url, monkeypatch) as again:
+        _assert_intact(again)
+
+
+def test_hard_links_only_when_asked(reg, model_dir, tmp_path):
+    _push(reg, model_dir, "v1.0")
+    dest = tmp_path / "linked"
+    result = reg.backup(dest, hard_links=True)
+    assert result.problems == [] and result.blobs_linked == result.blobs_total == 2
+    for digest in _recorded(reg.store):
+        assert os.stat(reg.blobs.path(digest)).st_ino == os.stat(_blob_in(dest, digest)).st_ino
+    assert [e.detail["linked"] for e in reg.audit(action="backup")] == [2]

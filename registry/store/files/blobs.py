@@ -150,12 +150,27 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
-    def _write(self, fill: Callable[[int], Ingested]) -> Ingested:
+    def copy_in(self, src: Path, digest: str, size: int) -> None:
+        """Store the blob ``src`` as ``digest``, an independent copy (the kernel copies, the copy
+        is hashed as it lands, as ``ingest`` does); CorruptBlob, nothing stored, when its bytes
+        are not ``size`` bytes hashing to ``digest``. How backup and restore move blobs."""
+
+        def checked(got: Ingested) -> None:
+            if (got.digest, got.size) != (digest, size):
+                raise CorruptBlob(f"{src} is damaged: {got.size} bytes hashing to {got.digest}, "
+                                  f"not {size} bytes of {digest}")
+
+        with open(src, "rb") as fin:
+            self._write(lambda out: copy_hashing(fin.fileno(), out, [], None), check=checked)
+
+    def _write(self, fill: Callable[[int], Ingested], *, check: Callable[[Ingested], None] | None = None) -> Ingested:
         """Fill a new temp file, fsync it, rename it into place (over a damaged blob too)."""
         tmp = self.tmp / f"ingest-{os.getpid()}-{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             got = fill(fd)
+            if check is not None:
+                check(got)
             crashpoint("blob:copied")
             os.fsync(fd)
             final = self.path(got.digest)
