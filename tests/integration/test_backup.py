@@ -16,6 +16,7 @@ from registry.errors import CellarError, InvalidInput
 from registry.store.files import scan
 from registry.store.sql import Store, dump
 from registry.upkeep import backup
+from registry.versions import pushing
 from tests import helpers
 from tests.conftest import database_like
 
@@ -87,9 +88,19 @@ def test_incremental_backup_copies_only_new_blobs(reg, model_dir, tmp_path):
 
 
 def test_backup_during_concurrent_pushes_restores_consistently(reg, home, tmp_path, target, monkeypatch):
+    """A backup taken while a push has stored its blobs but not recorded them, and others
+    while the rest go on: the overlap is forced (the push waits at that step until a backup
+    has run), not hoped for, so a slow machine cannot make the test vacuous."""
     pusher_dir = helpers.ModelDir.create(tmp_path / "pusher")
     errors: list[BaseException] = []
-    done = threading.Event()
+    done, in_flight, backed_up = threading.Event(), threading.Event(), threading.Event()
+
+    def pause_once(name: str) -> None:
+        if name == "push:blobs-stored" and not in_flight.is_set():
+            in_flight.set()
+            assert backed_up.wait(60), "no backup ran while the push waited"
+
+    monkeypatch.setattr(pushing, "crashpoint", pause_once)
 
     def push_many():
         try:
@@ -104,12 +115,14 @@ def test_backup_during_concurrent_pushes_restores_consistently(reg, home, tmp_pa
     thread = threading.Thread(target=push_many)
     thread.start()
     dest = tmp_path / "backup"
-    results = []
-    while not done.is_set() or not results:
+    assert in_flight.wait(60), "the push never reached its blobs-stored step"
+    results = [backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)]  # the push is mid-way
+    backed_up.set()
+    while not done.wait(0.01):
         results.append(backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest))
-    thread.join()
+    thread.join(60)
     assert errors == [] and all(r.problems == [] for r in results)
-    assert len(results) >= 2, "the backup never overlapped the pushes"
+    assert results[0].blobs_total < len(_recorded(reg.store))  # it saw the push before it recorded
 
     path, url = target
     assert backup.restore(dest, home=path, db_url=url).ok
