@@ -111,7 +111,7 @@ class Registry:
         _create_folders(home)
         before = store.schema_revision()
         migrate.upgrade(store)
-        _seal(store, home)
+        _seal(store, home, actor=actor)
         if home.db_source in ("--db-url", home_mod.DB_URL_VAR):
             home_mod.write_config(home, home.db_url)
         created = before is None
@@ -131,7 +131,7 @@ class Registry:
         try:
             before = store.schema_revision()
             migrate.upgrade(store)
-            _seal(store, home)
+            _seal(store, home, actor=actor)
             after = store.schema_revision()
             if before != after:
                 with store.write() as conn:
@@ -474,12 +474,19 @@ def _log_alert(text: str) -> None:
     logging.getLogger("registry.health.watching").warning("alert: %s", text)
 
 
-def _seal(store: Store, home: home_mod.Home) -> None:
-    """Load (or create) the signing key and seal what has no seal yet: a record written before
-    seals existed is trusted once, here (registry.trust.seals)."""
+def _seal(store: Store, home: home_mod.Home, *, actor: str | None) -> None:
+    """Load the signing key, or create it and trust what the record holds, once: a home that
+    never had a key seals its rows when it gets one, and an audit event says how many. A home
+    that has a key seals nothing here: an unsealed row there was written (or unsealed) by
+    someone without the key, and `registry audit verify` keeps naming it."""
+    first_use = not seals.key_path(home.path).exists()
     store.key = seals.load_or_create_key(home.path, create=True)
+    if not first_use:
+        return
     with store.write() as conn:
-        sealing.seal_unsealed(conn)
+        if count := sealing.seal_unsealed(conn):
+            events.append(conn, actor=actor_mod.identify(actor), action="seal", object="record",
+                          detail={"rows_sealed": count, "key": store.key.id}, db_user=store.db_user(conn))
 
 
 def _create_folders(home: home_mod.Home) -> None:

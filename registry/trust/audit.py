@@ -32,7 +32,7 @@ GENESIS = "0" * 64
 
 # Every action an event can record; `registry audit --action` accepts only these.
 ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove",
-           "gc", "backup", "restore", "export", "import", "deprecate", "delete")
+           "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal")
 
 
 def timestamp(at: datetime) -> str:
@@ -256,7 +256,8 @@ def _classify(find_by_hash: FindByHash, row: dict[str, Any], *, expected: int, p
             f"event {expected} was deleted" if rid == expected + 1
             else f"events {expected}..{rid - 1} were deleted"))
     if linked:
-        return Problem(event=rid, kind="altered", message=f"event {rid} was altered: its content no longer matches its hash")
+        return Problem(event=rid, kind="altered",
+                       message=f"event {rid} was altered: its content no longer matches its hash")
     origin = find_by_hash(row["prev_hash"])
     if origin is None:
         if chain_hash(row["prev_hash"], event_body(row)) == row["hash"]:

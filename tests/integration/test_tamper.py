@@ -78,7 +78,8 @@ def test_a_forged_appended_event_is_found(reg):
     row = audit.new_event((last.id, last.hash), at=reg.audit(limit=1)[0].at, actor="mallory", action="push",
                           object="support-bot@v9", detail={"message": "forged"})
     sql(reg, "INSERT INTO events (id, at, actor, db_user, action, object, model, env, detail, reason, prev_hash, hash)"
-             " VALUES (:id, :at, :actor, :db_user, :action, :object, :model, :env, :detail, :reason, :prev_hash, :hash)",
+             " VALUES (:id, :at, :actor, :db_user, :action, :object, :model, :env, :detail, :reason,"
+             " :prev_hash, :hash)",
         **row)
     objects = seal_objects(reg)
     assert f"event:{last.id + 1}" in objects
@@ -159,3 +160,35 @@ def test_rollback_onto_a_damaged_blob_is_refused(reg):
         reg.rollback()
     assert reg.history("staging") == before  # nothing recorded, and the lock is free again
     reg.promote("v1.1")
+
+
+@pytest.mark.parametrize("again", ["init", "db upgrade"])
+def test_init_and_db_upgrade_seal_no_row_edited_without_the_key(reg, again):
+    """Trust on first use happens once: a home with a key never seals a row whose seal was
+    removed, whatever command runs later (issue 21: seal laundering)."""
+    sql(reg, "UPDATE versions SET message = 'forged', actor = 'mallory', mac = NULL WHERE version = 'v1.0'")
+    sql(reg, "DELETE FROM audit_head")
+    assert "version:support-bot@v1.0" in seal_objects(reg)
+    before = reg.count_versions()
+    if again == "init":
+        Registry.init(reg.home.path)[0].close()
+    else:
+        Registry.upgrade_schema(reg.home.path)
+    found = seal_objects(reg)
+    assert "version:support-bot@v1.0" in found and any("head" in o for o in found)
+    with pytest.raises(AuditBroken, match="support-bot@v1.0"):
+        reg.show("v1.0")
+    assert reg.count_versions() == before and [e.action for e in reg.audit(action="seal")] == []
+
+
+def test_a_home_that_never_had_a_key_is_sealed_once_and_says_so(reg):
+    """A record written before seals existed (no key, no seals): the first init seals it and
+    leaves an event with the count; verify is then intact."""
+    sql(reg, "UPDATE versions SET mac = NULL", "UPDATE releases SET mac = NULL",
+        "UPDATE environments SET mac = NULL", "UPDATE events SET mac = NULL", "DELETE FROM audit_head")
+    (reg.home.path / "signing.key").unlink()
+    Registry.init(reg.home.path)[0].close()
+    with Registry.open(reg.home.path) as again:
+        assert again.verify_audit().ok
+        sealed = again.audit(action="seal")
+        assert len(sealed) == 1 and sealed[0].detail["rows_sealed"] > 0
