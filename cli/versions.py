@@ -14,7 +14,9 @@ from cli.output import console, esc, first_line, print_json, short, size, table,
 @app.command()
 def init(
     path: Path = typer.Argument(None, help="Where to create the home (default: $REGISTRY_HOME or ./.cellar)."),
-    db_url: str = typer.Option(None, "--db-url", help="Database URL to remember in the home, e.g. postgresql+psycopg://cellar@db/cellar (password from PGPASSWORD or ~/.pgpass, never stored)."),
+    db_url: str = typer.Option(None, "--db-url",
+                               help="Database URL to remember in the home, e.g. postgresql+psycopg://cellar@db/cellar "
+                                    "(password from PGPASSWORD or ~/.pgpass, never stored)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -52,8 +54,10 @@ def push(
     version: str = typer.Option(None, "--version", help="Override the manifest's version."),
     message: str = typer.Option(None, "-m", "--message", help="Changelog entry for this version."),
     model: str = typer.Option(None, "--model", help="Push without a manifest: the model name."),
-    weights: list[str] = typer.Option(None, "--weights", help="Without a manifest: a weight file or folder (repeatable)."),
-    prompt: list[str] = typer.Option(None, "--prompt", help="Without a manifest: NAME=PATH of a prompt template (repeatable)."),
+    weights: list[str] = typer.Option(None, "--weights",
+                                      help="Without a manifest: a weight file or folder (repeatable)."),
+    prompt: list[str] = typer.Option(None, "--prompt",
+                                     help="Without a manifest: NAME=PATH of a prompt template (repeatable)."),
     image: str = typer.Option(None, "--image", help="Without a manifest: the container image."),
     actor: str = ACTOR,
     as_json: bool = JSON,
@@ -66,6 +70,10 @@ def push(
 
     if model and manifest is not None:
         raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
+    if not model and (weights or prompt or image):
+        given = ", ".join(f for f, v in (("--weights", weights), ("--prompt", prompt), ("--image", image)) if v)
+        raise typer.BadParameter(f"{given} describe a version pushed without a manifest: add --model NAME, "
+                                 "or put them in the manifest (cellar.yaml) and push that; nothing was pushed")
     with open_registry() as reg, _progress(disable=as_json) as progress:
         if model:
             source = registry.manifest_from_flags(model=model, version=version, message=message, weights=weights,
@@ -117,7 +125,8 @@ class _progress:
 @app.command("list")
 def list_(
     model: str = typer.Argument(None, help="Only this model's versions."),
-    limit: int = typer.Option(None, "--limit", help="At most N rows (default 100 for the table, all for --json; 0 = all)."),
+    limit: int = typer.Option(None, "--limit",
+                              help="At most N rows (default 100 for the table, all for --json; 0 = all)."),
     all_: bool = typer.Option(False, "--all", help="Also deprecated versions (marked in MESSAGE)."),
     as_json: bool = JSON,
 ) -> None:

@@ -161,8 +161,13 @@ class Registry:
         return. Versions are immutable: pushing the same content again is a no-op, other content
         under an existing model@version is refused.
         """
-        resolved = (source if isinstance(source, manifest_mod.Resolved)
-                    else manifest_mod.load(source, version=version, message=message))
+        if isinstance(source, manifest_mod.Resolved):
+            if version is not None or message is not None:  # used or refused, never dropped
+                raise InvalidInput("version and message go to load_manifest(...) or manifest_from_flags(...) "
+                                   "with the files; this manifest is loaded already: nothing was pushed")
+            resolved = source
+        else:
+            resolved = manifest_mod.load(source, version=version, message=message)
         who = actor_mod.identify(actor, git_identity=self._git_user)
         return pushing.Push(self.config, actor=who).run(resolved, progress=progress)
 

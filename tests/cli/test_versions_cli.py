@@ -99,6 +99,27 @@ def test_push_defaults_to_cellar_yaml_here(home, model_dir, monkeypatch):
     assert as_json("push")["model"] == "support-bot"
 
 
+@pytest.mark.parametrize("flags", [["--weights", "w.bin"], ["--prompt", "system=p.txt"], ["--image", "other:1"]])
+def test_push_refuses_content_flags_it_would_not_use(home, model_dir, monkeypatch, flags):
+    """Beside a cellar.yaml, --weights/--prompt/--image without --model are refused (exit 2),
+    never dropped while the YAML's files are pushed (issue 21, item 2)."""
+    monkeypatch.chdir(model_dir.root)
+    (model_dir.root / "w.bin").write_bytes(b"other weights")
+    result = cli("push", *flags, "--version", "v2", "-m", "flags", code=2)
+    assert "--model" in result.stderr and "nothing was pushed" in result.stderr
+    assert as_json("list") == []
+
+
+def test_api_push_refuses_overrides_on_a_loaded_manifest(home, model_dir):
+    import registry
+    from registry.api import Registry
+
+    with Registry.open(home) as reg:
+        with pytest.raises(registry.InvalidInput, match="nothing was pushed"):
+            reg.push(registry.load_manifest(model_dir.manifest), version="v9")
+        assert reg.versions() == []
+
+
 def test_push_conflict_is_exit_1(home, model_dir):
     cli("push", str(model_dir.manifest))
     model_dir.set_prompt("changed\n")
