@@ -138,6 +138,9 @@ def stage(cfg: Configuration, resolved: Resolved, *, write: bool,
     """Hash (and, if ``write``, store) a manifest's files, pin its image, build its record."""
     image, warnings = _pin_image(cfg, resolved.manifest.image)
     stored = _store_files(cfg, resolved, write=write, progress=progress)
+    warnings += [f"replaced the stored blob {got.digest} of {kind} {name}: its bytes no longer matched their "
+                 "digest (damaged in place); run `registry verify` to check the others"
+                 for (kind, name), got in stored.items() if got.replaced]
     record = build_record(resolved, stored, image)
     return NewVersion(resolved=resolved, stored=stored, record=record,
                       digest=canonical.digest(record), warnings=warnings)
@@ -161,15 +164,17 @@ def _store_files(cfg: Configuration, resolved: Resolved, *, write: bool,
 
 
 def _unchanged(cfg: Configuration, f: SourceFile) -> Ingested | None:
-    """The stored blob of a file the stat cache proves unchanged (a truncated blob: None)."""
+    """The stored blob of a file the stat cache proves unchanged, when the blob's own stamp
+    proves it intact too (None otherwise: the file is read again, and a damaged blob replaced)."""
     known = cfg.stat_cache.lookup(f.path)
     size = os.stat(f.path).st_size
-    if known and cfg.blobs.has(known, size=size):
+    if known and cfg.blobs.vouched(known, size):
         return Ingested(digest=known, size=size, tensor_digests=_known_tensors(cfg, known, f))
     return None
 
 
-def _store_all(cfg: Configuration, files: list[SourceFile], *, write: bool, progress: Progress | None) -> list[Ingested]:
+def _store_all(cfg: Configuration, files: list[SourceFile], *, write: bool,
+               progress: Progress | None) -> list[Ingested]:
     """Hash (and store) files; the shards of a large model side by side, a few at a time.
 
     A file in flight keeps about two cores busy (SHA-256 on one; BLAKE3 and the kernel's copy

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry.errors import InvalidInput, NotFound, VersionConflict
+from registry.errors import CorruptBlob, InvalidInput, NotFound, VersionConflict
 from registry.store.sql import schema as t
 from registry.versions import pushing
 from tests import helpers
@@ -294,3 +294,29 @@ def test_secret_values_never_reach_the_database(reg, model_dir, monkeypatch):
     assert not any("canary-7f3a91" in row for row in dump)
     with reg.store.read() as conn:
         assert conn.execute(select(func.count()).select_from(t.versions)).scalar_one() == 1
+
+
+def _flip_first_byte(path) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("size", [4096, (8 << 20) + 4096])  # a small blob, and one proved by its stamp
+def test_a_re_push_replaces_a_blob_damaged_in_place_and_says_so(reg, model_dir, size):
+    """Same size, same stat entry for the source: only the blob changed. The next push of the
+    unchanged file must not reuse it (issue 21, item 4)."""
+    weights = model_dir.root / "weights" / "extra.bin"
+    weights.write_bytes(os.urandom(size))
+    old = weights.stat().st_mtime_ns - 10_000_000_000
+    os.utime(weights, ns=(old, old))  # trusted by the stat cache from the first push on
+    reg.push(model_dir.manifest)
+    digest = next(w.digest for w in reg.show("v1.0").weights if w.path.endswith("extra.bin"))
+    _flip_first_byte(reg.blobs.path(digest))
+    with pytest.raises(CorruptBlob):
+        reg.blobs.check(digest)
+    result = reg.push(model_dir.manifest, version="v1.1")
+    assert any("replaced the stored blob " + digest in w for w in result.warnings), result.warnings
+    reg.blobs.check(digest)  # intact again

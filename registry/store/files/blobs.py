@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from registry.durable import fsync_dir
@@ -78,7 +78,7 @@ class BlobStore:
         self,
         src: Path,
         *,
-        tensors: list[TensorRange] = (),
+        tensors: Sequence[TensorRange] = (),
         progress: Progress | None = None,
     ) -> Ingested:
         """Store ``src`` (one read, one SHA-256 pass); return its digest and per-tensor digests.
@@ -95,7 +95,7 @@ class BlobStore:
                 ) from None
             raise StorageError(f"cannot store {src}: {exc.strerror or exc}") from None
 
-    def _ingest_fd(self, fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+    def _ingest_fd(self, fd: int, tensors: Sequence[TensorRange], progress: Progress | None) -> Ingested:
         size = os.fstat(fd).st_size
         if size <= CHUNK:
             return self._ingest_small(fd, tensors, progress)
@@ -124,7 +124,7 @@ class BlobStore:
                 continue  # gone or unreadable: it cannot be reused anyway
         return False
 
-    def _ingest_small(self, fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+    def _ingest_small(self, fd: int, tensors: Sequence[TensorRange], progress: Progress | None) -> Ingested:
         """A small file (a prompt): read whole, no threads, compared byte for byte if stored."""
         data = b"".join(iter(lambda: os.read(fd, CHUNK), b""))  # to EOF, even if it grew
         got = hash_bytes(data, tensors)
@@ -150,6 +150,12 @@ class BlobStore:
         except FileNotFoundError:
             return False
 
+    def vouched(self, digest: str, size: int) -> bool:
+        """True when the blob has ``size`` bytes and its stamp proves them unchanged since they
+        were verified; False for a blob never stamped (small ones) or written since."""
+        final = self.path(digest)
+        return _size(final) == size and self.stamps.lookup(final) == digest
+
     def copy_in(self, src: Path, digest: str, size: int) -> None:
         """Store the blob ``src`` as ``digest``, an independent copy (the kernel copies, the copy
         is hashed as it lands, as ``ingest`` does); CorruptBlob, nothing stored, when its bytes
@@ -174,7 +180,9 @@ class BlobStore:
             crashpoint("blob:copied")
             os.fsync(fd)
             final = self.path(got.digest)
-            # "written" counts bytes that were not there before, judged by the cheap size check.
+            # "written" counts bytes that were not there before, judged by the cheap size check;
+            # a blob there already was damaged (it did not hold these bytes): it is replaced.
+            got.replaced = final.exists()
             got.written = _size(final) != got.size
             _mkdir_durable(final.parent)
             os.fchmod(fd, 0o444)
@@ -237,7 +245,7 @@ class BlobStore:
         return removed
 
 
-def hash_file(path: Path, tensors: list[TensorRange] = ()) -> Ingested:
+def hash_file(path: Path, tensors: Sequence[TensorRange] = ()) -> Ingested:
     """Digest of a file (and its tensors) without storing it."""
     with open(path, "rb") as fin:
         return hash_fd(fin.fileno(), tensors, None)

@@ -16,7 +16,7 @@ import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from registry.formats import tensor_digests
@@ -38,6 +38,7 @@ class Ingested:
     size: int
     tensor_digests: dict[str, str] = field(default_factory=dict)
     written: bool = False
+    replaced: bool = False  # a stored blob of this name did not hold these bytes and was replaced
 
 
 @functools.cache  # looked up on the first large write, not at import (CLI start-up)
@@ -52,13 +53,13 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return fn
 
 
-def hash_bytes(data: bytes, tensors: list[TensorRange]) -> Ingested:
+def hash_bytes(data: bytes, tensors: Sequence[TensorRange]) -> Ingested:
     hashes = Hashes(tensors, threaded=False)
     hashes.feed(0, memoryview(data))
     return hashes.result()
 
 
-def hash_fd(fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+def hash_fd(fd: int, tensors: Sequence[TensorRange], progress: Progress | None) -> Ingested:
     """One read of ``fd`` from its start, hashed; the kernel reads ahead while we hash."""
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     hashes = Hashes(tensors, threaded=os.fstat(fd).st_size > CHUNK)
@@ -79,7 +80,7 @@ def hash_fd(fd: int, tensors: list[TensorRange], progress: Progress | None) -> I
     return hashes.result()
 
 
-def copy_hashing(src_fd: int, dst_fd: int, tensors: list[TensorRange], progress: Progress | None) -> Ingested:
+def copy_hashing(src_fd: int, dst_fd: int, tensors: Sequence[TensorRange], progress: Progress | None) -> Ingested:
     """Copy src into dst through the kernel (a thread runs ahead), hashing each chunk as it
     lands in dst's page cache: the digest is of the bytes stored, read from memory, not disk."""
     os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -127,14 +128,14 @@ class Hashes:
     """SHA-256 of the whole stream and the current tensor digest of each tensor's range; the
     tensors are hashed on a second thread (both hashes release the GIL on large buffers)."""
 
-    def __init__(self, tensors: list[TensorRange], *, threaded: bool):
+    def __init__(self, tensors: Sequence[TensorRange], *, threaded: bool):
         self.whole, self.size = hashlib.sha256(), 0
         self.split = _TensorHasher(tensors) if tensors else None
         self._helper = _Helper() if self.split and threaded else None
 
     def feed(self, offset: int, view: memoryview) -> None:
         """Hash ``view``; returns once both hashes are done with it (the buffer is reused)."""
-        if self._helper:
+        if self._helper and self.split:
             self._helper.start(self.split.feed, offset, view)
         elif self.split:
             self.split.feed(offset, view)
@@ -285,7 +286,7 @@ class Writeback:
 class _TensorHasher:
     """Hashes each tensor's byte range as the file streams past."""
 
-    def __init__(self, tensors: list[TensorRange]):
+    def __init__(self, tensors: Sequence[TensorRange]):
         self.tensors = sorted(tensors, key=lambda t: t.begin)
         self.hashers = [tensor_digests.new() for _ in self.tensors]
         self.next = 0
