@@ -37,7 +37,8 @@ _EXPORTS = {
         "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",
         "Conflict", "VersionConflict", "AlreadyExists", "ImageMoved", "StorageError", "NoSpace", "CorruptBlob",
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
-        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT",
+        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError",
+        "TemplateRefused",
     ],
     "registry.models.probes": [
         "ProbeRun", "ProbeResult", "ProbeStatus", "RunOutcome", "HealthReport", "VersionHealth", "ChangePoint",
@@ -45,7 +46,6 @@ _EXPORTS = {
     ],
     "registry.health.alerting": ["Webhook", "webhook_from_env"],
     "registry.health.watching": ["StopFlag", "stop_on_signals"],
-    "registry.probes.templating": ["TemplateRefused"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

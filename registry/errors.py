@@ -2,9 +2,11 @@
 
     CellarError                 exit 1: a user error with a one-line message saying what to do
     ├── InvalidInput            a bad name, version, ref, path or option
-    │   └── ManifestError       a manifest that does not validate (names the file and field)
+    │   ├── ManifestError       a manifest that does not validate (names the file and field)
+    │   └── TemplateRefused     a probe body template the sandbox refused, or over a size or time limit
     ├── NotFound                no such model, version, environment, prompt or blob
     ├── NotInitialised          no registry home or database here
+    ├── KeyFileError            the signing key file is unreadable, malformed or readable by others
     ├── SchemaOutOfDate         the database schema is not the one this program needs
     ├── Conflict                what the request would create or change already exists otherwise
     │   ├── VersionConflict     model@version exists with other content (versions are immutable)
@@ -55,6 +57,14 @@ class NotFound(CellarError):
 
 class NotInitialised(CellarError):
     pass
+
+
+class KeyFileError(CellarError):
+    """The signing key file is unreadable, malformed or readable by others."""
+
+
+class TemplateRefused(InvalidInput):
+    """A probe body template the sandbox refused, or that broke a size or time limit."""
 
 
 class SchemaOutOfDate(CellarError):
@@ -118,7 +128,7 @@ class HealthGateFailed(CellarError):
 
     def __init__(self, message: str, *, result: object = None):
         super().__init__(message)
-        self.result = result  # a registry.deploy.models.FailedDeploy when raised by promote/rollback
+        self.result = result  # a registry.models.FailedDeploy when raised by promote/rollback
 
 
 class Interrupted(CellarError, KeyboardInterrupt):

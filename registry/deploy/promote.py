@@ -20,15 +20,19 @@ class Promote(Switching):
     def run(self, model: str, version: str, *, env_name: str | None, reason: str | None = None,
             allow_retag: bool = False, gate: bool | None = None) -> DeployResult:
         """``gate``: run the version's probes after warm-up (None: the environment's setting)."""
+        def not_deprecated(conn) -> None:  # deprecated: diffable, not deployable
+            upkeep.refuse_deprecated(conn, model, version)
+
         with self.cfg.store.read() as conn:
-            upkeep.refuse_deprecated(conn, model, version)  # deprecated: diffable, not deployable
+            not_deprecated(conn)  # early, before any work; again below, where it cannot race
         env = self.open_env(env_name, reason=reason)
         self.gate = env.gate if gate is None else gate
         with self.deciding(target=version):
             with self.nothing_changed(f"{model}@{version}"):
                 ready = self.make_ready(model, version, allow_retag=allow_retag)
             plan = self.open_revision(lambda rows: ledger.plan_promote(
-                rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()))
+                rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()),
+                still_allowed=not_deprecated)
         crashpoint("promote:pending")
         return self.switch(plan, runtime=ready.runtime,
                            make_container=lambda plan: (self.create_container(plan.pending, ready), True))

@@ -1,15 +1,17 @@
 """The switch promote and rollback share: take the environment's lock, decide under it (read the
 ledger, choose the target, make it ready) and append the pending revision, do the Docker work
 outside any transaction (stop the old container, start the new one, gate on health and
-warm-up), then settle the rows, the audit event and the lock release in one transaction. A failure (Ctrl-C included) puts the old container
-back and records both revisions. A crash in between leaves a pending row and a lock whose
-owner is gone; ``registry.deploy.recover`` completes or reverts it.
+warm-up), then settle the rows, the audit event and the lock release in one transaction. A
+failure (Ctrl-C included) puts the old container back and records both revisions. A crash in
+between leaves a pending row and a lock whose owner is gone; ``registry.deploy.recover``
+completes or reverts it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 from registry import clock, ledger
 from registry.deploy import ownership
@@ -68,11 +70,20 @@ class Switching(DeployAction):
             if not ownership.holder_gone(held):
                 raise OperationInProgress(ownership.busy_message(held))
             Recover(self.cfg, actor=self.actor).reconcile(env)
+        assert held is not None  # an attempt that found the lock free returned
         raise OperationInProgress(ownership.busy_message(held))
 
-    def open_revision(self, make_plan: MakePlan) -> Plan:
-        """Append the pending revision, planned from the ledger as it is now (under our lock)."""
+    def probe_gate(self, release: Release) -> None:
+        """With ``gate`` set: StepFailed unless ``release`` passes its probes (``Promote``)."""
+        raise NotImplementedError
+
+    def open_revision(self, make_plan: MakePlan, *, still_allowed: Callable[[Any], None] | None = None) -> Plan:
+        """Append the pending revision, planned from the ledger as it is now (under our lock);
+        ``still_allowed(conn)`` checks, in that same write, what another command may have
+        changed since (a version deprecated meanwhile) and raises to write nothing."""
         with self.cfg.store.write() as conn:
+            if still_allowed is not None:
+                still_allowed(conn)
             plan = make_plan(releases.working_set(conn, self.env.name)[0])  # current, pending, newest revision
             releases.insert_(conn, plan.pending)
         return plan
@@ -120,14 +131,16 @@ class Switching(DeployAction):
         env = self.env
         with self.step("record"), self.cfg.store.write() as conn:
             settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=new_id)
+            deployed = settled.deployed
+            assert deployed is not None  # an ok settlement deploys the pending revision
             releases.apply(conn, settled)
-            self._event(conn, plan, settled.deployed, written=settled)
+            self._event(conn, plan, deployed, written=settled)
         # Still under the lock, so no concurrent promote has a fresh (not yet running) container here.
         removed, warnings = self._retain()
         with self.cfg.store.write() as conn:
             locks.drop(conn, self.lock)
         previous = settled.updates[1] if len(settled.updates) > 1 else None  # as recorded: superseded
-        return DeployResult(env=env.name, operation=str(plan.pending.operation), release=settled.deployed,
+        return DeployResult(env=env.name, operation=str(plan.pending.operation), release=deployed,
                             previous=previous, steps=list(self.steps), removed_containers=removed,
                             warnings=warnings)
 

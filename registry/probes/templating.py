@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from registry.errors import InvalidInput
+from registry.errors import TemplateRefused
 
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_RANGE = 10_000
@@ -40,10 +40,6 @@ SAFE_FILTERS = {"abs", "capitalize", "default", "d", "e", "escape", "first", "fl
                 "last", "length", "count", "list", "lower", "upper", "title", "trim", "string",
                 "tojson", "truncate", "reverse", "sort", "unique", "striptags", "wordcount"}
 _REFUSED_METHODS = {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs", "join", "replace"}
-
-
-class TemplateRefused(InvalidInput):
-    """A probe body template the sandbox refused, or that broke a size or time limit."""
 
 
 class _Timeout(Exception):

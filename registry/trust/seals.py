@@ -59,7 +59,7 @@ from pydantic import BaseModel
 
 from registry import clock
 from registry.durable import fsync_dir
-from registry.errors import AuditBroken, CellarError, NotInitialised
+from registry.errors import AuditBroken, KeyFileError, NotInitialised
 from registry.formats import canonical
 
 KEY_FILE = "signing.key"
@@ -69,10 +69,6 @@ _HEADER = "cellar-hmac-sha256"
 # The columns that name a row, per kind (what a seal must not be moved away from).
 ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",)}
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
-
-
-class KeyFileError(CellarError):
-    """The signing key file is unreadable, malformed or readable by others."""
 
 
 # --- the key ----------------------------------------------------------------------------

@@ -159,3 +159,26 @@ def test_the_table_renderer_bounds_every_column(capsys):
     assert lines[1] == "staging     " + "r" * 79 + "…"
     assert lines[2] == "production  short"  # the last column is never padded
     assert lines[3] == "qa          line⏎break"
+
+
+@pytest.mark.parametrize(("argv", "keeps"), [
+    (["watch", "--every", "60"], True), (["--traceback", "ui"], True), (["metrics", "--listen", "127.0.0.1:9105"], True),
+    (["metrics", "--listen=127.0.0.1:9105"], True), (["metrics"], False), (["list"], False), (["promote", "v1"], False),
+    ([], False),
+])
+def test_only_commands_that_serve_for_days_keep_the_cyclic_collector(argv, keeps):
+    """A short command turns the collector off for its start-up; watch, ui and metrics --listen
+    run for days and keep it, or their memory grows without bound (issue 21, item 6)."""
+    from cli.main import runs_for_days
+
+    assert runs_for_days(argv) is keeps
+
+
+def test_a_served_command_runs_with_the_collector_on(tmp_path):
+    code = ("import gc, sys; import cli.main as m; seen = []\n"
+            "m.app = lambda: seen.append(gc.isenabled())\n"
+            "sys.argv = ['registry', 'ui']; m.main()\n"
+            "sys.argv = ['registry', 'list']; m.main()\n"
+            "print(seen)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[True, False]", done.stderr

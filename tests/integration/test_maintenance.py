@@ -344,3 +344,25 @@ def test_delete_needs_force_and_a_version_never_deployed(pushed):
     _age_store(reg)
     assert [b.digest for b in reg.gc().blobs] == result.blobs_released
     assert reg.verify().ok
+
+
+def test_a_version_deprecated_while_a_promote_prepares_is_not_deployed(pushed, monkeypatch):
+    """The deprecation lands after promote's first look, before its revision: the check in the
+    revision's own write refuses it, nothing is recorded and the lock is free (issue 21, item 6)."""
+    from registry.deploy.promote import Promote
+
+    reg = pushed
+    real = Promote.make_ready
+
+    def deprecated_meanwhile(self, model, version, **kw):
+        ready = real(self, model, version, **kw)
+        reg.deprecate(version, reason="found bad meanwhile")
+        return ready
+
+    monkeypatch.setattr(Promote, "make_ready", deprecated_meanwhile)
+    with pytest.raises(InvalidInput, match="deprecated"):
+        reg.promote("v1.1")
+    assert reg.history("staging") == []
+    assert [s.pending for s in reg.status()] == [None]
+    monkeypatch.setattr(Promote, "make_ready", real)
+    assert reg.promote("v1.0").release.version == "v1.0"

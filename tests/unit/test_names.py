@@ -41,3 +41,22 @@ def test_non_strings_are_refused():
         check_name(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         check_version(13)  # type: ignore[arg-type]
+
+
+def test_every_error_cellar_defines_is_in_the_one_tree_and_drawn():
+    """Every CellarError subclass lives in registry.errors and its docstring's tree names it."""
+    import inspect
+    import pkgutil
+
+    import registry
+    from registry import errors
+
+    for info in pkgutil.walk_packages(registry.__path__, "registry."):
+        module = __import__(info.name, fromlist=["_"])
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, errors.CellarError):
+                assert obj.__module__ == "registry.errors", f"{info.name}.{name} is outside registry.errors"
+    drawn = errors.__doc__
+    for name, obj in vars(errors).items():
+        if inspect.isclass(obj) and issubclass(obj, errors.CellarError):
+            assert f" {name} " in drawn, f"{name} is not drawn in registry.errors' tree"

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from registry.errors import AuditBroken, NotInitialised
+from registry.errors import AuditBroken, KeyFileError, NotInitialised
 from registry.formats import canonical
 from registry.trust import seals
-from registry.trust.seals import Key, KeyFileError, check_record, load_or_create_key
+from registry.trust.seals import Key, check_record, load_or_create_key
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
