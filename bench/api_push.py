@@ -116,7 +116,8 @@ def main() -> None:
 
 def parity(admin_url: str, *, n: int, pairs: int, same_files: bool) -> None:
     def one(pg: bool) -> float:
-        with tempfile.TemporaryDirectory(prefix="cellar-api-bench-") as tmp, scratch_db(admin_url if pg else None) as url:
+        with (tempfile.TemporaryDirectory(prefix="cellar-api-bench-") as tmp,
+              scratch_db(admin_url if pg else None) as url):
             home, md = setup(Path(tmp), db_url=url, git=False)
             return push_many(home, md, n, same_files=same_files)[0]
 
@@ -125,7 +126,10 @@ def parity(admin_url: str, *, n: int, pairs: int, same_files: bool) -> None:
         for pg in ((False, True) if i % 2 == 0 else (True, False)):
             times[pg].append(one(pg))
     ratios = sorted(p / s for s, p in zip(times[False], times[True]))
-    ms = lambda xs: f"{min(xs) / n * 1000:.2f}/{statistics.median(xs) / n * 1000:.2f}/{max(xs) / n * 1000:.2f} ms"
+
+    def ms(xs: list[float]) -> str:
+        return f"{min(xs) / n * 1000:.2f}/{statistics.median(xs) / n * 1000:.2f}/{max(xs) / n * 1000:.2f} ms"
+
     print(f"{n} pushes through Registry.push, {pairs} interleaved pairs, min/median/max per push:")
     print(f"  SQLite      {ms(times[False])}")
     print(f"  PostgreSQL  {ms(times[True])}")

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 from _startup import CLI, IN_PROCESS, own_warm_process
@@ -136,9 +137,9 @@ def _in_process(env: dict, rounds: int) -> dict[str, list[float]]:
         reg.promote("v3")  # whatever _promotes left running, each round starts from v3
         for i in range(rounds):
             # v3 (or v2) runs before each pair: roll back to v1 or v2, then promote v3 again.
-            for what, call, steps in (("rollback", lambda: reg.rollback(to="v1" if i % 2 else "v2"),
-                                       ROLLBACK_DOCKER_STEPS),
-                                      ("promote", lambda: reg.promote("v3"), DOCKER_STEPS)):
+            back_to = "v1" if i % 2 else "v2"
+            for what, call, steps in (("rollback", partial(reg.rollback, to=back_to), ROLLBACK_DOCKER_STEPS),
+                                      ("promote", partial(reg.promote, "v3"), DOCKER_STEPS)):
                 started = time.perf_counter()
                 result = call()
                 wall = time.perf_counter() - started
@@ -158,8 +159,9 @@ def _report(r: dict[str, list[float]], promote_overhead: list[float], api: dict[
     pairs = [(r["docker"][2 * i] + r["docker"][2 * i + 1]) / 2 for i in range(len(r["tool"]))]  # a round's flips
     for key, label in (("tool", "tool"), ("in-process", "in-process")):
         ratios = [t / d for t, d in zip(r[key], pairs)]
-        print(f"ratio {label + ' / docker, per round:':33s} min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x "
-              f"max {max(ratios):.2f}x" + (" (target <= 1.6x, issue 10)" if key == "tool" else ""))
+        print(f"ratio {label + ' / docker, per round:':33s} min {min(ratios):.2f}x "
+              f"median {statistics.median(ratios):.2f}x max {max(ratios):.2f}x"
+              + (" (target <= 1.6x, issue 10)" if key == "tool" else ""))
     print("tool overhead beyond Docker calls + health waits (target <= 150 ms):")
     print(f"  rollback, CLI process (interpreter + imports included): median {med['overhead'] * 1000:5.0f} ms")
     print(f"  promote,  CLI process (interpreter + imports included): median "

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,12 +69,14 @@ def cases(reg, verifier):
         ("/versions", lambda: (reg.models(), reg.count_versions("support-bot"), reg.versions(None, limit=50))),
         ("/versions?model=support-bot&page=100",
          lambda: (reg.models(), reg.count_versions("support-bot"), reg.versions("support-bot", limit=50, offset=4950))),
-        (f"/v/support-bot/{newest}", lambda: (reg.show(f"support-bot@{newest}"), reg.changelog("support-bot", limit=12))),
+        (f"/v/support-bot/{newest}",
+         lambda: (reg.show(f"support-bot@{newest}"), reg.changelog("support-bot", limit=12))),
         ("/v/support-bot/v1.1/prompts/system", lambda: reg.blame("system", at="support-bot@v1.1", model="support-bot")),
         (f"/v/support-bot/{newest}/prompts/system",  # blame walks all 10,000 versions
          lambda: reg.blame("system", at=f"support-bot@{newest}", model="support-bot")),
         ("/diff?a=v1.0&b=v1.2", lambda: reg.diff("support-bot@v1.0", "support-bot@v1.2")),
-        ("/diff?a=production&b=v1.2", lambda: (reg.history("production"), reg.diff("support-bot@v1.1", "support-bot@v1.2"))),
+        ("/diff?a=production&b=v1.2",
+         lambda: (reg.history("production"), reg.diff("support-bot@v1.1", "support-bot@v1.2"))),
         ("/envs", lambda: (reg.environments(), reg.status())),
         ("/envs/staging", lambda: (reg.environment("staging"), reg.status(), reg.history("staging"),
                                    reg.health("staging", runs=reg.probe_runs("staging", limit=500)))),
@@ -148,7 +151,7 @@ def run(root: Path, opts) -> None:
             assert client.get(path).status_code == 200, path
             pages, bases = [], []
             for _ in range(opts.runs):  # interleaved: page, then its baseline, in each round
-                pages.append(timed(lambda: client.get(path)))
+                pages.append(timed(partial(client.get, path)))
                 if baseline:
                     bases.append(timed(baseline))
             med = statistics.median(pages)

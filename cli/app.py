@@ -80,7 +80,7 @@ def _flag_type(self, ctx) -> str | None:
 
 
 _typer_display_type_rich = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # the patch _flag_type's docstring explains
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -7,14 +7,14 @@ ordinary command pays nothing for completion at start-up.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
 from cli.app import COMPLETE_VAR, PROG, app
 
 
-class Shell(str, Enum):
+class Shell(StrEnum):
     bash = "bash"
     zsh = "zsh"
     fish = "fish"

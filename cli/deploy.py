@@ -11,7 +11,8 @@ from cli.app import ACTOR, DEFAULT_LIMIT, JSON, CellarGroup, app, open_registry
 from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, warn, when
 from registry import HealthGateFailed
 
-env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.", no_args_is_help=True)
+env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.",
+                      no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
@@ -21,13 +22,18 @@ REASON = typer.Option(None, "--reason", help="Why (required for a protected envi
 def env_add(
     name: str = typer.Argument(..., help="Environment name, e.g. staging."),
     port: int = typer.Option(..., "--port", help="Host port the model is published on."),
-    docker_host: str = typer.Option(None, "--docker-host", help="Docker engine URL (default: $DOCKER_HOST or the local socket)."),
-    health_timeout: float = typer.Option(None, "--health-timeout", help="Seconds to wait for health (default: the version's runtime.health.timeout_s)."),
+    docker_host: str = typer.Option(None, "--docker-host",
+                                    help="Docker engine URL (default: $DOCKER_HOST or the local socket)."),
+    health_timeout: float = typer.Option(None, "--health-timeout",
+                                         help="Seconds to wait for health "
+                                              "(default: the version's runtime.health.timeout_s)."),
     keep: int = typer.Option(3, "--keep", help="Stopped containers kept for instant rollback."),
     protected: bool = typer.Option(False, "--protected", help="Promote and rollback need --reason."),
     default: bool = typer.Option(False, "--default", help="Use this environment when none is named."),
     bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on."),
-    gate: bool = typer.Option(False, "--gate", help="Promotes here run the version's probes after warm-up; any fail or error rolls back."),
+    gate: bool = typer.Option(False, "--gate",
+                              help="Promotes here run the version's probes after warm-up; "
+                                   "any fail or error rolls back."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -80,7 +86,8 @@ def env_show(name: str = typer.Argument(..., help="Environment name."), as_json:
 def env_remove(
     name: str = typer.Argument(..., help="Environment name."),
     reason: str = REASON,
-    force: bool = typer.Option(False, "--force", help="Also stop and remove its containers when something is deployed."),
+    force: bool = typer.Option(False, "--force",
+                               help="Also stop and remove its containers when something is deployed."),
     actor: str = ACTOR,
 ) -> None:
     """Remove an environment (its release history is kept).
@@ -98,8 +105,11 @@ def promote(
     env: str = typer.Option(None, "--env", help="Target environment (default: the default environment)."),
     to: str = typer.Option(None, "--to", hidden=True, help="Old name of --env, still accepted."),
     reason: str = REASON,
-    allow_retag: bool = typer.Option(False, "--allow-retag", help="Run what the image tag names now, even if it moved since push."),
-    gate: bool = typer.Option(None, "--gate/--no-gate", help="Run the version's probes after warm-up; any fail or error rolls back, exit 4 (default: the environment's setting).", show_default=False),
+    allow_retag: bool = typer.Option(False, "--allow-retag",
+                                     help="Run what the image tag names now, even if it moved since push."),
+    gate: bool = typer.Option(None, "--gate/--no-gate",
+                              help="Run the version's probes after warm-up; any fail or error rolls back, exit 4 "
+                                   "(default: the environment's setting).", show_default=False),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -107,9 +117,9 @@ def promote(
 
     Example:  registry promote v1.3 --env production --reason "fixes refund answers"
     """
-    env = _one_env(env, to)
+    target = _one_env(env, to)
     with open_registry() as reg, _failure_as_json(as_json):
-        result = reg.promote(ref, env=env, reason=reason, actor=actor, allow_retag=allow_retag, gate=gate,
+        result = reg.promote(ref, env=target, reason=reason, actor=actor, allow_retag=allow_retag, gate=gate,
                              on_step=None if as_json else StepLines())
     if as_json:
         return print_json(result)
@@ -241,7 +251,9 @@ def _status_table(rows) -> None:
 @app.command()
 def recover(
     env: str = typer.Option(None, "--env", help="Only this environment."),
-    force: bool = typer.Option(False, "--force", help="Also take over a lock whose owner cannot be proven gone (e.g. held from another host)."),
+    force: bool = typer.Option(False, "--force",
+                               help="Also take over a lock whose owner cannot be proven gone "
+                                    "(e.g. held from another host)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:

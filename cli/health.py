@@ -103,10 +103,15 @@ def watch(
     env: str = ENV,
     every: float = typer.Option(..., "--every", help="Seconds between probe runs."),
     failures: int = typer.Option(3, "--failures", help="Consecutive failing runs that raise an alert."),
-    alert_webhook: str = typer.Option(None, "--alert-webhook", help="Slack-compatible webhook URL (a secret: prefer --alert-webhook-env).", show_default=False),
-    alert_webhook_env: str = typer.Option(None, "--alert-webhook-env", help="Name of the environment variable holding the webhook URL."),
-    auto_rollback: bool = typer.Option(False, "--auto-rollback", help="Roll back once to the last healthy release after the alert."),
-    max_runs: int = typer.Option(None, "--max-runs", help="Stop after this many runs (default: until SIGTERM or Ctrl-C)."),
+    alert_webhook: str = typer.Option(None, "--alert-webhook",
+                                      help="Slack-compatible webhook URL (a secret: prefer --alert-webhook-env).",
+                                      show_default=False),
+    alert_webhook_env: str = typer.Option(None, "--alert-webhook-env",
+                                          help="Name of the environment variable holding the webhook URL."),
+    auto_rollback: bool = typer.Option(False, "--auto-rollback",
+                                       help="Roll back once to the last healthy release after the alert."),
+    max_runs: int = typer.Option(None, "--max-runs",
+                                 help="Stop after this many runs (default: until SIGTERM or Ctrl-C)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen", help="Also serve Prometheus metrics on HOST:PORT."),
     actor: str = ACTOR,
     as_json: bool = JSON,
@@ -164,7 +169,8 @@ def _serving(served) -> None:
 
 @app.command()
 def metrics(
-    listen: str = typer.Option(None, "--listen", help="Serve the page on HOST:PORT until SIGTERM or Ctrl-C (default: print it once)."),
+    listen: str = typer.Option(None, "--listen",
+                               help="Serve the page on HOST:PORT until SIGTERM or Ctrl-C (default: print it once)."),
     as_json: bool = JSON,
 ) -> None:
     """Prometheus metrics read from the database: deployed versions, probe latency and results,

@@ -17,7 +17,8 @@ def diff(
     b: str = typer.Argument(..., help="New side, same forms as A."),
     as_json: bool = JSON,
     stat: bool = typer.Option(False, "--stat", help="Only a summary: what changed, not how."),
-    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 1 when the contents differ, 0 when equal (like git diff)."),
+    exit_code: bool = typer.Option(False, "--exit-code",
+                                   help="Exit 1 when the contents differ, 0 when equal (like git diff)."),
 ) -> None:
     """What changed between two versions: image, runtime, prompts, weights tensor by tensor, probes.
 
@@ -71,14 +72,17 @@ def blame(
 @audit_app.callback()
 def audit(
     ctx: typer.Context,
-    action: str = typer.Option(None, "--action", help="Only this action (push, promote, rollback, ...; an unknown one lists them all)."),
+    action: str = typer.Option(None, "--action",
+                               help="Only this action (push, promote, rollback, ...; an unknown one lists them all)."),
     actor: str = typer.Option(None, "--actor", help="Only actors containing this text (case-insensitive)."),
     env: str = typer.Option(None, "--env", help="Only events about this environment."),
     model: str = typer.Option(None, "--model", help="Only events about this model."),
     prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
     since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 30s, 30m, 12h, 7d, 2w."),
-    limit: int = typer.Option(None, "--limit", help="At most N events (default 100 for the table, all for --json; 0 = all)."),
-    before: int = typer.Option(None, "--before", help="Only events older than event ID: the next page after the last ID shown."),
+    limit: int = typer.Option(None, "--limit",
+                              help="At most N events (default 100 for the table, all for --json; 0 = all)."),
+    before: int = typer.Option(None, "--before",
+                               help="Only events older than event ID: the next page after the last ID shown."),
     as_json: bool = JSON,
 ) -> None:
     """The tamper-evident audit log: who did what, when and why, newest first.
@@ -160,7 +164,8 @@ def _maintenance_summary(d: dict) -> list[str]:
 
 @audit_app.command("verify")
 def audit_verify(
-    checkpoint: str = typer.Option(None, "--checkpoint", help="HASH:COUNT from `registry audit checkpoint`, or a file holding it."),
+    checkpoint: str = typer.Option(None, "--checkpoint",
+                                   help="HASH:COUNT from `registry audit checkpoint`, or a file holding it."),
     as_json: bool = JSON,
 ) -> None:
     """Recompute the hash chain; name the first event altered, inserted, deleted or reordered.

@@ -216,7 +216,8 @@ def _identity() -> bytes:
     parts.extend(privileges())
     import resource
 
-    parts.extend(f"{n}={resource.getrlimit(getattr(resource, n))}" for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
+    parts.extend(f"{n}={resource.getrlimit(getattr(resource, n))}"
+                 for n in sorted(dir(resource)) if n.startswith("RLIMIT_"))
     parts.append(repr(os.getpriority(os.PRIO_PROCESS, 0)))
     return "\0".join(parts).encode("utf-8", "surrogateescape")
 

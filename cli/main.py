@@ -12,7 +12,6 @@ from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
 from cli import versions as _versions  # noqa: F401  (registers its commands)
 from cli.app import app
 
-
 LONG_RUNNING = {"watch", "ui"}  # and `metrics --listen`: they serve for days
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.app import ACTOR, JSON, app, open_registry
 from cli.output import console, esc, plain, print_json, short, size, warn
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 REASON = typer.Option(None, "--reason", help="Why (recorded in the audit log).")
 
@@ -81,7 +85,8 @@ def backup(
     dest: Path = typer.Argument(..., help="Backup folder (created; a previous backup there is updated)."),
     hard_links: bool = typer.Option(False, "--hard-links", help="Hard-link blobs where DEST is on the store's "
                                     "filesystem instead of copying: no space, but DEST and the store share every "
-                                    "byte, so damage to a blob in one is damage in both. Not a backup against bit rot."),
+                                    "byte, so damage to a blob in one is damage in both. "
+                                    "Not a backup against bit rot."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -217,7 +222,9 @@ class _Bar:
     """A rich progress bar on stderr when it is a terminal; ``update(n, total)`` or ``advance(n)``."""
 
     def __init__(self, *, disable: bool, label: str):
-        self.disable, self.label, self.bar, self.task = disable or not sys.stderr.isatty(), label, None, None
+        self.disable, self.label = disable or not sys.stderr.isatty(), label
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self):
         return self
@@ -232,6 +239,7 @@ class _Bar:
                                 console=console(stderr=True), transient=True)
             self.bar.start()
             self.task = self.bar.add_task(esc(self.label), total=total)
+        assert self.task is not None  # added with the bar
         self.bar.advance(self.task, done)
 
     def advance(self, done: int) -> None:

@@ -79,7 +79,7 @@ def short(digest: str | None, n: int = 12) -> str:
     return digest.split(":", 1)[-1][:n] if digest else "-"
 
 
-def size(n: int) -> str:
+def size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

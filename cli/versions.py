@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.app import ACTOR, DEFAULT_LIMIT, JSON, app, db_app, open_registry
 from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 @app.command()
@@ -99,7 +103,9 @@ class _progress:
     LARGE = 64 << 20
 
     def __init__(self, disable: bool):
-        self.disable, self.bar, self.tasks = disable or not sys.stderr.isatty(), None, {}
+        self.disable = disable or not sys.stderr.isatty()
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self):
         return None if self.disable else self.update

@@ -89,7 +89,7 @@ def _preload() -> None:
     import typer.main
 
     built, build = typer.main.get_command(cli.main.app), typer.main.get_command
-    typer.main.get_command = lambda typer_app: built if typer_app is cli.main.app else build(typer_app)
+    typer.main.get_command = lambda typer_instance: built if typer_instance is cli.main.app else build(typer_instance)
     # What typer and rich build on first use (the click commands' help, markup and table
     # styles, regexes) is built here once: 0.2 s a child would otherwise spend on `--help`.
     sink = io.StringIO()
@@ -124,6 +124,7 @@ class Server:
             if not closing and not self.jobs and time.monotonic() - last >= idle_s:
                 self.unlink()  # no new clients; the ones already queued are still served
                 closing = True
+            timeout: float | None
             if closing:
                 timeout = 0 if not self.jobs else None
             elif self.spare is None:
@@ -213,6 +214,8 @@ class Server:
 
     def from_client(self, pid: int) -> None:
         conn, pidfd = self.jobs[pid]
+        if conn is None:  # the client is gone: no longer selected on, nothing to read
+            return
         try:
             data = conn.recv(64)
         except OSError:
@@ -390,7 +393,7 @@ def _streams(specs: list) -> None:
             line = mode == "w" and (fd == 2 or os.isatty(fd))
             stream = io.TextIOWrapper(buffer, encoding=encoding, errors=errors, line_buffering=line,
                                       write_through=write_through)
-            stream.mode = mode
+            stream.mode = mode  # type: ignore[misc]  # read-only in typeshed; open() sets it so too
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
 

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help=f"redraw this tensor so the file differs from the default in it alone (one of {', '.join(TENSORS)}); repeatable",
+        help=f"redraw this tensor so the file differs from the default in it alone "
+        f"(one of {', '.join(TENSORS)}); repeatable",
     )
     args = parser.parse_args(argv)
     try:

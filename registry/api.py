@@ -133,6 +133,7 @@ class Registry:
             migrate.upgrade(store)
             _seal(store, home, actor=actor)
             after = store.schema_revision()
+            assert after is not None  # upgraded: at the head revision
             if before != after:
                 with store.write() as conn:
                     events.append(conn, actor=actor_mod.identify(actor), action="db-upgrade", object="schema",

@@ -149,7 +149,7 @@ def env_value_error(key: str, value: object) -> str | None:
     problem = text_error(value, ENV_VALUE_MAX, secret=True)
     if problem:
         return f"{key}: {problem}"
-    if _regex(_URL_PASSWORD).search(value):  # type: ignore[arg-type]
+    if _regex(_URL_PASSWORD).search(value):
         return (f"{key} is a URL carrying a password, a secret in all but name: list {key} under "
                 "runtime.secrets and pass its value from the environment at deploy time")
     return None

@@ -64,9 +64,10 @@ class DeployAction(Action):
         # Every secret this run knows (the caller's *_TOKEN-like variables, URL passwords, and
         # later the version's runtime.secrets): scrubbed from any text before it is cut or kept.
         self.scrubber: Scrubber = from_environ(cfg.environ, urls=[cfg.store.url])
-        self.lock: Lock | None = None
-        self.env: Environment | None = None
-        self.engine: Engine | None = None
+        # Set before use: env and engine by use_env (open_env), lock when the run takes it.
+        self.lock: Lock
+        self.env: Environment
+        self.engine: Engine
 
     # --- the environment ---------------------------------------------------------------
 
@@ -123,8 +124,9 @@ class DeployAction(Action):
             self._tell_started()
 
     def _tell_started(self) -> None:
-        if hasattr(self.on_step, "started"):
-            self.on_step.started(*self._running)
+        started = getattr(self.on_step, "started", None)
+        if started is not None and self._running is not None:
+            started(*self._running)
 
     def scrub(self, text: str) -> str:
         """Text bound for the user or the audit log, with every known secret (in any encoding, or
@@ -225,6 +227,7 @@ class DeployAction(Action):
 
     def start_and_check(self, release: Release) -> None:
         """Start a release's existing container and wait until its own health path answers."""
+        assert release.container_id is not None, f"{release.ref} has no container to start"
         self.engine.start(release.container_id)
         self.wait_healthy(release.container_id, self.runtime_of(release))
 

@@ -115,7 +115,7 @@ class Recover(DeployAction):
         info = self.engine.inspect(now.container_id) if now and now.container_id else None
         others_running = [c for c in self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
                           if c.running and (not info or c.id != info.id)]
-        if info is not None and not info.running and not others_running:
+        if now is not None and info is not None and not info.running and not others_running:
             self.remember_secrets(self.runtime_of(now), container_env=info.env)  # its logs may print them
             out.append(self._restart(now))
         elif info is None and now is not None and now.container_id and not others_running:
@@ -144,6 +144,7 @@ class Recover(DeployAction):
         """The deployed release's container is gone (``docker rm -f``): create it again from the
         version, with the same revision's labels (as a rollback's recreate does), and start it."""
         env = self.env.name
+        assert now.container_id is not None  # _without_pending recreates only a recorded container
         gone = f"{now.ref} (revision {now.revision}): its container {now.container_id[:12]} was gone"
         new_id = None
         try:
@@ -170,7 +171,8 @@ class Recover(DeployAction):
         if stuck.container_id:
             return self.engine.inspect(stuck.container_id)
         # Killed between creating the container and noting its id: find it by its labels.
-        found = self.engine.find_labelled(env=self.env.name, revision=str(stuck.revision), registry=self.cfg.registry_id)
+        found = self.engine.find_labelled(env=self.env.name, revision=str(stuck.revision),
+                                          registry=self.cfg.registry_id)
         return found[0] if found else None
 
     def _answers(self, release: Release, container_id: str) -> bool:
@@ -187,6 +189,7 @@ class Recover(DeployAction):
             locks.drop(conn, self.lock, missing_ok=True)  # one commit per action: the first releases it
             changed = [r.ref + f" r{r.revision}:{r.status}" for r in [*settled.updates, *settled.appended]]
             events.append(conn, actor=self.actor, action="recover", object=env, env=env,
-                          reason=action.detail, detail={"action": action.action, "releases": changed,
-                                                        "rows": releases.bindings([*settled.updates, *settled.appended])},
+                          reason=action.detail,
+                          detail={"action": action.action, "releases": changed,
+                                  "rows": releases.bindings([*settled.updates, *settled.appended])},
                           db_user=self.cfg.store.db_user(conn))

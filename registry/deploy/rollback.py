@@ -48,6 +48,7 @@ class Rollback(Switching):
         if kept:
             return self.switch(plan, runtime=runtime, make_container=lambda plan: (kept.id, False),
                                container_step="reuse kept container")
+        assert ready is not None  # made ready above, as no container was kept
         return self.switch(plan, runtime=runtime,
                            make_container=lambda plan: (self.create_container(plan.pending, ready), True))
 

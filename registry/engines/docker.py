@@ -32,7 +32,7 @@ def _source(base_url: str | None) -> tuple[str, str]:
 class DockerEngine:
     """A connection to one Docker engine (an environment's --docker-host, $DOCKER_HOST or the local socket)."""
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 30):
+    def __init__(self, base_url: str | None = None, *, timeout: int = 30):
         # for messages only: a tcp://user:password@host must never be printed or stored
         self.base_url = mask_url(base_url or describe_host())
         try:
@@ -80,7 +80,7 @@ class DockerEngine:
                 images = self.client.images.load(f)
         except DockerException as exc:
             raise EngineError(f"cannot load the image from {path}: {_short(exc)}") from None
-        if not images:
+        if not images or images[0].id is None:
             raise EngineError(f"the Docker engine at {self.base_url} loaded no image from {path}")
         return images[0].id
 

@@ -135,7 +135,8 @@ class FakeChecks:
 
     engine: FakeEngine
 
-    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck, untrusted: Untrusted = plain_excerpt) -> None:
+    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck,
+                     untrusted: Untrusted = plain_excerpt) -> None:
         c = self.engine.serving(url)
         if c is None:
             raise StepFailed(exited() or "container exited with code 1")

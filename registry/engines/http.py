@@ -36,7 +36,8 @@ def plain_excerpt(body: str) -> str:
 
 
 class Checks(Protocol):
-    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck, untrusted: Untrusted = plain_excerpt) -> None:
+    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck,
+                     untrusted: Untrusted = plain_excerpt) -> None:
         """Return once ``url`` answers 2xx; StepFailed on timeout or when ``exited`` says why not.
         A body quoted in the error goes through ``untrusted`` first."""
 
@@ -50,7 +51,8 @@ class Checks(Protocol):
 class HttpChecks:
     """The real checks, over HTTP on the published port."""
 
-    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck, untrusted: Untrusted = plain_excerpt) -> None:
+    def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck,
+                     untrusted: Untrusted = plain_excerpt) -> None:
         deadline = time.monotonic() + timeout
         last, next_exit_check = "no answer", 0.0
         while True:
@@ -90,6 +92,8 @@ class HttpChecks:
 def request(url: str, *, method: str = "GET", body=None, timeout: float = CONNECT_TIMEOUT_S) -> tuple[int, str]:
     """One request; (status, the body's first ``BODY_LIMIT`` bytes as text). OSError when unreachable."""
     parts = urlsplit(url)
+    if not parts.hostname:
+        raise OSError(f"no host in {url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         payload = None if body is None else json.dumps(body).encode()

@@ -67,7 +67,9 @@ class StrictLoader(_Base):
         self._refuse(event, depth)
         if isinstance(event, ScalarEvent):
             tag = event.tag if event.tag not in (None, "!") else self.resolve(ScalarNode, event.value, event.implicit)
-            return ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            # types-PyYAML: an event's marks may be libyaml's Mark, which a node's are not declared to be
+            return ScalarNode(tag, event.value, event.start_mark, event.end_mark,  # type: ignore[arg-type]
+                              style=event.style)
         kind, end = ((SequenceNode, SequenceEndEvent) if isinstance(event, SequenceStartEvent)
                      else (MappingNode, MappingEndEvent))
         tag = event.tag if event.tag not in (None, "!") else self.resolve(kind, None, event.implicit)

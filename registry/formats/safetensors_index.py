@@ -108,15 +108,16 @@ def _tensor(name: str, info: object, base: int) -> TensorRange:
 
 def _check_tiling(tensors: list[TensorRange], base: int, data_size: int) -> None:
     """Ranges in order must each start where the one before ended and end at the file's end."""
-    at, before = base, None
+    at, before = base, ""  # the name of the tensor before
     for t in tensors:
         if t.begin < at:
-            raise SafetensorsError(f"tensors {_show(before.name)} and {_show(t.name)} overlap")
+            raise SafetensorsError(f"tensors {_show(before)} and {_show(t.name)} overlap")
         if t.begin > at:
             raise SafetensorsError(f"gap of {t.begin - at} bytes before tensor {_show(t.name)}")
-        at, before = t.end, t
+        at, before = t.end, t.name
     if at > base + data_size:
-        raise SafetensorsError(f"tensor {_show(before.name)} ends {at - base - data_size} bytes past the end of the file")
+        raise SafetensorsError(f"tensor {_show(before)} ends {at - base - data_size} bytes "
+                               "past the end of the file")
     if at < base + data_size:
         raise SafetensorsError(f"{base + data_size - at} bytes after the last tensor "
                                "(the data is not fully covered by the header)")

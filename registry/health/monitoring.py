@@ -115,7 +115,8 @@ class Health(Action):
     each change point with the release's actor, reason and what changed from the version before.
     ``runs``: those runs, when the caller has already read them (the web view charts them too)."""
 
-    def run(self, env_name: str | None = None, *, since: datetime | None = None, runs: list[ProbeRun] | None = None) -> HealthReport:
+    def run(self, env_name: str | None = None, *, since: datetime | None = None,
+            runs: list[ProbeRun] | None = None) -> HealthReport:
         cfg = self.cfg
         from registry.health import report
 
@@ -125,12 +126,12 @@ class Health(Action):
             if runs is None:
                 runs = probes.runs(conn, env_name, since)
             rows = releases.newest(conn, env_name)
-        report = report.build(runs, rows, since=since)
+        built = report.build(runs, rows, since=since)
         models = {(r.env, r.revision): r.model for r in rows}
-        for point in report.change_points:
+        for point in built.change_points:
             point.summary = change_summary(cfg, models.get((point.env, point.revision)),
                                            point.previous_version, point.version)
-        return report
+        return built
 
 
 def change_summary(cfg: Configuration, model: str | None, before: str, after: str) -> str:
@@ -216,8 +217,9 @@ def _reporting(probe_once: Callable[[], ProbeRun], on_run: Callable[[ProbeRun], 
 
 
 class MetricsScrape(Action):
-    """``MetricsScrape(cfg).run(...)``: What a scrape shows: each environment's deployed release, the runs of the last ``window``
-    (so counters cover that window), and the last deploy and rollback times."""
+    """``MetricsScrape(cfg).run(...)``: What a scrape shows: each environment's deployed release,
+    the runs of the last ``window`` (so counters cover that window), and the last deploy and
+    rollback times."""
 
     def run(self, *, window: timedelta = METRICS_WINDOW) -> MetricsSnapshot:
         cfg = self.cfg

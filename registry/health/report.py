@@ -48,8 +48,8 @@ def build(runs: Iterable[ProbeRun], releases: Iterable[Release], *, since: datet
     ordered = sorted(runs, key=lambda r: (r.env, r.started_at))
     ledger = {(r.env, r.revision): r for r in releases}
     report = HealthReport(since=since)
-    for env, env_runs in groupby(ordered, key=lambda r: r.env):
-        env_runs = list(env_runs)
+    for env, group in groupby(ordered, key=lambda r: r.env):
+        env_runs = list(group)
         report.versions += version_health(env_runs)
         report.change_points += change_points(env_runs, ledger, summaries or {}, thresholds)
         report.sparklines[env] = sparkline(env_runs, ascii_only=ascii_only, width=width)
@@ -101,6 +101,7 @@ def _moves(before: list[ProbeRun], after: list[ProbeRun], t: Thresholds):
 def _point(runs: list[ProbeRun], release: Release | None, previous_version: str, metric: str,
            before: float, after: float, summary: str) -> ChangePoint:
     first = runs[0]
+    assert first.revision is not None  # change_points skips the runs of no release
     return ChangePoint(
         env=first.env, revision=first.revision, version=first.version, previous_version=previous_version,
         at=release.started_at if release else first.started_at,
@@ -116,7 +117,9 @@ def sparkline(runs: list[ProbeRun], *, ascii_only: bool = False, width: int = 60
     values = [percentile(sorted(_latencies([r])), 50) for r in runs]
     known = [v for v in values if v is not None]
     low, high = (min(known), max(known)) if known else (0.0, 0.0)
-    line, legend, previous = [], [], object()
+    line: list[str] = []
+    legend: list[str] = []
+    previous: object = object()
     for run, value in zip(runs, values):
         if run.revision != previous:
             if line:

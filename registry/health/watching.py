@@ -187,6 +187,7 @@ class Watcher:
         return actions
 
     def _roll_back(self, run: ProbeRun) -> None:
+        assert self.rollback is not None  # observe() rolls back only when there is a rollback
         try:
             restored = self.rollback()
             self.summary.rollbacks += 1

@@ -44,7 +44,7 @@ class StorageProblem(_Model):
     actual_size: int | None = None
     detail: str = ""
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern; mypy refuses it
     @property
     def damage(self) -> bool:
         return self.kind not in NOTICES
@@ -125,7 +125,7 @@ class RestoreResult(_Model):
     problems: list[StorageProblem] = Field(default_factory=list)
     verify: VerifyReport | None = None  # the restored registry, verified (Registry.restore)
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern; mypy refuses it
     @property
     def ok(self) -> bool:
         return not self.problems and (self.verify is None or self.verify.ok)

@@ -38,6 +38,8 @@ Render = Callable[[str, Any], Any]
 def http_send(method: str, url: str, body: Any, timeout_s: float) -> tuple[int, str]:
     """One HTTP request with ``body`` as JSON; OSError (incl. timeouts) when nothing answered."""
     parts = urlsplit(url)
+    if not parts.hostname:
+        raise OSError(f"no host in {url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
     try:
         payload = None if body is None else json.dumps(body).encode()

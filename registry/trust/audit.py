@@ -26,7 +26,7 @@ from registry import clock
 from registry.errors import InvalidInput
 from registry.formats import canonical
 from registry.models import check_name
-from registry.trust.seals import SealProblem
+from registry.trust.seals import Row, SealProblem
 
 GENESIS = "0" * 64
 
@@ -43,7 +43,7 @@ def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical.dumps(body)).encode()).hexdigest()
 
 
-def event_body(row: dict[str, Any]) -> dict[str, Any]:
+def event_body(row: Row) -> dict[str, Any]:
     """The fields an event's hash covers, from a row of the events table."""
     return {
         "id": row["id"],
@@ -160,7 +160,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
                            "or an age like 7d, 12h, 30m, 2w") from None
 
 
-def event_of(row: Mapping[str, Any]) -> Event:
+def event_of(row: Row) -> Event:
     """An ``Event`` from a row of the events table."""
     fields = {k: row[k] for k in Event.model_fields if k in row}
     return Event(**{**fields, "at": clock.utc(row["at"]), "detail": json.loads(row["detail"])})
@@ -219,7 +219,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
 FindByHash = Callable[[str], int | None]  # event hash -> id of the event holding it, if any
 
 
-def check_chain(rows: Iterable[Mapping[str, Any]], *, find_by_hash: FindByHash,
+def check_chain(rows: Iterable[Row], *, find_by_hash: FindByHash,
            against: Checkpoint | None = None) -> Verification:
     """Recompute the chain over ``rows`` (id order) and name the first event that is wrong."""
     prev, count, bad = GENESIS, 0, None

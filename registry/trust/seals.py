@@ -66,6 +66,10 @@ KEY_FILE = "signing.key"
 KEY_ENV = "REGISTRY_KEY_FILE"
 _HEADER = "cellar-hmac-sha256"
 
+# A row by column name: a dict, or SQLAlchemy's RowMapping (whose keys may also be Column
+# objects, so it is no Mapping[str, Any]).
+Row = Mapping[Any, Any]
+
 # The columns that name a row, per kind (what a seal must not be moved away from).
 ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",)}
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
@@ -161,19 +165,19 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def canonical_row_digest(kind: str, fields: Mapping[str, Any]) -> str:
+def canonical_row_digest(kind: str, fields: Row) -> str:
     """``sha256:HEX`` of a row's content (every field but ``id`` and ``mac``), tagged with its kind."""
     body = {k: _normal(v) for k, v in fields.items() if k not in UNSEALED}
     return canonical.digest({"kind": kind, "fields": body})
 
 
-def row_key(kind: str, fields: Mapping[str, Any]) -> str:
+def row_key(kind: str, fields: Row) -> str:
     """The row's name in messages and bindings: ``release:prod#7``, ``environment:prod``, ``version:bot@v1``."""
     names = [str(fields[k]) for k in ROW_KEYS[kind]]
     return f"{kind}:" + ("#" if kind == "release" else "@").join(names)
 
 
-def version_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+def version_fields(row: Row) -> dict[str, Any]:
     """A version row as sealed: the manifest text replaced by its sha256, the model by its name
     (``row`` has ``model`` (name), version, manifest_digest, manifest, message, actor, created_at,
     provenance; other columns such as ``model_id`` are ignored)."""
@@ -183,17 +187,17 @@ def version_fields(row: Mapping[str, Any]) -> dict[str, Any]:
             "provenance": row.get("provenance")}
 
 
-def _row_message(kind: str, fields: Mapping[str, Any]) -> bytes:
+def _row_message(kind: str, fields: Row) -> bytes:
     return f"cellar {kind}\0{canonical_row_digest(kind, fields)}".encode()
 
 
-def row_mac(key: Key, kind: str, fields: Mapping[str, Any]) -> str:
+def row_mac(key: Key, kind: str, fields: Row) -> str:
     """The ``mac`` for a release or environment row (``fields``: its columns), or a version
     (``fields``: ``version_fields(row)``)."""
     return key.sign(_row_message(kind, fields))
 
 
-def version_mac(key: Key, row: Mapping[str, Any]) -> str:
+def version_mac(key: Key, row: Row) -> str:
     """The ``mac`` for a versions row; see ``version_fields`` for what ``row`` holds."""
     return row_mac(key, "version", version_fields(row))
 
@@ -213,7 +217,7 @@ def manifest_matches(manifest: str, manifest_digest: str) -> bool:
     return manifest_digest == "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
 
 
-def bindings(kind: str, rows: Iterable[Mapping[str, Any]], *, deleted: Iterable[Mapping[str, Any]] = ()) -> dict:
+def bindings(kind: str, rows: Iterable[Row], *, deleted: Iterable[Row] = ()) -> dict:
     """``{row_key: digest}`` for the rows a change wrote (None for rows it deleted): put it in
     the change's event as ``detail["rows"]`` (merge the dicts of several kinds)."""
     out: dict[str, str | None] = {row_key(kind, r): canonical_row_digest(kind, r) for r in rows}
@@ -245,7 +249,7 @@ def _seal_problem(key: Key, obj: str, mac: str | None, what: str) -> SealProblem
                    message=f"{obj} was edited outside Cellar: {what} no longer match its seal")
 
 
-def event_problem(key: Key, row: Mapping[str, Any]) -> SealProblem | None:
+def event_problem(key: Key, row: Row) -> SealProblem | None:
     """The problem with one event row (``id``, ``hash``, ``mac``), or None: call it inside
     ``audit.check_chain``'s streaming loop, after the chain check."""
     if key.matches(f"cellar event\0{row['id']}\0{row['hash']}".encode(), row.get("mac")):
@@ -253,7 +257,7 @@ def event_problem(key: Key, row: Mapping[str, Any]) -> SealProblem | None:
     return _seal_problem(key, f"event:{row['id']}", row.get("mac"), "its hash and content")
 
 
-def check_events(key: Key, rows: Iterable[Mapping[str, Any]], *, limit: int = 50) -> list[SealProblem]:
+def check_events(key: Key, rows: Iterable[Row], *, limit: int = 50) -> list[SealProblem]:
     """Problems of the event rows, in order, at most ``limit``."""
     out = []
     for row in rows:
@@ -264,7 +268,7 @@ def check_events(key: Key, rows: Iterable[Mapping[str, Any]], *, limit: int = 50
     return out
 
 
-def check_head(key: Key, head_row: Mapping[str, Any] | None, *, count: int, last_hash: str | None) -> list[SealProblem]:
+def check_head(key: Key, head_row: Row | None, *, count: int, last_hash: str | None) -> list[SealProblem]:
     """The signed head (``count``, ``head``, ``mac``) against the log as it is now."""
     if head_row is None:
         if count == 0:
@@ -286,7 +290,7 @@ def check_head(key: Key, head_row: Mapping[str, Any] | None, *, count: int, last
     return []
 
 
-def version_problems(key: Key, row: Mapping[str, Any]) -> list[SealProblem]:
+def version_problems(key: Key, row: Row) -> list[SealProblem]:
     """A version row's problems: its manifest against its digest, and its seal."""
     obj = row_key("version", row)
     out = []
@@ -299,7 +303,7 @@ def version_problems(key: Key, row: Mapping[str, Any]) -> list[SealProblem]:
     return out
 
 
-def check_version(key: Key, row: Mapping[str, Any]) -> None:
+def check_version(key: Key, row: Row) -> None:
     """AuditBroken unless the version row is what was sealed: call before serving or reporting it
     (promote, rollback, diff, export)."""
     problems = version_problems(key, row)
@@ -307,14 +311,14 @@ def check_version(key: Key, row: Mapping[str, Any]) -> None:
         raise AuditBroken(f"{problems[0].message}; refusing to use it (run `registry audit verify`)")
 
 
-def row_problem(key: Key, kind: str, row: Mapping[str, Any]) -> SealProblem | None:
+def row_problem(key: Key, kind: str, row: Row) -> SealProblem | None:
     """A release or environment row's problem with its seal, or None."""
     if key.matches(_row_message(kind, row), row.get("mac")):
         return None
     return _seal_problem(key, row_key(kind, row), row.get("mac"), "its columns")
 
 
-def check_rows(key: Key, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[SealProblem]:
+def check_rows(key: Key, kind: str, rows: Iterable[Row]) -> list[SealProblem]:
     """Problems of the rows of one kind: ``version`` (see ``version_fields``), ``release`` or
     ``environment`` (every column, ``mac`` included)."""
     out: list[SealProblem] = []
@@ -326,7 +330,7 @@ def check_rows(key: Key, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[S
     return out
 
 
-def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Mapping[str, Any]]],
+def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Row]],
                    *, kinds: Iterable[str] = ("release", "environment")) -> list[SealProblem]:
     """Each row against the newest event that names it in ``detail["rows"]``.
 
@@ -356,15 +360,15 @@ def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Mappi
     return out
 
 
-def check_record(key: Key, *, events: Iterable[Mapping[str, Any]], head: Mapping[str, Any] | None,
-                 versions: Iterable[Mapping[str, Any]] = (), releases: Iterable[Mapping[str, Any]] = (),
-                 environments: Iterable[Mapping[str, Any]] = ()) -> list[SealProblem]:
+def check_record(key: Key, *, events: Iterable[Row], head: Row | None,
+                 versions: Iterable[Row] = (), releases: Iterable[Row] = (),
+                 environments: Iterable[Row] = ()) -> list[SealProblem]:
     """Everything ``audit verify`` adds to the chain check, one problem per object at most.
 
     ``events``: rows with id, hash, mac and detail (a dict or its JSON text), in id order.
     """
     problems: list[SealProblem] = []
-    bound: list[tuple[int, Mapping[str, Any]]] = []
+    bound: list[tuple[int, Row]] = []
     count, last_hash = 0, None
     for row in events:
         count, last_hash = count + 1, row["hash"]

@@ -393,7 +393,8 @@ def untrusted(text: str | bytes, limit: int = 200, *, scrubber: Scrubber | None 
 def _escape_and_cut(text: str, limit: int, *, keep: str, newlines: bool) -> str:
     """Escape character by character until ``limit`` is reached, so long texts cost O(limit)."""
     chars = reversed(text) if keep == "tail" else iter(text)
-    out, used = [], 0
+    out: list[str] = []
+    used = 0
     for ch in chars:
         piece = _escape(ch, newlines)
         if used + len(piece) > limit:

@@ -25,10 +25,10 @@ import re
 import secrets
 import struct
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,8 +46,8 @@ from registry.models import Name, VersionStr
 from registry.store.files.scan import hash_path
 from registry.store.files.streams import Hashes, Writeback
 
-FORMAT = "cellar-export"
-FORMAT_VERSION = 1
+FORMAT: Final = "cellar-export"
+FORMAT_VERSION: Final = 1
 INDEX = "index.json"
 IMAGE = "image.tar"
 BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{64})")
@@ -254,7 +254,10 @@ def check_archive(f, path: Path) -> tuple[ArchiveIndex, dict[str, tarfile.TarInf
         _check_header(path, first, file_size)
         if first.size > MAX_INDEX_BYTES:
             raise _refuse(path, f"index.json is {first.size} bytes, more than {MAX_INDEX_BYTES}")
-        index = _parse_index(path, tar.extractfile(first).read())
+        data = tar.extractfile(first)  # None unless a regular file (a folder passes _check_header)
+        if data is None:
+            raise _refuse(path, "index.json is not a regular file")
+        index = _parse_index(path, data.read())
         declared = {m.name: m for m in index.members}
         found = _check_members(tar, path, declared, file_size)
     except tarfile.TarError as exc:
@@ -271,7 +274,9 @@ def _check_members(tar: tarfile.TarFile, path: Path, declared: dict[str, Member]
     limit = len(declared) + len(ALLOWED_DIRS)
     count = 0
     while (m := tar.next()) is not None:
-        tar.members.clear()  # tarfile keeps every header it reads; we keep our own bounded map
+        # tarfile keeps every header it reads; we keep our own bounded map (typeshed omits the
+        # undocumented TarFile.members)
+        tar.members.clear()  # type: ignore[attr-defined]
         count += 1
         if count > limit:  # before anything else: a huge tar is refused at its first surplus header
             raise _refuse(path, f"it holds more members than its index declares ({len(declared)})")
@@ -376,7 +381,7 @@ def _tensor_ranges(fd: int, info: tarfile.TarInfo, m: Member) -> list[TensorRang
 
 
 def _copy_verified(f, info: tarfile.TarInfo, m: Member, tmp_dir: Path, progress: Progress | None,
-                   ranges: list[TensorRange] = ()) -> tuple[Path, dict[str, str]]:
+                   ranges: Sequence[TensorRange] = ()) -> tuple[Path, dict[str, str]]:
     """Copy one member into a temp file, hashing it on the way (its tensors on a second
     thread, so both cores hash); the file and its tensors' digests."""
     # "import-<pid>-<token>": the name BlobStore.sweep_tmp removes after a crash

@@ -84,7 +84,7 @@ def backup(*, db_url: str, blobs: BlobStore, dest: Path, link: bool = False) -> 
 
 def _transfer_all(recorded: dict[str, int], *, src: BlobStore, dest: BlobStore, link: bool) -> list[_Moved]:
     """Link or copy every recorded blob not yet in ``dest``, verifying each digest."""
-    todo = sorted((d for d, n in recorded.items() if not dest.has(d, size=n)), key=recorded.get, reverse=True)
+    todo = sorted((d for d, n in recorded.items() if not dest.has(d, size=n)), key=lambda d: recorded[d], reverse=True)
     with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cellar-backup") as pool:
         return list(pool.map(lambda d: _transfer(d, recorded[d], src, dest, link), todo))
 

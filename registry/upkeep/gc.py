@@ -32,8 +32,9 @@ from registry.upkeep import gc_plan
 
 
 class Gc(Action):
-    """``Gc(cfg, actor=...).run(...)``: Remove unreferenced blobs, stale temp files, snapshots no release needs and stopped
-    containers beyond each environment's retention. The dry run returns the same plan."""
+    """``Gc(cfg, actor=...).run(...)``: Remove unreferenced blobs, stale temp files, snapshots no
+    release needs and stopped containers beyond each environment's retention. The dry run returns
+    the same plan."""
 
     def run(self, *, dry_run: bool = False, grace: timedelta = gc_plan.GRACE) -> GcResult:
         cfg = self.cfg

@@ -16,7 +16,8 @@ from registry.store.sql import upkeep as store
 
 
 class Deprecate(Action):
-    """``Deprecate(cfg, actor=...).run(...)``: Hide ``model@version`` from listings and refuse to promote it; already deprecated: no-op."""
+    """``Deprecate(cfg, actor=...).run(...)``: Hide ``model@version`` from listings and refuse to
+    promote it; already deprecated: no-op."""
 
     def run(self, model: str, version: str, *, reason: str | None) -> Deprecation:
         cfg = self.cfg
@@ -32,7 +33,8 @@ class Deprecate(Action):
 
 
 class Delete(Action):
-    """``Delete(cfg, actor=...).run(...)``: Remove a version that no release ever named (``force`` required); gc reclaims its blobs."""
+    """``Delete(cfg, actor=...).run(...)``: Remove a version that no release ever named (``force``
+    required); gc reclaims its blobs."""
 
     def run(self, model: str, version: str, *, force: bool, reason: str | None = None) -> DeleteResult:
         cfg = self.cfg

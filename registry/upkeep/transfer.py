@@ -41,9 +41,11 @@ Progress = archive.Progress
 
 
 class Export(Action):
-    """``Export(cfg, actor=...).run(...)``: Write ``model@version`` (and, ``with_image``, its pinned image) to the tar file ``out``."""
+    """``Export(cfg, actor=...).run(...)``: Write ``model@version`` (and, ``with_image``, its
+    pinned image) to the tar file ``out``."""
 
-    def run(self, model: str, version: str, out: Path, *, with_image: bool = False, progress: Progress | None = None) -> ExportResult:
+    def run(self, model: str, version: str, out: Path, *, with_image: bool = False,
+            progress: Progress | None = None) -> ExportResult:
         cfg = self.cfg
         actor = self.actor
         started = time.monotonic()
@@ -103,8 +105,9 @@ def _save_image(cfg: Configuration, src: archive.ExportSource) -> Path:
 
 
 class Import(Action):
-    """``Import(cfg, actor=...).run(...)``: Verify and record the version in the export file ``path``; the same version again is a
-    no-op, other content under its model@version a VersionConflict."""
+    """``Import(cfg, actor=...).run(...)``: Verify and record the version in the export file
+    ``path``; the same version again is a no-op, other content under its model@version a
+    VersionConflict."""
 
     def run(self, path: Path, *, progress: Progress | None = None) -> ImportResult:
         cfg = self.cfg
@@ -195,7 +198,9 @@ def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Proven
         *answers, last = run_all(conn, [*versions.lookups(rows), events.LAST])
         known = versions.known(answers)
         if known.recorded:  # imported by someone else meanwhile
-            if versions.lookup(conn, index.model, index.version).manifest_digest != index.manifest_digest:
+            existing = versions.lookup(conn, index.model, index.version)
+            assert existing is not None  # known.recorded, under this write lock
+            if existing.manifest_digest != index.manifest_digest:
                 raise VersionConflict(f"{index.model}@{index.version} was recorded with other content meanwhile")
             return False
         _require_blobs(cfg, index.record)

@@ -60,7 +60,7 @@ def _carry(old: list[str], origins: list[PromptRevision], new: list[str], step: 
 
 def _line(number: int, text: str, step: PromptRevision) -> BlameLine:
     fp = step.origin
-    known = fp is not None and fp.commit is not None and not fp.dirty
+    known = fp if fp is not None and fp.commit is not None and not fp.dirty else None
     return BlameLine(line=number, text=text, version=step.version, actor=step.actor, time=step.time,
-                     commit=fp.commit if known else None, author=fp.author if known else None,
+                     commit=known.commit if known else None, author=known.author if known else None,
                      dirty=bool(fp and fp.dirty))

@@ -227,9 +227,9 @@ def weight_diffs(old: list[WeightFile], new: list[WeightFile]) -> list[WeightDif
         wa, wb = a.get(path), b.get(path)
         status = _status(wa and wa.digest, wb and wb.digest, wa is not None, wb is not None)
         item = WeightDiff(path=path, status=status,
-                          old_size=wa and wa.size, new_size=wb and wb.size,
-                          old_digest=wa and wa.digest, new_digest=wb and wb.digest)
-        if status is ChangeKind.changed and (wa.tensors or wb.tensors):
+                          old_size=wa.size if wa else None, new_size=wb.size if wb else None,
+                          old_digest=wa.digest if wa else None, new_digest=wb.digest if wb else None)
+        if status is ChangeKind.changed and wa and wb and (wa.tensors or wb.tensors):
             item.tensors = tensor_changes(wa.tensors, wb.tensors)
         out.append(item)
     return out

@@ -7,6 +7,7 @@ against their digests; weight bytes are never read.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,7 +70,7 @@ def _current_tensor_digests(info: VersionInfo, blobs: BlobStore) -> VersionInfo:
         digests = {t.name: t.digest for t in w.tensors}
         if w.tensors and not tensor_digests.is_current(digests):
             try:
-                digests = tensor_digests.upgraded(digests, lambda: blobs.rehash_tensors(w.digest))
+                digests = tensor_digests.upgraded(digests, partial(blobs.rehash_tensors, w.digest))
             except NotFound:  # the blob is gone: the diff says "changed" rather than fail
                 pass
             w = w.model_copy(update={"tensors": [t.model_copy(update={"digest": digests.get(t.name, t.digest)})

@@ -52,6 +52,7 @@ class Push(Action):
         with cfg.store.write(lazy=True) as conn:
             if not _record(cfg, conn, new, actor=actor, provenance=provenance):  # there already
                 existing = versions.lookup(conn, m.model, m.version)
+                assert existing is not None  # _record found it recorded, under this write lock
                 if existing.manifest_digest != new.digest:
                     _remove_unrecorded(cfg, conn, new)
                 return _same_or_conflict(existing, new)

@@ -222,7 +222,7 @@ def _short(digest: str | None, length: int = 12) -> str:
     return digest.split(":", 1)[-1][:length]
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return ""
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -162,7 +162,8 @@ def _rate_line(points: list[Point], s: _Scale) -> list[str]:
 
 def _segments(values: list[tuple[datetime, float | None]]) -> list[list[tuple[datetime, float]]]:
     """Runs of known values: a run where nothing answered breaks the line instead of faking 0 ms."""
-    out, current = [], []
+    out: list[list[tuple[datetime, float]]] = []
+    current: list[tuple[datetime, float]] = []
     for at, value in values:
         if value is None:
             if current:

@@ -273,7 +273,8 @@ class AuditVerifier:
         self._cached: tuple[str, float, CheckedAudit] | None = None
         self._running = False
 
-    def result(self, reg: Registry, *, fresh: bool = False, checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
+    def result(self, reg: Registry, *, fresh: bool = False,
+               checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
         """The newest result (None while the first one is computed); renewal started if due.
         ``checkpoint``: the log's head and count now, when the caller has read them."""
         head = str(checkpoint or reg.audit_checkpoint())

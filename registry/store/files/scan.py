@@ -197,7 +197,8 @@ def check_snapshot(folder: Path, record: dict, blobs: BlobStore) -> list[Storage
     problems = []
     for rel, digest in sorted(want.items()):
         if detail := _snapshot_file_problem(folder / rel, digest, blobs):
-            problems.append(StorageProblem(kind=ProblemKind.SNAPSHOT, digest=digest, path=str(folder / rel), detail=detail))
+            problems.append(StorageProblem(kind=ProblemKind.SNAPSHOT, digest=digest, path=str(folder / rel),
+                                           detail=detail))
     for dirpath, _dirs, files in os.walk(folder):
         for name in files:
             rel = os.path.relpath(os.path.join(dirpath, name), folder)

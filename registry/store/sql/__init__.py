@@ -25,7 +25,8 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from registry.errors import (
     DatabaseLocked,
@@ -226,10 +227,12 @@ def queue(conn: Connection, statements: Sequence[Statement]) -> None:
 def upsert(dialect: str):
     """The dialect's own ``insert``, which alone builds ``ON CONFLICT`` (spelled alike on both)."""
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
 
 
 def _rows(result) -> list[tuple]:
@@ -250,12 +253,14 @@ _BEGIN_STEPS = tuple(_Queued(step) for step in _PG_BEGIN.split("; "))  # each it
 
 
 def _queued(conn: Connection, stmt: Executable, params: dict[str, Any] | list[dict[str, Any]]) -> _Queued:
-    many = isinstance(params, list)
-    sql, bind, rows = _compiled(stmt, conn.dialect, tuple(params[0] if many else params))
-    return _Queued(sql, [bind(p) for p in params] if many else bind(params), rows)
+    if isinstance(params, list):
+        sql, bind, rows = _compiled(stmt, conn.dialect, tuple(params[0]))
+        return _Queued(sql, [bind(p) for p in params], rows)
+    sql, bind, rows = _compiled(stmt, conn.dialect, tuple(params))
+    return _Queued(sql, bind(params), rows)
 
 
-def _flush(conn: Connection, *, then: list[_Queued] = ()) -> list[list[tuple]]:
+def _flush(conn: Connection, *, then: Sequence[_Queued] = ()) -> list[list[tuple]]:
     """Send what the write has queued, then ``then``, in one round trip; each one's rows."""
     import psycopg
 
@@ -263,9 +268,11 @@ def _flush(conn: Connection, *, then: list[_Queued] = ()) -> list[list[tuple]]:
     if _QUEUE in conn.info:
         conn.info[_QUEUE] = []
     raw = conn.connection.driver_connection
+    assert raw is not None  # None only once the connection is closed or invalidated
     sql = ""
     try:
-        cursors, spare = [], raw.cursor()  # a cursor of its own for each statement that returns rows
+        cursors: list[Any] = []
+        spare = raw.cursor()  # a cursor of its own for each statement that returns rows
         with raw.pipeline():
             for q in statements:
                 sql = q.sql
@@ -288,12 +295,14 @@ def _compiled(stmt: Executable, dialect: Dialect, keys: tuple[str, ...]):
     """``stmt``'s SQL for ``dialect`` given parameters named ``keys`` (an INSERT names only
     those columns), a function from such parameters to the driver's with each type's bind
     processing (what SQLAlchemy does on ``execute``), and whether it returns rows; compiled once."""
+    assert isinstance(stmt, ClauseElement)  # every Executable Cellar queues; the type has no compile()
     compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    assert isinstance(compiled, SQLCompiler)  # what the dialect compiles a statement with
     processors = {name: proc for name, bind in compiled.binds.items()
                   if (proc := bind.type.dialect_impl(dialect).bind_processor(dialect))}
 
     def bind(params: dict[str, Any]) -> dict[str, Any]:
-        values = compiled.construct_params(params)
+        values = dict(compiled.construct_params(params))
         for name, proc in processors.items():
             values[name] = proc(values[name])
         return values
@@ -376,8 +385,10 @@ def _full(url: str) -> bool:
     import shutil
 
     db = make_url(url).database
+    if not db:
+        return False
     try:
-        return bool(db) and shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free < (1 << 20)
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(db))).free < (1 << 20)
     except OSError:
         return False
 

@@ -35,15 +35,22 @@ def dump(db_url: str, dest: Path) -> tuple[Path, dict[str, int]]:
     size) that copy records (on PostgreSQL read live after the dump: rows deleted since only
     shrink the set)."""
     if is_sqlite(db_url):
-        db_file = _dump_sqlite(Path(make_url(db_url).database), dest)
+        db_file = _dump_sqlite(_sqlite_file(db_url), dest)
         return db_file, _blob_sizes_in_file(db_file)
     return _dump_postgres(db_url, dest), _blob_sizes_live(db_url)
+
+
+def _sqlite_file(db_url: str) -> Path:
+    database = make_url(db_url).database
+    if not database:
+        raise InvalidInput(f"{masked_url(db_url)} names no database file")
+    return Path(database)
 
 
 def load(db_file: Path, db_url: str) -> None:
     """Restore a copy made by ``dump`` into a new SQLite file or an empty PostgreSQL database."""
     if is_sqlite(db_url):
-        _load_sqlite(db_file, Path(make_url(db_url).database))
+        _load_sqlite(db_file, _sqlite_file(db_url))
     else:
         _load_postgres(db_file, db_url)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -55,7 +57,7 @@ def delete_(conn: Connection, name: str) -> None:
     conn.execute(delete(t.environments).where(t.environments.c.name == name))
 
 
-def bindings(written: list[Environment], *, deleted: list[Environment] = ()) -> dict:
+def bindings(written: list[Environment], *, deleted: Sequence[Environment] = ()) -> dict:
     """``{row name: digest}`` of the environment rows a change wrote or deleted, for its event."""
     return seals.bindings("environment", [e.model_dump() for e in written],
                             deleted=[e.model_dump() for e in deleted])

@@ -40,7 +40,7 @@ def appending(conn: Connection, last: tuple[int, str] | None, *, actor: str, act
     """The statements that append one event after ``last`` (the newest event's id and hash as
     ``LAST`` reads them; None in an empty log), and the new event's hash: the event, the signed
     head moving to it, the prompts it changed (one round trip on PostgreSQL, see ``run_all``)."""
-    row = audit.new_event(tuple(last) if last else None, at=clock.now(), actor=actor, action=action,
+    row = audit.new_event((last[0], last[1]) if last else None, at=clock.now(), actor=actor, action=action,
                           object=object, detail=detail, model=model, env=env, reason=reason, db_user=db_user)
     mac, head = sealing.event_seals(conn, row["id"], row["hash"])
     statements: list[Statement] = [(_INSERT, {**row, "mac": mac})]

@@ -23,7 +23,9 @@ def _config() -> Config:
 
 
 def head() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    current = ScriptDirectory.from_config(_config()).get_current_head()
+    assert current is not None  # migrations/versions is never empty
+    return current
 
 
 def refuse_newer(rev: str | None) -> None:

@@ -19,12 +19,14 @@ from registry.store.sql.schema import probe_results, probe_runs
 
 def record_run(conn: Connection, run: ProbeRun) -> int:
     """Store ``run`` and its results; returns the run's id (also set on ``run.id``)."""
-    run_id = conn.execute(insert(probe_runs).values(
+    inserted = conn.execute(insert(probe_runs).values(
         env=run.env, model=run.model, version=run.version, revision=run.revision,
         started_at=run.started_at, actor=run.actor, ok=run.ok,
         passed=run.count(ProbeStatus.PASS), failed=run.count(ProbeStatus.FAIL),
         errors=run.count(ProbeStatus.ERROR),
-    )).inserted_primary_key[0]
+    )).inserted_primary_key
+    assert inserted is not None  # a single-row INSERT
+    run_id = inserted[0]
     if run.results:
         conn.execute(insert(probe_results), [
             {"run_id": run_id, "position": i, "probe": r.probe, "status": r.status.value,

@@ -3,6 +3,8 @@ connection, so a ledger change, its lock and its audit event share one transacti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -47,7 +49,7 @@ WINDOW = 50  # the newest releases a deploy decision reads (plus the rows workin
 _LIVE = ["deployed", "pending-deploy", "pending-rollback"]
 
 
-def working_set(conn: Connection, env: str, *, containers: list[str] = ()) -> tuple[list[Release], bool]:
+def working_set(conn: Connection, env: str, *, containers: Sequence[str] = ()) -> tuple[list[Release], bool]:
     """What promote, rollback and retention decide on without reading the whole ledger, oldest
     revision first: the newest ``WINDOW`` releases, the deployed and pending ones, the release a
     default rollback copies (``registry.ledger.rollback_target``, found through the (env, revision) index),

@@ -10,7 +10,7 @@ Store opened without a key (tests of the schema, tools) writes unsealed rows and
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -20,7 +20,7 @@ from registry.errors import AuditBroken
 from registry.store.sql import KEY_INFO, Statement, upsert
 from registry.store.sql import schema as t
 from registry.trust import seals
-from registry.trust.seals import Key, SealProblem
+from registry.trust.seals import Key, Row, SealProblem
 
 
 def key_of(conn: Connection) -> Key | None:
@@ -64,16 +64,17 @@ def moving_head(conn: Connection, head: dict[str, Any]) -> Statement:
 @functools.cache
 def _head_upsert(dialect: str):
     stmt = upsert(dialect)(t.audit_head)
-    return stmt.on_conflict_do_update(index_elements=["id"], set_={c: stmt.excluded[c] for c in ("count", "head", "mac")})
+    return stmt.on_conflict_do_update(index_elements=["id"],
+                                      set_={c: stmt.excluded[c] for c in ("count", "head", "mac")})
 
 
-def seal_version(conn: Connection, fields: Mapping[str, Any]) -> str | None:
+def seal_version(conn: Connection, fields: Row) -> str | None:
     """The mac of a versions row (``fields`` as ``seals.version_fields`` reads them)."""
     key = key_of(conn)
     return seals.version_mac(key, fields) if key else None
 
 
-def require_version(conn: Connection, row: Mapping[str, Any]) -> None:
+def require_version(conn: Connection, row: Row) -> None:
     """AuditBroken unless the version row (model name, version, manifest_digest, manifest,
     message, actor, created_at, provenance, mac) is what was sealed; the stored manifest must
     hash to its digest even without a key."""
@@ -85,7 +86,7 @@ def require_version(conn: Connection, row: Mapping[str, Any]) -> None:
                           "manifest_digest: it was edited in the database; refusing to use it")
 
 
-def require_rows(conn: Connection, kind: str, rows: list[Mapping[str, Any]]) -> None:
+def require_rows(conn: Connection, kind: str, rows: Iterable[Row]) -> None:
     """AuditBroken naming the first release or environment row whose seal does not hold."""
     key = key_of(conn)
     if key is None:
@@ -132,10 +133,11 @@ def seal_unsealed(conn: Connection) -> int:
             conn.execute(update(table).where(table.c.id == row["id"]).values(mac=seals.row_mac(key, kind, row)))
             count += 1
     last = None
-    for row in list(conn.execute(select(t.events.c.id, t.events.c.hash, t.events.c.mac).order_by(t.events.c.id))):
-        last = row
-        if row.mac is None:
-            conn.execute(update(t.events).where(t.events.c.id == row.id).values(mac=seals.event_mac(key, row.id, row.hash)))
+    for event in list(conn.execute(select(t.events.c.id, t.events.c.hash, t.events.c.mac).order_by(t.events.c.id))):
+        last = event
+        if event.mac is None:
+            mac = seals.event_mac(key, event.id, event.hash)
+            conn.execute(update(t.events).where(t.events.c.id == event.id).values(mac=mac))
             count += 1
     if last is not None and conn.execute(select(t.audit_head)).first() is None:
         seal_event(conn, last.id, last.hash)

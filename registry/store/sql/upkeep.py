@@ -141,7 +141,8 @@ def integrity_check(conn: Connection) -> tuple[str, list[StorageProblem]]:
     """The database's own check: what was checked, and what it found."""
     if conn.dialect.name == "sqlite":
         found = [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check").all()]
-        problems = [] if found == ["ok"] else [StorageProblem(kind=ProblemKind.DATABASE, detail=line) for line in found[:20]]
+        problems = ([] if found == ["ok"]
+                    else [StorageProblem(kind=ProblemKind.DATABASE, detail=line) for line in found[:20]])
         fk = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
         problems += [StorageProblem(kind=ProblemKind.DATABASE, detail=f"a row of {r[0]} points at a missing {r[2]} row")
                      for r in fk[:20]]

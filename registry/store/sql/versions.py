@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select
 from sqlalchemy.engine import Connection
@@ -179,7 +181,7 @@ def changelog(store: Store, model: str | None = None, *, limit: int | None = Non
 
 
 def _newest(store: Store, model: str | None, *, limit: int | None, offset: int = 0,
-            include_deprecated: bool = True, extra: list = ()) -> list:
+            include_deprecated: bool = True, extra: Sequence[Any] = ()) -> Sequence[Any]:
     """Summary rows (plus ``extra`` columns), newest first, in one bounded query through the
     (model_id, created_at, id) / (created_at, id) indexes; NotFound for an unknown model."""
     query = (select(*_summary_query().selected_columns, *extra).select_from(t.versions.join(t.models))
@@ -343,7 +345,8 @@ _INSERT_VERSION = insert(t.versions).from_select(  # the model's id from its nam
 _INSERT_FILES = insert(t.version_files).from_select(  # the version's id from the model's name and its version
     ["version_id", "kind", "name", "digest"],
     select(t.versions.c.id, *(bindparam(c, type_=t.version_files.c[c].type) for c in ("kind", "name", "digest")))
-    .where(t.versions.c.model_id == select(t.models.c.id).where(t.models.c.name == bindparam("model")).scalar_subquery(),
+    .where(t.versions.c.model_id
+           == select(t.models.c.id).where(t.models.c.name == bindparam("model")).scalar_subquery(),
            t.versions.c.version == bindparam("version")))
 
 
