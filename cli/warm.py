@@ -3,18 +3,23 @@ command (see ``cli/launch.py`` for why and for the client's side).
 
 One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
 argv, environment, working directory, umask, ignored signals and stream settings. The warm
-process hands it all to a child forked ahead, which answers one byte (accepted: from here on
-the command counts as started), takes the client's descriptors as 0/1/2, its environment,
-directory and umask, runs ``cli.main.main`` as the client would have, and answers its exit
-status itself. The warm process forwards the signal numbers the client sends, kills the child
-when the client disappears (``kill -9`` of ``registry`` stops the command, as before), and
-answers for a child killed by a signal (the negative signal number). A child dies with the
-warm process. A request that gets no accept byte ran nowhere: its client runs it in-process.
+process checks who sent it and hands the connection and descriptors, unread, to a child forked
+ahead: the child reads the request (the caller's environment, secrets included, never passes
+through the warm process), answers an accept byte and its pid (from here on the command counts
+as started, and the client signals it directly), takes the client's descriptors as 0/1/2, its
+environment, directory and umask, runs ``cli.main.main`` as the client would have, and answers
+its exit status itself. The warm process kills the child when the client disappears (``kill -9``
+of ``registry`` stops the command, as before), and answers for a child killed by a signal (the
+negative signal number). A started command outlives the warm process: a promote is never cut
+short because another process died. A spare not yet used dies with it. A request that gets no
+accept byte ran nowhere: its client runs it in-process.
 
 Only the user who started it, with the same privileges, may use it (``SO_PEERCRED`` and
 /proc), the socket sits in a folder only that user may enter, and after ``idle_s`` seconds
-without a command it removes its socket, serves what was already queued, and exits. One warm
-process per socket: a lock file decides.
+without a command it removes its socket, serves what was already queued, and exits. So it does,
+sooner, when superseded: its code changed on disk (checked every ``CHECK_S``), SIGTERM, or more
+than ``MAX_WARM`` warm processes of this user (the least recently used go). One warm process
+per socket: a lock file decides, and holds its pid.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
-from cli.launch import FORWARDED_SIGNALS, privileges
+from cli.launch import FORWARDED_SIGNALS, code_stamps, privileges
 
 MAX_REQUEST = 16 << 20
 REQUEST_S = 5  # a client has this long to send its request
 PR_SET_PDEATHSIG = 1
+CHECK_S = 5.0  # how often an idle warm process looks whether its code changed on disk
+MAX_WARM = 3  # warm processes of one user at once (other code, cgroups, privileges); LRU beyond
 
 
 def serve(path: str, idle_s: int) -> None:
@@ -46,6 +54,13 @@ def serve(path: str, idle_s: int) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another warm process serves this socket
+    if not _has_pidfds():  # it could not tell when a command ends: stay out of the way, for good
+        with open(path.removesuffix(".sock") + ".off", "w"):
+            pass
+        return
+    os.ftruncate(lock, 0)
+    os.write(lock, f"{os.getpid()}\n".encode())
+    stamps = code_stamps()
     # Whatever its starter ignored or blocked (SIGCHLD ignored would reap children before
     # waitpid could), the warm process and its children start from the defaults.
     for name in ("SIGCHLD", *FORWARDED_SIGNALS):
@@ -60,13 +75,53 @@ def serve(path: str, idle_s: int) -> None:
     os.chmod(fresh, 0o600)
     listener.listen(128)
     os.rename(fresh, path)  # replaces the socket of a warm process that was killed
-    server = Server(listener, lock, path)
+    server = Server(listener, lock, path, stamps)
+    _evict_beyond(os.path.dirname(path), MAX_WARM, own=lock)
     gc.collect()
     gc.freeze()  # children neither scan nor copy the imported heap
     try:
         server.run(idle_s)
     finally:
         server.unlink()
+
+
+def _has_pidfds() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+        return True
+    except (AttributeError, OSError):  # Linux before 5.3, or a seccomp filter that refuses it
+        return False
+
+
+def _evict_beyond(folder: str, keep: int, *, own: int) -> None:
+    """Ask the least recently used warm processes of this user to go, beyond ``keep`` (each
+    touches its lock file when it takes a command). A lock file nobody holds is left alone."""
+    alive = []
+    for name in os.listdir(folder):
+        if not name.endswith(".lock"):
+            continue
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_ino == os.fstat(own).st_ino:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it: no warm process there
+            except BlockingIOError:
+                pid = int(os.read(fd, 32).split()[0])
+                alive.append((os.fstat(fd).st_mtime, pid))
+        except (OSError, ValueError, IndexError):
+            continue
+        finally:
+            os.close(fd)
+    for _used, pid in sorted(alive, reverse=True)[keep - 1:]:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"cli.warm" in f.read():
+                    os.kill(pid, signal.SIGTERM)  # it finishes what it serves, then exits
 
 
 def _preload() -> None:
@@ -106,44 +161,65 @@ class Server:
     it started. Nothing a client sends or a failed fork can stop the loop; a command that could
     not be handed over gets no accept byte, and its client runs it in-process."""
 
-    def __init__(self, listener: socket.socket, lock: int, path: str):
-        self.listener, self.lock, self.path = listener, lock, path
+    def __init__(self, listener: socket.socket, lock: int, path: str, stamps: list[str]):
+        self.listener, self.lock, self.path, self.stamps = listener, lock, path, stamps
         self.inode = os.stat(path).st_ino
         self.own = privileges()
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, ("accept", 0))
-        self.jobs: dict[int, tuple[socket.socket | None, int]] = {}  # pid -> (client, pidfd)
+        # SIGTERM asks it to go (the newest warm process evicting the least recently used): a
+        # byte on this pair wakes the loop, which stops taking commands and serves the rest.
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", 0))
+        self.asked_to_go = False
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._go)
+        self.jobs: dict[int, tuple[socket.socket, int]] = {}  # pid -> (client, pidfd)
         self.spare: tuple[int, socket.socket, int] | None = None  # pid, our end of its pair, pidfd
 
+    def _go(self, _signum, _frame) -> None:
+        self.asked_to_go = True
+
+    def superseded(self) -> bool:
+        """Asked to go, or its code changed on disk: a client would not pick it any more."""
+        return self.asked_to_go or code_stamps() != self.stamps
+
     def run(self, idle_s: int) -> None:
-        last = time.monotonic()
+        last = checked = time.monotonic()
         closing = False
         while True:
             if self.spare is None and not closing:
                 self.spare = self._fork_spare()
-            if not closing and not self.jobs and time.monotonic() - last >= idle_s:
+            now = time.monotonic()
+            stale = now - checked >= CHECK_S
+            if not closing and ((not self.jobs and now - last >= idle_s) or self.asked_to_go
+                                or (stale and self.superseded())):
                 self.unlink()  # no new clients; the ones already queued are still served
                 closing = True
+            if stale:
+                checked = now
             timeout: float | None
             if closing:
                 timeout = 0 if not self.jobs else None
             elif self.spare is None:
                 timeout = 1.0  # fork failed (no memory, a pids limit): try again soon
             else:
-                timeout = None if self.jobs else max(idle_s - (time.monotonic() - last), 0.1)
+                timeout = min(CHECK_S, max(idle_s - (now - last), 0.1))
             events = self.sel.select(timeout)
             if closing and not events and not self.jobs:
                 return
             for key, _ in events:
                 kind, pid = key.data
-                if kind == "accept":
+                if kind == "wake":
+                    with contextlib.suppress(OSError):
+                        self.wake_r.recv(64)
+                elif kind == "accept":
                     last = time.monotonic()
                     self.accept()
-                elif pid in self.jobs:  # not finished earlier in this same batch
-                    if kind == "client":
-                        self.from_client(pid)
-                    else:
-                        self.finished(pid)
+                elif pid in self.jobs:
+                    self.finished(pid)
 
     def unlink(self) -> None:
         """Remove our socket, not one a newer warm process put at the same path."""
@@ -156,49 +232,29 @@ class Server:
             conn, _ = self.listener.accept()
         except OSError:  # out of descriptors, or the client gave up: it runs the command itself
             return
-        fds: list[int] = []
         try:
             pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             if uid != os.getuid() or privileges(pid) != self.own:  # not ours, or less privileged
                 raise OSError("another user, or a process with other privileges")
-            deadline = time.monotonic() + REQUEST_S
-            conn.settimeout(REQUEST_S)
-            head, fds, _, _ = socket.recv_fds(conn, 4, 3)
-            (size,) = struct.unpack("!I", head)
-            if len(fds) != 3 or size > MAX_REQUEST:
-                raise OSError("not a request")
-            body = bytearray()
-            while len(body) < size:
-                conn.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = conn.recv(size - len(body))
-                if not chunk:
-                    raise OSError("short request")
-                body += chunk
-            # marshal, not JSON: the client's start-up does not import json. Only a process
-            # of this user with these privileges gets here, and it could kill us anyway.
-            marshal.loads(body)
-            conn.settimeout(None)
-            pid, pidfd = self._hand_over(conn, fds, bytes(body))
-        except (OSError, ValueError, EOFError, struct.error):  # no accept byte: it runs in-process
+            # The request (its descriptors, argv, the caller's environment) is the child's to read.
+            pid, pidfd = self._hand_over(conn)
+        except (OSError, struct.error):  # nothing sent to it: it runs in-process
             conn.close()
             return
-        finally:
-            for fd in fds:
-                os.close(fd)
         self.jobs[pid] = (conn, pidfd)
-        self.sel.register(conn, selectors.EVENT_READ, ("client", pid))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", pid))
+        with contextlib.suppress(OSError):
+            os.utime(self.lock)  # last used: the least recently used warm process goes first
 
-    def _hand_over(self, conn: socket.socket, fds: list[int], body: bytes) -> tuple[int, int]:
-        """Give the command to the spare (a fresh one if it died); its pid and pidfd."""
+    def _hand_over(self, conn: socket.socket) -> tuple[int, int]:
+        """Give the connection to the spare (a fresh one if it died); its pid and pidfd."""
         for attempt in range(2):
-            spare, self.spare = self.spare or self._fork_spare(conn, fds), None
+            spare, self.spare = self.spare or self._fork_spare(conn), None
             if spare is None:
                 raise OSError("cannot fork")
             pid, pair, pidfd = spare
             try:
-                socket.send_fds(pair, [struct.pack("!I", len(body))], [conn.fileno(), *fds])
-                pair.sendall(body)
+                socket.send_fds(pair, [b"c"], [conn.fileno()])
                 return pid, pidfd
             except OSError:
                 with contextlib.suppress(OSError):
@@ -212,35 +268,18 @@ class Server:
                 pair.close()
         raise AssertionError("unreachable")
 
-    def from_client(self, pid: int) -> None:
-        conn, pidfd = self.jobs[pid]
-        if conn is None:  # the client is gone: no longer selected on, nothing to read
-            return
-        try:
-            data = conn.recv(64)
-        except OSError:
-            data = b""
-        if not data:  # the client is gone (killed, or its terminal closed): so is the command
-            self.sel.unregister(conn)
-            conn.close()
-            self.jobs[pid] = (None, pidfd)
-            data = bytes([signal.SIGKILL])
-        for signum in data:
-            with contextlib.suppress(OSError):  # gone already, or not a signal number
-                os.kill(pid, signum)
-
     def finished(self, pid: int) -> None:
         conn, pidfd = self.jobs.pop(pid)
         _, status = os.waitpid(pid, 0)
         self.sel.unregister(pidfd)
         os.close(pidfd)
-        if conn is not None:
-            self.sel.unregister(conn)
-            # The child answered just before it exited, unless it was killed (or left by
-            # os._exit); the client reads the first answer only.
+        # A child that took the command answered its status itself just before it exited; one
+        # killed by a signal could not, so the warm process answers for it (a negative number).
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
             with contextlib.suppress(OSError):
-                conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
-            conn.close()
+                conn.sendall(struct.pack("!i", code))
+        conn.close()
 
     def _fork_spare(self, *inherited) -> tuple[int, socket.socket, int] | None:
         """A child forked ahead; None when the system will not fork now. ``inherited``: the
@@ -270,7 +309,7 @@ class Server:
     def _spare(self, pair: socket.socket, inherited) -> None:
         """The spare child: drop what is the warm process's, wait for a command, run it."""
         code = 1
-        conn = None
+        conn = started = None  # the client's connection; the same once it took the command
         try:
             parent = os.getppid()
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -279,33 +318,37 @@ class Server:
             # Nothing of the warm process's may stay open here: not its lock (a new warm
             # process could not start), nor another command's socket (its client would not
             # see that the warm process died).
+            signal.set_wakeup_fd(-1)
             self.sel.close()
             self.listener.close()
+            self.wake_r.close()
+            self.wake_w.close()
             os.close(self.lock)
             for other, pidfd in self.jobs.values():
                 if other is not None:
                     other.close()
                 os.close(pidfd)
             if inherited:
-                for fd in (inherited[0].detach(), *inherited[1]):
-                    os.close(fd)
-            head, fds, _, _ = socket.recv_fds(pair, 4, 4)
-            if len(head) < 4 or len(fds) != 4:
+                os.close(inherited[0].detach())
+            _, given, _, _ = socket.recv_fds(pair, 1, 1)
+            if len(given) != 1:
                 code = 0  # the warm process is closing: never used
                 return
-            (size,) = struct.unpack("!I", head)
-            body = bytearray()
-            while len(body) < size:
-                chunk = pair.recv(size - len(body))
-                if not chunk:
-                    return
-                body += chunk
             pair.close()
-            os.set_inheritable(fds[0], False)  # a subprocess of the command must not hold it
-            conn = socket.socket(fileno=fds[0])
-            conn.sendall(b"\x01")  # accepted: from here on the command counts as started
-            request = marshal.loads(body)
-            for fd, fd_from in enumerate(fds[1:]):
+            os.set_inheritable(given[0], False)  # a subprocess of the command must not hold it
+            conn = socket.socket(fileno=given[0])
+            # Ready: only now does the client send its descriptors, to this live process. One
+            # queued on a stopped warm process would hold the client's pipes open (a `registry
+            # list | tail` that never ends).
+            conn.sendall(b"\x02")
+            fds, request = _read_request(conn)
+            # Accepted: from here on the command counts as started, the client signals this
+            # process directly, and it no longer dies with the warm process.
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)
+            conn.sendall(b"\x01" + struct.pack("!i", os.getpid()))
+            started = conn
+            threading.Thread(target=_die_with_client, args=(conn,), name="cellar-client", daemon=True).start()
+            for fd, fd_from in enumerate(fds):
                 os.dup2(fd_from, fd)
                 os.close(fd_from)
             os.environ.clear()
@@ -331,9 +374,9 @@ class Server:
             except BaseException:  # as the interpreter would: through the hook typer installed
                 sys.excepthook(*sys.exc_info())
             finally:
-                threading = sys.modules.get("threading")
-                if threading is not None and hasattr(threading, "_shutdown"):
-                    threading._shutdown()  # non-daemon threads finish, as at interpreter exit
+                loaded = sys.modules.get("threading")
+                if loaded is not None and hasattr(loaded, "_shutdown"):
+                    loaded._shutdown()  # non-daemon threads finish, as at interpreter exit
                 import atexit
 
                 atexit._run_exitfuncs()
@@ -344,16 +387,51 @@ class Server:
                 traceback.print_exc()
         finally:
             code = _flush_as_python_does(code)
-            if conn is not None:
+            if started is not None:  # a request never accepted gets no status: it ran nowhere
                 # Answer before exiting: tearing down the heap takes ~8 ms the client need not
                 # wait. Every other descriptor is closed first, so that its locks, the
                 # database and the client's pipes are released by the time the client exits.
-                fd = conn.fileno()
+                fd = started.fileno()
                 os.closerange(0, fd)
                 os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
                 with contextlib.suppress(OSError):
                     os.write(fd, struct.pack("!i", code))
             os._exit(code)
+
+
+def _die_with_client(conn: socket.socket) -> None:
+    """When the client is gone (``kill -9`` of ``registry``, its terminal closed), so is the
+    command, as it would be in-process: whether or not the warm process still runs."""
+    with contextlib.suppress(OSError):
+        while conn.recv(64):  # a client sends nothing after its request
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _read_request(conn: socket.socket) -> tuple[list[int], dict]:
+    """The client's stdin/stdout/stderr and request, within REQUEST_S. marshal, not JSON: the
+    client's start-up does not import json. Only a process of this user with these privileges
+    gets here."""
+    deadline = time.monotonic() + REQUEST_S
+    conn.settimeout(REQUEST_S)
+    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    if len(head) != 4 or len(fds) != 3:
+        raise OSError("not a request")
+    (size,) = struct.unpack("!I", head)
+    if size > MAX_REQUEST:
+        raise OSError("request too large")
+    body = bytearray()
+    while len(body) < size:
+        conn.settimeout(max(deadline - time.monotonic(), 0.001))
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise OSError("short request")
+        body += chunk
+    conn.settimeout(None)
+    request = marshal.loads(body)
+    if not isinstance(request, dict):
+        raise ValueError("not a request")
+    return fds, request
 
 
 def _python_default(signum: int):
