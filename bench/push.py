@@ -1,12 +1,15 @@
 """Bench: `registry push` of large weights against the plain tools, page cache dropped, paired A/B.
 
-    python bench/push.py [--size 2048] [--pairs 7] [--dir /tmp/cellar-bench] [--only cold,shards,copied,prompt]
+    python bench/push.py [--size 2048] [--pairs 7] [--dir /tmp/cellar-bench]
+                         [--only cold,shards,copied,copied-hot,prompt]
                          [--pg ADMIN_URL] [--in-process]
 
 - cold:   push of one SIZE MiB safetensors into a fresh home   vs  `cp FILE DST && sync DST`
 - shards: push of 8 safetensors shards (SIZE/8 MiB each)        vs  `cp` of the 8 files && `sync` them
 - copied: push of a byte-for-byte copy of weights already stored (a new inode: the stat cache
           misses)                                               vs  one hashlib SHA-256 pass over it
+- copied-hot: the same, as a user does it: the copy made just before (`cp`, so in the page
+          cache), no cache dropped                               vs  one hashlib SHA-256 pass over it
 - prompt: a prompt-only new version (weights known to the stat cache), CLI and API.
 
 Each pair runs both sides in alternating order, each from a cold page cache (`echo 3 >
@@ -146,10 +149,11 @@ def spread(xs: list[float], unit: str = "s") -> str:
     return f"min {min(xs):.2f}{unit} median {statistics.median(xs):.2f}{unit} max {max(xs):.2f}{unit}"
 
 
-def report(title: str, name_a: str, a: list[Run], name_b: str, b: list[Run], size: int, target: float) -> None:
-    ratios = [x.wall / y.wall for x, y in zip(a, b)]
+def report(title: str, name_a: str, a: list[Run], name_b: str, b: list[Run], size: int, target: float,
+           cache: str = "cold page cache") -> None:
+    ratios = [x.wall / y.wall for x, y in zip(a, b, strict=True)]
     gib = size / GIB
-    print(f"\n{title} ({len(a)} interleaved pairs, {size // MIB} MiB, cold page cache)")
+    print(f"\n{title} ({len(a)} interleaved pairs, {size // MIB} MiB, {cache})")
     for name, runs in ((name_a, a), (name_b, b)):
         print(f"  {name:<28} wall {spread([r.wall for r in runs])}; "
               f"CPU {statistics.median(r.cpu for r in runs) / gib:.2f} s/GiB; "
@@ -225,6 +229,29 @@ def bench_copied(work: Path, src: Path, copy: Path, prompt: Path, n: int) -> Non
     print(f"  blob store after {n} copied re-pushes: {blobs / MIB:.0f} MiB (the original's blob and prompts)")
 
 
+def bench_copied_hot(work: Path, src: Path, copy: Path, prompt: Path, n: int) -> None:
+    """As measured from outside: `cp` the known weights to a new file (in the page cache, as
+    a fresh copy is), then push it; against one SHA-256 pass over that same copy."""
+    env = fresh_home(work)
+    run(push_cmd([src], "v1", prompt), env=env, cold=False)
+
+    def fresh_copy() -> None:
+        copy.unlink(missing_ok=True)
+        subprocess.run(["cp", str(src), str(copy)], check=True)
+
+    def push(i: int) -> Run:
+        fresh_copy()
+        return run(push_cmd([copy], f"v3.{i}", prompt), env=env, cold=False)
+
+    def sha(i: int) -> Run:
+        fresh_copy()
+        return run([sys.executable, "-c", HASH_PASS, str(copy)], cold=False)
+
+    a, b = pairs(n, push, sha)
+    report("re-push of a fresh copy vs one hashlib SHA-256 pass", "registry push (fresh copy)", a,
+           "hashlib sha256 pass", b, copy.stat().st_size, 1.15, cache="the copy in the page cache")
+
+
 def bench_prompt_only(work: Path, src: Path, prompt: Path) -> None:
     """A prompt-only new version: the weights are known to the stat cache."""
     env = fresh_home(work)
@@ -242,7 +269,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help="MiB of weights (default 2048)")
     ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--dir", default="/tmp/cellar-bench")
-    ap.add_argument("--only", default="cold,shards,copied,prompt")
+    ap.add_argument("--only", default="cold,shards,copied,copied-hot,prompt")
     ap.add_argument("--keep", action="store_true", help="keep the generated files for another run")
     ap.add_argument("--pg", metavar="ADMIN_URL", help="each home's database on PostgreSQL")
     ap.add_argument("--in-process", action="store_true", help="REGISTRY_WARM=0: every push starts Python anew")
@@ -288,6 +315,9 @@ def bench(args) -> None:
             if not copy.exists():
                 shutil.copyfile(src, copy)
             bench_copied(work, src, copy, prompt, args.pairs)
+        if "copied-hot" in only:
+            copy.parent.mkdir(exist_ok=True)
+            bench_copied_hot(work, src, copy, prompt, args.pairs)
         if "prompt" in only:
             bench_prompt_only(work, src, prompt)
     finally:

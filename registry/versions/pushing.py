@@ -210,6 +210,8 @@ def _store_file(cfg: Configuration, f: SourceFile, *, write: bool, progress: Pro
                else hash_file(f.path, f.tensors))
     except FileNotFoundError:
         raise InvalidInput(f"{f.path} disappeared during the push; nothing was recorded") from None
+    if f.tensors and not got.tensor_digests:  # bytes already stored: their tensors are indexed
+        got.tensor_digests = _known_tensors(cfg, got.digest, f)
     cfg.stat_cache.record(f.path, before, got.digest)
     return got
 
