@@ -19,7 +19,7 @@ from registry import inputs
 from registry.configuration import Configuration, EngineFactory
 from registry.engines.engine import Engine
 from registry.engines.http import Checks
-from registry.errors import InvalidInput, StorageError
+from registry.errors import InvalidInput
 from registry.ledger import Release
 from registry.models import (
     DeployResult,
@@ -34,7 +34,7 @@ from registry.models import (
 )
 from registry.models.probes import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
 from registry.store.files.blobs import BlobStore
-from registry.store.sql import Store, events, masked_url, sealing, versions
+from registry.store.sql import Store, events, versions
 from registry.trust import audit, seals
 from registry.trust.audit import Checkpoint, Event, Verification
 from registry.versions import inspection, pushing, refs
@@ -104,43 +104,17 @@ class Registry:
              db_url: str | None = None) -> tuple[Registry, InitResult]:
         """Create (or bring up to date) a registry home. Idempotent. ``db_url`` (e.g. PostgreSQL)
         is remembered in the home's config file, without its password, for later commands."""
-        from registry.store.sql import migrate
+        from registry.upkeep import schema
 
-        home = home_mod.for_init(path, db_url=db_url)
-        store = Store(home.db_url, source=home.db_source)  # a malformed URL is refused before any folder exists
-        _create_folders(home)
-        before = store.schema_revision()
-        migrate.upgrade(store)
-        _seal(store, home, actor=actor)
-        if home.db_source in ("--db-url", home_mod.DB_URL_VAR):
-            home_mod.write_config(home, home.db_url)
-        created = before is None
-        if created:
-            with store.write() as conn:
-                events.append(conn, actor=actor_mod.identify(actor), action="init", object=str(home.path),
-                              detail={"db": masked_url(home.db_url)}, db_user=store.db_user(conn))
-        return cls(home, store), InitResult(home=str(home.path), db_url=masked_url(home.db_url), created=created)
+        home, store, result = schema.init(path, actor=actor_mod.identify(actor), db_url=db_url)
+        return cls(home, store), result
 
     @classmethod
     def upgrade_schema(cls, path: str | Path | None = None, *, actor: str | None = None) -> tuple[str | None, str]:
         """Migrate the database to the schema this program needs; return (before, after)."""
-        from registry.store.sql import migrate
+        from registry.upkeep import schema
 
-        home = home_mod.locate(path)
-        store = Store(home.db_url, source=home.db_source)
-        try:
-            before = store.schema_revision()
-            migrate.upgrade(store)
-            _seal(store, home, actor=actor)
-            after = store.schema_revision()
-            assert after is not None  # upgraded: at the head revision
-            if before != after:
-                with store.write() as conn:
-                    events.append(conn, actor=actor_mod.identify(actor), action="db-upgrade", object="schema",
-                                  detail={"from": before, "to": after}, db_user=store.db_user(conn))
-            return before, after
-        finally:
-            store.close()
+        return schema.upgrade(path, actor=actor_mod.identify(actor))
 
     def close(self) -> None:
         """Save the stat cache and close the database and every Docker engine opened."""
@@ -478,28 +452,3 @@ def _since(since: str | datetime | None) -> datetime | None:
 
 def _log_alert(text: str) -> None:
     logging.getLogger("registry.health.watching").warning("alert: %s", text)
-
-
-def _seal(store: Store, home: home_mod.Home, *, actor: str | None) -> None:
-    """Load the signing key, or create it and trust what the record holds, once: a home that
-    never had a key seals its rows when it gets one, and an audit event says how many. A home
-    that has a key seals nothing here: an unsealed row there was written (or unsealed) by
-    someone without the key, and `registry audit verify` keeps naming it."""
-    first_use = not seals.key_path(home.path).exists()
-    store.key = seals.load_or_create_key(home.path, create=True)
-    if not first_use:
-        return
-    with store.write() as conn:
-        if count := sealing.seal_unsealed(conn):
-            events.append(conn, actor=actor_mod.identify(actor), action="seal", object="record",
-                          detail={"rows_sealed": count, "key": store.key.id}, db_user=store.db_user(conn))
-
-
-def _create_folders(home: home_mod.Home) -> None:
-    try:
-        home.path.mkdir(parents=True, exist_ok=True)
-        BlobStore(home.blobs).create()
-    except OSError as exc:
-        where = exc.filename or home.path
-        raise StorageError(f"cannot create the registry folder {where} ({exc.strerror or exc}): "
-                           "pick a writable place with REGISTRY_HOME or `registry init PATH`") from None
