@@ -1,4 +1,5 @@
 """Deploys: one object per action (``Promote``, ``Rollback``, ``Recover``, ``AddEnv``,
-``RemoveEnv``, ``Status``) built from the registry's ``Configuration``, and the ports they use:
-the container engine (``engine.py``; ``docker.py`` for real, ``fake.py`` in memory) and the HTTP
-checks (``http.py``)."""
+``RemoveEnv``, ``Status``), each a ``DeployAction`` built from the registry's ``Configuration``:
+``switching`` (lock, switch, settle), ``ownership`` (who may hold an environment's lock),
+``snapshots`` (a version's files at ``/model``) and the probe gate. The ports they use are in
+``registry.engines``."""

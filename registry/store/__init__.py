@@ -1,1 +1,2 @@
-"""Adapters for where Cellar keeps things: the SQL metadata store and the blob store."""
+"""Adapters for where Cellar keeps things: ``sql`` (every SQL statement, behind ``Store``) and
+``files`` (the blob store and the stat cache)."""
