@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,11 +22,18 @@ N = 8
 
 
 def _push_all(manifests: list[Path], *extra: str) -> list[subprocess.CompletedProcess]:
-    """Start every push before waiting for any, so they really overlap."""
-    procs = [subprocess.Popen([REGISTRY, "push", str(m), "--json", *extra], env=dict(os.environ),
+    """Every push waits, its blobs stored, until all have stored theirs (registry.faults), so
+    they all race for the write lock: the overlap is forced, not hoped for."""
+    meet = tempfile.mkdtemp(prefix="cellar-meet-")
+    env = {**os.environ, "CELLAR_MEET_AT": f"push:blobs-stored:{len(manifests)}:{meet}"}
+    procs = [subprocess.Popen([REGISTRY, "push", str(m), "--json", *extra], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for m in manifests]
-    return [subprocess.CompletedProcess(p.args, p.wait(), *p.communicate()) for p in procs]
+    done = [subprocess.CompletedProcess(p.args, p.wait(), *p.communicate()) for p in procs]
+    met = len(os.listdir(meet))
+    shutil.rmtree(meet)
+    assert met == len(manifests), f"only {met} of {len(manifests)} pushes reached the meeting point"
+    return done
 
 
 def _assert_chain(home: Path) -> list[dict]:
