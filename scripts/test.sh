@@ -5,8 +5,20 @@
 # password scripts/setup-postgres.sh keeps in /var/lib/cellar-test/pgpass (root only); set
 # CELLAR_TEST_PG_URL yourself to use another server instead.
 # Usage: scripts/test.sh [pytest args...]
+#        scripts/test.sh --fast [pytest args...]
+# --fast: only the tests marked neither docker, postgres nor browser (tests/conftest.py marks them),
+# with nothing installed or started but the venv, on CELLAR_TEST_JOBS pytest-xdist workers (default:
+# two per core, as the tests also wait on subprocesses, sleeps and fsync; 0 runs them in this
+# process, for --pdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fast" ]; then
+    shift
+    scripts/bootstrap.sh
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${CELLAR_TEST_JOBS:-$(($(nproc) * 2))}" \
+        -m "not docker and not postgres and not browser" "$@"
+fi
 
 scripts/bootstrap.sh
 if [ -z "${CELLAR_TEST_PG_URL:-}" ]; then

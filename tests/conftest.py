@@ -2,14 +2,27 @@
 
 Only the clock is mocked (``frozen_clock``). Tests that need PostgreSQL or Docker skip on a
 developer machine without them, and fail under CI=true, where .ci/run starts both.
+
+Tests are marked ``docker``, ``postgres`` or ``browser`` here, from the fixtures they use (see
+``NEEDS`` and ``db_url``): ``scripts/test.sh --fast`` runs those with none of the three.
+
+Docker: one tiny test server image for the session, free host ports, cleanup by label. The image
+is Debian's static busybox plus the scripts in ``integration/server/`` (httpd with CGI health and
+warm-up endpoints), loaded with ``docker import``: no registry, built in about a second, and only
+when its inputs changed (the tag carries their hash).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
 import secrets
+import socket
 import subprocess
+import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +34,18 @@ PG_ADMIN_URL = os.environ.get(
     "CELLAR_TEST_PG_URL", "postgresql+psycopg://cellar:cellar@127.0.0.1:5432/cellar_test"
 )
 IN_CI = os.environ.get("CI") == "true"
+
+# The fixtures that need a service, and the mark each gives every test that uses it, directly or
+# through another fixture. PostgreSQL through ``db_url`` is marked on its "postgresql" param.
+NEEDS = {"docker_image": "docker", "docker_client": "docker", "pg_url": "postgres", "browser": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the services its fixtures need, before ``-m`` selects."""
+    for item in items:
+        for fixture in sorted(NEEDS.keys() & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(NEEDS[fixture])
 
 
 def need(what: str, reason: str):
@@ -92,11 +117,33 @@ def database_like(kind: str, sqlite_file: Path):
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """A fresh, empty database: a SQLite file, or a new PostgreSQL database."""
     with database_like(request.param, tmp_path / "registry.db") as url:
         yield url
+
+
+@pytest.fixture
+def pg_url(tmp_path):
+    """A new, empty PostgreSQL database, whatever ``db_url`` the test has (for PostgreSQL-only tests)."""
+    with database_like("postgresql", tmp_path / "unused.db") as url:
+        yield url
+
+
+@pytest.fixture
+def other_url(tmp_path, db_url):
+    """A second new, empty database of the same kind as ``db_url`` (another site's, for transfers)."""
+    with database_like(db_url, tmp_path / "other.db") as url:
+        yield url
+
+
+@pytest.fixture
+def target(tmp_path, db_url):
+    """Where to restore: a new home, and a new, empty database of the same kind as ``db_url``."""
+    path = tmp_path / "restored"
+    with database_like(db_url, path / "registry.db") as url:
+        yield path, url
 
 
 @pytest.fixture
@@ -133,6 +180,16 @@ def sqlite_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def store(tmp_path):
+    """An empty blob store (files only, no database)."""
+    from registry.store.files.blobs import BlobStore
+
+    s = BlobStore(tmp_path / "blobs")
+    s.create()
+    return s
+
+
+@pytest.fixture
 def model_dir(tmp_path) -> helpers.ModelDir:
     """A folder with a safetensors file, a prompt and a cellar.yaml, ready to push."""
     return helpers.ModelDir.create(tmp_path / "model")
@@ -145,3 +202,173 @@ def git_repo(tmp_path):
     repo.mkdir()
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     return repo
+
+
+def sql(reg, *statements: str, **params) -> None:
+    """Run raw SQL statements against ``reg``'s database in one transaction (to tamper, to break)."""
+    from sqlalchemy import text
+
+    with reg.store.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement), params)
+
+
+# --- the CLI, in-process ----------------------------------------------------------------------
+
+
+def cli(*args: str, code: int = 0, env: dict | None = None):
+    """``registry ARGS`` through typer's CliRunner; fails unless it exits with ``code``."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def as_json(*args: str, code: int = 0):
+    """``registry ARGS --json``, parsed."""
+    return json.loads(cli(*args, "--json", code=code).stdout)
+
+
+# --- the in-library fake engine ---------------------------------------------------------------
+
+IMAGE = "example:latest"
+IMAGE_ID = "sha256:" + "ab" * 32
+FAKE_TOKEN = "canary-s3cr3t-value"  # the fake fixture's SUPPORT_API_TOKEN
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The in-library fake engine standing in for Docker, with ``IMAGE`` pulled (as ``IMAGE_ID``)
+    and SUPPORT_API_TOKEN set to ``FAKE_TOKEN``."""
+    from registry.engines.fake import FakeEngine
+
+    monkeypatch.setenv("SUPPORT_API_TOKEN", FAKE_TOKEN)
+    return FakeEngine(images={IMAGE: IMAGE_ID})
+
+
+def on_fake(home: Path, fake):
+    """The registry at ``home`` whose engine (push pins images through it too) and HTTP checks are ``fake``."""
+    from registry.api import Registry
+
+    return Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks)
+
+
+def push_versions(reg, model_dir: helpers.ModelDir, *versions: str, prompt: str = "prompt {version}\n",
+                  **manifest) -> None:
+    """Push each version of ``model_dir``, with a prompt of its own and ``manifest``'s fields."""
+    for version in versions:
+        model_dir.set_prompt(prompt.format(version=version))
+        model_dir.write_manifest(version=version, **manifest)
+        reg.push(model_dir.manifest)
+
+
+# --- Docker -----------------------------------------------------------------------------------
+
+SERVER = Path(__file__).parent / "integration" / "server"
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ["sh", "httpd", "sleep", "cat", "wc", "echo", "printf"]
+
+
+def _docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # no daemon, no permission, no socket
+        need("Docker", f"{os.environ.get('DOCKER_HOST') or 'local socket'}: {str(exc).splitlines()[0]}")
+    return client
+
+
+@pytest.fixture
+def docker_client():
+    """A client of the local Docker engine, closed after the test."""
+    client = _docker_client()
+    yield client
+    client.close()
+
+
+def _inputs_hash() -> str:
+    h = hashlib.sha256(BUSYBOX.read_bytes())
+    for path in sorted(SERVER.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(SERVER).as_posix().encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _rootfs() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name: str, data: bytes | None = None, mode: int = 0o755, link: str | None = None):
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+            elif data is None:
+                info.type = tarfile.DIRTYPE
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        for folder in ("bin", "tmp", "model", "www", "www/cgi-bin"):
+            add(folder, mode=0o1777 if folder == "tmp" else 0o755)
+        add("bin/busybox", BUSYBOX.read_bytes())
+        for applet in APPLETS:
+            add(f"bin/{applet}", link="busybox")
+        for path in sorted(SERVER.rglob("*")):
+            if path.is_file():
+                add(path.relative_to(SERVER).as_posix(), path.read_bytes())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The test server image's tag, built once per input hash."""
+    client = _docker_client()
+    if not BUSYBOX.is_file():
+        need("busybox", f"{BUSYBOX} (apt-get install busybox-static)")
+    tag = f"cellar-test-server:{_inputs_hash()}"
+    if not client.images.list(name=tag):
+        repo, _, version = tag.partition(":")
+        client.api.import_image_from_data(_rootfs(), repository=repo, tag=version,
+                                          changes=['ENTRYPOINT ["/serve"]', "ENV PATH=/bin"])
+    client.close()
+    return tag
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def docker_env(docker_image, sqlite_home, monkeypatch, model_dir):
+    """A registry on SQLite with environment ``t<random>`` (default, on a free port) and versions:
+    v1.0 and v1.1 good (different prompts), v1.2 unhealthy (503), v1.3 exits at once,
+    v1.4 and v1.5 good but slow to come up (1 s). Every container of the env is removed after."""
+    from registry.api import Registry
+
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-" + os.urandom(6).hex())
+    name = "t" + os.urandom(4).hex()
+    specs = {"v1.0": {}, "v1.1": {}, "v1.2": {"MAX_TOKENS": "lots"}, "v1.3": {"EXIT_AT_ONCE": "3"},
+             "v1.4": {"READY_DELAY": "1"}, "v1.5": {"READY_DELAY": "1"}}
+    reg = Registry.open(sqlite_home)
+    for version, env in specs.items():
+        model_dir.set_prompt(f"prompt-{version}")
+        model_dir.write_manifest(version=version, image=docker_image, runtime={
+            "port": 8080, "env": {"MAX_TOKENS": "64", **env}, "secrets": ["SUPPORT_API_TOKEN"],
+            "health": {"path": "/cgi-bin/health", "timeout_s": 2},
+            "warmup": [{"method": "POST", "path": "/cgi-bin/warm", "json": {"prompt": "hi"}}]})
+        reg.push(model_dir.manifest)
+    reg.add_env(name, port=free_port(), health_timeout_s=2.5, default=True)
+    yield reg, name
+    own = reg.config.registry_id  # this registry's containers only, whatever else runs on the host
+    reg.close()
+    client = _docker_client()
+    for c in client.containers.list(all=True, filters={"label": [f"cellar.env={name}", f"cellar.registry={own}"]}):
+        c.remove(force=True)
+    client.close()

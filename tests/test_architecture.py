@@ -19,17 +19,29 @@ def _modules(package: str) -> dict[str, Path]:
     return out
 
 
+def _package(path: Path, module: str) -> str:
+    """The package relative imports in ``path`` (the module ``module``) start from."""
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _from(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a ``from ... import`` statement in ``package`` names."""
+    base = node.module or ""
+    if node.level:
+        parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parent + ([base] if base else []))
+    return base
+
+
 def _imports(path: Path, module: str) -> set[str]:
     """Every module ``path`` imports, at any depth of its code (absolute names)."""
     found = set()
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = _package(path, module)
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            base = _from(node, package)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
@@ -44,16 +56,13 @@ TOP_LEVEL_LIMIT = 20
 def _targets(path: Path, name: str, known: dict[str, Path]) -> set[str]:
     """The known modules ``name`` imports, where ``from registry import clock`` is an edge to
     ``registry.clock`` alone: the package ``registry`` is only passed through."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = _package(path, name)
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
+            base = _from(node, package)
             subs = {f"{base}.{alias.name}" for alias in node.names} & known.keys()
             found.update(subs if len(subs) == len(node.names) else subs | {base})
     return (found & known.keys()) - {name}

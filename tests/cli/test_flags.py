@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from cli.main import app
+from tests.conftest import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, code: int = 0, env: dict | None = None):
-    result = CliRunner().invoke(app, list(args), env=env)
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    return result
 
 
 def _commands(group=None, prefix=()):
@@ -38,7 +32,7 @@ COMMANDS = list(_commands())
 
 @pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
 def test_help_shows_flags_bare(path, command):
-    shown = run(*path, "--help", env={"COLUMNS": "200"}).stdout
+    shown = cli(*path, "--help", env={"COLUMNS": "200"}).stdout
     assert "<bool>" not in shown
     for param in command.params:
         if getattr(param, "is_flag", False) and not param.hidden:
@@ -47,12 +41,12 @@ def test_help_shows_flags_bare(path, command):
 
 
 def test_a_value_after_a_flag_is_a_usage_error(sqlite_home):
-    out = run("list", "--json", "true", code=2)
+    out = cli("list", "--json", "true", code=2)
     assert "--json" in out.stderr and "takes no value" in out.stderr and "registry list" in out.stderr
-    assert "takes no value" in run("env", "list", "--json", "false", code=2).stderr
-    assert "takes no value" in run("audit", "--json", "TRUE", code=2).stderr
-    assert json.loads(run("list", "--json").stdout) == []
-    assert "no model named 'true'" in run("list", "true", "--json", code=1).stderr  # before the flag: a name
+    assert "takes no value" in cli("env", "list", "--json", "false", code=2).stderr
+    assert "takes no value" in cli("audit", "--json", "TRUE", code=2).stderr
+    assert json.loads(cli("list", "--json").stdout) == []
+    assert "no model named 'true'" in cli("list", "true", "--json", code=1).stderr  # before the flag: a name
 
 
 def test_every_environment_option_is_spelled_env():
@@ -68,27 +62,27 @@ def test_every_environment_option_is_spelled_env():
 
 
 def test_promote_takes_env_and_the_old_to(sqlite_home):
-    run("env", "add", "staging", "--port", "18191")
+    cli("env", "add", "staging", "--port", "18191")
     # No version yet: the error proves --env (and --to) parsed and reached the library.
     for flag in ("--env", "--to"):
-        assert "no model" in run("promote", "v1", flag, "staging", code=1).stderr.lower()
-    clash = run("promote", "v1", "--env", "staging", "--to", "prod", code=2, env={"COLUMNS": "200"})
+        assert "no model" in cli("promote", "v1", flag, "staging", code=1).stderr.lower()
+    clash = cli("promote", "v1", "--env", "staging", "--to", "prod", code=2, env={"COLUMNS": "200"})
     assert "different environments" in clash.stderr
-    assert "--to" not in run("promote", "--help").stdout  # the alias is not advertised
+    assert "--to" not in cli("promote", "--help").stdout  # the alias is not advertised
 
 
 def test_status_env_filters_and_refuses_a_typo(sqlite_home):
-    run("env", "add", "staging", "--port", "18192")
-    run("env", "add", "production", "--port", "18193")
-    assert [s["env"] for s in json.loads(run("status", "--env", "staging", "--json").stdout)] == ["staging"]
-    assert "no environment named 'stagign'" in run("status", "--env", "stagign", code=1).stderr
+    cli("env", "add", "staging", "--port", "18192")
+    cli("env", "add", "production", "--port", "18193")
+    assert [s["env"] for s in json.loads(cli("status", "--env", "staging", "--json").stdout)] == ["staging"]
+    assert "no environment named 'stagign'" in cli("status", "--env", "stagign", code=1).stderr
 
 
 def test_table_cells_are_cut_and_the_last_column_is_not_padded(sqlite_home, model_dir):
     long = "x" * 500
-    run("push", str(model_dir.manifest), "-m", long)
-    run("push", str(model_dir.manifest), "--version", "v2", "-m", "short")
-    lines = run("list").stdout.splitlines()
+    cli("push", str(model_dir.manifest), "-m", long)
+    cli("push", str(model_dir.manifest), "--version", "v2", "-m", "short")
+    lines = cli("list").stdout.splitlines()
     assert all(line == line.rstrip() for line in lines)
     assert max(len(line) for line in lines) < 200 and "x" * 79 + "…" in lines[-1]
 
@@ -96,9 +90,9 @@ def test_table_cells_are_cut_and_the_last_column_is_not_padded(sqlite_home, mode
 def test_completion_scripts_for_each_shell():
     for shell, marker in (("bash", "complete -o default -F"), ("zsh", "#compdef registry"),
                           ("fish", "complete --command registry")):
-        script = run("completion", shell).stdout
+        script = cli("completion", shell).stdout
         assert marker in script and "_REGISTRY_COMPLETE=complete_" in script
-    assert run("completion", "tcsh", code=2)
+    assert cli("completion", "tcsh", code=2)
 
 
 def _complete(env: dict) -> str:
@@ -130,7 +124,7 @@ def test_bash_completes_through_the_printed_script(tmp_path):
                    "'import sys; sys.argv[0] = \"registry\"\nfrom cli.main import main\nmain()' \"$@\"\n")
     exe.chmod(0o755)
     script = tmp_path / "registry.bash"
-    script.write_text(run("completion", "bash").stdout)
+    script.write_text(cli("completion", "bash").stdout)
     shell = (f'source {script}; COMP_WORDS=(registry hist); COMP_CWORD=1; '
              '_registry_completion registry; printf "%s\\n" "${COMPREPLY[@]}"')
     done = subprocess.run(["bash", "--norc", "-c", shell], capture_output=True, text=True,
@@ -148,7 +142,7 @@ def test_completion_costs_nothing_at_start_up():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.stderr.strip().splitlines()[-1] == "[]"
-    assert "--install-completion" not in run("--help").stdout
+    assert "--install-completion" not in cli("--help").stdout
 
 
 def test_the_table_renderer_bounds_every_column(capsys):
@@ -162,9 +156,9 @@ def test_the_table_renderer_bounds_every_column(capsys):
 
 
 @pytest.mark.parametrize(("argv", "keeps"), [
-    (["watch", "--every", "60"], True), (["--traceback", "ui"], True), (["metrics", "--listen", "127.0.0.1:9105"], True),
-    (["metrics", "--listen=127.0.0.1:9105"], True), (["metrics"], False), (["list"], False), (["promote", "v1"], False),
-    ([], False),
+    (["watch", "--every", "60"], True), (["--traceback", "ui"], True),
+    (["metrics", "--listen", "127.0.0.1:9105"], True), (["metrics", "--listen=127.0.0.1:9105"], True),
+    (["metrics"], False), (["list"], False), (["promote", "v1"], False), ([], False),
 ])
 def test_only_commands_that_serve_for_days_keep_the_cyclic_collector(argv, keeps):
     """A short command turns the collector off for its start-up; watch, ui and metrics --listen

@@ -8,65 +8,58 @@ import json
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
-from cli.main import app
 from registry import Registry
 from registry.health.report import diff_summary
 from registry.models.probes import ProbeResult, ProbeRun
 from registry.probes.suites import failures
 from tests import helpers
-
-
-def run(*args: str, code: int = 0, env: dict | None = None):
-    result = CliRunner().invoke(app, list(args), env=env)
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    return result
+from tests.conftest import cli
 
 
 @pytest.mark.parametrize("command", ["probe", "health", "watch", "metrics"])
 def test_every_command_has_help_with_an_example(command):
-    assert "Example:" in run(command, "--help").stdout
+    assert "Example:" in cli(command, "--help").stdout
 
 
 def test_probe_with_nothing_deployed_is_an_error_run_stored_and_exit_4(sqlite_home, tmp_path):
-    run("env", "add", "staging", "--port", "18191", "--default")
+    cli("env", "add", "staging", "--port", "18191", "--default")
     out = tmp_path / "p.csv"
-    doc = json.loads(run("probe", "--json", "--csv", str(out), code=4).stdout)
+    doc = json.loads(cli("probe", "--json", "--csv", str(out), code=4).stdout)
     assert doc["results"][0]["status"] == "error" and "nothing is deployed in staging" in doc["results"][0]["detail"]
     assert out.read_text().splitlines()[0] == "timestamp,env,version,revision,probe,status,latency_ms,detail"
-    assert "0 of 1 passed" in run("probe", code=4).stderr
+    assert "0 of 1 passed" in cli("probe", code=4).stderr
     with Registry.open(sqlite_home) as reg:
         assert [r.outcome.value for r in reg.probe_runs("staging")] == ["error", "error"]
         assert len(reg.probe_runs(since="1h", limit=1)) == 1
-    assert "no environment named 'nope'" in run("health", "--env", "nope", code=1).stderr
-    report = json.loads(run("health", "--json").stdout)
+    assert "no environment named 'nope'" in cli("health", "--env", "nope", code=1).stderr
+    report = json.loads(cli("health", "--json").stdout)
     assert report["versions"][0]["version"] == "" and report["change_points"] == []
 
 
 def test_metrics_prints_a_page_that_parses(sqlite_home):
-    run("env", "add", "staging", "--port", "18192")
-    page = run("metrics").stdout
+    cli("env", "add", "staging", "--port", "18192")
+    page = cli("metrics").stdout
     names = {f.name for f in text_string_to_metric_families(page)}
     assert {"cellar_probe_results", "cellar_probe_latency_seconds", "cellar_probe_consecutive_failures"} <= names
-    assert json.loads(run("metrics", "--json").stdout)["deployed"] == []
-    assert "HOST:PORT" in run("metrics", "--listen", "nowhere", code=1).stderr
+    assert json.loads(cli("metrics", "--json").stdout)["deployed"] == []
+    assert "HOST:PORT" in cli("metrics", "--listen", "nowhere", code=1).stderr
 
 
 def test_watch_refuses_two_webhooks_an_empty_variable_and_a_bad_url(sqlite_home):
-    run("env", "add", "staging", "--port", "18193")
-    both = run("watch", "--every", "1", "--alert-webhook", "http://x/secret-path", "--alert-webhook-env", "V", code=2)
+    cli("env", "add", "staging", "--port", "18193")
+    both = cli("watch", "--every", "1", "--alert-webhook", "http://x/secret-path", "--alert-webhook-env", "V", code=2)
     assert "not both" in both.stderr and "secret-path" not in both.stderr
-    assert "holds no webhook URL" in run("watch", "--every", "1", "--alert-webhook-env", "EMPTY_VAR",
+    assert "holds no webhook URL" in cli("watch", "--every", "1", "--alert-webhook-env", "EMPTY_VAR",
                                          code=1, env={"EMPTY_VAR": ""}).stderr
-    bad = run("watch", "--every", "1", "--alert-webhook", "ftp://hooks/secret-path", code=1)
+    bad = cli("watch", "--every", "1", "--alert-webhook", "ftp://hooks/secret-path", code=1)
     assert "secret-path" not in bad.stderr and "http://" in bad.stderr
-    assert "--failures" in run("watch", "--every", "1", "--failures", "0", code=1).stderr
+    assert "--failures" in cli("watch", "--every", "1", "--failures", "0", code=1).stderr
 
 
 def test_a_nothing_deployed_watch_alerts_errors_and_ends(sqlite_home):
-    run("env", "add", "staging", "--port", "18194")
-    out = run("watch", "--every", "0", "--failures", "2", "--max-runs", "2", "--auto-rollback")
+    cli("env", "add", "staging", "--port", "18194")
+    out = cli("watch", "--every", "0", "--failures", "2", "--max-runs", "2", "--auto-rollback")
     assert "alert:" in out.stderr and "nothing is deployed" in out.stderr
     assert "watch ended (max-runs): 2 runs" in out.stdout and "0 rollbacks" in out.stdout
 

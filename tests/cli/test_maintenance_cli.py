@@ -6,19 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from typer.testing import CliRunner
-
-from cli.main import app
-
-
-def cli(*args: str, code: int = 0):
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def as_json(*args: str, code: int = 0):
-    return json.loads(cli(*args, "--json", code=code).stdout)
+from tests.conftest import as_json, cli
 
 
 def _two_versions(model_dir) -> None:

@@ -10,22 +10,15 @@ import pytest
 from rich.console import Console
 
 from cli.output import StepLines
-from registry import Registry
-from registry.engines.fake import FakeEngine
+from tests.conftest import IMAGE, on_fake
 
-IMAGE = "example:latest"
 RUNTIME = {"port": 8080, "health": {"path": "/health", "timeout_s": 7},
            "warmup": [{"method": "POST", "path": "/v1/completions", "json": {"prompt": "hi"}}]}
 
 
 @pytest.fixture
-def fake():
-    return FakeEngine(images={IMAGE: "sha256:" + "cd" * 32})
-
-
-@pytest.fixture
 def reg(sqlite_home, fake, model_dir):
-    with Registry.open(sqlite_home, engine_factory=lambda host: fake, checks=fake.checks) as r:
+    with on_fake(sqlite_home, fake) as r:
         model_dir.write_manifest(version="v1", image=IMAGE, runtime=RUNTIME)
         r.push(model_dir.manifest)
         r.add_env("staging", port=18280, default=True)

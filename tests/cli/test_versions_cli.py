@@ -15,19 +15,10 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from tests import helpers
+from tests.conftest import as_json, cli
 
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 SUMMARY_KEYS = {"model", "version", "manifest_digest", "created_at", "actor", "message", "deprecated_at"}
-
-
-def cli(*args: str, code: int = 0):
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-    return result
-
-
-def as_json(*args: str):
-    return json.loads(cli(*args, "--json").stdout)
 
 
 # --- init -------------------------------------------------------------------------------

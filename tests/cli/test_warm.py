@@ -44,7 +44,8 @@ def warm(short_tmp):
     # Started as by `registry ... &` from a script (SIGINT ignored) whose caller ignored SIGCHLD
     # and blocked SIGTERM: none of it may reach its commands, nor stop it from reaping them.
     serve = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-             "signal.signal(signal.SIGCHLD, signal.SIG_IGN); signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
+             "signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+             "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
              "from cli.warm import serve; ")
     proc = subprocess.Popen([sys.executable, "-c", serve + "serve(sys.argv[1], 60)", path],
                             cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
@@ -89,8 +90,9 @@ def test_same_output_and_status_as_in_process(warm, sqlite_home, model_dir, args
 
 def test_environment_directory_and_umask_are_the_clients(warm, tmp_path):
     env = {**os.environ, "REGISTRY_HOME": "relative/home"}
-    proc = subprocess.Popen([sys.executable, "-c", "import os, sys; os.umask(0o077); exec(sys.argv.pop(1))", CLIENT, warm,
-                             "init"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import os, sys; os.umask(0o077); exec(sys.argv.pop(1))",
+                             CLIENT, warm, "init"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     home = tmp_path / "relative" / "home"
@@ -144,8 +146,9 @@ def _warm_pid(path: str) -> int:
 
 def _socket_path(xdg: Path, cwd: Path = ROOT) -> str:
     """Where ``registry`` run with XDG_RUNTIME_DIR=xdg from ``cwd`` (under python -c) looks."""
-    return subprocess.run([sys.executable, "-c", "import cli.launch as l; print(l.socket_path())"], capture_output=True,
-                          text=True, check=True, cwd=cwd, env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)}).stdout.strip()
+    return subprocess.run([sys.executable, "-c", "import cli.launch as l; print(l.socket_path())"],
+                          capture_output=True, text=True, check=True, cwd=cwd,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)}).stdout.strip()
 
 
 # A client as started from a terminal: a test run in the background (`pytest &`, CI) inherits
@@ -282,8 +285,8 @@ def test_a_command_that_ends_while_the_warm_process_is_stopped(warm, sqlite_home
 
 def test_it_removes_only_its_own_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)", path],
-                            cwd="/", stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)",
+                             path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     os.rename(path, path + ".old")  # a newer warm process took the path meanwhile
     newer = socket.socket(socket.AF_UNIX)
@@ -294,9 +297,11 @@ def test_it_removes_only_its_own_socket(short_tmp):
 
 
 def test_the_first_command_runs_when_its_caller_ignores_sigchld(short_tmp, sqlite_home):
-    done = subprocess.run([sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
-                           "os.execv(sys.argv[1], sys.argv[1:])", REGISTRY, "list", "--json"], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
+    done = subprocess.run([sys.executable, "-c", "import os, signal, sys; "
+                           "signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+                           REGISTRY, "list", "--json"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
     for pid in _processes_mentioning(str(short_tmp)):
         os.kill(pid, signal.SIGKILL)
@@ -320,8 +325,8 @@ def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, sqlite_home, model_dir
 
 def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)", path],
-                            cwd="/", stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)",
+                             path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     assert through_warm(path, "--help").returncode == 0
     assert proc.wait(timeout=30) == 0
@@ -329,8 +334,8 @@ def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
 
 
 def test_one_warm_process_per_socket(warm):
-    second = subprocess.run([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)", warm],
-                            cwd="/", timeout=60)
+    second = subprocess.run([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)",
+                             warm], cwd="/", timeout=60)
     assert second.returncode == 0  # it found the lock held and left
     assert through_warm(warm, "--help").returncode == 0
 
@@ -449,8 +454,8 @@ def test_no_warm_process_in_a_folder_not_private(short_tmp, spoil):
 
 
 def test_it_survives_a_client_that_sends_nonsense(warm):
-    """Bytes after a request are signal numbers; ones that are not (0, 77, 255), and a request
-    that is not one, leave the warm process serving."""
+    """Bytes after a request are ignored (a client signals its command through a pidfd), and a
+    request that is not one leaves the warm process serving."""
     raw = """
 import marshal, os, socket, struct, sys
 s = socket.socket(socket.AF_UNIX)
@@ -459,14 +464,19 @@ req = marshal.dumps({"argv": ["registry", "--help"], "env": dict(os.environ), "c
                      "ignored": [], "stdio": [None, ("utf-8", "strict", False), ("utf-8", "strict", False)]})
 socket.send_fds(s, [struct.pack("!I", len(req))], [0, 1, 2])
 s.sendall(req + bytes([0, 77, 255]))
-print(s.recv(1) + s.recv(4) == b"\\x01" + struct.pack("!i", 0), file=sys.stderr)
+ready = s.recv(1)  # sent ahead of it: the child may read it now
+accepted = s.recv(1) + s.recv(4)  # the accept byte and the command's pid
+print(ready == b"\\x02" and accepted[:1] == b"\\x01" and s.recv(4) == struct.pack("!i", 0), file=sys.stderr)
 junk = socket.socket(socket.AF_UNIX)
 junk.connect(sys.argv[1])
 junk.sendall(b"not a request at all")
+answer = b""
 try:
-    print(junk.recv(1) == b"", file=sys.stderr)  # closed, nothing accepted
+    while chunk := junk.recv(16):
+        answer += chunk
 except ConnectionResetError:
-    print(True, file=sys.stderr)
+    pass
+print(answer in (b"", b"\\x02"), file=sys.stderr)  # ready at most, then closed: nothing accepted
 """
     done = subprocess.run([sys.executable, "-c", raw, warm], capture_output=True, text=True, timeout=60)
     assert done.stderr.split() == ["True", "True"], done.stderr
@@ -477,3 +487,195 @@ def test_a_relative_import_path_means_the_callers_directory(short_tmp, tmp_path)
     """Under `python -c` the search path starts with '' (the current directory): the warm process
     imports from the caller's directory, not its own, and another directory is another identity."""
     assert _socket_path(short_tmp, ROOT) != _socket_path(short_tmp, tmp_path)
+
+
+# --- when things go wrong around it (issue 21): stopped or hung, killed mid-command, superseded,
+# on a kernel without pidfds; and what it keeps of its caller ------------------------------------
+
+
+def test_a_stopped_warm_process_costs_a_moment_then_the_command_runs_here(warm, tmp_path):
+    """SIGSTOP'ed (or hung) before it took the command: the client gives up after HANDOFF_S (99:
+    the console script would now run it in-process), nothing of the client's is left queued
+    there (a pipe it held ends), and resumed, the warm process does not run it after all."""
+    from cli.launch import HANDOFF_S
+
+    server = _warm_pid(warm)
+    fresh = tmp_path / "fresh"
+    os.kill(server, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        proc = client(warm, "init", str(fresh))
+        out, _ = proc.communicate(timeout=HANDOFF_S + 30)  # its stdout pipe ends: no copy of it is queued
+        assert proc.returncode == 99 and time.monotonic() - started < HANDOFF_S + 30
+    finally:
+        os.kill(server, signal.SIGCONT)
+    time.sleep(1)  # the late connection reaches a spare, which finds its client gone
+    assert not fresh.exists()
+    assert through_warm(warm, "--help").returncode == 0
+
+
+def test_ctrl_c_while_a_stuck_warm_process_is_asked_ends_the_client(warm):
+    server = _warm_pid(warm)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
+                                 "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # waiting for the accept byte
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGINT
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+
+def test_a_command_outlives_the_warm_process_and_keeps_its_signals(warm, sqlite_home):
+    """kill -9 of the warm process in the middle of a command: the command goes on to its own
+    end and status (a promote is never cut short because another process died); a signal to
+    the client still reaches it."""
+    srv = _silent_server()
+    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
+    server = _warm_pid(warm)
+    _wait_for(lambda: len(_children(server)) == 1, 30)
+    (child,) = _children(server)
+    proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
+                             "list"], env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        srv.settimeout(30)
+        peer, _ = srv.accept()  # the command connects, and waits for an answer
+        os.kill(server, signal.SIGKILL)
+        time.sleep(0.5)
+        assert os.path.exists(f"/proc/{child}") and proc.poll() is None
+        peer.close()  # the database hangs up: the command fails on its own, and says so
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "ended without an exit status" not in err, err
+    finally:
+        proc.kill()
+        srv.close()
+
+
+def test_the_warm_process_holds_no_secret_of_its_caller(short_tmp, sqlite_home):
+    """It starts with a minimal environment; each command's child gets its caller's."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp), "SUPPORT_API_TOKEN": "canary-8c1e",
+           "PGPASSWORD": "canary-pg", "MY_DB_URL": "postgresql://u:canary-url@h/db", "LD_BIND_NOW": "1"}
+    subprocess.run([REGISTRY, "--help"], env=env, stdout=subprocess.DEVNULL, timeout=60, check=True)
+    _wait_for(lambda: list((short_tmp / "cellar").glob("*.sock")), 60)
+    (sock,) = (short_tmp / "cellar").glob("*.sock")
+    server = _warm_pid(str(sock))
+    try:
+        with open(f"/proc/{server}/environ", "rb") as f:
+            held = f.read()
+        assert b"canary" not in held and b"LD_BIND_NOW=1" in held
+        shown = subprocess.run([REGISTRY, "--help"], env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0
+        seen = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(sock), "env", "add", "x", "--port", "1"], env=env, capture_output=True,
+            text=True, timeout=60)
+        assert seen.returncode != 99  # it ran through the warm process, with the caller's environment
+    finally:
+        os.kill(server, signal.SIGKILL)
+
+
+def test_ld_variables_and_interpreter_flags_are_its_identity_and_passed_on(short_tmp):
+    plain = _socket_path(short_tmp)
+    with_ld = subprocess.run([sys.executable, "-c", "import cli.launch as l; print(l.socket_path())"],
+                             capture_output=True, text=True, check=True, cwd=ROOT,
+                             env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp), "LD_PRELOAD": ""}).stdout.strip()
+    assert plain != with_ld
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp), "REGISTRY_WARM": "1"}
+    subprocess.run([sys.executable, "-X", "dev", REGISTRY, "--help"], env=env, stdout=subprocess.DEVNULL,
+                   timeout=60, check=True)
+    _wait_for(lambda: list((short_tmp / "cellar").glob("*.sock")), 60)
+    (sock,) = (short_tmp / "cellar").glob("*.sock")
+    server = _warm_pid(str(sock))
+    try:
+        with open(f"/proc/{server}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        assert b"-X" in args and b"dev" in args
+    finally:
+        os.kill(server, signal.SIGKILL)
+
+
+def test_without_pidfds_it_stays_out_of_the_way(short_tmp, sqlite_home):
+    """A kernel before 5.3: the warm process leaves a marker and exits at once, and commands
+    run in-process without trying to start another one."""
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)}
+    path = _socket_path(short_tmp)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import os, sys; del os.pidfd_open; from cli.warm import serve; "
+                    "serve(sys.argv[1], 60)", path], cwd="/", timeout=60, check=True)
+    assert time.monotonic() - started < 30 and os.path.exists(path.removesuffix(".sock") + ".off")
+    assert not os.path.exists(path)
+    done = subprocess.run([REGISTRY, "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "[]\n")
+    time.sleep(1)
+    assert not os.path.exists(path) and _processes_mentioning(path) == []
+
+
+def _copy_of_the_code(where: Path) -> Path:
+    for package in ("cli", "registry"):
+        shutil.copytree(ROOT / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
+def _serve(path: str, code: Path, idle_s: int = 60) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
+                             "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[3]))", path, str(code),
+                             str(idle_s)], cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
+    _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
+    assert proc.poll() is None
+    return proc
+
+
+def test_it_exits_when_its_code_changes_on_disk(short_tmp, tmp_path):
+    from cli.warm import CHECK_S
+
+    code = _copy_of_the_code(tmp_path)
+    path = str(short_tmp / "w.sock")
+    proc = _serve(path, code)
+    try:
+        os.utime(code / "registry" / "api.py")  # an edit: no client would pick this one any more
+        assert proc.wait(timeout=CHECK_S + 30) == 0
+        assert not os.path.exists(path)
+    finally:
+        proc.kill()
+
+
+def test_at_most_max_warm_of_them_the_least_recently_used_goes(short_tmp):
+    from cli.warm import MAX_WARM
+
+    procs = []
+    try:
+        for i in range(MAX_WARM):
+            procs.append(_serve(str(short_tmp / f"w{i}.sock"), ROOT))
+            time.sleep(0.05)  # distinct "last used" times
+        assert through_warm(str(short_tmp / "w0.sock"), "--help").returncode == 0  # w0: used last
+        procs.append(_serve(str(short_tmp / f"w{MAX_WARM}.sock"), ROOT))
+        assert procs[1].wait(timeout=30) == 0  # the least recently used (started, never used since)
+        assert [p.poll() for p in procs] == [None, 0] + [None] * (MAX_WARM - 1)
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def test_a_signal_reaches_the_command_after_the_warm_process_died(warm, sqlite_home):
+    srv = _silent_server()
+    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
+    server = _warm_pid(warm)
+    _wait_for(lambda: len(_children(server)) == 1, 30)
+    (child,) = _children(server)
+    proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
+                             "list"], env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        srv.settimeout(30)
+        srv.accept()  # the command is connecting to the database
+        os.kill(server, signal.SIGKILL)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # straight to the command (a pidfd), no warm process needed
+        _wait_for(lambda: not os.path.exists(f"/proc/{child}") or _state(child) == "Z", 30)
+        proc.communicate(timeout=30)
+        assert proc.returncode != 99
+    finally:
+        proc.kill()
+        srv.close()

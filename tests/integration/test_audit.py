@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 
 from registry import InvalidInput
 from registry.store.sql import schema as t
 from registry.trust import audit
+from tests.conftest import sql
 
 
 @pytest.fixture
@@ -22,12 +23,6 @@ def pushed(reg, model_dir, frozen_clock):
         reg.push(model_dir.manifest, version=f"v1.{i}", actor="alice" if i % 2 else "Bob <bob@example.org>")
         frozen_clock.tick(3600)
     return reg
-
-
-def sql(reg, *statements: str, **params) -> None:
-    with reg.store.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement), params)
 
 
 def test_every_push_is_an_event_and_the_chain_verifies(pushed):

@@ -18,21 +18,7 @@ from registry.store.sql import Store, dump
 from registry.upkeep import backup
 from registry.versions import pushing
 from tests import helpers
-from tests.conftest import database_like
-
-
-@pytest.fixture
-def target(tmp_path, db_url, monkeypatch):
-    """Where to restore: a new home, and a new database of the same kind as ``db_url``."""
-    path = tmp_path / "restored"
-    with database_like(db_url, path / "registry.db") as url:
-        yield path, url
-
-
-def _push(reg: Registry, md: helpers.ModelDir, version: str) -> None:
-    md.set_prompt(f"prompt of {version}\n")
-    md.write_manifest(version=version)
-    reg.push(md.manifest)
+from tests.conftest import push_versions
 
 
 def _open(path: Path, url: str, monkeypatch) -> Registry:
@@ -54,7 +40,7 @@ def _assert_intact(reg: Registry) -> None:
 
 
 def test_backup_restore_round_trip(reg, db_url, model_dir, tmp_path, target, monkeypatch):
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     first = backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     assert first.problems == [] and first.blobs_total == first.blobs_copied == 2
@@ -72,16 +58,16 @@ def test_backup_restore_round_trip(reg, db_url, model_dir, tmp_path, target, mon
         for digest in _recorded(again.store):
             assert os.stat(again.blobs.path(digest)).st_ino != os.stat(dest / "blobs" / "sha256"
                                                                       / digest[7:9] / digest[9:]).st_ino
-        _push(again, model_dir, "v1.1")  # the restored registry takes new work
+        push_versions(again, model_dir, "v1.1")  # the restored registry takes new work
 
 
 def test_incremental_backup_copies_only_new_blobs(reg, model_dir, tmp_path):
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     again = backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     assert (again.blobs_total, again.blobs_copied) == (2, 0)
-    _push(reg, model_dir, "v1.1")  # a new prompt, the same weights
+    push_versions(reg, model_dir, "v1.1")  # a new prompt, the same weights
     third = backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     assert (third.blobs_total, third.blobs_copied) == (3, 1)
     assert backup.verify_backup(dest) == []
@@ -106,7 +92,7 @@ def test_backup_during_concurrent_pushes_restores_consistently(reg, home, tmp_pa
         try:
             with Registry.open(home) as mine:
                 for i in range(12):
-                    _push(mine, pusher_dir, f"v2.{i}")
+                    push_versions(mine, pusher_dir, f"v2.{i}")
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:
@@ -133,7 +119,7 @@ def test_backup_during_concurrent_pushes_restores_consistently(reg, home, tmp_pa
 
 
 def test_restore_refuses_a_non_empty_home_and_an_unfinished_backup(reg, model_dir, tmp_path, target):
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     path, url = target
@@ -148,7 +134,7 @@ def test_restore_refuses_a_non_empty_home_and_an_unfinished_backup(reg, model_di
 
 
 def test_damaged_blob_is_reported_not_backed_up(reg, model_dir, tmp_path):
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     prompt = next(d for d, n in _recorded(reg.store).items() if n < 100)
     path = reg.blobs.path(prompt)
     os.chmod(path, 0o644)
@@ -161,7 +147,7 @@ def test_damaged_blob_is_reported_not_backed_up(reg, model_dir, tmp_path):
 def test_sqlite_backup_is_one_self_contained_file(reg, model_dir, tmp_path, db_url):
     if not db_url.startswith("sqlite"):
         pytest.skip("SQLite only")
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest)
     assert sorted(p.name for p in dest.iterdir()) == [backup.MANIFEST, "blobs", dump.SQLITE_FILE]
@@ -192,7 +178,7 @@ def _blob_in(folder: Path, digest: str) -> Path:
 
 def test_a_backup_does_not_share_bytes_with_the_store(reg, db_url, model_dir, tmp_path, target, monkeypatch):
     """Bit rot in the store after a backup is not in the backup: restore brings the good bytes."""
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "backup"
     assert backup.backup(db_url=reg.store.url, blobs=reg.blobs, dest=dest).problems == []
     digest = max(_recorded(reg.store).items(), key=lambda item: item[1])[0]
@@ -212,7 +198,7 @@ def test_a_backup_does_not_share_bytes_with_the_store(reg, db_url, model_dir, tm
 
 
 def test_hard_links_only_when_asked(reg, model_dir, tmp_path):
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0")
     dest = tmp_path / "linked"
     result = reg.backup(dest, hard_links=True)
     assert result.problems == [] and result.blobs_linked == result.blobs_total == 2

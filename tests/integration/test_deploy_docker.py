@@ -21,7 +21,7 @@ from registry.engines.engine import container_name
 from registry.errors import HealthGateFailed
 from registry.store.sql import events
 from registry.store.sql import schema as t
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.docker
 REGISTRY = [sys.executable, "-m", "cli.main"]
@@ -273,7 +273,8 @@ def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env, docker_im
         _, rest = proc.communicate(timeout=120)
         assert proc.returncode == 130, "".join(seen) + rest
         assert rest.strip().splitlines()[-1] == (
-            f"error: interrupted: support-bot@v1.9 was not deployed to {env}; support-bot@v1.0 was restored (revision 3)")
+            f"error: interrupted: support-bot@v1.9 was not deployed to {env}; "
+            "support-bot@v1.0 was restored (revision 3)")
         assert statuses(reg, env) == [(1, "v1.0", "superseded"), (2, "v1.9", "failed"), (3, "v1.0", "deployed")]
         assert answer(reg, env).startswith("prompt=prompt-v1.0")
         assert [c.labels["cellar.version"] for c in running(env)] == ["v1.0"]

@@ -25,19 +25,7 @@ from registry.errors import (
 )
 from registry.store.sql import events, locks, releases
 from registry.store.sql import schema as t
-
-IMAGE = "example:latest"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
-    return FakeEngine(images={IMAGE: "sha256:" + "ab" * 32})
-
-
-def on_fake(home, fake) -> Registry:
-    """A registry whose engine (push pins images through it too) and HTTP checks are ``fake``."""
-    return Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks)
+from tests.conftest import FAKE_TOKEN, IMAGE, on_fake, push_versions
 
 
 @pytest.fixture
@@ -49,10 +37,7 @@ def reg(home, fake):
 
 @pytest.fixture
 def versions(reg, fake, model_dir):
-    for i, version in enumerate(["v1.0", "v1.1", "v1.2", "v1.3"]):
-        model_dir.set_prompt(f"prompt {i}\n")
-        model_dir.write_manifest(version=version, image=IMAGE)
-        reg.push(model_dir.manifest)
+    push_versions(reg, model_dir, "v1.0", "v1.1", "v1.2", "v1.3", image=IMAGE)
     return reg
 
 
@@ -359,7 +344,7 @@ def test_recover_starts_a_deployed_container_found_stopped(versions, fake, reg):
 
 # --- review fixes: secrets, failure paths, locks, identity --------------------------------
 
-CANARY = "canary-s3cr3t-value"  # the fixture's SUPPORT_API_TOKEN
+CANARY = FAKE_TOKEN  # the fixture's SUPPORT_API_TOKEN
 
 
 def event_texts(reg) -> str:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from registry.api import Registry
 from registry.errors import NotFound
 from registry.store.sql import schema as t
 from tests import helpers
+from tests.conftest import IMAGE, on_fake
 
 
 def _push_changed_weights(reg, model_dir):
@@ -80,14 +80,10 @@ def test_diff_against_an_unpushed_manifest_stores_nothing(reg, model_dir):
     assert not reg.blobs.has(d.prompts[0].new_digest)
 
 
-def test_diff_an_environment_against_an_unpushed_manifest(reg, model_dir, monkeypatch):
+def test_diff_an_environment_against_an_unpushed_manifest(reg, model_dir, fake):
     """An environment name stands for the version it runs (here on the in-library fake engine)."""
-    from registry.engines.fake import FakeEngine
-
-    engine = FakeEngine(images={"example:latest": "sha256:" + "ab" * 32})
-    reg = Registry.open(reg.home.path, engine_factory=lambda host: engine, checks=engine.checks)
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "x")
-    model_dir.write_manifest(image="example:latest")
+    reg = on_fake(reg.home.path, fake)
+    model_dir.write_manifest(image=IMAGE)
     reg.push(model_dir.manifest)
     reg.add_env("production", port=18080)
     reg.add_env("staging", port=18081)

@@ -21,36 +21,22 @@ from registry.ledger import ReleaseStatus, keep_containers
 from registry.models.upkeep import ProblemKind
 from registry.versions import pushing
 from tests import helpers
-from tests.conftest import database_like
+from tests.conftest import IMAGE, on_fake, push_versions
 
-IMAGE = "example:latest"
 HOURS_AGO = time.time() - 3 * 3600
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
-    return FakeEngine(images={IMAGE: "sha256:" + "ab" * 32})
-
-
-@pytest.fixture
 def reg(home, fake):
-    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as r:
+    with on_fake(home, fake) as r:
         r.add_env("staging", port=18080, default=True, keep=1)
         yield r
-
-
-def _push(reg: Registry, md: helpers.ModelDir, version: str, prompt: str | None = None) -> None:
-    md.set_prompt(prompt or f"prompt of {version}\n")
-    md.write_manifest(version=version, image=IMAGE)
-    reg.push(md.manifest)
 
 
 @pytest.fixture
 def pushed(reg, model_dir):
     """v1.0 .. v1.3: one weights file shared by all, a prompt of their own each."""
-    for version in ("v1.0", "v1.1", "v1.2", "v1.3"):
-        _push(reg, model_dir, version)
+    push_versions(reg, model_dir, "v1.0", "v1.1", "v1.2", "v1.3", image=IMAGE)
     return reg
 
 
@@ -154,7 +140,7 @@ def test_gc_dry_run_equals_the_real_run_and_keeps_what_releases_need(pushed, fak
     for version in ("v1.0", "v1.1", "v1.2"):
         reg.promote(version)
     strays = {r: _stray_container(reg, fake, r) for r in (90, 91)}  # left by crashed promotes, say
-    _push(reg, model_dir, "v1.4")
+    push_versions(reg, model_dir, "v1.4", image=IMAGE)
     doomed = reg.delete("v1.3", force=True)
     deleted_prompt = _digests(reg, "v1.4")[1]  # v1.4 keeps its own prompt
     extra = reg.config.snapshots / ("0" * 64)   # a snapshot no version has
@@ -194,10 +180,9 @@ def test_gc_keeps_young_unreferenced_blobs(pushed):
     assert result.blobs == [] and len(result.kept_fresh) == 1
 
 
-def test_gc_during_a_push_keeps_the_new_blob(reg, model_dir, monkeypatch, home):
-    """A gc that runs after a push stored its blobs and before it records them."""
-    model_dir.set_prompt("a brand new prompt\n")
-    model_dir.write_manifest(version="v2.0", image=IMAGE)
+def _gc_during_the_next_push(home: Path, monkeypatch) -> dict:
+    """Make the next push run a gc (another Registry) after it stored its blobs and before it
+    records them; ``["gc"]`` of what this returns is that gc's result."""
     seen = {}
     real = pushing.git_provenance
 
@@ -207,6 +192,14 @@ def test_gc_during_a_push_keeps_the_new_blob(reg, model_dir, monkeypatch, home):
         return real(resolved)
 
     monkeypatch.setattr(pushing, "git_provenance", gc_meanwhile)
+    return seen
+
+
+def test_gc_during_a_push_keeps_the_new_blob(reg, model_dir, monkeypatch, home):
+    """A gc that runs after a push stored its blobs and before it records them."""
+    model_dir.set_prompt("a brand new prompt\n")
+    model_dir.write_manifest(version="v2.0", image=IMAGE)
+    seen = _gc_during_the_next_push(home, monkeypatch)
     reg.push(model_dir.manifest)
     weights, prompt = _digests(reg, "v2.0")
     assert {weights, prompt} <= set(seen["gc"].kept_fresh) and seen["gc"].blobs == []
@@ -216,20 +209,12 @@ def test_gc_during_a_push_keeps_the_new_blob(reg, model_dir, monkeypatch, home):
 def test_gc_during_a_push_that_reuses_an_old_blob(reg, model_dir, monkeypatch, home):
     """The stat cache vouches for a blob gc then removes; the push stores it again."""
     _age(model_dir.root / "weights" / "model.safetensors")  # old enough for the stat cache to trust
-    _push(reg, model_dir, "v1.0")
+    push_versions(reg, model_dir, "v1.0", image=IMAGE)
     weights, _ = _digests(reg, "v1.0")
     reg.delete("v1.0", force=True)
     _age_store(reg)
-    seen = {}
-    real = pushing.git_provenance
-
-    def gc_meanwhile(resolved):
-        with Registry.open(home) as other:
-            seen["gc"] = other.gc()
-        return real(resolved)
-
-    monkeypatch.setattr(pushing, "git_provenance", gc_meanwhile)
-    _push(reg, model_dir, "v1.1")
+    seen = _gc_during_the_next_push(home, monkeypatch)
+    push_versions(reg, model_dir, "v1.1", image=IMAGE)
     assert weights in [b.digest for b in seen["gc"].blobs]  # gc did remove it ...
     assert reg.blobs.has(weights)                            # ... and the push stored it again
     report = reg.verify()
@@ -239,21 +224,13 @@ def test_gc_during_a_push_that_reuses_an_old_blob(reg, model_dir, monkeypatch, h
 # --- backup and restore ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def target(tmp_path, db_url, monkeypatch):
-    """Where to restore: a new home and a new, empty database of the same kind."""
-    path = tmp_path / "restored"
-    with database_like(db_url, path / "registry.db") as url:
-        yield path, url
-
-
 def test_backup_wipe_restore_verify_promote(pushed, fake, tmp_path, target, monkeypatch, model_dir):
     reg = pushed
     reg.promote("v1.0")
     dest = tmp_path / "backup"
     first = reg.backup(dest)
     assert first.problems == [] and first.blobs_total == 5
-    _push(reg, model_dir, "v1.4")
+    push_versions(reg, model_dir, "v1.4", image=IMAGE)
     second = reg.backup(dest)
     assert second.blobs_copied == 1  # incremental: only v1.4's prompt is new
     assert len(_events(reg, "backup")) == 2
@@ -265,7 +242,7 @@ def test_backup_wipe_restore_verify_promote(pushed, fake, tmp_path, target, monk
     monkeypatch.setenv("REGISTRY_DB_URL", url)
     restored = Registry.restore(dest, path, engine_factory=lambda host: fake, checks=fake.checks)
     assert restored.ok and restored.verify.ok and restored.blobs_restored == 6
-    with Registry.open(path, engine_factory=lambda host: fake, checks=fake.checks) as again:
+    with on_fake(path, fake) as again:
         assert [v.model_dump() for v in again.versions()] == versions
         assert [e.action for e in again.audit(limit=2)] == ["restore", "push"]  # the backup event came after
         assert again.promote("v1.4").release.status is ReleaseStatus.DEPLOYED

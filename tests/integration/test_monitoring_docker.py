@@ -14,14 +14,12 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from typer.testing import CliRunner
 
-from cli.main import app
 from registry.api import Registry
 from registry.deploy import ownership
 from registry.errors import HealthGateFailed
 from registry.store.sql import locks
-from tests.integration.conftest import _docker_client, free_port
+from tests.conftest import _docker_client, cli, free_port
 from tests.listener import Listener
 
 pytestmark = pytest.mark.docker
@@ -75,12 +73,6 @@ def deployed(docker_image, sqlite_home, monkeypatch, model_dir):
     client.close()
 
 
-def cli(*args: str, code: int = 0, env: dict | None = None):
-    result = CliRunner().invoke(app, list(args), env=env)
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    return result
-
-
 def statuses(run) -> dict[str, str]:
     return {r.probe: r.status.value for r in run.results}
 
@@ -119,7 +111,8 @@ def test_wrong_slow_and_leaking_answers_fail_with_exit_4(deployed):
     reg, env = deployed
     reg.promote("v2.0")
     wrong = cli("probe", "--json", code=4)
-    assert statuses_of(json.loads(wrong.stdout)) == {"answers": "fail", "json-shape": "fail", "keeps-the-canary": "pass"}
+    assert statuses_of(json.loads(wrong.stdout)) == {"answers": "fail", "json-shape": "fail",
+                                                     "keeps-the-canary": "pass"}
     reg.promote("v2.1")
     slow = reg.probe()
     assert statuses(slow)["answers"] == "fail" and "too slow" in slow.results[0].detail

@@ -18,7 +18,7 @@ from registry.models import Probe
 from registry.models.probes import ProbeStatus
 from registry.probes.probing import new_run, run_suite
 from registry.probes.templating import renderer
-from tests.integration.conftest import _docker_client, free_port
+from tests.conftest import _docker_client, free_port
 from tests.listener import Listener
 
 pytestmark = pytest.mark.docker

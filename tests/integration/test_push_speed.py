@@ -17,7 +17,6 @@ from registry.store.files import blobs as blobs_mod
 from registry.store.files import streams
 from registry.versions import pushing
 from tests import helpers
-from tests.conftest import database_like
 
 
 def small_chunks(monkeypatch, size: int = 1024) -> None:
@@ -63,6 +62,21 @@ def test_a_copied_folder_is_re_pushed_without_writing_a_byte(reg, model_dir, tmp
     after = blob.stat()
     assert (after.st_ino, after.st_ctime_ns) == (before.st_ino, before.st_ctime_ns)
     assert list(reg.blobs.tmp.iterdir()) == []
+    # Only SHA-256 is computed for bytes already stored: their tensors come from the index.
+    assert [(t.name, t.digest) for t in reg.show("v1.1").weights[0].tensors] == \
+        [(t.name, t.digest) for t in reg.show("v1.0").weights[0].tensors]
+
+
+def test_a_copied_re_push_hashes_no_tensor_again(reg, model_dir, tmp_path, monkeypatch):
+    small_chunks(monkeypatch)
+    reg.push(model_dir.manifest)
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir.root, copy)
+    fed = []
+    real = streams._TensorHasher.feed
+    monkeypatch.setattr(streams._TensorHasher, "feed", lambda self, *a: fed.append(1) or real(self, *a))
+    reg.push(copy / "cellar.yaml", version="v1.1")
+    assert fed == []  # issue 21: a re-push of copied weights is one SHA-256 pass, nothing more
 
 
 def test_a_damaged_blob_is_repaired_by_pushing_a_copy(reg, model_dir, tmp_path, monkeypatch):
@@ -91,12 +105,11 @@ def test_a_malformed_shard_is_refused_naming_the_file(reg, sharded):
 
 
 @pytest.fixture
-def pg_reg(tmp_path, monkeypatch):
-    with database_like("postgresql", tmp_path / "unused.db") as url:
-        monkeypatch.setenv("REGISTRY_DB_URL", url)
-        Registry.init(tmp_path / "home")[0].close()
-        with Registry.open(tmp_path / "home") as reg:
-            yield reg
+def pg_reg(tmp_path, monkeypatch, pg_url):
+    monkeypatch.setenv("REGISTRY_DB_URL", pg_url)
+    Registry.init(tmp_path / "home")[0].close()
+    with Registry.open(tmp_path / "home") as reg:
+        yield reg
 
 
 def test_a_push_makes_two_round_trips_on_postgresql(pg_reg, model_dir, monkeypatch):

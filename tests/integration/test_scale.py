@@ -8,14 +8,13 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import insert
-from typer.testing import CliRunner
 
-from cli.main import app
 from registry import clock
 from registry.api import Registry
 from registry.formats import canonical
 from registry.store.sql import schema as t
 from registry.store.sql import sealing
+from tests.conftest import cli
 
 N = 70_000
 
@@ -39,21 +38,15 @@ def big(home, db_url):
     return home
 
 
-def cli(*args):
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
-
-
 def test_every_listing_works_past_65535_versions(big):
     with Registry.open(big) as reg:
         assert len(reg.versions()) == N
         log = reg.changelog()  # one query, no parameter per row
         assert len(log) == N and log[0].version == f"v{N - 1}"
         assert reg.show("bot@v12345").message == "release 12345"
-    assert len(cli("list").splitlines()) == 1 + 100 + 1  # header, the newest 100, "... more"
-    assert cli("log", "--limit", "3").count("bot@v") == 3
-    assert "older entries" in cli("log")
-    assert len(json.loads(cli("log", "--all", "--json"))) == N
-    assert len(json.loads(cli("list", "--limit", "0", "--json"))) == N
-    assert cli("history").startswith("No releases yet")
+    assert len(cli("list").stdout.splitlines()) == 1 + 100 + 1  # header, the newest 100, "... more"
+    assert cli("log", "--limit", "3").stdout.count("bot@v") == 3
+    assert "older entries" in cli("log").stdout
+    assert len(json.loads(cli("log", "--all", "--json").stdout)) == N
+    assert len(json.loads(cli("list", "--limit", "0", "--json").stdout)) == N
+    assert cli("history").stdout.startswith("No releases yet")

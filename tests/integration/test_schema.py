@@ -49,7 +49,7 @@ def test_each_migration_steps_down_and_up_again(reg):
     from alembic.script import ScriptDirectory
 
     revisions = [s.revision for s in ScriptDirectory.from_config(migrate._config()).walk_revisions()]
-    for below, rev in zip([*revisions[1:], "base"], revisions):
+    for below in [*revisions[1:], "base"]:
         migrate.downgrade(reg.store, below)
         assert reg.store.schema_revision() == (None if below == "base" else below)
     for rev in reversed(revisions):

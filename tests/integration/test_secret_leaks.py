@@ -15,10 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from registry.api import Registry
-from registry.engines.fake import FakeEngine
 from registry.errors import HealthGateFailed
+from tests.conftest import IMAGE, on_fake, push_versions
 
-IMAGE = "example:latest"
 SECRET = 'Zq9"w\\x/é<' + os.urandom(11).hex()  # 32 characters, some that JSON and URLs escape
 REGISTRY = str(Path(sys.executable).with_name("registry"))
 
@@ -33,18 +32,16 @@ def fragments(secret: str, least: int = 8) -> list[str]:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(fake, monkeypatch):
+    """The shared fake engine, with SECRET as SUPPORT_API_TOKEN."""
     monkeypatch.setenv("SUPPORT_API_TOKEN", SECRET)
-    return FakeEngine(images={IMAGE: "sha256:" + "ef" * 32})
+    return fake
 
 
 @pytest.fixture
 def deployed(home, fake, model_dir):
-    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as reg:
-        for version in ("v1.0", "v1.1"):
-            model_dir.set_prompt(f"prompt {version}\n")
-            model_dir.write_manifest(version=version, image=IMAGE, runtime={"secrets": ["SUPPORT_API_TOKEN"]})
-            reg.push(model_dir.manifest)
+    with on_fake(home, fake) as reg:
+        push_versions(reg, model_dir, "v1.0", "v1.1", image=IMAGE, runtime={"secrets": ["SUPPORT_API_TOKEN"]})
         reg.add_env("staging", port=18080, default=True)
         reg.promote("v1.0")
         yield reg

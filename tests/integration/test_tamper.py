@@ -10,38 +10,21 @@ import pytest
 from sqlalchemy import select, text
 
 from registry.api import Registry
-from registry.engines.fake import FakeEngine
 from registry.errors import AuditBroken
 from registry.formats import canonical
 from registry.store.sql import schema as t
 from registry.trust import audit
-
-IMAGE = "example:latest"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "token-for-the-fake")
-    return FakeEngine(images={IMAGE: "sha256:" + "aa" * 32})
+from tests.conftest import IMAGE, on_fake, push_versions, sql
 
 
 @pytest.fixture
 def reg(home, fake, model_dir):
-    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as r:
-        for version in ("v1.0", "v1.1"):
-            model_dir.set_prompt(f"prompt {version}\n")
-            model_dir.write_manifest(version=version, image=IMAGE)
-            r.push(model_dir.manifest)
+    with on_fake(home, fake) as r:
+        push_versions(r, model_dir, "v1.0", "v1.1", image=IMAGE)
         r.add_env("staging", port=18080, default=True)
         r.promote("v1.0")
         r.promote("v1.1")
         yield r
-
-
-def sql(reg, *statements, **params):
-    with reg.store.engine.begin() as conn:
-        for statement in statements:
-            conn.execute(text(statement), params)
 
 
 def seal_objects(reg) -> list[str]:

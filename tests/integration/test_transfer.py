@@ -13,34 +13,15 @@ from registry.api import Registry
 from registry.engines.fake import FakeEngine
 from registry.errors import InvalidInput, VersionConflict
 from registry.upkeep import archive
-from tests.conftest import database_like
+from tests.conftest import IMAGE, IMAGE_ID, on_fake, push_versions
 from tests.unit.test_archive import _info, _many, _rebuild
-
-IMAGE = "example:latest"
-IMAGE_ID = "sha256:" + "ab" * 32
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-s3cr3t-value")
-    return FakeEngine(images={IMAGE: IMAGE_ID})
 
 
 @pytest.fixture
 def reg(home, fake, model_dir):
-    with Registry.open(home, engine_factory=lambda host: fake, checks=fake.checks) as r:
-        for version in ("v1.0", "v1.1"):
-            model_dir.set_prompt(f"prompt of {version}\n")
-            model_dir.write_manifest(version=version, image=IMAGE)
-            r.push(model_dir.manifest)
+    with on_fake(home, fake) as r:
+        push_versions(r, model_dir, "v1.0", "v1.1", prompt="prompt of {version}\n", image=IMAGE)
         yield r
-
-
-@pytest.fixture
-def other_url(tmp_path, db_url):
-    """The air-gapped site's own database, of the same kind."""
-    with database_like(db_url, tmp_path / "other.db") as url:
-        yield url
 
 
 @pytest.fixture
@@ -53,7 +34,7 @@ def site():
 def other(reg, other_url, tmp_path, monkeypatch, site):
     monkeypatch.setenv("REGISTRY_DB_URL", other_url)  # ``reg`` holds its own store already
     Registry.init(tmp_path / "other", db_url=other_url)[0].close()
-    with Registry.open(tmp_path / "other", engine_factory=lambda host: site, checks=site.checks) as r:
+    with on_fake(tmp_path / "other", site) as r:
         r.add_env("prod", port=18081, default=True)
         yield r
 

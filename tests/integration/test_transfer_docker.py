@@ -11,16 +11,14 @@ import pytest
 
 from registry.api import Registry
 from registry.errors import NotFound
-from tests.conftest import database_like
-from tests.integration.conftest import _docker_client
 
 LABEL = "cellar.test"
 
 
 @pytest.fixture
-def own_image():
+def own_image(docker_client):
     """An image only this test uses (a unique file, so a unique ID), labelled, removed after."""
-    client = _docker_client()
+    client = docker_client
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         data = os.urandom(64 * 1024)
@@ -36,17 +34,10 @@ def own_image():
     for image in client.images.list(filters={"label": f"{LABEL}=transfer"}):
         if image.id == image_id:
             client.images.remove(image.id, force=True)
-    client.close()
-
-
-@pytest.fixture
-def other_url(tmp_path, db_url):
-    with database_like(db_url, tmp_path / "other.db") as url:
-        yield url
 
 
 def test_export_with_image_and_import_after_the_image_is_gone(reg, own_image, model_dir, tmp_path,
-                                                              other_url, monkeypatch):
+                                                              other_url, monkeypatch, docker_client):
     tag, image_id = own_image
     model_dir.write_manifest(image=tag)
     reg.push(model_dir.manifest)
@@ -54,7 +45,7 @@ def test_export_with_image_and_import_after_the_image_is_gone(reg, own_image, mo
     out = tmp_path / "v1.0.tar"
     assert reg.export("v1.0", out, with_image=True).with_image
 
-    client = _docker_client()
+    client = docker_client
     client.images.remove(image_id, force=True)  # the air-gapped site has never seen it
     with pytest.raises(NotFound):
         reg.engine().image_digest(image_id)
@@ -68,4 +59,3 @@ def test_export_with_image_and_import_after_the_image_is_gone(reg, own_image, mo
         again = other.import_archive(out)
         assert not again.created and not again.image_loaded
         assert other.show("v1.0").image.digest == image_id and other.verify().ok
-    client.close()

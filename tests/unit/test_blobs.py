@@ -28,13 +28,6 @@ def small_chunks(monkeypatch, size: int) -> None:
     monkeypatch.setattr(streams, "CHUNK", size)
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = BlobStore(tmp_path / "blobs")
-    s.create()
-    return s
-
-
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

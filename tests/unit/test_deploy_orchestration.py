@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from registry import HealthGateFailed, Interrupted, Registry
-from registry.engines.fake import FakeEngine
-
-IMAGE = "example:latest"
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-value-123")
-    return FakeEngine(images={IMAGE: "sha256:" + "cd" * 32})
+from registry import HealthGateFailed, Interrupted
+from tests.conftest import FAKE_TOKEN, IMAGE, on_fake, push_versions
 
 
 @pytest.fixture
 def reg(sqlite_home, fake, model_dir):
-    with Registry.open(sqlite_home, engine_factory=lambda host: fake, checks=fake.checks) as r:
-        for i, version in enumerate(["v1", "v2"]):
-            model_dir.set_prompt(f"prompt {i}\n")
-            model_dir.write_manifest(version=version, image=IMAGE)
-            r.push(model_dir.manifest)
+    with on_fake(sqlite_home, fake) as r:
+        push_versions(r, model_dir, "v1", "v2", image=IMAGE)
         r.add_env("staging", port=18080, default=True)
         yield r
 
@@ -46,10 +35,10 @@ def test_switch_stops_the_old_container_before_starting_the_new_one(reg, fake):
 
 def test_a_failing_release_puts_the_old_one_back(reg, fake):
     reg.promote("v1")
-    fake.unhealthy["v2"] = "HTTP 503 canary-value-123"
+    fake.unhealthy["v2"] = f"HTTP 503 {FAKE_TOKEN}"
     with pytest.raises(HealthGateFailed) as err:
         reg.promote("v2")
-    assert "canary-value-123" not in str(err.value) and "***" in str(err.value)
+    assert FAKE_TOKEN not in str(err.value) and "***" in str(err.value)
     assert ledger(reg) == [(1, "v1", "superseded"), (2, "v2", "failed"), (3, "v1", "deployed")]
     assert [c.labels["cellar.version"] for c in fake.running()] == ["v1"]
     assert err.value.result.rollback.revision == 3

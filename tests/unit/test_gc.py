@@ -7,8 +7,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
 from registry.store.files import scan
 from registry.store.files.blobs import BlobStore
 from registry.upkeep import gc_plan
@@ -67,13 +65,6 @@ def test_plan_is_deterministic_whatever_the_input_order():
     a = gc_plan.plan(gc_plan.Inputs(now=NOW, blobs=blobs))
     b = gc_plan.plan(gc_plan.Inputs(now=NOW, blobs=list(reversed(blobs))))
     assert a == b
-
-
-@pytest.fixture
-def store(tmp_path) -> BlobStore:
-    s = BlobStore(tmp_path / "blobs")
-    s.create()
-    return s
 
 
 def _age(path: Path, seconds: float) -> None:

@@ -47,7 +47,8 @@ def test_the_release_that_made_latency_rise_is_named_with_actor_reason_and_summa
     [point] = report.change_points
     assert (point.revision, point.version, point.previous_version) == (3, "v1.2", "v1.1")
     assert (point.metric, point.before, point.after) == ("p95_ms", 11, 90)
-    assert (point.actor, point.reason, point.summary) == ("linus", "new GPU driver", "image changed, env MAX_TOKENS changed")
+    assert (point.actor, point.reason, point.summary) == ("linus", "new GPU driver",
+                                                          "image changed, env MAX_TOKENS changed")
     assert point.at == LEDGER[2].started_at
 
 

@@ -12,13 +12,6 @@ from registry.store.files import scan
 from registry.store.files.blobs import BlobStore
 
 
-@pytest.fixture
-def store(tmp_path) -> BlobStore:
-    s = BlobStore(tmp_path / "blobs")
-    s.create()
-    return s
-
-
 def _put(store: BlobStore, tmp_path: Path, data: bytes) -> str:
     src = tmp_path / f"src-{os.urandom(4).hex()}"
     src.write_bytes(data)

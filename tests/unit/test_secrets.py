@@ -169,7 +169,8 @@ def test_a_secret_inside_a_longer_base64_text_is_masked_at_every_alignment(encod
 
 def test_ordinary_text_is_left_alone():
     scrubber = Scrubber(["P0" + SECRET, "@@" + SECRET[::-1], "hf_" + SECRET[:10]])
-    for text in ("HTTP 503", "503", "status 404", "404 Not Found", "ok", "{\"status\": \"ok\"}", "Internal Server Error"):
+    for text in ("HTTP 503", "503", "status 404", "404 Not Found", "ok", "{\"status\": \"ok\"}",
+                 "Internal Server Error"):
         assert scrubber.scrub(text) == text
 
 

@@ -4,7 +4,6 @@ and a real browser (Debian's chromium driven by Playwright; required under CI=tr
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from registry.api import Registry
 from registry.web import create_app
-from tests.conftest import need
+from tests.conftest import free_port, need
 from tests.web import demo
 
 CHROMIUM = "/usr/bin/chromium"
@@ -69,12 +68,6 @@ class Served:
     app: object
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(demo_registry) -> Iterator[Served]:
     """The web view of the demo registry, served by uvicorn in a thread (loopback, no token)."""
@@ -90,7 +83,7 @@ def served_with_token(demo_registry) -> Iterator[Served]:
 def _serve(app) -> Iterator[Served]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -127,8 +127,10 @@ def build_examples(home: Path, work: Path, fake: FakeEngine, *, clock=None) -> N
         reg.add_env("staging", port=18080, default=True, actor="ops <ops@example.org>")
         reg.add_env("production", port=18081, protected=True, actor="ops <ops@example.org>")
         fake.unhealthy["v1.2"] = "HTTP 503 {\"error\":\"MAX_TOKENS must be a positive integer\"}"
-        for env_name, version, reason in [("staging", "v1.0", "first release"), ("production", "v1.0", "CAB-1432 approved"),
-                                          ("staging", "v1.1", "friendlier persona"), ("staging", "v1.2", "longer answers"),
+        for env_name, version, reason in [("staging", "v1.0", "first release"),
+                                          ("production", "v1.0", "CAB-1432 approved"),
+                                          ("staging", "v1.1", "friendlier persona"),
+                                          ("staging", "v1.2", "longer answers"),
                                           ("production", "v1.1", "CAB-1440 approved")]:
             tick(4 * 3600)
             try:

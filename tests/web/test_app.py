@@ -100,7 +100,8 @@ def test_a_token_is_required_as_bearer_or_cookie(guarded):
     assert guarded.get("/static/style.css").status_code == 200  # the login form's stylesheet
     login = guarded.get(f"/login?token={TOKEN}", follow_redirects=False)
     assert login.status_code == 303 and login.headers["location"] == "/"
-    assert "httponly" in login.headers["set-cookie"].lower() and "samesite=strict" in login.headers["set-cookie"].lower()
+    cookie = login.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
     assert guarded.get("/envs").status_code == 200  # the cookie
     guarded.cookies.clear()
 
