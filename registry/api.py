@@ -73,17 +73,17 @@ class Registry:
     def __init__(self, home: home_mod.Home, store: Store, *, engine_factory: EngineFactory | None = None,
                  checks: Checks | None = None):
         self.home = home
-        self.config = Configuration.for_home(home, store, engine_factory=engine_factory, checks=checks)
+        self.cfg = Configuration.for_home(home, store, engine_factory=engine_factory, checks=checks)
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
 
     @property
     def store(self) -> Store:
-        return self.config.store
+        return self.cfg.store
 
     @property
     def blobs(self) -> BlobStore:
-        return self.config.blobs
+        return self.cfg.blobs
 
     # --- opening -------------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ class Registry:
 
     def close(self) -> None:
         """Save the stat cache and close the database and every Docker engine opened."""
-        self.config.close()
+        self.cfg.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -144,11 +144,11 @@ class Registry:
         else:
             resolved = manifest_mod.load(source, version=version, message=message)
         who = actor_mod.identify(actor, git_identity=self._git_user)
-        return pushing.Push(self.config, actor=who).run(resolved, progress=progress)
+        return pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
 
     def engine(self, docker_host: str | None = None) -> Engine:
         """The Docker engine ($DOCKER_HOST or the local socket, or ``docker_host``), connected on first use."""
-        return self.config.engine(docker_host)
+        return self.cfg.engine(docker_host)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class Registry:
     def diff(self, a: str, b: str) -> Diff:
         """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, or an
         environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
-        return inspection.diff(self.config, a, b)
+        return inspection.diff(self.cfg, a, b)
 
     def blame(self, prompt: str, *, at: str | None = None, model: str | None = None) -> list[BlameLine]:
         """For each line of ``prompt`` at ``at`` (default: the model's newest version), the version
@@ -215,7 +215,7 @@ class Registry:
         ``progress(bytes, total)`` is called as blobs are hashed."""
         from registry.upkeep.verify import Verify
 
-        return Verify(self.config).run(progress=progress)
+        return Verify(self.cfg).run(progress=progress)
 
     def gc(self, *, dry_run: bool = False, actor: str | None = None, grace: timedelta | None = None) -> GcResult:
         """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
@@ -224,7 +224,7 @@ class Registry:
         from registry.upkeep import gc_plan
         from registry.upkeep.gc import Gc
 
-        return Gc(self.config, actor=actor_mod.identify(actor)).run(
+        return Gc(self.cfg, actor=actor_mod.identify(actor)).run(
             dry_run=dry_run, grace=gc_plan.GRACE if grace is None else grace)
 
     def backup(self, dest: str | Path, *, actor: str | None = None, hard_links: bool = False) -> BackupResult:
@@ -234,7 +234,7 @@ class Registry:
         a byte damaged in one is damaged in both)."""
         from registry.upkeep.backup import Backup
 
-        return Backup(self.config, actor=actor_mod.identify(actor)).run(Path(dest), link=hard_links)
+        return Backup(self.cfg, actor=actor_mod.identify(actor)).run(Path(dest), link=hard_links)
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
@@ -248,7 +248,7 @@ class Registry:
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            backup.record_restore(reg.config, result, src=Path(src), actor=actor_mod.identify(actor))
+            backup.record_restore(reg.cfg, result, src=Path(src), actor=actor_mod.identify(actor))
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
@@ -257,7 +257,7 @@ class Registry:
         from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
-        return transfer.Export(self.config, actor=actor_mod.identify(actor)).run(
+        return transfer.Export(self.cfg, actor=actor_mod.identify(actor)).run(
             model, version, Path(out), with_image=with_image, progress=progress)
 
     def import_archive(self, path: str | Path, *, actor: str | None = None, progress=None) -> ImportResult:
@@ -265,7 +265,7 @@ class Registry:
         same file again is a no-op."""
         from registry.upkeep import transfer
 
-        return transfer.Import(self.config, actor=actor_mod.identify(actor)).run(Path(path), progress=progress)
+        return transfer.Import(self.cfg, actor=actor_mod.identify(actor)).run(Path(path), progress=progress)
 
     def deprecate(self, ref: str, *, reason: str | None = None, actor: str | None = None) -> Deprecation:
         """Hide a version from ``versions()`` and refuse to promote it; diff, show and audit still work."""
@@ -273,7 +273,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return Deprecate(self.config, actor=actor_mod.identify(actor)).run(model, version, reason=reason)
+        return Deprecate(self.cfg, actor=actor_mod.identify(actor)).run(model, version, reason=reason)
 
     def deprecations(self, model: str | None = None) -> list[Deprecation]:
         """The deprecated versions (of ``model``)."""
@@ -288,7 +288,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.resolve(self.store, ref)
-        return Delete(self.config, actor=actor_mod.identify(actor)).run(model, version, force=force, reason=reason)
+        return Delete(self.cfg, actor=actor_mod.identify(actor)).run(model, version, force=force, reason=reason)
 
     # --- environments, promote, rollback -------------------------------------------------
 
@@ -297,7 +297,7 @@ class Registry:
         protected, default, bind_addr, gate (promotes run the probe suite as a gate)."""
         from registry.deploy.env_actions import AddEnv, new_env
 
-        return AddEnv(self.config, actor=actor_mod.identify(actor)).run(new_env(name, port=port, **settings))
+        return AddEnv(self.cfg, actor=actor_mod.identify(actor)).run(new_env(name, port=port, **settings))
 
     def environments(self) -> list[Environment]:
         """All environments, by name."""
@@ -317,7 +317,7 @@ class Registry:
         from registry.deploy.env_actions import RemoveEnv
 
         inputs.check_reason(reason)
-        return RemoveEnv(self.config, actor=actor_mod.identify(actor)).run(name, reason=reason, force=force)
+        return RemoveEnv(self.cfg, actor=actor_mod.identify(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
                 allow_retag: bool = False, on_step=None, gate: bool | None = None) -> DeployResult:
@@ -329,7 +329,7 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
-        action = Promote(self.config, actor=actor_mod.identify(actor), on_step=on_step)
+        action = Promote(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
@@ -340,7 +340,7 @@ class Registry:
         if to is not None and revision is not None:
             raise InvalidInput("give --to or --revision, not both")
         inputs.check_reason(reason)
-        action = Rollback(self.config, actor=actor_mod.identify(actor), on_step=on_step)
+        action = Rollback(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
 
     def history(self, env: str | None = None, *, limit: int | None = None) -> list[Release]:
@@ -348,19 +348,19 @@ class Registry:
         newest ``limit`` releases only when given."""
         from registry.deploy.env_actions import history
 
-        return history(self.config, env, limit=limit)
+        return history(self.cfg, env, limit=limit)
 
     def count_releases(self, env: str | None = None) -> int:
         """How many releases there are (in ``env``, or in all)."""
         from registry.deploy.env_actions import count_history
 
-        return count_history(self.config, env)
+        return count_history(self.cfg, env)
 
     def status(self) -> list[EnvStatus]:
         """Each environment: what is deployed, its container's state and health, pending work."""
         from registry.deploy.env_actions import Status
 
-        return Status(self.config, actor="status").run()
+        return Status(self.cfg, actor="status").run()
 
     def recover(self, *, env: str | None = None, actor: str | None = None,
                 force: bool = False) -> RecoverResult:
@@ -368,7 +368,7 @@ class Registry:
         (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
         from registry.deploy.recover import Recover
 
-        return Recover(self.config, actor=actor_mod.identify(actor)).run(env_name=env, force=force)
+        return Recover(self.cfg, actor=actor_mod.identify(actor)).run(env_name=env, force=force)
 
     # --- probes and health ---------------------------------------------------------------
 
@@ -381,7 +381,7 @@ class Registry:
         from registry.health import monitoring
         from registry.probes import probing
 
-        action = monitoring.ProbeEnv(self.config, actor=actor_mod.identify(actor))
+        action = monitoring.ProbeEnv(self.cfg, actor=actor_mod.identify(actor))
         if timeout_s is not None:
             action.timeout_s = timeout_s
         run = action.run(env)
@@ -405,7 +405,7 @@ class Registry:
         already read with ``probe_runs`` (they are not read again)."""
         from registry.health import monitoring
 
-        return monitoring.Health(self.config).run(env, since=_since(since), runs=runs)
+        return monitoring.Health(self.cfg).run(env, since=_since(since), runs=runs)
 
     def watch(self, env: str | None = None, *, every_s: float, failures: int = 3,
               notify: Callable[[str], object] | None = None, auto_rollback: bool = False,
@@ -422,7 +422,7 @@ class Registry:
 
         if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
             raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
-        watch = monitoring.Watch(self.config, actor=actor_mod.identify(actor), env_name=env, failures=failures)
+        watch = monitoring.Watch(self.cfg, actor=actor_mod.identify(actor), env_name=env, failures=failures)
         return watch.run(every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
                          max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
 
@@ -430,7 +430,7 @@ class Registry:
         """What the metrics page shows now, read from the database (so cron's runs count too)."""
         from registry.health import monitoring
 
-        return monitoring.MetricsScrape(self.config).run()
+        return monitoring.MetricsScrape(self.cfg).run()
 
     def metrics_text(self) -> str:
         """The Prometheus page as a scrape would see it."""

@@ -366,7 +366,7 @@ def docker_env(docker_image, sqlite_home, monkeypatch, model_dir):
         reg.push(model_dir.manifest)
     reg.add_env(name, port=free_port(), health_timeout_s=2.5, default=True)
     yield reg, name
-    own = reg.config.registry_id  # this registry's containers only, whatever else runs on the host
+    own = reg.cfg.registry_id  # this registry's containers only, whatever else runs on the host
     reg.close()
     client = _docker_client()
     for c in client.containers.list(all=True, filters={"label": [f"cellar.env={name}", f"cellar.registry={own}"]}):

@@ -281,7 +281,7 @@ def test_ctrl_c_during_promote_brings_the_old_release_back(docker_env, docker_im
         with reg.store.read() as conn:
             assert conn.execute(select(func.count()).select_from(t.env_locks)).scalar_one() == 0
     finally:
-        own = {"label": [f"cellar.env={env}", f"cellar.registry={reg.config.registry_id}"]}
+        own = {"label": [f"cellar.env={env}", f"cellar.registry={reg.cfg.registry_id}"]}
         for c in client.containers.list(all=True, filters=own):
             c.remove(force=True)
         client.close()

@@ -67,7 +67,7 @@ def half_promote(reg, env_name: str, version: str):
     from registry import clock, ledger
     from registry.deploy.promote import Promote
 
-    action = Promote(reg.config, actor="x")
+    action = Promote(reg.cfg, actor="x")
     action.open_env(env_name, reason=None)
     ready = action.make_ready("support-bot", version)
     action._claim(version)

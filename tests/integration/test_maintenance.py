@@ -53,8 +53,8 @@ def _age(*paths: Path) -> None:
 
 def _age_store(reg: Registry) -> None:
     _age(*[p for p in (reg.home.blobs / "sha256").rglob("*") if p.is_file()])
-    if reg.config.snapshots.is_dir():
-        _age(*[p for p in reg.config.snapshots.iterdir()])
+    if reg.cfg.snapshots.is_dir():
+        _age(*[p for p in reg.cfg.snapshots.iterdir()])
 
 
 def _damage(path: Path, how: str) -> None:
@@ -109,7 +109,7 @@ def test_damaged_blob_found_by_verify_and_refused_by_promote_and_rollback(pushed
 def test_verify_finds_a_damaged_snapshot_and_a_broken_audit_chain(pushed):
     reg = pushed
     reg.promote("v1.0")
-    snap = next(reg.config.snapshots.iterdir())
+    snap = next(reg.cfg.snapshots.iterdir())
     os.chmod(snap, 0o755)
     (snap / "extra").write_text("not part of the version")
     with reg.store.write() as conn:
@@ -129,7 +129,7 @@ def _dead_pid() -> int:
 
 def _stray_container(reg: Registry, fake: FakeEngine, revision: int) -> str:
     labels = labels_for(model="support-bot", env="staging", version="v1.0", revision=revision,
-                        manifest_digest="sha256:" + "0" * 64, registry=reg.config.registry_id)
+                        manifest_digest="sha256:" + "0" * 64, registry=reg.cfg.registry_id)
     spec = ContainerSpec(name=f"stray-{revision}", image=IMAGE, labels=labels, env={}, snapshot="/nowhere",
                          container_port=8080, host_port=1)
     return fake.create(spec)
@@ -143,7 +143,7 @@ def test_gc_dry_run_equals_the_real_run_and_keeps_what_releases_need(pushed, fak
     push_versions(reg, model_dir, "v1.4", image=IMAGE)
     doomed = reg.delete("v1.3", force=True)
     deleted_prompt = _digests(reg, "v1.4")[1]  # v1.4 keeps its own prompt
-    extra = reg.config.snapshots / ("0" * 64)   # a snapshot no version has
+    extra = reg.cfg.snapshots / ("0" * 64)   # a snapshot no version has
     extra.mkdir(parents=True)
     (extra / "f").write_text("x")
     stale = reg.blobs.tmp / f"ingest-{_dead_pid()}-abcdef"
