@@ -528,25 +528,16 @@ def test_ctrl_c_while_a_stuck_warm_process_is_asked_ends_the_client(warm):
         os.kill(server, signal.SIGCONT)
 
 
-def test_a_command_outlives_the_warm_process_and_keeps_its_signals(warm, sqlite_home):
+def test_a_command_outlives_the_warm_process(warm, sqlite_home):
     """kill -9 of the warm process in the middle of a command: the command goes on to its own
-    end and status (a promote is never cut short because another process died); a signal to
-    the client still reaches it."""
-    srv = _silent_server()
-    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
+    end and status (a promote is never cut short because another process died)."""
     server = _warm_pid(warm)
-    _wait_for(lambda: len(_children(server)) == 1, 30)
-    (child,) = _children(server)
-    proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
-                             "list"], env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, child, srv = _start_blocked(warm)
     try:
-        srv.settimeout(30)
-        peer, _ = srv.accept()  # the command connects, and waits for an answer
         os.kill(server, signal.SIGKILL)
         time.sleep(0.5)
         assert os.path.exists(f"/proc/{child}") and proc.poll() is None
-        peer.close()  # the database hangs up: the command fails on its own, and says so
+        srv.close()  # the database goes away: the command fails on its own, and says so
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 1 and "ended without an exit status" not in err, err
     finally:
@@ -659,17 +650,9 @@ def test_at_most_max_warm_of_them_the_least_recently_used_goes(short_tmp):
 
 
 def test_a_signal_reaches_the_command_after_the_warm_process_died(warm, sqlite_home):
-    srv = _silent_server()
-    url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
     server = _warm_pid(warm)
-    _wait_for(lambda: len(_children(server)) == 1, 30)
-    (child,) = _children(server)
-    proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
-                             "list"], env={**os.environ, "REGISTRY_DB_URL": url}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, child, srv = _start_blocked(warm)
     try:
-        srv.settimeout(30)
-        srv.accept()  # the command is connecting to the database
         os.kill(server, signal.SIGKILL)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)  # straight to the command (a pidfd), no warm process needed
