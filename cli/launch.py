@@ -164,8 +164,8 @@ def run_warm(path: str, argv: list[str]) -> int | None:
 
 
 def _hand_over(sock: _socket.socket, argv: list[str], ignored: list[int], marshal) -> int | None:
-    """Send the request; the pid of the child that took it, or None when none did within
-    HANDOFF_S. A signal meanwhile raises _Abort (from the handler)."""
+    """Send the request; the pid of the child that took it, or None when no child said it was
+    ready within HANDOFF_S, or it refused. A signal meanwhile raises _Abort (from the handler)."""
     import signal
 
     sock.settimeout(HANDOFF_S)
@@ -189,14 +189,10 @@ def _hand_over(sock: _socket.socket, argv: list[str], ignored: list[int], marsha
         return None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, waiting)
-    accepted = _read(sock, 5)
-    if not accepted:  # not in time: one last look, then it is ours (a late child finds us gone)
-        sock.setblocking(False)
-        accepted = _read(sock, 5)
-        if len(accepted) in range(1, 5):
-            sock.setblocking(True)
-            accepted += _read(sock, 5 - len(accepted))
+    # The child that said it is ready reads the request at once: no time limit from here (one
+    # would risk the command running there and here), but Ctrl-C still ends the wait (_Abort).
     sock.settimeout(None)
+    accepted = _read(sock, 5)
     if len(accepted) < 5 or accepted[0] != 1:
         return None
     return struct.unpack("!i", accepted[1:])[0]
