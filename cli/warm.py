@@ -3,9 +3,10 @@ command (see ``cli/launch.py`` for why and for the client's side).
 
 One request on the Unix socket: the client's stdin/stdout/stderr as file descriptors, then its
 argv, environment, working directory, umask, ignored signals and stream settings. The warm
-process checks who sent it and hands the connection and descriptors, unread, to a child forked
-ahead: the child reads the request (the caller's environment, secrets included, never passes
-through the warm process), answers an accept byte and its pid (from here on the command counts
+process checks who connected and hands the connection, unread, to a child forked ahead: the
+child says it is ready, and only then does the client send its descriptors and request (nothing
+of the caller's, its environment and secrets included, passes through the warm process, nor
+waits queued on a warm process that is stopped); the child answers an accept byte and its pid (from here on the command counts
 as started, and the client signals it directly), takes the client's descriptors as 0/1/2, its
 environment, directory and umask, runs ``cli.main.main`` as the client would have, and answers
 its exit status itself. The warm process kills the child when the client disappears (``kill -9``
@@ -283,7 +284,7 @@ class Server:
 
     def _fork_spare(self, *inherited) -> tuple[int, socket.socket, int] | None:
         """A child forked ahead; None when the system will not fork now. ``inherited``: the
-        request being handed over, which this child must not keep a second copy of."""
+        connection being handed over, which this child must not keep a second copy of."""
         try:
             ours, theirs = socket.socketpair()
         except OSError:
