@@ -9,9 +9,9 @@ of the caller's, its environment and secrets included, passes through the warm p
 waits queued on a warm process that is stopped); the child answers an accept byte and its pid
 (from here on the command counts as started, and the client signals it directly), takes the
 client's descriptors as 0/1/2, its environment, directory and umask, runs ``cli.main.main`` as
-the client would have, and answers its exit status itself. The warm process kills the child when the client disappears (``kill -9``
-of ``registry`` stops the command, as before), and answers for a child killed by a signal (the
-negative signal number). A started command outlives the warm process: a promote is never cut
+the client would have, and answers its exit status itself. The command ends when its client
+disappears (``kill -9`` of ``registry`` stops it, as before), and the warm process answers for
+a child killed by a signal (the negative signal number). A started command outlives the warm process: a promote is never cut
 short because another process died. A spare not yet used dies with it. A request that gets no
 accept byte ran nowhere: its client runs it in-process.
 
