@@ -11,9 +11,9 @@ waits queued on a warm process that is stopped); the child answers an accept byt
 client's descriptors as 0/1/2, its environment, directory and umask, runs ``cli.main.main`` as
 the client would have, and answers its exit status itself. The command ends when its client
 disappears (``kill -9`` of ``registry`` stops it, as before), and the warm process answers for
-a child killed by a signal (the negative signal number). A started command outlives the warm process: a promote is never cut
-short because another process died. A spare not yet used dies with it. A request that gets no
-accept byte ran nowhere: its client runs it in-process.
+a child killed by a signal (the negative signal number). A started command outlives the warm
+process: a promote is never cut short because another process died. A spare not yet used dies
+with it. A request that gets no accept byte ran nowhere: its client runs it in-process.
 
 Only the user who started it, with the same privileges, may use it (``SO_PEERCRED`` and
 /proc), the socket sits in a folder only that user may enter, and after ``idle_s`` seconds
