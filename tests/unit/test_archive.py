@@ -86,7 +86,8 @@ def test_export_refuses_a_corrupt_blob_and_leaves_no_file(store, tmp_path):
     src = _version(store, tmp_path)
     victim = next(iter(src.blob_paths.values()))
     os.chmod(victim, 0o644)
-    victim.write_bytes(b"X" + victim.read_bytes()[1:])
+    data = victim.read_bytes()
+    victim.write_bytes(bytes([data[0] ^ 0xFF]) + data[1:])  # a changed byte, whatever it was
     out = tmp_path / "out.tar"
     with pytest.raises(CorruptBlob):
         archive.write_archive(out, src)
