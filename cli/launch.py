@@ -88,8 +88,13 @@ def run_warm(path: str, argv: list[str]) -> int | None:
     import signal
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    # Bounded too: a stopped warm process whose queue of connections is full blocks a connect.
+    sock.settimeout(HANDOFF_S)
     try:
         sock.connect(path)
+    except (TimeoutError, BlockingIOError):  # there, but stuck (its queue full): run here, start none
+        sock.close()
+        return None
     except OSError:
         sock.close()
         raise NoWarmProcess(path) from None

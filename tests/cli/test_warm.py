@@ -662,3 +662,23 @@ def test_a_signal_reaches_the_command_after_the_warm_process_died(warm, sqlite_h
     finally:
         proc.kill()
         srv.close()
+
+
+def test_a_full_queue_of_a_stuck_warm_process_does_not_block_the_client(short_tmp):
+    """A warm process stopped long enough that its queue of connections filled up: connect
+    itself would wait forever. It waits HANDOFF_S, then the command runs here (99)."""
+    from cli.launch import HANDOFF_S
+
+    path = str(short_tmp / "w.sock")
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.bind(path)
+    stuck.listen(0)  # one queued connection fills it
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(path)
+    try:
+        started = time.monotonic()
+        done = through_warm(path, "--help")
+        assert done.returncode == 99 and time.monotonic() - started < HANDOFF_S + 20
+    finally:
+        queued.close()
+        stuck.close()
