@@ -12,6 +12,9 @@
 # process, for --pdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Bytecode caches on: with PYTHONDONTWRITEBYTECODE (set on some machines) every pytest worker
+# rewrites the tests' asserts from source (4 s each) and every CLI subprocess compiles Cellar anew.
+unset PYTHONDONTWRITEBYTECODE
 
 if [ "${1:-}" = "--fast" ]; then
     shift

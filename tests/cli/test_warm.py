@@ -2,8 +2,9 @@
 command run in-process (output, exit status, environment, directory, signals, kill -9), only
 its owner may use it, and it goes away when idle.
 
-Each test starts its own warm process on a socket under tmp_path and stops it afterwards; the
-client side is ``cli.launch.run_warm`` in a fresh interpreter, as the console script calls it.
+The tests that leave a warm process as they found it share one per module (``warm``); those
+that stop, kill or open it up start their own (``own_warm``). The client side is
+``cli.launch.run_warm`` in a fresh interpreter, as the console script calls it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ def short_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
-def warm(short_tmp):
-    """A warm process serving a socket of its own; yields the socket path."""
-    path = str(short_tmp / "w.sock")
+def _start_warm(folder: Path):
+    """A warm process serving a socket of its own in ``folder``; yields the socket path."""
+    path = str(folder / "w.sock")
     # Started as by `registry ... &` from a script (SIGINT ignored) whose caller ignored SIGCHLD
     # and blocked SIGTERM: none of it may reach its commands, nor stop it from reaping them.
     serve = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
@@ -54,6 +54,44 @@ def warm(short_tmp):
     yield path
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture(scope="module")
+def warm():
+    """One warm process for the tests that leave it as they found it (each command of theirs
+    ends before the next test): starting one costs a second of CPU, most of this file's time."""
+    folder = Path(tempfile.mkdtemp(prefix="cellar-test-", dir="/tmp"))
+    try:
+        yield from _start_warm(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_warm(short_tmp):
+    """A warm process of this test's alone, for tests that stop, kill or open it up."""
+    yield from _start_warm(short_tmp)
+
+
+@pytest.fixture(scope="module")
+def _home_with_v1(tmp_path_factory) -> Path:
+    from registry.api import Registry
+    from tests import helpers
+
+    root = tmp_path_factory.mktemp("v1")
+    reg, _ = Registry.init(root / "home")
+    try:
+        reg.push(helpers.ModelDir.create(root / "model", version="v1").manifest)
+    finally:
+        reg.close()
+    return root / "home"
+
+
+@pytest.fixture
+def home_with_v1(_home_with_v1, monkeypatch) -> Path:
+    """A home holding v1, shared by the tests that only read it (REGISTRY_HOME set)."""
+    monkeypatch.setenv("REGISTRY_HOME", str(_home_with_v1))
+    return _home_with_v1
 
 
 def _wait_for(ready, seconds: float) -> None:
@@ -81,8 +119,7 @@ def in_process(*args: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args", [("--help",), ("list", "--json"), ("show", "v1", "--json"), ("list", "--bogus"),
                                   ("show", "v9"), ("log", "--limit", "3")], ids=" ".join)
-def test_same_output_and_status_as_in_process(warm, sqlite_home, model_dir, args):
-    assert in_process("push", str(model_dir.manifest), "--version", "v1", "-m", "first").returncode == 0
+def test_same_output_and_status_as_in_process(warm, home_with_v1, args):
     here, there = in_process(*args), through_warm(warm, *args)
     assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout, here.stderr)
     assert here.returncode != 99
@@ -214,10 +251,10 @@ def test_a_command_killed_by_a_signal_kills_the_client_alike(warm, sqlite_home, 
     assert done.returncode == -signal.SIGKILL
 
 
-def test_only_its_owner_may_connect(warm):
-    assert os.stat(warm).st_mode & 0o777 == 0o600
-    os.chmod(warm, 0o777)  # even then, the peer's uid is checked
-    os.chmod(os.path.dirname(warm), 0o711)
+def test_only_its_owner_may_connect(own_warm):
+    assert os.stat(own_warm).st_mode & 0o777 == 0o600
+    os.chmod(own_warm, 0o777)  # even then, the peer's uid is checked
+    os.chmod(os.path.dirname(own_warm), 0o711)
     pid = os.fork()
     if pid == 0:  # as nobody: the warm process must not take the command
         code = 1
@@ -229,9 +266,9 @@ def test_only_its_owner_may_connect(warm):
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            refused = run_warm(warm, ["registry", "--help"]) is None  # the client sees a stranger
+            refused = run_warm(own_warm, ["registry", "--help"]) is None  # the client sees a stranger
             raw = socket.socket(socket.AF_UNIX)  # and the warm process refuses one that does not look
-            raw.connect(warm)
+            raw.connect(own_warm)
             req = marshal.dumps({"argv": ["registry", "--help"], "env": {}, "cwd": "/", "umask": 0o022,
                                  "ignored": [], "stdio": [None, None, None]})
             try:
@@ -262,15 +299,15 @@ def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm, sqlite_home):
         srv.close()
 
 
-def test_a_command_that_ends_while_the_warm_process_is_stopped(warm, sqlite_home):
+def test_a_command_that_ends_while_the_warm_process_is_stopped(own_warm, sqlite_home):
     """Its exit and its client's end can reach the warm process in the same wake-up."""
     srv = _silent_server()
     srv.settimeout(30)
     url = f"postgresql+psycopg://u:p@127.0.0.1:{srv.getsockname()[1]}/db"
-    server = _warm_pid(warm)
+    server = _warm_pid(own_warm)
     _wait_for(lambda: len(_children(server)) == 1, 30)
     (child,) = _children(server)
-    proc = client(warm, "list", env={**os.environ, "REGISTRY_DB_URL": url})
+    proc = client(own_warm, "list", env={**os.environ, "REGISTRY_DB_URL": url})
     peer, _ = srv.accept()  # the command connects...
     os.kill(server, signal.SIGSTOP)
     peer.close()  # ...and fails at once
@@ -279,7 +316,7 @@ def test_a_command_that_ends_while_the_warm_process_is_stopped(warm, sqlite_home
     proc.wait()
     os.kill(server, signal.SIGCONT)
     time.sleep(0.5)
-    assert through_warm(warm, "--help").returncode == 0
+    assert through_warm(own_warm, "--help").returncode == 0
     srv.close()
 
 
@@ -308,8 +345,7 @@ def test_the_first_command_runs_when_its_caller_ignores_sigchld(short_tmp, sqlit
 
 
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
-def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, sqlite_home, model_dir, unbuffered):
-    assert in_process("push", str(model_dir.manifest), "--version", "v1", "-m", "first").returncode == 0
+def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, home_with_v1, unbuffered):
     env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
     results = []
     for args, run_env in (([REGISTRY, "list", "--json"], {**env, "REGISTRY_WARM": "0"}),
@@ -493,32 +529,32 @@ def test_a_relative_import_path_means_the_callers_directory(short_tmp, tmp_path)
 # on a kernel without pidfds; and what it keeps of its caller ------------------------------------
 
 
-def test_a_stopped_warm_process_costs_a_moment_then_the_command_runs_here(warm, tmp_path):
+def test_a_stopped_warm_process_costs_a_moment_then_the_command_runs_here(own_warm, tmp_path):
     """SIGSTOP'ed (or hung) before it took the command: the client gives up after HANDOFF_S (99:
     the console script would now run it in-process), nothing of the client's is left queued
     there (a pipe it held ends), and resumed, the warm process does not run it after all."""
     from cli.launch import HANDOFF_S
 
-    server = _warm_pid(warm)
+    server = _warm_pid(own_warm)
     fresh = tmp_path / "fresh"
     os.kill(server, signal.SIGSTOP)
     try:
         started = time.monotonic()
-        proc = client(warm, "init", str(fresh))
+        proc = client(own_warm, "init", str(fresh))
         out, _ = proc.communicate(timeout=HANDOFF_S + 30)  # its stdout pipe ends: no copy of it is queued
         assert proc.returncode == 99 and time.monotonic() - started < HANDOFF_S + 30
     finally:
         os.kill(server, signal.SIGCONT)
     time.sleep(1)  # the late connection reaches a spare, which finds its client gone
     assert not fresh.exists()
-    assert through_warm(warm, "--help").returncode == 0
+    assert through_warm(own_warm, "--help").returncode == 0
 
 
-def test_ctrl_c_while_a_stuck_warm_process_is_asked_ends_the_client(warm):
-    server = _warm_pid(warm)
+def test_ctrl_c_while_a_stuck_warm_process_is_asked_ends_the_client(own_warm):
+    server = _warm_pid(own_warm)
     os.kill(server, signal.SIGSTOP)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, warm,
+        proc = subprocess.Popen([sys.executable, "-c", TERMINAL + "import sys; exec(sys.argv.pop(1))", CLIENT, own_warm,
                                  "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # waiting for the accept byte
         proc.send_signal(signal.SIGINT)
@@ -528,11 +564,11 @@ def test_ctrl_c_while_a_stuck_warm_process_is_asked_ends_the_client(warm):
         os.kill(server, signal.SIGCONT)
 
 
-def test_a_command_outlives_the_warm_process(warm, sqlite_home):
+def test_a_command_outlives_the_warm_process(own_warm, sqlite_home):
     """kill -9 of the warm process in the middle of a command: the command goes on to its own
     end and status (a promote is never cut short because another process died)."""
-    server = _warm_pid(warm)
-    proc, child, srv = _start_blocked(warm)
+    server = _warm_pid(own_warm)
+    proc, child, srv = _start_blocked(own_warm)
     try:
         os.kill(server, signal.SIGKILL)
         time.sleep(0.5)
@@ -605,7 +641,7 @@ def test_without_pidfds_it_stays_out_of_the_way(short_tmp, sqlite_home):
 
 def _copy_of_the_code(where: Path) -> Path:
     for package in ("cli", "registry"):
-        shutil.copytree(ROOT / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / package, where / package)  # with its bytecode, if any: no compile
     return where
 
 
@@ -649,9 +685,9 @@ def test_at_most_max_warm_of_them_the_least_recently_used_goes(short_tmp):
             p.kill()
 
 
-def test_a_signal_reaches_the_command_after_the_warm_process_died(warm, sqlite_home):
-    server = _warm_pid(warm)
-    proc, child, srv = _start_blocked(warm)
+def test_a_signal_reaches_the_command_after_the_warm_process_died(own_warm, sqlite_home):
+    server = _warm_pid(own_warm)
+    proc, child, srv = _start_blocked(own_warm)
     try:
         os.kill(server, signal.SIGKILL)
         time.sleep(0.5)
