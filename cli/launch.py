@@ -28,7 +28,7 @@ import os
 import struct
 import sys
 
-LONG_RUNNING = frozenset({"watch", "metrics", "ui"})
+LONG_RUNNING = frozenset({"watch", "metrics", "ui", "hook"})  # hook: `hook run` serves for days
 HANDOFF_S = 2.0  # a warm process that has not taken the command by then is stuck: run it here
 MAX_SOCKET_PATH = 96  # sun_path holds 107 bytes; the warm process binds PATH.<pid> first
 IDLE_S = 600  # the warm process exits after this long without a command

@@ -6,6 +6,7 @@ import sys
 from cli import completion as _completion  # noqa: F401  (registry completion SHELL)
 from cli import deploy as _deploy  # noqa: F401  (registers its commands)
 from cli import health as _health  # noqa: F401  (probe, health, watch, metrics)
+from cli import hooks as _hooks  # noqa: F401  (registry hook ...)
 from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
 from cli import maintenance as _maintenance  # noqa: F401  (verify, gc, backup, export, ...)
 from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
@@ -21,7 +22,8 @@ def runs_for_days(argv: list[str]) -> bool:
     a few thousand requests without it)."""
     words = [a for a in argv if not a.startswith("-")]
     command = words[0] if words else ""
-    return command in LONG_RUNNING or (command == "metrics" and any(a.startswith("--listen") for a in argv))
+    return (command in LONG_RUNNING or (command == "metrics" and any(a.startswith("--listen") for a in argv))
+            or (command == "hook" and words[1:2] == ["run"]))
 
 
 def main() -> None:

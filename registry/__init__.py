@@ -45,6 +45,7 @@ _EXPORTS = {
         "WatchAction", "WatchSummary", "MetricsSnapshot", "DeployedInfo",
     ],
     "registry.health.alerting": ["Webhook", "webhook_from_env"],
+    "registry.models.hooks": ["Hook", "Delivery", "DeliveryPass"],
     "registry.health.watching": ["StopFlag", "stop_on_signals"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from registry.versions.diffing import Diff
 from registry.versions.pushing import Progress
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
+    from registry.models.hooks import Delivery, DeliveryPass, Hook
     from registry.models.upkeep import (
         BackupResult,
         DeleteResult,
@@ -422,9 +424,20 @@ class Registry:
 
         if every_s < 0 or failures < 1 or (max_runs is not None and max_runs < 1):
             raise InvalidInput("--every must be 0 or more, --failures and --max-runs 1 or more")
+        from registry.hooks import delivery
+
         watch = monitoring.Watch(self.cfg, actor=actor_mod.identify(actor), env_name=env, failures=failures)
-        return watch.run(every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
-                         max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
+        # Hooks go out meanwhile, from a thread of their own: a slow receiver never delays a probe.
+        done = threading.Event()
+        hooks = delivery.start_thread(
+            self.cfg, should_stop=lambda: done.is_set() or bool(should_stop and should_stop()), wait=done.wait)
+        try:
+            return watch.run(every_s=every_s, notify=notify or _log_alert, auto_rollback=auto_rollback,
+                             max_runs=max_runs, should_stop=should_stop, sleep=sleep, on_run=on_run)
+        finally:
+            done.set()
+            if hooks is not None:
+                hooks.join(timeout=delivery.TIMEOUT_S + 5)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """What the metrics page shows now, read from the database (so cron's runs count too)."""
@@ -444,6 +457,58 @@ class Registry:
         from registry.health import metrics
 
         return metrics.serve(self.metrics_snapshot, listen)
+
+    # --- hooks: audit events POSTed to other tools (registry.hooks) ----------------------------
+
+    def add_hook(self, name: str, url: str | None = None, *, url_env: str | None = None,
+                 events: list[str] | None = None, secret_env: str | None = None, format: str = "json",
+                 web_url: str | None = None, actor: str | None = None) -> Hook:
+        """Send every matching audit event from now on to ``url`` (or the URL in ``$url_env``),
+        signed with the secret in ``$secret_env``; a URL carrying a credential is refused."""
+        from registry.hooks.settings import AddHook
+
+        return AddHook(self.cfg, actor=actor_mod.identify(actor)).run(
+            name, url=url, url_env=url_env, events_=events, secret_env=secret_env, fmt=format, web_url=web_url)
+
+    def hooks(self) -> list[Hook]:
+        """The hooks, each with how many matching events it has still to deliver."""
+        from registry.hooks import settings
+
+        return settings.hooks(self.cfg)
+
+    def remove_hook(self, name: str, *, actor: str | None = None) -> Hook:
+        from registry.hooks.settings import RemoveHook
+
+        return RemoveHook(self.cfg, actor=actor_mod.identify(actor)).run(name)
+
+    def hook_deliveries(self, name: str, *, limit: int | None = None) -> list[Delivery]:
+        """Hook ``name``'s delivery attempts, newest first."""
+        from registry.store.sql import hooks as hooks_store
+
+        return self.store.read_once(hooks_store.deliveries, name, limit=limit)
+
+    def deliver_hooks(self, *, budget_s: float = 30.0, hook: str | None = None) -> DeliveryPass:
+        """One delivery pass: each hook's due events in order, for about ``budget_s`` seconds."""
+        from registry.hooks.delivery import Deliver
+
+        if budget_s < 0:
+            raise InvalidInput("--timeout must be 0 or more seconds")
+        return Deliver(self.cfg).run(budget_s=budget_s, only=hook)
+
+    def run_hooks(self, *, should_stop: Callable[[], bool], wait: Callable[[float], object], every_s: float = 2.0,
+                  on_pass: Callable[[DeliveryPass], None] | None = None) -> None:
+        """Delivery passes every ``every_s`` seconds until ``should_stop()`` (``registry hook run``)."""
+        from registry.hooks import delivery
+
+        if every_s <= 0:
+            raise InvalidInput("--every must be more than 0 seconds")
+        delivery.keep_delivering(self.cfg, should_stop=should_stop, wait=wait, every_s=every_s, on_pass=on_pass)
+
+    def test_hook(self, name: str, *, actor: str | None = None) -> tuple[bool, str]:
+        """Send hook ``name`` a test event now: (delivered, what happened)."""
+        from registry.hooks import delivery
+
+        return delivery.send_test(self.cfg, name, actor=actor_mod.identify(actor))
 
 
 def _since(since: str | datetime | None) -> datetime | None:

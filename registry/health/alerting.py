@@ -85,6 +85,9 @@ def _kind(reason: object) -> str:
     return type(reason).__name__
 
 
+failure_kind = _kind  # for registry.hooks: the same words for the same failures
+
+
 # --- the messages -------------------------------------------------------------------------
 
 

@@ -38,7 +38,8 @@ from registry.models.probes import (
 )
 from registry.probes import probing, suites
 from registry.probes.suites import Suite
-from registry.store.sql import environments, locks, probes, releases
+from registry.store.sql import environments, events, locks, probes, releases
+from registry.trust import secrets
 
 # Imported where used: a cron `registry probe` needs neither diffs nor rollbacks (start-up
 # time, bench/probe.py): registry.versions.inspection, registry.health.report, registry.deploy.rollback.
@@ -169,6 +170,19 @@ class Watch:
         """Run the watch loop until ``max_runs`` or ``should_stop``; see ``watcher``."""
         return self.watcher(**options).run()
 
+    def record_alert(self, notify: Callable[[str], object]) -> Callable[[str], object]:
+        """``notify`` that first appends an ``alert`` event to the audit log (hooks send it)."""
+        def recorded(text: str) -> object:
+            try:
+                with self.cfg.store.write() as conn:
+                    events.append(conn, actor=self.actor, action="alert", object=self.env_name, env=self.env_name,
+                                  detail={"text": secrets.from_environ(self.cfg.environ).scrub(text)},
+                                  db_user=self.cfg.store.db_user(conn))
+            except CellarError as exc:  # the alert itself must still go out
+                log.warning("could not record the alert in the audit log: %s", exc)
+            return notify(text)
+        return recorded
+
     def probe_once(self) -> ProbeRun:
         return ProbeEnv(self.cfg, actor=self.actor).run(self.env_name)
 
@@ -197,7 +211,7 @@ class Watch:
         """A ``Watcher`` probing this environment every ``every_s`` seconds."""
         stop = StopFlag()
         probe_once = self.probe_once if on_run is None else _reporting(self.probe_once, on_run)
-        return Watcher(probe_once=probe_once, notify=notify, every_s=every_s,
+        return Watcher(probe_once=probe_once, notify=self.record_alert(notify), every_s=every_s,
                        policy=WatchPolicy(failures=self.failures, auto_rollback=auto_rollback),
                        rollback=self.rollback if auto_rollback else None, sleep=sleep or stop.wait,
                        should_stop=should_stop or stop, max_runs=max_runs, may_roll_back=self.may_roll_back)

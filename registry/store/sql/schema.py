@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 metadata = MetaData()
 
@@ -229,4 +229,45 @@ probe_results = Table(
     Column("latency_ms", Float),
     Column("http_status", Integer),
     Column("detail", Text, nullable=False),
+)
+
+# --- hooks: audit events POSTed to other tools (0008, registry.hooks) -------------------------
+
+# The audit log is the outbox: a hook's ``cursor`` is the id of the last event it is done with
+# (delivered, or given up on after its attempts), so nothing is written on a promote's path and
+# nothing is lost when a deliverer dies. ``attempts``/``next_at`` hold the head event's retries;
+# ``lease_*`` keep two deliverers from sending the same hook's events at once.
+hooks = Table(
+    "hooks",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("url", Text),  # None: read from the environment variable url_env when delivering
+    Column("url_env", String(255)),
+    Column("secret_env", String(255)),
+    Column("events", Text, nullable=False),  # JSON list of audit actions
+    Column("format", String(16), nullable=False),
+    Column("web_url", Text),
+    Column("cursor", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", DateTime(timezone=True)),
+    Column("lease_owner", String(255)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(255), nullable=False),
+)
+
+hook_deliveries = Table(
+    "hook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hook", String(63), nullable=False),
+    Column("event_id", Integer),  # None: a `registry hook test`
+    Column("action", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("outcome", String(16), nullable=False),  # delivered, failed, gave-up
+    Column("status", Integer),  # the HTTP status, when one came back
+    Column("detail", Text, nullable=False),
+    Column("ms", Integer, nullable=False),
+    Index("ix_hook_deliveries_hook_id", "hook", "id"),
 )
