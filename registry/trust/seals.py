@@ -71,7 +71,8 @@ _HEADER = "cellar-hmac-sha256"
 Row = Mapping[Any, Any]
 
 # The columns that name a row, per kind (what a seal must not be moved away from).
-ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",)}
+ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",),
+            "signing_key": ("name",), "trust": ("env",)}  # the last two: registry.signing (issue 25)
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
 
 
