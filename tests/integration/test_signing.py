@@ -307,3 +307,15 @@ def test_rollback_onto_a_version_that_no_longer_meets_the_policy_is_refused(sign
                                            "from: carol.*its key sha256:.* is not registered"):
         signed.rollback(env="prod")
     assert signed.history("prod") == before
+
+
+def test_the_web_view_lists_signatures_and_approvals(signed, keys):
+    from starlette.testclient import TestClient
+
+    from registry.web import create_app
+
+    signed.sign("v1.1", key=keys["alice"][0])
+    signed.approve("v1.1", env="prod", key=keys["bob"][0])
+    with TestClient(create_app(lambda: signed), base_url="http://127.0.0.1:8765") as client:
+        page = client.get("/v/support-bot/v1.1").text
+    assert "Signatures and approvals" in page and "approval for prod" in page and page.count(">verified<") == 2
