@@ -319,3 +319,33 @@ def test_the_web_view_lists_signatures_and_approvals(signed, keys):
     with TestClient(create_app(lambda: signed), base_url="http://127.0.0.1:8765") as client:
         page = client.get("/v/support-bot/v1.1").text
     assert "Signatures and approvals" in page and "approval for prod" in page and page.count(">verified<") == 2
+
+
+@pytest.mark.parametrize("tamper", [
+    "DELETE FROM env_trust",  # no policy row: would require nothing
+    "UPDATE events SET detail = replace(detail, :strict, :lax) WHERE action = 'env-trust'",
+])
+def test_a_policy_deleted_or_its_event_edited_in_the_database_is_refused(signed, tamper):
+    before = signed.history("prod")
+    with pytest.raises(PolicyNotMet):
+        signed.promote("v1.1", env="prod")
+    sql(signed, tamper, strict='"require_signatures":2', lax='"require_signatures":0')
+    with pytest.raises(AuditBroken, match="trust policy|trust:prod"):
+        signed.promote("v1.1", env="prod")
+    assert signed.history("prod") == before
+    assert not signed.verify_audit().ok
+
+
+def test_an_older_laxer_policy_put_back_is_refused(signed):
+    from sqlalchemy import select
+
+    from registry.store.sql import schema as t
+
+    signed.set_trust("prod", require_signatures=0)
+    with signed.store.read() as conn:
+        lax = dict(conn.execute(select(t.env_trust)).mappings().one())
+    signed.set_trust("prod", require_signatures=2)
+    sql(signed, "UPDATE env_trust SET require_signatures = 0, mac = :mac", mac=lax["mac"])  # a once-valid row
+    with pytest.raises(AuditBroken, match="trust:prod is not the policy event"):
+        signed.promote("v1.1", env="prod")
+    assert any(p.object == "trust:prod" for p in signed.verify_audit().seals)

@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection
 from registry import clock
 from registry.models.signing import SignatureInfo, SigningKey, TrustPolicy
 from registry.store.sql import schema as t
-from registry.store.sql.sealing import require_rows, sealed
-from registry.trust import seals
+from registry.errors import AuditBroken
+from registry.store.sql.sealing import key_of, require_rows, sealed
+from registry.trust import audit, seals
 
 # --- keys ---------------------------------------------------------------------------------
 
@@ -62,13 +63,36 @@ def policies(conn: Connection) -> list[TrustPolicy]:
 
 
 def policy(conn: Connection, env: str) -> TrustPolicy:
-    """``env``'s policy (none recorded: trust nobody, require nothing)."""
+    """``env``'s policy (none recorded: trust nobody, require nothing). AuditBroken when the row's
+    seal fails, or when it is not the row the newest ``env-trust`` event wrote: a seal alone cannot
+    tell a deleted policy, or an older laxer copy put back, from the current one."""
     rows = conn.execute(select(t.env_trust).where(t.env_trust.c.env == env)).mappings().all()
     require_rows(conn, "trust", rows)
+    _as_last_set(conn, env, rows[0] if rows else None)
     if not rows:
         return TrustPolicy(env=env)
     return TrustPolicy(env=env, trusted=json.loads(rows[0]["trusted"]),
                        require_signatures=rows[0]["require_signatures"])
+
+
+def _as_last_set(conn: Connection, env: str, row) -> None:
+    e = t.events.c
+    last = conn.execute(select(t.events).where(e.action == "env-trust", e.env == env)
+                        .order_by(e.id.desc()).limit(1)).mappings().first()
+    if last is None:
+        return  # never set through Cellar: the row (if any) rests on its seal
+    if audit.chain_hash(last["prev_hash"], audit.event_body(last)) != last["hash"]:
+        raise AuditBroken(f"event {last['id']} (the last change of {env}'s trust policy) was edited in the "
+                          "database; refusing to act on it (run `registry audit verify`)")
+    key = key_of(conn)
+    if key is not None and (problem := seals.event_problem(key, last)) is not None:
+        raise AuditBroken(f"{problem.message}; refusing to act on {env}'s trust policy (run `registry audit verify`)")
+    name = seals.row_key("trust", {"env": env})
+    written = (json.loads(last["detail"]).get("rows") or {}).get(name)
+    now = seals.canonical_row_digest("trust", row) if row is not None else None
+    if written != now:
+        raise AuditBroken(f"{name} is not the policy event {last['id']} set (deleted, edited or replaced by an "
+                          "older copy in the database); refusing to act on it (run `registry audit verify`)")
 
 
 def set_policy(conn: Connection, new: TrustPolicy) -> dict:
