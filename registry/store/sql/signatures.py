@@ -13,9 +13,9 @@ from sqlalchemy import and_, delete, insert, select
 from sqlalchemy.engine import Connection
 
 from registry import clock
+from registry.errors import AuditBroken
 from registry.models.signing import SignatureInfo, SigningKey, TrustPolicy
 from registry.store.sql import schema as t
-from registry.errors import AuditBroken
 from registry.store.sql.sealing import key_of, require_rows, sealed
 from registry.trust import audit, seals
 
