@@ -13,7 +13,8 @@ key_app = typer.Typer(cls=CellarGroup, help="Named public keys whose signatures 
                       no_args_is_help=True)
 app.add_typer(key_app, name="key")
 
-KEY = typer.Option(..., "--key", help="Private key file (EC PEM); a passphrase comes from $REGISTRY_SIGN_PASSPHRASE.")
+KEY = typer.Option(..., "--key", help="Private key file (EC PEM; passphrase from $REGISTRY_SIGN_PASSPHRASE), or a "
+                                      "key on a token: pkcs11:token=T;object=LABEL (PIN from $REGISTRY_PKCS11_PIN).")
 
 
 @key_app.command("add")

@@ -168,7 +168,7 @@ def _registered(conn, key: keys.PrivateKey) -> SigningKey:
     for known in store.keys(conn):
         if known.fingerprint == key.fingerprint:
             return known
-    raise NotFound(f"the key in {key.path} ({key.fingerprint[:19]}) is not registered: add its public key first "
+    raise NotFound(f"the key {key.shown} ({key.fingerprint[:19]}) is not registered: add its public key first "
                    "with `registry key add NAME PUBLIC_KEY` (its private key never goes into the registry)")
 
 

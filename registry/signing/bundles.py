@@ -69,11 +69,15 @@ def sign(key: PrivateKey, files: dict[str, str], *, name: str, claims: dict[str,
     """A Sigstore bundle (JSON) by ``key`` over ``files``, with ``claims`` in the predicate."""
     payload = ms_signing.Payload(_manifest(name, files))
     payload.statement.pb.predicate.update({CLAIMS: claims})
-    try:
-        # annotated ``str | None``, but cryptography needs the passphrase as bytes (model-signing 1.1.1)
-        signer = sign_ec_key.Signer(key.path, key.passphrase)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:  # the file changed since it was read
-        raise InvalidInput(f"{key.path}: {exc}") from None
+    if key.token_signer is not None:
+        signer = key.token_signer
+    else:
+        assert key.path is not None  # a key file when not on a token
+        try:
+            # annotated ``str | None``, but cryptography needs the passphrase as bytes (model-signing 1.1.1)
+            signer = sign_ec_key.Signer(key.path, key.passphrase)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:  # the file changed since it was read
+            raise InvalidInput(f"{key.shown}: {exc}") from None
     signature = signer.sign(payload)
     assert isinstance(signature, sign_sigstore_pb.Signature)
     return signature.bundle.to_json()

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,14 +25,21 @@ PASSPHRASE_ENV = "REGISTRY_SIGN_PASSPHRASE"
 CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model-signing accepts
 
 
+PIN_ENV = "REGISTRY_PKCS11_PIN"
+MODULE_ENV = "REGISTRY_PKCS11_MODULE"
+
+
 @dataclass(frozen=True)
 class PrivateKey:
-    """A private key read from ``path`` (kept as a path: model-signing's signer reads it again)."""
+    """A private key: a file at ``path`` (kept as a path: model-signing's signer reads it again),
+    or a key on a PKCS#11 token, already opened as model-signing's ``token_signer``."""
 
-    path: Path
+    path: Path | None
     passphrase: bytes | None
     public_pem: str
     fingerprint: str
+    shown: str  # how messages name it: the file, or the URI without any PIN
+    token_signer: Any = None
 
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> str:
@@ -59,6 +68,8 @@ def load_private(path: str | Path, environ: Mapping[str, str] | None = None) -> 
     """The EC private key in ``path``, decrypted with $REGISTRY_SIGN_PASSPHRASE when it is
     encrypted; KeyFileError saying what to do otherwise."""
     environ = os.environ if environ is None else environ
+    if str(path).startswith("pkcs11:"):
+        return _on_token(str(path), environ)
     path = Path(path)
     data = _read(path)
     secret = environ.get(PASSPHRASE_ENV)
@@ -75,7 +86,35 @@ def load_private(path: str | Path, environ: Mapping[str, str] | None = None) -> 
             raise KeyFileError(f"{path}: the passphrase in ${PASSPHRASE_ENV} does not open it") from None
         raise KeyFileError(f"{path} is not a PEM private key") from None
     pem = public_pem(_ec(key.public_key(), path))
-    return PrivateKey(path=path, passphrase=passphrase, public_pem=pem, fingerprint=fingerprint_of(pem))
+    return PrivateKey(path=path, passphrase=passphrase, public_pem=pem, fingerprint=fingerprint_of(pem),
+                      shown=str(path))
+
+
+def _on_token(uri: str, environ: Mapping[str, str]) -> PrivateKey:
+    """A key on a PKCS#11 token (``pkcs11:token=T;object=LABEL``), opened with model-signing's
+    PKCS#11 signer. The PIN comes from $REGISTRY_PKCS11_PIN (or the URI's ``pin-source=file:``),
+    never from the command line; the module from ``module-path=`` or $REGISTRY_PKCS11_MODULE."""
+    if "pin-value=" in uri:
+        raise InvalidInput(f"a PIN in the key URI would show in the process list and shell history: "
+                           f"export it as ${PIN_ENV} instead")
+    shown, query = uri, []
+    if (pin := environ.get(PIN_ENV)) and "pin-source=" not in uri:
+        query.append(f"pin-value={quote(pin, safe='')}")
+    if (module := environ.get(MODULE_ENV)) and "module-path=" not in uri and "module-name=" not in uri:
+        query.append(f"module-path={quote(module, safe='/')}")
+    full = uri + ("&" if "?" in uri else "?") + "&".join(query) if query else uri
+    try:
+        from model_signing._signing import sign_pkcs11
+    except ImportError:
+        raise InvalidInput("PKCS#11 keys need PyKCS11: pip install 'cellar-registry[pkcs11]'") from None
+    try:
+        signer = sign_pkcs11.Signer(full)
+    except Exception as exc:  # PyKCS11Error (wrong PIN, no token), ValueError (no such object) ...
+        text = f"{type(exc).__name__}: {exc}".replace(pin, "***") if pin else f"{type(exc).__name__}: {exc}"
+        raise KeyFileError(f"cannot open the PKCS#11 key {shown}: {text}") from None
+    pem = public_pem(_ec(signer.public_key(), shown))
+    return PrivateKey(path=None, passphrase=None, public_pem=pem, fingerprint=fingerprint_of(pem), shown=shown,
+                      token_signer=signer)
 
 
 def _read(path: Path) -> bytes:

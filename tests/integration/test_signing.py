@@ -349,3 +349,47 @@ def test_an_older_laxer_policy_put_back_is_refused(signed):
     with pytest.raises(AuditBroken, match="trust:prod is not the policy event"):
         signed.promote("v1.1", env="prod")
     assert any(p.object == "trust:prod" for p in signed.verify_audit().seals)
+
+
+SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
+
+
+@pytest.fixture
+def token(tmp_path, monkeypatch):
+    """A SoftHSM token ``cellar`` holding the EC P-256 key ``dana`` (PIN from the environment);
+    returns the public key file."""
+    pytest.importorskip("PyKCS11", reason="the pkcs11 extra (PyKCS11) is not installed")
+    if not SOFTHSM.exists() or not shutil.which("softhsm2-util"):
+        pytest.skip("SoftHSM 2 is not installed (apt-get install softhsm2)")
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    private, public = make_key(tmp_path, "dana")
+    for argv in (["--init-token", "--free", "--label", "cellar", "--pin", "4321", "--so-pin", "8765"],
+                 ["--import", str(private), "--token", "cellar", "--label", "dana", "--id", "01", "--pin", "4321"]):
+        subprocess.run(["softhsm2-util", *argv], check=True, capture_output=True)
+    private.unlink()  # from here on the private key lives on the token only
+    monkeypatch.setenv("REGISTRY_PKCS11_MODULE", str(SOFTHSM))
+    return public
+
+
+def test_a_key_on_a_pkcs11_token_signs_and_the_upstream_tool_verifies(reg, model_dir, token, tmp_path, monkeypatch):
+    reg.push(model_dir.manifest)
+    reg.add_key("dana", token)
+    uri = "pkcs11:token=cellar;object=dana"
+    with pytest.raises(KeyFileError, match="cannot open the PKCS#11 key pkcs11:token=cellar;object=dana"):
+        reg.sign("v1.0", key=uri)  # no PIN given
+    monkeypatch.setenv("REGISTRY_PKCS11_PIN", "0000")
+    with pytest.raises(KeyFileError) as wrong:
+        reg.sign("v1.0", key=uri)
+    assert "0000" not in str(wrong.value)
+    with pytest.raises(Exception, match="export it as .REGISTRY_PKCS11_PIN"):
+        reg.sign("v1.0", key=uri + "?pin-value=4321")
+    monkeypatch.setenv("REGISTRY_PKCS11_PIN", "4321")
+    sig = reg.sign("v1.0", key=uri)
+    assert sig.signer == "dana" and reg.signatures("v1.0")[0].verified
+    out, bundle = tmp_path / "co", tmp_path / "dana.sig"
+    reg.checkout("v1.0", out)
+    reg.write_signature("v1.0", signer="dana", out=bundle)
+    assert upstream_verify(out, bundle, token).returncode == 0
