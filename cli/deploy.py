@@ -62,15 +62,20 @@ def env_set(
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
-    """Change an environment's trust policy (signatures and approvals a version needs to run there).
+    """Change an environment's trust policy (signatures and approvals a version needs to run there);
+    without options, show it.
 
     Example:  registry env set prod --trust alice --trust bob --require-signatures 2
     """
     if no_trust and (trust or require_signatures):
         raise typer.BadParameter("--no-trust trusts nobody: it goes without --trust and --require-signatures")
     with open_registry() as reg:
-        policy = reg.set_trust(name, trust=[] if no_trust else (trust or None),
-                               require_signatures=0 if no_trust else require_signatures, reason=reason, actor=actor)
+        if not (no_trust or trust or require_signatures is not None):  # nothing to change: show it
+            policy = reg.trust_policy(name)
+        else:
+            policy = reg.set_trust(name, trust=[] if no_trust else (trust or None),
+                                   require_signatures=0 if no_trust else require_signatures, reason=reason,
+                                   actor=actor)
     if as_json:
         return print_json(policy)
     console().print(f"Environment {esc(policy.env)}: trusts {esc(', '.join(policy.trusted) or 'no key')}; "

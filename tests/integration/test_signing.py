@@ -354,22 +354,31 @@ def test_an_older_laxer_policy_put_back_is_refused(signed):
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 
-@pytest.fixture
-def token(tmp_path, monkeypatch):
-    """A SoftHSM token ``cellar`` holding the EC P-256 key ``dana`` (PIN from the environment);
-    returns the public key file."""
+@pytest.fixture(scope="module")
+def softhsm(tmp_path_factory):
+    """A SoftHSM token ``cellar`` holding the EC P-256 key ``dana``, one per module: SoftHSM reads
+    its configuration once per process (a second token folder would stay unseen); returns the
+    public key file."""
     pytest.importorskip("PyKCS11", reason="the pkcs11 extra (PyKCS11) is not installed")
     if not SOFTHSM.exists() or not shutil.which("softhsm2-util"):
         pytest.skip("SoftHSM 2 is not installed (apt-get install softhsm2)")
-    (tmp_path / "tokens").mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    private, public = make_key(tmp_path, "dana")
+    folder = tmp_path_factory.mktemp("softhsm")
+    (folder / "tokens").mkdir()
+    conf = folder / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {folder / 'tokens'}\nobjectstore.backend = file\n")
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+    private, public = make_key(folder, "dana")
     for argv in (["--init-token", "--free", "--label", "cellar", "--pin", "4321", "--so-pin", "8765"],
                  ["--import", str(private), "--token", "cellar", "--label", "dana", "--id", "01", "--pin", "4321"]):
-        subprocess.run(["softhsm2-util", *argv], check=True, capture_output=True)
+        subprocess.run(["softhsm2-util", *argv], check=True, capture_output=True, env=env)
     private.unlink()  # from here on the private key lives on the token only
+    return conf, public
+
+
+@pytest.fixture
+def token(softhsm, monkeypatch):
+    conf, public = softhsm
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     monkeypatch.setenv("REGISTRY_PKCS11_MODULE", str(SOFTHSM))
     return public
 
