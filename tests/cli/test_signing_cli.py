@@ -35,6 +35,8 @@ def test_keys_trust_sign_approve_show_and_audit(sqlite_home, model_dir, tmp_path
     assert "Nothing was running in prod" in cli("audit", "approvals", "--env", "prod").stdout
     assert as_json("audit", "approvals", "--env", "prod")["release"] is None  # the Docker test promotes
     assert [e["action"] for e in as_json("audit", "--limit", "2")] == ["approve", "sign"]
+    table = cli("audit", "--limit", "4").stdout
+    assert "key bob " in table and "trusts alice, bob; requires 2" in table
     cli("key", "remove", "bob", "--reason", "left")
     out = cli("checkout", "v1.0", str(tmp_path / "co"))
     assert (tmp_path / "co" / "cellar-record.json").exists() and "3 files" in out.stdout
