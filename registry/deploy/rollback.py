@@ -40,7 +40,7 @@ class Rollback(Switching):
             self.remember_secrets(runtime, container_env=kept.env if kept else None)
             ready = None
             with self.nothing_changed(chosen.ref):
-                require_policy(self.cfg, chosen.model, chosen.version, env.name)  # signatures (issue 25)
+                self.signed_by = require_policy(self.cfg, chosen.model, chosen.version, env.name)  # issue 25
                 if kept is None:
                     ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
                 else:  # bytes served are bytes recorded: the kept container mounts this snapshot

@@ -60,6 +60,7 @@ class PolicyCheck(BaseModel):
     required: int
     trusted: list[str]
     counted: list[str] = Field(default_factory=list)
+    counted_keys: list[str] = Field(default_factory=list)  # their fingerprints, in the same order
     not_counted: list[str] = Field(default_factory=list)
 
     @property

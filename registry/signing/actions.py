@@ -118,7 +118,8 @@ class Sign(Action):
         bundle = bundles.sign(key, bundles.files_of(stored.record, stored.digest), name=f"{model}@{version}",
                               claims=_claims(info, stored))
         with self.cfg.store.write() as conn:
-            if versions.record_of(conn, model, version).digest != stored.digest or _registered(conn, key) != signer:
+            if versions.record_of(conn, model, version).digest != stored.digest or \
+                    _registered(conn, key).name != signer.name:
                 raise InvalidInput(f"{model}@{version} or the key changed while signing: nothing was recorded")
             store.add_signature(conn, info, bundle)
             events.append(conn, actor=self.actor, action="approve" if env else "sign", object=f"{model}@{version}",
@@ -220,13 +221,14 @@ def check_policy(cfg: Configuration, model: str, version: str, env_name: str) ->
     return policy.evaluate(rule, checked, registered, model=model, version=version, now=clock.now())
 
 
-def require_policy(cfg: Configuration, model: str, version: str, env_name: str) -> PolicyCheck:
+def require_policy(cfg: Configuration, model: str, version: str, env_name: str) -> dict[str, str]:
     """PolicyNotMet, naming what is missing, unless the version meets the environment's policy:
-    what promote and rollback call before they change anything."""
+    what promote and rollback call before they change anything. Returns the signers counted
+    (name -> key fingerprint), for the event that records the deploy."""
     check = check_policy(cfg, model, version, env_name)
     if not check.ok:
         raise PolicyNotMet(policy.refusal(check))
-    return check
+    return dict(zip(check.counted, check.counted_keys))
 
 
 def write_signature(cfg: Configuration, model: str, version: str, *, signer: str, env: str | None,

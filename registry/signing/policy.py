@@ -28,7 +28,8 @@ def evaluate(policy: TrustPolicy, checked: list[SignatureInfo], keys: list[Signi
         else:
             not_counted.append(why)
     return PolicyCheck(env=policy.env, model=model, version=version, required=policy.require_signatures,
-                       trusted=policy.trusted, counted=list(counted.values()), not_counted=not_counted)
+                       trusted=policy.trusted, counted=list(counted.values()), counted_keys=list(counted),
+                       not_counted=not_counted)
 
 
 def _why_not(policy: TrustPolicy, sig: SignatureInfo, key: SigningKey | None, now: datetime) -> str | None:

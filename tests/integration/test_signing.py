@@ -192,6 +192,9 @@ def test_two_trusted_keys_meet_the_policy_and_show_lists_them(signed, keys):
     assert check.ok and sorted(check.counted) == ["alice", "bob"]
     result = signed.promote("v1.1", env="prod")
     assert result.release.version == "v1.1"
+    event = signed.audit(action="promote", limit=1)[0]  # the deploy's own event names who vouched
+    assert sorted(event.detail["signed_by"]) == ["alice", "bob"]
+    assert event.detail["signed_by"]["alice"] == signed.keys()[0].fingerprint
     shown = {(s.signer, s.env, s.verified) for s in signed.signatures("v1.1")}
     assert shown == {("alice", None, True), ("bob", "prod", True)}
     text = cli("show", "support-bot@v1.1").stdout

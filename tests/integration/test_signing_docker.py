@@ -48,6 +48,7 @@ def test_promote_and_rollback_refuse_what_the_policy_does_not_allow(docker_env, 
     reg.approve("v1.1", env=env, key=keys["bob"][0], expires="1h")  # approved again, in time
     reg.promote("v1.1", env=env, reason="four eyes: alice and bob")
     assert answer(reg, env).startswith("prompt=prompt-v1.1")
+    assert sorted(reg.audit(action="promote", env=env, limit=1)[0].detail["signed_by"]) == ["alice", "bob"]
     who = reg.approvals(env)
     assert who.release is not None and who.release.version == "v1.1"
     assert {(s.signer, s.env) for s in who.signatures if s.verified} >= {("alice", None), ("bob", env)}
