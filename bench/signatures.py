@@ -1,11 +1,14 @@
-"""What the trust policy costs a promote: `Registry.promote` with no policy against the same
-promote where the environment requires 2 signatures (each verified: the bundle against the
-registered key, its files against the record), on SQLite, with the in-library fake engine so
-that Docker's own time does not drown the difference.
+"""What the trust policy costs a promote, on SQLite with the in-library fake engine (so that
+Docker's own time does not drown the difference), three ways in the same run:
 
-Two homes with the same two versions; each round promotes v1.0 then v1.1 in one and then in the
-other, alternating which goes first (interleaved pairs). Prints min/median/max of each and the
-median of the per-pair ratios.
+  unhooked   `Registry.promote` with the policy check replaced by a no-op (the code before issue 25)
+  no policy  the check as shipped, the environment requiring nothing (one read of two rows)
+  2 signed   the environment requires 2 signatures: each bundle verified against its registered
+             key, its files against the record
+
+Three homes with the same two versions; each round promotes v1.0 then v1.1 in each, in a
+rotating order (interleaved). Prints min/median/max per promote and the median of the per-round
+ratios against "unhooked".
 
 Usage: python bench/signatures.py [--rounds 15] [--weight-mb 64]
 """
@@ -13,6 +16,7 @@ Usage: python bench/signatures.py [--rounds 15] [--weight-mb 64]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -80,25 +84,43 @@ def main() -> None:
         (model / "prompts").mkdir()
         (model / "weights" / "w.bin").write_bytes(os.urandom(args.weight_mb << 20))
         keys = {name: _key(root, name) for name in ("alice", "bob")}
-        plain, _ = _home(root, "plain", model, policy=False, keys=keys)
-        signed, _ = _home(root, "signed", model, policy=True, keys=keys)
-        _promote_pair(plain), _promote_pair(signed)  # warm: snapshots made, imports loaded
-        base, with_policy = [], []
+        homes = {"unhooked": _home(root, "unhooked", model, policy=False, keys=keys)[0],
+                 "no policy": _home(root, "plain", model, policy=False, keys=keys)[0],
+                 "2 signed": _home(root, "signed", model, policy=True, keys=keys)[0]}
+        times: dict[str, list[float]] = {name: [] for name in homes}
+        for reg in homes.values():
+            _promote_pair(reg)  # warm: snapshots made, imports loaded
+        names = list(homes)
         for i in range(args.rounds):
-            order = [(plain, base), (signed, with_policy)]
-            for reg, out in (order if i % 2 == 0 else order[::-1]):
-                out.append(_promote_pair(reg) / 2)
-        plain.close(), signed.close()
-    ratios = [b / a for a, b in zip(base, with_policy)]
+            for name in names[i % 3:] + names[:i % 3]:
+                with _unhooked(name == "unhooked"):
+                    times[name].append(_promote_pair(homes[name]) / 2)
+        for reg in homes.values():
+            reg.close()
 
     def ms(xs: list[float]) -> str:
         return f"min {min(xs) * 1e3:.1f} / median {statistics.median(xs) * 1e3:.1f} / max {max(xs) * 1e3:.1f} ms"
 
-    print(f"promote, no policy:            {ms(base)}")
-    print(f"promote, 2 signatures checked: {ms(with_policy)}")
-    print(f"ratio (per pair) median {statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, max {max(ratios):.2f}x; "
-          f"median extra {statistics.median([b - a for a, b in zip(base, with_policy)]) * 1e3:.1f} ms "
-          f"({args.rounds} interleaved pairs, {args.weight_mb} MiB of weights)")
+    base = times["unhooked"]
+    for name, xs in times.items():
+        ratios = [x / b for x, b in zip(xs, base)]
+        print(f"promote, {name:9}: {ms(xs)}; ratio to unhooked: median {statistics.median(ratios):.2f}x "
+              f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x)")
+    print(f"({args.rounds} interleaved rounds, {args.weight_mb} MiB of weights)")
+
+
+@contextlib.contextmanager
+def _unhooked(off: bool):
+    """The promote's policy check replaced by a no-op while ``off``."""
+    from registry.deploy import promote
+
+    real = promote.require_policy
+    if off:
+        promote.require_policy = lambda *a, **k: {}  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        promote.require_policy = real
 
 
 if __name__ == "__main__":
