@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from registry.errors import AlreadyExists, AuditBroken, KeyFileError, NotFound, PolicyNotMet
+from registry.errors import AlreadyExists, AuditBroken, CorruptBlob, KeyFileError, NotFound, PolicyNotMet
 from registry.signing import bundles
 from registry.signing import keys as signing_keys
 from tests.conftest import IMAGE, cli, on_fake, push_versions, sql
@@ -271,13 +271,16 @@ def test_a_record_that_is_not_what_was_signed_is_named():
                                                                       "the signature"
 
 
-def test_a_flipped_byte_in_a_signed_weight_refuses_the_promote(signed, keys):
+@pytest.mark.parametrize("kind", ["weights", "prompts"])
+def test_a_flipped_byte_in_a_signed_weight_or_prompt_refuses_the_promote(signed, keys, kind):
     signed.sign("v1.1", key=keys["alice"][0])
     signed.sign("v1.1", key=keys["bob"][0])
-    blob = signed.blobs.path(signed.show("v1.1").prompts[0].digest)
+    blob = signed.blobs.path(getattr(signed.show("v1.1"), kind)[0].digest)
     os.chmod(blob, 0o644)
-    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 0x01]))
-    with pytest.raises(Exception, match="no longer match|does not match|corrupt|digest"):
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptBlob, match="is corrupt .its bytes no longer match its digest"):
         signed.promote("v1.1", env="prod")
     assert signed.history("prod") == []
 

@@ -4,12 +4,13 @@ one that meets it is promoted; a rollback onto a version that no longer meets it
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
 
-from registry.errors import PolicyNotMet
-from tests.conftest import free_port
+from registry.errors import AuditBroken, CorruptBlob, PolicyNotMet
+from tests.conftest import free_port, sql
 from tests.integration.test_deploy_docker import answer, running
 from tests.integration.test_signing import make_key
 
@@ -52,6 +53,23 @@ def test_promote_and_rollback_refuse_what_the_policy_does_not_allow(docker_env, 
     who = reg.approvals(env)
     assert who.release is not None and who.release.version == "v1.1"
     assert {(s.signer, s.env) for s in who.signatures if s.verified} >= {("alice", None), ("bob", env)}
+
+    # signed versions whose bytes or record changed since: refused like a damaged blob
+    serving = answer(reg, env)
+    for version in ("v1.4", "v1.5"):
+        reg.sign(version, key=keys["alice"][0])
+        reg.sign(version, key=keys["bob"][0])
+    blob = reg.blobs.path(reg.show("v1.5").prompts[0].digest)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 0x01]))
+    sql(reg, "UPDATE versions SET manifest = replace(manifest, :was, :now) WHERE version = 'v1.4'",
+        was='"MAX_TOKENS":"64"', now='"MAX_TOKENS":"65"')
+    history = reg.history(env)
+    for version, match in (("v1.5", "is corrupt .its bytes no longer match its digest"), ("v1.4", "support-bot@v1.4")):
+        with pytest.raises((CorruptBlob, AuditBroken), match=match):
+            reg.promote(version, env=env)
+        assert reg.history(env) == history and answer(reg, env) == serving
+        assert [c.labels["cellar.version"] for c in running(env)] == ["v1.1"]
 
     # v1.0 was deployed before the policy and was never signed: going back to it is refused too
     history = reg.history(env)
