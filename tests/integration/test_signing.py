@@ -408,3 +408,14 @@ def test_a_key_on_a_pkcs11_token_signs_and_the_upstream_tool_verifies(reg, model
     reg.checkout("v1.0", out)
     reg.write_signature("v1.0", signer="dana", out=bundle)
     assert upstream_verify(out, bundle, token).returncode == 0
+
+
+def test_deleting_a_version_drops_its_signatures(reg, model_dir, keys):
+    reg.push(model_dir.manifest)
+    reg.add_key("alice", keys["alice"][1])
+    reg.sign("v1.0", key=keys["alice"][0])
+    reg.delete("v1.0", force=True, reason="pushed by mistake")
+    model_dir.set_prompt("other content, same version name\n")
+    reg.push(model_dir.manifest)
+    assert reg.signatures("v1.0") == []  # nothing vouches for the new content
+    assert reg.audit(action="sign", limit=1)[0].detail["signer"] == "alice"
