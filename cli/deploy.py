@@ -49,6 +49,39 @@ def env_add(
     console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}")
 
 
+@env_app.command("set")
+def env_set(
+    name: str = typer.Argument(..., help="Environment name."),
+    trust: list[str] = typer.Option(None, "--trust", help="A key name this environment trusts (repeat); "
+                                                          "replaces the list."),
+    no_trust: bool = typer.Option(False, "--no-trust", help="Trust no key (and require no signatures)."),
+    require_signatures: int = typer.Option(None, "--require-signatures",
+                                           help="Valid signatures from distinct trusted keys a version needs "
+                                                "before promote or rollback puts it here (0: none)."),
+    reason: str = REASON,
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Change an environment's trust policy (signatures and approvals a version needs to run there);
+    without options, show it.
+
+    Example:  registry env set prod --trust alice --trust bob --require-signatures 2
+    """
+    if no_trust and (trust or require_signatures):
+        raise typer.BadParameter("--no-trust trusts nobody: it goes without --trust and --require-signatures")
+    with open_registry() as reg:
+        if not (no_trust or trust or require_signatures is not None):  # nothing to change: show it
+            policy = reg.trust_policy(name)
+        else:
+            policy = reg.set_trust(name, trust=[] if no_trust else (trust or None),
+                                   require_signatures=0 if no_trust else require_signatures, reason=reason,
+                                   actor=actor)
+    if as_json:
+        return print_json(policy)
+    console().print(f"Environment {esc(policy.env)}: trusts {esc(', '.join(policy.trusted) or 'no key')}; "
+                    f"requires {policy.require_signatures} signature(s) from distinct trusted keys")
+
+
 @env_app.command("list")
 def env_list(as_json: bool = JSON) -> None:
     """List environments.

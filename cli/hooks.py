@@ -18,10 +18,12 @@ app.add_typer(hook_app, name="hook")
 def hook_add(
     name: str = typer.Argument(..., help="A name for the hook."),
     url: str = typer.Argument(None, help="http(s) URL to POST to; one carrying a token goes in --url-env instead."),
-    url_env: str = typer.Option(None, "--url-env", help="Name of the environment variable holding the URL (read when delivering)."),
+    url_env: str = typer.Option(None, "--url-env",
+                                help="Name of the environment variable holding the URL (read when delivering)."),
     events: str = typer.Option(None, "--events", help="Comma-separated audit actions "
                                "(default: push,promote,rollback,deprecate,approve,alert)."),
-    secret_env: str = typer.Option(None, "--secret-env", help="Name of the environment variable holding the HMAC secret that "
+    secret_env: str = typer.Option(None, "--secret-env", help="Name of the environment variable holding the HMAC "
+                                   "secret that "
                                    "signs each request (X-Cellar-Signature-256)."),
     fmt: str = typer.Option("json", "--format", help="json (the event document) or slack ({\"text\": ...})."),
     web_url: str = typer.Option(None, "--web-url", help="Base URL of `registry ui`, for links in each event."),

@@ -136,6 +136,13 @@ def _summary(event) -> str:
     if d.get("message"):
         parts.append(repr(first_line(d["message"])))
     parts += _maintenance_summary(d)
+    if d.get("fingerprint"):  # sign, approve, key-add, key-remove (issue 25)
+        parts.append(f"key {d.get('signer') or d.get('name')} {short(d['fingerprint'], 23)}"
+                     + (f" until {d['expires_at'][:16]}" if d.get("expires_at") else ""))
+    if d.get("signed_by"):  # a promote or rollback under a trust policy: who vouched
+        parts.append("signed by " + ", ".join(d["signed_by"]))
+    if "require_signatures" in d:
+        parts.append(f"trusts {', '.join(d['trusted']) or 'no key'}; requires {d['require_signatures']}")
     if event.reason:
         parts.append(f"reason: {event.reason}")
     return "; ".join(parts)

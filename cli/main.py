@@ -9,6 +9,7 @@ from cli import health as _health  # noqa: F401  (probe, health, watch, metrics)
 from cli import hooks as _hooks  # noqa: F401  (registry hook ...)
 from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
 from cli import maintenance as _maintenance  # noqa: F401  (verify, gc, backup, export, ...)
+from cli import signing as _signing  # noqa: F401  (key, sign, approve, signature, checkout)
 from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
 from cli import versions as _versions  # noqa: F401  (registers its commands)
 from cli.app import app

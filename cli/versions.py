@@ -63,6 +63,8 @@ def push(
     prompt: list[str] = typer.Option(None, "--prompt",
                                      help="Without a manifest: NAME=PATH of a prompt template (repeatable)."),
     image: str = typer.Option(None, "--image", help="Without a manifest: the container image."),
+    sign_key: str = typer.Option(None, "--sign-key",
+                                 help="Also sign the version with this private key file (see `registry sign`)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -84,7 +86,7 @@ def push(
                                              prompts=prompt, image=image, root=Path.cwd())
         else:
             source = registry.load_manifest(manifest or Path.cwd(), version=version, message=message)
-        result = reg.push(source, actor=actor, progress=progress)
+        result = reg.push(source, actor=actor, progress=progress, sign_key=sign_key)
     if as_json:
         return print_json(result)
     for warning in result.warnings:  # plain prints: rich costs a push ~20 ms of start-up
@@ -95,6 +97,8 @@ def push(
               f"{size(result.bytes_ingested)} new")
     else:
         print(f"{ref} already exists with identical content ({short(result.manifest_digest)}); nothing to do")
+    if sign_key:
+        print(f"Signed {ref} with {sign_key}")
 
 
 class _progress:
@@ -166,10 +170,13 @@ def show(
 
     Example:  registry show support-bot@v1.1
     """
+    from cli.signing import signature_line
+
     with open_registry() as reg:
         info = reg.show(ref)
+        signed = reg.signatures(f"{info.model}@{info.version}")
     if as_json:
-        return print_json(info)
+        return print_json({**info.model_dump(mode="json", by_alias=True), "signatures": signed})
     out = console()
     out.print(f"[bold]{esc(info.model)}@{esc(info.version)}[/]  {info.manifest_digest}")
     out.print(f"pushed  {when(info.created_at)} by {esc(info.actor)}")
@@ -193,6 +200,8 @@ def show(
         out.print(f"probes  {esc(', '.join(p.name for p in info.probes))}")
     if pv := info.provenance:
         out.print(f"git     {_git_line(pv)}")
+    for sig in signed:
+        out.print(signature_line(sig))
 
 
 def _git_line(pv) -> str:

@@ -30,6 +30,9 @@ _EXPORTS = {
         "Deprecation", "DeleteResult", "ProblemKind",
     ],
     "registry.trust.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
+    "registry.models.signing": [
+        "SigningKey", "TrustPolicy", "SignatureInfo", "PolicyCheck", "CheckoutResult", "ApprovalRecord",
+    ],
     "registry.versions.blame": ["BlameLine"],
     "registry.versions.diffing": ["Diff"],
     "registry.web": ["create_app", "serve_ui", "ui_listen", "UiListen"],
@@ -38,7 +41,7 @@ _EXPORTS = {
         "Conflict", "VersionConflict", "AlreadyExists", "ImageMoved", "StorageError", "NoSpace", "CorruptBlob",
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
         "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError",
-        "TemplateRefused",
+        "TemplateRefused", "PolicyNotMet",
     ],
     "registry.models.probes": [
         "ProbeRun", "ProbeResult", "ProbeStatus", "RunOutcome", "HealthReport", "VersionHealth", "ChangePoint",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry import actor as actor_mod
+from registry import clock, inputs
 from registry import home as home_mod
-from registry import inputs
 from registry.configuration import Configuration, EngineFactory
 from registry.engines.engine import Engine
 from registry.engines.http import Checks
@@ -46,6 +46,14 @@ from registry.versions.pushing import Progress
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
     from registry.models.hooks import Delivery, DeliveryPass, Hook
+    from registry.models.signing import (
+        ApprovalRecord,
+        CheckoutResult,
+        PolicyCheck,
+        SignatureInfo,
+        SigningKey,
+        TrustPolicy,
+    )
     from registry.models.upkeep import (
         BackupResult,
         DeleteResult,
@@ -131,11 +139,13 @@ class Registry:
     # --- push ----------------------------------------------------------------------------
 
     def push(self, source: str | Path | manifest_mod.Resolved, *, version: str | None = None,
-             message: str | None = None, actor: str | None = None, progress: Progress | None = None) -> PushResult:
+             message: str | None = None, actor: str | None = None, progress: Progress | None = None,
+             sign_key: str | Path | None = None) -> PushResult:
         """Record a version: store its files as blobs, then its rows and event in one transaction.
 
         ``source`` is a manifest file or folder, or what ``load_manifest``/``manifest_from_flags``
-        return. Versions are immutable: pushing the same content again is a no-op, other content
+        return; ``sign_key``: also sign it with that private key file (see ``sign``). Versions are
+        immutable: pushing the same content again is a no-op, other content
         under an existing model@version is refused.
         """
         if isinstance(source, manifest_mod.Resolved):
@@ -146,7 +156,109 @@ class Registry:
         else:
             resolved = manifest_mod.load(source, version=version, message=message)
         who = actor_mod.identify(actor, git_identity=self._git_user)
-        return pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
+        if sign_key is None:
+            return pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
+        from registry.signing.actions import Sign, check_signer
+
+        check_signer(self.cfg, sign_key)  # a key that cannot sign refuses the push, not after it
+        result = pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
+        Sign(self.cfg, actor=who).run(result.model, result.version, key_file=sign_key)
+        return result
+
+    # --- signatures and trust (registry.signing) -----------------------------------------
+
+    def add_key(self, name: str, public_key_file: str | Path, *, actor: str | None = None) -> SigningKey:
+        """Name a public key (EC, PEM) so its signatures can be recorded and trusted (audited)."""
+        from registry.signing.actions import AddKey
+
+        return AddKey(self.cfg, actor=actor_mod.identify(actor)).run(name, public_key_file)
+
+    def keys(self) -> list[SigningKey]:
+        """Registered keys by name, each with the environments that trust it."""
+        from registry.store.sql import signatures
+
+        return self.store.read_once(signatures.keys)
+
+    def remove_key(self, name: str, *, reason: str | None = None, actor: str | None = None) -> SigningKey:
+        """Forget a key: its signatures stop counting everywhere (audited)."""
+        from registry.signing.actions import RemoveKey
+
+        inputs.check_reason(reason)
+        return RemoveKey(self.cfg, actor=actor_mod.identify(actor)).run(name, reason=reason)
+
+    def set_trust(self, env: str, *, trust: list[str] | None = None, require_signatures: int | None = None,
+                  reason: str | None = None, actor: str | None = None) -> TrustPolicy:
+        """Set ``env``'s trust policy: the key names it trusts and how many distinct ones must have
+        signed (or approved for ``env``) a version before promote or rollback puts it there.
+        None keeps a setting as it was."""
+        from registry.signing.actions import SetTrust
+
+        inputs.check_reason(reason)
+        return SetTrust(self.cfg, actor=actor_mod.identify(actor)).run(
+            env, trusted=trust, require_signatures=require_signatures, reason=reason)
+
+    def trust_policy(self, env: str | None = None) -> TrustPolicy:
+        """``env``'s trust policy (requires nothing until one is set)."""
+        from registry.store.sql import environments, signatures
+
+        with self.store.read() as conn:
+            return signatures.policy(conn, environments.named_or_default(conn, env).name)
+
+    def sign(self, ref: str, *, key: str | Path, actor: str | None = None) -> SignatureInfo:
+        """Sign a version with a private key file whose public key is registered: an OpenSSF
+        model-signing bundle over its files and record, recorded and audited. A passphrase comes
+        from $REGISTRY_SIGN_PASSPHRASE."""
+        from registry.signing.actions import Sign
+
+        model, version = refs.resolve(self.store, ref)
+        return Sign(self.cfg, actor=actor_mod.identify(actor)).run(model, version, key_file=key)
+
+    def approve(self, ref: str, *, env: str, key: str | Path, expires: str | datetime | None = None,
+                actor: str | None = None) -> SignatureInfo:
+        """Approve a version for one environment: a signature bound to ``env``, until ``expires``
+        (a datetime, an ISO date/time or an age like ``7d``) when given."""
+        from registry.signing.actions import Sign, parse_expiry
+
+        if isinstance(expires, str):
+            expires = parse_expiry(expires)
+
+        model, version = refs.resolve(self.store, ref)
+        return Sign(self.cfg, actor=actor_mod.identify(actor)).run(model, version, key_file=key, env=env,
+                                                                   expires=expires)
+
+    def signatures(self, ref: str) -> list[SignatureInfo]:
+        """A version's signatures and approvals, each verified now (``verified``, ``problem``)."""
+        from registry.signing.actions import signatures_of
+
+        return signatures_of(self.cfg, *refs.resolve(self.store, ref))
+
+    def check_policy(self, ref: str, *, env: str | None = None) -> PolicyCheck:
+        """Whether a version meets ``env``'s trust policy now, and what is missing if not."""
+        from registry.signing.actions import check_policy
+
+        model, version = refs.resolve(self.store, ref)
+        return check_policy(self.cfg, model, version, self.environment(env).name)
+
+    def write_signature(self, ref: str, *, signer: str, out: str | Path, env: str | None = None) -> SignatureInfo:
+        """Write ``signer``'s bundle (their approval for ``env`` when given) to ``out``, for
+        ``model_signing verify key DIR --signature OUT --public_key PUB`` on a checkout."""
+        from registry.signing.actions import write_signature
+
+        model, version = refs.resolve(self.store, ref)
+        return write_signature(self.cfg, model, version, signer=signer, env=env, out=out)
+
+    def checkout(self, ref: str, dest: str | Path) -> CheckoutResult:
+        """Write a version's files and its record (``cellar-record.json``) into a new folder."""
+        from registry.signing.actions import checkout
+
+        return checkout(self.cfg, *refs.resolve(self.store, ref), dest)
+
+    def approvals(self, env: str | None = None, *, at: str | datetime | None = None) -> ApprovalRecord:
+        """Who signed and approved what ran in ``env`` at ``at`` (default now), verified now."""
+        from registry.signing.actions import approvals_at
+
+        when = audit.parse_since(at) if isinstance(at, str) else at
+        return approvals_at(self.cfg, env, when or clock.now())
 
     def engine(self, docker_host: str | None = None) -> Engine:
         """The Docker engine ($DOCKER_HOST or the local socket, or ``docker_host``), connected on first use."""

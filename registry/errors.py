@@ -21,6 +21,7 @@
     ├── StepFailed              a deploy step failed in a way an automatic rollback answers
     │                           (health, exit, port, image); promote turns it into HealthGateFailed
     ├── AuditBroken             the audit log's hash chain is broken (names the first bad event)
+    ├── PolicyNotMet            a version lacks the signatures an environment's trust policy requires
     ├── OperationInProgress     exit 3: another operation holds the environment
     ├── HealthGateFailed        exit 4: the new release failed and was rolled back (``result``
     │                           holds the rows recorded, for ``--json``)
@@ -116,6 +117,10 @@ class StepFailed(CellarError):
 
 
 class AuditBroken(CellarError):
+    pass
+
+
+class PolicyNotMet(CellarError):
     pass
 
 

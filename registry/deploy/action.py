@@ -64,6 +64,9 @@ class DeployAction(Action):
         # Every secret this run knows (the caller's *_TOKEN-like variables, URL passwords, and
         # later the version's runtime.secrets): scrubbed from any text before it is cut or kept.
         self.scrubber: Scrubber = from_environ(cfg.environ, urls=[cfg.store.url])
+        # Who vouched for the version (issue 25): {name: key fingerprint} of the signatures the
+        # environment's trust policy counted, recorded in the promote or rollback event.
+        self.signed_by: dict[str, str] = {}
         # Set before use: env and engine by use_env (open_env), lock when the run takes it.
         self.lock: Lock
         self.env: Environment

@@ -9,6 +9,7 @@ from registry.faults import crashpoint
 from registry.ledger import Release
 from registry.models import DeployResult
 from registry.probes import probing, suites
+from registry.signing.actions import require_policy
 from registry.store.sql import upkeep
 
 
@@ -29,6 +30,7 @@ class Promote(Switching):
         self.gate = env.gate if gate is None else gate
         with self.deciding(target=version):
             with self.nothing_changed(f"{model}@{version}"):
+                self.signed_by = require_policy(self.cfg, model, version, self.env.name)  # signatures (issue 25)
                 ready = self.make_ready(model, version, allow_retag=allow_retag)
             plan = self.open_revision(lambda rows: ledger.plan_promote(
                 rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()),

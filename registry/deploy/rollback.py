@@ -12,6 +12,7 @@ from registry.engines.engine import LABEL, ContainerInfo
 from registry.errors import InvalidInput, NotFound
 from registry.ledger import Release
 from registry.models import DeployResult
+from registry.signing.actions import require_policy
 from registry.store.sql import releases
 
 
@@ -39,6 +40,7 @@ class Rollback(Switching):
             self.remember_secrets(runtime, container_env=kept.env if kept else None)
             ready = None
             with self.nothing_changed(chosen.ref):
+                self.signed_by = require_policy(self.cfg, chosen.model, chosen.version, env.name)  # issue 25
                 if kept is None:
                     ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
                 else:  # bytes served are bytes recorded: the kept container mounts this snapshot

@@ -240,6 +240,8 @@ class Switching(DeployAction):
             detail["error"] = error
         if automatic:
             detail["automatic"] = True
+        elif self.signed_by:
+            detail["signed_by"] = self.signed_by
         detail["rows"] = releases.bindings([*written.updates, *written.appended])  # what this change wrote
         events.append(conn, actor=row.actor, action=action, object=row.ref, model=row.model, env=self.env.name,
                       reason=row.reason, detail=self.scrubber.scrub_json(detail), db_user=self.cfg.store.db_user(conn))

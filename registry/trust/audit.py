@@ -32,8 +32,9 @@ GENESIS = "0" * 64
 
 # Every action an event can record; `registry audit --action` accepts only these.
 ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove",
-           "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal", "hook-add", "hook-remove",
-           "alert")
+           "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal",
+           "key-add", "key-remove", "env-trust", "sign", "approve",  # issue 25
+           "hook-add", "hook-remove", "alert")  # issue 26
 
 
 def timestamp(at: datetime) -> str:

@@ -71,7 +71,8 @@ _HEADER = "cellar-hmac-sha256"
 Row = Mapping[Any, Any]
 
 # The columns that name a row, per kind (what a seal must not be moved away from).
-ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",)}
+ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",),
+            "signing_key": ("name",), "trust": ("env",)}  # the last two: registry.signing (issue 25)
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
 
 
@@ -362,10 +363,12 @@ def check_bindings(current: Mapping[str, str], events: Iterable[tuple[int, Row]]
 
 def check_record(key: Key, *, events: Iterable[Row], head: Row | None,
                  versions: Iterable[Row] = (), releases: Iterable[Row] = (),
-                 environments: Iterable[Row] = ()) -> list[SealProblem]:
+                 environments: Iterable[Row] = (), others: Mapping[str, Iterable[Row]] | None = None
+                 ) -> list[SealProblem]:
     """Everything ``audit verify`` adds to the chain check, one problem per object at most.
 
-    ``events``: rows with id, hash, mac and detail (a dict or its JSON text), in id order.
+    ``events``: rows with id, hash, mac and detail (a dict or its JSON text), in id order;
+    ``others``: rows of further sealed kinds (``signing_key``, ``trust``), checked like environments.
     """
     problems: list[SealProblem] = []
     bound: list[tuple[int, Row]] = []
@@ -380,10 +383,11 @@ def check_record(key: Key, *, events: Iterable[Row], head: Row | None,
     problems += check_head(key, head, count=count, last_hash=last_hash)
     problems += check_rows(key, "version", versions)
     current: dict[str, str] = {}
-    for kind, rows in (("release", releases), ("environment", environments)):
+    kinds = {"release": releases, "environment": environments, **(others or {})}
+    for kind, rows in kinds.items():
         rows = list(rows)
         problems += check_rows(key, kind, rows)
         current.update((row_key(kind, r), canonical_row_digest(kind, r)) for r in rows)
     seen = {p.object for p in problems}
-    problems += [p for p in check_bindings(current, bound) if p.object not in seen]
+    problems += [p for p in check_bindings(current, bound, kinds=kinds) if p.object not in seen]
     return problems

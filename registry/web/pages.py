@@ -32,6 +32,7 @@ from registry import (
     ProbeRun,
     Registry,
     Release,
+    SignatureInfo,
     Verification,
     VersionInfo,
     VersionSummary,
@@ -67,6 +68,7 @@ class VersionPage(BaseModel):
     info: VersionInfo
     changelog: list[LogEntry]
     previous: str | None = None  # model@version pushed just before, for "diff with previous"
+    signatures: list[SignatureInfo] = Field(default_factory=list)  # each verified now (registry.signing)
 
 
 class PromptPage(BaseModel):
@@ -142,7 +144,7 @@ def version_page(reg: Registry, model: str, version: str) -> VersionPage:
     info = reg.show(_ref(f"{model}@{version}"))
     changelog = reg.changelog(model, limit=12)
     older = [e for e in changelog if e.created_at < info.created_at]
-    return VersionPage(info=info, changelog=changelog,
+    return VersionPage(info=info, changelog=changelog, signatures=reg.signatures(f"{info.model}@{info.version}"),
                        previous=f"{model}@{older[0].version}" if older else None)
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 metadata = MetaData()
 
@@ -270,4 +270,44 @@ hook_deliveries = Table(
     Column("detail", Text, nullable=False),
     Column("ms", Integer, nullable=False),
     Index("ix_hook_deliveries_hook_id", "hook", "id"),
+)
+
+# --- signatures and trust (0009, registry.signing) -------------------------------------------
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("fingerprint", String(71), nullable=False, unique=True),  # sha256 of the PEM public key
+    Column("public_key", Text, nullable=False),  # PEM; a private key never reaches the database
+    Column("actor", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("mac", String(80)),
+)
+
+env_trust = Table(
+    "env_trust",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("env", String(63), nullable=False, unique=True),
+    Column("trusted", Text, nullable=False),  # JSON list of key names
+    Column("require_signatures", Integer, nullable=False),
+    Column("mac", String(80)),
+)
+
+signatures = Table(
+    "signatures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("model", String(63), nullable=False),
+    Column("version", String(63), nullable=False),
+    Column("signer", String(63), nullable=False),
+    Column("fingerprint", String(71), nullable=False),
+    Column("env", String(63)),  # an approval's environment; None for a signature
+    Column("expires_at", DateTime(timezone=True)),
+    Column("actor", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("bundle", Text, nullable=False),  # the Sigstore bundle (JSON); what is checked, not the columns
+    Index("ix_signatures_model_version", "model", "version"),
 )

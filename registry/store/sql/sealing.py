@@ -108,7 +108,9 @@ def check(conn: Connection) -> list[SealProblem]:
                             .order_by(t.events.c.id)),
         head=head, versions=_stream(conn, version_rows()),
         releases=[dict(r) for r in conn.execute(select(t.releases)).mappings()],
-        environments=[dict(r) for r in conn.execute(select(t.environments)).mappings()])
+        environments=[dict(r) for r in conn.execute(select(t.environments)).mappings()],
+        others={kind: [dict(r) for r in conn.execute(select(table)).mappings()]
+                for kind, table in (("signing_key", t.signing_keys), ("trust", t.env_trust))})
 
 
 def version_rows():

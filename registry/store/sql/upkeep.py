@@ -215,6 +215,8 @@ def delete_version(conn: Connection, model: str, version: str) -> list[str]:
     digests = sorted(set(conn.execute(select(t.version_files.c.digest)
                                       .where(t.version_files.c.version_id == vid)).scalars()))
     conn.execute(delete(t.version_files).where(t.version_files.c.version_id == vid))
+    # its signatures vouch for content that is gone (the audit log keeps who signed)
+    conn.execute(delete(t.signatures).where(t.signatures.c.model == model, t.signatures.c.version == version))
     model_id = conn.execute(select(t.versions.c.model_id).where(t.versions.c.id == vid)).scalar_one()
     conn.execute(delete(t.versions).where(t.versions.c.id == vid))
     if not conn.execute(select(t.versions.c.id).where(t.versions.c.model_id == model_id).limit(1)).first():
