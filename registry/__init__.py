@@ -37,7 +37,7 @@ _EXPORTS = {
         "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",
         "Conflict", "VersionConflict", "AlreadyExists", "ImageMoved", "StorageError", "NoSpace", "CorruptBlob",
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
-        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError",
+        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError", "RemoteError",
         "TemplateRefused",
     ],
     "registry.models.probes": [
