@@ -8,6 +8,7 @@ from cli import deploy as _deploy  # noqa: F401  (registers its commands)
 from cli import health as _health  # noqa: F401  (probe, health, watch, metrics)
 from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
 from cli import maintenance as _maintenance  # noqa: F401  (verify, gc, backup, export, ...)
+from cli import remotes as _remotes  # noqa: F401  (remote add/list/remove/verify, pull)
 from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
 from cli import versions as _versions  # noqa: F401  (registers its commands)
 from cli.app import app

@@ -63,14 +63,21 @@ def push(
     prompt: list[str] = typer.Option(None, "--prompt",
                                      help="Without a manifest: NAME=PATH of a prompt template (repeatable)."),
     image: str = typer.Option(None, "--image", help="Without a manifest: the container image."),
+    remote: str = typer.Option(None, "--remote",
+                               help="Publish the recorded version MANIFEST names (v1.3 or model@v1.3) to this "
+                                    "remote as a ModelPack artifact."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Record a new immutable version: weights, prompts, image, runtime config, changelog entry.
+    With --remote: publish a recorded version to the team's OCI registry.
 
     Example:  registry push examples/support-bot/v1.1 -m "Friendlier system prompt"
     """
     import registry
+
+    if remote:
+        return _push_remote(str(manifest or ""), remote=remote, actor=actor, as_json=as_json)
 
     if model and manifest is not None:
         raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
@@ -95,6 +102,22 @@ def push(
               f"{size(result.bytes_ingested)} new")
     else:
         print(f"{ref} already exists with identical content ({short(result.manifest_digest)}); nothing to do")
+
+
+def _push_remote(ref: str, *, remote: str, actor: str | None, as_json: bool) -> None:
+    if not ref:
+        raise typer.BadParameter("name the version to publish, e.g. registry push --remote team support-bot@v1.3")
+    from cli.maintenance import _Bar
+
+    with open_registry() as reg, _Bar(disable=as_json, label="push") as bar:
+        result = reg.push_remote(ref, remote=remote, actor=actor, progress=bar.advance)
+    if as_json:
+        return print_json(result)
+    if not result.created:
+        return print(f"{result.reference} holds this version already ({short(result.artifact_digest)}); nothing to do")
+    print(f"pushed {result.model}@{result.version} to {result.reference} ({short(result.artifact_digest)}): "
+          f"{result.blobs_uploaded} blobs uploaded ({size(result.bytes_uploaded)}), {result.blobs_mounted} mounted, "
+          f"{result.blobs_present} there already")
 
 
 class _progress:

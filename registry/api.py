@@ -44,6 +44,7 @@ from registry.versions.diffing import Diff
 from registry.versions.pushing import Progress
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
+    from registry.models.remotes import RemotePullResult, RemotePushResult, RemoteVerifyReport
     from registry.models.upkeep import (
         BackupResult,
         DeleteResult,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the models load with the maintenance commands, not on every
         RestoreResult,
         VerifyReport,
     )
+    from registry.remotes.settings import Remote
 
 __all__ = ["Progress", "Registry"]
 
@@ -206,6 +208,52 @@ class Registry:
     def audit_checkpoint(self) -> Checkpoint:
         """The audit log's head hash and event count, to keep somewhere else."""
         return self.store.read_once(events.checkpoint)
+
+    # --- remotes: the team's OCI registry, versions as ModelPack artifacts ----------------
+
+    def add_remote(self, name: str, url: str, *, plain_http: bool = False, insecure: bool = False,
+                   ca_file: str | Path | None = None, replace: bool = False, actor: str | None = None) -> Remote:
+        """Remember ``oci://HOST[:PORT]/NAMESPACE`` as ``name``; credentials are never stored (they
+        come from the Docker credentials file or REGISTRY_REMOTE_USERNAME/PASSWORD)."""
+        from registry.remotes.managing import AddRemote
+
+        return AddRemote(self.cfg, actor=actor_mod.identify(actor)).run(
+            name, url, plain_http=plain_http, insecure=insecure, ca_file=ca_file, replace=replace)
+
+    def remotes(self) -> list[Remote]:
+        from registry.remotes.settings import remotes
+
+        return remotes(self.cfg.home)
+
+    def remove_remote(self, name: str, *, actor: str | None = None) -> Remote:
+        from registry.remotes.managing import RemoveRemote
+
+        return RemoveRemote(self.cfg, actor=actor_mod.identify(actor)).run(name)
+
+    def push_remote(self, ref: str, *, remote: str, actor: str | None = None, progress=None) -> RemotePushResult:
+        """Publish a recorded version to a remote as one ModelPack artifact ``NAMESPACE/MODEL:VERSION``."""
+        from registry.remotes import settings
+        from registry.remotes.publish import PushRemote
+
+        model, version = refs.resolve(self.store, ref)
+        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(
+            settings.find(self.cfg.home, remote), model, version, progress=progress)
+
+    def pull(self, source: str, *, remote: str | None = None, plain_http: bool = False, insecure: bool = False,
+             ca_file: str | Path | None = None, actor: str | None = None, progress=None) -> RemotePullResult:
+        """Bring a version in from ``oci://HOST/NAMESPACE/MODEL:VERSION`` (or ``MODEL@VERSION`` on
+        ``remote``), every layer verified before anything is recorded; again: a no-op."""
+        from registry.remotes.fetching import pull
+
+        return pull(self.cfg, source, remote=remote, plain_http=plain_http, insecure=insecure, ca_file=ca_file,
+                    actor=actor_mod.identify(actor), progress=progress)
+
+    def verify_remote(self, remote: str) -> RemoteVerifyReport:
+        """Which recorded versions the remote holds as pushed, lacks, holds otherwise or holds incompletely."""
+        from registry.remotes import settings
+        from registry.remotes.checking import check_remote
+
+        return check_remote(self.cfg, settings.find(self.cfg.home, remote))
 
     # --- maintenance: verify, gc, backup, export -----------------------------------------
 

@@ -28,4 +28,5 @@ export CELLAR_TEST_PG_URL
 scripts/setup-docker.sh >&2
 scripts/build-example-image.sh >&2
 scripts/setup-browser.sh >&2
+scripts/setup-oci-registry.sh >&2
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

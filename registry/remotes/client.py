@@ -98,6 +98,14 @@ class OciClient:
         self.uploaded += 1
         return "uploaded"
 
+    def upload_bytes(self, repo: str, digest: str, data: bytes) -> None:
+        """A small blob (a config, Cellar's record): POST, then one PUT with the bytes."""
+        location = self._start(repo, digest, None)
+        assert location is not None  # no mount was asked for
+        r = self._call("PUT", location, repo=repo, params={"digest": digest}, data=data,
+                       headers={"Content-Type": "application/octet-stream"})
+        self._expect(r, 201, f"store blob {digest[:19]} in {repo}")
+
     def _start(self, repo: str, digest: str, mount_from: str | None) -> str | None:
         """A new upload's location, or None when the registry mounted the blob from ``mount_from``."""
         params = {"mount": digest, "from": mount_from} if mount_from else None

@@ -177,7 +177,7 @@ def from_modelpack(manifest: dict, config: dict, *, model: str, version: str, wh
         if not path:
             raise InvalidInput(f"{where}: a layer {d.get('digest', '?')[:19]} has no {FILEPATH} annotation; "
                                "nothing was recorded")
-        weights.append({"path": _relative(path, where), "digest": d["digest"], "size": int(d["size"])})
+        weights.append({"path": check_relative(path, where), "digest": d["digest"], "size": int(d["size"])})
     if skipped:
         raise InvalidInput(f"{where}: layers of a type Cellar cannot store as files ({', '.join(skipped[:3])}): "
                            "only raw ModelPack layers are read; nothing was recorded")
@@ -195,7 +195,8 @@ def from_modelpack(manifest: dict, config: dict, *, model: str, version: str, wh
                     files=[("weight", w["path"], w["digest"], w["size"]) for w in record["weights"]])
 
 
-def _relative(path: str, where: str) -> str:
+def check_relative(path: str, where: str) -> str:
+    """``path`` as a relative POSIX path inside the model; InvalidInput otherwise."""
     rel = PurePosixPath(path)
     if not rel.parts or rel.is_absolute() or ".." in rel.parts or "\\" in path:
         raise InvalidInput(f"{where}: file path {path!r} is not a relative path inside the model; nothing was "

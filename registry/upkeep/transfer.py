@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
@@ -184,18 +183,10 @@ def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Proven
     rows = versions.VersionRows(
         model=index.model, version=index.version, manifest_digest=index.manifest_digest, record=index.record,
         message=str(index.changelog.get("message") or ""), actor=str(index.changelog.get("actor") or "unknown"),
-        created_at=when(index.changelog.get("created_at")) or clock.now(), provenance=provenance,
+        created_at=arriving.when(index.changelog.get("created_at")) or clock.now(), provenance=provenance,
         files=[("weight", w["path"], w["digest"], w["size"]) for w in index.record.get("weights", [])]
         + [("prompt", p["name"], p["digest"], p["size"]) for p in index.record.get("prompts", [])],
         tensors=arriving.tensor_index(cfg, index.record, known=bundle.tensors))
     return arriving.record_arrived(cfg, rows, actor=actor, action="import", detail={
         "from": str(path), "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
         "image_loaded": image_loaded})
-
-
-def when(value) -> datetime | None:
-    """A recorded ISO time, or None."""
-    try:
-        return clock.utc(datetime.fromisoformat(value)) if value else None
-    except (TypeError, ValueError):
-        return None

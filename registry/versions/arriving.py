@@ -8,6 +8,9 @@ transaction.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from registry import clock
 from registry.configuration import Configuration
 from registry.errors import InvalidInput, StorageError, VersionConflict
 from registry.formats.safetensors_index import SafetensorsError, is_safetensors, read_index
@@ -69,3 +72,11 @@ def require_blobs(cfg: Configuration, record: dict) -> None:
         if not cfg.blobs.has(f["digest"], size=f["size"]):
             raise StorageError(f"blob {f['digest']} went missing while the version arrived (a concurrent gc?): "
                                "run the command again")
+
+
+def when(value) -> datetime | None:
+    """A recorded ISO time, or None."""
+    try:
+        return clock.utc(datetime.fromisoformat(value)) if value else None
+    except (TypeError, ValueError):
+        return None
