@@ -235,9 +235,9 @@ class Registry:
         from registry.remotes import settings
         from registry.remotes.publish import PushRemote
 
+        where = settings.find(self.cfg.home, remote)
         model, version = refs.resolve(self.store, ref)
-        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(
-            settings.find(self.cfg.home, remote), model, version, progress=progress)
+        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(where, model, version, progress=progress)
 
     def pull(self, source: str, *, remote: str | None = None, plain_http: bool = False, insecure: bool = False,
              ca_file: str | Path | None = None, actor: str | None = None, progress=None) -> RemotePullResult:

@@ -88,6 +88,7 @@ class OciRegistry:
 
     def session(self) -> requests.Session:
         s = requests.Session()
+        s.trust_env = False  # else $REQUESTS_CA_BUNDLE overrides verify
         s.verify = str(self.ca_file) if self.ca_file else True
         if self.auth:
             s.auth = (USER, PASSWORD)

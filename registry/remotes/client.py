@@ -53,7 +53,8 @@ class OciClient:
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
         self.session = requests.Session()
-        self.session.verify = endpoint.ca_file or True
+        # per request: requests lets $REQUESTS_CA_BUNDLE override a session's own ``verify``
+        self._verify: str | bool = endpoint.ca_file or True
         self.session.headers["User-Agent"] = "cellar-registry"
         self._tokens: dict[str, str] = {}
         self.uploaded = 0  # blobs sent, and bytes, by this client (results and tests read them)
@@ -183,6 +184,7 @@ class OciClient:
         url = urljoin(self.endpoint.base_url, path)
         scope = " ".join(f"repository:{r}:{'pull' if pull_only or r != repo else 'pull,push'}" for r in (repo, *also))
         kwargs.setdefault("timeout", TIMEOUT)
+        kwargs.setdefault("verify", self._verify)
         given = kwargs.pop("headers", {})
         for attempt in range(2):
             headers = {**given, **self._auth_header(scope)}
@@ -225,7 +227,7 @@ class OciClient:
             raise RemoteError(f"{self.endpoint.base_url} asks for an authentication Cellar does not speak: {challenge}")
         try:
             r = self.session.get(params["realm"], params={"service": params.get("service", ""), "scope": scope},
-                                 auth=creds, timeout=TIMEOUT)
+                                 auth=creds, timeout=TIMEOUT, verify=self._verify)
         except requests.RequestException as exc:
             raise RemoteError(f"cannot get a token from {params['realm']} ({_reason(exc)})") from None
         if r.status_code != 200:

@@ -185,9 +185,11 @@ def from_modelpack(manifest: dict, config: dict, *, model: str, version: str, wh
         raise InvalidInput(f"{where} has no file layers: is it a ModelPack artifact? nothing was recorded")
     if len({w["path"] for w in weights}) != len(weights):
         raise InvalidInput(f"{where}: two layers name the same file path; nothing was recorded")
-    descriptor = config.get("descriptor") if isinstance(config.get("descriptor"), dict) else {}
+    found = config.get("descriptor")
+    descriptor: dict = found if isinstance(found, dict) else {}
     record = {**empty_record, "weights": sorted(weights, key=lambda w: w["path"])}
-    authors = descriptor.get("authors") if isinstance(descriptor.get("authors"), list) else []
+    listed = descriptor.get("authors")
+    authors: list = listed if isinstance(listed, list) else []
     changelog = {"message": str(descriptor.get("description") or f"pulled from {where}"),
                  "actor": ", ".join(map(str, authors)), "created_at": descriptor.get("createdAt")}
     return Incoming(model=model, version=version, record=record, changelog=changelog, provenance=None,

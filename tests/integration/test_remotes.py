@@ -1,0 +1,263 @@
+"""Versions as ModelPack artifacts in a real OCI registry (Debian's docker-registry, Distribution
+2.8, started per test on loopback by tests/oci.py): push, pull into a second home, the same
+push again, a dropped connection, a tampered layer, a registry that is down, TLS with basic
+auth, an artifact another client wrote, on both databases."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+
+from registry import InvalidInput, NotFound, RemoteError, VersionConflict
+from registry.api import Registry
+from tests import helpers
+from tests.conftest import as_json, cli
+from tests.oci import PASSWORD, USER, CuttingRelay, OciRegistry
+
+MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
+
+
+@pytest.fixture
+def second(tmp_path, other_url):
+    """Another home (another machine) on a database of the same kind."""
+    reg, _ = Registry.init(tmp_path / "second", db_url=other_url)
+    with reg:
+        yield reg
+
+
+def _pushed(reg, model_dir, oci, version="v1.0", **remote):
+    reg.push(model_dir.write_manifest(version=version))
+    if not any(r.name == "team" for r in reg.remotes()):
+        reg.add_remote("team", f"oci://{oci.host}/ml", plain_http=not oci.tls, **remote)
+    return reg.push_remote(f"support-bot@{version}", remote="team")
+
+
+def _uploads(oci) -> int:
+    """Blob uploads the registry itself saw: chunks sent, and uploads finished."""
+    return oci.requests_seen("PATCH") + oci.requests_seen("PUT", r"/blobs/uploads/")
+
+
+def test_push_then_pull_into_a_second_home(reg, second, model_dir, oci_registry):
+    pushed = _pushed(reg, model_dir, oci_registry)
+    assert pushed.created and pushed.blobs_uploaded == 2  # the weights and the prompt
+    manifest = oci_registry.session().get(
+        f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v1.0",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    assert manifest["artifactType"] == MODELPACK
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.model.config.v1+json"
+    here = reg.show("support-bot@v1.0")
+    layers = {layer["digest"] for layer in manifest["layers"]}
+    assert {w.digest for w in here.weights} | {p.digest for p in here.prompts} <= layers  # Cellar's blob digests
+    paths = {layer.get("annotations", {}).get("org.cncf.model.filepath") for layer in manifest["layers"]}
+    assert "weights/model.safetensors" in paths or "model.safetensors" in paths
+
+    pulled = second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+    assert pulled.created and pulled.manifest_digest == here.manifest_digest
+    there = second.show("support-bot@v1.0")
+    assert (there.manifest_digest, there.message) == (here.manifest_digest, here.message)
+    assert second.verify().ok
+    event = second.audit(action="pull")[-1]
+    assert event.detail["from"] == pulled.reference and event.detail["artifact_digest"] == pushed.artifact_digest
+
+    again = second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+    assert not again.created and again.blobs_fetched == 0
+    assert len(second.audit(action="pull")) == 1  # a no-op records nothing
+
+
+def test_the_same_version_again_uploads_nothing(reg, model_dir, oci_registry, tmp_path):
+    first = _pushed(reg, model_dir, oci_registry)
+    before = _uploads(oci_registry)
+    again = reg.push_remote("support-bot@v1.0", remote="team")
+    assert (again.created, again.artifact_digest) == (False, first.artifact_digest)  # deterministic
+    assert _uploads(oci_registry) == before
+
+    # a new version with the same weights: only the changed prompt (and the record) go up
+    model_dir.set_prompt("A new prompt.\n")
+    nxt = _pushed(reg, model_dir, oci_registry, version="v1.1")
+    assert (nxt.blobs_uploaded, nxt.blobs_present) == (1, 1)
+
+    # another home pushing the same version recorded there: the same artifact digest
+    other, _ = Registry.init(tmp_path / "third", db_url=f"sqlite:///{tmp_path}/third.db")
+    with other:
+        other.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+        other.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+        assert other.push_remote("support-bot@v1.0", remote="team").artifact_digest == first.artifact_digest
+
+
+def test_a_blob_another_model_holds_is_mounted_not_uploaded(reg, model_dir, oci_registry):
+    _pushed(reg, model_dir, oci_registry)
+    model_dir.write_manifest(model="support-bot-eu", version="v1.0")
+    reg.push(model_dir.manifest)
+    before = oci_registry.requests_seen("PATCH")
+    result = reg.push_remote("support-bot-eu@v1.0", remote="team")
+    assert result.blobs_mounted == 2 and result.blobs_uploaded == 0
+    assert oci_registry.requests_seen("PATCH") == before
+
+
+def test_a_dropped_connection_mid_upload_resumes_or_restarts(reg, second, tmp_path, oci_registry, monkeypatch):
+    from registry.remotes import client
+
+    monkeypatch.setattr(client, "CHUNK", 1 << 20)  # several chunks for a 3 MiB file
+    md = helpers.ModelDir.create(tmp_path / "big")
+    (md.root / "weights" / "big.bin").write_bytes(bytes(range(256)) * (3 << 12))
+    reg.push(md.manifest)
+    with CuttingRelay(oci_registry.port, cut_after=(3 << 19)) as relay:
+        reg.add_remote("cut", f"oci://127.0.0.1:{relay.port}/ml", plain_http=True)
+        pushed = reg.push_remote("support-bot@v1.0", remote="cut")
+        assert relay.cuts == 1
+    assert pushed.created
+    pulled = second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+    assert pulled.manifest_digest == reg.show("support-bot@v1.0").manifest_digest
+    assert second.verify().ok
+
+
+def test_a_tampered_layer_is_refused_and_nothing_recorded(reg, second, model_dir, oci_registry):
+    _pushed(reg, model_dir, oci_registry)
+    weight = reg.show("support-bot@v1.0").weights[0].digest
+    blob = oci_registry.blob_file(weight)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(RemoteError, match="do not match its digest"):
+        second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+    assert second.versions() == [] and second.audit(action="pull") == []
+    assert not second.cfg.blobs.has(weight)
+    assert list(second.cfg.blobs.tmp.iterdir()) == [] or all(
+        not p.name.startswith("pull-") for p in second.cfg.blobs.tmp.iterdir())
+
+
+def test_a_registry_that_is_down(reg, second, model_dir, oci_registry):
+    _pushed(reg, model_dir, oci_registry)
+    oci_registry.stop()
+    with pytest.raises(RemoteError, match="cannot reach the registry"):
+        reg.push_remote("support-bot@v1.0", remote="team")
+    with pytest.raises(RemoteError, match="cannot reach the registry"):
+        second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+    assert second.versions() == []
+    out = cli("pull", f"oci://{oci_registry.host}/ml/support-bot:v1.0", "--plain-http", code=1,
+              env={"REGISTRY_HOME": str(second.cfg.home.path), "REGISTRY_DB_URL": second.cfg.home.db_url})
+    assert "cannot reach the registry" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tls_with_basic_auth_from_the_docker_credentials_file(reg, second, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    oci = OciRegistry(tmp_path / "tls", tls=True, auth=True).start()
+    try:
+        # no CA given: the certificate is not trusted
+        reg.push(model_dir.manifest)
+        reg.add_remote("team", f"oci://{oci.host}/ml")
+        with pytest.raises(RemoteError, match="TLS verification"):
+            reg.push_remote("support-bot@v1.0", remote="team")
+        reg.add_remote("team", f"oci://{oci.host}/ml", ca_file=oci.ca_file, replace=True)
+        with pytest.raises(RemoteError, match="asks for credentials"):
+            reg.push_remote("support-bot@v1.0", remote="team")
+        config = tmp_path / "docker-config"
+        config.mkdir(exist_ok=True)
+        monkeypatch.setenv("DOCKER_CONFIG", str(config))
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (config / "config.json").write_text(json.dumps({"auths": {oci.host: {"auth": auth}}}))
+        assert reg.push_remote("support-bot@v1.0", remote="team").created
+        assert PASSWORD not in (reg.cfg.home.path / "config.json").read_text()
+        assert all(PASSWORD not in json.dumps(e.detail) for e in reg.audit())
+
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty"))  # the environment instead
+        monkeypatch.setenv("REGISTRY_REMOTE_USERNAME", USER)
+        monkeypatch.setenv("REGISTRY_REMOTE_PASSWORD", "wrong")
+        with pytest.raises(RemoteError, match="check the credentials"):
+            second.pull(f"oci://{oci.host}/ml/support-bot:v1.0", ca_file=oci.ca_file)
+        monkeypatch.setenv("REGISTRY_REMOTE_PASSWORD", PASSWORD)
+        assert second.pull(f"oci://{oci.host}/ml/support-bot:v1.0", ca_file=oci.ca_file).created
+    finally:
+        oci.stop()
+
+
+def test_an_artifact_another_client_wrote(second, tmp_path, oci_registry):
+    """oras (PyPI) writes the files and the config; oras cannot set artifactType, so the manifest
+    gets it here, by hand, as Docker Model Runner and KitOps write it."""
+    import oras.client
+
+    folder = tmp_path / "kit"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "weights" / "model.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    (folder / "config.json").write_text(json.dumps({
+        "descriptor": {"name": "tiny", "version": "v2", "authors": ["KitOps user"],
+                       "createdAt": "2026-01-02T03:04:05Z"},
+        "config": {"format": "gguf"}, "modelfs": {"type": "layers", "diffIds": []}}))
+    (folder / "annotations.json").write_text(json.dumps({
+        str(folder / "weights" / "model.gguf"): {"org.cncf.model.filepath": "weights/model.gguf"}}))
+    target = f"{oci_registry.host}/vendor/tiny:v2"
+    oras.client.OrasClient(insecure=True).push(
+        target=target, files=[f"{folder / 'weights' / 'model.gguf'}:application/vnd.cncf.model.weight.v1.raw"],
+        manifest_config=f"{folder / 'config.json'}:application/vnd.cncf.model.config.v1+json",
+        annotation_file=str(folder / "annotations.json"), disable_path_validation=True, quiet=True)
+    s = oci_registry.session()
+    url = f"{oci_registry.base_url}/v2/vendor/tiny/manifests/v2"
+    manifest = s.get(url, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    manifest["artifactType"] = MODELPACK
+    s.put(url, data=json.dumps(manifest), headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+          ).raise_for_status()
+
+    pulled = second.pull(f"oci://{oci_registry.host}/vendor/tiny:v2", plain_http=True)
+    assert pulled.created and pulled.foreign and pulled.warnings
+    info = second.show("tiny@v2")
+    assert [w.path for w in info.weights] == ["weights/model.gguf"] and info.prompts == []
+    assert info.actor == "KitOps user"
+    stored = second.cfg.blobs.path(info.weights[0].digest)
+    assert stored.read_bytes() == (folder / "weights" / "model.gguf").read_bytes()
+    assert not second.pull(f"oci://{oci_registry.host}/vendor/tiny:v2", plain_http=True).created
+
+
+def test_the_cli_and_remote_verify(home, model_dir, oci_registry):
+    cli("push", str(model_dir.manifest))
+    cli("remote", "add", "team", f"oci://{oci_registry.host}/ml", "--plain-http")
+    assert [r["name"] for r in as_json("remote", "list")] == ["team"]
+    pushed = as_json("push", "--remote", "team", "support-bot@v1.0")
+    assert pushed["created"] and pushed["reference"].endswith("/ml/support-bot:v1.0")
+    assert "nothing to do" in cli("push", "--remote", "team", "v1.0").stdout
+    report = as_json("remote", "verify", "team")
+    assert [(v["version"], v["state"]) for v in report["versions"]] == [("v1.0", "same")]
+    # a layer deleted in the registry: verify names it, exit 1
+    weight = as_json("show", "v1.0")["weights"][0]["digest"]
+    oci_registry.blob_file(weight).unlink()
+    report = as_json("remote", "verify", "team", code=1)
+    assert report["versions"][0]["state"] == "missing-blobs" and report["versions"][0]["missing"] == [weight]
+    cli("remote", "remove", "team")
+    assert as_json("remote", "list") == []
+    assert [e["action"] for e in as_json("audit")][:3] == ["remote-remove", "remote-push", "remote-add"]
+
+
+def test_a_version_the_registry_holds_otherwise_is_refused(reg, model_dir, oci_registry, tmp_path):
+    _pushed(reg, model_dir, oci_registry)
+    other, _ = Registry.init(tmp_path / "third", db_url=f"sqlite:///{tmp_path}/third.db")
+    with other:
+        md = helpers.ModelDir.create(tmp_path / "m2", prompt="Other content.\n")
+        other.push(md.manifest)
+        other.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+        with pytest.raises(VersionConflict, match="immutable"):
+            other.push_remote("support-bot@v1.0", remote="team")
+        with pytest.raises(VersionConflict, match="immutable"):
+            other.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True)
+
+
+def test_bad_urls_and_plain_http_off_loopback(reg):
+    with pytest.raises(InvalidInput, match="in clear"):
+        reg.add_remote("team", "oci://registry.example.org/ml", plain_http=True)
+    assert reg.add_remote("team", "oci://registry.example.org/ml", plain_http=True, insecure=True).insecure
+    with pytest.raises(InvalidInput, match="not an OCI registry URL"):
+        reg.add_remote("x", "https://registry.example.org/ml")
+    with pytest.raises(InvalidInput, match="not a valid repository"):
+        reg.pull("oci://127.0.0.1:5000/ML/Bad:v1", plain_http=True)
+    with pytest.raises(NotFound, match="no remote named"):
+        reg.push_remote("v1.0", remote="nope")
+
+
+def test_a_missing_tag(second, oci_registry):
+    with pytest.raises(NotFound, match="does not exist"):
+        second.pull(f"oci://{oci_registry.host}/ml/none:v9", plain_http=True)
+
+
+def test_requests_is_what_talks(oci_registry):
+    assert requests.get(f"{oci_registry.base_url}/v2/", timeout=5).status_code == 200
