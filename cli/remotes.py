@@ -95,6 +95,9 @@ def pull(
     plain_http: bool = PLAIN_HTTP,
     insecure: bool = INSECURE,
     ca_file: Path = CA_FILE,
+    with_image: bool = typer.Option(False, "--with-image",
+                                    help="Pull the pinned image too (by the Docker engine), refused unless its ID "
+                                         "is the pinned digest."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -105,12 +108,14 @@ def pull(
     """
     with open_registry() as reg, _Bar(disable=as_json, label="pull") as bar:
         result = reg.pull(source, remote=remote, plain_http=plain_http, insecure=insecure, ca_file=ca_file,
-                          actor=actor, progress=bar.advance)
+                          with_image=with_image, actor=actor, progress=bar.advance)
     if as_json:
         return print_json(result)
     ref = f"{result.model}@{result.version}"
     for warning in result.warnings:
         print(f"warning: {warning}")
+    if result.image_pulled:
+        print("pulled the pinned image")
     if result.created:
         print(f"pulled {ref} ({short(result.manifest_digest)}) from {result.reference}: {result.blobs_fetched} "
               f"blobs, {size(result.bytes_fetched)} fetched")

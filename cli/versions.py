@@ -66,6 +66,8 @@ def push(
     remote: str = typer.Option(None, "--remote",
                                help="Publish the recorded version MANIFEST names (v1.3 or model@v1.3) to this "
                                     "remote as a ModelPack artifact."),
+    with_image: bool = typer.Option(False, "--with-image",
+                                    help="With --remote: push the pinned image too (by the Docker engine)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -77,7 +79,7 @@ def push(
     import registry
 
     if remote:
-        return _push_remote(str(manifest or ""), remote=remote, actor=actor, as_json=as_json)
+        return _push_remote(str(manifest or ""), remote=remote, with_image=with_image, actor=actor, as_json=as_json)
 
     if model and manifest is not None:
         raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
@@ -104,15 +106,17 @@ def push(
         print(f"{ref} already exists with identical content ({short(result.manifest_digest)}); nothing to do")
 
 
-def _push_remote(ref: str, *, remote: str, actor: str | None, as_json: bool) -> None:
+def _push_remote(ref: str, *, remote: str, with_image: bool, actor: str | None, as_json: bool) -> None:
     if not ref:
         raise typer.BadParameter("name the version to publish, e.g. registry push --remote team support-bot@v1.3")
     from cli.maintenance import _Bar
 
     with open_registry() as reg, _Bar(disable=as_json, label="push") as bar:
-        result = reg.push_remote(ref, remote=remote, actor=actor, progress=bar.advance)
+        result = reg.push_remote(ref, remote=remote, with_image=with_image, actor=actor, progress=bar.advance)
     if as_json:
         return print_json(result)
+    if result.image:
+        print(f"image pushed as {result.image}")
     if not result.created:
         return print(f"{result.reference} holds this version already ({short(result.artifact_digest)}); nothing to do")
     print(f"pushed {result.model}@{result.version} to {result.reference} ({short(result.artifact_digest)}): "

@@ -230,23 +230,28 @@ class Registry:
 
         return RemoveRemote(self.cfg, actor=actor_mod.identify(actor)).run(name)
 
-    def push_remote(self, ref: str, *, remote: str, actor: str | None = None, progress=None) -> RemotePushResult:
-        """Publish a recorded version to a remote as one ModelPack artifact ``NAMESPACE/MODEL:VERSION``."""
+    def push_remote(self, ref: str, *, remote: str, with_image: bool = False, actor: str | None = None,
+                    progress=None) -> RemotePushResult:
+        """Publish a recorded version to a remote as one ModelPack artifact ``NAMESPACE/MODEL:VERSION``
+        (``with_image``: its pinned image too, as ``NAMESPACE/MODEL/image:VERSION``, by the Docker engine)."""
         from registry.remotes import settings
         from registry.remotes.publish import PushRemote
 
         where = settings.find(self.cfg.home, remote)
         model, version = refs.resolve(self.store, ref)
-        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(where, model, version, progress=progress)
+        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(where, model, version, with_image=with_image,
+                                                                         progress=progress)
 
     def pull(self, source: str, *, remote: str | None = None, plain_http: bool = False, insecure: bool = False,
-             ca_file: str | Path | None = None, actor: str | None = None, progress=None) -> RemotePullResult:
+             ca_file: str | Path | None = None, with_image: bool = False, actor: str | None = None,
+             progress=None) -> RemotePullResult:
         """Bring a version in from ``oci://HOST/NAMESPACE/MODEL:VERSION`` (or ``MODEL@VERSION`` on
-        ``remote``), every layer verified before anything is recorded; again: a no-op."""
+        ``remote``), every layer (and, ``with_image``, the pinned image) verified before anything
+        is recorded; again: a no-op."""
         from registry.remotes.fetching import pull
 
         return pull(self.cfg, source, remote=remote, plain_http=plain_http, insecure=insecure, ca_file=ca_file,
-                    actor=actor_mod.identify(actor), progress=progress)
+                    actor=actor_mod.identify(actor), progress=progress, with_image=with_image)
 
     def verify_remote(self, remote: str) -> RemoteVerifyReport:
         """Which recorded versions the remote holds as pushed, lacks, holds otherwise or holds incompletely."""

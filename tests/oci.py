@@ -56,7 +56,11 @@ class OciRegistry:
         (self.root / "config.yml").write_text(config)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([binary, "serve", str(self.root / "config.yml")], stdout=log, stderr=log)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@ class RemotePushResult(_Model):
     blobs_mounted: int = 0            # borrowed from another repository of the registry
     blobs_present: int = 0            # there already: nothing sent
     bytes_uploaded: int = 0
+    image: str | None = None          # with --with-image: REPOSITORY@DIGEST of the pushed image
     seconds: float = 0.0
 
 
@@ -36,6 +37,7 @@ class RemotePullResult(_Model):
     foreign: bool = False             # written by another tool: weights only, no prompts
     blobs_fetched: int = 0
     bytes_fetched: int = 0
+    image_pulled: bool = False        # with --with-image: the pinned image was pulled (and is the pinned one)
     seconds: float = 0.0
     warnings: list[str] = Field(default_factory=list)
 

@@ -30,7 +30,7 @@ from registry.errors import InvalidInput, RemoteError, VersionConflict
 from registry.formats import canonical
 from registry.models import NAME_RE, VERSION_RE, ImageRef, Provenance, Runtime
 from registry.models.remotes import RemotePullResult
-from registry.remotes import managing, modelpack, settings
+from registry.remotes import images, managing, modelpack, settings
 from registry.remotes.client import OciClient, Progress
 from registry.remotes.settings import ArtifactRef
 from registry.store.sql import versions
@@ -41,7 +41,8 @@ MAX_SMALL = 16 << 20  # a config or Cellar's record layer larger than this is re
 
 
 def pull(cfg: Configuration, source: str, *, remote: str | None, plain_http: bool, insecure: bool,
-         ca_file: str | Path | None, actor: str, progress: Progress | None) -> RemotePullResult:
+         ca_file: str | Path | None, actor: str, progress: Progress | None,
+         with_image: bool = False) -> RemotePullResult:
     """``source`` is ``oci://HOST/REPO:TAG``, or ``MODEL@VERSION`` on ``remote``."""
     if remote is not None:
         found = settings.find(cfg.home, remote)
@@ -49,13 +50,14 @@ def pull(cfg: Configuration, source: str, *, remote: str | None, plain_http: boo
     else:
         client, ref = managing.client_for_url(cfg, source, plain_http=plain_http, insecure=insecure, ca_file=ca_file)
     with contextlib.closing(client):
-        return PullRemote(cfg, actor=actor).run(client, ref, progress=progress)
+        return PullRemote(cfg, actor=actor).run(client, ref, with_image=with_image, progress=progress)
 
 
 class PullRemote(Action):
     """``PullRemote(cfg, actor=...).run(client, ref)``: the client is for ``ref``'s host."""
 
-    def run(self, client: OciClient, ref: ArtifactRef, *, progress: Progress | None = None) -> RemotePullResult:
+    def run(self, client: OciClient, ref: ArtifactRef, *, with_image: bool = False,
+            progress: Progress | None = None) -> RemotePullResult:
         started = time.monotonic()
         data, _ = client.get_manifest(ref.repository, ref.reference)
         artifact_digest = modelpack.digest_of(data)
@@ -66,6 +68,9 @@ class PullRemote(Action):
         result = RemotePullResult(model=incoming.model, version=incoming.version, reference=str(ref),
                                   artifact_digest=artifact_digest, manifest_digest=incoming.manifest_digest,
                                   created=False, foreign=incoming.foreign, warnings=incoming.warnings)
+        if with_image:  # before anything is recorded: an image that is not the pinned one refuses the pull
+            result.image_pulled = images.pull(self.cfg, host=ref.host, artifact_repository=ref.repository,
+                                              tag=ref.tag or incoming.version, record=incoming.record)
         if not _already_here(self.cfg, incoming, where=str(ref)):
             fetched = _Fetched(self.cfg)
             try:

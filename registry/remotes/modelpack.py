@@ -58,6 +58,7 @@ class Artifact:
     config: bytes
     cellar: bytes
     manifest: bytes
+    record: dict
 
     @property
     def digest(self) -> str:
@@ -114,7 +115,7 @@ def build(*, model: str, version: str, manifest_digest: str, record: dict, chang
                         "org.opencontainers.image.title": model, "org.opencontainers.image.version": version,
                         "dev.cellar.manifest-digest": manifest_digest},
     })
-    return Artifact(layers=layers, config=config, cellar=cellar, manifest=manifest)
+    return Artifact(layers=layers, config=config, cellar=cellar, manifest=manifest, record=record)
 
 
 def _weight_type(path: str) -> str:

@@ -16,7 +16,7 @@ from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import NotFound, VersionConflict
 from registry.models.remotes import RemotePushResult
-from registry.remotes import modelpack
+from registry.remotes import images, modelpack
 from registry.remotes.client import OciClient, Progress
 from registry.remotes.managing import client_for, tag_of
 from registry.remotes.settings import SCHEME, Remote
@@ -37,7 +37,8 @@ def artifact_of(cfg: Configuration, model: str, version: str) -> modelpack.Artif
 class PushRemote(Action):
     """``PushRemote(cfg, actor=...).run(remote, model, version)``."""
 
-    def run(self, remote: Remote, model: str, version: str, *, progress: Progress | None = None) -> RemotePushResult:
+    def run(self, remote: Remote, model: str, version: str, *, with_image: bool = False,
+            progress: Progress | None = None) -> RemotePushResult:
         started = time.monotonic()
         artifact = artifact_of(self.cfg, model, version)
         self._require_local(model, version, artifact)
@@ -48,11 +49,14 @@ class PushRemote(Action):
             result = RemotePushResult(model=model, version=version, remote=remote.name,
                                       reference=f"{SCHEME}{remote.host}/{repo}:{tag}",
                                       artifact_digest=artifact.digest, created=there is None)
-            if there == artifact.digest:
-                return _timed(result, started)
-            if there is not None:
+            if there is not None and there != artifact.digest:
                 raise VersionConflict(f"{result.reference} holds another artifact ({there[:19]}, this version is "
                                       f"{artifact.digest[:19]}): versions are immutable; push under a new version")
+            if with_image:
+                result.image = images.push(self.cfg, host=remote.host, artifact_repository=repo, tag=tag,
+                                           record=artifact.record, ref=f"{model}@{version}")
+            if there == artifact.digest:
+                return _timed(result, started)
             self._send_blobs(client, remote, repo, artifact, result, progress)
             client.put_manifest(repo, tag, artifact.manifest)
         finally:
@@ -61,7 +65,8 @@ class PushRemote(Action):
             events.append(conn, actor=self.actor, action="remote-push", object=f"{model}@{version}", model=model,
                           db_user=self.cfg.store.db_user(conn), detail={
                               "remote": remote.name, "to": result.reference, "artifact_digest": artifact.digest,
-                              "uploaded": result.blobs_uploaded, "mounted": result.blobs_mounted})
+                              "uploaded": result.blobs_uploaded, "mounted": result.blobs_mounted,
+                              "image": result.image})
         return _timed(result, started)
 
     def _require_local(self, model: str, version: str, artifact: modelpack.Artifact) -> None:

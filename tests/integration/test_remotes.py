@@ -6,6 +6,7 @@ auth, an artifact another client wrote, on both databases."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
@@ -261,3 +262,43 @@ def test_a_missing_tag(second, oci_registry):
 
 def test_requests_is_what_talks(oci_registry):
     assert requests.get(f"{oci_registry.base_url}/v2/", timeout=5).status_code == 200
+
+
+@pytest.fixture
+def own_image(docker_client):
+    """A tiny image only this test uses (a unique file in it), removed afterwards by its ID."""
+    import io
+    import secrets
+    import tarfile
+
+    buf, token = io.BytesIO(), secrets.token_hex(8).encode()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("token")
+        info.size = len(token)
+        tar.addfile(info, io.BytesIO(token))
+    repo = f"cellar-test-remote-image-{token.decode()}"
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=repo, tag="v1",
+                                             changes=["LABEL cellar.test=remotes"])
+    image_id = docker_client.images.get(f"{repo}:v1").id
+    yield f"{repo}:v1", image_id
+    with contextlib.suppress(Exception):
+        docker_client.images.remove(image_id, force=True)
+
+
+def test_the_pinned_image_through_the_same_registry(tmp_path, model_dir, oci_registry, own_image, docker_client):
+    tag, image_id = own_image
+    first, _ = Registry.init(tmp_path / "first", db_url=f"sqlite:///{tmp_path}/first.db")
+    second, _ = Registry.init(tmp_path / "second", db_url=f"sqlite:///{tmp_path}/second.db")
+    with first, second:
+        first.push(model_dir.write_manifest(image=tag))
+        assert first.show("support-bot@v1.0").image.digest == image_id
+        first.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+        pushed = first.push_remote("support-bot@v1.0", remote="team", with_image=True)
+        assert pushed.image and pushed.image.startswith(f"{oci_registry.host}/ml/support-bot/image@sha256:")
+        assert not docker_client.images.list(name=f"{oci_registry.host}/ml/support-bot/image")  # no tag left
+        docker_client.images.remove(image_id, force=True)  # a host that lacks it
+
+        pulled = second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True, with_image=True)
+        assert pulled.image_pulled and docker_client.images.get(image_id).id == image_id
+        assert not second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True,
+                               with_image=True).image_pulled  # there already
