@@ -28,6 +28,9 @@ def remote_add(
     insecure: bool = INSECURE,
     ca_file: Path = CA_FILE,
     replace: bool = typer.Option(False, "--replace", help="Replace a remote of this name."),
+    blob_store: bool = typer.Option(False, "--blob-store",
+                                    help="Make it this home's blob store: pushes go there too, promotes fetch what "
+                                         "this machine lacks."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -38,7 +41,7 @@ def remote_add(
     """
     with open_registry() as reg:
         remote = reg.add_remote(name, url, plain_http=plain_http, insecure=insecure, ca_file=ca_file,
-                                replace=replace, actor=actor)
+                                replace=replace, blob_store=blob_store, actor=actor)
     if as_json:
         return print_json(remote)
     console().print(f"Added remote {esc(remote.name)}: {esc(remote.url)} ({esc(_transport(remote))})")
@@ -56,7 +59,8 @@ def remote_list(as_json: bool = JSON) -> None:
         return print_json(remotes)
     if not remotes:
         return print("No remotes yet: add one with `registry remote add NAME oci://HOST/NAMESPACE`.")
-    table(["NAME", "URL", "TRANSPORT"], [[r.name, r.url, _transport(r)] for r in remotes])
+    table(["NAME", "URL", "TRANSPORT", "BLOB STORE"],
+          [[r.name, r.url, _transport(r), "yes" if r.blob_store else ""] for r in remotes])
 
 
 @remote_app.command("remove")

@@ -33,6 +33,7 @@ from registry.models import (
     VersionSummary,
 )
 from registry.models.probes import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
+from registry.remotes.facade import RemoteCommands
 from registry.store.files.blobs import BlobStore
 from registry.store.sql import Store, events, versions
 from registry.trust import audit, seals
@@ -44,7 +45,6 @@ from registry.versions.diffing import Diff
 from registry.versions.pushing import Progress
 
 if TYPE_CHECKING:  # the models load with the maintenance commands, not on every command's start-up (~12 ms)
-    from registry.models.remotes import RemotePullResult, RemotePushResult, RemoteVerifyReport
     from registry.models.upkeep import (
         BackupResult,
         DeleteResult,
@@ -55,14 +55,13 @@ if TYPE_CHECKING:  # the models load with the maintenance commands, not on every
         RestoreResult,
         VerifyReport,
     )
-    from registry.remotes.settings import Remote
 
 __all__ = ["Progress", "Registry"]
 
 VerifyProgress = Callable[[int, int], None]  # (bytes hashed since the last call, bytes to hash in all)
 
 
-class Registry:
+class Registry(RemoteCommands):
     """A registry home: its metadata database, blob store and the engines it deploys to.
 
     >>> reg = Registry.open()            # nearest .cellar/ or $REGISTRY_HOME
@@ -146,7 +145,12 @@ class Registry:
         else:
             resolved = manifest_mod.load(source, version=version, message=message)
         who = actor_mod.identify(actor, git_identity=self._git_user)
-        return pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
+        result = pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
+        if self._blob_store():  # a remote is this home's blob store: the version goes there too
+            from registry.remotes import store
+
+            result = store.publish(self.cfg, result, actor=who)
+        return result
 
     def engine(self, docker_host: str | None = None) -> Engine:
         """The Docker engine ($DOCKER_HOST or the local socket, or ``docker_host``), connected on first use."""
@@ -208,57 +212,6 @@ class Registry:
     def audit_checkpoint(self) -> Checkpoint:
         """The audit log's head hash and event count, to keep somewhere else."""
         return self.store.read_once(events.checkpoint)
-
-    # --- remotes: the team's OCI registry, versions as ModelPack artifacts ----------------
-
-    def add_remote(self, name: str, url: str, *, plain_http: bool = False, insecure: bool = False,
-                   ca_file: str | Path | None = None, replace: bool = False, actor: str | None = None) -> Remote:
-        """Remember ``oci://HOST[:PORT]/NAMESPACE`` as ``name``; credentials are never stored (they
-        come from the Docker credentials file or REGISTRY_REMOTE_USERNAME/PASSWORD)."""
-        from registry.remotes.managing import AddRemote
-
-        return AddRemote(self.cfg, actor=actor_mod.identify(actor)).run(
-            name, url, plain_http=plain_http, insecure=insecure, ca_file=ca_file, replace=replace)
-
-    def remotes(self) -> list[Remote]:
-        from registry.remotes.settings import remotes
-
-        return remotes(self.cfg.home)
-
-    def remove_remote(self, name: str, *, actor: str | None = None) -> Remote:
-        from registry.remotes.managing import RemoveRemote
-
-        return RemoveRemote(self.cfg, actor=actor_mod.identify(actor)).run(name)
-
-    def push_remote(self, ref: str, *, remote: str, with_image: bool = False, actor: str | None = None,
-                    progress=None) -> RemotePushResult:
-        """Publish a recorded version to a remote as one ModelPack artifact ``NAMESPACE/MODEL:VERSION``
-        (``with_image``: its pinned image too, as ``NAMESPACE/MODEL/image:VERSION``, by the Docker engine)."""
-        from registry.remotes import settings
-        from registry.remotes.publish import PushRemote
-
-        where = settings.find(self.cfg.home, remote)
-        model, version = refs.resolve(self.store, ref)
-        return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(where, model, version, with_image=with_image,
-                                                                         progress=progress)
-
-    def pull(self, source: str, *, remote: str | None = None, plain_http: bool = False, insecure: bool = False,
-             ca_file: str | Path | None = None, with_image: bool = False, actor: str | None = None,
-             progress=None) -> RemotePullResult:
-        """Bring a version in from ``oci://HOST/NAMESPACE/MODEL:VERSION`` (or ``MODEL@VERSION`` on
-        ``remote``), every layer (and, ``with_image``, the pinned image) verified before anything
-        is recorded; again: a no-op."""
-        from registry.remotes.fetching import pull
-
-        return pull(self.cfg, source, remote=remote, plain_http=plain_http, insecure=insecure, ca_file=ca_file,
-                    actor=actor_mod.identify(actor), progress=progress, with_image=with_image)
-
-    def verify_remote(self, remote: str) -> RemoteVerifyReport:
-        """Which recorded versions the remote holds as pushed, lacks, holds otherwise or holds incompletely."""
-        from registry.remotes import settings
-        from registry.remotes.checking import check_remote
-
-        return check_remote(self.cfg, settings.find(self.cfg.home, remote))
 
     # --- maintenance: verify, gc, backup, export -----------------------------------------
 
@@ -382,6 +335,10 @@ class Registry:
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
+        if self._blob_store():  # fetch what this home's cache lacks, verified, before the promote checks it
+            from registry.remotes import store
+
+            store.fetch_missing(self.cfg, model, version)
         action = Promote(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 

@@ -72,7 +72,7 @@ class PullRemote(Action):
             result.image_pulled = images.pull(self.cfg, host=ref.host, artifact_repository=ref.repository,
                                               tag=ref.tag or incoming.version, record=incoming.record)
         if not _already_here(self.cfg, incoming, where=str(ref)):
-            fetched = _Fetched(self.cfg)
+            fetched = Fetched(self.cfg)
             try:
                 for kind, name, digest, size in _unique(incoming.files):
                     if not self.cfg.blobs.has(digest, size=size):
@@ -187,7 +187,7 @@ def _unique(files: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str,
 
 
 @dataclass
-class _Fetched:
+class Fetched:
     """Verified blobs in temp files of the blob store, until ``install`` renames them in."""
 
     cfg: Configuration

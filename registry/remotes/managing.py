@@ -9,6 +9,7 @@ from pathlib import Path
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import AlreadyExists, InvalidInput
+from registry.home import read_config, update_config
 from registry.remotes import settings
 from registry.remotes.auth import credentials
 from registry.remotes.client import Endpoint, OciClient
@@ -18,25 +19,31 @@ from registry.store.sql import events
 
 class AddRemote(Action):
     def run(self, name: str, url: str, *, plain_http: bool = False, insecure: bool = False,
-            ca_file: str | Path | None = None, replace: bool = False) -> Remote:
+            ca_file: str | Path | None = None, replace: bool = False, blob_store: bool = False) -> Remote:
         remote = settings.remote_from(name, url, plain_http=plain_http, insecure=insecure, ca_file=ca_file)
         known = {r.name: r for r in settings.remotes(self.cfg.home)}
-        if name in known and not replace and known[name] != remote:
+        same = name in known and known[name].model_dump(exclude={"blob_store"}) == remote.model_dump(
+            exclude={"blob_store"})
+        if name in known and not replace and not same:
             raise AlreadyExists(f"remote {name!r} is {known[name].url} already: remove it first, or add --replace")
         settings.save(self.cfg.home, remote)
-        self._audit("remote-add", remote)
-        return remote
+        if blob_store:
+            update_config(self.cfg.home, **{settings.BLOB_STORE: name})
+        self._audit("remote-add", remote, blob_store=blob_store)
+        return settings.find(self.cfg.home, name)
 
-    def _audit(self, action: str, remote: Remote) -> None:
+    def _audit(self, action: str, remote: Remote, **extra) -> None:
         with self.cfg.store.write() as conn:
             events.append(conn, actor=self.actor, action=action, object=f"remote:{remote.name}",
                           db_user=self.cfg.store.db_user(conn),
-                          detail=remote.model_dump(include={"url", "plain_http", "insecure", "ca_file"}))
+                          detail={**remote.model_dump(include={"url", "plain_http", "insecure", "ca_file"}), **extra})
 
 
 class RemoveRemote(AddRemote):
     def run(self, name: str) -> Remote:  # type: ignore[override]
         remote = settings.forget(self.cfg.home, name)
+        if read_config(self.cfg.home.path).get(settings.BLOB_STORE) == name:
+            update_config(self.cfg.home, **{settings.BLOB_STORE: None})  # back to the local folder alone
         self._audit("remote-remove", remote)
         return remote
 

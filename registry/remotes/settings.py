@@ -27,10 +27,11 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _HOST = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
 SCHEME = "oci://"
+BLOB_STORE = "blob_store"  # the config key naming the remote a home keeps its blobs in
 
 
 class Remote(BaseModel):
-    """One remote, as ``registry remote list`` shows it."""
+    """One remote, as ``registry remote list`` shows it (``blob_store``: this home's blob store)."""
 
     name: str
     url: str  # oci://HOST[:PORT]/NAMESPACE
@@ -39,6 +40,7 @@ class Remote(BaseModel):
     plain_http: bool = False
     insecure: bool = False  # plain HTTP to a host that is not loopback, explicitly allowed
     ca_file: str | None = None
+    blob_store: bool = False
 
     @property
     def base_url(self) -> str:
@@ -135,8 +137,10 @@ def is_loopback(host: str) -> bool:
 
 def remotes(home: Home) -> list[Remote]:
     """The home's remotes, by name."""
-    saved = read_config(home.path).get("remotes") or {}
-    return [Remote.model_validate({"name": name, **fields}) for name, fields in sorted(saved.items())]
+    config = read_config(home.path)
+    saved = config.get("remotes") or {}
+    return [Remote.model_validate({"name": name, **fields, "blob_store": name == config.get(BLOB_STORE)})
+            for name, fields in sorted(saved.items())]
 
 
 def find(home: Home, name: str) -> Remote:
@@ -154,7 +158,7 @@ def for_host(home: Home, host: str) -> Remote | None:
 
 def save(home: Home, remote: Remote) -> None:
     saved = dict(read_config(home.path).get("remotes") or {})
-    saved[remote.name] = remote.model_dump(exclude={"name"}, exclude_none=True)
+    saved[remote.name] = remote.model_dump(exclude={"name", "blob_store"}, exclude_none=True)
     update_config(home, remotes=saved)
 
 

@@ -302,3 +302,37 @@ def test_the_pinned_image_through_the_same_registry(tmp_path, model_dir, oci_reg
         assert pulled.image_pulled and docker_client.images.get(image_id).id == image_id
         assert not second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True,
                                with_image=True).image_pulled  # there already
+
+
+def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, tmp_path, monkeypatch, model_dir,
+                                                                  oci_registry, fake):
+    """The CI machine pushes; an operator's laptop on the same database promotes it, fetching
+    the blobs its own cache lacks from the registry."""
+    from tests.conftest import IMAGE, on_fake
+
+    monkeypatch.setenv("REGISTRY_KEY_FILE", str(home / "signing.key"))  # one team, one key
+    url = f"oci://{oci_registry.host}/ml"
+    with on_fake(home, fake) as ci:
+        assert ci.add_remote("team", url, plain_http=True, blob_store=True).blob_store
+        pushed = ci.push(model_dir.write_manifest(image=IMAGE))
+        assert pushed.created and pushed.warnings == []
+        ci.add_env("staging", port=18080, default=True)
+    assert oci_registry.session().head(f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v1.0",
+                                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).ok
+
+    laptop_home = tmp_path / "laptop"
+    Registry.init(laptop_home, db_url=db_url)[0].close()
+    with on_fake(laptop_home, fake) as laptop:
+        laptop.add_remote("team", url, plain_http=True, blob_store=True)
+        weight = laptop.show("support-bot@v1.0").weights[0].digest
+        assert not laptop.cfg.blobs.has(weight)
+        deployed = laptop.promote("v1.0", env="staging")
+        assert str(deployed.release.status) == "deployed"
+        assert laptop.cfg.blobs.has(weight) and laptop.verify().ok
+
+        oci_registry.stop()  # a push while the registry is down: recorded here, with a warning
+        model_dir.set_prompt("Another prompt.\n")
+        later = laptop.push(model_dir.write_manifest(version="v1.1"))
+        assert later.created and "not on the blob store" in later.warnings[0]
+        laptop.remove_remote("team")
+        assert not laptop.push(model_dir.manifest).warnings  # the local folder alone again
