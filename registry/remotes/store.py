@@ -15,6 +15,7 @@ from registry.configuration import Configuration
 from registry.errors import CellarError, NotFound
 from registry.home import Home, read_config
 from registry.models import PushResult
+from registry.models.upkeep import ProblemKind, StorageProblem
 from registry.remotes import settings
 from registry.remotes.fetching import Fetched
 from registry.remotes.managing import client_for
@@ -70,3 +71,17 @@ def fetch_missing(cfg: Configuration, model: str, version: str) -> int:
     finally:
         fetched.cleanup()
     return len(missing)
+
+
+def only_not_cached(cfg: Configuration, problems: list[StorageProblem]) -> list[StorageProblem]:
+    """``registry verify`` in a home with a blob store: a blob missing here that the store holds
+    (in the repository of a model that uses it) is ``remote-only``, a notice, not damage."""
+    remote = blob_store(cfg.home)
+    missing = [p for p in problems if p.kind == ProblemKind.MISSING and p.digest and p.versions]
+    if remote is None or not missing:
+        return problems
+    with contextlib.closing(client_for(cfg, remote)) as client:
+        held = {id(p) for p in missing
+                if client.has_blob(remote.repository(p.versions[0].split("@", 1)[0]), p.digest or "")}
+    return [p.model_copy(update={"kind": ProblemKind.REMOTE_ONLY, "detail": f"on the blob store {remote.url}"})
+            if id(p) in held else p for p in problems]

@@ -326,6 +326,8 @@ def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, 
         laptop.add_remote("team", url, plain_http=True, blob_store=True)
         weight = laptop.show("support-bot@v1.0").weights[0].digest
         assert not laptop.cfg.blobs.has(weight)
+        report = laptop.verify()  # not cached here is not damage: the blob store holds it
+        assert report.ok and {str(p.kind) for p in report.problems} == {"remote-only"}
         deployed = laptop.promote("v1.0", env="staging")
         assert str(deployed.release.status) == "deployed"
         assert laptop.cfg.blobs.has(weight) and laptop.verify().ok
@@ -336,3 +338,12 @@ def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, 
         assert later.created and "not on the blob store" in later.warnings[0]
         laptop.remove_remote("team")
         assert not laptop.push(model_dir.manifest).warnings  # the local folder alone again
+
+
+def test_the_registrys_own_gc_keeps_what_cellar_pushed(reg, second, model_dir, oci_registry):
+    """Distribution's garbage-collect (registry stopped, then started again) removes blobs no
+    manifest references: every layer, the config and Cellar's record are referenced."""
+    _pushed(reg, model_dir, oci_registry)
+    oci_registry.garbage_collect()
+    assert [v.state for v in reg.verify_remote("team").versions] == ["same"]
+    assert second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True).created
