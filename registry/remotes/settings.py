@@ -107,6 +107,9 @@ def _split_url(url: str) -> tuple[str, str]:
     if not url.startswith(SCHEME):
         raise InvalidInput(f"{url!r} is not an OCI registry URL: write {SCHEME}HOST[:PORT]/NAMESPACE")
     host, _, path = url[len(SCHEME):].partition("/")
+    if "@" in host:  # said without echoing the URL: it may hold a password
+        raise InvalidInput("credentials never go in a registry URL: use `docker login HOST` or "
+                           "REGISTRY_REMOTE_USERNAME and REGISTRY_REMOTE_PASSWORD")
     if not _HOST.fullmatch(host):
         raise InvalidInput(f"{url}: {host!r} is not a host name with an optional port")
     path = path.strip("/")

@@ -347,3 +347,23 @@ def test_the_registrys_own_gc_keeps_what_cellar_pushed(reg, second, model_dir, o
     oci_registry.garbage_collect()
     assert [v.state for v in reg.verify_remote("team").versions] == ["same"]
     assert second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True).created
+
+
+def test_a_container_image_is_not_a_version(second, oci_registry):
+    from registry.remotes import modelpack
+    from registry.remotes.client import Endpoint, OciClient
+
+    client = OciClient(Endpoint(base_url=oci_registry.base_url))
+    config, layer = b'{"architecture":"amd64","os":"linux"}', b"not a tar, it does not matter here"
+    for data in (config, layer):
+        client.upload_bytes("apps/web", modelpack.digest_of(data), data)
+    client.put_manifest("apps/web", "v1", json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": modelpack.digest_of(config),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": modelpack.digest_of(layer),
+                    "size": len(layer)}]}).encode())
+    client.close()
+    with pytest.raises(InvalidInput, match="not a ModelPack artifact"):
+        second.pull(f"oci://{oci_registry.host}/apps/web:v1", plain_http=True)
+    assert second.versions() == []
