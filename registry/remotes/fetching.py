@@ -27,6 +27,7 @@ from registry.action import Action
 from registry.configuration import Configuration
 from registry.durable import fsync_dir
 from registry.errors import InvalidInput, RemoteError, VersionConflict
+from registry.faults import crashpoint
 from registry.formats import canonical
 from registry.models import NAME_RE, VERSION_RE, ImageRef, Provenance, Runtime
 from registry.models.remotes import RemotePullResult
@@ -78,6 +79,7 @@ class PullRemote(Action):
                     if not self.cfg.blobs.has(digest, size=size):
                         fetched.add(client, ref.repository, digest, size, what=f"{kind} {name}", progress=progress)
                 result.blobs_fetched, result.bytes_fetched = len(fetched.files), fetched.bytes
+                crashpoint("pull:verified")
                 fetched.install()
                 result.created = self._record(incoming, ref, artifact_digest)
             finally:

@@ -367,3 +367,41 @@ def test_a_container_image_is_not_a_version(second, oci_registry):
     with pytest.raises(InvalidInput, match="not a ModelPack artifact"):
         second.pull(f"oci://{oci_registry.host}/apps/web:v1", plain_http=True)
     assert second.versions() == []
+
+
+def _registry_cli(home, *args, **env):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("registry")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_WARM": "0", **env})
+
+
+def test_a_push_killed_mid_upload_then_pushed_again(reg, second, model_dir, oci_registry):
+    """SIGKILL at the first chunk: no tag names a half-pushed version; the next push completes."""
+    reg.push(model_dir.manifest)
+    reg.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+    home = reg.cfg.home.path
+    killed = _registry_cli(home, "push", "--remote", "team", "v1.0", CELLAR_CRASH_AT="remote:chunk")
+    assert killed.returncode == -9
+    assert [v.state for v in reg.verify_remote("team").versions] == ["absent"]
+    assert _registry_cli(home, "push", "--remote", "team", "v1.0").returncode == 0
+    assert second.pull(f"oci://{oci_registry.host}/ml/support-bot:v1.0", plain_http=True).created
+    assert second.verify().ok
+
+
+def test_a_pull_killed_after_verifying_records_nothing(reg, model_dir, oci_registry, tmp_path, monkeypatch):
+    _pushed(reg, model_dir, oci_registry)
+    other = tmp_path / "other"
+    Registry.init(other, db_url=f"sqlite:///{tmp_path}/other.db")[0].close()
+    url = f"oci://{oci_registry.host}/ml/support-bot:v1.0"
+    env = {"REGISTRY_DB_URL": f"sqlite:///{tmp_path}/other.db"}
+    assert _registry_cli(other, "pull", url, "--plain-http", CELLAR_CRASH_AT="pull:verified", **env).returncode == -9
+    monkeypatch.setenv("REGISTRY_DB_URL", env["REGISTRY_DB_URL"])
+    with Registry.open(other) as site:  # the next command sweeps the dead pull's temp files
+        assert site.versions() == [] and not any((other / "blobs" / "sha256").rglob("*/*"))
+        assert not [p for p in site.cfg.blobs.tmp.iterdir() if p.name.startswith("pull-")]
+    assert _registry_cli(other, "pull", url, "--plain-http", **env).returncode == 0
