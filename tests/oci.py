@@ -31,8 +31,8 @@ def free_port() -> int:
 
 
 class OciRegistry:
-    def __init__(self, root: Path, *, tls: bool = False, auth: bool = False):
-        self.root, self.tls, self.auth = root, tls, auth
+    def __init__(self, root: Path, *, tls: bool = False, auth: bool = False, token_realm: TokenServer | None = None):
+        self.root, self.tls, self.auth, self.token = root, tls, auth, token_realm
         self.port = free_port()
         self.storage = root / "storage"
         self.log = root / "registry.log"
@@ -111,6 +111,9 @@ class OciRegistry:
             subprocess.run(["htpasswd", "-Bbc", str(htpasswd), USER, PASSWORD], check=True, capture_output=True,
                            timeout=30)
             lines += ["auth:", "  htpasswd:", "    realm: cellar-test", f"    path: {htpasswd}"]
+        if self.token:
+            lines += ["auth:", "  token:", f"    realm: {self.token.realm}", f"    service: {TokenServer.SERVICE}",
+                      f"    issuer: {TokenServer.ISSUER}", f"    rootcertbundle: {self.token.cert}"]
         return "\n".join(lines) + "\n"
 
     def _certificates(self) -> tuple[Path, Path]:
@@ -195,3 +198,80 @@ class CuttingRelay:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+
+class TokenServer:
+    """A bearer-token realm as Harbor or a Docker Hub-like registry runs one: checks basic auth,
+    answers a JWT (RS256, signed with openssl, its certificate in ``x5c``) granting the scopes
+    asked for. Distribution verifies it against ``cert``."""
+
+    SERVICE, ISSUER = "cellar-test-registry", "cellar-test-issuer"
+
+    def __init__(self, root: Path):
+        import http.server
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.key, self.cert = root / "token.key", root / "token.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=cellar test token issuer", "-keyout", str(self.key), "-out", str(self.cert)],
+                       check=True, capture_output=True, timeout=60)
+        self.issued = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                server.answer(self)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, handler) -> None:
+        import base64
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        if handler.headers.get("Authorization") != expected:
+            handler.send_response(401)
+            handler.end_headers()
+            return
+        query = parse_qs(urlsplit(handler.path).query)
+        access = []
+        for scope in " ".join(query.get("scope", [])).split():
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        body = json.dumps({"token": self._jwt(access)}).encode()
+        self.issued += 1
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def _jwt(self, access: list) -> str:
+        import base64
+        import json
+        import secrets
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"], check=True,
+                             capture_output=True, timeout=30).stdout
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        claims = {"iss": self.ISSUER, "sub": USER, "aud": self.SERVICE, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": secrets.token_hex(8), "access": access}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signing_input.encode(),
+                                   check=True, capture_output=True, timeout=30).stdout
+        return f"{signing_input}.{b64(signature)}"

@@ -405,3 +405,29 @@ def test_a_pull_killed_after_verifying_records_nothing(reg, model_dir, oci_regis
         assert site.versions() == [] and not any((other / "blobs" / "sha256").rglob("*/*"))
         assert not [p for p in site.cfg.blobs.tmp.iterdir() if p.name.startswith("pull-")]
     assert _registry_cli(other, "pull", url, "--plain-http", **env).returncode == 0
+
+
+def test_a_registry_with_a_bearer_token_realm(reg, second, model_dir, tmp_path, monkeypatch):
+    """Harbor, Zot and hosted registries answer 401 with a token realm: Cellar asks it for a
+    token with the basic credentials, for the scopes it needs, then retries with the token."""
+    from tests.oci import TokenServer
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
+    realm = TokenServer(tmp_path / "token")
+    oci = OciRegistry(tmp_path / "oci-token", token_realm=realm).start()
+    try:
+        reg.push(model_dir.manifest)
+        reg.add_remote("team", f"oci://{oci.host}/ml", plain_http=True)
+        with pytest.raises(RemoteError, match="asks for credentials"):
+            reg.push_remote("support-bot@v1.0", remote="team")
+        monkeypatch.setenv("REGISTRY_REMOTE_USERNAME", USER)
+        monkeypatch.setenv("REGISTRY_REMOTE_PASSWORD", PASSWORD)
+        assert reg.push_remote("support-bot@v1.0", remote="team").created
+        assert second.pull(f"oci://{oci.host}/ml/support-bot:v1.0", plain_http=True).created
+        assert realm.issued >= 2
+        monkeypatch.setenv("REGISTRY_REMOTE_PASSWORD", "wrong")
+        with pytest.raises(RemoteError, match="refused the credentials"):
+            second.pull(f"oci://{oci.host}/ml/support-bot:v1.0", plain_http=True)
+    finally:
+        oci.stop()
+        realm.close()
