@@ -263,6 +263,7 @@ class Registry(RemoteCommands):
         from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
+        self._cache(model, version)
         return transfer.Export(self.cfg, actor=actor_mod.identify(actor)).run(
             model, version, Path(out), with_image=with_image, progress=progress)
 
@@ -335,10 +336,7 @@ class Registry(RemoteCommands):
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
-        if self._blob_store():  # fetch what this home's cache lacks, verified, before the promote checks it
-            from registry.remotes import store
-
-            store.fetch_missing(self.cfg, model, version)
+        self._cache(model, version)  # a home with a blob store fetches what it lacks, verified, first
         action = Promote(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 

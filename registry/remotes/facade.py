@@ -57,6 +57,7 @@ class RemoteCommands:
 
         where = settings.find(self.cfg.home, remote)
         model, version = refs.resolve(self.store, ref)
+        self._cache(model, version)
         return PushRemote(self.cfg, actor=actor_mod.identify(actor)).run(where, model, version, with_image=with_image,
                                                                          progress=progress)
 
@@ -80,3 +81,10 @@ class RemoteCommands:
 
     def _blob_store(self) -> bool:
         return bool(home_mod.read_config(self.cfg.home.path).get("blob_store"))
+
+    def _cache(self, model: str, version: str) -> None:
+        """In a home whose blob store is a remote: fetch the version's blobs this home lacks."""
+        if self._blob_store():
+            from registry.remotes import store
+
+            store.fetch_missing(self.cfg, model, version)

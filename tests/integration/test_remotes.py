@@ -332,6 +332,10 @@ def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, 
         assert str(deployed.release.status) == "deployed"
         assert laptop.cfg.blobs.has(weight) and laptop.verify().ok
 
+        laptop.cfg.blobs.path(weight).unlink()  # an evicted cache: export fetches it again
+        exported = laptop.export("support-bot@v1.0", tmp_path / "v1.0.tar")
+        assert exported.blobs == 2 and laptop.cfg.blobs.has(weight)
+
         oci_registry.stop()  # a push while the registry is down: recorded here, with a warning
         model_dir.set_prompt("Another prompt.\n")
         later = laptop.push(model_dir.write_manifest(version="v1.1"))
