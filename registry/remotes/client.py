@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from registry.errors import NotFound, RemoteError
+from registry.errors import CorruptBlob, NotFound, RemoteError
 from registry.faults import crashpoint
 
 CHUNK = 64 << 20  # per PATCH: 16 round trips for 1 GiB, and at most this much mapped at once
@@ -57,8 +57,6 @@ class OciClient:
         self._verify: str | bool = endpoint.ca_file or True
         self.session.headers["User-Agent"] = "cellar-registry"
         self._tokens: dict[str, str] = {}
-        self.uploaded = 0  # blobs sent, and bytes, by this client (results and tests read them)
-        self.bytes_sent = 0
 
     def close(self) -> None:
         self.session.close()
@@ -95,8 +93,10 @@ class OciClient:
                     time.sleep(BACKOFF_S * failures)
                     location, offset = self._resume(repo, digest, location)
         r = self._call("PUT", location, repo=repo, params={"digest": digest}, headers={"Content-Length": "0"})
+        if r.status_code == 400 and "DIGEST_INVALID" in r.text:
+            raise CorruptBlob(f"the registry refused blob {digest[:19]}: the bytes sent from {path} do not hash to "
+                              "it; run `registry verify` (nothing was published)")
         self._expect(r, 201, f"finish the upload of {digest[:19]} to {repo}")
-        self.uploaded += 1
         return "uploaded"
 
     def upload_bytes(self, repo: str, digest: str, data: bytes) -> None:
@@ -124,7 +124,6 @@ class OciClient:
                 "Content-Type": "application/octet-stream", "Content-Length": str(n),
                 "Content-Range": f"{offset}-{offset + n - 1}"})
         self._expect(r, 202, f"upload to {repo}")
-        self.bytes_sent += n
         return self._location(r)
 
     def _resume(self, repo: str, digest: str, location: str) -> tuple[str, int]:

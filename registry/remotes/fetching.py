@@ -71,7 +71,7 @@ class PullRemote(Action):
                                   created=False, foreign=incoming.foreign, warnings=incoming.warnings)
         if with_image:  # before anything is recorded: an image that is not the pinned one refuses the pull
             result.image_pulled = images.pull(self.cfg, host=ref.host, artifact_repository=ref.repository,
-                                              tag=ref.tag or incoming.version, record=incoming.record)
+                                              tag=managing.tag_of(incoming.version), record=incoming.record)
         if not _already_here(self.cfg, incoming, where=str(ref)):
             fetched = Fetched(self.cfg)
             try:

@@ -435,3 +435,18 @@ def test_a_registry_with_a_bearer_token_realm(reg, second, model_dir, tmp_path, 
     finally:
         oci.stop()
         realm.close()
+
+
+def test_a_blob_damaged_here_is_not_published(reg, model_dir, oci_registry):
+    from registry import CorruptBlob
+
+    reg.push(model_dir.manifest)
+    reg.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+    blob = reg.cfg.blobs.path(reg.show("support-bot@v1.0").weights[0].digest)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptBlob, match="registry verify"):
+        reg.push_remote("support-bot@v1.0", remote="team")
+    assert [v.state for v in reg.verify_remote("team").versions] == ["absent"]
