@@ -75,6 +75,7 @@ class Registry(RemoteCommands):
                  checks: Checks | None = None):
         self.home = home
         self.cfg = Configuration.for_home(home, store, engine_factory=engine_factory, checks=checks)
+        self.cfg.fetch_blobs = self._cache  # deploys fetch what a blob-store home lacks (a no-op elsewhere)
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
 
@@ -336,7 +337,6 @@ class Registry(RemoteCommands):
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
-        self._cache(model, version)  # a home with a blob store fetches what it lacks, verified, first
         action = Promote(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 

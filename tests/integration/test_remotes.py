@@ -316,7 +316,10 @@ def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, 
         assert ci.add_remote("team", url, plain_http=True, blob_store=True).blob_store
         pushed = ci.push(model_dir.write_manifest(image=IMAGE))
         assert pushed.created and pushed.warnings == []
+        model_dir.set_prompt("The prompt of v1.1.\n")
+        assert ci.push(model_dir.write_manifest(version="v1.1")).warnings == []
         ci.add_env("staging", port=18080, default=True)
+        ci.promote("v1.0", env="staging")
     assert oci_registry.session().head(f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v1.0",
                                        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).ok
 
@@ -328,17 +331,22 @@ def test_a_remote_as_the_blob_store_of_homes_sharing_one_database(home, db_url, 
         assert not laptop.cfg.blobs.has(weight)
         report = laptop.verify()  # not cached here is not damage: the blob store holds it
         assert report.ok and {str(p.kind) for p in report.problems} == {"remote-only"}
-        deployed = laptop.promote("v1.0", env="staging")
+        deployed = laptop.promote("v1.1", env="staging")
         assert str(deployed.release.status) == "deployed"
-        assert laptop.cfg.blobs.has(weight) and laptop.verify().ok
+        assert laptop.cfg.blobs.has(weight)
+        old_prompt = laptop.show("support-bot@v1.0").prompts[0].digest
+        assert not laptop.cfg.blobs.has(old_prompt)
+        back = laptop.rollback(env="staging")  # to v1.0, which the CI machine promoted
+        assert back.release.version == "v1.0" and laptop.cfg.blobs.has(old_prompt)
+        assert laptop.verify().ok
 
         laptop.cfg.blobs.path(weight).unlink()  # an evicted cache: export fetches it again
-        exported = laptop.export("support-bot@v1.0", tmp_path / "v1.0.tar")
+        exported = laptop.export("support-bot@v1.1", tmp_path / "v1.1.tar")
         assert exported.blobs == 2 and laptop.cfg.blobs.has(weight)
 
         oci_registry.stop()  # a push while the registry is down: recorded here, with a warning
         model_dir.set_prompt("Another prompt.\n")
-        later = laptop.push(model_dir.write_manifest(version="v1.1"))
+        later = laptop.push(model_dir.write_manifest(version="v1.2"))
         assert later.created and "not on the blob store" in later.warnings[0]
         laptop.remove_remote("team")
         assert not laptop.push(model_dir.manifest).warnings  # the local folder alone again
