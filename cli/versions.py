@@ -21,6 +21,12 @@ def init(
     db_url: str = typer.Option(None, "--db-url",
                                help="Database URL to remember in the home, e.g. postgresql+psycopg://cellar@db/cellar "
                                     "(password from PGPASSWORD or ~/.pgpass, never stored)."),
+    blobs: str = typer.Option(None, "--blobs",
+                              help="Keep blobs in this OCI registry, oci://HOST[:PORT]/NAMESPACE (a remote named "
+                                   "'blobs'; this machine's blob folder becomes a cache)."),
+    blobs_plain_http: bool = typer.Option(False, "--blobs-plain-http",
+                                          help="With --blobs: plain HTTP (a loopback registry)."),
+    blobs_ca_file: Path = typer.Option(None, "--blobs-ca-file", help="With --blobs: the registry's CA (PEM)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -31,7 +37,10 @@ def init(
     from registry import Registry
 
     reg, result = Registry.init(path, actor=actor, db_url=db_url)
-    reg.close()
+    with reg:
+        if blobs:
+            reg.add_remote("blobs", blobs, plain_http=blobs_plain_http, ca_file=blobs_ca_file, blob_store=True,
+                           replace=True, actor=actor)
     if as_json:
         return print_json(result)
     verb = "Created" if result.created else "Registry already up to date at"

@@ -458,3 +458,12 @@ def test_a_blob_damaged_here_is_not_published(reg, model_dir, oci_registry):
     with pytest.raises(CorruptBlob, match="registry verify"):
         reg.push_remote("support-bot@v1.0", remote="team")
     assert [v.state for v in reg.verify_remote("team").versions] == ["absent"]
+
+
+def test_init_with_a_registry_as_the_blob_store(tmp_path, monkeypatch, model_dir, oci_registry):
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "ci"))
+    cli("init", "--blobs", f"oci://{oci_registry.host}/ml", "--blobs-plain-http")
+    assert [(r["name"], r["blob_store"]) for r in as_json("remote", "list")] == [("blobs", True)]
+    cli("push", str(model_dir.manifest))
+    assert [v["state"] for v in as_json("remote", "verify", "blobs")["versions"]] == ["same"]
+    cli("init", "--blobs", "oci://registry.example.org/ml", "--blobs-plain-http", code=1)  # in clear, off loopback
