@@ -29,6 +29,8 @@ _EXPORTS = {
         "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",
         "Deprecation", "DeleteResult", "ProblemKind",
     ],
+    "registry.models.remotes": ["RemotePushResult", "RemotePullResult", "RemoteVerifyReport", "RemoteVersionState"],
+    "registry.remotes.settings": ["Remote"],
     "registry.trust.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
     "registry.versions.blame": ["BlameLine"],
     "registry.versions.diffing": ["Diff"],
