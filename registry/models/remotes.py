@@ -5,7 +5,7 @@ They are what the Python API returns and what ``--json`` prints, so field names 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class _Model(BaseModel):
@@ -47,7 +47,7 @@ class RemoteVersionState(_Model):
 
     model: str
     version: str
-    state: str                        # "same" | "absent" | "different" | "missing-blobs"
+    state: str                        # "same" | "absent" | "different" | "missing-blobs" | "unknown"
     missing: list[str] = Field(default_factory=list)
 
 
@@ -55,6 +55,8 @@ class RemoteVerifyReport(_Model):
     remote: str
     versions: list[RemoteVersionState] = Field(default_factory=list)
 
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern; mypy refuses it
     @property
     def ok(self) -> bool:
-        return all(v.state in ("same", "absent") for v in self.versions)
+        """False when a version is held otherwise or incompletely; absent and unknown are fine."""
+        return not any(v.state in ("different", "missing-blobs") for v in self.versions)

@@ -19,6 +19,7 @@ from tests.conftest import as_json, cli
 from tests.oci import PASSWORD, USER, CuttingRelay, OciRegistry
 
 MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
+OCI = "application/vnd.oci.image.manifest.v1+json"
 
 
 @pytest.fixture
@@ -219,7 +220,13 @@ def test_the_cli_and_remote_verify(home, model_dir, oci_registry):
     assert pushed["created"] and pushed["reference"].endswith("/ml/support-bot:v1.0")
     assert "nothing to do" in cli("push", "--remote", "team", "v1.0").stdout
     report = as_json("remote", "verify", "team")
-    assert [(v["version"], v["state"]) for v in report["versions"]] == [("v1.0", "same")]
+    assert [(v["version"], v["state"]) for v in report["versions"]] == [("v1.0", "same")] and report["ok"]
+    s = oci_registry.session()  # a tag no version here records (pushed from another home): listed, not a failure
+    manifest = s.get(f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v1.0", headers={"Accept": OCI}).content
+    s.put(f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v9", data=manifest,
+          headers={"Content-Type": OCI}).raise_for_status()
+    report = as_json("remote", "verify", "team")
+    assert [(v["version"], v["state"]) for v in report["versions"]] == [("v1.0", "same"), ("v9", "unknown")]
     # a layer deleted in the registry: verify names it, exit 1
     weight = as_json("show", "v1.0")["weights"][0]["digest"]
     oci_registry.blob_file(weight).unlink()
