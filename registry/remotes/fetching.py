@@ -169,6 +169,8 @@ def _check(incoming: modelpack.Incoming, *, where: str) -> None:
                            f"({incoming.manifest_digest[:19]}); nothing was recorded")
     for w in record.get("weights", []):
         modelpack.check_relative(str(w.get("path", "")), where)
+    for p in record.get("prompts", []):  # a prompt becomes prompts/<name> in a snapshot
+        modelpack.check_relative(f"{modelpack.PROMPTS_DIR}/{p.get('name', '')}", where)
 
 
 def _already_here(cfg: Configuration, incoming: modelpack.Incoming, *, where: str) -> bool:

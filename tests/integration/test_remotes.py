@@ -474,3 +474,34 @@ def test_init_with_a_registry_as_the_blob_store(tmp_path, monkeypatch, model_dir
     cli("push", str(model_dir.manifest))
     assert [v["state"] for v in as_json("remote", "verify", "blobs")["versions"]] == ["same"]
     cli("init", "--blobs", "oci://registry.example.org/ml", "--blobs-plain-http", code=1)  # in clear, off loopback
+
+
+@pytest.mark.parametrize("hostile, message", [
+    ({"weights": [{"path": "../../etc/cron.d/x", "size": 4}]}, "not a relative path"),
+    ({"prompts": [{"name": "../../x", "size": 4}]}, "not a relative path"),
+    ({"runtime": {"port": "not a port"}}, "record is not valid"),
+    ({"manifest_digest": "sha256:" + "0" * 64}, "does not hash to the manifest digest"),
+])
+def test_a_hostile_cellar_record_is_refused(second, oci_registry, hostile, message):
+    """Someone who can write to the registry writes an artifact of their own making."""
+    from registry.formats import canonical
+    from registry.remotes import modelpack
+    from registry.remotes.client import Endpoint, OciClient
+
+    data = b"evil"
+    file = {"digest": modelpack.digest_of(data), "size": 4}
+    record = {"image": {}, "weights": [{"path": "w.bin", **file}], "prompts": [], "runtime": {"port": 8080},
+              "probes": []}
+    record.update({k: [{**v[0], **file}] if isinstance(v, list) else v for k, v in hostile.items()
+                   if k != "manifest_digest"})
+    artifact = modelpack.build(model="bot", version="v1", record=record, provenance=None,
+                               manifest_digest=hostile.get("manifest_digest", canonical.digest(record)),
+                               changelog={"message": "", "actor": "x", "created_at": "2026-01-01T00:00:00+00:00"})
+    client = OciClient(Endpoint(base_url=oci_registry.base_url))
+    for digest, blob in {**artifact.small_blobs(), file["digest"]: data}.items():
+        client.upload_bytes("ml/bot", digest, blob)
+    client.put_manifest("ml/bot", "v1", artifact.manifest)
+    client.close()
+    with pytest.raises(InvalidInput, match=message):
+        second.pull(f"oci://{oci_registry.host}/ml/bot:v1", plain_http=True)
+    assert second.versions() == [] and not any(second.cfg.blobs.root.joinpath("sha256").rglob("*/*"))
