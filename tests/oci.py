@@ -148,10 +148,11 @@ class OciRegistry:
 
 class CuttingRelay:
     """127.0.0.1:port -> target; the first connection that carries more than ``cut_after``
-    bytes upstream is closed there (both ways), every later one relays in full."""
+    bytes upstream (``down``: downstream, a response) is closed there (both ways), every later
+    one relays in full."""
 
-    def __init__(self, target_port: int, cut_after: int):
-        self.target_port, self.cut_after = target_port, cut_after
+    def __init__(self, target_port: int, cut_after: int, *, down: bool = False):
+        self.target_port, self.cut_after, self.down = target_port, cut_after, down
         self.cuts = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.2)
@@ -176,8 +177,8 @@ class CuttingRelay:
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
             cut = self.cuts == 0
-            threading.Thread(target=self._pipe, args=(client, upstream, cut), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, cut and not self.down), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, cut and self.down), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, cut: bool) -> None:
         sent = 0

@@ -135,13 +135,15 @@ class OciClient:
                 return self._location(r), int(match.group(1)) + 1
         return self._start(repo, digest, None) or location, 0
 
-    def open_blob(self, repo: str, digest: str) -> requests.Response:
-        """A streaming response of the blob's bytes; the caller verifies them and closes it."""
-        r = self._call("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True)
+    def open_blob(self, repo: str, digest: str, *, offset: int = 0) -> requests.Response:
+        """A streaming response of the blob's bytes from ``offset`` on; the caller verifies them
+        and closes it."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        r = self._call("GET", f"/v2/{repo}/blobs/{digest}", repo=repo, stream=True, headers=headers)
         if r.status_code == 404:
             r.close()
             raise NotFound(f"blob {digest[:19]} is missing from {self.endpoint.base_url}/{repo}; nothing was recorded")
-        self._expect(r, 200, f"read blob {digest[:19]} from {repo}")
+        self._expect(r, 206 if offset else 200, f"read blob {digest[:19]} from {repo}")
         return r
 
     # --- manifests ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from pydantic import ValidationError
 
 from registry import clock
@@ -32,7 +33,7 @@ from registry.formats import canonical
 from registry.models import NAME_RE, VERSION_RE, ImageRef, Provenance, Runtime
 from registry.models.remotes import RemotePullResult
 from registry.remotes import images, managing, modelpack, settings
-from registry.remotes.client import OciClient, Progress
+from registry.remotes.client import RETRIES, OciClient, Progress
 from registry.remotes.settings import ArtifactRef
 from registry.store.sql import versions
 from registry.versions import arriving
@@ -185,6 +186,27 @@ def _already_here(cfg: Configuration, incoming: modelpack.Incoming, *, where: st
     return True
 
 
+class _Download:
+    """Bytes of one blob landing in ``out``, hashed as they arrive; ``got`` survives a response
+    that broke off, so the next one starts there."""
+
+    def __init__(self, out, size: int, progress: Progress | None):
+        self.out, self.size, self.progress = out, size, progress
+        self.hash, self.got = hashlib.sha256(), 0
+
+    def take(self, r: requests.Response) -> None:
+        """The response's bytes, at most one past ``size`` (more than the digest's size is refused)."""
+        for chunk in r.iter_content(READ):
+            chunk = chunk[: self.size + 1 - self.got]
+            self.hash.update(chunk)
+            self.out.write(chunk)
+            self.got += len(chunk)
+            if self.progress:
+                self.progress(len(chunk))
+            if self.got > self.size:
+                break
+
+
 def _unique(files: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
     seen: set[str] = set()
     return [f for f in files if not (f[2] in seen or seen.add(f[2]))]  # type: ignore[func-returns-value]
@@ -200,25 +222,26 @@ class Fetched:
 
     def add(self, client: OciClient, repo: str, digest: str, size: int, *, what: str,
             progress: Progress | None) -> None:
+        """Fetch one blob into a temp file, hashed as it arrives; a dropped connection goes on
+        from the byte it stopped at (a ranged GET), RETRIES times at most."""
         tmp = self.cfg.blobs.tmp / f"pull-{os.getpid()}-{secrets.token_hex(6)}"
         self.files[digest] = tmp
-        h, got = hashlib.sha256(), 0
-        with client.open_blob(repo, digest) as r, open(tmp, "xb") as out:
-            try:
-                for chunk in r.iter_content(READ):
-                    got += len(chunk)
-                    if got > size:
-                        break
-                    h.update(chunk)
-                    out.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-            except OSError as exc:
-                raise RemoteError(f"reading {what} from the registry broke off ({exc}); nothing was recorded: "
-                                  "pull again") from None
+        failures = 0
+        with open(tmp, "xb") as out:
+            download = _Download(out, size, progress)
+            while True:
+                try:
+                    with client.open_blob(repo, digest, offset=download.got) as r:
+                        download.take(r)
+                    break
+                except requests.RequestException as exc:  # broke off mid-stream
+                    failures += 1
+                    if failures > RETRIES:
+                        raise RemoteError(f"reading {what} from the registry broke off {failures} times ({exc}); "
+                                          "nothing was recorded: pull again") from None
             out.flush()
             os.fsync(out.fileno())
-        if got != size or "sha256:" + h.hexdigest() != digest:
+        if download.got != size or "sha256:" + download.hash.hexdigest() != digest:
             raise RemoteError(f"{what}: the registry served bytes that do not match its digest {digest[:19]} "
                               "(tampered or damaged in the registry); nothing was recorded")
         self.bytes += size

@@ -505,3 +505,18 @@ def test_a_hostile_cellar_record_is_refused(second, oci_registry, hostile, messa
     with pytest.raises(InvalidInput, match=message):
         second.pull(f"oci://{oci_registry.host}/ml/bot:v1", plain_http=True)
     assert second.versions() == [] and not any(second.cfg.blobs.root.joinpath("sha256").rglob("*/*"))
+
+
+def test_a_dropped_download_goes_on_from_where_it_stopped(reg, second, tmp_path, oci_registry):
+    md = helpers.ModelDir.create(tmp_path / "big")
+    (md.root / "weights" / "big.bin").write_bytes(bytes(range(256)) * (3 << 12))  # 3 MiB
+    reg.push(md.manifest)
+    reg.add_remote("team", f"oci://{oci_registry.host}/ml", plain_http=True)
+    reg.push_remote("support-bot@v1.0", remote="team")
+    before = oci_registry.requests_seen("GET", "/blobs/sha256:")
+    with CuttingRelay(oci_registry.port, cut_after=5 << 19, down=True) as relay:  # mid-file, past a chunk
+        pulled = second.pull(f"oci://127.0.0.1:{relay.port}/ml/support-bot:v1.0", plain_http=True)
+        assert relay.cuts == 1
+    assert pulled.created and second.verify().ok
+    assert oci_registry.requests_seen("GET", "/blobs/sha256:") - before == 5  # record, 3 files, 1 ranged retry
+    assert '" 206 ' in oci_registry.log.read_text()  # the retry asked for the rest only
