@@ -126,8 +126,10 @@ def _push_remote(ref: str, *, remote: str, with_image: bool, actor: str | None, 
         return print_json(result)
     if result.image:
         print(f"image pushed as {result.image}")
-    if not result.created:
+    if not result.created and not result.blobs_uploaded:
         return print(f"{result.reference} holds this version already ({short(result.artifact_digest)}); nothing to do")
+    if not result.created:
+        return print(f"{result.reference} holds this version; {result.blobs_uploaded} blobs it had lost sent again")
     print(f"pushed {result.model}@{result.version} to {result.reference} ({short(result.artifact_digest)}): "
           f"{result.blobs_uploaded} blobs uploaded ({size(result.bytes_uploaded)}), {result.blobs_mounted} mounted, "
           f"{result.blobs_present} there already")

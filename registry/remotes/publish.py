@@ -1,9 +1,10 @@
 """``registry push --remote NAME REF``: publish a recorded version as one ModelPack artifact.
 
-Order: look up the tag (the same artifact there already: nothing to do; another one: refused,
-versions are immutable), then for each blob ``HEAD`` first, else borrow it from another
-repository of the registry that holds it (a version of another model with the same file),
-else upload it in chunks; the manifest last, so the tag never names an incomplete artifact.
+Order: look up the tag (another artifact there: refused, versions are immutable), then for each
+blob ``HEAD`` first (the same artifact there already and every blob too: nothing sent), else
+borrow it from another repository of the registry that holds it (a version of another model
+with the same file), else upload it in chunks; the manifest last, so the tag never names an
+incomplete artifact.
 A push that broke off leaves only blobs the registry's own gc reclaims; pushing again sends
 what is missing.
 """
@@ -55,12 +56,14 @@ class PushRemote(Action):
             if with_image:
                 result.image = images.push(self.cfg, host=remote.host, artifact_repository=repo, tag=tag,
                                            record=artifact.record, ref=f"{model}@{version}")
-            if there == artifact.digest:
-                return _timed(result, started)
+            # HEAD first even when the tag is there: a blob the registry lost since is sent again
             self._send_blobs(client, remote, repo, artifact, result, progress)
-            client.put_manifest(repo, tag, artifact.manifest)
+            if there is None:
+                client.put_manifest(repo, tag, artifact.manifest)
         finally:
             client.close()
+        if there is not None and not (result.blobs_uploaded or result.blobs_mounted):
+            return _timed(result, started)  # nothing changed there: no event
         with self.cfg.store.write() as conn:
             events.append(conn, actor=self.actor, action="remote-push", object=f"{model}@{version}", model=model,
                           db_user=self.cfg.store.db_user(conn), detail={
@@ -94,6 +97,8 @@ class PushRemote(Action):
             if client.has_blob(repo, digest):
                 continue
             client.upload_bytes(repo, digest, data)
+            result.blobs_uploaded += 1
+            result.bytes_uploaded += len(data)
 
 
 def _timed(result: RemotePushResult, started: float) -> RemotePushResult:

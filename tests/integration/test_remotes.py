@@ -44,7 +44,7 @@ def _uploads(oci) -> int:
 
 def test_push_then_pull_into_a_second_home(reg, second, model_dir, oci_registry):
     pushed = _pushed(reg, model_dir, oci_registry)
-    assert pushed.created and pushed.blobs_uploaded == 2  # the weights and the prompt
+    assert pushed.created and pushed.blobs_uploaded == 4  # the weights, the prompt, the config, Cellar's record
     manifest = oci_registry.session().get(
         f"{oci_registry.base_url}/v2/ml/support-bot/manifests/v1.0",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
@@ -79,7 +79,7 @@ def test_the_same_version_again_uploads_nothing(reg, model_dir, oci_registry, tm
     # a new version with the same weights: only the changed prompt (and the record) go up
     model_dir.set_prompt("A new prompt.\n")
     nxt = _pushed(reg, model_dir, oci_registry, version="v1.1")
-    assert (nxt.blobs_uploaded, nxt.blobs_present) == (1, 1)
+    assert (nxt.blobs_uploaded, nxt.blobs_present) == (3, 1)  # the prompt, the config, the record
 
     # another home pushing the same version recorded there: the same artifact digest
     other, _ = Registry.init(tmp_path / "third", db_url=f"sqlite:///{tmp_path}/third.db")
@@ -95,7 +95,7 @@ def test_a_blob_another_model_holds_is_mounted_not_uploaded(reg, model_dir, oci_
     reg.push(model_dir.manifest)
     before = oci_registry.requests_seen("PATCH")
     result = reg.push_remote("support-bot-eu@v1.0", remote="team")
-    assert result.blobs_mounted == 2 and result.blobs_uploaded == 0
+    assert result.blobs_mounted == 2 and result.blobs_uploaded == 2  # the files; the config and record are new
     assert oci_registry.requests_seen("PATCH") == before
 
 
@@ -232,9 +232,11 @@ def test_the_cli_and_remote_verify(home, model_dir, oci_registry):
     oci_registry.blob_file(weight).unlink()
     report = as_json("remote", "verify", "team", code=1)
     assert report["versions"][0]["state"] == "missing-blobs" and report["versions"][0]["missing"] == [weight]
+    assert "sent again" in cli("push", "--remote", "team", "v1.0").stdout  # a push repairs it
+    assert as_json("remote", "verify", "team")["versions"][0]["state"] == "same"
     cli("remote", "remove", "team")
     assert as_json("remote", "list") == []
-    assert [e["action"] for e in as_json("audit")][:3] == ["remote-remove", "remote-push", "remote-add"]
+    assert [e["action"] for e in as_json("audit")][:4] == ["remote-remove", "remote-push", "remote-push", "remote-add"]
 
 
 def test_a_version_the_registry_holds_otherwise_is_refused(reg, model_dir, oci_registry, tmp_path):
