@@ -21,6 +21,12 @@ def init(
     db_url: str = typer.Option(None, "--db-url",
                                help="Database URL to remember in the home, e.g. postgresql+psycopg://cellar@db/cellar "
                                     "(password from PGPASSWORD or ~/.pgpass, never stored)."),
+    blobs: str = typer.Option(None, "--blobs",
+                              help="Keep blobs in this OCI registry, oci://HOST[:PORT]/NAMESPACE (a remote named "
+                                   "'blobs'; this machine's blob folder becomes a cache)."),
+    blobs_plain_http: bool = typer.Option(False, "--blobs-plain-http",
+                                          help="With --blobs: plain HTTP (a loopback registry)."),
+    blobs_ca_file: Path = typer.Option(None, "--blobs-ca-file", help="With --blobs: the registry's CA (PEM)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -31,7 +37,10 @@ def init(
     from registry import Registry
 
     reg, result = Registry.init(path, actor=actor, db_url=db_url)
-    reg.close()
+    with reg:
+        if blobs:
+            reg.add_remote("blobs", blobs, plain_http=blobs_plain_http, ca_file=blobs_ca_file, blob_store=True,
+                           replace=True, actor=actor)
     if as_json:
         return print_json(result)
     verb = "Created" if result.created else "Registry already up to date at"
@@ -65,14 +74,23 @@ def push(
     image: str = typer.Option(None, "--image", help="Without a manifest: the container image."),
     sign_key: str = typer.Option(None, "--sign-key",
                                  help="Also sign the version with this private key file (see `registry sign`)."),
+    remote: str = typer.Option(None, "--remote",
+                               help="Publish the recorded version MANIFEST names (v1.3 or model@v1.3) to this "
+                                    "remote as a ModelPack artifact."),
+    with_image: bool = typer.Option(False, "--with-image",
+                                    help="With --remote: push the pinned image too (by the Docker engine)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Record a new immutable version: weights, prompts, image, runtime config, changelog entry.
+    With --remote: publish a recorded version to the team's OCI registry.
 
     Example:  registry push examples/support-bot/v1.1 -m "Friendlier system prompt"
     """
     import registry
+
+    if remote:
+        return _push_remote(str(manifest or ""), remote=remote, with_image=with_image, actor=actor, as_json=as_json)
 
     if model and manifest is not None:
         raise typer.BadParameter("give either a MANIFEST or --model with --weights/--prompt, not both")
@@ -99,6 +117,26 @@ def push(
         print(f"{ref} already exists with identical content ({short(result.manifest_digest)}); nothing to do")
     if sign_key:
         print(f"Signed {ref} with {sign_key}")
+
+
+def _push_remote(ref: str, *, remote: str, with_image: bool, actor: str | None, as_json: bool) -> None:
+    if not ref:
+        raise typer.BadParameter("name the version to publish, e.g. registry push --remote team support-bot@v1.3")
+    from cli.maintenance import _Bar
+
+    with open_registry() as reg, _Bar(disable=as_json, label="push") as bar:
+        result = reg.push_remote(ref, remote=remote, with_image=with_image, actor=actor, progress=bar.advance)
+    if as_json:
+        return print_json(result)
+    if result.image:
+        print(f"image pushed as {result.image}")
+    if not result.created and not result.blobs_uploaded:
+        return print(f"{result.reference} holds this version already ({short(result.artifact_digest)}); nothing to do")
+    if not result.created:
+        return print(f"{result.reference} holds this version; {result.blobs_uploaded} blobs it had lost sent again")
+    print(f"pushed {result.model}@{result.version} to {result.reference} ({short(result.artifact_digest)}): "
+          f"{result.blobs_uploaded} blobs uploaded ({size(result.bytes_uploaded)}), {result.blobs_mounted} mounted, "
+          f"{result.blobs_present} there already")
 
 
 class _progress:

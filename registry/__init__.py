@@ -29,6 +29,8 @@ _EXPORTS = {
         "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",
         "Deprecation", "DeleteResult", "ProblemKind",
     ],
+    "registry.models.remotes": ["RemotePushResult", "RemotePullResult", "RemoteVerifyReport", "RemoteVersionState"],
+    "registry.remotes.settings": ["Remote"],
     "registry.trust.audit": ["Event", "AuditFilter", "Checkpoint", "Verification", "Problem"],
     "registry.models.signing": [
         "SigningKey", "TrustPolicy", "SignatureInfo", "PolicyCheck", "CheckoutResult", "ApprovalRecord",
@@ -40,7 +42,7 @@ _EXPORTS = {
         "CellarError", "InvalidInput", "ManifestError", "NotFound", "NotInitialised", "SchemaOutOfDate",
         "Conflict", "VersionConflict", "AlreadyExists", "ImageMoved", "StorageError", "NoSpace", "CorruptBlob",
         "DatabaseUnavailable", "DatabaseLocked", "EngineError", "StepFailed", "AuditBroken",
-        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError",
+        "OperationInProgress", "HealthGateFailed", "Interrupted", "INTERNAL_ERROR_EXIT", "KeyFileError", "RemoteError",
         "TemplateRefused", "PolicyNotMet",
     ],
     "registry.models.probes": [

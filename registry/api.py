@@ -34,6 +34,7 @@ from registry.models import (
     VersionSummary,
 )
 from registry.models.probes import HealthReport, MetricsSnapshot, ProbeRun, WatchSummary
+from registry.remotes.facade import RemoteCommands
 from registry.store.files.blobs import BlobStore
 from registry.store.sql import Store, events, versions
 from registry.trust import audit, seals
@@ -70,7 +71,7 @@ __all__ = ["Progress", "Registry"]
 VerifyProgress = Callable[[int, int], None]  # (bytes hashed since the last call, bytes to hash in all)
 
 
-class Registry:
+class Registry(RemoteCommands):
     """A registry home: its metadata database, blob store and the engines it deploys to.
 
     >>> reg = Registry.open()            # nearest .cellar/ or $REGISTRY_HOME
@@ -84,6 +85,7 @@ class Registry:
                  checks: Checks | None = None):
         self.home = home
         self.cfg = Configuration.for_home(home, store, engine_factory=engine_factory, checks=checks)
+        self.cfg.fetch_blobs = self._cache  # deploys fetch what a blob-store home lacks (a no-op elsewhere)
         # git's identity, probed once per Registry: two subprocesses per push add up (bench/api_push.py).
         self._git_user = functools.cache(actor_mod.git_user)
 
@@ -156,13 +158,19 @@ class Registry:
         else:
             resolved = manifest_mod.load(source, version=version, message=message)
         who = actor_mod.identify(actor, git_identity=self._git_user)
-        if sign_key is None:
-            return pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
-        from registry.signing.actions import Sign, check_signer
+        if sign_key is not None:
+            from registry.signing.actions import check_signer
 
-        check_signer(self.cfg, sign_key)  # a key that cannot sign refuses the push, not after it
+            check_signer(self.cfg, sign_key)  # a key that cannot sign refuses the push, not after it
         result = pushing.Push(self.cfg, actor=who).run(resolved, progress=progress)
-        Sign(self.cfg, actor=who).run(result.model, result.version, key_file=sign_key)
+        if sign_key is not None:
+            from registry.signing.actions import Sign
+
+            Sign(self.cfg, actor=who).run(result.model, result.version, key_file=sign_key)
+        if self._blob_store():  # a remote is this home's blob store: the version goes there too
+            from registry.remotes import store
+
+            result = store.publish(self.cfg, result, actor=who)
         return result
 
     # --- signatures and trust (registry.signing) -----------------------------------------
@@ -371,6 +379,7 @@ class Registry:
         from registry.upkeep import transfer
 
         model, version = refs.resolve(self.store, ref)
+        self._cache(model, version)
         return transfer.Export(self.cfg, actor=actor_mod.identify(actor)).run(
             model, version, Path(out), with_image=with_image, progress=progress)
 

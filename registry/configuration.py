@@ -41,6 +41,9 @@ class Configuration:
     # blob digest -> its tensors' digests, once read: a blob's index never changes, and a
     # prompt-tuning loop would otherwise read the same index for every version it pushes.
     tensor_index: dict[str, dict[str, str]] = field(default_factory=dict)
+    # (model, version) -> None: fetch the version's blobs this home lacks from its blob store (a
+    # remote, registry.remotes.store), verified; None when the home's blob folder is all there is.
+    fetch_blobs: Callable[[str, str], None] | None = None
     _engines: dict[str | None, Engine] = field(default_factory=dict, repr=False)
     _registry_id: str | None = field(default=None, repr=False)
 

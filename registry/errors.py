@@ -18,6 +18,8 @@
     ├── DatabaseUnavailable     the metadata database cannot be reached
     ├── DatabaseLocked          the metadata database stayed locked by another writer
     ├── EngineError             the Docker engine is unreachable or refused a call
+    ├── RemoteError             an OCI registry (a remote) is unreachable, refused a call or
+    │                           served bytes that do not match their digest
     ├── StepFailed              a deploy step failed in a way an automatic rollback answers
     │                           (health, exit, port, image); promote turns it into HealthGateFailed
     ├── AuditBroken             the audit log's hash chain is broken (names the first bad event)
@@ -105,6 +107,10 @@ class DatabaseUnavailable(CellarError):
 
 
 class DatabaseLocked(CellarError):
+    pass
+
+
+class RemoteError(CellarError):
     pass
 
 

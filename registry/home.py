@@ -77,16 +77,21 @@ def read_config(path: Path) -> dict:
 
 
 def write_config(home: Home | Path, db_url: str) -> str:
-    """Remember ``db_url`` in the home's config file, without its password; return what was stored.
+    """Remember ``db_url`` in the home's config file, without its password; return what was stored."""
+    stored = without_password(db_url)
+    update_config(home, db_url=stored)
+    return stored
+
+
+def update_config(home: Home | Path, **fields) -> None:
+    """Set ``fields`` in the home's config file (None removes one), keeping the others.
 
     Written atomically (temp file, rename), so a crash leaves the old file or the new one."""
     path = home.path if isinstance(home, Home) else Path(home)
-    stored = without_password(db_url)
-    data = {**read_config(path), "db_url": stored}
+    data = {k: v for k, v in {**read_config(path), **fields}.items() if v is not None}
     tmp = path / f".{CONFIG_NAME}.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path / CONFIG_NAME)
-    return stored
 
 
 def for_init(path: str | Path | None = None, *, db_url: str | None = None) -> Home:

@@ -6,7 +6,7 @@
 # CELLAR_TEST_PG_URL yourself to use another server instead.
 # Usage: scripts/test.sh [pytest args...]
 #        scripts/test.sh --fast [pytest args...]
-# --fast: only the tests marked neither docker, postgres nor browser (tests/conftest.py marks them),
+# --fast: only the tests marked neither docker, postgres, browser nor oci (tests/conftest.py marks them),
 # with nothing installed or started but the venv, on CELLAR_TEST_JOBS pytest-xdist workers (default:
 # two per core, as the tests also wait on subprocesses, sleeps and fsync; 0 runs them in this
 # process, for --pdb).
@@ -20,7 +20,7 @@ if [ "${1:-}" = "--fast" ]; then
     shift
     scripts/bootstrap.sh
     exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${CELLAR_TEST_JOBS:-$(($(nproc) * 2))}" \
-        -m "not docker and not postgres and not browser" "$@"
+        -m "not docker and not postgres and not browser and not oci" "$@"
 fi
 
 scripts/bootstrap.sh
@@ -32,4 +32,5 @@ scripts/setup-docker.sh >&2
 scripts/build-example-image.sh >&2
 scripts/setup-browser.sh >&2
 scripts/setup-softhsm.sh >&2
+scripts/setup-oci-registry.sh >&2
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -37,7 +37,8 @@ IN_CI = os.environ.get("CI") == "true"
 
 # The fixtures that need a service, and the mark each gives every test that uses it, directly or
 # through another fixture. PostgreSQL through ``db_url`` is marked on its "postgresql" param.
-NEEDS = {"docker_image": "docker", "docker_client": "docker", "pg_url": "postgres", "browser": "browser"}
+NEEDS = {"docker_image": "docker", "docker_client": "docker", "pg_url": "postgres", "browser": "browser",
+         "oci_registry": "oci"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -263,6 +264,25 @@ def push_versions(reg, model_dir: helpers.ModelDir, *versions: str, prompt: str 
         model_dir.set_prompt(prompt.format(version=version))
         model_dir.write_manifest(version=version, **manifest)
         reg.push(model_dir.manifest)
+
+
+# --- an OCI registry (Distribution 2.8) ---------------------------------------------------------
+
+
+@pytest.fixture
+def oci_registry(tmp_path, monkeypatch):
+    """A real registry on a free loopback port, plain HTTP, no auth (tests.oci starts variants);
+    no test reads the developer's Docker credentials."""
+    import shutil
+
+    from tests.oci import OciRegistry
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    if shutil.which("docker-registry") is None:
+        need("docker-registry", "run scripts/setup-oci-registry.sh")
+    registry = OciRegistry(tmp_path / "oci").start()
+    yield registry
+    registry.stop()
 
 
 # --- Docker -----------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ class DeployAction(Action):
         # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
         env_vars = {**runtime.env, "CELLAR_MODEL": model, "CELLAR_VERSION": version, **secret_env}
         with self.step("verify blobs"):
-            self._verify_blobs(record)
+            self._verify_blobs(model, version, record)
         with self.step("pin image"):
             image = (self.engine.image_digest(image_digest) if image_digest else
                      pin_image(self.engine, record["image"], ref=ref, allow_retag=allow_retag))
@@ -191,13 +191,15 @@ class DeployAction(Action):
         with self.cfg.store.read() as conn:
             stored = versions.record_of(conn, release.model, release.version)
         with self.step("verify files"):
-            self._verify_blobs(stored.record)
+            self._verify_blobs(release.model, release.version, stored.record)
             snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
                                   record=stored.record)
 
-    def _verify_blobs(self, record: dict) -> None:
+    def _verify_blobs(self, model: str, version: str, record: dict) -> None:
         # A blob whose stat key is unchanged since its bytes were verified is trusted (a write
         # changes its mtime/ctime); any other is re-read: rollback stays fast on big weights.
+        if self.cfg.fetch_blobs is not None:  # a home whose blob store is a remote: fetch what is missing
+            self.cfg.fetch_blobs(model, version)
         for item in [*record["weights"], *record["prompts"]]:
             self.cfg.blobs.check(item["digest"], trust_stamp=True)
 

@@ -84,6 +84,35 @@ class DockerEngine:
             raise EngineError(f"the Docker engine at {self.base_url} loaded no image from {path}")
         return images[0].id
 
+    def push_image(self, image_id: str, repository: str, tag: str, auth: dict | None) -> str:
+        ref = f"{repository}:{tag}"
+        try:
+            before = self.api.inspect_image(image_id).get("RepoTags") or []
+            self.api.tag(image_id, repository, tag)
+            try:
+                digest = ""
+                for line in self.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
+                    if line.get("error"):
+                        raise EngineError(f"the Docker engine could not push {ref}: {line['error']}")
+                    digest = (line.get("aux") or {}).get("Digest", digest)
+            finally:
+                if before and ref not in before:  # untag; the last tag would take the image with it
+                    self.api.remove_image(ref, noprune=True)
+        except DockerException as exc:
+            raise EngineError(f"the Docker engine could not push {ref}: {_short(exc)}") from None
+        return digest
+
+    def pull_image(self, repository: str, tag: str, auth: dict | None) -> str:
+        ref = f"{repository}:{tag}"
+        try:
+            for line in self.api.pull(repository, tag=tag, auth_config=auth, stream=True, decode=True):
+                if line.get("error"):
+                    raise EngineError(f"the Docker engine could not pull {ref}: {line['error']}")
+            image_id = self.api.inspect_image(ref)["Id"]
+        except DockerException as exc:
+            raise EngineError(f"the Docker engine could not pull {ref}: {_short(exc)}") from None
+        return image_id
+
     def create(self, spec: ContainerSpec) -> str:
         port = f"{spec.container_port}/tcp"
         host_config = self.api.create_host_config(

@@ -93,6 +93,14 @@ class Engine(Protocol):
     def load_image(self, path: Path) -> str:
         """Load a ``docker save`` tar; the image ID (``sha256:...``) it holds."""
 
+    def push_image(self, image_id: str, repository: str, tag: str, auth: dict | None) -> str:
+        """Push the image ``image_id`` to ``repository:tag`` of an OCI registry (``auth``:
+        username and password, or None); the manifest digest the registry holds it under.
+        The engine keeps no new tag of it, unless that tag is the image's only one."""
+
+    def pull_image(self, repository: str, tag: str, auth: dict | None) -> str:
+        """Pull ``repository:tag`` from an OCI registry (tagged so, as ``docker pull`` leaves it); its image ID."""
+
     def close(self) -> None:
         """Release the connection. Idempotent."""
 

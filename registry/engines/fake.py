@@ -10,6 +10,7 @@ and make any engine call raise with ``fail_on`` (call name -> exception, e.g. Ke
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from registry.engines.engine import ContainerInfo, ContainerSpec
 from registry.engines.http import ExitCheck, Untrusted, plain_excerpt
-from registry.errors import NotFound, StepFailed
+from registry.errors import EngineError, NotFound, StepFailed
 from registry.models import Request
 
 
@@ -32,6 +33,7 @@ class _Container:
 class FakeEngine:
     base_url: str = "fake://"
     images: dict[str, str] = field(default_factory=dict)
+    pushed: dict[str, str] = field(default_factory=dict)  # what push_image put in "the registry"
     unhealthy: dict[str, str] = field(default_factory=dict)
     slow: dict[str, float] = field(default_factory=dict)  # version -> seconds to come up
     fail_on: dict[str, BaseException] = field(default_factory=dict)  # call -> raised once
@@ -107,6 +109,23 @@ class FakeEngine:
         self.images[digest] = digest
         self.calls.append(f"load {digest}")
         return digest
+
+    def push_image(self, image_id: str, repository: str, tag: str, auth: dict | None) -> str:
+        self._maybe_fail("push_image")
+        if image_id not in self.images.values():
+            raise NotFound(f"image {image_id!r} is not on the Docker engine at {self.base_url}")
+        self.pushed[f"{repository}:{tag}"] = image_id
+        self.calls.append(f"push {image_id} {repository}:{tag}")
+        return "sha256:" + hashlib.sha256(image_id.encode()).hexdigest()
+
+    def pull_image(self, repository: str, tag: str, auth: dict | None) -> str:
+        self._maybe_fail("pull_image")
+        image_id = self.pushed.get(f"{repository}:{tag}")
+        if image_id is None:
+            raise EngineError(f"the Docker engine could not pull {repository}:{tag}: not found")
+        self.images[image_id] = image_id
+        self.calls.append(f"pull {repository}:{tag}")
+        return image_id
 
     def running(self) -> list[ContainerInfo]:
         return [c.info for c in self.containers.values() if c.info.running]

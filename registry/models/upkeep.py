@@ -26,11 +26,13 @@ class ProblemKind(StrEnum):
     REFERENCE = "reference"          # a recorded reference that does not resolve
     AUDIT = "audit"                  # the audit hash chain is broken
     DATABASE = "database"            # the database's own integrity check failed
+    REMOTE_ONLY = "remote-only"      # not in this home, but on its blob store (a remote): fetched when needed
 
 
 # Kinds that are not damage: an unreferenced blob is garbage for gc, not a broken store
-# (and a push running right now has blobs that are not recorded yet).
-NOTICES = frozenset({ProblemKind.UNREFERENCED})
+# (and a push running right now has blobs that are not recorded yet); a blob a home's blob
+# store holds is only not cached here.
+NOTICES = frozenset({ProblemKind.UNREFERENCED, ProblemKind.REMOTE_ONLY})
 
 
 class StorageProblem(_Model):

@@ -34,6 +34,7 @@ GENESIS = "0" * 64
 ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove",
            "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal",
            "key-add", "key-remove", "env-trust", "sign", "approve",  # issue 25
+           "remote-add", "remote-remove", "remote-push", "pull",  # issue 23
            "hook-add", "hook-remove", "alert")  # issue 26
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
@@ -21,18 +20,12 @@ from pydantic import ValidationError
 from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
-from registry.errors import InvalidInput, NotFound, StorageError, VersionConflict
-from registry.formats.safetensors_index import (
-    SafetensorsError,
-    is_safetensors,
-    read_index,
-)
+from registry.errors import InvalidInput, NotFound, VersionConflict
 from registry.models import ImageRef, Provenance, Runtime
 from registry.models.upkeep import ExportResult, ImportResult
-from registry.store.files.blobs import hash_file
-from registry.store.sql import events, queue, run_all, versions
-from registry.trust import audit
+from registry.store.sql import events, versions
 from registry.upkeep import archive
+from registry.versions import arriving
 
 Progress = archive.Progress
 
@@ -190,63 +183,10 @@ def _record(cfg: Configuration, bundle: archive.ImportBundle, provenance: Proven
     rows = versions.VersionRows(
         model=index.model, version=index.version, manifest_digest=index.manifest_digest, record=index.record,
         message=str(index.changelog.get("message") or ""), actor=str(index.changelog.get("actor") or "unknown"),
-        created_at=_when(index.changelog.get("created_at")) or clock.now(), provenance=provenance,
+        created_at=arriving.when(index.changelog.get("created_at")) or clock.now(), provenance=provenance,
         files=[("weight", w["path"], w["digest"], w["size"]) for w in index.record.get("weights", [])]
         + [("prompt", p["name"], p["digest"], p["size"]) for p in index.record.get("prompts", [])],
-        tensors=_tensor_index(cfg, index.record, known=bundle.tensors))
-    with cfg.store.write() as conn:
-        *answers, last = run_all(conn, [*versions.lookups(rows), events.LAST])
-        known = versions.known(answers)
-        if known.recorded:  # imported by someone else meanwhile
-            existing = versions.lookup(conn, index.model, index.version)
-            assert existing is not None  # known.recorded, under this write lock
-            if existing.manifest_digest != index.manifest_digest:
-                raise VersionConflict(f"{index.model}@{index.version} was recorded with other content meanwhile")
-            return False
-        _require_blobs(cfg, index.record)
-        event, _ = events.appending(
-            conn, last[0] if last else None, actor=actor, action="import", object=f"{index.model}@{index.version}",
-            model=index.model, db_user=cfg.store.db_user(conn), detail={
-                "from": str(path), "manifest_digest": index.manifest_digest,
-                "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
-                "image_loaded": image_loaded,
-                "prompts_changed": audit.prompts_changed(known.newest_prompts, index.record.get("prompts", []))})
-        queue(conn, versions.inserting(conn, rows, known) + event)
-    return True
-
-
-def _tensor_index(cfg: Configuration, record: dict, *, known: dict) -> dict:
-    """Blob digest -> (tensor ranges, tensor digests) of each safetensors weight: hashed while
-    the archive was read (``known``), else from the stored blob unless it is indexed already."""
-    out = dict(known)
-    for w in record.get("weights", []):
-        digest = w["digest"]
-        if not is_safetensors(w["path"]) or digest in out:
-            continue
-        with cfg.store.read() as conn:
-            if versions.tensor_digests(conn, digest):
-                continue
-        blob = cfg.blobs.path(digest)
-        try:
-            ranges = read_index(blob)
-        except SafetensorsError as exc:
-            raise InvalidInput(f"refusing to import: {w['path']} is not a valid safetensors file ({exc}); "
-                               "nothing was recorded") from None
-        out[digest] = (ranges, hash_file(blob, ranges).tensor_digests)
-    return out
-
-
-def _require_blobs(cfg: Configuration, record: dict) -> None:
-    """Under the write lock: every blob the version pins is in the store (a gc between
-    extraction and now would have removed an old unreferenced one)."""
-    for f in [*record.get("weights", []), *record.get("prompts", [])]:
-        if not cfg.blobs.has(f["digest"], size=f["size"]):
-            raise StorageError(f"blob {f['digest']} went missing during the import (a concurrent gc?): "
-                               "import the file again")
-
-
-def _when(value) -> datetime | None:
-    try:
-        return clock.utc(datetime.fromisoformat(value)) if value else None
-    except (TypeError, ValueError):
-        return None
+        tensors=arriving.tensor_index(cfg, index.record, known=bundle.tensors))
+    return arriving.record_arrived(cfg, rows, actor=actor, action="import", detail={
+        "from": str(path), "pushed_by": index.changelog.get("actor"), "pushed_at": index.changelog.get("created_at"),
+        "image_loaded": image_loaded})

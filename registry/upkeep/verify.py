@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from registry.action import Action
 from registry.configuration import Configuration
+from registry.home import read_config
 from registry.models.upkeep import (
     ProblemKind,
     StorageProblem,
@@ -42,6 +43,10 @@ class Verify(Action):
         tick = (lambda n: progress(n, total)) if progress else None
         result = scan.scan(cfg.blobs, recorded=recorded, referenced=set(users), progress=tick)
         problems += scan.name_versions(result.problems, users)
+        if read_config(cfg.home.path).get("blob_store"):  # missing here may only mean not cached
+            from registry.remotes import store as blob_store  # loads requests: only for such a home
+
+            problems = blob_store.only_not_cached(cfg, problems)
         snaps = list(gc_plan.list_snapshots(cfg.snapshots))
         problems += _snapshot_problems(cfg, snaps, records)
         if not chain.ok:

@@ -221,6 +221,19 @@ def already_recorded(conn: Connection, digests: set[str]) -> set[str]:
     return set(conn.execute(select(t.blobs.c.digest).where(t.blobs.c.digest.in_(sorted(digests)))).scalars())
 
 
+def models_holding(conn: Connection, digests: list[str]) -> dict[str, list[str]]:
+    """Blob digest -> the models (by name) with a version that holds it."""
+    if not digests:
+        return {}
+    rows = conn.execute(select(t.version_files.c.digest, t.models.c.name).distinct()
+                        .select_from(t.version_files.join(t.versions).join(t.models))
+                        .where(t.version_files.c.digest.in_(sorted(set(digests)))).order_by(t.models.c.name))
+    out: dict[str, list[str]] = {}
+    for digest, name in rows:
+        out.setdefault(digest, []).append(name)
+    return out
+
+
 def tensor_digests(conn: Connection, blob_digest: str) -> dict[str, str]:
     """Tensor name -> digest for one indexed blob; empty when the blob has no index."""
     return dict(conn.execute(_TENSOR_DIGESTS, {"blob": blob_digest}).all())
