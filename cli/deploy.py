@@ -16,6 +16,9 @@ env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, re
 app.add_typer(env_app, name="env")
 
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
+RUNTIME = typer.Option(None, "--runtime", metavar="KEY=VALUE",
+                       help="Host setting that wins over the versions' here (repeat): gpus, shm_size, memory, ipc, "
+                            "cpus, ulimits, log, restart; e.g. --runtime gpus=0,1 --runtime memory=16g.")
 
 
 @env_app.command("add")
@@ -34,19 +37,52 @@ def env_add(
     gate: bool = typer.Option(False, "--gate",
                               help="Promotes here run the version's probes after warm-up; "
                                    "any fail or error rolls back."),
+    runtime: list[str] = RUNTIME,
+    share_gpus: bool = typer.Option(False, "--share-gpus",
+                                    help="Let another environment that also allows it use the same GPUs."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Add an environment (a deploy target with its own host port and release ledger).
 
-    Example:  registry env add staging --port 8081 --default
+    Example:  registry env add staging --port 8081 --default --runtime gpus=1
     """
+    from registry import runtime_overrides
+
     with open_registry() as reg:
         env = reg.add_env(name, port=port, docker_host=docker_host, health_timeout_s=health_timeout, keep=keep,
-                          protected=protected, default=default, bind_addr=bind, gate=gate, actor=actor)
+                          protected=protected, default=default, bind_addr=bind, gate=gate,
+                          runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, actor=actor)
     if as_json:
         return print_json(env)
     console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}")
+
+
+@env_app.command("set")
+def env_set(
+    name: str = typer.Argument(..., help="Environment name."),
+    runtime: list[str] = RUNTIME,
+    share_gpus: bool = typer.Option(None, "--share-gpus/--no-share-gpus",
+                                    help="Whether another environment that also allows it may use the same GPUs."),
+    reason: str = REASON,
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Change an environment's runtime overrides (an empty value clears one); the next promote or
+    rollback uses them.
+
+    Example:  registry env set production --runtime gpus=0,1 --runtime memory=
+    """
+    from registry import runtime_overrides
+
+    with open_registry() as reg:
+        env = reg.set_env(name, runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, reason=reason,
+                          actor=actor)
+    if as_json:
+        return print_json(env)
+    shown = env.runtime.model_dump(mode="json") if env.runtime else {}
+    console().print(f"Environment {env.name}: runtime overrides "
+                    + (esc(", ".join(f"{k}={v}" for k, v in shown.items())) if shown else "none"))
 
 
 @env_app.command("list")
@@ -78,7 +114,7 @@ def env_show(name: str = typer.Argument(..., help="Environment name."), as_json:
     if as_json:
         return print_json(env)
     out = console()
-    for key, value in env.model_dump().items():
+    for key, value in env.model_dump(mode="json").items():
         out.print(f"{key:17} {esc(value) if value is not None else '-'}")
 
 
@@ -236,6 +272,8 @@ def status(
 
 
 def _status_table(rows) -> None:
+    from registry import describe_gpus
+
     table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
           [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed",
             short(s.container_id), s.container_state or "-",
@@ -246,6 +284,12 @@ def _status_table(rows) -> None:
                         f"(pid {p.pid} on {p.host})"))
         if s.note:
             print(plain(f"{s.env}: {s.note}"))
+        if s.restarts:
+            code = f" (last exit code {s.last_exit_code})" if s.last_exit_code is not None else ""
+            print(plain(f"{s.env}: restarted {s.restarts} time{'s' if s.restarts > 1 else ''} by Docker after "
+                        f"its process ended{code}"))
+        if s.gpus is not None:
+            print(plain(f"{s.env}: GPUs {describe_gpus(s.gpus)}"))
 
 
 @app.command()
