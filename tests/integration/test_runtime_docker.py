@@ -196,6 +196,13 @@ def test_warm_up_has_its_own_timeout(served):
 # --- 3. restart after the process dies ----------------------------------------------------------
 
 
+def kill_server(client, container_id: str) -> None:
+    """SIGKILL the container's main process from the host, as the kernel's OOM killer would."""
+    pid = wait_for(lambda: client.api.inspect_container(container_id)["State"]["Pid"])
+    assert pid > 1  # never 0: os.kill(0, ...) would kill this test's own process group
+    os.kill(pid, signal.SIGKILL)
+
+
 def wait_for(check, *, bound_s: float = 30.0):
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
@@ -210,11 +217,29 @@ def test_a_server_killed_from_the_host_comes_back_and_status_counts_it(served, d
     push("v1")
     reg.promote("v1")
     cid = deployed_id(reg, env)
-    pid = docker_client.api.inspect_container(cid)["State"]["Pid"]
-    os.kill(pid, signal.SIGKILL)  # the server's process dies, as after an out-of-memory kill
+    kill_server(docker_client, cid)  # the server's process dies, as after an out-of-memory kill
     wait_for(lambda: docker_client.api.inspect_container(cid)["RestartCount"] >= 1)
     (status,) = wait_for(lambda: [s for s in reg.status() if s.env == env and s.healthy] or None)
     assert status.restarts == 1 and status.last_exit_code == 137 and status.problem is None
+
+
+def test_watch_alerts_when_the_server_restarts_in_a_loop(served, docker_client):
+    reg, push, env = served
+    push("v1")
+    reg.promote("v1")
+    cid = deployed_id(reg, env)
+
+    def crash_three_times(_seconds):
+        for n in range(1, 4):
+            kill_server(docker_client, cid)
+            wait_for(lambda n=n: docker_client.api.inspect_container(cid)["RestartCount"] >= n
+                     and docker_client.api.inspect_container(cid)["State"]["Running"])
+
+    sent: list[str] = []
+    summary = reg.watch(env, every_s=1, max_runs=2, notify=sent.append, sleep=crash_three_times)
+    assert "alert-restarting" in summary.alerts
+    assert any(f"{env}: v1's container was restarted 3 times by Docker" in text and "last exit code 137" in text
+               for text in sent)
 
 
 # --- 2. GPUs ---------------------------------------------------------------------------------
