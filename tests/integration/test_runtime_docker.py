@@ -20,7 +20,7 @@ from registry.api import Registry
 from registry.engines.docker import DockerEngine
 from registry.engines.engine import ContainerSpec, HostSettings
 from registry.errors import Conflict, HealthGateFailed
-from tests.conftest import free_port
+from tests.conftest import cli, free_port
 
 pytestmark = pytest.mark.docker
 MiB = 1 << 20
@@ -221,6 +221,8 @@ def test_a_server_killed_from_the_host_comes_back_and_status_counts_it(served, d
     wait_for(lambda: docker_client.api.inspect_container(cid)["RestartCount"] >= 1)
     (status,) = wait_for(lambda: [s for s in reg.status() if s.env == env and s.healthy] or None)
     assert status.restarts == 1 and status.last_exit_code == 137 and status.problem is None
+    shown = cli("status", "--env", env).stdout
+    assert f"{env}: restarted 1 time by Docker after its process ended (last exit code 137)" in shown
 
 
 def test_watch_alerts_when_the_server_restarts_in_a_loop(served, docker_client):
@@ -257,6 +259,8 @@ def test_a_gpu_request_on_a_host_without_nvidia_runtime_fails_cleanly_and_the_ol
     assert rows[-2:] == [("v2", "failed", None), ("v1", "deployed", 1)]
     (status,) = [s for s in reg.status() if s.env == env]
     assert status.healthy and status.deployed.version == "v1"
+    failed_again = cli("promote", "v2", "--env", env, code=4)  # the CLI: same path, exit 4
+    assert "this Docker host has no NVIDIA runtime: install nvidia-container-toolkit" in failed_again.stderr
 
 
 def test_two_environments_claiming_one_gpu_are_refused_unless_both_share(served, home):
