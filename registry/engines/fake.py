@@ -74,6 +74,7 @@ class FakeEngine:
         if container_id in self.containers:
             c = self.containers[container_id]
             c.info.running, c.info.status, c.info.exit_code = False, "exited", 0
+            c.info.restart_policy = "no"
             self.calls.append(f"stop {c.info.name}")
 
     def remove(self, container_id: str) -> None:
