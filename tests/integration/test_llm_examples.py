@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import cli
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 # example -> (weights folder, stand-in files, the health path its server answers when ready)
 SERVERS = {
@@ -64,6 +66,8 @@ def test_each_llm_example_pushes_and_diffs(name, reg, tmp_path):
     diff = reg.diff(f"{model}@v1.0", f"{model}@v1.1")
     changed = {s.field: (s.old, s.new) for s in diff.runtime.settings}
     assert changed == {"gpus": (manifest_gpus(name), ["0", "1"])}
+    assert "host    gpus [0, 1]" in cli("show", f"{model}@v1.1").stdout
+    assert "~ gpus:" in cli("diff", f"{model}@v1.0", f"{model}@v1.1").stdout
     assert all(str(w.status) == "unchanged" for w in diff.weights)
 
 
