@@ -243,19 +243,22 @@ class DeployAction(Action):
 
     def wait_healthy(self, container_id: str, runtime: Runtime) -> None:
         """Wait until the container answers its health path; StepFailed when it does not."""
+        shown: list[str] = []
+
+        def show(answer: str) -> None:  # while a server loads: its last answer on the spinner line
+            started = getattr(self.on_step, "started", None)
+            if started is not None and self._running is not None:
+                name, detail = self._running
+                started(name, f"{detail + '; ' if detail else ''}last answer: {answer}")
+                shown.append(answer)
+
         try:
             self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
                                          exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted,
-                                         on_answer=self._show_answer)
+                                         on_answer=show)
         finally:
-            self._tell_started()  # the spinner's last answer is not the step's recorded detail
-
-    def _show_answer(self, answer: str) -> None:
-        """While a server loads: its last answer on the spinner line, beside the timeout."""
-        started = getattr(self.on_step, "started", None)
-        if started is not None and self._running is not None:
-            name, detail = self._running
-            started(name, f"{detail + '; ' if detail else ''}last answer: {answer}")
+            if shown:
+                self._tell_started()  # the step's line keeps its recorded detail, not a passing answer
 
     def health_timeout(self, runtime: Runtime) -> float:
         """The environment's setting when it has one, else the version's own; the running step
