@@ -32,7 +32,8 @@ def host_settings(res: Resources) -> HostSettings:
 
 
 def check_sizes(res: Resources) -> None:
-    """Docker refuses a shared memory bigger than the memory limit only once the container starts."""
+    """A ``/dev/shm`` larger than the memory limit is a mistake Docker accepts: its pages count
+    against the limit, so the server is killed long before the shared memory fills."""
     if res.shm_size and res.memory and size_bytes(res.shm_size) > size_bytes(res.memory):
         raise Conflict(f"runtime.shm_size {res.shm_size} is larger than runtime.memory {res.memory}: "
                        "raise the memory limit or lower the shared memory")
