@@ -196,12 +196,14 @@ class DeployAction(Action):
         return wanted
 
     def _gpu_holders(self) -> list[hosting.GpuHolder]:
+        """Other environments' releases on this Docker host that hold GPUs: the deployed one, and one
+        being deployed (pending) there, which will hold them in a moment."""
         out = []
         with self.cfg.store.read() as conn:
             others = [e for e in environments.all_(conn) if e.name != self.env.name and hosting.same_host(e, self.env)]
-            deployed = [(e, ledger.current(releases.current_and_pending(conn, e.name))) for e in others]
-        for env, release in deployed:
-            if release is not None:
+            rows = [(e, releases.current_and_pending(conn, e.name)) for e in others]
+        for env, found in rows:
+            for release in {r.revision: r for r in (ledger.current(found), ledger.pending(found)) if r}.values():
                 gpus = hosting.effective(self.runtime_of(release), env).gpus
                 if gpus is not None:
                     out.append(hosting.GpuHolder(env=env, ref=release.ref, gpus=gpus))

@@ -291,8 +291,18 @@ def test_two_environments_claiming_one_gpu_are_refused_unless_both_share(served,
         assert "GPUs 0" in web.get("/envs").text
 
 
-def _record_deployed(reg, env: str, version: str) -> None:
-    """A deployed release for ``env`` as if its promote had run on a GPU host."""
+def test_gpus_a_release_is_being_deployed_with_count_as_held(served):
+    reg, push, env = served
+    push("v1", gpus=1)
+    other = env + "-c"
+    reg.add_env(other, port=free_port())
+    _record_deployed(reg, env, "v1", settle=False)  # a promote in flight there: pending-deploy
+    with pytest.raises(Conflict, match=f"in {other} would use GPU 0, which support-bot@v1 in {env} holds"):
+        reg.promote("v1", env=other)
+
+
+def _record_deployed(reg, env: str, version: str, *, settle: bool = True) -> None:
+    """A deployed release for ``env`` as if its promote had run on a GPU host (or pending, not settled)."""
     from registry import clock, ledger
     from registry.store.sql import releases, versions
 
@@ -303,4 +313,5 @@ def _record_deployed(reg, env: str, version: str) -> None:
     plan = ledger.plan_promote([], target, env=env, actor="test", reason=None, at=clock.now())
     with reg.cfg.store.write() as conn:
         releases.insert_(conn, plan.pending)
-        releases.apply(conn, ledger.settle(plan, ok=True, at=clock.now(), container_id="0" * 64))
+        if settle:
+            releases.apply(conn, ledger.settle(plan, ok=True, at=clock.now(), container_id="0" * 64))
