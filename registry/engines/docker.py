@@ -234,6 +234,9 @@ def _start_error(exc: APIError) -> str:
         return f"image missing ({text})"
     if "could not select device driver" in low or "nvidia-container-cli" in low:
         return f"this Docker host has no NVIDIA runtime: install nvidia-container-toolkit ({text})"
+    if "setting rlimit" in low:
+        return ("the Docker host does not allow the runtime.ulimits asked for (a limit above its own hard "
+                f"limit): lower them, or raise the host's limits for dockerd ({text})")
     return f"the container did not start ({text})"
 
 

@@ -91,6 +91,19 @@ def _memlock_hard() -> int:
     return -1 if hard == resource.RLIM_INFINITY else hard
 
 
+def test_memlock_unlimited_runs_where_the_host_allows_it_and_fails_cleanly_where_not(served):
+    reg, push, env = served
+    push("v1"), push("v2", ulimits={"memlock": -1})  # what vLLM's docs ask for
+    reg.promote("v1")
+    if _memlock_hard() == -1:  # this host allows it
+        reg.promote("v2")
+        assert host_config(deployed_id(reg, env))["Ulimits"] == [{"Name": "memlock", "Soft": -1, "Hard": -1}]
+        return
+    with pytest.raises(HealthGateFailed, match="does not allow the runtime.ulimits asked for"):
+        reg.promote("v2")
+    assert reg.history(env)[-1].version == "v1"
+
+
 def test_defaults_rotate_logs_restart_unless_stopped_and_kept_containers_have_no_policy(served):
     reg, push, env = served
     push("v1"), push("v2")
