@@ -16,6 +16,9 @@ env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, re
 app.add_typer(env_app, name="env")
 
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
+RUNTIME = typer.Option(None, "--runtime", metavar="KEY=VALUE",
+                       help="Host setting that wins over the versions' here (repeat): gpus, shm_size, memory, ipc, "
+                            "cpus, ulimits, log, restart; e.g. --runtime gpus=0,1 --runtime memory=16g.")
 
 
 @env_app.command("add")
@@ -34,16 +37,22 @@ def env_add(
     gate: bool = typer.Option(False, "--gate",
                               help="Promotes here run the version's probes after warm-up; "
                                    "any fail or error rolls back."),
+    runtime: list[str] = RUNTIME,
+    share_gpus: bool = typer.Option(False, "--share-gpus",
+                                    help="Let another environment that also allows it use the same GPUs."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Add an environment (a deploy target with its own host port and release ledger).
 
-    Example:  registry env add staging --port 8081 --default
+    Example:  registry env add staging --port 8081 --default --runtime gpus=1
     """
+    from registry import runtime_overrides
+
     with open_registry() as reg:
         env = reg.add_env(name, port=port, docker_host=docker_host, health_timeout_s=health_timeout, keep=keep,
-                          protected=protected, default=default, bind_addr=bind, gate=gate, actor=actor)
+                          protected=protected, default=default, bind_addr=bind, gate=gate,
+                          runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, actor=actor)
     if as_json:
         return print_json(env)
     console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}")
@@ -52,6 +61,9 @@ def env_add(
 @env_app.command("set")
 def env_set(
     name: str = typer.Argument(..., help="Environment name."),
+    runtime: list[str] = RUNTIME,
+    share_gpus: bool = typer.Option(None, "--share-gpus/--no-share-gpus",
+                                    help="Whether another environment that also allows it may use the same GPUs."),
     trust: list[str] = typer.Option(None, "--trust", help="A key name this environment trusts (repeat); "
                                                           "replaces the list."),
     no_trust: bool = typer.Option(False, "--no-trust", help="Trust no key (and require no signatures)."),
@@ -62,24 +74,34 @@ def env_set(
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
-    """Change an environment's trust policy (signatures and approvals a version needs to run there);
-    without options, show it.
+    """Change an environment's runtime overrides (an empty value clears one; the next promote or
+    rollback uses them) or its trust policy (the signatures and approvals a version needs to run
+    there); without options, show both. --json prints {"environment": ..., "trust": ...}.
 
-    Example:  registry env set prod --trust alice --trust bob --require-signatures 2
+    Example:  registry env set production --runtime gpus=0,1 --runtime memory=
+              registry env set prod --trust alice --trust bob --require-signatures 2
     """
+    from registry import runtime_overrides
+
     if no_trust and (trust or require_signatures):
         raise typer.BadParameter("--no-trust trusts nobody: it goes without --trust and --require-signatures")
+    hosting = bool(runtime) or share_gpus is not None
+    trusting = no_trust or bool(trust) or require_signatures is not None
     with open_registry() as reg:
-        if not (no_trust or trust or require_signatures is not None):  # nothing to change: show it
-            policy = reg.trust_policy(name)
-        else:
-            policy = reg.set_trust(name, trust=[] if no_trust else (trust or None),
-                                   require_signatures=0 if no_trust else require_signatures, reason=reason,
-                                   actor=actor)
+        env = (reg.set_env(name, runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, reason=reason,
+                           actor=actor) if hosting else reg.environment(name))
+        policy = (reg.set_trust(name, trust=[] if no_trust else (trust or None),
+                                require_signatures=0 if no_trust else require_signatures, reason=reason, actor=actor)
+                  if trusting else reg.trust_policy(name))
     if as_json:
-        return print_json(policy)
-    console().print(f"Environment {esc(policy.env)}: trusts {esc(', '.join(policy.trusted) or 'no key')}; "
-                    f"requires {policy.require_signatures} signature(s) from distinct trusted keys")
+        return print_json({"environment": env, "trust": policy})
+    shown = env.runtime.model_dump(mode="json") if env.runtime else {}
+    if hosting or not trusting:
+        console().print(f"Environment {esc(env.name)}: runtime overrides "
+                        + (esc(", ".join(f"{k}={v}" for k, v in shown.items())) if shown else "none"))
+    if trusting or not hosting:
+        console().print(f"Environment {esc(policy.env)}: trusts {esc(', '.join(policy.trusted) or 'no key')}; "
+                        f"requires {policy.require_signatures} signature(s) from distinct trusted keys")
 
 
 @env_app.command("list")
@@ -111,7 +133,7 @@ def env_show(name: str = typer.Argument(..., help="Environment name."), as_json:
     if as_json:
         return print_json(env)
     out = console()
-    for key, value in env.model_dump().items():
+    for key, value in env.model_dump(mode="json").items():
         out.print(f"{key:17} {esc(value) if value is not None else '-'}")
 
 
@@ -269,6 +291,8 @@ def status(
 
 
 def _status_table(rows) -> None:
+    from registry import describe_gpus
+
     table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
           [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed",
             short(s.container_id), s.container_state or "-",
@@ -279,6 +303,12 @@ def _status_table(rows) -> None:
                         f"(pid {p.pid} on {p.host})"))
         if s.note:
             print(plain(f"{s.env}: {s.note}"))
+        if s.restarts:
+            code = f" (last exit code {s.last_exit_code})" if s.last_exit_code is not None else ""
+            print(plain(f"{s.env}: restarted {s.restarts} time{'s' if s.restarts > 1 else ''} by Docker after "
+                        f"its process ended{code}"))
+        if s.gpus is not None:
+            print(plain(f"{s.env}: GPUs {describe_gpus(s.gpus)}"))
 
 
 @app.command()

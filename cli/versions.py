@@ -234,12 +234,24 @@ def show(
     env = esc(", ".join(f"{k}={v}" for k, v in sorted(rt.env.items())))
     out.print(f"runtime port {rt.port}, health {esc(rt.health.path)} ({rt.health.timeout_s:g} s)"
               + (f", env {env}" if env else "") + (f", secrets {esc(', '.join(rt.secrets))}" if rt.secrets else ""))
+    host = rt.resources().model_dump(mode="json")  # only the settings the version asks for
+    if host:
+        out.print("host    " + esc(", ".join(f"{k} {_setting(v)}" for k, v in host.items())))
     if info.probes:
         out.print(f"probes  {esc(', '.join(p.name for p in info.probes))}")
     if pv := info.provenance:
         out.print(f"git     {_git_line(pv)}")
     for sig in signed:
         out.print(signature_line(sig))
+
+
+def _setting(value) -> str:
+    """A runtime setting as written in a manifest: ``[0, 1]``, ``{memlock: -1}``."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_setting(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_setting(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _git_line(pv) -> str:

@@ -24,6 +24,7 @@ _EXPORTS = {
         "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",
         "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance", "Resolved",
     ],
+    "registry.models.resources": ["Resources", "EnvRuntime", "runtime_overrides", "describe_gpus"],
     "registry.ledger": ["Release", "ReleaseStatus", "Operation"],
     "registry.models.upkeep": [
         "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",

@@ -417,10 +417,20 @@ class Registry(RemoteCommands):
 
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
-        protected, default, bind_addr, gate (promotes run the probe suite as a gate)."""
+        protected, default, bind_addr, gate (promotes run the probe suite as a gate), runtime
+        (host settings that win over the versions', e.g. ``{"gpus": [1]}``), share_gpus."""
         from registry.deploy.env_actions import AddEnv, new_env
 
         return AddEnv(self.cfg, actor=actor_mod.identify(actor)).run(new_env(name, port=port, **settings))
+
+    def set_env(self, name: str, *, runtime: dict | None = None, share_gpus: bool | None = None,
+                reason: str | None = None, actor: str | None = None) -> Environment:
+        """Change an environment's runtime overrides (``{"gpus": "all", "memory": None}``: None clears
+        one) and whether it shares its GPUs with other environments; from the next promote on."""
+        from registry.deploy.env_actions import SetEnv
+
+        return SetEnv(self.cfg, actor=actor_mod.identify(actor)).run(name, runtime=runtime, share_gpus=share_gpus,
+                                                                      reason=reason)
 
     def environments(self) -> list[Environment]:
         """All environments, by name."""

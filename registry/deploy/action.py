@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from registry import ledger
 from registry.action import Action
 from registry.configuration import Configuration
-from registry.deploy import snapshots
+from registry.deploy import hosting, snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
 from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound
 from registry.ledger import Release, Target
 from registry.models import Environment, Lock, Runtime, Step
-from registry.store.sql import environments, versions
+from registry.models.resources import Resources
+from registry.store.sql import environments, releases, versions
 from registry.trust.secrets import Scrubber, from_environ, mask_urls_in, secret_values
 
 OnStep = Callable[[str, float, bool], None]  # (step, seconds, succeeded)
@@ -52,6 +54,7 @@ class Ready:
     image: str
     snapshot: Path
     env_vars: dict[str, str] = field(repr=False)
+    resources: Resources = field(default_factory=Resources)  # the runtime's host settings, env overrides on top
 
 
 class DeployAction(Action):
@@ -169,6 +172,7 @@ class DeployAction(Action):
             stored = versions.record_of(conn, model, version)
         record, ref = stored.record, f"{model}@{version}"
         runtime = Runtime.model_validate(record["runtime"])
+        resources = self.claim_host(runtime, ref)
         secret_env = _secrets(runtime, self.cfg.environ, ref)
         self.remember_secrets(runtime)
         # The server can tell which version it is (CELLAR_MODEL, CELLAR_VERSION); labels say it to Docker.
@@ -182,7 +186,35 @@ class DeployAction(Action):
             snap = snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
                                          record=record)
         target = Target(model=model, version=version, manifest_digest=stored.digest, image_digest=image)
-        return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars)
+        return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars,
+                     resources=resources)
+
+    def claim_host(self, runtime: Runtime, ref: str) -> Resources:
+        """The host settings ``ref`` gets in this environment; Conflict (nothing recorded yet) when
+        its GPUs are held by another environment's deployed release on the same Docker host."""
+        wanted = hosting.effective(runtime, self.env)
+        hosting.check_sizes(wanted)
+        if wanted.gpus is not None:
+            hosting.check_gpu_collision(self.env, wanted, ref, self._gpu_holders())
+        return wanted
+
+    def _gpu_holders(self) -> list[hosting.GpuHolder]:
+        """Other environments' releases on this Docker host that hold GPUs: the deployed one, and one
+        being deployed (pending) there, which will hold them in a moment."""
+        out = []
+        with self.cfg.store.read() as conn:
+            others = [e for e in environments.all_(conn) if e.name != self.env.name and hosting.same_host(e, self.env)]
+            rows = [(e, releases.current_and_pending(conn, e.name)) for e in others]
+        for env, found in rows:
+            for release in {r.revision: r for r in (ledger.current(found), ledger.pending(found)) if r}.values():
+                gpus = hosting.effective(self.runtime_of(release), env).gpus
+                if gpus is not None:
+                    out.append(hosting.GpuHolder(env=env, ref=release.ref, gpus=gpus))
+        return out
+
+    def restart_policy(self, runtime: Runtime) -> str:
+        """The restart policy a deployed container of ``runtime`` gets in this environment."""
+        return hosting.host_settings(hosting.effective(runtime, self.env)).restart
 
     def prove_files(self, release: Release) -> None:
         """Before a kept container serves again: its version's blobs are intact and its snapshot
@@ -212,13 +244,28 @@ class DeployAction(Action):
             labels=labels_for(model=release.model, env=env.name, version=release.version,
                               revision=release.revision, manifest_digest=release.manifest_digest, registry=rid),
             env=ready.env_vars, snapshot=str(ready.snapshot), container_port=ready.runtime.port,
-            host_port=env.port, bind_addr=env.bind_addr, command=ready.runtime.command)
+            host_port=env.port, bind_addr=env.bind_addr, command=ready.runtime.command,
+            host=hosting.host_settings(ready.resources))
         return self.engine.create(spec)
 
     def wait_healthy(self, container_id: str, runtime: Runtime) -> None:
         """Wait until the container answers its health path; StepFailed when it does not."""
-        self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
-                                     exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted)
+        shown: list[str] = []
+
+        def show(answer: str) -> None:  # while a server loads: its last answer on the spinner line
+            started = getattr(self.on_step, "started", None)
+            if started is not None and self._running is not None:
+                name, detail = self._running
+                started(name, f"{detail + '; ' if detail else ''}last answer: {answer}")
+                shown.append(answer)
+
+        try:
+            self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
+                                         exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted,
+                                         on_answer=show)
+        finally:
+            if shown:
+                self._tell_started()  # the step's line keeps its recorded detail, not a passing answer
 
     def health_timeout(self, runtime: Runtime) -> float:
         """The environment's setting when it has one, else the version's own; the running step
@@ -234,7 +281,9 @@ class DeployAction(Action):
         """Start a release's existing container and wait until its own health path answers."""
         assert release.container_id is not None, f"{release.ref} has no container to start"
         self.engine.start(release.container_id)
-        self.wait_healthy(release.container_id, self.runtime_of(release))
+        runtime = self.runtime_of(release)
+        self.wait_healthy(release.container_id, runtime)
+        self.engine.set_restart(release.container_id, self.restart_policy(runtime))
 
     def _exit_reason(self, container_id: str) -> str | None:
         info = self.engine.inspect(container_id)

@@ -6,7 +6,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from registry import clock, inputs, ledger
-from registry.deploy import ownership
+from registry.deploy import hosting, ownership
 from registry.deploy.action import DeployAction, base_url
 from registry.errors import (
     AlreadyExists,
@@ -16,6 +16,7 @@ from registry.errors import (
 )
 from registry.ledger import Release
 from registry.models import Environment, EnvStatus, Lock, check_name
+from registry.models.resources import env_runtime
 from registry.store.sql import environments, events, locks, releases
 
 
@@ -47,11 +48,36 @@ class AddEnv(DeployAction):
 
 def new_env(name: str, *, port: int, docker_host: str | None = None, health_timeout_s: float | None = None,
             keep: int = 3, protected: bool = False, default: bool = False,
-            bind_addr: str = "127.0.0.1", gate: bool = False) -> Environment:
-    """An environment's settings, checked where pydantic cannot say what to type instead."""
+            bind_addr: str = "127.0.0.1", gate: bool = False, runtime: dict | None = None,
+            share_gpus: bool = False) -> Environment:
+    """An environment's settings, checked where pydantic cannot say what to type instead.
+    ``runtime``: host settings that win over the versions' here (``{"gpus": [1], "memory": "16g"}``)."""
     return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
                        health_timeout_s=health_timeout_s, keep=keep, protected=protected,
-                       is_default=default, gate=gate, created_at=clock.now())
+                       is_default=default, gate=gate, created_at=clock.now(),
+                       runtime=env_runtime(None, runtime or {}, share_gpus=share_gpus or None))
+
+
+class SetEnv(DeployAction):
+    """``SetEnv(cfg, actor=...).run(name, runtime={...}, share_gpus=..., reason=...)``: change an
+    environment's runtime overrides (a None value clears one). They apply from the next promote or
+    rollback; what runs now is left alone."""
+
+    def run(self, name: str, *, runtime: dict | None = None, share_gpus: bool | None = None,
+            reason: str | None = None) -> Environment:
+        with self.cfg.store.write() as conn:
+            env = environments.named_or_default(conn, name)
+            if env.protected and not (reason and reason.strip()):
+                raise InvalidInput(f"{env.name} is protected: say why with --reason")
+            changed = env.model_copy(update={"runtime": env_runtime(env.runtime, runtime or {},
+                                                                    share_gpus=share_gpus)})
+            written = environments.update_(conn, changed)
+            events.append(conn, actor=self.actor, action="env-set", object=env.name, env=env.name, reason=reason,
+                          detail={"runtime": changed.runtime.model_dump(mode="json") if changed.runtime else None,
+                                  "before": env.runtime.model_dump(mode="json") if env.runtime else None,
+                                  "rows": environments.bindings(written)},
+                          db_user=self.cfg.store.db_user(conn))
+        return changed
 
 
 def _check_settings(env: Environment) -> None:
@@ -171,6 +197,12 @@ class Status(DeployAction):
             out.note = str(exc)
             return out
         out.container_state = info.status if info else "missing"
+        runtime = self.runtime_of(now)
+        out.gpus = hosting.effective(runtime, env).gpus
+        if info is not None:
+            out.restarts = info.restart_count
+            if info.restart_count:
+                out.last_exit_code = self.engine.last_exit_code(now.container_id)
         if info and info.running:
-            out.healthy = self.cfg.checks.answers(base_url(env) + self.runtime_of(now).health.path)
+            out.healthy = self.cfg.checks.answers(base_url(env) + runtime.health.path)
         return out

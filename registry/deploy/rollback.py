@@ -44,6 +44,7 @@ class Rollback(Switching):
                 if kept is None:
                     ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
                 else:  # bytes served are bytes recorded: the kept container mounts this snapshot
+                    self.claim_host(runtime, chosen.ref)
                     self.prove_files(chosen)
             plan = self.open_revision(lambda rows: ledger.plan_rollback(
                 rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))

@@ -17,6 +17,7 @@ from registry import clock, ledger
 from registry.deploy import ownership
 from registry.deploy.action import DeployAction
 from registry.deploy.recover import Recover
+from registry.engines.http import WARMUP_TIMEOUT_S
 from registry.errors import (
     CellarError,
     EngineError,
@@ -102,7 +103,7 @@ class Switching(DeployAction):
             if old and old != new_id:
                 with self.step("stop old container"):
                     old_stopped = True
-                    self.engine.stop(old)
+                    self.engine.stop(old)  # kept for rollback: stopped, without a restart policy
             crashpoint(f"{op}:old-stopped")
             with self.step("start container"):
                 self.engine.start(new_id)
@@ -111,10 +112,13 @@ class Switching(DeployAction):
                 self.wait_healthy(new_id, runtime)
             if runtime.warmup:
                 with self.step("warm-up"):
-                    self.cfg.checks.warm_up(self.base_url, runtime.warmup, untrusted=self.untrusted)
+                    self.cfg.checks.warm_up(self.base_url, runtime.warmup, untrusted=self.untrusted,
+                                            timeout=runtime.warmup_timeout_s or WARMUP_TIMEOUT_S)
             if self.gate:
                 with self.step("probe gate"):
                     self.probe_gate(plan.pending)
+            # only now: a server that exits while it loads fails the promote rather than restart in a loop
+            self.engine.set_restart(new_id, self.restart_policy(runtime))
             crashpoint(f"{op}:healthy")
         except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
             self._fail(plan, exc, new_id=new_id, remove=created, old_stopped=old_stopped)

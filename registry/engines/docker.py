@@ -4,13 +4,17 @@ talk to Docker: docker-py and requests cost ~50 ms of start-up."""
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.errors import NotFound as DockerNotFound
+from docker.types import DeviceRequest, LogConfig, Ulimit
 
-from registry.engines.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec
+from registry.engines.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec, HostSettings
 from registry.errors import EngineError, NotFound, StepFailed
 from registry.trust.secrets import mask_url
 
@@ -119,6 +123,7 @@ class DockerEngine:
             init=True, privileged=False,
             port_bindings={port: (spec.bind_addr, spec.host_port)},
             binds={spec.snapshot: {"bind": "/model", "mode": "ro"}},
+            **_host_options(spec.host),
         )
         try:
             created = self.api.create_container(
@@ -137,6 +142,7 @@ class DockerEngine:
             raise StepFailed(_start_error(exc)) from None
 
     def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
+        self.set_restart(container_id, "no")  # whatever its policy, it stays stopped after a reboot
         with _ignore_missing():
             self.api.stop(container_id, timeout=int(timeout))
 
@@ -151,6 +157,33 @@ class DockerEngine:
             return None
         except DockerException as exc:
             raise EngineError(f"Docker engine error: {_short(exc)}") from None
+
+    def set_restart(self, container_id: str, policy: str) -> None:
+        name, _, retries = policy.partition(":")
+        wanted: Any = {"Name": name, "MaximumRetryCount": int(retries or 0)}
+        try:
+            self.api.update_container(container_id, restart_policy=wanted)
+        except DockerNotFound:
+            return  # like stop: a missing container needs no policy
+        except DockerException as exc:
+            raise EngineError(f"cannot set the restart policy of {container_id[:12]}: {_short(exc)}") from None
+
+    def last_exit_code(self, container_id: str) -> int | None:
+        """From the engine's event log (``die`` events), which it keeps in memory: a restart resets
+        the container state's exit code to 0."""
+        info = self.inspect(container_id)
+        if info is None:
+            return None
+        try:
+            now = time.time()  # a fraction of a second as nanoseconds: Docker reads "1.5" as 1 s + 5 ns
+            until: Any = f"{int(now)}.{int(now % 1 * 1e9):09d}"  # docker-py passes a string through
+            found = self.api.events(since=_epoch(info.created), until=until, decode=True,
+                                    filters={"container": container_id, "event": "die"})
+            codes = [e.get("Actor", {}).get("Attributes", {}).get("exitCode") for e in found]
+        except DockerException:
+            codes = []
+        known = [int(c) for c in codes if c is not None and str(c).lstrip("-").isdigit()]
+        return known[-1] if known else (info.exit_code if not info.running else None)
 
     def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         """Containers (running or not) carrying the cellar labels given, e.g. ``env="prod"``."""
@@ -183,14 +216,42 @@ class _ignore_missing:
         return False
 
 
+def _host_options(host: HostSettings) -> dict:
+    """``create_host_config`` keywords for the runtime settings; restart comes later (set_restart)."""
+    out: dict = {"log_config": LogConfig(type=host.log_driver, config=host.log_options)}
+    if host.gpus is not None:
+        which: Any = ({"count": -1} if host.gpus == "all" else
+                      {"count": host.gpus} if isinstance(host.gpus, int) else {"device_ids": list(host.gpus)})
+        out["device_requests"] = [DeviceRequest(driver="", capabilities=[["gpu"]], **which)]
+    for key, value in (("shm_size", host.shm_size), ("mem_limit", host.memory), ("ipc_mode", host.ipc),
+                       ("nano_cpus", host.nano_cpus)):
+        if value is not None:
+            out[key] = value
+    if host.ulimits:
+        out["ulimits"] = [Ulimit(name=n, soft=soft, hard=hard) for n, (soft, hard) in sorted(host.ulimits.items())]
+    return out
+
+
+def _epoch(created: str) -> int:
+    """Docker's ``Created`` (RFC 3339 with nanoseconds) as Unix seconds; 0 when unreadable."""
+    try:
+        return int(datetime.fromisoformat(created[:19] + "+00:00").timestamp())
+    except ValueError:
+        return 0
+
+
 def _info(data: dict) -> ContainerInfo:
     state = data.get("State") or {}
+    policy = ((data.get("HostConfig") or {}).get("RestartPolicy") or {})
+    name, retries = policy.get("Name") or "no", policy.get("MaximumRetryCount") or 0
     return ContainerInfo(
         id=data["Id"], name=data.get("Name", "").lstrip("/"),
         labels=(data.get("Config") or {}).get("Labels") or {},
         running=bool(state.get("Running")), status=state.get("Status", ""),
         exit_code=state.get("ExitCode"), created=data.get("Created", ""),
-        env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []))
+        env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []),
+        restart_count=int(data.get("RestartCount") or 0), finished_at=state.get("FinishedAt", ""),
+        restart_policy=f"{name}:{retries}" if name == "on-failure" and retries else name)
 
 
 def _start_error(exc: APIError) -> str:
@@ -200,6 +261,11 @@ def _start_error(exc: APIError) -> str:
         return f"the host port is already in use by another process ({text})"
     if "no such image" in low:
         return f"image missing ({text})"
+    if "could not select device driver" in low or "nvidia-container-cli" in low:
+        return f"this Docker host has no NVIDIA runtime: install nvidia-container-toolkit ({text})"
+    if "setting rlimit" in low:
+        return ("the Docker host does not allow the runtime.ulimits asked for (a limit above its own hard "
+                f"limit): lower them, or raise the host's limits for dockerd ({text})")
     return f"the container did not start ({text})"
 
 

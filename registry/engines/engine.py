@@ -22,6 +22,24 @@ STOP_TIMEOUT_S = 5
 
 
 @dataclass
+class HostSettings:
+    """A container's share of its host, in Docker's terms (from a version's runtime settings and
+    its environment's overrides: ``registry.deploy.resources``). None: Docker's default."""
+
+    gpus: str | int | list[str] | None = None  # "all", a count, or device IDs / UUIDs
+    shm_size: str | None = None  # "16g"
+    memory: str | None = None
+    ipc: str | None = None  # "host", "private", "shareable"
+    nano_cpus: int | None = None
+    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (soft, hard)
+    log_driver: str = "json-file"
+    log_options: dict[str, str] = field(default_factory=dict)
+    # Applied once the container answers (``Engine.set_restart``): created with none, so a server that
+    # exits while starting fails its promote at once instead of restarting in a loop.
+    restart: str = "unless-stopped"
+
+
+@dataclass
 class ContainerSpec:
     """Everything needed to create one release's container. ``env`` may hold secret values:
     it is handed to the engine and never printed, logged or stored."""
@@ -35,6 +53,7 @@ class ContainerSpec:
     host_port: int
     bind_addr: str = "127.0.0.1"
     command: list[str] | str | None = None
+    host: HostSettings = field(default_factory=HostSettings)
 
 
 @dataclass
@@ -48,6 +67,9 @@ class ContainerInfo:
     created: str = ""
     # The container's environment (secret values included): used only to scrub them from text.
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    restart_count: int = 0  # times Docker restarted it by its restart policy (inspect only)
+    restart_policy: str = ""  # "unless-stopped", "on-failure:3", "no" ... (inspect only)
+    finished_at: str = ""  # when its process last ended (inspect only)
 
     @property
     def revision(self) -> int | None:
@@ -71,13 +93,24 @@ class Engine(Protocol):
         image gone, no such container)."""
 
     def stop(self, container_id: str, *, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Stop within ``timeout`` seconds. Idempotent: a stopped or missing container is fine."""
+        """Stop within ``timeout`` seconds, and remove its restart policy first: a container Cellar
+        stopped (kept for rollback, failed) stays stopped when the engine or the machine restarts.
+        Idempotent: a stopped or missing container is fine."""
 
     def remove(self, container_id: str) -> None:
         """Remove, running or not. Idempotent: a missing container is fine."""
 
     def inspect(self, container_id: str) -> ContainerInfo | None:
         """The container's state and labels; None when it does not exist."""
+
+    def set_restart(self, container_id: str, policy: str) -> None:
+        """Give the container the restart policy ``policy`` ("no" removes it): set on the deployed
+        container once it answers, removed from one kept stopped for rollback. A missing
+        container is fine."""
+
+    def last_exit_code(self, container_id: str) -> int | None:
+        """The exit code of the container's last death that the engine still remembers (it resets
+        the state's own on a restart); None when unknown."""
 
     def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         """Containers, running or not, carrying every ``cellar.<key>=<value>`` label given

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from registry.engines.engine import ContainerInfo, ContainerSpec
-from registry.engines.http import ExitCheck, Untrusted, plain_excerpt
+from registry.engines.http import ExitCheck, OnAnswer, Untrusted, plain_excerpt
 from registry.errors import EngineError, NotFound, StepFailed
 from registry.models import Request
 
@@ -76,6 +76,7 @@ class FakeEngine:
         if container_id in self.containers:
             c = self.containers[container_id]
             c.info.running, c.info.status, c.info.exit_code = False, "exited", 0
+            c.info.restart_policy = "no"
             self.calls.append(f"stop {c.info.name}")
 
     def remove(self, container_id: str) -> None:
@@ -87,6 +88,15 @@ class FakeEngine:
     def inspect(self, container_id: str) -> ContainerInfo | None:
         c = self.containers.get(container_id)
         return c.info if c else None
+
+    def set_restart(self, container_id: str, policy: str) -> None:
+        self._maybe_fail("set_restart")
+        if container_id in self.containers:
+            self.containers[container_id].info.restart_policy = policy
+
+    def last_exit_code(self, container_id: str) -> int | None:
+        c = self.containers.get(container_id)
+        return c.info.exit_code if c else None
 
     def find_labelled(self, **labels: str) -> list[ContainerInfo]:
         want = {f"cellar.{k.replace('_', '-')}": v for k, v in labels.items()}
@@ -155,7 +165,7 @@ class FakeChecks:
     engine: FakeEngine
 
     def wait_healthy(self, url: str, *, timeout: float, exited: ExitCheck,
-                     untrusted: Untrusted = plain_excerpt) -> None:
+                     untrusted: Untrusted = plain_excerpt, on_answer: OnAnswer | None = None) -> None:
         c = self.engine.serving(url)
         if c is None:
             raise StepFailed(exited() or "container exited with code 1")
@@ -164,7 +174,8 @@ class FakeChecks:
         if reason := self.engine.unhealthy.get(version):  # as if the server answered this body
             raise StepFailed(untrusted(reason))
 
-    def warm_up(self, base_url: str, requests: list[Request], *, untrusted: Untrusted = plain_excerpt) -> None:
+    def warm_up(self, base_url: str, requests: list[Request], *, untrusted: Untrusted = plain_excerpt,
+                timeout: float = 30.0) -> None:
         self.engine.calls.append(f"warm-up {len(requests)}")
 
     def answers(self, url: str) -> bool:

@@ -109,3 +109,9 @@ def restored_text(*, env: str, version: str, rolled_back: bool) -> str:
 def degraded_text(*, env: str, version: str, detail: str) -> str:
     return (f":rotating_light: {env}: degraded: {version} fails too ({detail}). "
             "The watch stops acting; a person has to look.")
+
+
+def restarting_text(*, env: str, version: str, restarts: int, minutes: float, last_exit: int | None) -> str:
+    code = f" (last exit code {last_exit})" if last_exit is not None else ""
+    return (f":repeat: {env}: {version}'s container was restarted {restarts} times by Docker in {minutes:g} min"
+            f"{code}: its server keeps crashing. See `docker logs` and `registry status --env {env}`.")

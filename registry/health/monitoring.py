@@ -23,7 +23,7 @@ from registry.configuration import Configuration
 from registry.deploy import ownership
 from registry.deploy.action import DeployAction
 from registry.errors import CellarError, OperationInProgress
-from registry.health.watching import StopFlag, Watcher, WatchPolicy
+from registry.health.watching import Restarts, StopFlag, Watcher, WatchPolicy
 from registry.ledger import Operation, Release, ReleaseStatus
 from registry.models import Environment
 from registry.models.probes import (
@@ -194,6 +194,20 @@ class Watch:
         result = Rollback(self.cfg, actor=self.actor).run(env_name=self.env_name, reason=reason)
         return result.release.version
 
+    def restarts(self) -> Restarts | None:
+        """The deployed container's restart count (None when nothing is deployed or it is gone)."""
+        with self.cfg.store.read() as conn:
+            env = environments.named_or_default(conn, self.env_name)
+            now = ledger.current(releases.current_and_pending(conn, env.name))
+        if now is None or not now.container_id:
+            return None
+        engine, container = self.cfg.engine(env.docker_host), now.container_id
+        info = engine.inspect(container)
+        if info is None:
+            return None
+        return Restarts(container=container, version=now.version, count=info.restart_count,
+                        last_exit=lambda: engine.last_exit_code(container))
+
     def may_roll_back(self, run: ProbeRun) -> bool:
         """False for a version whose manifest says ``no_auto_rollback: true``."""
         key = (run.model, run.version)
@@ -214,7 +228,8 @@ class Watch:
         return Watcher(probe_once=probe_once, notify=self.record_alert(notify), every_s=every_s,
                        policy=WatchPolicy(failures=self.failures, auto_rollback=auto_rollback),
                        rollback=self.rollback if auto_rollback else None, sleep=sleep or stop.wait,
-                       should_stop=should_stop or stop, max_runs=max_runs, may_roll_back=self.may_roll_back)
+                       should_stop=should_stop or stop, max_runs=max_runs, may_roll_back=self.may_roll_back,
+                       restarts=self.restarts, env_name=self.env_name)
 
 
 def _reporting(probe_once: Callable[[], ProbeRun], on_run: Callable[[ProbeRun], None]) -> Callable[[], ProbeRun]:

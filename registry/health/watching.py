@@ -12,6 +12,11 @@ returns the actions to take. Its rules:
   rollback; errors neither add to nor reset the failing streak;
 - a pass resets both streaks (and says ``alert-restored`` when the streak had alerted).
 
+``RestartLoop`` watches the deployed container's restart count beside the probes: Docker restarts
+a crashed server by itself (its restart policy), so a server crashing in a loop may still pass
+most probes; ``limit`` restarts within ``window_s`` give one ``alert-restarting``, again only
+after a quiet window.
+
 ``Watcher`` runs the loop with the real pieces passed in as callables, so the CLI and the
 tests plug in theirs: ``probe_once``, ``rollback``, ``notify``, ``sleep`` and ``should_stop``.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -105,6 +111,47 @@ class WatchPolicy:
         return "no automatic rollback; roll back by hand with `registry rollback`"
 
 
+@dataclass(frozen=True)
+class Restarts:
+    """The deployed container's restart count as Docker reports it."""
+
+    container: str
+    version: str
+    count: int
+    last_exit: Callable[[], int | None] = lambda: None  # asked only when alerting (an event-log query)
+
+
+@dataclass
+class RestartLoop:
+    """Pure: feed it the restart count now and then (``observe``); True once per loop, and again
+    only after a whole window without a restart."""
+
+    limit: int = 3
+    window_s: float = 600.0
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    container: str = ""
+    alerted: bool = False
+    last_growth: float = 0.0
+
+    def observe(self, container: str, count: int, at: float) -> bool:
+        if container != self.container or (self.samples and count < self.samples[-1][1]):
+            self.container, self.samples, self.alerted = container, [], False  # another container
+        if self.samples and count > self.samples[-1][1]:
+            self.last_growth = at
+        self.samples = [s for s in self.samples if at - s[0] <= self.window_s] + [(at, count)]
+        if self.alerted:
+            self.alerted = at - self.last_growth < self.window_s
+            return False
+        # the first sample has no history: restarts counted before the watch started are not a loop yet
+        if self.recent_restarts() >= self.limit:
+            self.alerted = True
+            return True
+        return False
+
+    def recent_restarts(self) -> int:
+        return self.samples[-1][1] - self.samples[0][1] if self.samples else 0
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT (or a test); ``wait`` is a sleep that ends early when set."""
 
@@ -153,6 +200,10 @@ class Watcher:
     max_runs: int | None = None
     may_roll_back: Callable[[ProbeRun], bool] = lambda run: True
     summary: WatchSummary = field(default_factory=WatchSummary)
+    restarts: Callable[[], Restarts | None] | None = None  # the deployed container's, or None
+    restart_loop: RestartLoop = field(default_factory=RestartLoop)
+    env_name: str = ""
+    clock: Callable[[], float] = time.monotonic
 
     def run(self) -> WatchSummary:
         """Probe every ``every_s`` seconds until ``should_stop`` or ``max_runs`` runs."""
@@ -167,13 +218,14 @@ class Watcher:
 
     def step(self) -> list[WatchAction]:
         """One run and whatever it calls for."""
+        looping = self._check_restarts()
         try:
             run = self.probe_once()
         except OperationInProgress:
             run = None
         if run is None:
             self.summary.skipped += 1
-            return []
+            return looping
         self.summary.runs += 1
         allowed = self.may_roll_back(run)
         next_step = self.policy.next_step(allowed)
@@ -184,7 +236,22 @@ class Watcher:
                 self._roll_back(run)
             else:
                 self._alert(action, _text(action, run, self.policy, next_step, was_rolled_back))
-        return actions
+        return looping + actions
+
+    def _check_restarts(self) -> list[WatchAction]:
+        if self.restarts is None:
+            return []
+        try:
+            now = self.restarts()
+        except CellarError:  # the engine is down: the probes' own error alert says so
+            return []
+        if now is None or not self.restart_loop.observe(now.container, now.count, self.clock()):
+            return []
+        loop = self.restart_loop
+        self._alert(WatchAction.ALERT_RESTARTING, alerting.restarting_text(
+            env=self.env_name, version=now.version, restarts=loop.recent_restarts(),
+            minutes=round(loop.window_s / 60, 1), last_exit=now.last_exit()))
+        return [WatchAction.ALERT_RESTARTING]
 
     def _roll_back(self, run: ProbeRun) -> None:
         assert self.rollback is not None  # observe() rolls back only when there is a rollback

@@ -25,6 +25,7 @@ from pydantic import (
 from registry import inputs
 from registry.formats.safetensors_index import TensorRange
 from registry.ledger import Release
+from registry.models.resources import EnvRuntime, Resources
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 VERSION_RE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,62}")
@@ -153,13 +154,17 @@ class Health(_Strict):
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
-class Runtime(_Strict):
+class Runtime(Resources):
+    """A manifest's ``runtime:``: how the model server runs (its host settings: ``Resources``)."""
+
     port: int = Field(default=8080, ge=1, le=65535)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     command: list[str] | str | None = None
     health: Health = Field(default_factory=Health)
     warmup: list[Request] = Field(default_factory=list)
+    # seconds each warm-up request may take (None: 30): a first generation on a cold server is slow
+    warmup_timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
     @field_validator("env")
     @classmethod
@@ -338,6 +343,8 @@ class Environment(BaseModel):
     is_default: bool = False
     gate: bool = False  # promotes run the version's probes after warm-up; a fail or error rolls back
     created_at: datetime
+    # host settings that win over the versions' own here (GPUs, memory ...), and GPU sharing
+    runtime: EnvRuntime | None = None
 
 
 class Step(BaseModel):
@@ -381,6 +388,9 @@ class EnvStatus(BaseModel):
     pending: Lock | None = None
     pending_release: Release | None = None
     note: str | None = None
+    restarts: int | None = None  # times Docker restarted the deployed container (its process died)
+    last_exit_code: int | None = None  # how its process last ended, when it was restarted
+    gpus: str | int | list[str] | None = None  # the GPUs the deployed release holds on its host
 
     @property
     def problem(self) -> str | None:

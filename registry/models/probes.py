@@ -127,6 +127,7 @@ class WatchAction(StrEnum):
     ALERT_RESTORED = "alert-restored"
     ALERT_DEGRADED = "alert-degraded"
     ALERT_ERROR = "alert-error"
+    ALERT_RESTARTING = "alert-restarting"  # Docker keeps restarting the deployed container
 
 
 class WatchSummary(_Model):

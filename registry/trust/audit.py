@@ -31,7 +31,7 @@ from registry.trust.seals import Row, SealProblem
 GENESIS = "0" * 64
 
 # Every action an event can record; `registry audit --action` accepts only these.
-ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-remove",
+ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-set", "env-remove",
            "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal",
            "key-add", "key-remove", "env-trust", "sign", "approve",  # issue 25
            "remote-add", "remote-remove", "remote-push", "pull",  # issue 23

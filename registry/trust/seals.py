@@ -73,6 +73,9 @@ Row = Mapping[Any, Any]
 # The columns that name a row, per kind (what a seal must not be moved away from).
 ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",),
             "signing_key": ("name",), "trust": ("env",)}  # the last two: registry.signing (issue 25)
+# Columns added after rows were sealed (environments.runtime, 0010): left out while empty, so
+# the seals of rows written before them still hold.
+LATE_COLUMNS = ("runtime",)
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
 
 
@@ -168,7 +171,8 @@ def _normal(value: Any) -> Any:
 
 def canonical_row_digest(kind: str, fields: Row) -> str:
     """``sha256:HEX`` of a row's content (every field but ``id`` and ``mac``), tagged with its kind."""
-    body = {k: _normal(v) for k, v in fields.items() if k not in UNSEALED}
+    body = {k: _normal(v) for k, v in fields.items()
+            if k not in UNSEALED and not (k in LATE_COLUMNS and v is None)}
     return canonical.digest({"kind": kind, "fields": body})
 
 

@@ -16,7 +16,8 @@ def test_keys_trust_sign_approve_show_and_audit(sqlite_home, model_dir, tmp_path
     out = cli("env", "set", "prod", "--trust", "alice", "--trust", "bob", "--require-signatures", "3", code=1)
     assert "needs at least that many trusted keys" in out.stderr and "Traceback" not in out.stderr
     cli("env", "set", "prod", "--trust", "alice", "--trust", "bob", "--require-signatures", "2")
-    assert as_json("env", "set", "prod") == {"env": "prod", "trusted": ["alice", "bob"], "require_signatures": 2}
+    assert as_json("env", "set", "prod")["trust"] == {"env": "prod", "trusted": ["alice", "bob"],
+                                                      "require_signatures": 2}
     assert [(k["name"], k["trusted_by"]) for k in as_json("key", "list")] == [("alice", ["prod"]), ("bob", ["prod"])]
     assert "Signed support-bot@v1.0 as alice" in cli("sign", "v1.0", "--key", str(alice_key)).stdout
     out = cli("approve", "v1.0", "--env", "prod", "--key", str(bob_key), "--expires", "2000-01-01", code=1)

@@ -188,3 +188,36 @@ def test_a_signal_during_the_pause_wakes_the_loop_at_once():
 def test_failures_must_be_positive():
     with pytest.raises(ValueError):
         WatchPolicy(failures=0)
+
+
+# --- restart loops (issue 24) ------------------------------------------------------------------
+
+
+def test_a_restart_loop_alerts_once_and_again_only_after_a_quiet_window():
+    from registry.health.watching import RestartLoop
+
+    loop = RestartLoop(limit=3, window_s=600)
+    assert not loop.observe("c1", 5, 0)  # restarts before the watch started are no loop yet
+    assert not loop.observe("c1", 7, 60)
+    assert loop.observe("c1", 8, 120)  # 3 more within 10 minutes
+    assert not loop.observe("c1", 12, 180)  # once per loop
+    assert not loop.observe("c1", 12, 700)  # quiet, but not for a whole window yet
+    assert not loop.observe("c1", 12, 781)  # a whole window quiet: the loop ended
+    assert not loop.observe("c1", 14, 800) and loop.observe("c1", 15, 900)  # a new loop alerts again
+    assert not loop.observe("c2", 0, 1000)  # a new container starts over
+    assert not RestartLoop(limit=3, window_s=60).observe("c", 1, 0)
+
+
+def test_the_watch_alerts_on_a_restart_loop_between_probe_runs():
+    from registry.health.watching import Restarts, Watcher
+
+    counts = iter([0, 1, 2, 4])
+    sent = []
+    watcher = Watcher(probe_once=lambda: None, notify=sent.append, every_s=0, max_runs=4, env_name="prod",
+                      restarts=lambda: Restarts(container="c", version="v2", count=next(counts),
+                                                last_exit=lambda: 137),
+                      clock=iter([0.0, 10.0, 20.0, 30.0]).__next__)
+    summary = watcher.run()
+    assert summary.alerts == ["alert-restarting"]
+    assert sent == [":repeat: prod: v2's container was restarted 4 times by Docker in 10 min (last exit code 137): "
+                    "its server keeps crashing. See `docker logs` and `registry status --env prod`."]

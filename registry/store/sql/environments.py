@@ -9,7 +9,9 @@ from sqlalchemy.engine import Connection
 
 from registry import clock
 from registry.errors import NotFound
+from registry.formats import canonical
 from registry.models import Environment
+from registry.models.resources import EnvRuntime
 from registry.store.sql import schema as t
 from registry.store.sql.sealing import require_rows, sealed
 from registry.trust import seals
@@ -48,8 +50,8 @@ def insert_(conn: Connection, env: Environment) -> list[Environment]:
             if old.is_default:
                 written.append(old.model_copy(update={"is_default": False}))
                 conn.execute(update(t.environments).where(t.environments.c.name == old.name)
-                             .values(**sealed(conn, "environment", written[-1].model_dump())))
-    conn.execute(insert(t.environments).values(**sealed(conn, "environment", env.model_dump())))
+                             .values(**sealed(conn, "environment", columns(written[-1]))))
+    conn.execute(insert(t.environments).values(**sealed(conn, "environment", columns(env))))
     return written
 
 
@@ -59,8 +61,23 @@ def delete_(conn: Connection, name: str) -> None:
 
 def bindings(written: list[Environment], *, deleted: Sequence[Environment] = ()) -> dict:
     """``{row name: digest}`` of the environment rows a change wrote or deleted, for its event."""
-    return seals.bindings("environment", [e.model_dump() for e in written],
-                            deleted=[e.model_dump() for e in deleted])
+    return seals.bindings("environment", [columns(e) for e in written],
+                            deleted=[columns(e) for e in deleted])
+
+
+def update_(conn: Connection, env: Environment) -> list[Environment]:
+    """Rewrite ``env``'s row (its settings changed). Returns the rows written."""
+    conn.execute(update(t.environments).where(t.environments.c.name == env.name)
+                 .values(**sealed(conn, "environment", columns(env))))
+    return [env]
+
+
+def columns(env: Environment) -> dict:
+    """The row's columns: the runtime overrides as canonical JSON text (None when there are none)."""
+    values = env.model_dump(exclude={"runtime"})
+    values["runtime"] = canonical.dumps(env.runtime.model_dump(mode="json")) if env.runtime and \
+        not env.runtime.is_empty() else None
+    return values
 
 
 def _checked(conn: Connection, rows) -> list[Environment]:
@@ -71,4 +88,5 @@ def _checked(conn: Connection, rows) -> list[Environment]:
 def _env(row) -> Environment:
     return Environment(name=row.name, port=row.port, bind_addr=row.bind_addr, docker_host=row.docker_host,
                        health_timeout_s=row.health_timeout_s, keep=row.keep, protected=row.protected,
-                       is_default=row.is_default, gate=row.gate, created_at=clock.utc(row.created_at))
+                       is_default=row.is_default, gate=row.gate, created_at=clock.utc(row.created_at),
+                       runtime=EnvRuntime.model_validate_json(row.runtime) if row.runtime else None)

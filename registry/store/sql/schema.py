@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 metadata = MetaData()
 
@@ -138,6 +138,8 @@ environments = Table(
     Column("is_default", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("gate", Boolean, nullable=False, server_default=false()),  # probes gate promotes (0005)
+    # JSON: host settings that win over the versions' (GPUs, memory ...), share_gpus (0010)
+    Column("runtime", Text),
     Column("mac", String(80)),
 )
 
