@@ -237,7 +237,8 @@ def status(
 
 def _status_table(rows) -> None:
     table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
-          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed",
+          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else
+            ("DARK: nothing serves" if s.dark_since else "nothing deployed"),
             short(s.container_id), s.container_state or "-",
             {True: "healthy", False: "not answering", None: "-"}[s.healthy]] for s in rows])
     for s in rows:
@@ -246,6 +247,10 @@ def _status_table(rows) -> None:
                         f"(pid {p.pid} on {p.host})"))
         if s.note:
             print(plain(f"{s.env}: {s.note}"))
+        if s.dark_since and s.last_good:
+            print(plain(f"{s.env}: dark since {when(s.dark_since)}: {s.dark_reason}. Last known good: "
+                        f"{s.last_good.ref} (revision {s.last_good.revision}); free what keeps it from "
+                        f"answering (e.g. the port), then `registry rollback --env {s.env}`"))
 
 
 @app.command()
@@ -263,10 +268,12 @@ def recover(
     """
     with open_registry() as reg:
         result = reg.recover(env=env, actor=actor, force=force)
-    if as_json:
-        return print_json(result)
     out = console()
-    if not result.actions:
-        return out.print("Nothing to recover: every ledger matches its containers.")
-    for a in result.actions:
+    if as_json:
+        print_json(result)
+    elif not result.actions:
+        out.print("Nothing to recover: every ledger matches its containers.")
+    for a in [] if as_json else result.actions:
         out.print(f"{a.env}: {a.action}: {esc(a.detail)}")
+    if any(a.action == "dark" for a in result.actions):
+        raise typer.Exit(1)  # still needs attention: cron must not read it as fixed

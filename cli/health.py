@@ -132,9 +132,20 @@ def watch(
                             auto_rollback=auto_rollback, max_runs=max_runs, should_stop=flag, sleep=flag.wait,
                             on_run=None if as_json else _run_line, actor=actor)
     if as_json:
-        return print_json(summary)
-    print(plain(f"watch ended ({summary.stopped_by}): {summary.runs} runs, {summary.skipped} skipped, "
-                f"{len(summary.alerts)} alerts, {summary.rollbacks} rollbacks; state {summary.state}"))
+        print_json(summary)
+    else:
+        print(plain(f"watch ended ({summary.stopped_by}): {summary.runs} runs, {summary.skipped} skipped, "
+                    f"{len(summary.alerts)} alerts, {summary.rollbacks} rollbacks; state {summary.state}"))
+    if summary.dark_since:
+        _dark_exit({env or "the default environment": summary.dark_since})
+
+
+def _dark_exit(dark_since: dict) -> None:
+    """Exit 1 with one line on stderr: an environment that had a release serves nothing."""
+    names = ", ".join(f"{name} (since {when(at)})" for name, at in sorted(dark_since.items()))
+    print(plain(f"dark: nothing serves in {names}: see `registry status`, then `registry rollback --env ENV`"),
+          file=sys.stderr)
+    raise typer.Exit(1)
 
 
 def _webhook(url: str | None, var: str | None):
@@ -182,7 +193,11 @@ def metrics(
 
     with open_registry() as reg:
         if listen is None:
-            return print_json(reg.metrics_snapshot()) if as_json else sys.stdout.write(reg.metrics_text())
+            snapshot = reg.metrics_snapshot()
+            print_json(snapshot) if as_json else sys.stdout.write(reg.metrics_text())
+            if snapshot.dark_since:
+                _dark_exit(snapshot.dark_since)
+            return
         flag = StopFlag()
         with stop_on_signals(flag):
             served = reg.serve_metrics(listen)

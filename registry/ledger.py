@@ -103,6 +103,15 @@ def current(ledger: list[Release]) -> Release | None:
     return next((r for r in reversed(ledger) if r.status is ReleaseStatus.DEPLOYED), None)
 
 
+def went_dark(ledger: list[Release]) -> tuple[Release, Release] | None:
+    """When nothing is deployed or pending but something served before: (the newest release,
+    whose end left the environment dark; the last known good, the newest that served)."""
+    if not ledger or current(ledger) or pending(ledger):
+        return None
+    good = next((r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED), None)
+    return (max(ledger, key=lambda r: r.revision), good) if good else None
+
+
 def pending(ledger: list[Release]) -> Release | None:
     return next((r for r in reversed(ledger) if r.status.pending), None)
 
@@ -120,8 +129,8 @@ def plan_promote(ledger: list[Release], target: Target, *, env: str, actor: str,
     return Plan(pending=row, current=current(ledger), target=target)
 
 
-def rollback_target(ledger: list[Release], *, version: str | None = None,
-                    revision: int | None = None) -> Release:
+def rollback_target(ledger: list[Release], *, version: str | None = None, revision: int | None = None,
+                    probes_failed: frozenset[str] = frozenset()) -> Release:
     """The release a rollback copies.
 
     By default the newest earlier release that was deployed and healthy and is not the
@@ -129,6 +138,9 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
     revision the current release copies when it is itself a rollback, so repeated rollbacks
     keep stepping back instead of flipping between the two newest. ``version`` or
     ``revision`` choose one, which must also have been healthy once and not be what runs now.
+    ``probes_failed``: versions whose last probe run here got an answer wrong; the default
+    target skips them (the last known good served, passed health and its probes), a named one
+    may still be any of them.
     """
     now = current(ledger)
     candidates = [r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED
@@ -139,8 +151,12 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
         return _chosen(ledger, candidates, lambda r: r.version == version or r.ref == version, version)
     before = step_back_from(now)
     for r in candidates:
-        if before is None or r.revision < before:
+        if (before is None or r.revision < before) and r.version not in probes_failed:
             return r
+    skipped = sorted({r.version for r in candidates if r.version in probes_failed})
+    if skipped:
+        raise NotFound(f"no earlier healthy release to roll back to ({', '.join(skipped)} failed their last "
+                       "probe run here): name one with --to, see `registry history`")
     raise NotFound("no earlier healthy release to roll back to: see `registry history`")
 
 
@@ -183,7 +199,9 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
     that was deployed before: ``untouched`` (its container never stopped: it stays deployed),
     ``restored`` (stopped, started again and answering: recorded as a new automatic
     rollback revision, the old row superseded) or ``lost`` (it did not come back: nothing
-    is deployed any more, the old row is marked failed).
+    is deployed any more). A lost release is superseded, not failed, with the error saying so:
+    it served until the switch, and what kept it from coming back is usually its surroundings
+    (the port taken, the engine down), so it stays the last known good a rollback goes to.
     """
     out = Settlement()
     cid = container_id or plan.pending.container_id
@@ -205,8 +223,9 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
             actor=plan.pending.actor, reason=f"automatic rollback: revision {plan.pending.revision} failed",
             started_at=at, finished_at=at, error=None))
     else:
-        out.updates.append(_with(plan.current, status=ReleaseStatus.FAILED,
-                                 error=f"did not answer again after revision {plan.pending.revision} failed"))
+        out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED, error=(
+            f"did not answer again after revision {plan.pending.revision} failed; it served until then, "
+            "so it stays a rollback candidate")))
     return out
 
 

@@ -132,6 +132,21 @@ class RemoveEnv(DeployAction):
         return env, now
 
 
+def dark(cfg, out: EnvStatus) -> EnvStatus:
+    """``out`` (nothing deployed) with since when, why and the last known good, when something
+    served in that environment before: an environment gone dark, the worst state there is."""
+    with cfg.store.read() as conn:
+        dark = ledger.went_dark(releases.last_known_good(conn, out.env))
+    if dark is None:
+        return out
+    last, good = dark
+    why = "; ".join(e for e in (last.error, good.error if good is not last else None) if e)
+    out.dark_since = last.finished_at or last.started_at
+    out.dark_reason = f"revision {last.revision} ({last.ref}) {last.status}" + (f": {why}" if why else "")
+    out.last_good = good
+    return out
+
+
 def history(cfg, env_name: str | None = None, *, limit: int | None = None) -> list[Release]:
     """The newest ``limit`` releases (all when None), oldest first: one environment's, or every
     environment's."""
@@ -162,6 +177,8 @@ class Status(DeployAction):
         now = ledger.current(rows)
         out = EnvStatus(env=env.name, port=env.port, deployed=now, container_id=now.container_id if now else None,
                         pending=lock, pending_release=ledger.pending(rows))
+        if now is None and out.pending_release is None:
+            return dark(self.cfg, out)
         if now is None or not now.container_id:
             return out
         try:

@@ -128,7 +128,17 @@ class Recover(DeployAction):
         for action in out:
             self._commit(settled, action)
             settled = Settlement()  # the row changes once, with the first action
+        if (dark := ledger.went_dark(rows)) is not None:  # reported, not acted on: a rollback is a new revision
+            out.append(self._dark(*dark))
         return out
+
+    def _dark(self, last: Release, good: Release) -> RecoverAction:
+        env, since = self.env.name, (last.finished_at or last.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return RecoverAction(env=env, action="dark", detail=(
+            f"nothing serves since {since}, when revision {last.revision} ({last.ref}) {last.status}"
+            + (f": {last.error}" if last.error else "") + f"; the last known good is {good.ref} (revision "
+            f"{good.revision}): free what kept it from answering (e.g. the port), then "
+            f"`registry rollback --env {env}`"))
 
     def _restart(self, now: Release) -> RecoverAction:
         """The deployed release's container exists but is stopped (e.g. the host rebooted)."""

@@ -225,8 +225,9 @@ class Switching(DeployAction):
             with self.step("restart previous"):
                 self.start_and_check(current)
         except StepFailed as exc:
-            return "lost", (f"rolling back to {current.ref} failed too ({self.scrub(str(exc))}); nothing is "
-                            f"deployed: see `registry status`, then `registry rollback --env {env.name}`")
+            return "lost", (f"rolling back to {current.ref} failed too ({self.scrub(str(exc))}); {env.name} is "
+                            f"dark (nothing serves) and {current.ref} stays the last known good: free what kept "
+                            f"it from answering, then `registry rollback --env {env.name}`")
         return "restored", (f"rolled back automatically to {current.ref} "
                             f"(revision {plan.pending.revision + 1}), which answers again")
 

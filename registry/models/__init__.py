@@ -381,13 +381,19 @@ class EnvStatus(BaseModel):
     pending: Lock | None = None
     pending_release: Release | None = None
     note: str | None = None
+    # Dark: nothing is deployed, but something served here before (a switch whose old release
+    # did not come back). Since when, why, and the release a plain rollback puts back.
+    dark_since: datetime | None = None
+    dark_reason: str | None = None
+    last_good: Release | None = None
 
     @property
     def problem(self) -> str | None:
-        """Why this environment needs attention (None when it is fine): something is deployed
-        but its container is not running and answering. A property, so ``--json`` is unchanged."""
+        """Why this environment needs attention (None when it is fine): it is dark, or something
+        is deployed but its container is not running and answering. A property, so ``--json``
+        is unchanged."""
         if self.deployed is None:
-            return None
+            return f"dark since {self.dark_since:%Y-%m-%d %H:%M:%S} UTC" if self.dark_since else None
         if self.container_state is None:
             return "Docker engine unreachable" if self.note else "no container recorded"
         if self.container_state != "running":

@@ -138,6 +138,7 @@ class WatchSummary(_Model):
     rollbacks: int = 0
     state: str = "watching"
     stopped_by: str = ""  # "max-runs" or "signal"
+    dark_since: datetime | None = None  # the environment had a release and serves nothing (at the end)
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -158,3 +159,4 @@ class MetricsSnapshot(_Model):
     runs: list[ProbeRun] = Field(default_factory=list)
     last_deploy: dict[str, datetime] = Field(default_factory=dict)
     last_rollback: dict[str, datetime] = Field(default_factory=dict)
+    dark_since: dict[str, datetime] = Field(default_factory=dict)  # had a release, now nothing serves

@@ -1,0 +1,146 @@
+"""Production as it is, not only as recorded (issue 27), against the real Docker engine on both
+databases: an environment gone dark, the last known good, and a gate with nothing to ask.
+
+The port-taken case is forced, not hoped for: the promote waits at its ``promote:old-stopped``
+meeting point until this test has bound the environment's port, so starting the new release and
+putting the old one back both fail for the reason they fail in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from registry.api import Registry
+from registry.errors import HealthGateFailed
+from tests.conftest import _docker_client, cli, free_port
+
+pytestmark = pytest.mark.docker
+
+SUITE = [{"name": "answers", "path": "/cgi-bin/answer", "json": {"prompt": "6*7?"},
+          "expect": {"regex": '"answer":"42"'}}]
+VERSIONS = {  # version -> (server env, manifest fields)
+    "v1.0": ({}, {"probes": SUITE}),
+    "v1.1": ({}, {"probes": SUITE}),
+    "v2.0": ({"WRONG_ANSWER": "1"}, {"probes": SUITE}),
+    "bare": ({}, {"probes": []}),
+}
+
+
+@pytest.fixture
+def prod(docker_image, home, monkeypatch, model_dir):
+    """A registry on the parametrised database with the versions above and environment
+    ``t<random>`` (default, free port); its containers are removed afterwards."""
+    monkeypatch.setenv("SUPPORT_API_TOKEN", "canary-" + os.urandom(6).hex())
+    name = "t" + os.urandom(4).hex()
+    reg = Registry.open(home)
+    for version, (env, extra) in VERSIONS.items():
+        model_dir.set_prompt(f"prompt-{version}\n")
+        model_dir.write_manifest(version=version, image=docker_image, runtime={
+            "port": 8080, "env": {"MAX_TOKENS": "64", **env}, "secrets": ["SUPPORT_API_TOKEN"],
+            "health": {"path": "/cgi-bin/health", "timeout_s": 2}}, **extra)
+        reg.push(model_dir.manifest)
+    reg.add_env(name, port=free_port(), health_timeout_s=2, default=True)
+    yield reg, name
+    own = reg.cfg.registry_id
+    reg.close()
+    client = _docker_client()
+    for c in client.containers.list(all=True, filters={"label": [f"cellar.env={name}", f"cellar.registry={own}"]}):
+        c.remove(force=True)
+    client.close()
+
+
+@contextmanager
+def port_taken_after_old_stops(port: int, folder, monkeypatch):
+    """Another process's listener takes ``port`` the moment the promote has stopped the old
+    container (the promote waits for it at its meeting point); released on exit."""
+    folder.mkdir()
+    monkeypatch.setenv("CELLAR_MEET_AT", f"promote:old-stopped:2:{folder}")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def take() -> None:
+        deadline = time.monotonic() + 30
+        while not any(folder.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(200):  # docker-proxy lets go of the port just after the stop returns
+            try:
+                holder.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                time.sleep(0.05)
+        holder.listen()
+        (folder / "holder").touch()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(35)
+        monkeypatch.delenv("CELLAR_MEET_AT")
+        holder.close()
+
+
+def go_dark(reg, env, version, tmp_path, monkeypatch) -> HealthGateFailed:
+    with port_taken_after_old_stops(reg.environment(env).port, tmp_path / "meet", monkeypatch):
+        with pytest.raises(HealthGateFailed) as failed:
+            reg.promote(version, reason="port taken meanwhile")
+    return failed.value
+
+
+def test_a_dark_environment_says_so_everywhere_and_the_last_known_good_comes_back(prod, tmp_path, monkeypatch):
+    reg, env = prod
+    reg.promote("v1.0")
+    assert cli("probe").exit_code == 0
+    failed = go_dark(reg, env, "v1.1", tmp_path, monkeypatch)
+    assert "dark" in str(failed) and "v1.0 stays the last known good" in str(failed)
+    assert [(r.revision, r.version, str(r.status)) for r in reg.history(env)] == [
+        (1, "v1.0", "superseded"), (2, "v1.1", "failed")]  # not "failed": its surroundings failed it
+    (status,) = [s for s in reg.status() if s.env == env]
+    assert status.deployed is None and status.dark_since is not None
+    assert status.last_good.revision == 1 and "port is already in use" in status.dark_reason
+
+    shown = cli("status", code=1)
+    assert "DARK" in shown.stdout and "last known good: support-bot@v1.0 (revision 1)" in shown.stdout.lower()
+    assert "dark since" in shown.stderr
+    assert json.loads(cli("status", "--json", code=1).stdout)[0]["last_good"]["version"] == "v1.0"
+    probe = json.loads(cli("probe", "--json", code=4).stdout)
+    assert f"{env} is dark since" in probe["results"][0]["detail"]
+    watched = cli("watch", "--every", "0.01", "--failures", "1", "--max-runs", "1", code=1)
+    assert "alert:" in watched.stderr and "is dark since" in watched.stderr and "dark: nothing serves" in watched.stderr
+    page = cli("metrics", code=1)
+    dark = {s.labels["env"]: s.value for f in text_string_to_metric_families(page.stdout)
+            if f.name == "cellar_dark_since_timestamp_seconds" for s in f.samples}
+    assert dark == {env: pytest.approx(status.dark_since.timestamp())}
+    recovered = cli("recover", code=1)
+    assert "dark: nothing serves since" in recovered.stdout and "Nothing to recover" not in recovered.stdout
+
+    back = reg.rollback(reason="port freed")  # the default target: the release that was serving
+    assert (back.release.version, back.release.rollback_of) == ("v1.0", 1)
+    assert cli("status").exit_code == 0 and cli("metrics").exit_code == 0
+
+
+def test_the_default_rollback_skips_a_version_whose_last_probe_run_failed(prod, tmp_path, monkeypatch):
+    reg, env = prod
+    reg.promote("v1.0")
+    cli("probe")
+    reg.promote("v2.0")  # healthy, but answers wrong
+    assert "0 of 1 passed" in cli("probe", code=4).stderr
+    reg.promote("v1.1")
+    back = reg.rollback()
+    assert back.release.version == "v1.0", "v2.0 served, but its last probe run failed: not known good"
+    assert reg.rollback(to="v2.0").release.version == "v2.0"  # named, it is still allowed
+
+    # the issue's longer ledger: the old release lost to a taken port is still the target
+    reg.promote("v1.0")
+    cli("probe")
+    go_dark(reg, env, "v1.1", tmp_path, monkeypatch)
+    assert reg.rollback().release.version == "v1.0"
