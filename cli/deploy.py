@@ -63,7 +63,7 @@ def env_list(as_json: bool = JSON) -> None:
         return print("No environments yet: add one with `registry env add NAME --port N`.")
     table(["NAME", "PORT", "DOCKER HOST", "KEEP", "FLAGS"],
           [[e.name, f"{e.bind_addr}:{e.port}", e.docker_host or "(local)", e.keep,
-            ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected)) if on)]
+            ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected), ("gate", e.gate)) if on)]
            for e in envs])
 
 

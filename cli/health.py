@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cli.app import ACTOR, JSON, app, open_registry
-from cli.output import console, esc, plain, print_json, table, when
+from cli.output import MAX_CELL, console, esc, plain, print_json, table, when
 
 ENV = typer.Option(None, "--env", help="Environment (default: the default environment).")
 
@@ -42,6 +42,9 @@ def _show_run(run) -> None:
         table(["PROBE", "STATUS", "LATENCY", "HTTP", "DETAIL"],
               [[r.probe, r.status.value, "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
                 r.http_status or "-", r.detail] for r in run.results])
+        for r in run.results:  # the table cuts long cells: a failure's reason is what matters most
+            if r.status.value != "pass" and len(r.detail) > MAX_CELL:
+                print(plain(f"{r.probe}: {r.detail}"))
     else:
         print("This version declares no probes: add a `probes:` section to its manifest.")
     passed = sum(r.status.value == "pass" for r in run.results)

@@ -117,9 +117,9 @@ def _nothing_matched(reg, *, env: str | None, model: str | None) -> str:
 
 
 def _event_table(events) -> None:
-    table(["ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL"],
-          [[e.id, when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action, e.object,
-            _summary(e)] for e in events])
+    table(["ID", "WHEN", "ACTOR", "ACTION", "ENV", "OBJECT", "DETAIL"],
+          [[e.id, when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action, e.env or "-",
+            e.object, _summary(e)] for e in events])
 
 
 def _summary(event) -> str:

@@ -10,7 +10,7 @@ from cli import inspection as _inspection  # noqa: F401  (diff, blame, audit)
 from cli import maintenance as _maintenance  # noqa: F401  (verify, gc, backup, export, ...)
 from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
 from cli import versions as _versions  # noqa: F401  (registers its commands)
-from cli.app import app
+from cli.app import READER_LEFT_EXIT, app, silence_stdout
 
 LONG_RUNNING = {"watch", "ui"}  # and `metrics --listen`: they serve for days
 
@@ -30,12 +30,28 @@ def main() -> None:
     # heap spares the interpreter a traversal at exit (measured in bench/rollback.py).
     # In-process callers (tests, the Python API) and long-running commands keep the collector.
     if runs_for_days(sys.argv[1:]):
-        return app()
+        return _closed_pipe_is_an_end(app)
     gc.disable()
     try:
-        app()
+        _closed_pipe_is_an_end(app)
     finally:
         gc.freeze()
+
+
+def _closed_pipe_is_an_end(run) -> None:
+    """Run the app; output still buffered when it ends is flushed here, where a reader that has
+    gone (``| head -c 1``) ends the command as a closed pipe does (``reader_left``), rather than
+    in the interpreter's exit, which would report it and exit 120. While a command runs, the
+    app's funnel does the same."""
+    try:
+        run()
+    except SystemExit:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            silence_stdout()
+            raise SystemExit(READER_LEFT_EXIT) from None
+        raise
 
 
 if __name__ == "__main__":

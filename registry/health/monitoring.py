@@ -70,7 +70,7 @@ class ProbeEnv(DeployAction):
                 dark = ledger.went_dark(releases.last_known_good(conn, env.name))
             return suites.record(self.cfg, nothing_deployed(env.name, actor=self.actor, dark=dark))
         suite = suites.suite_of(self.cfg, now.model, now.version, env_name=env.name)
-        results = self.measure(env, now, suite)
+        results = self.measure(env, now, suite) if suite.probes else [nothing_to_ask(now)]
         return suites.record(self.cfg, probing.new_run(results, env=env.name, model=now.model, version=now.version,
                                                 revision=now.revision, actor=self.actor))
 
@@ -115,6 +115,13 @@ def nothing_deployed(env_name: str, *, actor: str, dark: tuple[Release, Release]
                   f"run `registry status`, then `registry rollback --env {env_name}`")
     result = ProbeResult(probe="(deployed release)", status=ProbeStatus.ERROR, detail=bounded(detail))
     return probing.new_run([result], env=env_name, model="", version="", revision=None, actor=actor)
+
+
+def nothing_to_ask(release: Release) -> ProbeResult:
+    """The one ``error`` result of a run against a version without probes: nothing was asked."""
+    return ProbeResult(probe="(probe suite)", status=ProbeStatus.ERROR,
+                       detail=f"{release.ref} declares no probes, so nothing was asked: add a `probes:` section "
+                              "to its manifest and push a new version")
 
 
 # --- health -------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ class ProbeRun(_Model):
             return RunOutcome.FAIL
         if any(r.status == ProbeStatus.ERROR for r in self.results):
             return RunOutcome.ERROR
-        return RunOutcome.PASS  # an empty suite passes: there is nothing it got wrong
+        # An empty run asked nothing: nothing was measured, so it is no pass (a gate or a cron
+        # check that checks nothing must not read as green).
+        return RunOutcome.PASS if self.results else RunOutcome.ERROR
 
     @property
     def ok(self) -> bool:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from registry.api import Registry
-from registry.errors import HealthGateFailed
+from registry.errors import HealthGateFailed, InvalidInput
 from tests.conftest import _docker_client, cli, free_port
 
 pytestmark = pytest.mark.docker
@@ -144,3 +144,23 @@ def test_the_default_rollback_skips_a_version_whose_last_probe_run_failed(prod, 
     cli("probe")
     go_dark(reg, env, "v1.1", tmp_path, monkeypatch)
     assert reg.rollback().release.version == "v1.0"
+
+
+def test_a_gate_or_a_probe_with_nothing_to_ask_is_never_a_pass(prod):
+    reg, env = prod
+    reg.promote("v1.0")
+    with pytest.raises(InvalidInput, match="declares no probes, so the probe gate would check nothing"):
+        reg.promote("bare", gate=True)
+    assert [r.version for r in reg.history(env)] == ["v1.0"]  # refused before anything was recorded
+    refused = cli("promote", "bare", "--gate", code=1)
+    assert "promote without --gate" in refused.stderr and "probe gate" not in refused.stdout
+    reg.add_env(env + "-g", port=free_port(), health_timeout_s=2, gate=True)
+    assert "--no-gate" in cli("promote", "bare", "--env", env + "-g", code=1).stderr
+
+    reg.promote("bare")  # without a gate it deploys; a probe run then asks nothing, and says so
+    probe = cli("probe", code=4)
+    assert "declares no probes, so nothing was asked" in probe.stdout and "0 of 1 passed" in probe.stderr
+    run = reg.probe_runs(env, limit=1)[0]
+    assert run.outcome.value == "error" and not run.ok
+    watched = cli("watch", "--every", "0.01", "--max-runs", "1")
+    assert "  bare  error  0/1 passed" in watched.stdout
