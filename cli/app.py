@@ -138,11 +138,31 @@ app.add_typer(db_app, name="db")
 @app.callback()
 def _root(
     traceback: bool = typer.Option(False, "--traceback", help="Show the full trace of an error."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda on: _print_version(on),
+                                 help="Print Cellar's version and exit."),
 ) -> None:
     """Cellar: versioned model weights, prompts and images; promote, roll back, audit.
 
     Example:  registry init && registry push examples/support-bot/v1.0/cellar.yaml
     """
+
+
+def _print_version(on: bool) -> None:
+    if on:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"registry (Cellar) {version('cellar-registry')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("registry (Cellar) from source, not installed")
+        raise typer.Exit(0)
+
+
+def seconds(value: float | None) -> float | None:
+    """An option's callback: a duration must be more than 0 (``watch --every 0`` would spin)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not a duration: give a number of seconds above 0")
+    return value
 
 
 def open_registry():

@@ -27,7 +27,7 @@ def env_add(
     health_timeout: float = typer.Option(None, "--health-timeout",
                                          help="Seconds to wait for health "
                                               "(default: the version's runtime.health.timeout_s)."),
-    keep: int = typer.Option(3, "--keep", help="Stopped containers kept for instant rollback."),
+    keep: int = typer.Option(3, "--keep", min=0, help="Stopped containers kept for instant rollback."),
     protected: bool = typer.Option(False, "--protected", help="Promote and rollback need --reason."),
     default: bool = typer.Option(False, "--default", help="Use this environment when none is named."),
     bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on."),
@@ -183,7 +183,7 @@ def _removed(result) -> str:
 @app.command()
 def history(
     env: str = typer.Option(None, "--env", help="Only this environment."),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="The newest N releases (0 = all)."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=0, help="The newest N releases (0 = all)."),
     show_all: bool = typer.Option(False, "--all", help="Every release (same as --limit 0)."),
     as_json: bool = JSON,
 ) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli.app import ACTOR, JSON, app, open_registry
+from cli.app import ACTOR, JSON, app, open_registry, seconds
 from cli.output import MAX_CELL, console, esc, plain, print_json, table, when
 
 ENV = typer.Option(None, "--env", help="Environment (default: the default environment).")
@@ -16,7 +16,8 @@ ENV = typer.Option(None, "--env", help="Environment (default: the default enviro
 def probe(
     env: str = ENV,
     csv: str = typer.Option(None, "--csv", help="Append one row per probe to this CSV file (header when new)."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for each answer (default 10)."),
+    timeout: float = typer.Option(None, "--timeout", callback=seconds,
+                                  help="Seconds to wait for each answer (default 10)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -104,7 +105,7 @@ def _ms(value: float | None) -> str:
 @app.command()
 def watch(
     env: str = ENV,
-    every: float = typer.Option(..., "--every", help="Seconds between probe runs."),
+    every: float = typer.Option(..., "--every", callback=seconds, help="Seconds between probe runs."),
     failures: int = typer.Option(3, "--failures", help="Consecutive failing runs that raise an alert."),
     alert_webhook: str = typer.Option(None, "--alert-webhook",
                                       help="Slack-compatible webhook URL (a secret: prefer --alert-webhook-env).",
@@ -113,7 +114,7 @@ def watch(
                                           help="Name of the environment variable holding the webhook URL."),
     auto_rollback: bool = typer.Option(False, "--auto-rollback",
                                        help="Roll back once to the last healthy release after the alert."),
-    max_runs: int = typer.Option(None, "--max-runs",
+    max_runs: int = typer.Option(None, "--max-runs", min=1,
                                  help="Stop after this many runs (default: until SIGTERM or Ctrl-C)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen", help="Also serve Prometheus metrics on HOST:PORT."),
     actor: str = ACTOR,

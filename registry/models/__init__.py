@@ -347,6 +347,7 @@ class Step(BaseModel):
     name: str
     seconds: float
     detail: str | None = None
+    ok: bool = True  # False for a step that failed (a failed promote lists it, then the steps putting things back)
 
 
 class DeployResult(BaseModel):

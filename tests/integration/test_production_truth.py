@@ -114,6 +114,7 @@ def test_a_dark_environment_says_so_everywhere_and_the_last_known_good_comes_bac
     assert json.loads(cli("status", "--json", code=1).stdout)[0]["last_good"]["version"] == "v1.0"
     probe = json.loads(cli("probe", "--json", code=4).stdout)
     assert f"{env} is dark since" in probe["results"][0]["detail"]
+    assert f"then `registry rollback --env {env}`" in cli("probe", code=4).stdout  # not cut by the table
     watched = cli("watch", "--every", "0.01", "--failures", "1", "--max-runs", "1", code=1)
     assert "alert:" in watched.stderr and "is dark since" in watched.stderr and "dark: nothing serves" in watched.stderr
     page = cli("metrics", code=1)
@@ -164,3 +165,13 @@ def test_a_gate_or_a_probe_with_nothing_to_ask_is_never_a_pass(prod):
     assert run.outcome.value == "error" and not run.ok
     watched = cli("watch", "--every", "0.01", "--max-runs", "1")
     assert "  bare  error  0/1 passed" in watched.stdout
+
+
+def test_a_failed_promote_lists_the_step_that_failed(prod):
+    reg, env = prod
+    reg.promote("v1.0")
+    doc = json.loads(cli("promote", "v2.0", "--gate", "--json", code=4).stdout)
+    steps = {s["name"]: s["ok"] for s in doc["steps"]}
+    assert steps["probe gate"] is False and steps["health check"] is True and steps["restart previous"] is True
+    shown = cli("probe", "--env", env)  # v1.0 is back, and answers right
+    assert "1 of 1 passed" in shown.stdout
