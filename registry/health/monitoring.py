@@ -110,9 +110,8 @@ def nothing_deployed(env_name: str, *, actor: str, dark: tuple[Release, Release]
     if dark is not None:
         last, good = dark
         since = (last.finished_at or last.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
-        detail = (f"{env_name} is dark since {since}: nothing serves since revision {last.revision} "
-                  f"({last.ref}) {last.status}; last known good {good.ref} (revision {good.revision}): "
-                  f"run `registry status`, then `registry rollback --env {env_name}`")
+        detail = (f"{env_name} is dark since {since}, when revision {last.revision} ({last.ref}) {last.status}; "
+                  f"last known good: {good.ref}; free what blocks it, then `registry rollback --env {env_name}`")
     result = ProbeResult(probe="(deployed release)", status=ProbeStatus.ERROR, detail=bounded(detail))
     return probing.new_run([result], env=env_name, model="", version="", revision=None, actor=actor)
 
