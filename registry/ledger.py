@@ -230,21 +230,23 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
 
 
 def keep_containers(ledger: list[Release], *, keep: int) -> set[str]:
-    """Container ids retention must never remove: the deployed one, what a default rollback
-    needs, and the newest ``keep`` others of healthy releases."""
+    """Container ids retention must never remove: the deployed one, and ``keep`` stopped ones:
+    first what a default rollback needs, then the newest others of healthy releases. The
+    rollback target counts within ``keep`` (``--keep 3`` leaves three stopped containers, not
+    four); with ``keep`` 0 a rollback recreates its container from the version."""
     now = current(ledger)
     protected = {now.container_id} if now and now.container_id else set()
+    stopped: list[str] = []
     try:
         target = rollback_target(ledger)
-        if target.container_id:
-            protected.add(target.container_id)
+        if target.container_id and target.container_id not in protected:
+            stopped.append(target.container_id)
     except (NotFound, InvalidInput):
         pass
-    others = []
     for r in reversed(ledger):
-        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in others:
-            others.append(r.container_id)
-    return protected | set(others[:keep])
+        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in stopped:
+            stopped.append(r.container_id)
+    return protected | set(stopped[:keep])
 
 
 def _refuse_pending(ledger: list[Release]) -> None:

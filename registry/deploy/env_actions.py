@@ -84,17 +84,18 @@ class RemoveEnv(DeployAction):
     """``RemoveEnv(cfg, actor=...).run(name, reason=..., force=...)``: forget an environment.
 
     Its ledger stays (history is never rewritten). With something deployed this needs
-    ``force``, which also removes the environment's containers. The environment's lock is taken
+    ``force``; its containers, running or kept, are removed either way. The environment's lock is taken
     in the first write transaction, before Docker is touched, so no promote can start a
     container that the removal then misses or deletes."""
 
     def run(self, name: str, *, reason: str | None = None, force: bool = False) -> Environment:
         env, now = self._claim(name, reason=reason, force=force)
         try:
-            if now or force:
-                self.use_env(env)
-                for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
-                    self.engine.remove(c.id)
+            # Its stopped (kept) containers go too, deployed or not: nothing can roll back to them
+            # once the environment is gone, and left behind they would hold disk for nobody.
+            self.use_env(env)
+            for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
+                self.engine.remove(c.id)
         except BaseException:
             with self.cfg.store.write() as conn:
                 locks.drop(conn, self.lock, missing_ok=True)

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,7 +53,7 @@ def prod(docker_image, home, monkeypatch, model_dir):
     own = reg.cfg.registry_id
     reg.close()
     client = _docker_client()
-    for c in client.containers.list(all=True, filters={"label": [f"cellar.env={name}", f"cellar.registry={own}"]}):
+    for c in client.containers.list(all=True, filters={"label": f"cellar.registry={own}"}):
         c.remove(force=True)
     client.close()
 
@@ -175,3 +176,30 @@ def test_a_failed_promote_lists_the_step_that_failed(prod):
     assert steps["probe gate"] is False and steps["health check"] is True and steps["restart previous"] is True
     shown = cli("probe", "--env", env)  # v1.0 is back, and answers right
     assert "1 of 1 passed" in shown.stdout
+
+
+def test_keep_counts_stopped_containers_and_gc_finds_what_removed_environments_left(prod, docker_image):
+    reg, env = prod
+    kept = env + "-k"
+    reg.add_env(kept, port=free_port(), health_timeout_s=2, keep=3)
+    for version in ("v1.0", "v1.1", "v2.0", "bare", "v1.0"):
+        reg.promote(version, env=kept)
+    client = _docker_client()
+    mine = {"label": f"cellar.registry={reg.cfg.registry_id}"}
+    stopped = [c for c in client.containers.list(all=True, filters=mine) if c.status != "running"]
+    assert len(stopped) == 3, "--keep 3 keeps three stopped containers, the rollback target among them"
+    assert reg.gc(dry_run=True).containers == []
+    assert reg.rollback(env=kept).release.version == "bare"  # onto a kept one
+
+    # what an environment removed long ago (or a crash) left behind: this registry's, kept by nothing
+    orphan = client.containers.create(docker_image, labels={
+        "cellar.env": "gone", "cellar.registry": reg.cfg.registry_id, "cellar.version": "v0.9"})
+    reg.remove_env(kept, force=True)
+    reg.remove_env(env)
+    snapshots = sorted(str(p) for p in reg.cfg.snapshots.iterdir() if not p.name.startswith("."))
+    dry = reg.gc(dry_run=True, grace=timedelta(0))
+    assert [c.id for c in dry.containers] == [orphan.id]
+    assert sorted(s.path for s in dry.snapshots) == snapshots and len(snapshots) == 4
+    reg.gc(grace=timedelta(0))
+    assert client.containers.list(all=True, filters=mine) == [] and not any(reg.cfg.snapshots.iterdir())
+    client.close()

@@ -106,11 +106,12 @@ def test_rollback_never_targets_a_failed_release():
         ledger.rollback_target(rows, revision=1)
 
 
-def test_retention_keeps_deployed_rollback_target_and_k_more():
+def test_retention_keeps_deployed_and_k_stopped_the_rollback_target_first():
     rows = [row(i, f"v{i}", S.SUPERSEDED) for i in range(1, 6)] + [row(6, "v6", S.DEPLOYED)]
     rows[3] = row(4, "v4", S.FAILED)
-    assert ledger.keep_containers(rows, keep=1) == {"c6", "c5", "c3"}
-    assert ledger.keep_containers(rows, keep=0) == {"c6", "c5"}
+    assert ledger.keep_containers(rows, keep=2) == {"c6", "c5", "c3"}  # --keep 2: two stopped, not three
+    assert ledger.keep_containers(rows, keep=1) == {"c6", "c5"}  # c5 is what a rollback needs
+    assert ledger.keep_containers(rows, keep=0) == {"c6"}
 
 
 def test_statuses_are_strings():
