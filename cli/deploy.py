@@ -247,6 +247,9 @@ def _status_table(rows) -> None:
                         f"(pid {p.pid} on {p.host})"))
         if s.note:
             print(plain(f"{s.env}: {s.note}"))
+        for line in s.drift:
+            print(plain(f"{s.env}: drift: {line}: `registry recover --env {s.env}` puts the recorded release back, "
+                        "`--adopt` records what runs"))
         if s.dark_since and s.last_good:
             print(plain(f"{s.env}: dark since {when(s.dark_since)}: {s.dark_reason}. Last known good: "
                         f"{s.last_good.ref} (revision {s.last_good.revision}); free what keeps it from "
@@ -259,15 +262,20 @@ def recover(
     force: bool = typer.Option(False, "--force",
                                help="Also take over a lock whose owner cannot be proven gone "
                                     "(e.g. held from another host)."),
+    adopt: bool = typer.Option(False, "--adopt",
+                               help="A container started by hand runs in place of the deployed one: record it "
+                                    "as a new revision (audited) instead of putting the recorded release back."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Reconcile the ledger with the containers Docker has; complete or revert interrupted work.
+    A container started by hand in place of the deployed one is stopped and the recorded release
+    started again (--adopt records what runs instead). Exits 1 while an environment stays dark.
 
     Example:  registry recover --env production
     """
     with open_registry() as reg:
-        result = reg.recover(env=env, actor=actor, force=force)
+        result = reg.recover(env=env, actor=actor, force=force, adopt=adopt)
     out = console()
     if as_json:
         print_json(result)

@@ -363,12 +363,14 @@ class Registry:
         return Status(self.cfg, actor="status").run()
 
     def recover(self, *, env: str | None = None, actor: str | None = None,
-                force: bool = False) -> RecoverResult:
+                force: bool = False, adopt: bool = False) -> RecoverResult:
         """Reconcile ledgers with the containers found by label; complete or revert pending work
-        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
+        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host). A
+        container started by hand in place of the deployed one is stopped and the recorded
+        release started again; with ``adopt`` what runs is recorded instead, as a new revision."""
         from registry.deploy.recover import Recover
 
-        return Recover(self.cfg, actor=actor_mod.identify(actor)).run(env_name=env, force=force)
+        return Recover(self.cfg, actor=actor_mod.identify(actor)).run(env_name=env, force=force, adopt=adopt)
 
     # --- probes and health ---------------------------------------------------------------
 

@@ -229,6 +229,22 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
     return out
 
 
+def adopt(ledger: list[Release], source: Release, *, container_id: str, image_digest: str | None, actor: str,
+          reason: str, at: datetime) -> Settlement:
+    """Record what runs (``registry recover --adopt``): a new deployed revision copying
+    ``source``, the release whose container was started by hand; the deployed one superseded.
+    History is not rewritten: the switch made outside Cellar becomes a revision of its own."""
+    out = Settlement()
+    if (now := current(ledger)) is not None:
+        out.updates.append(_with(now, status=ReleaseStatus.SUPERSEDED))
+    out.appended.append(_with(
+        source, revision=next_revision(ledger), operation=Operation.ROLLBACK, status=ReleaseStatus.DEPLOYED,
+        healthy=True, rollback_of=source.revision, container_id=container_id,
+        image_digest=image_digest or source.image_digest, actor=actor, reason=reason, started_at=at,
+        finished_at=at, error=None))
+    return out
+
+
 def keep_containers(ledger: list[Release], *, keep: int) -> set[str]:
     """Container ids retention must never remove: the deployed one, and ``keep`` stopped ones:
     first what a default rollback needs, then the newest others of healthy releases. The

@@ -6,7 +6,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from registry import clock, inputs, ledger
-from registry.deploy import ownership
+from registry.deploy import drift, ownership
 from registry.deploy.action import DeployAction, base_url
 from registry.errors import (
     AlreadyExists,
@@ -179,14 +179,18 @@ class Status(DeployAction):
         out = EnvStatus(env=env.name, port=env.port, deployed=now, container_id=now.container_id if now else None,
                         pending=lock, pending_release=ledger.pending(rows))
         if now is None and out.pending_release is None:
-            return dark(self.cfg, out)
-        if now is None or not now.container_id:
+            out = dark(self.cfg, out)
+        if (now is None or not now.container_id) and not out.dark_since:
             return out
         try:
             self.use_env(env)
-            info = self.engine.inspect(now.container_id)
+            info = self.engine.inspect(now.container_id) if now and now.container_id else None
+            found = [] if lock else self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
         except CellarError as exc:
             out.note = str(exc)
+            return out
+        out.drift = drift.differences(now, info, found)  # a switch in progress is not drift
+        if now is None or not now.container_id:
             return out
         out.container_state = info.status if info else "missing"
         if info and info.running:

@@ -132,7 +132,8 @@ class DockerEngine:
             raise EngineError(f"Docker engine error: {_short(exc)}") from None
         return [ContainerInfo(id=c["Id"], name=(c.get("Names") or ["?"])[0].lstrip("/"),
                               labels=c.get("Labels") or {}, running=c.get("State") == "running",
-                              status=c.get("State") or "", created=str(c.get("Created", "")))
+                              status=c.get("State") or "", created=str(c.get("Created", "")),
+                              image=c.get("ImageID") or "")
                 for c in found]
 
     def logs(self, container_id: str, *, tail: int = 10) -> str:
@@ -160,7 +161,7 @@ def _info(data: dict) -> ContainerInfo:
         id=data["Id"], name=data.get("Name", "").lstrip("/"),
         labels=(data.get("Config") or {}).get("Labels") or {},
         running=bool(state.get("Running")), status=state.get("Status", ""),
-        exit_code=state.get("ExitCode"), created=data.get("Created", ""),
+        exit_code=state.get("ExitCode"), created=data.get("Created", ""), image=data.get("Image") or "",
         env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []))
 
 

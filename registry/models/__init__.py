@@ -387,12 +387,16 @@ class EnvStatus(BaseModel):
     dark_since: datetime | None = None
     dark_reason: str | None = None
     last_good: Release | None = None
+    # What runs but is not what the ledger records (registry.deploy.drift): one line each.
+    drift: list[str] = Field(default_factory=list)
 
     @property
     def problem(self) -> str | None:
         """Why this environment needs attention (None when it is fine): it is dark, or something
         is deployed but its container is not running and answering. A property, so ``--json``
         is unchanged."""
+        if self.drift:
+            return "drift: " + "; ".join(self.drift)
         if self.deployed is None:
             return f"dark since {self.dark_since:%Y-%m-%d %H:%M:%S} UTC" if self.dark_since else None
         if self.container_state is None:

@@ -203,3 +203,90 @@ def test_keep_counts_stopped_containers_and_gc_finds_what_removed_environments_l
     reg.gc(grace=timedelta(0))
     assert client.containers.list(all=True, filters=mine) == [] and not any(reg.cfg.snapshots.iterdir())
     client.close()
+
+
+def switch_by_hand(reg, env) -> tuple[str, str]:
+    """``docker stop`` the deployed container, ``docker start`` the kept one of revision 1."""
+    client = _docker_client()
+    deployed = next(r for r in reg.history(env) if str(r.status) == "deployed")
+    first = reg.history(env)[0]
+    client.containers.get(deployed.container_id).stop(timeout=1)
+    client.containers.get(first.container_id).start()
+    client.close()
+    return deployed.version, first.version
+
+
+def wait_answers(reg, env, version: str) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{reg.environment(env).port}/cgi-bin/health", timeout=2):
+                pass
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"{version} never answered"
+            time.sleep(0.1)
+
+
+def test_containers_switched_by_hand_are_named_and_put_back_or_adopted(prod):
+    reg, env = prod
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    recorded, by_hand = switch_by_hand(reg, env)
+    wait_answers(reg, env, by_hand)
+    shown = cli("status", code=1)
+    assert "drift: support-bot@v1.0 (revision 1" in shown.stdout and "--adopt" in shown.stdout
+    (status,) = [s for s in reg.status() if s.env == env]
+    assert any("support-bot@v1.0 (revision 1" in d and "runs, not recorded" in d for d in status.drift)
+
+    put_back = cli("recover")
+    assert "drift: stopped support-bot@v1.0" in put_back.stdout and "restarted" in put_back.stdout
+    assert cli("status").exit_code == 0
+    assert [str(r.status) for r in reg.history(env)] == ["superseded", "deployed"]  # the record did not move
+
+    switch_by_hand(reg, env)
+    wait_answers(reg, env, by_hand)
+    adopted = as_json_cli("recover", "--adopt")
+    assert [a["action"] for a in adopted["actions"]] == ["adopted"]
+    rows = reg.history(env)
+    assert [(r.revision, r.version, str(r.status), r.rollback_of) for r in rows] == [
+        (1, "v1.0", "superseded", None), (2, "v1.1", "superseded", None), (3, "v1.0", "deployed", 1)]
+    assert rows[2].container_id == rows[0].container_id and "recover --adopt" in rows[2].reason
+    assert any(e.action == "recover" and "adopted" in str(e.detail) for e in reg.audit(env=env))
+    assert cli("status").exit_code == 0
+
+
+def as_json_cli(*args: str) -> dict:
+    return json.loads(cli(*args, "--json").stdout)
+
+
+def test_diff_of_an_environment_names_the_image_it_runs_after_a_retag(prod, docker_image, model_dir):
+    reg, env = prod
+    client = _docker_client()
+    tag = f"cellar-test-retag-{os.urandom(3).hex()}"
+    client.images.get(docker_image).tag(tag, "1")
+    other = None
+    try:
+        model_dir.write_manifest(version="retag", image=f"{tag}:1")
+        reg.push(model_dir.manifest)
+        made = client.containers.create(docker_image)
+        other = made.commit(repository=tag, tag="1", changes=["LABEL retagged=yes"])
+        made.remove()
+        reg.promote("retag", allow_retag=True)
+        out = cli("diff", env, "retag")
+        assert "image    unchanged" not in out.stdout and short_id(other.id) in out.stdout
+        assert "runs image" in out.stderr and "--allow-retag" in out.stderr
+    finally:
+        for image in (f"{tag}:1", other.id if other else None):
+            if image:
+                try:
+                    client.images.remove(image, force=True)
+                except Exception:
+                    pass
+        client.close()
+
+
+def short_id(image_id: str) -> str:
+    return image_id.split(":", 1)[1][:12]
