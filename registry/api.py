@@ -238,9 +238,12 @@ class Registry:
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
-                engine_factory: EngineFactory | None = None, checks: Checks | None = None) -> RestoreResult:
+                engine_factory: EngineFactory | None = None, checks: Checks | None = None,
+                new_identity: bool = False) -> RestoreResult:
         """Restore the backup in ``src`` into a new or empty home (``path``, else $REGISTRY_HOME
-        or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it."""
+        or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it.
+        The copy keeps the original's identity (it acts on the same containers: a replacement)
+        unless ``new_identity`` (a copy that lives beside the original)."""
         from registry.upkeep import backup
 
         home = home_mod.for_init(path)
@@ -248,7 +251,8 @@ class Registry:
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            backup.record_restore(reg.cfg, result, src=Path(src), actor=actor_mod.identify(actor))
+            result = backup.record_restore(reg.cfg, result, src=Path(src), actor=actor_mod.identify(actor),
+                                           new_identity=new_identity)
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,

@@ -189,7 +189,8 @@ class Status(DeployAction):
         except CellarError as exc:
             out.note = str(exc)
             return out
-        out.drift = drift.differences(now, info, found)  # a switch in progress is not drift
+        # found is empty under a lock: a switch in progress is not drift
+        out.drift = drift.differences(now, info, found, registry=self.cfg.registry_id)
         if now is None or not now.container_id:
             return out
         out.container_state = info.status if info else "missing"

@@ -290,3 +290,33 @@ def test_diff_of_an_environment_names_the_image_it_runs_after_a_retag(prod, dock
 
 def short_id(image_id: str) -> str:
     return image_id.split(":", 1)[1][:12]
+
+
+def test_a_restored_home_says_it_shares_the_identity_and_a_new_one_leaves_the_original_alone(
+        prod, tmp_path, target, other_url, monkeypatch):
+    reg, env = prod
+    reg.promote("v1.0")
+    reg.promote("v1.1")
+    cli("backup", str(tmp_path / "bak"))
+    path, url = target
+    monkeypatch.setenv("REGISTRY_HOME", str(path))
+    monkeypatch.setenv("REGISTRY_DB_URL", url)
+    same = cli("restore", str(tmp_path / "bak"))
+    assert "original's identity" in same.stderr and "--new-identity" in same.stderr
+    with Registry.open(path) as copy:
+        assert copy.cfg.registry_id == reg.cfg.registry_id  # a replacement: it acts on the same containers
+
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "beside"))
+    monkeypatch.setenv("REGISTRY_DB_URL", other_url)
+    beside = json.loads(cli("restore", str(tmp_path / "bak"), "--new-identity", "--json").stdout)
+    assert beside["identity_shared"] is False and beside["registry_id"] != reg.cfg.registry_id
+    with Registry.open(tmp_path / "beside") as copy:
+        assert copy.cfg.registry_id == beside["registry_id"]
+        with pytest.raises(InvalidInput, match="belongs to another registry"):
+            copy.rollback()
+        assert [r.version for r in copy.history(env)] == ["v1.0", "v1.1"]  # nothing recorded
+        assert any(e.action == "new-identity" for e in copy.audit())
+        (mirror,) = [s for s in copy.status() if s.env == env]
+        assert any("belongs to another registry" in d for d in mirror.drift)
+    (status,) = [s for s in reg.status() if s.env == env]
+    assert status.deployed.version == "v1.1" and status.container_state == "running" and status.healthy
