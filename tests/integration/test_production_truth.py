@@ -18,9 +18,11 @@ from datetime import timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
 from registry.api import Registry
 from registry.errors import HealthGateFailed, InvalidInput
+from registry.web import create_app
 from tests.conftest import _docker_client, cli, free_port
 
 pytestmark = pytest.mark.docker
@@ -122,6 +124,10 @@ def test_a_dark_environment_says_so_everywhere_and_the_last_known_good_comes_bac
     dark = {s.labels["env"]: s.value for f in text_string_to_metric_families(page.stdout)
             if f.name == "cellar_dark_since_timestamp_seconds" for s in f.samples}
     assert dark == {env: pytest.approx(status.dark_since.timestamp())}
+    with TestClient(create_app(lambda: Registry.open(reg.home.path)), base_url="http://127.0.0.1:8765") as web:
+        page = web.get(f"/envs/{env}").text
+        listing = web.get("/envs").text
+    assert "Dark since" in page and f"registry rollback --env {env}" in page and "dark since" in listing
     recovered = cli("recover", code=1)
     assert "dark: nothing serves since" in recovered.stdout and "Nothing to recover" not in recovered.stdout
 
@@ -241,10 +247,14 @@ def test_containers_switched_by_hand_are_named_and_put_back_or_adopted(prod):
     (status,) = [s for s in reg.status() if s.env == env]
     assert any("support-bot@v1.0 (revision 1" in d and "runs, not recorded" in d for d in status.drift)
 
+    with TestClient(create_app(lambda: Registry.open(reg.home.path)), base_url="http://127.0.0.1:8765") as web:
+        assert "drift: support-bot@v1.0 (revision 1" in web.get(f"/envs/{env}").text
+
     put_back = cli("recover")
     assert "drift: stopped support-bot@v1.0" in put_back.stdout and "restarted" in put_back.stdout
     assert cli("status").exit_code == 0
     assert [str(r.status) for r in reg.history(env)] == ["superseded", "deployed"]  # the record did not move
+    wait_answers(reg, env, recorded)
 
     switch_by_hand(reg, env)
     wait_answers(reg, env, by_hand)
