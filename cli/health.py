@@ -140,8 +140,12 @@ def watch(
     else:
         print(plain(f"watch ended ({summary.stopped_by}): {summary.runs} runs, {summary.skipped} skipped, "
                     f"{len(summary.alerts)} alerts, {summary.rollbacks} rollbacks; state {summary.state}"))
+    for line in summary.drift:
+        print(plain(f"drift: {line}: see `registry status`, then `registry recover`"), file=sys.stderr)
     if summary.dark_since:
         _dark_exit({env or "the default environment": summary.dark_since})
+    if summary.drift:
+        raise typer.Exit(1)
 
 
 def _dark_exit(dark_since: dict) -> None:

@@ -190,6 +190,9 @@ class Watch:
             dark = None if rows else ledger.went_dark(releases.last_known_good(conn, self.env_name))
         if dark is not None:
             summary.dark_since = dark[0].finished_at or dark[0].started_at
+        from registry.deploy.env_actions import Status  # Docker is asked once, as the watch ends
+
+        summary.drift = next((s.drift for s in Status(self.cfg, actor=self.actor).run() if s.env == self.env_name), [])
         return summary
 
     def probe_once(self) -> ProbeRun:

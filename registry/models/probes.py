@@ -141,6 +141,7 @@ class WatchSummary(_Model):
     state: str = "watching"
     stopped_by: str = ""  # "max-runs" or "signal"
     dark_since: datetime | None = None  # the environment had a release and serves nothing (at the end)
+    drift: list[str] = Field(default_factory=list)  # what runs but is not recorded (at the end)
 
 
 # --- metrics ------------------------------------------------------------------------------

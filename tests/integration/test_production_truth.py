@@ -249,6 +249,8 @@ def test_containers_switched_by_hand_are_named_and_put_back_or_adopted(prod):
 
     with TestClient(create_app(lambda: Registry.open(reg.home.path)), base_url="http://127.0.0.1:8765") as web:
         assert "drift: support-bot@v1.0 (revision 1" in web.get(f"/envs/{env}").text
+    watched = cli("watch", "--every", "0.01", "--max-runs", "1", code=1)
+    assert "drift: support-bot@v1.0 (revision 1" in watched.stderr
 
     put_back = cli("recover")
     assert "drift: stopped support-bot@v1.0" in put_back.stdout and "restarted" in put_back.stdout
