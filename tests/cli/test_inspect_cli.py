@@ -118,7 +118,7 @@ def test_audit_refuses_an_unknown_action_and_notes_unknown_names(two_versions):
     result = cli("audit", "--action", "rolback", code=1)
     assert result.stderr == ("error: audit filter action: unknown action 'rolback': use one of init, db-upgrade, "
                              "push, promote, rollback, recover, env-add, env-remove, gc, backup, restore, export, "
-                             "import, deprecate, delete, seal\n")
+                             "import, deprecate, delete, seal, new-identity\n")
     assert "No events for model 'supprt-bot'" in cli("audit", "--model", "supprt-bot").stdout
     assert "No events for environment 'prdo'" in cli("audit", "--env", "prdo").stdout
     assert cli("audit", "--model", "support-bot", "--action", "init").stdout == "No matching events.\n"

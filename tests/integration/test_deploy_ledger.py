@@ -563,8 +563,8 @@ def test_rollback_reuses_a_kept_container_from_before_the_registry_label(version
     reg.promote("v1.1")
     del fake.containers[first.container_id].info.labels["cellar.registry"]  # created by an older Cellar
     assert reg.rollback().release.container_id == first.container_id
-    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"
     reg.promote("v1.1")
+    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"  # kept, now not ours
     assert reg.rollback().release.container_id != first.container_id  # not ours: recreated instead
 
 
