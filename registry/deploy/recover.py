@@ -163,7 +163,9 @@ class Recover(DeployAction):
         env = self.env.name
         by_revision = {r.revision: r for r in rows}
         source = by_revision.get(strays[0].revision or 0) if len(strays) == 1 else None
-        if source is None or source.model != strays[0].labels.get(f"{LABEL}.model"):
+        labels = strays[0].labels
+        if source is None or (source.model, source.version) != (labels.get(f"{LABEL}.model"),
+                                                               labels.get(f"{LABEL}.version")):
             return RecoverAction(env=env, action="skipped", detail=(
                 f"not adopted: {', '.join(drift.describe(c) for c in strays)} run, and --adopt records exactly one "
                 "container that a release of this ledger made")), Settlement()
