@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import typer
 from typer.core import TyperGroup, TyperOption
@@ -50,6 +51,8 @@ class CellarGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            reader_left()
         except CellarError as exc:
             _fail(ctx, str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -59,6 +62,27 @@ class CellarGroup(TyperGroup):
                 raise
             _fail(ctx, f"internal error: {type(exc).__name__}: {exc} (a bug in Cellar, not your input: rerun "
                        "with --traceback and send its output to your Cellar maintainers)", INTERNAL_ERROR_EXIT)
+
+
+READER_LEFT_EXIT = 141  # 128 + SIGPIPE: what `git log | head` ends with
+
+
+def reader_left() -> NoReturn:
+    """Whoever read stdout went away (``registry history --json | head -1``): a normal end, not an
+    error. Nothing more is written, not even at exit, and the exit status is that of a process a
+    closed pipe stopped."""
+    silence_stdout()
+    raise typer.Exit(READER_LEFT_EXIT)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no descriptor behind it (an in-process caller)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
 
 
 def _refuse_flag_values(ctx, args: list[str]) -> None:
@@ -114,11 +138,31 @@ app.add_typer(db_app, name="db")
 @app.callback()
 def _root(
     traceback: bool = typer.Option(False, "--traceback", help="Show the full trace of an error."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda on: _print_version(on),
+                                 help="Print Cellar's version and exit."),
 ) -> None:
     """Cellar: versioned model weights, prompts and images; promote, roll back, audit.
 
     Example:  registry init && registry push examples/support-bot/v1.0/cellar.yaml
     """
+
+
+def _print_version(on: bool) -> None:
+    if on:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"registry (Cellar) {version('cellar-registry')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("registry (Cellar) from source, not installed")
+        raise typer.Exit(0)
+
+
+def seconds(value: float | None) -> float | None:
+    """An option's callback: a duration must be more than 0 (``watch --every 0`` would spin)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not a duration: give a number of seconds above 0")
+    return value
 
 
 def open_registry():

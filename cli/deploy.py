@@ -30,7 +30,7 @@ def env_add(
     health_timeout: float = typer.Option(None, "--health-timeout",
                                          help="Seconds to wait for health "
                                               "(default: the version's runtime.health.timeout_s)."),
-    keep: int = typer.Option(3, "--keep", help="Stopped containers kept for instant rollback."),
+    keep: int = typer.Option(3, "--keep", min=0, help="Stopped containers kept for instant rollback."),
     protected: bool = typer.Option(False, "--protected", help="Promote and rollback need --reason."),
     default: bool = typer.Option(False, "--default", help="Use this environment when none is named."),
     bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on."),
@@ -118,7 +118,7 @@ def env_list(as_json: bool = JSON) -> None:
         return print("No environments yet: add one with `registry env add NAME --port N`.")
     table(["NAME", "PORT", "DOCKER HOST", "KEEP", "FLAGS"],
           [[e.name, f"{e.bind_addr}:{e.port}", e.docker_host or "(local)", e.keep,
-            ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected)) if on)]
+            ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected), ("gate", e.gate)) if on)]
            for e in envs])
 
 
@@ -238,7 +238,7 @@ def _removed(result) -> str:
 @app.command()
 def history(
     env: str = typer.Option(None, "--env", help="Only this environment."),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="The newest N releases (0 = all)."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=0, help="The newest N releases (0 = all)."),
     show_all: bool = typer.Option(False, "--all", help="Every release (same as --limit 0)."),
     as_json: bool = JSON,
 ) -> None:
@@ -294,7 +294,8 @@ def _status_table(rows) -> None:
     from registry import describe_gpus
 
     table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
-          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else "nothing deployed",
+          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else
+            ("DARK: nothing serves" if s.dark_since else "nothing deployed"),
             short(s.container_id), s.container_state or "-",
             {True: "healthy", False: "not answering", None: "-"}[s.healthy]] for s in rows])
     for s in rows:
@@ -309,6 +310,13 @@ def _status_table(rows) -> None:
                         f"its process ended{code}"))
         if s.gpus is not None:
             print(plain(f"{s.env}: GPUs {describe_gpus(s.gpus)}"))
+        for line in s.drift:
+            print(plain(f"{s.env}: drift: {line}: `registry recover --env {s.env}` puts the recorded release back, "
+                        "`--adopt` records what runs"))
+        if s.dark_since and s.last_good:
+            print(plain(f"{s.env}: dark since {when(s.dark_since)}: {s.dark_reason}. Last known good: "
+                        f"{s.last_good.ref} (revision {s.last_good.revision}); free what keeps it from "
+                        f"answering (e.g. the port), then `registry rollback --env {s.env}`"))
 
 
 @app.command()
@@ -317,19 +325,26 @@ def recover(
     force: bool = typer.Option(False, "--force",
                                help="Also take over a lock whose owner cannot be proven gone "
                                     "(e.g. held from another host)."),
+    adopt: bool = typer.Option(False, "--adopt",
+                               help="A container started by hand runs in place of the deployed one: record it "
+                                    "as a new revision (audited) instead of putting the recorded release back."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Reconcile the ledger with the containers Docker has; complete or revert interrupted work.
+    A container started by hand in place of the deployed one is stopped and the recorded release
+    started again (--adopt records what runs instead). Exits 1 while an environment stays dark.
 
     Example:  registry recover --env production
     """
     with open_registry() as reg:
-        result = reg.recover(env=env, actor=actor, force=force)
-    if as_json:
-        return print_json(result)
+        result = reg.recover(env=env, actor=actor, force=force, adopt=adopt)
     out = console()
-    if not result.actions:
-        return out.print("Nothing to recover: every ledger matches its containers.")
-    for a in result.actions:
+    if as_json:
+        print_json(result)
+    elif not result.actions:
+        out.print("Nothing to recover: every ledger matches its containers.")
+    for a in [] if as_json else result.actions:
         out.print(f"{a.env}: {a.action}: {esc(a.detail)}")
+    if any(a.action == "dark" for a in result.actions):
+        raise typer.Exit(1)  # still needs attention: cron must not read it as fixed

@@ -17,7 +17,10 @@ def render(out, d, *, stat: bool = False) -> None:
     for p in d.prompts:
         _prompt(out, p, stat=stat)
     for w in d.weights:
-        _weight(out, w, stat=stat)
+        if not (stat and w.status == "unchanged"):
+            _weight(out, w, stat=stat)
+    if stat and (same := sum(w.status == "unchanged" for w in d.weights)):
+        out.print(f"weight   [dim]  {same} unchanged[/]")
     for p in d.probes:
         fields = esc(f" ({', '.join(p.fields)})") if p.fields else ""
         out.print(f"probe    [{_COLOUR[p.status]}]{_SIGN[p.status]} {esc(p.name)}[/]{fields}")

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
-from cli.app import ACTOR, JSON, app, open_registry
-from cli.output import console, esc, plain, print_json, table, when
+from cli.app import ACTOR, JSON, app, open_registry, seconds
+from cli.output import MAX_CELL, console, esc, plain, print_json, table, when
 
 ENV = typer.Option(None, "--env", help="Environment (default: the default environment).")
 
@@ -16,7 +16,8 @@ ENV = typer.Option(None, "--env", help="Environment (default: the default enviro
 def probe(
     env: str = ENV,
     csv: str = typer.Option(None, "--csv", help="Append one row per probe to this CSV file (header when new)."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds to wait for each answer (default 10)."),
+    timeout: float = typer.Option(None, "--timeout", callback=seconds,
+                                  help="Seconds to wait for each answer (default 10)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -42,6 +43,9 @@ def _show_run(run) -> None:
         table(["PROBE", "STATUS", "LATENCY", "HTTP", "DETAIL"],
               [[r.probe, r.status.value, "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
                 r.http_status or "-", r.detail] for r in run.results])
+        for r in run.results:  # the table cuts long cells: a failure's reason is what matters most
+            if r.status.value != "pass" and len(r.detail) > MAX_CELL:
+                print(plain(f"{r.probe}: {r.detail}"))
     else:
         print("This version declares no probes: add a `probes:` section to its manifest.")
     passed = sum(r.status.value == "pass" for r in run.results)
@@ -101,7 +105,7 @@ def _ms(value: float | None) -> str:
 @app.command()
 def watch(
     env: str = ENV,
-    every: float = typer.Option(..., "--every", help="Seconds between probe runs."),
+    every: float = typer.Option(..., "--every", callback=seconds, help="Seconds between probe runs."),
     failures: int = typer.Option(3, "--failures", help="Consecutive failing runs that raise an alert."),
     alert_webhook: str = typer.Option(None, "--alert-webhook",
                                       help="Slack-compatible webhook URL (a secret: prefer --alert-webhook-env).",
@@ -110,7 +114,7 @@ def watch(
                                           help="Name of the environment variable holding the webhook URL."),
     auto_rollback: bool = typer.Option(False, "--auto-rollback",
                                        help="Roll back once to the last healthy release after the alert."),
-    max_runs: int = typer.Option(None, "--max-runs",
+    max_runs: int = typer.Option(None, "--max-runs", min=1,
                                  help="Stop after this many runs (default: until SIGTERM or Ctrl-C)."),
     metrics_listen: str = typer.Option(None, "--metrics-listen", help="Also serve Prometheus metrics on HOST:PORT."),
     actor: str = ACTOR,
@@ -132,9 +136,24 @@ def watch(
                             auto_rollback=auto_rollback, max_runs=max_runs, should_stop=flag, sleep=flag.wait,
                             on_run=None if as_json else _run_line, actor=actor)
     if as_json:
-        return print_json(summary)
-    print(plain(f"watch ended ({summary.stopped_by}): {summary.runs} runs, {summary.skipped} skipped, "
-                f"{len(summary.alerts)} alerts, {summary.rollbacks} rollbacks; state {summary.state}"))
+        print_json(summary)
+    else:
+        print(plain(f"watch ended ({summary.stopped_by}): {summary.runs} runs, {summary.skipped} skipped, "
+                    f"{len(summary.alerts)} alerts, {summary.rollbacks} rollbacks; state {summary.state}"))
+    for line in summary.drift:
+        print(plain(f"drift: {line}: see `registry status`, then `registry recover`"), file=sys.stderr)
+    if summary.dark_since:
+        _dark_exit({env or "the default environment": summary.dark_since})
+    if summary.drift:
+        raise typer.Exit(1)
+
+
+def _dark_exit(dark_since: dict) -> None:
+    """Exit 1 with one line on stderr: an environment that had a release serves nothing."""
+    names = ", ".join(f"{name} (since {when(at)})" for name, at in sorted(dark_since.items()))
+    print(plain(f"dark: nothing serves in {names}: see `registry status`, then `registry rollback --env ENV`"),
+          file=sys.stderr)
+    raise typer.Exit(1)
 
 
 def _webhook(url: str | None, var: str | None):
@@ -182,7 +201,11 @@ def metrics(
 
     with open_registry() as reg:
         if listen is None:
-            return print_json(reg.metrics_snapshot()) if as_json else sys.stdout.write(reg.metrics_text())
+            snapshot = reg.metrics_snapshot()
+            print_json(snapshot) if as_json else sys.stdout.write(reg.metrics_text())
+            if snapshot.dark_since:
+                _dark_exit(snapshot.dark_since)
+            return
         flag = StopFlag()
         with stop_on_signals(flag):
             served = reg.serve_metrics(listen)

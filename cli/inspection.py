@@ -79,7 +79,7 @@ def audit(
     model: str = typer.Option(None, "--model", help="Only events about this model."),
     prompt: str = typer.Option(None, "--prompt", help="Only events that changed this prompt template."),
     since: str = typer.Option(None, "--since", help="Only events since an ISO date or an age: 30s, 30m, 12h, 7d, 2w."),
-    limit: int = typer.Option(None, "--limit",
+    limit: int = typer.Option(None, "--limit", min=0,
                               help="At most N events (default 100 for the table, all for --json; 0 = all)."),
     before: int = typer.Option(None, "--before",
                                help="Only events older than event ID: the next page after the last ID shown."),
@@ -117,9 +117,9 @@ def _nothing_matched(reg, *, env: str | None, model: str | None) -> str:
 
 
 def _event_table(events) -> None:
-    table(["ID", "WHEN", "ACTOR", "ACTION", "OBJECT", "DETAIL"],
-          [[e.id, when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action, e.object,
-            _summary(e)] for e in events])
+    table(["ID", "WHEN", "ACTOR", "ACTION", "ENV", "OBJECT", "DETAIL"],
+          [[e.id, when(e.at), e.actor + (f" (db {e.db_user})" if e.db_user else ""), e.action, e.env or "-",
+            e.object, _summary(e)] for e in events])
 
 
 def _summary(event) -> str:

@@ -13,7 +13,7 @@ from cli import remotes as _remotes  # noqa: F401  (remote add/list/remove/verif
 from cli import signing as _signing  # noqa: F401  (key, sign, approve, signature, checkout)
 from cli import ui as _ui  # noqa: F401  (registry ui: the web view)
 from cli import versions as _versions  # noqa: F401  (registers its commands)
-from cli.app import app
+from cli.app import READER_LEFT_EXIT, app, silence_stdout
 
 LONG_RUNNING = {"watch", "ui"}  # and `metrics --listen`: they serve for days
 
@@ -34,12 +34,28 @@ def main() -> None:
     # heap spares the interpreter a traversal at exit (measured in bench/rollback.py).
     # In-process callers (tests, the Python API) and long-running commands keep the collector.
     if runs_for_days(sys.argv[1:]):
-        return app()
+        return _closed_pipe_is_an_end(app)
     gc.disable()
     try:
-        app()
+        _closed_pipe_is_an_end(app)
     finally:
         gc.freeze()
+
+
+def _closed_pipe_is_an_end(run) -> None:
+    """Run the app; output still buffered when it ends is flushed here, where a reader that has
+    gone (``| head -c 1``) ends the command as a closed pipe does (``reader_left``), rather than
+    in the interpreter's exit, which would report it and exit 120. While a command runs, the
+    app's funnel does the same."""
+    try:
+        run()
+    except SystemExit:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            silence_stdout()
+            raise SystemExit(READER_LEFT_EXIT) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -113,16 +113,21 @@ def backup(
 def restore(
     src: Path = typer.Argument(..., help="A folder written by `registry backup`."),
     path: Path = typer.Argument(None, help="The new home (default: $REGISTRY_HOME or ./.cellar); must be empty."),
+    new_identity: bool = typer.Option(False, "--new-identity",
+                                      help="Give the copy its own identity, to live beside the original "
+                                           "(it then acts on its own containers only)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
     """Restore a backup into a new or empty registry home, then verify it; exit 1 unless intact.
+    The copy keeps the original's identity (a replacement: it acts on the same containers)
+    unless --new-identity.
 
     Example:  REGISTRY_HOME=/srv/cellar registry restore /mnt/backup/cellar
     """
     from registry import Registry
 
-    result = Registry.restore(src, path, actor=actor)
+    result = Registry.restore(src, path, actor=actor, new_identity=new_identity)
     if as_json:
         print_json(result)
     else:
@@ -130,6 +135,10 @@ def restore(
               f"database into {plain(result.home)} in {result.seconds:.1f} s")
         for p in result.problems:
             warn(f"{p.kind} blob {p.digest}: {p.detail}")
+        if result.identity_shared:
+            warn(f"this copy has the original's identity ({result.registry_id[:12]}): both homes act on the same "
+                 "containers, so a promote or rollback from one switches what the other runs. Fine to replace a "
+                 "lost home; for a copy that lives beside the original, restore again with --new-identity")
         if result.verify is not None:
             _print_report(result.verify)
     raise typer.Exit(0 if result.ok else 1)

@@ -173,7 +173,7 @@ class _progress:
 @app.command("list")
 def list_(
     model: str = typer.Argument(None, help="Only this model's versions."),
-    limit: int = typer.Option(None, "--limit",
+    limit: int = typer.Option(None, "--limit", min=0,
                               help="At most N rows (default 100 for the table, all for --json; 0 = all)."),
     all_: bool = typer.Option(False, "--all", help="Also deprecated versions (marked in MESSAGE)."),
     as_json: bool = JSON,
@@ -270,7 +270,7 @@ def _file_origin(info, name: str) -> str:
 @app.command()
 def log(
     model: str = typer.Argument(None, help="Only this model's changelog."),
-    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", help="At most N entries, newest first (0 = all)."),
+    limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=0, help="At most N entries, newest first (0 = all)."),
     show_all: bool = typer.Option(False, "--all", help="Every entry (same as --limit 0)."),
     as_json: bool = JSON,
 ) -> None:

@@ -360,9 +360,12 @@ class Registry(RemoteCommands):
 
     @classmethod
     def restore(cls, src: str | Path, path: str | Path | None = None, *, actor: str | None = None,
-                engine_factory: EngineFactory | None = None, checks: Checks | None = None) -> RestoreResult:
+                engine_factory: EngineFactory | None = None, checks: Checks | None = None,
+                new_identity: bool = False) -> RestoreResult:
         """Restore the backup in ``src`` into a new or empty home (``path``, else $REGISTRY_HOME
-        or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it."""
+        or ./.cellar) and database ($REGISTRY_DB_URL, else the home's SQLite file), then verify it.
+        The copy keeps the original's identity (it acts on the same containers: a replacement)
+        unless ``new_identity`` (a copy that lives beside the original)."""
         from registry.upkeep import backup
 
         home = home_mod.for_init(path)
@@ -370,7 +373,8 @@ class Registry(RemoteCommands):
         if home.db_source == home_mod.DB_URL_VAR:
             home_mod.write_config(home, home.db_url)
         with cls.open(home.path, engine_factory=engine_factory, checks=checks) as reg:
-            backup.record_restore(reg.cfg, result, src=Path(src), actor=actor_mod.identify(actor))
+            result = backup.record_restore(reg.cfg, result, src=Path(src), actor=actor_mod.identify(actor),
+                                           new_identity=new_identity)
             return result.model_copy(update={"verify": reg.verify()})
 
     def export(self, ref: str, out: str | Path, *, with_image: bool = False, actor: str | None = None,
@@ -496,12 +500,14 @@ class Registry(RemoteCommands):
         return Status(self.cfg, actor="status").run()
 
     def recover(self, *, env: str | None = None, actor: str | None = None,
-                force: bool = False) -> RecoverResult:
+                force: bool = False, adopt: bool = False) -> RecoverResult:
         """Reconcile ledgers with the containers found by label; complete or revert pending work
-        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host)."""
+        (``force``: also when the lock's owner cannot be proven gone, e.g. on another host). A
+        container started by hand in place of the deployed one is stopped and the recorded
+        release started again; with ``adopt`` what runs is recorded instead, as a new revision."""
         from registry.deploy.recover import Recover
 
-        return Recover(self.cfg, actor=actor_mod.identify(actor)).run(env_name=env, force=force)
+        return Recover(self.cfg, actor=actor_mod.identify(actor)).run(env_name=env, force=force, adopt=adopt)
 
     # --- probes and health ---------------------------------------------------------------
 

@@ -103,6 +103,15 @@ def current(ledger: list[Release]) -> Release | None:
     return next((r for r in reversed(ledger) if r.status is ReleaseStatus.DEPLOYED), None)
 
 
+def went_dark(ledger: list[Release]) -> tuple[Release, Release] | None:
+    """When nothing is deployed or pending but something served before: (the newest release,
+    whose end left the environment dark; the last known good, the newest that served)."""
+    if not ledger or current(ledger) or pending(ledger):
+        return None
+    good = next((r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED), None)
+    return (max(ledger, key=lambda r: r.revision), good) if good else None
+
+
 def pending(ledger: list[Release]) -> Release | None:
     return next((r for r in reversed(ledger) if r.status.pending), None)
 
@@ -120,8 +129,8 @@ def plan_promote(ledger: list[Release], target: Target, *, env: str, actor: str,
     return Plan(pending=row, current=current(ledger), target=target)
 
 
-def rollback_target(ledger: list[Release], *, version: str | None = None,
-                    revision: int | None = None) -> Release:
+def rollback_target(ledger: list[Release], *, version: str | None = None, revision: int | None = None,
+                    probes_failed: frozenset[str] = frozenset()) -> Release:
     """The release a rollback copies.
 
     By default the newest earlier release that was deployed and healthy and is not the
@@ -129,6 +138,9 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
     revision the current release copies when it is itself a rollback, so repeated rollbacks
     keep stepping back instead of flipping between the two newest. ``version`` or
     ``revision`` choose one, which must also have been healthy once and not be what runs now.
+    ``probes_failed``: versions whose last probe run here got an answer wrong; the default
+    target skips them (the last known good served, passed health and its probes), a named one
+    may still be any of them.
     """
     now = current(ledger)
     candidates = [r for r in reversed(ledger) if r.healthy and r.status is not ReleaseStatus.FAILED
@@ -139,8 +151,12 @@ def rollback_target(ledger: list[Release], *, version: str | None = None,
         return _chosen(ledger, candidates, lambda r: r.version == version or r.ref == version, version)
     before = step_back_from(now)
     for r in candidates:
-        if before is None or r.revision < before:
+        if (before is None or r.revision < before) and r.version not in probes_failed:
             return r
+    skipped = sorted({r.version for r in candidates if r.version in probes_failed})
+    if skipped:
+        raise NotFound(f"no earlier healthy release to roll back to ({', '.join(skipped)} failed their last "
+                       "probe run here): name one with --to, see `registry history`")
     raise NotFound("no earlier healthy release to roll back to: see `registry history`")
 
 
@@ -183,7 +199,9 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
     that was deployed before: ``untouched`` (its container never stopped: it stays deployed),
     ``restored`` (stopped, started again and answering: recorded as a new automatic
     rollback revision, the old row superseded) or ``lost`` (it did not come back: nothing
-    is deployed any more, the old row is marked failed).
+    is deployed any more). A lost release is superseded, not failed, with the error saying so:
+    it served until the switch, and what kept it from coming back is usually its surroundings
+    (the port taken, the engine down), so it stays the last known good a rollback goes to.
     """
     out = Settlement()
     cid = container_id or plan.pending.container_id
@@ -205,27 +223,46 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
             actor=plan.pending.actor, reason=f"automatic rollback: revision {plan.pending.revision} failed",
             started_at=at, finished_at=at, error=None))
     else:
-        out.updates.append(_with(plan.current, status=ReleaseStatus.FAILED,
-                                 error=f"did not answer again after revision {plan.pending.revision} failed"))
+        out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED, error=(
+            f"did not answer again after revision {plan.pending.revision} failed; it served until then, "
+            "so it stays a rollback candidate")))
+    return out
+
+
+def adopt(ledger: list[Release], source: Release, *, container_id: str, image_digest: str | None, actor: str,
+          reason: str, at: datetime) -> Settlement:
+    """Record what runs (``registry recover --adopt``): a new deployed revision copying
+    ``source``, the release whose container was started by hand; the deployed one superseded.
+    History is not rewritten: the switch made outside Cellar becomes a revision of its own."""
+    out = Settlement()
+    if (now := current(ledger)) is not None:
+        out.updates.append(_with(now, status=ReleaseStatus.SUPERSEDED))
+    out.appended.append(_with(
+        source, revision=next_revision(ledger), operation=Operation.ROLLBACK, status=ReleaseStatus.DEPLOYED,
+        healthy=True, rollback_of=source.revision, container_id=container_id,
+        image_digest=image_digest or source.image_digest, actor=actor, reason=reason, started_at=at,
+        finished_at=at, error=None))
     return out
 
 
 def keep_containers(ledger: list[Release], *, keep: int) -> set[str]:
-    """Container ids retention must never remove: the deployed one, what a default rollback
-    needs, and the newest ``keep`` others of healthy releases."""
+    """Container ids retention must never remove: the deployed one, and ``keep`` stopped ones:
+    first what a default rollback needs, then the newest others of healthy releases. The
+    rollback target counts within ``keep`` (``--keep 3`` leaves three stopped containers, not
+    four); with ``keep`` 0 a rollback recreates its container from the version."""
     now = current(ledger)
     protected = {now.container_id} if now and now.container_id else set()
+    stopped: list[str] = []
     try:
         target = rollback_target(ledger)
-        if target.container_id:
-            protected.add(target.container_id)
+        if target.container_id and target.container_id not in protected:
+            stopped.append(target.container_id)
     except (NotFound, InvalidInput):
         pass
-    others = []
     for r in reversed(ledger):
-        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in others:
-            others.append(r.container_id)
-    return protected | set(others[:keep])
+        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in stopped:
+            stopped.append(r.container_id)
+    return protected | set(stopped[:keep])
 
 
 def _refuse_pending(ledger: list[Release]) -> None:

@@ -110,18 +110,17 @@ class DeployAction(Action):
         self._running = [name, None]
         self._tell_started()
         started = time.perf_counter()
+        ok = False
         try:
             yield
-        except BaseException:
-            if self.on_step:
-                self.on_step(name, time.perf_counter() - started, False)
-            raise
+            ok = True
         finally:
             _, detail = self._running
             self._running = None
-        self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4), detail=detail))
-        if self.on_step:
-            self.on_step(name, time.perf_counter() - started, True)
+            # a failed step is listed too (``--json`` of a failed promote shows where it stopped)
+            self.steps.append(Step(name=name, seconds=round(time.perf_counter() - started, 4), detail=detail, ok=ok))
+            if self.on_step:
+                self.on_step(name, time.perf_counter() - started, ok)
 
     def _note(self, detail: str) -> None:
         """Attach ``detail`` to the running step (none running: nobody is shown it)."""

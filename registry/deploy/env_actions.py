@@ -6,7 +6,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from registry import clock, inputs, ledger
-from registry.deploy import hosting, ownership
+from registry.deploy import drift, hosting, ownership
 from registry.deploy.action import DeployAction, base_url
 from registry.errors import (
     AlreadyExists,
@@ -110,17 +110,18 @@ class RemoveEnv(DeployAction):
     """``RemoveEnv(cfg, actor=...).run(name, reason=..., force=...)``: forget an environment.
 
     Its ledger stays (history is never rewritten). With something deployed this needs
-    ``force``, which also removes the environment's containers. The environment's lock is taken
+    ``force``; its containers, running or kept, are removed either way. The environment's lock is taken
     in the first write transaction, before Docker is touched, so no promote can start a
     container that the removal then misses or deletes."""
 
     def run(self, name: str, *, reason: str | None = None, force: bool = False) -> Environment:
         env, now = self._claim(name, reason=reason, force=force)
         try:
-            if now or force:
-                self.use_env(env)
-                for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
-                    self.engine.remove(c.id)
+            # Its stopped (kept) containers go too, deployed or not: nothing can roll back to them
+            # once the environment is gone, and left behind they would hold disk for nobody.
+            self.use_env(env)
+            for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
+                self.engine.remove(c.id)
         except BaseException:
             with self.cfg.store.write() as conn:
                 locks.drop(conn, self.lock, missing_ok=True)
@@ -158,6 +159,21 @@ class RemoveEnv(DeployAction):
         return env, now
 
 
+def dark(cfg, out: EnvStatus) -> EnvStatus:
+    """``out`` (nothing deployed) with since when, why and the last known good, when something
+    served in that environment before: an environment gone dark, the worst state there is."""
+    with cfg.store.read() as conn:
+        dark = ledger.went_dark(releases.last_known_good(conn, out.env))
+    if dark is None:
+        return out
+    last, good = dark
+    why = "; ".join(e for e in (last.error, good.error if good is not last else None) if e)
+    out.dark_since = last.finished_at or last.started_at
+    out.dark_reason = f"revision {last.revision} ({last.ref}) {last.status}" + (f": {why}" if why else "")
+    out.last_good = good
+    return out
+
+
 def history(cfg, env_name: str | None = None, *, limit: int | None = None) -> list[Release]:
     """The newest ``limit`` releases (all when None), oldest first: one environment's, or every
     environment's."""
@@ -188,13 +204,20 @@ class Status(DeployAction):
         now = ledger.current(rows)
         out = EnvStatus(env=env.name, port=env.port, deployed=now, container_id=now.container_id if now else None,
                         pending=lock, pending_release=ledger.pending(rows))
-        if now is None or not now.container_id:
+        if now is None and out.pending_release is None:
+            out = dark(self.cfg, out)
+        if (now is None or not now.container_id) and not out.dark_since:
             return out
         try:
             self.use_env(env)
-            info = self.engine.inspect(now.container_id)
+            info = self.engine.inspect(now.container_id) if now and now.container_id else None
+            found = [] if lock else self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
         except CellarError as exc:
             out.note = str(exc)
+            return out
+        # found is empty under a lock: a switch in progress is not drift
+        out.drift = drift.differences(now, info, found, registry=self.cfg.registry_id)
+        if now is None or not now.container_id:
             return out
         out.container_state = info.status if info else "missing"
         runtime = self.runtime_of(now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from registry import clock, ledger
 from registry.deploy.switching import Switching
-from registry.errors import StepFailed
+from registry.errors import InvalidInput, StepFailed
 from registry.faults import crashpoint
 from registry.ledger import Release
 from registry.models import DeployResult
@@ -28,6 +28,11 @@ class Promote(Switching):
             not_deprecated(conn)  # early, before any work; again below, where it cannot race
         env = self.open_env(env_name, reason=reason)
         self.gate = env.gate if gate is None else gate
+        if self.gate and not suites.suite_of(self.cfg, model, version, env_name=env.name).probes:
+            raise InvalidInput(f"{model}@{version} declares no probes, so the probe gate would check nothing: "
+                               + ("add a `probes:` section to its manifest, or promote without --gate" if gate else
+                                  f"{env.name} gates every promote: add a `probes:` section to its manifest, or "
+                                  "pass --no-gate to deploy it unchecked"))
         with self.deciding(target=version):
             with self.nothing_changed(f"{model}@{version}"):
                 self.signed_by = require_policy(self.cfg, model, version, self.env.name)  # signatures (issue 25)

@@ -13,9 +13,9 @@ recreated from its version (same revision, same labels).
 from __future__ import annotations
 
 from registry import clock, ledger
-from registry.deploy import ownership
+from registry.deploy import drift, ownership
 from registry.deploy.action import DeployAction
-from registry.engines.engine import ContainerInfo
+from registry.engines.engine import LABEL, ContainerInfo
 from registry.errors import CellarError, StepFailed
 from registry.ledger import Plan, Release, Settlement, Target
 from registry.models import Environment, Lock, RecoverAction, RecoverResult
@@ -27,12 +27,15 @@ INTERRUPTED = "interrupted: the process running it died; reverted by `registry r
 class Recover(DeployAction):
     """``Recover(cfg, actor=...).run(env_name=None, force=False)``: every environment, or one."""
 
-    def run(self, *, env_name: str | None = None, force: bool = False) -> RecoverResult:
+    adopt = False  # record a container started by hand as a new revision, rather than put the recorded one back
+
+    def run(self, *, env_name: str | None = None, force: bool = False, adopt: bool = False) -> RecoverResult:
         """Reconcile one environment (or all) with Docker; complete or revert pending operations.
 
         A lock held by a process that may still run (alive here, or on another host) is left
         alone unless ``force``: only the caller can know that the other host's process is gone.
         """
+        self.adopt = adopt
         with self.cfg.store.read() as conn:
             envs = [environments.named_or_default(conn, env_name)] if env_name else environments.all_(conn)
         out = RecoverResult()
@@ -113,8 +116,13 @@ class Recover(DeployAction):
         env, out, settled = self.env, [], Settlement()
         now = ledger.current(rows)
         info = self.engine.inspect(now.container_id) if now and now.container_id else None
-        others_running = [c for c in self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
-                          if c.running and (not info or c.id != info.id)]
+        others_running = drift.strays(now, self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id))
+        if others_running and self.adopt:  # what runs becomes the record (or, refused, stays as it is)
+            action, settled = self._adopt(rows, others_running)
+            out.append(action)
+        elif others_running and now is not None:  # the default: the recorded release gets the port back
+            out.append(self._stop_strays(now, others_running))
+            others_running = []
         if now is not None and info is not None and not info.running and not others_running:
             self.remember_secrets(self.runtime_of(now), container_env=info.env)  # its logs may print them
             out.append(self._restart(now))
@@ -128,7 +136,49 @@ class Recover(DeployAction):
         for action in out:
             self._commit(settled, action)
             settled = Settlement()  # the row changes once, with the first action
+        adopted = any(a.action == "adopted" for a in out)
+        if not adopted and (dark := ledger.went_dark(rows)) is not None:  # reported: a rollback is a new revision
+            out.append(self._dark(*dark))
         return out
+
+    def _dark(self, last: Release, good: Release) -> RecoverAction:
+        env, since = self.env.name, (last.finished_at or last.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return RecoverAction(env=env, action="dark", detail=(
+            f"nothing serves since {since}, when revision {last.revision} ({last.ref}) {last.status}"
+            + (f": {last.error}" if last.error else "") + f"; the last known good is {good.ref} (revision "
+            f"{good.revision}): free what kept it from answering (e.g. the port), then "
+            f"`registry rollback --env {env}`"))
+
+    def _stop_strays(self, now: Release, strays: list[ContainerInfo]) -> RecoverAction:
+        """Containers started by hand in place of the deployed one are stopped (kept, not removed:
+        retention decides), so the recorded release can have the port back."""
+        for c in strays:
+            self.engine.stop(c.id)
+        return RecoverAction(env=self.env.name, action="drift", detail=(
+            f"stopped {', '.join(drift.describe(c) for c in strays)}, running in place of the recorded {now.ref} "
+            f"(revision {now.revision}); to keep what ran instead: `registry recover --env {self.env.name} --adopt`"))
+
+    def _adopt(self, rows: list[Release], strays: list[ContainerInfo]) -> tuple[RecoverAction, Settlement]:
+        """``--adopt``: record the one container that runs as a new revision copying its release."""
+        env = self.env.name
+        by_revision = {r.revision: r for r in rows}
+        source = by_revision.get(strays[0].revision or 0) if len(strays) == 1 else None
+        labels = strays[0].labels
+        if source is None or (source.model, source.version) != (labels.get(f"{LABEL}.model"),
+                                                               labels.get(f"{LABEL}.version")):
+            return RecoverAction(env=env, action="skipped", detail=(
+                f"not adopted: {', '.join(drift.describe(c) for c in strays)} run, and --adopt records exactly one "
+                "container that a release of this ledger made")), Settlement()
+        if not self._answers(source, strays[0].id):
+            return RecoverAction(env=env, action="skipped", detail=(
+                f"not adopted: {drift.describe(strays[0])} does not answer its health path")), Settlement()
+        reason = f"recover --adopt: recorded {drift.describe(strays[0])}, started outside Cellar"
+        settled = ledger.adopt(rows, source, container_id=strays[0].id, image_digest=strays[0].image or None,
+                               actor=self.actor, reason=reason, at=clock.now())
+        new = settled.appended[0]
+        return RecoverAction(env=env, action="adopted", detail=(
+            f"{new.ref} runs (container {strays[0].id[:12]}): recorded as revision {new.revision}, a copy of "
+            f"revision {source.revision}")), settled
 
     def _restart(self, now: Release) -> RecoverAction:
         """The deployed release's container exists but is stopped (e.g. the host rebooted)."""

@@ -13,7 +13,7 @@ from registry.errors import InvalidInput, NotFound
 from registry.ledger import Release
 from registry.models import DeployResult
 from registry.signing.actions import require_policy
-from registry.store.sql import releases
+from registry.store.sql import probes, releases
 
 
 class Rollback(Switching):
@@ -28,12 +28,14 @@ class Rollback(Switching):
         with self.deciding(target=wanted):  # the target is chosen from the ledger as it is under the lock
             with self.cfg.store.read() as conn:
                 rows, complete = releases.working_set(conn, env.name)
+                failed = probes.failed_versions(conn, env.name)  # the default skips them: not "known good"
                 try:
-                    chosen = ledger.rollback_target(rows, version=to, revision=revision)
+                    chosen = ledger.rollback_target(rows, version=to, revision=revision, probes_failed=failed)
                 except (NotFound, InvalidInput):
                     if complete:  # a named version or revision further back: read the rest
                         raise
-                    chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision)
+                    chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision,
+                                                    probes_failed=failed)
             runtime = self.runtime_of(chosen)
             kept = self.kept_container(chosen)
             # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.

@@ -17,12 +17,14 @@ from registry import clock, ledger
 from registry.deploy import ownership
 from registry.deploy.action import DeployAction
 from registry.deploy.recover import Recover
+from registry.engines.engine import LABEL
 from registry.engines.http import WARMUP_TIMEOUT_S
 from registry.errors import (
     CellarError,
     EngineError,
     HealthGateFailed,
     Interrupted,
+    InvalidInput,
     OperationInProgress,
     StepFailed,
 )
@@ -82,12 +84,28 @@ class Switching(DeployAction):
         """Append the pending revision, planned from the ledger as it is now (under our lock);
         ``still_allowed(conn)`` checks, in that same write, what another command may have
         changed since (a version deprecated meanwhile) and raises to write nothing."""
+        self._refuse_foreign()
         with self.cfg.store.write() as conn:
             if still_allowed is not None:
                 still_allowed(conn)
             plan = make_plan(releases.working_set(conn, self.env.name)[0])  # current, pending, newest revision
             releases.insert_(conn, plan.pending)
         return plan
+
+    def _refuse_foreign(self) -> None:
+        """The deployed container must be this registry's own before it is stopped: a copy of a
+        home restored with ``--new-identity`` has the original's ledger, whose container serves
+        for the original (stopping it would switch the live environment from the copy)."""
+        with self.cfg.store.read() as conn:
+            now = ledger.current(releases.current_and_pending(conn, self.env.name))
+        info = self.engine.inspect(now.container_id) if now and now.container_id else None
+        owner = info.labels.get(f"{LABEL}.registry", self.cfg.registry_id) if info else self.cfg.registry_id
+        if owner != self.cfg.registry_id:
+            raise InvalidInput(f"the container of {now.ref if now else '?'} in {self.env.name} belongs to another "
+                               f"registry ({owner[:12]}; this one is {self.cfg.registry_id[:12]}): this home is a copy "
+                               "with its own identity, so it leaves that container alone: give "
+                               f"{self.env.name} another port or Docker host here (`registry env remove` and "
+                               "`env add`), or act from the original home")
 
     def switch(self, plan: Plan, *, runtime: Runtime, make_container: MakeContainer,
                container_step: str = "create container") -> DeployResult:
@@ -229,8 +247,9 @@ class Switching(DeployAction):
             with self.step("restart previous"):
                 self.start_and_check(current)
         except StepFailed as exc:
-            return "lost", (f"rolling back to {current.ref} failed too ({self.scrub(str(exc))}); nothing is "
-                            f"deployed: see `registry status`, then `registry rollback --env {env.name}`")
+            return "lost", (f"rolling back to {current.ref} failed too ({self.scrub(str(exc))}); {env.name} is "
+                            f"dark (nothing serves) and {current.ref} stays the last known good: free what kept "
+                            f"it from answering, then `registry rollback --env {env.name}`")
         return "restored", (f"rolled back automatically to {current.ref} "
                             f"(revision {plan.pending.revision + 1}), which answers again")
 

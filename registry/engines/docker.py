@@ -194,7 +194,8 @@ class DockerEngine:
             raise EngineError(f"Docker engine error: {_short(exc)}") from None
         return [ContainerInfo(id=c["Id"], name=(c.get("Names") or ["?"])[0].lstrip("/"),
                               labels=c.get("Labels") or {}, running=c.get("State") == "running",
-                              status=c.get("State") or "", created=str(c.get("Created", "")))
+                              status=c.get("State") or "", created=str(c.get("Created", "")),
+                              image=c.get("ImageID") or "")
                 for c in found]
 
     def logs(self, container_id: str, *, tail: int = 10) -> str:
@@ -248,7 +249,7 @@ def _info(data: dict) -> ContainerInfo:
         id=data["Id"], name=data.get("Name", "").lstrip("/"),
         labels=(data.get("Config") or {}).get("Labels") or {},
         running=bool(state.get("Running")), status=state.get("Status", ""),
-        exit_code=state.get("ExitCode"), created=data.get("Created", ""),
+        exit_code=state.get("ExitCode"), created=data.get("Created", ""), image=data.get("Image") or "",
         env=dict(item.partition("=")[::2] for item in (data.get("Config") or {}).get("Env") or []),
         restart_count=int(data.get("RestartCount") or 0), finished_at=state.get("FinishedAt", ""),
         restart_policy=f"{name}:{retries}" if name == "on-failure" and retries else name)

@@ -65,6 +65,7 @@ class ContainerInfo:
     status: str
     exit_code: int | None = None
     created: str = ""
+    image: str = ""  # the image ID it runs (``sha256:...``): what a drift check compares with the ledger
     # The container's environment (secret values included): used only to scrub them from text.
     env: dict[str, str] = field(default_factory=dict, repr=False)
     restart_count: int = 0  # times Docker restarted it by its restart policy (inspect only)

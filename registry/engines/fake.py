@@ -57,7 +57,8 @@ class FakeEngine:
             raise StepFailed(f"a container named {spec.name} already exists")
         cid = f"fake{next(self._ids):060d}"
         self.containers[cid] = _Container(ContainerInfo(id=cid, name=spec.name, labels=dict(spec.labels),
-                                                        running=False, status="created", env=dict(spec.env)),
+                                                        running=False, status="created", env=dict(spec.env),
+                                                        image=spec.image),
                                           spec)
         self.calls.append(f"create {spec.name}")
         return cid

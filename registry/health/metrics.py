@@ -12,6 +12,7 @@ Families (all labelled by ``env``):
     cellar_probe_consecutive_failures{env}                      failing runs since the last pass
     cellar_last_deploy_timestamp_seconds{env}                   Unix time
     cellar_last_rollback_timestamp_seconds{env}                 Unix time
+    cellar_dark_since_timestamp_seconds{env}                    Unix time; only while the environment is dark
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class CellarCollector(Collector):
                           snapshot.last_deploy)
         yield _timestamps("cellar_last_rollback_timestamp_seconds", "When the last rollback happened",
                           snapshot.last_rollback)
+        yield _timestamps("cellar_dark_since_timestamp_seconds",
+                          "Since when an environment that had a release serves nothing (absent: it serves)",
+                          snapshot.dark_since)
 
 
 def registry_for(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:

@@ -67,9 +67,11 @@ class ProbeEnv(DeployAction):
             raise OperationInProgress(ownership.busy_message(held))
         now = ledger.current(rows)
         if now is None:
-            return suites.record(self.cfg, nothing_deployed(env.name, actor=self.actor))
+            with self.cfg.store.read() as conn:
+                dark = ledger.went_dark(releases.last_known_good(conn, env.name))
+            return suites.record(self.cfg, nothing_deployed(env.name, actor=self.actor, dark=dark))
         suite = suites.suite_of(self.cfg, now.model, now.version, env_name=env.name)
-        results = self.measure(env, now, suite)
+        results = self.measure(env, now, suite) if suite.probes else [nothing_to_ask(now)]
         return suites.record(self.cfg, probing.new_run(results, env=env.name, model=now.model, version=now.version,
                                                 revision=now.revision, actor=self.actor))
 
@@ -101,11 +103,25 @@ class ProbeEnv(DeployAction):
         return None if info.running else f"container of {release.ref} is {info.status}"
 
 
-def nothing_deployed(env_name: str, *, actor: str) -> ProbeRun:
-    """A run with one ``error`` result: there is no release whose suite could be sent."""
-    result = ProbeResult(probe="(deployed release)", status=ProbeStatus.ERROR,
-                         detail=f"nothing is deployed in {env_name}: promote a version first")
+def nothing_deployed(env_name: str, *, actor: str, dark: tuple[Release, Release] | None = None) -> ProbeRun:
+    """A run with one ``error`` result: there is no release whose suite could be sent. When
+    something served there before (``dark``: ``ledger.went_dark``) the detail says since when
+    and what to run."""
+    detail = f"nothing is deployed in {env_name}: promote a version first"
+    if dark is not None:
+        last, good = dark
+        since = (last.finished_at or last.started_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+        detail = (f"{env_name} is dark since {since}, when revision {last.revision} ({last.ref}) {last.status}; "
+                  f"last known good: {good.ref}; free what blocks it, then `registry rollback --env {env_name}`")
+    result = ProbeResult(probe="(deployed release)", status=ProbeStatus.ERROR, detail=bounded(detail))
     return probing.new_run([result], env=env_name, model="", version="", revision=None, actor=actor)
+
+
+def nothing_to_ask(release: Release) -> ProbeResult:
+    """The one ``error`` result of a run against a version without probes: nothing was asked."""
+    return ProbeResult(probe="(probe suite)", status=ProbeStatus.ERROR,
+                       detail=f"{release.ref} declares no probes, so nothing was asked: add a `probes:` section "
+                              "to its manifest and push a new version")
 
 
 # --- health -------------------------------------------------------------------------------
@@ -167,8 +183,18 @@ class Watch:
         self._allowed: dict[tuple[str, str], bool] = {}
 
     def run(self, **options) -> WatchSummary:
-        """Run the watch loop until ``max_runs`` or ``should_stop``; see ``watcher``."""
-        return self.watcher(**options).run()
+        """Run the watch loop until ``max_runs`` or ``should_stop``; see ``watcher``. The summary
+        says whether the environment is dark as the watch ends (its CLI then exits 1)."""
+        summary = self.watcher(**options).run()
+        with self.cfg.store.read() as conn:
+            rows = releases.current_and_pending(conn, self.env_name)
+            dark = None if rows else ledger.went_dark(releases.last_known_good(conn, self.env_name))
+        if dark is not None:
+            summary.dark_since = dark[0].finished_at or dark[0].started_at
+        from registry.deploy.env_actions import Status  # Docker is asked once, as the watch ends
+
+        summary.drift = next((s.drift for s in Status(self.cfg, actor=self.actor).run() if s.env == self.env_name), [])
+        return summary
 
     def record_alert(self, notify: Callable[[str], object]) -> Callable[[str], object]:
         """``notify`` that first appends an ``alert`` event to the audit log (hooks send it)."""
@@ -264,6 +290,8 @@ class MetricsScrape(Action):
 
 def _add_env(snapshot: MetricsSnapshot, env: str, rows: list[Release]) -> None:
     now = ledger.current(rows)
+    if (dark := ledger.went_dark(rows)) is not None:
+        snapshot.dark_since[env] = dark[0].finished_at or dark[0].started_at
     if now is not None:
         snapshot.deployed.append(DeployedInfo(env=env, model=now.model, version=now.version,
                                               revision=now.revision, deployed_at=now.finished_at or now.started_at))

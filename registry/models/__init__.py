@@ -354,6 +354,7 @@ class Step(BaseModel):
     name: str
     seconds: float
     detail: str | None = None
+    ok: bool = True  # False for a step that failed (a failed promote lists it, then the steps putting things back)
 
 
 class DeployResult(BaseModel):
@@ -391,13 +392,23 @@ class EnvStatus(BaseModel):
     restarts: int | None = None  # times Docker restarted the deployed container (its process died)
     last_exit_code: int | None = None  # how its process last ended, when it was restarted
     gpus: str | int | list[str] | None = None  # the GPUs the deployed release holds on its host
+    # Dark: nothing is deployed, but something served here before (a switch whose old release
+    # did not come back). Since when, why, and the release a plain rollback puts back.
+    dark_since: datetime | None = None
+    dark_reason: str | None = None
+    last_good: Release | None = None
+    # What runs but is not what the ledger records (registry.deploy.drift): one line each.
+    drift: list[str] = Field(default_factory=list)
 
     @property
     def problem(self) -> str | None:
-        """Why this environment needs attention (None when it is fine): something is deployed
-        but its container is not running and answering. A property, so ``--json`` is unchanged."""
+        """Why this environment needs attention (None when it is fine): it is dark, or something
+        is deployed but its container is not running and answering. A property, so ``--json``
+        is unchanged."""
+        if self.drift:
+            return "drift: " + "; ".join(self.drift)
         if self.deployed is None:
-            return None
+            return f"dark since {self.dark_since:%Y-%m-%d %H:%M:%S} UTC" if self.dark_since else None
         if self.container_state is None:
             return "Docker engine unreachable" if self.note else "no container recorded"
         if self.container_state != "running":

@@ -69,7 +69,9 @@ class ProbeRun(_Model):
             return RunOutcome.FAIL
         if any(r.status == ProbeStatus.ERROR for r in self.results):
             return RunOutcome.ERROR
-        return RunOutcome.PASS  # an empty suite passes: there is nothing it got wrong
+        # An empty run asked nothing: nothing was measured, so it is no pass (a gate or a cron
+        # check that checks nothing must not read as green).
+        return RunOutcome.PASS if self.results else RunOutcome.ERROR
 
     @property
     def ok(self) -> bool:
@@ -139,6 +141,8 @@ class WatchSummary(_Model):
     rollbacks: int = 0
     state: str = "watching"
     stopped_by: str = ""  # "max-runs" or "signal"
+    dark_since: datetime | None = None  # the environment had a release and serves nothing (at the end)
+    drift: list[str] = Field(default_factory=list)  # what runs but is not recorded (at the end)
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -159,3 +163,4 @@ class MetricsSnapshot(_Model):
     runs: list[ProbeRun] = Field(default_factory=list)
     last_deploy: dict[str, datetime] = Field(default_factory=dict)
     last_rollback: dict[str, datetime] = Field(default_factory=dict)
+    dark_since: dict[str, datetime] = Field(default_factory=dict)  # had a release, now nothing serves

@@ -126,6 +126,10 @@ class RestoreResult(_Model):
     seconds: float
     problems: list[StorageProblem] = Field(default_factory=list)
     verify: VerifyReport | None = None  # the restored registry, verified (Registry.restore)
+    # The restored registry's identity (the cellar.registry label on its containers) and whether
+    # it is the original's: then both homes act on the same containers (restore --new-identity).
+    registry_id: str = ""
+    identity_shared: bool = False
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern; mypy refuses it
     @property

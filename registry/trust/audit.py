@@ -32,7 +32,7 @@ GENESIS = "0" * 64
 
 # Every action an event can record; `registry audit --action` accepts only these.
 ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-add", "env-set", "env-remove",
-           "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal",
+           "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal", "new-identity",
            "key-add", "key-remove", "env-trust", "sign", "approve",  # issue 25
            "remote-add", "remote-remove", "remote-push", "pull",  # issue 23
            "hook-add", "hook-remove", "alert")  # issue 26

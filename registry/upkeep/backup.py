@@ -274,12 +274,22 @@ def _copy_private(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def record_restore(cfg: Configuration, result: RestoreResult, *, src: Path, actor: str) -> None:
-    """The restored registry's own record of where it came from."""
+def record_restore(cfg: Configuration, result: RestoreResult, *, src: Path, actor: str,
+                   new_identity: bool = False) -> RestoreResult:
+    """The restored registry's own record of where it came from; with ``new_identity`` also an
+    identity of its own (a copy meant to live beside the original, acting on its own containers
+    only). ``result`` with the identity the restored registry now has."""
     with cfg.store.write() as conn:
+        before = events.registry_id(conn)
         events.append(conn, actor=actor, action="restore", object=str(cfg.home.path),
                       db_user=cfg.store.db_user(conn),
                       detail={"from": str(Path(src).absolute()), "blobs": result.blobs_restored,
                               "problems": len(result.problems)})
+        if new_identity:
+            events.append(conn, actor=actor, action=events.NEW_IDENTITY, object=str(cfg.home.path),
+                          db_user=cfg.store.db_user(conn), reason="a copy restored to live beside the original",
+                          detail={"previous": before})
+        now = events.registry_id(conn)
+    return result.model_copy(update={"registry_id": now, "identity_shared": now == before})
 
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from registry import ledger
 from registry.action import Action
 from registry.configuration import Configuration
+from registry.engines.engine import Engine
 from registry.errors import CellarError
 from registry.ledger import Release, ReleaseStatus
 from registry.models.upkeep import (
@@ -92,7 +93,9 @@ def _needed_releases(conn) -> tuple[list[Release], set[str]]:
         by_env.setdefault(r.env, []).append(r)
     keep = {e.name: e.keep for e in environments.all_(conn)}
     for env, rows in by_env.items():
-        ids = ledger.keep_containers(rows, keep=keep.get(env, 3))
+        if env not in keep:  # removed: its ledger stays for history, its containers and snapshots do not
+            continue
+        ids = ledger.keep_containers(rows, keep=keep[env])
         kept |= ids
         target = _default_target(rows)
         needed += [r for r in rows if r.status is ReleaseStatus.DEPLOYED or r.status.pending
@@ -119,26 +122,31 @@ def _needed_blobs(conn) -> set[str]:
 
 
 def _containers(cfg: Configuration, envs) -> tuple[list[gc_plan.Container], dict, list[str]]:
-    """Containers of this registry on each environment's engine (by label), their engines,
-    and a warning per engine that could not be asked (its containers are left alone)."""
-    found, engines, warnings, seen = [], {}, [], set()
-    for env in envs:
-        if env.docker_host in engines or env.docker_host in seen:
-            continue
-        seen.add(env.docker_host)
+    """Containers of this registry on each environment's engine (by label), the engine of each
+    environment they belong to, and a warning per engine that could not be asked (its
+    containers are left alone)."""
+    found: list[gc_plan.Container] = []
+    warnings: list[str] = []
+    by_env: dict[str, Engine] = {}
+    names = {e.name for e in envs}
+    # The local engine is asked even when no environment names it: containers of an environment
+    # removed since (its containers left behind) are found there, and kept by nothing.
+    for host in dict.fromkeys([*(e.docker_host for e in envs), None]):
         try:
-            engine = cfg.engine(env.docker_host)
+            engine = cfg.engine(host)
             infos = engine.find_labelled(registry=cfg.registry_id)
         except CellarError as exc:
-            warnings.append(f"containers on {env.docker_host or 'the local engine'} left alone: {exc}")
+            if host is not None or any(e.docker_host is None for e in envs):
+                warnings.append(f"containers on {host or 'the local engine'} left alone: {exc}")
             continue
-        engines[env.docker_host] = engine
-        host_envs = {e.name for e in envs if e.docker_host == env.docker_host}
-        found += [gc_plan.Container(env=i.labels.get("cellar.env", ""), id=i.id, name=i.name,
-                                   version=i.labels.get("cellar.version", ""), revision=i.revision,
-                                   running=i.running)
-                  for i in infos if i.labels.get("cellar.env") in host_envs]
-    return found, {e.name: engines[e.docker_host] for e in envs if e.docker_host in engines}, warnings
+        host_envs = {e.name for e in envs if e.docker_host == host}
+        for i in infos:
+            env = i.labels.get("cellar.env", "")
+            if env in host_envs or (env not in names and by_env.get(env, engine) is engine):
+                by_env[env] = engine
+                found.append(gc_plan.Container(env=env, id=i.id, name=i.name, revision=i.revision,
+                                               version=i.labels.get("cellar.version", ""), running=i.running))
+    return found, by_env, warnings
 
 
 def _remove_containers(cfg: Configuration, planned: list[ContainerItem], engines: dict) -> list:

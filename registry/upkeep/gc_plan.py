@@ -100,17 +100,13 @@ def _blobs(inputs: Inputs, cutoff: float) -> tuple[list[BlobItem], list[str]]:
 
 
 def _containers(inputs: Inputs) -> list[ContainerItem]:
-    """Per environment, stopped containers beyond the newest ``keep`` (by revision)."""
-    out = []
-    by_env: dict[str, list[Container]] = {}
-    for c in inputs.containers:
-        by_env.setdefault(c.env, []).append(c)
-    for env, found in sorted(by_env.items()):
-        stopped = [c for c in found if not c.running and c.id not in inputs.kept_containers]
-        stopped.sort(key=lambda c: (c.revision is not None, c.revision or 0), reverse=True)
-        for c in stopped[inputs.keep.get(env, 3):]:
-            out.append(ContainerItem(env=c.env, id=c.id, name=c.name, version=c.version, revision=c.revision))
-    return out
+    """Stopped containers retention does not keep: ``kept_containers`` already holds each
+    environment's ``keep`` (``registry.ledger.keep_containers``), so counting ``keep`` again here
+    would keep twice as many. A container of an environment that no longer exists is kept by
+    nothing."""
+    stopped = [c for c in inputs.containers if not c.running and c.id not in inputs.kept_containers]
+    stopped.sort(key=lambda c: (c.env, c.revision is not None, c.revision or 0))
+    return [ContainerItem(env=c.env, id=c.id, name=c.name, version=c.version, revision=c.revision) for c in stopped]
 
 
 def execute(

@@ -16,7 +16,7 @@ from registry import clock
 from registry.configuration import Configuration
 from registry.errors import CorruptBlob, InvalidInput, NotFound
 from registry.formats import tensor_digests
-from registry.models import LogEntry, Tensor, VersionInfo, VersionSummary
+from registry.models import ImageRef, LogEntry, Tensor, VersionInfo, VersionSummary
 from registry.store.files.blobs import BlobStore, digest_of_bytes
 from registry.store.sql import Store, versions
 from registry.store.sql.versions import NewVersion
@@ -97,6 +97,11 @@ def diff_input(cfg: Configuration, ref: str) -> DiffInput:
         if not target:
             raise
         info = show(cfg.store, target)
+        ran = refs.deployed_image(cfg.store, ref)
+        if ran and ran != info.image.digest:  # an environment's side is what it runs, not only what was pushed
+            note = (f"{ref} runs image {ran[:19]}, not {str(info.image.digest)[:19]} that {target} recorded "
+                    "(promoted with --allow-retag)")
+            return DiffInput(info.model_copy(update={"image": ImageRef(ref=info.image.ref, digest=ran)}), {}, [note])
     return DiffInput(info, {}, [])
 
 

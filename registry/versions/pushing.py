@@ -236,7 +236,9 @@ def _pin_image(cfg: Configuration, ref: str | None) -> tuple[ImageRef, list[str]
     try:
         return ImageRef(ref=ref, digest=cfg.engine().image_digest(ref)), []
     except CellarError as exc:
-        return ImageRef(ref=ref), [f"image {ref} recorded unresolved: {exc}"]
+        return ImageRef(ref=ref), [f"image {ref} recorded unresolved, not pinned to a digest ({exc}); fine for "
+                                   f"an image built later: check with `docker image inspect {ref}` on the "
+                                   "environment's Docker host, and push again once it exists to pin it"]
 
 
 def build_record(resolved: Resolved, stored: dict[tuple[str, str], Ingested], image: ImageRef) -> dict:

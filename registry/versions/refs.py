@@ -78,6 +78,14 @@ def deployed(store: Store, env: str) -> str | None:
     return f"{running.model}@{running.version}"
 
 
+def deployed_image(store: Store, env: str) -> str | None:
+    """The image digest the deployed release of ``env`` runs, as its ledger pinned it (after
+    ``promote --allow-retag`` not the one its version recorded); None when unknown."""
+    with store.read() as conn:
+        running = ledger.current(releases.current_and_pending(conn, env))
+    return running.image_digest if running else None
+
+
 def promote_source(store: Store, ref: str, env: str | None) -> tuple[str, str]:
     """The version ``promote`` deploys: ``ref`` itself, or what environment ``ref`` runs."""
     if "@" not in ref and (running := deployed(store, ref)) is not None:

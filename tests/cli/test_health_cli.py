@@ -59,7 +59,7 @@ def test_watch_refuses_two_webhooks_an_empty_variable_and_a_bad_url(sqlite_home)
 
 def test_a_nothing_deployed_watch_alerts_errors_and_ends(sqlite_home):
     cli("env", "add", "staging", "--port", "18194")
-    out = cli("watch", "--every", "0", "--failures", "2", "--max-runs", "2", "--auto-rollback")
+    out = cli("watch", "--every", "0.01", "--failures", "2", "--max-runs", "2", "--auto-rollback")
     assert "alert:" in out.stderr and "nothing is deployed" in out.stderr
     assert "watch ended (max-runs): 2 runs" in out.stdout and "0 rollbacks" in out.stdout
 

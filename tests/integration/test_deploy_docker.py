@@ -216,13 +216,13 @@ def test_next_promote_recovers_after_a_dead_owner_by_itself(docker_env):
 
 def test_retention_removes_old_stopped_containers_only(docker_env):
     reg, env = docker_env
-    reg.add_env(f"{env}-k", port=free_port(), keep=0, health_timeout_s=2.5)
+    reg.add_env(f"{env}-k", port=free_port(), keep=1, health_timeout_s=2.5)
     for version in ("v1.0", "v1.1", "v1.0"):
         reg.promote(version, env=f"{env}-k")
     client = docker.from_env()
     try:
         names = sorted(c.name for c in client.containers.list(all=True, filters={"label": f"cellar.env={env}-k"}))
-        # deployed r3 and r2 (what a default rollback needs); r1 removed with keep=0
+        # deployed r3 and r2 (what a default rollback needs: keep=1 keeps it); r1 removed
         with reg.store.read() as conn:
             rid = events.registry_id(conn)
         assert names == [container_name(env=f"{env}-k", model="support-bot", revision=r, registry=rid) for r in (2, 3)]

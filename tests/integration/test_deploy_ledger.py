@@ -156,8 +156,8 @@ def test_retention_keeps_k_and_what_rollback_needs(versions, fake, reg):
     for v in ("v1.0", "v1.1", "v1.2", "v1.3"):
         reg.promote(v, env="tight")
     names = sorted(c.name for c in fake.find_labelled(env="tight"))
-    # deployed (r4), the default rollback target (r3), and one more kept (keep=1)
-    assert names == [cname(reg, i, env="tight") for i in (2, 3, 4)]
+    # deployed (r4) and one stopped (keep=1): the default rollback target (r3), which counts within keep
+    assert names == [cname(reg, i, env="tight") for i in (3, 4)]
 
 
 def test_second_operation_is_refused_while_one_holds_the_lock(versions, reg):
@@ -476,7 +476,7 @@ def test_ctrl_c_during_promote_restores_the_old_container(versions, fake, reg, m
 
 
 def test_retention_is_best_effort_and_runs_under_the_lock(versions, fake, reg, monkeypatch):
-    reg.add_env("tight", port=18081, keep=0)
+    reg.add_env("tight", port=18081, keep=1)
     reg.promote("v1.0", env="tight")
     reg.promote("v1.1", env="tight")
     seen = locks_seen_by_find(reg, fake, "tight")
@@ -563,8 +563,8 @@ def test_rollback_reuses_a_kept_container_from_before_the_registry_label(version
     reg.promote("v1.1")
     del fake.containers[first.container_id].info.labels["cellar.registry"]  # created by an older Cellar
     assert reg.rollback().release.container_id == first.container_id
-    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"
     reg.promote("v1.1")
+    fake.containers[first.container_id].info.labels["cellar.registry"] = "another-registry"  # kept, now not ours
     assert reg.rollback().release.container_id != first.container_id  # not ours: recreated instead
 
 

@@ -189,9 +189,9 @@ def test_watch_alerts_once_after_n_failing_runs_and_never_prints_the_url(deploye
     reg, env = deployed
     reg.promote("v2.0")
     with Listener() as hook:
-        one = cli("watch", "--every", "0", "--failures", "2", "--max-runs", "1", "--alert-webhook", hook.url)
+        one = cli("watch", "--every", "0.01", "--failures", "2", "--max-runs", "1", "--alert-webhook", hook.url)
         assert hook.texts == [] and "1 runs" in one.stdout
-        two = cli("watch", "--every", "0", "--failures", "2", "--max-runs", "3", "--json",
+        two = cli("watch", "--every", "0.01", "--failures", "2", "--max-runs", "3", "--json",
                   "--alert-webhook-env", "ALERT_HOOK", env={"ALERT_HOOK": hook.url})
     summary = json.loads(two.stdout)
     assert summary["alerts"] == ["alert-failing"] and summary["rollbacks"] == 0 and summary["stopped_by"] == "max-runs"
@@ -231,7 +231,7 @@ def test_auto_rollback_happens_once_and_the_old_version_answers(deployed):
     reg.promote("v1.0")
     reg.promote("v2.0")
     with Listener() as hook:
-        out = cli("watch", "--every", "0", "--failures", "2", "--auto-rollback", "--max-runs", "4",
+        out = cli("watch", "--every", "0.01", "--failures", "2", "--auto-rollback", "--max-runs", "4",
                   "--alert-webhook", hook.url, "--json")
     summary = json.loads(out.stdout)
     assert summary["rollbacks"] == 1 and summary["state"] == "watching"
@@ -276,7 +276,7 @@ def test_a_stopped_engine_alerts_and_never_rolls_back(deployed, tmp_path):
     client.containers.get(live.container_id).stop(timeout=1)
     client.close()
     with Listener() as hook:
-        out = cli("watch", "--every", "0", "--failures", "2", "--auto-rollback", "--max-runs", "3",
+        out = cli("watch", "--every", "0.01", "--failures", "2", "--auto-rollback", "--max-runs", "3",
                   "--alert-webhook", hook.url, "--json", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
     summary = json.loads(out.stdout)
     assert summary["alerts"] == ["alert-error"] and summary["rollbacks"] == 0

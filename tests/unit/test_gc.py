@@ -50,14 +50,15 @@ def test_snapshots_no_release_needs():
     assert [s.path for s in plan.snapshots] == [str(drop.path)]
 
 
-def test_containers_beyond_retention_per_env():
+def test_containers_retention_does_not_keep():
     cs = [gc_plan.Container("prod", f"p{r}", revision=r, running=(r == 6)) for r in range(1, 7)]
     cs += [gc_plan.Container("staging", f"s{r}", revision=r) for r in range(1, 3)]
-    cs += [gc_plan.Container("prod", "rollback-target", revision=1)]
+    cs += [gc_plan.Container("prod", "rollback-target", revision=1), gc_plan.Container("gone", "g1", revision=1)]
+    # kept_containers is retention's whole answer (ledger.keep_containers: the rollback target and
+    # the newest others, ``keep`` in all): gc removes every other stopped one, and counts nothing again
     plan = gc_plan.plan(gc_plan.Inputs(now=NOW, containers=cs, keep={"prod": 2, "staging": 3},
-                             kept_containers={"rollback-target"}))
-    # prod: p6 runs; stopped p5, p4 are kept (keep=2); p3..p1 go; the kept rollback target stays
-    assert [c.id for c in plan.containers] == ["p3", "p2", "p1"]
+                                       kept_containers={"rollback-target", "p5", "s1", "s2"}))
+    assert [c.id for c in plan.containers] == ["g1", "p1", "p2", "p3", "p4"]  # "gone": a removed environment's
 
 
 def test_plan_is_deterministic_whatever_the_input_order():

@@ -53,7 +53,20 @@ def test_failure_before_the_old_one_stopped_leaves_it_deployed():
 def test_failure_when_the_old_one_does_not_come_back():
     plan = ledger.plan_promote([row(1, "v1", S.DEPLOYED)], target("v2"), env="prod", actor="bo", reason=None, at=AT)
     settled = ledger.settle(plan, ok=False, at=AT, error="x", previous="lost")
-    assert [(r.revision, r.status) for r in settled.updates] == [(2, S.FAILED), (1, S.FAILED)]
+    assert [(r.revision, r.status) for r in settled.updates] == [(2, S.FAILED), (1, S.SUPERSEDED)]
+    # it served until the switch: still the last known good, the default rollback target
+    rows = [settled.updates[1], settled.updates[0]]
+    assert ledger.went_dark(rows) == (settled.updates[0], settled.updates[1])
+    assert ledger.rollback_target(rows).revision == 1
+
+
+def test_the_default_rollback_skips_versions_whose_last_probe_run_failed():
+    rows = [row(1, "v1", S.SUPERSEDED), row(2, "v2", S.SUPERSEDED), row(3, "v3", S.DEPLOYED)]
+    assert ledger.rollback_target(rows).version == "v2"
+    assert ledger.rollback_target(rows, probes_failed=frozenset({"v2"})).version == "v1"
+    assert ledger.rollback_target(rows, version="v2", probes_failed=frozenset({"v2"})).version == "v2"
+    with pytest.raises(NotFound, match="v1, v2 failed their last probe run"):
+        ledger.rollback_target(rows, probes_failed=frozenset({"v1", "v2"}))
 
 
 def test_a_pending_revision_blocks_new_operations():
@@ -93,11 +106,12 @@ def test_rollback_never_targets_a_failed_release():
         ledger.rollback_target(rows, revision=1)
 
 
-def test_retention_keeps_deployed_rollback_target_and_k_more():
+def test_retention_keeps_deployed_and_k_stopped_the_rollback_target_first():
     rows = [row(i, f"v{i}", S.SUPERSEDED) for i in range(1, 6)] + [row(6, "v6", S.DEPLOYED)]
     rows[3] = row(4, "v4", S.FAILED)
-    assert ledger.keep_containers(rows, keep=1) == {"c6", "c5", "c3"}
-    assert ledger.keep_containers(rows, keep=0) == {"c6", "c5"}
+    assert ledger.keep_containers(rows, keep=2) == {"c6", "c5", "c3"}  # --keep 2: two stopped, not three
+    assert ledger.keep_containers(rows, keep=1) == {"c6", "c5"}  # c5 is what a rollback needs
+    assert ledger.keep_containers(rows, keep=0) == {"c6"}
 
 
 def test_statuses_are_strings():

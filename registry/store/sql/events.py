@@ -127,13 +127,21 @@ def checkpoint(conn: Connection) -> Checkpoint:
     return Checkpoint(head=last or audit.GENESIS, count=count)
 
 
+NEW_IDENTITY = "new-identity"  # the audit action that gives a registry (a restored copy) its own identity
+
+
 def registry_id(conn: Connection) -> str:
     """This registry's identity, labelled on its containers: the hash of the first audit event.
 
     Derived from the database rather than a file in the home, so every home sharing one database
     (one ledger) sees the same containers, and two registries never do; the hash covers the init
     event's time and path, and the audit chain makes it immutable."""
-    first = conn.execute(select(events.c.hash).order_by(events.c.id).limit(1)).scalar()
+    # A copy given its own identity (``registry restore --new-identity``) is the newest
+    # new-identity event's hash: as immutable as the first, and read through the action index.
+    first = conn.execute(select(events.c.hash).where(events.c.action == NEW_IDENTITY)
+                         .order_by(events.c.id.desc()).limit(1)).scalar()
+    if first is None:
+        first = conn.execute(select(events.c.hash).order_by(events.c.id).limit(1)).scalar()
     if first is None:  # a database nobody initialised through `registry init`: derive from its URL
         first = hashlib.sha256(str(conn.engine.url.render_as_string(hide_password=True)).encode()).hexdigest()
     return first[:32]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.engine import Connection
 
 from registry.clock import utc
@@ -48,6 +48,17 @@ def runs(conn: Connection, env: str | None = None, since: datetime | None = None
         .order_by(probe_runs.c.started_at.desc(), probe_runs.c.id.desc())).all()))
     results = _results(conn, chosen)
     return [_run(h, results.get(h.id, [])) for h in heads]
+
+
+def failed_versions(conn: Connection, env: str) -> frozenset[str]:
+    """Versions whose last judged probe run in ``env`` got an answer wrong (``fail``). A run that
+    measured nothing (only ``error``: the container stopped, the port dark) judges nothing, so
+    it neither condemns nor clears a version."""
+    c = probe_runs.c
+    judged = select(func.max(c.id).label("id")).where(c.env == env, or_(c.ok.is_(True), c.failed > 0)) \
+        .group_by(c.model, c.version).subquery()
+    rows = conn.execute(select(c.version).where(c.id.in_(select(judged.c.id)), c.failed > 0))
+    return frozenset(r.version for r in rows)
 
 
 def _chosen(env: str | None, since: datetime | None, limit: int | None):

@@ -76,6 +76,19 @@ def working_set(conn: Connection, env: str, *, containers: Sequence[str] = ()) -
     return [_release(r) for r in rows], complete
 
 
+def last_known_good(conn: Connection, env: str) -> list[Release]:
+    """The rows ``registry.ledger.went_dark`` needs when nothing is deployed: the newest release
+    and the newest that served healthily (the last known good), oldest first. Two one-row reads
+    through the (env, revision) index, whatever the ledger's length."""
+    c = t.releases.c
+    good = conn.execute(select(t.releases).where(c.env == env, c.healthy.is_(True), c.status != "failed")
+                        .order_by(c.revision.desc()).limit(1)).all()
+    last = conn.execute(select(t.releases).where(c.env == env).order_by(c.revision.desc()).limit(1)).all()
+    rows = {r.id: r for r in [*good, *last]}.values()
+    require_rows(conn, "release", [r._mapping for r in rows])
+    return sorted((_release(r) for r in rows), key=lambda r: r.revision)
+
+
 def count(conn: Connection, env: str | None = None) -> int:
     query = select(func.count()).select_from(t.releases)
     return conn.execute(query if env is None else query.where(t.releases.c.env == env)).scalar_one()
