@@ -49,6 +49,7 @@ def blame(
     prompt: str = typer.Argument(..., help="The prompt template's name, e.g. system."),
     at: str = typer.Option(None, "--at", help="The version to blame (default: the newest)."),
     model: str = typer.Option(None, "--model", help="The model (default: the only one, or the one in ./cellar.yaml)."),
+    text: bool = typer.Option(False, "--text", help="Print the template's text as pushed, nothing else."),
     as_json: bool = JSON,
 ) -> None:
     """For each line of a prompt template: the version, actor, time and git commit that introduced it.
@@ -57,6 +58,10 @@ def blame(
 
     Example:  registry blame system --at support-bot@v1.3
     """
+    if text:
+        with open_registry() as reg:
+            body = reg.prompt_text(prompt, at=at, model=model)
+        return _print_text(body)
     with open_registry() as reg:
         lines = reg.blame(prompt, at=at, model=model)
     if as_json:
@@ -67,6 +72,16 @@ def blame(
         git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
         out.print(f"[yellow]{esc(f'{x.version:<{width}}')}[/] {esc(x.actor)}  {when(x.time)}  "
                   f"[dim]{esc(git)}[/]  {x.line:>3}| {esc(x.text)}")
+
+
+def _print_text(body: str) -> None:
+    """The text as is into a pipe or file; on a terminal, control characters made visible."""
+    import sys
+
+    from registry import visible_text
+
+    sys.stdout.write(visible_text(body) if sys.stdout.isatty() else body)
+    sys.stdout.flush()
 
 
 @audit_app.callback()
