@@ -33,7 +33,7 @@ from typing import Any
 COOKIE = "cellar_ui_session"
 TOKEN_VAR = "REGISTRY_UI_TOKEN"
 MIN_TOKEN_LENGTH = 16
-MIN_TOKEN_BITS = 64  # length x Shannon entropy per character of the token's own characters
+MIN_TOKEN_BITS = 48  # length x Shannon entropy of the token's own characters (16 random hex digits: ~55)
 SESSION_TTL_S = 12 * 3600
 SESSIONS_MAX = 10_000  # the oldest session ends first beyond this
 FAILURES_ALLOWED = 10

@@ -1,7 +1,7 @@
 """``registry ui``: where to listen, whether a token is required, and serving with uvicorn.
 
 Loopback is the default and needs no token; any other address is reachable by others, so it
-requires one (from ``REGISTRY_UI_TOKEN``: at least 16 characters and 64 bits by a Shannon
+requires one (from ``REGISTRY_UI_TOKEN``: at least 16 characters and 48 bits by a Shannon
 estimate) and says so on start. TLS with ``--tls-cert/--tls-key``; behind a reverse proxy,
 ``X-Forwarded-For`` and ``-Proto`` are believed only from the addresses ``--trust-proxy`` names.
 
