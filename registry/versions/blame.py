@@ -59,7 +59,6 @@ def _carry(old: list[str], origins: list[PromptRevision], new: list[str], step: 
     return fresh
 
 
-
 def _line(number: int, text: str, step: PromptRevision) -> BlameLine:
     fp = step.origin
     known = fp if fp is not None and fp.commit is not None and not fp.dirty else None
