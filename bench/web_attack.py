@@ -1,7 +1,8 @@
 """Bench: the web view under load and attack (issue 28).
 
-Builds a registry with two unrelated 1 MiB prompts (lines from a vocabulary: difflib's worst case) (big@v1.0, big@v1.1), a small prompt edited
-by one line (small@v1.0, v1.1) and 2,000 more models, then prints, each as min/median/max over
+Builds a registry with two 1 MiB prompts of shared lines in different orders (big@v1.0, v1.1:
+difflib's quadratic case), a small prompt edited by one line (small@v1.0, v1.1) and 2,000 more
+models, then prints, each as min/median/max over
 interleaved pairs with a baseline measured in the same run:
 
 1. ``/diff`` and the blame page of the 1 MiB prompts, against the same pages of the small
