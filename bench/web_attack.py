@@ -236,17 +236,20 @@ def memory(home: Path, requests: int, batches: int = 10) -> None:
            "/v/small/v1.1/prompts/system", "/api/versions?model=small"]
     servers = {"collector on (registry ui)": start_ui(home), "collector off (before)": start_ui(home, collector=False)}
     try:
-        conns = {k: http.client.HTTPConnection("127.0.0.1", port, timeout=120) for k, (_, port) in servers.items()}
         for name, (_, port) in servers.items():  # warm-up: caches, imports, the first verification
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             for i in range(200):
-                get(port, mix[i % len(mix)], conns[name])
+                get(port, mix[i % len(mix)], conn)
+            conn.close()
         start = {name: rss_kib(proc.pid) for name, (proc, _) in servers.items()}
         growth: dict[str, list[float]] = {name: [] for name in servers}
         per = requests // batches
         for b in range(batches):  # interleaved: a batch to each server in turn
             for name, (proc, port) in servers.items():
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # (an idle one is closed)
                 for i in range(per):
-                    get(port, mix[(b * per + i) % len(mix)], conns[name])
+                    get(port, mix[(b * per + i) % len(mix)], conn)
+                conn.close()
                 growth[name].append((rss_kib(proc.pid) - start[name]) / 1024)
         for name, values in growth.items():
             print(f"RSS growth over {per * batches} requests, {name}: {values[-1]:+.1f} MiB "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 200
 SHUTDOWN_S = 3.0
+# A thread computing a large page hands the interpreter over every SWITCH_S, not every 5 ms: a
+# small page needs it a few dozen times (each database read gives it up), so this is its latency
+SWITCH_S = 0.001
 _ADDRESS = re.compile(r"[0-9a-fA-F:.]+(?:/\d{1,3})?")
 _LISTEN = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})")
 
@@ -97,6 +101,7 @@ def serve_ui(listen: UiListen, opener: Callable[[], Registry]) -> None:
     import uvicorn  # here: the rest of the CLI never pays for importing it
 
     logging.getLogger("uvicorn.access").addFilter(_HideQueries())
+    sys.setswitchinterval(SWITCH_S)
     tls: dict[str, Any] = {"ssl_certfile": listen.tls_cert, "ssl_keyfile": listen.tls_key} if listen.tls_cert else {}
     uvicorn.run(create_app(opener, token=listen.token), host=listen.host.strip("[]"), port=listen.port,
                 log_level="info", server_header=False, date_header=False, http=slow_client_protocol(),
