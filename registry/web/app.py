@@ -107,7 +107,9 @@ def create_app(registry_opener: Opener, token: str | None = None) -> Starlette:
     without, the app answers only requests addressed to the loopback (see ``registry.web.security``)."""
     session = Session(registry_opener)
     sessions, failures = Sessions(), Failures()
-    views = _Views(session, _templates(), token, sessions, failures)
+    templates = _templates()
+    templates.env.globals["logout"] = COOKIE if token is not None else ""  # "Log out" for a session
+    views = _Views(session, templates, token, sessions, failures)
 
     @asynccontextmanager
     async def lifespan(_app):
