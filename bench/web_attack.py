@@ -236,7 +236,7 @@ def memory(home: Path, requests: int, batches: int = 10) -> None:
            "/v/small/v1.1/prompts/system", "/api/versions?model=small"]
     servers = {"collector on (registry ui)": start_ui(home), "collector off (before)": start_ui(home, collector=False)}
     try:
-        for name, (_, port) in servers.items():  # warm-up: caches, imports, the first verification
+        for _, port in servers.values():  # warm-up: caches, imports, the first verification
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             for i in range(200):
                 get(port, mix[i % len(mix)], conn)
