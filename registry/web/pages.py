@@ -319,17 +319,10 @@ class AuditVerifier:
         self._cached: tuple[str, float, CheckedAudit] | None = None
         self._running = False
 
-    def result(self, reg: Registry, *, fresh: bool = False,
-               checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
+    def result(self, reg: Registry, *, checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
         """The newest result (None while the first one is computed); renewal started if due.
         ``checkpoint``: the log's head and count now, when the caller has read them."""
         head = str(checkpoint or reg.audit_checkpoint())
-        if fresh:
-            started = time.monotonic()
-            checked = _verified(reg)
-            with self._lock:
-                self._cached = (head, started, checked)
-            return checked
         with self._lock:
             cached = self._cached
             if not (cached and cached[0] == head and time.monotonic() - cached[1] < self.max_age_s):
