@@ -384,3 +384,13 @@ def _quietly(fn, *args, **kwargs):
         fn(*args, **kwargs)
     except Exception:
         pass
+
+
+def test_model_counts_is_one_query_on_every_database(reg, model_dir, tmp_path):
+    reg.push(model_dir.manifest)
+    model_dir.write_manifest(version="v1.1")
+    reg.push(model_dir.manifest)
+    reg.push(ModelDir.create(tmp_path / "other", model="other-bot", version="v1.0").manifest)
+    assert reg.model_counts() == [("other-bot", 1), ("support-bot", 2)]
+    page = pages.versions_page(reg)
+    assert [(m.name, m.versions) for m in page.models] == [("other-bot", 1), ("support-bot", 2)] and page.total == 3
