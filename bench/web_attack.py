@@ -141,6 +141,26 @@ def pages(home: Path, runs: int) -> None:
           f"difflib.unified_diff {spread(old)} ms; ratio {statistics.median(new) / statistics.median(old):.3f}")
 
 
+def cli_diff(home: Path, runs: int) -> None:
+    """``registry diff`` and ``registry blame`` of the 1 MiB prompts as subprocesses, against the small ones."""
+    env = {**os.environ, "REGISTRY_HOME": str(home), "REGISTRY_WARM": "0"}
+    env.pop("REGISTRY_DB_URL", None)
+
+    def run(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, timeout=300)
+
+    for what, big, small in (("registry diff", ("diff", "big@v1.0", "big@v1.1"), ("diff", "small@v1.0", "small@v1.1")),
+                             ("registry blame", ("blame", "system", "--at", "big@v1.1"),
+                              ("blame", "system", "--at", "small@v1.1"))):
+        ours, theirs = [], []
+        for _ in range(runs):
+            ours.append(timed(lambda a=big: run(*a)))
+            theirs.append(timed(lambda a=small: run(*a)))
+        print(f"{what} of the 1 MiB prompts (subprocess): {spread(ours)} ms; of the small ones {spread(theirs)} ms; "
+              f"ratio {statistics.median(ours) / statistics.median(theirs):.1f}")
+
+
 # --- 3 and 4: `registry ui` as a subprocess --------------------------------------------------
 
 
@@ -278,6 +298,7 @@ def main() -> None:
               f"in {time.perf_counter() - t0:.1f} s")
         if "pages" not in opts.skip:
             pages(root / "home", opts.runs)
+            cli_diff(root / "home", opts.runs)
         if "load" not in opts.skip:
             under_load(root / "home", opts.rounds)
         if "memory" not in opts.skip:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from cli.app import JSON, CellarGroup, app, open_registry
-from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
+from cli.output import console, esc, first_line, plain, print_json, short, size, table, warn, when
 
+BLAME_COLOURED = 2_000  # lines: a longer blame is printed plain (rich would take seconds)
 audit_app = typer.Typer(cls=CellarGroup, invoke_without_command=True)  # help: the callback's docstring
 app.add_typer(audit_app, name="audit")
 
@@ -66,18 +69,22 @@ def blame(
         lines = reg.blame(prompt, at=at, model=model)
     if as_json:
         return print_json(lines)
-    out = console()
     width = max(len(x.version) for x in lines) if lines else 0
+    rows = []
     for x in lines:
         git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
-        out.print(f"[yellow]{esc(f'{x.version:<{width}}')}[/] {esc(x.actor)}  {when(x.time)}  "
-                  f"[dim]{esc(git)}[/]  {x.line:>3}| {esc(x.text)}")
+        rows.append((f"{x.version:<{width}}", f"{x.actor}  {when(x.time)}  ", git, f"  {x.line:>3}| ", x.text))
+    if len(rows) > BLAME_COLOURED or not sys.stdout.isatty():  # rich costs ~0.4 ms a line
+        sys.stdout.write("".join(plain(v) + " " + plain(a) + plain(g) + n + plain(t) + "\n" for v, a, g, n, t in rows))
+        return None
+    out = console()
+    for v, a, g, n, t in rows:
+        out.print(f"[yellow]{esc(v)}[/] {esc(a)}[dim]{esc(g)}[/]{n}{esc(t)}")
+    return None
 
 
 def _print_text(body: str) -> None:
     """The text as is into a pipe or file; on a terminal, control characters made visible."""
-    import sys
-
     from registry import visible_text
 
     sys.stdout.write(visible_text(body) if sys.stdout.isatty() else body)

@@ -122,6 +122,8 @@ def test_the_cli_diff_and_blame_are_bounded_too(hostile, monkeypatch):
     assert cli("blame", "system", "--at", "big@v1.0", "--text").stdout == big_prompt(1)
     lines = json.loads(cli("blame", "system", "--at", "big@v1.2", "--json").stdout)
     assert [x["version"] for x in lines].count("v1.2") == 1 and lines[12_000]["text"] == "an edited line"
+    out = cli("blame", "system", "--at", "tricky@v1.0").stdout  # plain text (not a terminal), escaped
+    assert BIDI not in out and "\x1b" not in out and "be kind\\u202e \\x1b[2Jok" in out
 
 
 # --- 4. errors carry the security headers; bad numbers and dates are 400 ----------------------
