@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cli.app import JSON, CellarGroup, app, open_registry
-from cli.output import console, esc, first_line, plain, print_json, short, size, table, warn, when
+from cli.output import console, esc, first_line, print_json, short, size, table, warn, when
 
 BLAME_COLOURED = 2_000  # lines: a longer blame is printed plain (rich would take seconds)
 audit_app = typer.Typer(cls=CellarGroup, invoke_without_command=True)  # help: the callback's docstring
@@ -69,13 +69,19 @@ def blame(
         lines = reg.blame(prompt, at=at, model=model)
     if as_json:
         return print_json(lines)
+    from registry import safe_for_terminal
+
     width = max(len(x.version) for x in lines) if lines else 0
-    rows = []
+    rows, heads = [], {}  # the columns before the text, per origin (few, however long the prompt)
     for x in lines:
-        git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
-        rows.append((f"{x.version:<{width}}", f"{x.actor}  {when(x.time)}  ", git, f"  {x.line:>3}| ", x.text))
+        key = (x.version, x.actor, x.time, x.commit, x.author, x.dirty)
+        if key not in heads:
+            git = f"{x.commit[:8]} {x.author}" if x.commit else ("(uncommitted)" if x.dirty else "")
+            heads[key] = (f"{x.version:<{width}}", f"{x.actor}  {when(x.time)}  ", git)
+        rows.append((*heads[key], f"  {x.line:>3}| ", x.text))
     if len(rows) > BLAME_COLOURED or not sys.stdout.isatty():  # rich costs ~0.4 ms a line
-        sys.stdout.write("".join(plain(v) + " " + plain(a) + plain(g) + n + plain(t) + "\n" for v, a, g, n, t in rows))
+        shown = {h: " ".join(map(safe_for_terminal, h[:2])) + safe_for_terminal(h[2]) for h in heads.values()}
+        sys.stdout.write("".join(shown[(v, a, g)] + n + safe_for_terminal(t) + "\n" for v, a, g, n, t in rows))
         return None
     out = console()
     for v, a, g, n, t in rows:
