@@ -39,6 +39,7 @@ SESSIONS_MAX = 10_000  # the oldest session ends first beyond this
 FAILURES_ALLOWED = 10
 FAILURE_WINDOW_S = 60.0
 CLIENTS_TRACKED = 10_000
+IN_FLIGHT_MAX = 200  # requests being answered at once; more get 503 (with these headers) at once
 log = logging.getLogger(__name__)
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
@@ -175,6 +176,7 @@ class Guard:
         self.token = token
         self.sessions = sessions or Sessions()
         self.failures = failures or Failures()
+        self.in_flight = 0  # only the event loop's thread changes it
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -185,12 +187,17 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal:
             return await _plain(send, *refusal)
+        if self.in_flight >= IN_FLIGHT_MAX:
+            return await _plain(send, 503, "503 busy: try again in a moment", [(b"retry-after", b"5")])
+        self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         except Exception:
             log.exception("web view: %s %s failed", scope["method"], scope["path"])
             if not started[0]:
                 await _plain(send, 500, "500 internal error: the server's log has the details", [])
+        finally:
+            self.in_flight -= 1
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
         login_post = self.token is not None and scope["method"] == "POST" and scope["path"] in POST_PATHS

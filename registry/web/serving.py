@@ -6,7 +6,8 @@ estimate) and says so on start. TLS with ``--tls-cert/--tls-key``; behind a reve
 ``X-Forwarded-For`` and ``-Proto`` are believed only from the addresses ``--trust-proxy`` names.
 
 Slow clients: a connection has ``HEADER_TIMEOUT_S`` to send a request's headers (and body),
-``IDLE_TIMEOUT_S`` between requests, and at most ``MAX_CONNECTIONS`` are served at once. The
+``IDLE_TIMEOUT_S`` between requests; ``security.IN_FLIGHT_MAX`` requests are served at once (a
+503 beyond), on at most ``MAX_CONNECTIONS`` connections. The
 access log shows paths without their query (a token in any spelling stays out of it). SIGTERM
 and Ctrl-C stop the server within ``SHUTDOWN_S``.
 """
@@ -25,12 +26,12 @@ from pydantic import BaseModel, Field
 
 from registry import InvalidInput, Registry
 from registry.web.app import create_app
-from registry.web.security import TOKEN_VAR, is_loopback, token_problem
+from registry.web.security import HEADERS, TOKEN_VAR, is_loopback, token_problem
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 200
+MAX_CONNECTIONS = 1000  # a backstop: uvicorn answers 503 beyond (requests are capped lower, in Guard)
 SHUTDOWN_S = 3.0
 # A thread computing a large page hands the interpreter over every SWITCH_S, not every 5 ms: a
 # small page needs it a few dozen times (each database read gives it up), so this is its latency
@@ -137,6 +138,16 @@ def slow_client_protocol(header_timeout_s: float = HEADER_TIMEOUT_S) -> type:
             if self._deadline is not None:
                 self._deadline.cancel()
             self._deadline = self.loop.call_later(header_timeout_s, self._late)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request that is not HTTP, with the security headers too."""
+            body = msg.encode("ascii", "replace")
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close"), *HEADERS]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event) or b"")
+            self.transport.close()
 
         def _late(self) -> None:
             self._deadline = None

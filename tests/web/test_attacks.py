@@ -199,6 +199,15 @@ def test_the_versions_page_lists_a_bounded_number_of_models_from_one_query(clien
     assert "many-4" in [m["name"] for m in chosen["models"]] and chosen["total"] == 1
 
 
+def test_requests_beyond_the_cap_get_503_with_the_headers(hostile, monkeypatch):
+    from registry.web import security
+
+    monkeypatch.setattr(security, "IN_FLIGHT_MAX", 0)
+    with TestClient(create_app(hostile[1]), base_url="http://127.0.0.1:8765") as c:
+        got = c.get("/api/envs")
+    assert got.status_code == 503 and got.headers["retry-after"] and "content-security-policy" in got.headers
+
+
 def test_a_trailing_slash_is_not_redirected_to_the_host_a_client_named(client):
     got = client.get("/envs/", headers={"host": "127.0.0.1:8765"}, follow_redirects=False)
     assert got.status_code == 404 and "location" not in got.headers
@@ -334,6 +343,12 @@ def test_a_client_that_never_finishes_its_headers_is_let_go(hostile):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # others are still served
             s.sendall(b"GET /api/envs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert s.recv(100).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # not HTTP: a 400, with the headers
+            s.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400") and b"content-security-policy" in answer.lower()
     finally:
         server.should_exit = True
         thread.join(10)
