@@ -411,3 +411,44 @@ def test_model_counts_is_one_query_on_every_database(reg, model_dir, tmp_path):
     assert reg.model_counts() == [("other-bot", 1), ("support-bot", 2)]
     page = pages.versions_page(reg)
     assert [(m.name, m.versions) for m in page.models] == [("other-bot", 1), ("support-bot", 2)] and page.total == 3
+
+
+def test_registry_ui_serves_https_with_secure_session_cookies(hostile, tmp_path):
+    import http.client
+    import os
+    import shutil
+    import ssl
+    import subprocess
+    import sys
+    import urllib.parse
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    port, token = free_port(), TOKEN + "-Xq7"
+    env = {**os.environ, "REGISTRY_HOME": str(hostile[0]), "REGISTRY_UI_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--listen", f"127.0.0.1:{port}",
+                             "--tls-cert", str(cert), "--tls-key", str(key)], env=env, cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+                conn.request("POST", "/login", body=urllib.parse.urlencode({"token": token}),
+                             headers={"content-type": "application/x-www-form-urlencoded",
+                                      "origin": f"https://127.0.0.1:{port}"})
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        answer = conn.getresponse()
+        cookie = answer.getheader("set-cookie")
+        assert answer.status == 303 and "secure" in cookie.lower() and token not in cookie
+    finally:
+        proc.terminate()
+        proc.wait(15)
