@@ -452,3 +452,33 @@ def test_registry_ui_serves_https_with_secure_session_cookies(hostile, tmp_path)
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_forwarded_headers_are_believed_from_a_named_proxy_only(hostile, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "REGISTRY_HOME": str(hostile[0])}
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "ui", "--listen", f"127.0.0.1:{port}",
+                                 "--trust-proxy", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        while b"Uvicorn running" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/envs", headers={"X-Forwarded-For": "6.6.6.6"})
+        assert urllib.request.urlopen(request, timeout=30).status == 200
+        deadline = time.monotonic() + 10
+        while b"/api/envs" not in log.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert "6.6.6.6" in log.read_text()  # the proxy on 127.0.0.1 is named: its header names the client
