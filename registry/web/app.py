@@ -113,6 +113,7 @@ def create_app(registry_opener: Opener, token: str | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app):
+        views.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)  # made on the loop that serves
         views.verifier.prime()  # the chain is being verified before anyone opens the audit page
         yield
         session.close()
@@ -146,7 +147,7 @@ class _Views:
         self.token = token
         self.sessions, self.failures = sessions, failures
         self.verifier = pages.AuditVerifier(session.opener)
-        self._heavy: asyncio.Semaphore | None = None
+        self.heavy: asyncio.Semaphore | None = None
 
     def page(self, name: str) -> Callable[[Request], Any]:
         build = getattr(self, f"_{name}")
@@ -167,16 +168,17 @@ class _Views:
             heavy = name in HEAVY or (name == "audit" and request.query_params.get("verify") == "now")
             if not heavy:
                 return await run_in_threadpool(serve, request)
-            if self._heavy is None:
-                self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
+            if self.heavy is None:  # an app run without its lifespan
+                self.heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
+            heavy_slots = self.heavy
             try:
-                await asyncio.wait_for(self._heavy.acquire(), WAIT_S)
+                await asyncio.wait_for(heavy_slots.acquire(), WAIT_S)
             except TimeoutError:
                 return self._busy(request)
             try:
                 return await run_in_threadpool(serve, request)
             finally:
-                self._heavy.release()
+                heavy_slots.release()
 
         return endpoint
 
