@@ -58,6 +58,9 @@ def _prompt(out, p, *, stat: bool) -> None:
               f"([green]+{p.lines_added}[/] [red]-{p.lines_removed}[/])")
     if stat:
         return
+    if p.too_large:
+        return out.print(f"    [yellow]too large to show line by line[/] ({p.old_lines} lines before, {p.new_lines} "
+                         f"after); the full texts: `registry blame {esc(p.name)} --at REF --text`")
     for line in p.unified.splitlines():
         colour = ("bold" if line.startswith(("---", "+++")) else "cyan" if line.startswith("@@")
                   else "green" if line.startswith("+") else "red" if line.startswith("-") else None)

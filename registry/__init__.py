@@ -16,7 +16,7 @@ from importlib import import_module
 _EXPORTS = {
     "registry.api": ["Registry"],
     "registry.versions.manifest": ["load_manifest", "manifest_from_flags"],
-    "registry.inputs": ["safe_for_terminal"],
+    "registry.inputs": ["safe_for_terminal", "visible_text"],
     "registry.trust.secrets": ["scrub_for_display", "mask_url"],
     "registry.trust.seals": ["SealProblem"],
     "registry.models": [

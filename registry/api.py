@@ -285,6 +285,10 @@ class Registry(RemoteCommands):
         """How many versions there are (of ``model``, or in all)."""
         return self.store.read_once(versions.count, model, include_deprecated=include_deprecated)
 
+    def model_counts(self) -> list[tuple[str, int]]:
+        """(model name, number of versions) for every model, sorted by name (one query)."""
+        return self.store.read_once(versions.model_counts)
+
     def models(self) -> list[str]:
         """Model names, sorted."""
         return self.store.read_once(versions.model_names)
@@ -308,6 +312,10 @@ class Registry(RemoteCommands):
         """For each line of ``prompt`` at ``at`` (default: the model's newest version), the version
         that introduced it, who pushed it, when, and the git commit and author where known."""
         return inspection.blame(self.store, self.blobs, prompt, at=at, model=model)
+
+    def prompt_text(self, prompt: str, *, at: str | None = None, model: str | None = None) -> str:
+        """The text of ``prompt`` at ``at`` (default: the model's newest version), as pushed."""
+        return inspection.prompt_at(self.store, self.blobs, prompt, at=at, model=model)
 
     def changelog(self, model: str | None = None, *, limit: int | None = None) -> list[LogEntry]:
         """Versions newest first, each with its git provenance (what ``registry log`` shows)."""

@@ -116,6 +116,14 @@ def max_prompt_bytes() -> int:
     return int(raw)
 
 
+def check_prompt_text(text: str, field: str, file_name: str) -> None:
+    """A prompt template's text: tabs, newlines and CRLF line ends are fine; bidi overrides and
+    other control characters (which would show one text and send another) are refused."""
+    problem = text_error(text.replace("\r\n", "\n"), len(text), multiline=True)
+    if problem:
+        raise InvalidInput(f"{field}: {file_name}: {problem}")
+
+
 def check_prompt_size(size: int, field: str, file_name: str) -> None:
     """Refuse a prompt template larger than ``max_prompt_bytes()``, naming the file."""
     limit = max_prompt_bytes()
@@ -206,6 +214,17 @@ def safe_for_terminal(text: object) -> str:
     control = _regex(_CONTROL)
     if not control.search(text):
         return text  # the common case: one regex scan, no copy
+    return control.sub(_visible, text)
+
+
+def visible_text(text: object) -> str:
+    """Like ``safe_for_terminal`` for text that may span lines: newlines and tabs kept, every
+    other control character (bidi overrides, C0/C1, line separators) written as ``\\u202e``.
+    What the web view shows of any user text (``registry ui``)."""
+    text = str(text)
+    control = _regex(_CONTROL_MULTILINE)
+    if not control.search(text):
+        return text
     return control.sub(_visible, text)
 
 

@@ -13,13 +13,24 @@ Families (all labelled by ``env``):
     cellar_last_deploy_timestamp_seconds{env}                   Unix time
     cellar_last_rollback_timestamp_seconds{env}                 Unix time
     cellar_dark_since_timestamp_seconds{env}                    Unix time; only while the environment is dark
+
+The server (``serve``) answers GET and HEAD of ``/metrics`` only (its query is ignored: ``?name[]=``
+would select nothing), with no version banner. Bound to the loopback, it answers only requests
+whose Host names the loopback, as ``registry ui`` does, so no page elsewhere can read it through
+DNS rebinding. A client has ``HEADER_TIMEOUT_S`` to send its request line and headers, and at
+most ``MAX_CONNECTIONS`` are served at once (more are closed at once).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import threading
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -33,6 +44,8 @@ from prometheus_client.registry import Collector
 from registry.errors import InvalidInput
 from registry.models.probes import MetricsSnapshot, ProbeRun, ProbeStatus, RunOutcome
 
+HEADER_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 16
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUSES = tuple(s.value for s in ProbeStatus)
 
@@ -81,15 +94,140 @@ def render(source: Callable[[], MetricsSnapshot]) -> str:
     return generate_latest(registry_for(source)).decode()
 
 
-def serve(source: Callable[[], MetricsSnapshot], listen: str):
+def serve(source: Callable[[], MetricsSnapshot], listen: str, *, header_timeout_s: float = HEADER_TIMEOUT_S):
     """Serve the page on ``HOST:PORT`` in a daemon thread; returns (server, thread)."""
-    from prometheus_client import start_http_server
+    from prometheus_client import make_wsgi_app
 
     host, port = parse_listen(listen)
+    app = _guarded(make_wsgi_app(registry_for(source)), loopback=_is_loopback(host))
     try:
-        return start_http_server(port, addr=host, registry=registry_for(source))
+        server = _server_class(host, port)((host, port), _handler_class(header_timeout_s))
     except OSError as exc:
         raise InvalidInput(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick a free port") from None
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name="cellar-metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded(app: Callable, *, loopback: bool) -> Callable:
+    """The WSGI app in front of prometheus_client's: method, path, Host, query (see the docstring)."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable) -> Any:
+        host = environ.get("HTTP_HOST", "")
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _plain(start_response, "405 Method Not Allowed", "only GET and HEAD", [("Allow", "GET, HEAD")])
+        if environ.get("PATH_INFO") != "/metrics":
+            return _plain(start_response, "404 Not Found", "the metrics are at /metrics")
+        if loopback and not _is_loopback(host):
+            return _plain(start_response, "421 Misdirected Request", "this server answers on the loopback address only")
+        environ["QUERY_STRING"] = ""  # the whole page, whatever the query asks
+        return app(environ, lambda status, headers, *rest: start_response(status, [*headers, *_HEADERS], *rest))
+
+    return guarded
+
+
+_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")]
+
+
+def _plain(start_response: Callable, status: str, text: str, extra: list | None = None) -> list[bytes]:
+    body = f"{status.split(' ', 1)[0]} {text}\n".encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                            *(extra or []), *_HEADERS])
+    return [body]
+
+
+def _server_class(host: str, port: int) -> type:
+    from wsgiref.simple_server import WSGIServer
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    class Server(WSGIServer):
+        """Threads (daemon ones), at most MAX_CONNECTIONS at once; errors of a client stay quiet."""
+
+        address_family = family
+        daemon_threads = True
+
+        def process_request(self, request, client_address) -> None:
+            if not slots.acquire(blocking=False):
+                return self.shutdown_request(request)
+            threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True).start()
+
+        def _serve_one(self, request, client_address) -> None:
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # a client gone, or too slow: nothing to report
+                pass
+            finally:
+                self.shutdown_request(request)
+                slots.release()
+
+    return Server
+
+
+def _handler_class(header_timeout_s: float) -> type:
+    from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
+
+    class Quiet(ServerHandler):
+        server_software = ""  # no `Server: WSGIServer/0.2 CPython/3.x` banner
+
+    class Handler(WSGIRequestHandler):
+        timeout = header_timeout_s  # each read; the request line and headers together: the deadline below
+
+        def handle(self) -> None:
+            body = self.rfile
+            self.rfile = _Deadline(body, self.connection, time.monotonic() + header_timeout_s)  # type: ignore[assignment]
+            try:
+                self.raw_requestline = self.rfile.readline(65537)
+                if len(self.raw_requestline) > 65536:
+                    self.requestline, self.request_version, self.command = "", "", ""
+                    return self.send_error(414)
+                if not self.parse_request():
+                    return None
+            finally:
+                self.rfile = body
+                self.connection.settimeout(header_timeout_s)
+            handler: Any = Quiet(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),  # type: ignore[arg-type]
+                                 multithread=False)
+            handler.request_handler = self
+            handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+        def send_response(self, code: int, message: str | None = None) -> None:
+            self.send_response_only(code, message)  # without the Server header send_response adds
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    return Handler
+
+
+class _Deadline:
+    """A request's reader that gives up when the headers are not in by ``deadline`` (monotonic)."""
+
+    def __init__(self, rfile: Any, sock: socket.socket, deadline: float):
+        self._rfile, self._sock, self._deadline = rfile, sock, deadline
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request headers too slow")
+        self._sock.settimeout(left)
+        return self._rfile.readline(limit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rfile, name)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -126,6 +126,9 @@ def _on_push(problem_of: Callable[[Any], str | None]) -> AfterValidator:
 HttpMethod = Annotated[str, _on_push(inputs.method_error)]
 Message = Annotated[str, _on_push(lambda v: inputs.text_error(v, inputs.MESSAGE_MAX, multiline=True))]
 JsonBody = Annotated[Any, _on_push(inputs.json_error)]
+# free text a manifest passes to the container or a probe (runtime.command, expect.regex,
+# expect.not_contains): may span lines; no bidi override or other control character
+FieldText = Annotated[str, _on_push(lambda v: inputs.text_error(v, inputs.ENV_VALUE_MAX, multiline=True))]
 
 
 class _Model(BaseModel):
@@ -181,6 +184,16 @@ class Runtime(Resources):
                 raise ValueError(problem)
         return env
 
+    @field_validator("command")
+    @classmethod
+    def _command_text(cls, command: list[str] | str | None, info: ValidationInfo) -> list[str] | str | None:
+        if command is None or not (info.context or {}).get("new_manifest"):
+            return command
+        for n, part in enumerate([command] if isinstance(command, str) else command):
+            if problem := inputs.text_error(part, inputs.ENV_VALUE_MAX, multiline=True):
+                raise ValueError(problem if isinstance(command, str) else f"[{n}]: {problem}")
+        return command
+
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, names: list[str]) -> list[str]:
@@ -191,9 +204,9 @@ class Runtime(Resources):
 
 class Expect(_Strict):
     status: int | None = 200
-    regex: str | None = None
+    regex: FieldText | None = None
     json_schema: Annotated[dict[str, Any] | None, _on_push(inputs.json_error)] = None
-    not_contains: str | None = None
+    not_contains: FieldText | None = None
 
 
 class Probe(_Strict):

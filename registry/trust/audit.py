@@ -101,6 +101,9 @@ class Event(BaseModel):
     hash: str
 
 
+ID_MAX = 2**63 - 1  # the largest event id a BIGINT column (and SQLite) holds
+
+
 class AuditFilter(BaseModel):
     """Which events ``query`` returns; every field narrows the result."""
 
@@ -113,8 +116,8 @@ class AuditFilter(BaseModel):
     prompt: str | None = None  # events that changed this prompt (detail.prompts_changed)
     since: datetime | None = None  # also an ISO date or an age like 7d, 12h
     limit: int | None = None
-    before: int | None = Field(default=None, ge=1)  # only events older than event ID (the next page)
-    after: int | None = Field(default=None, ge=0)  # only events newer than event ID (the page before)
+    before: int | None = Field(default=None, ge=1, le=ID_MAX)  # only events older than event ID (the next page)
+    after: int | None = Field(default=None, ge=0, le=ID_MAX)  # only events newer than event ID (the page before)
 
     @field_validator("since", mode="before")
     @classmethod
@@ -158,7 +161,7 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
                                "or an ISO date") from None
     try:
         return clock.utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 9999-12-31T23:59-23:59 is past year 9999 in UTC
         raise InvalidInput(f"--since {text!r}: write an ISO date (2026-11-01, 2026-11-01T12:00) "
                            "or an age like 7d, 12h, 30m, 2w") from None
 

@@ -3,12 +3,12 @@ when, and the git commit and author where the version's provenance knows them. N
 store hands in the prompt's history (``PromptRevision`` per version) and the texts.
 
 The walk goes through the model's versions oldest to newest; a line keeps its origin as long
-as it survives (``difflib.SequenceMatcher``), like ``git blame`` across versions.
+as it survives (``diffing.align``: bounded work whatever the prompts' size), like ``git blame``
+across versions.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from registry.errors import NotFound
 from registry.models import PromptRevision
+from registry.versions.diffing import ALIGN_CELLS, align
 
 
 class BlameLine(BaseModel):
@@ -36,25 +37,25 @@ def attribute(walk: list[PromptRevision], texts: Mapping[str, str], *, prompt: s
     lines: list[str] = []
     origins: list[PromptRevision] = []
     last: str | None = None
+    cells = max(ALIGN_CELLS // max(1, len({s.digest for s in walk})), 50_000)  # the whole walk within budget
     for step in walk:
         if step.digest is None:  # removed here: a later re-add starts afresh
             lines, origins, last = [], [], None
         elif step.digest != last:
             new = texts[step.digest].splitlines()
-            origins = _carry(lines, origins, new, step)
+            origins = _carry(lines, origins, new, step, cells)
             lines, last = new, step.digest
     if last is None:
         raise NotFound(f"prompt {prompt!r} is not in version {walk[-1].version}: see `registry show`")
     return [_line(i, text, origin) for i, (text, origin) in enumerate(zip(lines, origins), start=1)]
 
 
-def _carry(old: list[str], origins: list[PromptRevision], new: list[str], step: PromptRevision) -> list[PromptRevision]:
+def _carry(old: list[str], origins: list[PromptRevision], new: list[str], step: PromptRevision,
+           cells: int) -> list[PromptRevision]:
     """Origins for ``new``: surviving lines keep theirs, the rest belong to ``step``."""
     fresh = [step] * len(new)
-    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            fresh[j1:j2] = origins[i1:i2]
+    for i, j, n in align(old, new, cells=cells):
+        fresh[j:j + n] = origins[i:i + n]
     return fresh
 
 

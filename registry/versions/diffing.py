@@ -5,12 +5,19 @@ Input: two ``VersionInfo`` objects (a pushed version, or a manifest hashed but n
 the prompt texts by digest; output: a ``Diff`` model, whose JSON is what ``registry diff --json``
 prints. Tensors are compared by their recorded digests, so no weight byte is read. Values of
 environment keys that look secret are masked (``***``); secrets are names only.
+
+Prompt texts are aligned line by line within a fixed budget (``align``): common head and tail
+first, then difflib on gaps small enough, anchored on lines unique to both sides (patience
+diff) where they are not. Any two prompts, 1 MiB each, are compared in well under a second;
+a diff too long to show (``SHOWN_LINES``, ``SHOWN_BYTES``) is a summary, ``too_large``.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +33,10 @@ from registry.models import (
 )
 
 MASK = "***"
+ALIGN_CELLS = 4_000_000  # old x new lines that difflib may compare, over all gaps of one alignment
+SHOWN_LINES = 5_000  # a unified diff longer than this is too large to show line by line
+SHOWN_BYTES = 512 << 10
+CONTEXT = 3
 
 
 class ChangeKind(StrEnum):
@@ -79,7 +90,10 @@ class PromptDiff(BaseModel):
     new_digest: str | None = None
     lines_added: int = 0
     lines_removed: int = 0
-    unified: str = ""
+    unified: str = ""  # empty when too_large
+    too_large: bool = False  # the line-by-line diff is over SHOWN_LINES or SHOWN_BYTES: counts only
+    old_lines: int = 0
+    new_lines: int = 0
 
 
 class TensorChanges(BaseModel):
@@ -202,17 +216,171 @@ def prompt_diffs(a: VersionInfo, b: VersionInfo, *, texts: Mapping[str, str]) ->
             after = texts.get(new[name], "") if name in new else ""
             item.unified, item.lines_added, item.lines_removed = unified(
                 before, after, old_label=f"a/{name}", new_label=f"b/{name}")
+            item.old_lines, item.new_lines = _count_lines(before), _count_lines(after)
+            item.too_large = too_large(item)
         out.append(item)
     return out
 
 
 def unified(old: str, new: str, *, old_label: str, new_label: str) -> tuple[str, int, int]:
-    """A unified diff of two texts, and how many lines it adds and removes."""
-    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), old_label, new_label, lineterm=""))
-    body = [ln for ln in lines[2:] if not ln.startswith("@@")]
-    added = sum(1 for ln in body if ln.startswith("+"))
-    removed = sum(1 for ln in body if ln.startswith("-"))
-    return "\n".join(lines) + ("\n" if lines else ""), added, removed
+    """A unified diff of two texts, and how many lines it adds and removes (bounded: ``align``).
+    The text is empty when the diff is over ``SHOWN_LINES`` or ``SHOWN_BYTES``."""
+    a, b = old.splitlines(), new.splitlines()
+    ops = opcodes(a, b)
+    added = sum(j2 - j1 for tag, _, _, j1, j2 in ops if tag != "equal")
+    removed = sum(i2 - i1 for tag, i1, i2, _, _ in ops if tag != "equal")
+    if not added and not removed:
+        return "", 0, 0
+    size = 0
+    lines = [f"--- {old_label}", f"+++ {new_label}"]
+    for group in _grouped(ops):
+        first, last = group[0], group[-1]
+        hunk = [f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@"]
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                hunk += (" " + x for x in a[i1:i2])
+            else:
+                hunk += ("-" + x for x in a[i1:i2])
+                hunk += ("+" + x for x in b[j1:j2])
+        lines += hunk
+        size += sum(len(x) + 1 for x in hunk)
+        if len(lines) > SHOWN_LINES or size > SHOWN_BYTES:
+            return "", added, removed
+    return "\n".join(lines) + "\n", added, removed
+
+
+def too_large(p: PromptDiff) -> bool:
+    return p.changed and not p.unified and bool(p.lines_added or p.lines_removed)
+
+
+def _count_lines(text: str) -> int:
+    return len(text.splitlines())
+
+
+def _range(start: int, stop: int) -> str:
+    """A hunk's range as ``diff -u`` writes it: ``start,length`` counted from 1 (``start`` alone for 1)."""
+    length = stop - start
+    first = start + 1 if length else start
+    return str(first) if length == 1 else f"{first},{length}"
+
+
+def _grouped(ops: list[tuple[str, int, int, int, int]]) -> list[list[tuple[str, int, int, int, int]]]:
+    """The opcodes in hunks with ``CONTEXT`` lines around each change (``SequenceMatcher.get_grouped_opcodes``)."""
+    codes = list(ops) or [("equal", 0, 1, 0, 1)]
+    n = CONTEXT
+    if codes[0][0] == "equal":
+        _, i1, i2, j1, j2 = codes[0]
+        codes[0] = ("equal", max(i1, i2 - n), i2, max(j1, j2 - n), j2)
+    if codes[-1][0] == "equal":
+        _, i1, i2, j1, j2 = codes[-1]
+        codes[-1] = ("equal", i1, min(i2, i1 + n), j1, min(j2, j1 + n))
+    groups, group = [], []
+    for tag, i1, i2, j1, j2 in codes:
+        if tag == "equal" and i2 - i1 > 2 * n:
+            group.append((tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)))
+            groups.append(group)
+            group = []
+            i1, j1 = max(i1, i2 - n), max(j1, j2 - n)
+        group.append((tag, i1, i2, j1, j2))
+    if group and not (len(group) == 1 and group[0][0] == "equal"):
+        groups.append(group)
+    return groups
+
+
+# --- line alignment, bounded -----------------------------------------------------------------
+
+
+def opcodes(a: Sequence[str], b: Sequence[str], *, cells: int = ALIGN_CELLS) -> list[tuple[str, int, int, int, int]]:
+    """``SequenceMatcher.get_opcodes()`` for ``a`` -> ``b``, from ``align``'s matching blocks."""
+    out: list[tuple[str, int, int, int, int]] = []
+    i = j = 0
+    for ai, bj, size in align(a, b, cells=cells):
+        if i < ai or j < bj:
+            tag = "replace" if i < ai and j < bj else "delete" if i < ai else "insert"
+            out.append((tag, i, ai, j, bj))
+        if size:
+            out.append(("equal", ai, ai + size, bj, bj + size))
+        i, j = ai + size, bj + size
+    return out
+
+
+def align(a: Sequence[str], b: Sequence[str], *, cells: int = ALIGN_CELLS) -> list[tuple[int, int, int]]:
+    """Matching blocks ``(i, j, n)`` (``a[i:i+n] == b[j:j+n]``) in order, ending with ``(len(a), len(b), 0)``.
+
+    Linear work plus at most ``cells`` of difflib's: equal head and tail are matched first; a gap
+    whose size (old lines x new lines) fits what is left of ``cells`` goes to difflib; a larger
+    one is split at the lines that occur once on each side (the longest run of them in order,
+    as patience diff does), and a gap that can be neither compared nor split stays unmatched (its
+    lines count as removed and added: the diff is correct, if not minimal)."""
+    blocks: list[tuple[int, int, int]] = []
+    budget = [cells]
+    stack = [(0, len(a), 0, len(b))]
+    while stack:
+        alo, ahi, blo, bhi = stack.pop()
+        head = 0
+        while alo + head < ahi and blo + head < bhi and a[alo + head] == b[blo + head]:
+            head += 1
+        if head:
+            blocks.append((alo, blo, head))
+        alo, blo = alo + head, blo + head
+        tail = 0
+        while alo < ahi - tail and blo < bhi - tail and a[ahi - tail - 1] == b[bhi - tail - 1]:
+            tail += 1
+        if tail:
+            blocks.append((ahi - tail, bhi - tail, tail))
+        ahi, bhi = ahi - tail, bhi - tail
+        if alo == ahi or blo == bhi:
+            continue
+        if (ahi - alo) * (bhi - blo) <= budget[0]:
+            budget[0] -= (ahi - alo) * (bhi - blo)
+            matcher = difflib.SequenceMatcher(None, a[alo:ahi], b[blo:bhi], autojunk=False)
+            blocks += [(alo + i, blo + j, n) for i, j, n in matcher.get_matching_blocks() if n]
+            continue
+        anchors = _unique_in_order(a, alo, ahi, b, blo, bhi)
+        i, j = alo, blo
+        for ai, bj in anchors:
+            stack.append((i, ai, j, bj))
+            blocks.append((ai, bj, 1))
+            i, j = ai + 1, bj + 1
+        if anchors:
+            stack.append((i, ahi, j, bhi))
+    return _merged(blocks) + [(len(a), len(b), 0)]
+
+
+def _unique_in_order(a: Sequence[str], alo: int, ahi: int,
+                     b: Sequence[str], blo: int, bhi: int) -> list[tuple[int, int]]:
+    """Pairs (i, j) of lines occurring once in ``a[alo:ahi]`` and once in ``b[blo:bhi]``, the longest
+    run of them increasing on both sides (patience sorting: O(k log k))."""
+    count_a = Counter(a[alo:ahi])
+    count_b = Counter(b[blo:bhi])
+    where_b = {b[j]: j for j in range(blo, bhi) if count_b[b[j]] == 1}
+    pairs = [(i, where_b[a[i]]) for i in range(alo, ahi) if count_a[a[i]] == 1 and a[i] in where_b]
+    tails: list[int] = []  # tails[k]: smallest j ending an increasing run of length k + 1
+    tail_at: list[int] = []  # index in pairs of that end
+    back = [-1] * len(pairs)
+    for n, (_, j) in enumerate(pairs):
+        k = bisect_left(tails, j)
+        if k == len(tails):
+            tails.append(j)
+            tail_at.append(n)
+        else:
+            tails[k], tail_at[k] = j, n
+        back[n] = tail_at[k - 1] if k else -1
+    run, n = [], tail_at[-1] if tail_at else -1
+    while n >= 0:
+        run.append(pairs[n])
+        n = back[n]
+    return run[::-1]
+
+
+def _merged(blocks: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    out: list[tuple[int, int, int]] = []
+    for i, j, n in sorted(blocks):
+        if out and out[-1][0] + out[-1][2] == i and out[-1][1] + out[-1][2] == j:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + n)
+        else:
+            out.append((i, j, n))
+    return out
 
 
 # --- weights and tensors -----------------------------------------------------------------

@@ -146,14 +146,30 @@ def prompt_text(blobs: BlobStore, digest: str) -> str:
     return data.decode("utf-8")
 
 
+def _blamed(store: Store, at: str | None, model: str | None) -> tuple[str, str]:
+    if at:
+        return refs.resolve(store, at if "@" in at or not model else f"{model}@{at}")
+    model = model or refs.default_model(store, "VERSION")
+    return model, versions.summaries(store, model, limit=1)[0].version
+
+
+def prompt_at(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
+              model: str | None = None) -> str:
+    """The text of ``prompt`` at ``at`` (default: the model's newest version)."""
+    model, version = _blamed(store, at, model)
+    info = show(store, f"{model}@{version}")
+    found = next((p for p in info.prompts if p.name == prompt), None)
+    if found is None:
+        has = [p.name for p in info.prompts]
+        raise NotFound(f"prompt {prompt!r} is not in {model}@{version}: "
+                       + (f"it has {', '.join(has)}" if has else "it has no prompts"))
+    return prompt_text(blobs, found.digest)
+
+
 def blame(store: Store, blobs: BlobStore, prompt: str, *, at: str | None = None,
           model: str | None = None) -> list[BlameLine]:
     """Each line of ``prompt`` at ``at`` (default: the model's newest version) and its origin."""
-    if at:
-        model, version = refs.resolve(store, at if "@" in at or not model else f"{model}@{at}")
-    else:
-        model = model or refs.default_model(store, "VERSION")
-        version = versions.summaries(store, model, limit=1)[0].version
+    model, version = _blamed(store, at, model)
     with store.read() as conn:
         walk = versions.prompt_history(conn, model=model, prompt=prompt, upto=version)
         if walk[-1].digest is None:

@@ -223,7 +223,7 @@ def _check_text(path: Path, where: str) -> None:
         with open(path, "rb") as f:
             data = f.read(limit + 1)  # it may have grown since stat
         _rule(inputs.check_prompt_size, len(data), where, path.name)
-        data.decode("utf-8")
+        _rule(inputs.check_prompt_text, data.decode("utf-8"), where, path.name)
     except UnicodeDecodeError:
         raise ManifestError(f"{where}: {path.name} is not UTF-8 text; prompt templates must be") from None
     except OSError as exc:

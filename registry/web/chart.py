@@ -9,14 +9,20 @@ result as markup.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from html import escape
 from urllib.parse import urlencode
 
-from registry import ProbeRun, Release
+from registry import ProbeRun, Release, visible_text
+
+
+def escape(text: str) -> str:
+    """User text for the SVG: invisible characters made visible (``\\u202e``), then escaped."""
+    return html.escape(visible_text(text))
+
 
 WIDTH, HEIGHT = 860, 330
 LEFT, RIGHT, TOP = 56, 16, 44

@@ -11,9 +11,11 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field
 
@@ -40,7 +42,10 @@ from registry import (
 from registry.web.chart import latency_chart
 
 VERSIONS_PER_PAGE = 50
+MODELS_SHOWN = 100
 EVENTS_PER_PAGE = 100
+BLAME_SHOWN_LINES = 5_000  # a longer prompt's page is a summary, with a link to its text
+BLAME_SHOWN_BYTES = 512 << 10
 PROBE_RUNS_SHOWN = 500  # the newest runs charted; older ones with ?since=
 log = logging.getLogger(__name__)
 _REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,62}@)?[a-z0-9][a-z0-9._+-]{0,62}")
@@ -55,7 +60,8 @@ class VersionsPage(BaseModel):
     """Models, and one page of versions (newest first), of one model or all."""
 
     model: str | None = None
-    models: list[ModelCount]
+    models: list[ModelCount]  # the first MODELS_SHOWN by name (and the one chosen)
+    models_total: int = 0
     versions: list[VersionSummary]
     total: int
     page: int
@@ -71,13 +77,26 @@ class VersionPage(BaseModel):
     signatures: list[SignatureInfo] = Field(default_factory=list)  # each verified now (registry.signing)
 
 
+class BlameSummary(BaseModel):
+    """How many of a prompt's lines one version introduced (for a prompt too long to show)."""
+
+    version: str
+    actor: str
+    time: datetime
+    lines: int
+
+
 class PromptPage(BaseModel):
     """A prompt's text at a version, each line with the version that introduced it (``registry blame``)."""
 
     model: str
     version: str
     prompt: str
-    lines: list[BlameLine]
+    lines: list[BlameLine]  # empty when too_large: ``summary`` instead, the text at ``raw``
+    total_lines: int = 0
+    too_large: bool = False
+    summary: list[BlameSummary] = []
+    raw: str = ""  # where the full text is, as text/plain
 
 
 class DiffPage(BaseModel):
@@ -127,17 +146,22 @@ class AuditPage(BaseModel):
 
 
 def versions_page(reg: Registry, *, model: str | None = None, page: int = 1) -> VersionsPage:
-    """Page ``page`` (from 1) of the versions of ``model`` (or of every model)."""
+    """Page ``page`` (from 1) of the versions of ``model`` (or of every model). The model list
+    shows the first ``MODELS_SHOWN`` (and the one chosen): thousands of models stay one page."""
     model = model or None
-    names = reg.models()
-    counts = [ModelCount(name=n, versions=reg.count_versions(n)) for n in names]
-    total = next((c.versions for c in counts if c.name == model), 0) if model else sum(c.versions for c in counts)
-    if model and model not in names:
+    everything = reg.model_counts()  # one query, however many models
+    counts = {name: n for name, n in everything}
+    if model and model not in counts:
         raise NotFound(f"no model named {model!r}")
+    total = counts[model] if model else sum(counts.values())
     pages = max(1, -(-total // VERSIONS_PER_PAGE))
     page = min(max(page, 1), pages)
     shown = reg.versions(model, limit=VERSIONS_PER_PAGE, offset=(page - 1) * VERSIONS_PER_PAGE)
-    return VersionsPage(model=model, models=counts, versions=shown, total=total, page=page, pages=pages)
+    listed = [ModelCount(name=n, versions=c) for n, c in everything[:MODELS_SHOWN]]
+    if model and all(m.name != model for m in listed):
+        listed.append(ModelCount(name=model, versions=counts[model]))
+    return VersionsPage(model=model, models=listed, models_total=len(everything), versions=shown, total=total,
+                        page=page, pages=pages)
 
 
 def version_page(reg: Registry, model: str, version: str) -> VersionPage:
@@ -150,7 +174,25 @@ def version_page(reg: Registry, model: str, version: str) -> VersionPage:
 
 def prompt_page(reg: Registry, model: str, version: str, prompt: str) -> PromptPage:
     ref = _ref(f"{model}@{version}")
-    return PromptPage(model=model, version=version, prompt=prompt, lines=reg.blame(prompt, at=ref, model=model))
+    lines = reg.blame(prompt, at=ref, model=model)
+    page = PromptPage(model=model, version=version, prompt=prompt, lines=lines, total_lines=len(lines),
+                      raw=f"/v/{quote(model, safe='')}/{quote(version, safe='')}/prompts/{quote(prompt, safe='')}/raw")
+    if len(lines) > BLAME_SHOWN_LINES or sum(len(x.text) for x in lines) > BLAME_SHOWN_BYTES:
+        page.too_large, page.lines, page.summary = True, [], blame_summary(lines)
+    return page
+
+
+def blame_summary(lines: list[BlameLine]) -> list[BlameSummary]:
+    """Lines per introducing version, oldest first."""
+    counts = Counter(x.version for x in lines)
+    first = {x.version: x for x in reversed(lines)}
+    return sorted((BlameSummary(version=v, actor=first[v].actor, time=first[v].time, lines=n)
+                   for v, n in counts.items()), key=lambda s: s.time)
+
+
+def prompt_raw(reg: Registry, model: str, version: str, prompt: str) -> str:
+    """The prompt's full text (the page for a prompt too long to show line by line links here)."""
+    return reg.prompt_text(prompt, at=_ref(f"{model}@{version}"), model=model)
 
 
 # --- diff ----------------------------------------------------------------------------------
@@ -265,27 +307,24 @@ class AuditVerifier:
     A result is renewed in the background when the log's head or count changed or it is older
     than ``max_age_s``: a row altered in the middle leaves head and count as they were, which is
     why results expire. The app starts the first verification as it starts (``prime``); a page
-    waits up to ``wait_s`` for the first result (a small log is verified by then); ``verify now``
-    (``fresh=True``) verifies in the request, and waits."""
+    waits up to ``wait_s`` for the first result (a small log is verified by then). ``verify now``
+    (``verify_now``) starts a verification in that thread, at most one per ``every_s``, and waits
+    up to ``now_wait_s`` for it; the page shows the newest result either way."""
 
-    def __init__(self, opener: Callable[[], Registry], *, max_age_s: float = 300.0, wait_s: float = 0.25):
+    def __init__(self, opener: Callable[[], Registry], *, max_age_s: float = 300.0, wait_s: float = 0.25,
+                 every_s: float = 30.0, now_wait_s: float = 5.0):
         self.opener, self.max_age_s, self.wait_s = opener, max_age_s, wait_s
+        self.every_s, self.now_wait_s = every_s, now_wait_s
+        self._asked: float | None = None
         self._lock = threading.Lock()
         self._finished = threading.Condition(self._lock)
         self._cached: tuple[str, float, CheckedAudit] | None = None
         self._running = False
 
-    def result(self, reg: Registry, *, fresh: bool = False,
-               checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
+    def result(self, reg: Registry, *, checkpoint: Checkpoint | None = None) -> CheckedAudit | None:
         """The newest result (None while the first one is computed); renewal started if due.
         ``checkpoint``: the log's head and count now, when the caller has read them."""
         head = str(checkpoint or reg.audit_checkpoint())
-        if fresh:
-            started = time.monotonic()
-            checked = _verified(reg)
-            with self._lock:
-                self._cached = (head, started, checked)
-            return checked
         with self._lock:
             cached = self._cached
             if not (cached and cached[0] == head and time.monotonic() - cached[1] < self.max_age_s):
@@ -293,6 +332,16 @@ class AuditVerifier:
             if self._cached is None:
                 self._finished.wait_for(lambda: self._cached is not None or not self._running, timeout=self.wait_s)
             return self._cached[2] if self._cached else None
+
+    def verify_now(self) -> None:
+        """A fresh verification (throttled: one per ``every_s``), waited for up to ``now_wait_s``."""
+        with self._lock:
+            now = time.monotonic()
+            if self._asked is not None and now - self._asked < self.every_s:
+                return
+            self._asked = now
+            self._start()
+            self._finished.wait_for(lambda: not self._running, timeout=self.now_wait_s)
 
     def prime(self) -> None:
         """Start the first verification now (the app calls this as it starts)."""

@@ -116,3 +116,94 @@ def test_checkpoint_parses_text_json_and_files(tmp_path):
     assert audit.parse_checkpoint(str(tmp_path / "cp")) == cp
     with pytest.raises(InvalidInput, match="HASH:COUNT"):
         audit.parse_checkpoint("abc:12")
+
+
+# --- bounded line alignment (issue 28) --------------------------------------------------------
+
+
+def _apply(a: list[str], b: list[str], ops) -> list[str]:
+    out = []
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "equal":
+            assert a[i1:i2] == b[j1:j2]
+            out += a[i1:i2]
+        else:
+            out += b[j1:j2]
+    return out
+
+
+def _edited(rng, lines: list[str], edits: int) -> list[str]:
+    out = list(lines)
+    for _ in range(edits):
+        k = rng.randrange(len(out) + 1)
+        choice = rng.random()
+        if choice < 0.4:
+            out.insert(k, rng.choice("abcxyz"))
+        elif out and choice < 0.8:
+            del out[min(k, len(out) - 1)]
+        elif out:
+            out[min(k, len(out) - 1)] = "q"
+    return out
+
+
+@pytest.mark.parametrize("cells", [0, 50, diffing.ALIGN_CELLS])
+def test_opcodes_always_turn_a_into_b_whatever_the_budget(cells):
+    import random
+
+    rng = random.Random(28)
+    for _ in range(300):
+        a = [rng.choice("abcdefg ") for _ in range(rng.randint(0, 40))]
+        b = _edited(rng, a, rng.randint(0, 8))
+        assert _apply(a, b, diffing.opcodes(a, b, cells=cells)) == b
+
+
+def test_difflib_is_never_asked_for_more_than_the_budget(monkeypatch):
+    import difflib
+    import random
+
+    asked = []
+
+    class Counting(difflib.SequenceMatcher):
+        def __init__(self, isjunk, a, b, **kw):
+            asked.append(len(a) * len(b))
+            super().__init__(isjunk, a, b, **kw)
+
+    monkeypatch.setattr(diffing.difflib, "SequenceMatcher", Counting)
+    rng = random.Random(1)
+    unrelated = tuple([f"{rng.getrandbits(64):x}" for _ in range(30_000)] for _ in range(2))
+    repetitive = tuple([rng.choice(["", "x", "{{" + side + "}}"]) for _ in range(30_000)] for side in "ab")
+    base = [f"line {i}" for i in range(30_000)]
+    edited = _edited(rng, base, 50)
+    for a, b in (unrelated, repetitive, (base, edited)):
+        asked.clear()
+        ops = diffing.opcodes(a, b)
+        assert sum(asked) <= diffing.ALIGN_CELLS and _apply(a, b, ops) == b
+
+
+def test_a_large_diff_is_a_summary_and_a_small_edit_of_a_large_text_is_not():
+    old = "".join(f"line {i}\n" for i in range(30_000))
+    new = old.replace("line 15000\n", "line fifteen thousand\n")
+    text, added, removed = diffing.unified(old, new, old_label="a/p", new_label="b/p")
+    assert (added, removed) == (1, 1) and "-line 15000\n+line fifteen thousand\n" in text
+    text, added, removed = diffing.unified(old, old.replace("line", "LINE"), old_label="a/p", new_label="b/p")
+    assert text == "" and added == removed == 30_000
+
+
+def test_blame_of_many_versions_of_a_large_prompt_stays_within_the_budget(monkeypatch):
+    import difflib
+
+    asked = []
+
+    class Counting(difflib.SequenceMatcher):
+        def __init__(self, isjunk, a, b, **kw):
+            asked.append(len(a) * len(b))
+            super().__init__(isjunk, a, b, **kw)
+
+    monkeypatch.setattr(diffing.difflib, "SequenceMatcher", Counting)
+    texts, walk = {}, []
+    for n in range(6):
+        text = "".join(f"{(i * 7919 + n * 104729) % 100_003}\n" for i in range(5_000))
+        texts[f"sha256:{n}"] = text
+        walk.append(step(f"v{n}", f"sha256:{n}"))
+    lines = blame.attribute(walk, texts, prompt="p")
+    assert len(lines) == 5_000 and sum(asked) <= diffing.ALIGN_CELLS

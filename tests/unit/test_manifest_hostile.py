@@ -159,12 +159,31 @@ def test_the_strict_reader_reads_ordinary_yaml_like_pyyaml():
     ({"prompts": {"sys\ntem": "prompts/system"}}, r"prompts: prompt name 'sys\\ntem' is not allowed"),
     ({"prompts": {"system": "prompts/sys\u2028tem"}}, r"prompts\.system: control character U\+2028"),
     ({"weights": ["weights\n"]}, r"weights\[0\]: control character U\+000A"),
+    ({"runtime": {"command": "serve --name ok\u202e"}}, r"runtime\.command: control character U\+202E"),
+    ({"runtime": {"command": ["serve", "\x1b[2J"]}}, r"runtime\.command: \[1\]: control character U\+001B"),
+    ({"probes": [{"name": "hi", "path": "/chat", "expect": {"regex": "ok\u2066"}}]},
+     r"probes\.0\.expect\.regex: control character U\+2066"),
+    ({"probes": [{"name": "hi", "path": "/chat", "expect": {"not_contains": "\u202eerror"}}]},
+     r"probes\.0\.expect\.not_contains: control character U\+202E"),
 ])
 def test_control_characters_are_refused_in_every_text_field(model_dir, fields, where):
     model_dir.write_manifest(**fields)
     with pytest.raises(ManifestError, match=rf"cellar\.yaml: {where}") as err:
         manifest.load(model_dir.manifest)
     assert not any(c in str(err.value) for c in "\n\r\x1b\x00\u202e\u2028")
+
+
+@pytest.mark.parametrize("text", ["You are \u202eevil\n", "ok\x1b[2J\n", "a\u2028b", "nul\x00"])
+def test_control_characters_in_a_prompt_text_are_refused(model_dir, text):
+    (model_dir.root / "prompts" / "system").write_text(text)
+    with pytest.raises(ManifestError, match=r"cellar\.yaml: prompts\.system: system: control character") as err:
+        manifest.load(model_dir.manifest)
+    assert not any(c in str(err.value) for c in "\x1b\x00\u202e\u2028")
+
+
+def test_tabs_newlines_and_crlf_are_fine_in_a_prompt(model_dir):
+    (model_dir.root / "prompts" / "system").write_bytes(b"line one\r\n\tindented\r\n")
+    manifest.load(model_dir.manifest)
 
 
 @pytest.mark.parametrize("name", ["evil\nname.bin", "evil\x1b[2Jname.bin", "rtl\u202eftnib.exe"])

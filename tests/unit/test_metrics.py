@@ -80,3 +80,70 @@ def test_a_bad_listen_address_is_refused(listen):
 def test_listen_addresses():
     assert metrics.parse_listen("127.0.0.1:9105") == ("127.0.0.1", 9105)
     assert metrics.parse_listen("[::1]:9105") == ("::1", 9105)
+
+
+# --- the server under attack (issue 28) -------------------------------------------------------
+
+
+@pytest.fixture
+def served():
+    server, _ = metrics.serve(lambda: MetricsSnapshot(runs=[run(0, "pass")]), "127.0.0.1:0", header_timeout_s=0.5)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def raw(server, request: bytes, timeout: float = 5) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.server_port), timeout=timeout) as sock:
+        sock.sendall(request)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def test_the_metrics_server_answers_only_metrics_on_a_loopback_host(served):
+    page = raw(served, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    assert page.startswith(b"HTTP/1.0 200") and b"cellar_probe_results_total" in page
+    head = page.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"server:" not in head and b"python" not in head and b"nosniff" in head
+    rebinding = raw(served, b"GET /metrics HTTP/1.0\r\nHost: attacker.example:9105\r\n\r\n")
+    assert rebinding.startswith(b"HTTP/1.0 421") and b"cellar_" not in rebinding
+    for path in (b"/", b"/metrics/", b"/favicon.ico", b"/../etc/passwd"):
+        answer = raw(served, b"GET " + path + b" HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 404") and b"cellar_" not in answer
+    assert raw(served, b"POST /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.0 405")
+    assert b"server:" not in raw(served, b"BREW /metrics HTTP/1.0\r\n\r\n").lower()  # an error page neither
+
+
+def test_a_query_selects_nothing_away(served):
+    page = raw(served, b"GET /metrics?name[]=nothing HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    assert b"cellar_probe_results_total" in page
+
+
+def test_a_client_that_never_finishes_its_headers_is_let_go(served):
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", served.server_port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n")
+        started = time.monotonic()
+        while True:  # a header every 0.2 s: each read is quick, the whole never ends
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+            if _readable(sock):  # closed by the server (EOF), or an answer
+                break
+            assert time.monotonic() - started < 8, "the server kept a slow client past its header deadline"
+            time.sleep(0.2)
+    # and the server still answers others
+    assert raw(served, b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").startswith(b"HTTP/1.0 200")
+
+
+def _readable(sock) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])

@@ -173,4 +173,23 @@ def test_the_audit_page_says_when_verification_is_still_running(demo_registry, m
     with TestClient(create_app(demo_registry.opener), base_url="http://127.0.0.1:8765") as c:
         html = c.get("/audit").text
         assert "is being checked; reload in a few seconds" in html and "chain intact" not in html
-        assert "chain intact" in c.get("/audit?verify=now").text  # verify now waits for it
+        monkeypatch.undo()
+        assert "chain intact" in c.get("/audit?verify=now").text  # verify now starts one and waits for it
+
+
+def test_verify_now_is_throttled_and_refused_to_other_sites(demo_registry, monkeypatch):
+    started = []
+    real = pages._verified
+    monkeypatch.setattr(pages, "_verified", lambda reg: (started.append(1), real(reg))[1])
+    with TestClient(create_app(demo_registry.opener), base_url="http://127.0.0.1:8765") as c:
+        deadline = time.monotonic() + 30
+        while "chain intact" not in c.get("/audit").text:  # the start-up verification, in the background
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = len(started)
+        assert c.get("/audit?verify=now", headers={"sec-fetch-site": "cross-site"}).status_code == 200
+        assert c.get("/audit?verify=now", headers={"origin": "http://evil.example"}).status_code == 200
+        assert len(started) == before  # an <img> or link on another site starts nothing
+        for _ in range(5):
+            assert "chain intact" in c.get("/audit?verify=now", headers={"sec-fetch-site": "same-origin"}).text
+        assert len(started) == before + 1  # one per 30 s, however often it is asked

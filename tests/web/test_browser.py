@@ -56,6 +56,12 @@ def test_a_wrong_token_gets_401_and_the_right_one_opens_the_pages(tab, served_wi
     assert TOKEN not in tab.page.url  # sent on to / so the token leaves the address bar
     assert tab.page.goto(url + "/envs").status == 200
     assert tab.page.locator("a[href='/envs/staging']").count() == 1
+    cookies = tab.page.context.cookies()
+    assert cookies and all(TOKEN not in c["value"] for c in cookies)  # a session id, never the token
+    assert all(c["httpOnly"] and c["sameSite"] == "Strict" and c["expires"] > 0 for c in cookies)
+    tab.page.click("form.logout button")
+    tab.page.wait_for_url(url + "/login")
+    assert tab.page.goto(url + "/envs").status == 401  # logged out
     assert tab.errors == [e for e in tab.errors if "401" in e]  # only the refused loads above
 
 

@@ -75,3 +75,11 @@ def test_no_runs_still_draws_the_releases_and_says_so():
     assert "no probe runs in this window" in svg
     assert svg.count('class="release-marker') == 2
     parsed(svg)
+
+
+def test_invisible_characters_in_a_release_are_shown_visibly():
+    runs = synthetic_runs(12)
+    svg = latency_chart(runs, [release(1, runs[0].started_at, actor="mallory\u202e\x1b[2J")], title="staging\u2066")
+    parsed(svg)
+    assert "\u202e" not in svg and "\x1b" not in svg and "\u2066" not in svg
+    assert "mallory\\u202e" in svg and "staging\\u2066" in svg

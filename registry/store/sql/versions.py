@@ -85,6 +85,14 @@ def count(conn: Connection, model: str | None = None, *, include_deprecated: boo
     return conn.execute(query).scalar_one()
 
 
+def model_counts(conn: Connection) -> list[tuple[str, int]]:
+    """(model name, its number of versions) for every model, sorted by name: one query."""
+    query = (select(t.models.c.name, func.count(t.versions.c.id))
+             .select_from(t.models.outerjoin(t.versions, t.versions.c.model_id == t.models.c.id))
+             .group_by(t.models.c.name).order_by(t.models.c.name))
+    return [(name, n) for name, n in conn.execute(query)]
+
+
 def model_names(conn: Connection) -> list[str]:
     return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
 
