@@ -4,6 +4,7 @@
 # PostgreSQL tests log in as a least-privilege role (CREATEDB, not SUPERUSER) whose generated
 # password scripts/setup-postgres.sh keeps in /var/lib/cellar-test/pgpass (root only); set
 # CELLAR_TEST_PG_URL yourself to use another server instead.
+# Starts a second Docker engine too (scripts/second-engine.sh), for the remote-host tests.
 # Usage: scripts/test.sh [pytest args...]
 #        scripts/test.sh --fast [pytest args...]
 # --fast: only the tests marked neither docker, postgres nor browser (tests/conftest.py marks them),
@@ -28,4 +29,12 @@ export CELLAR_TEST_PG_URL
 scripts/setup-docker.sh >&2
 scripts/build-example-image.sh >&2
 scripts/setup-browser.sh >&2
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The second engine (no shared disk: issue 22's remote hosts), stopped when the tests end unless
+# it was already running before (a developer's, kept for the next run).
+if scripts/second-engine.sh status; then
+    scripts/second-engine.sh start >&2
+else
+    scripts/second-engine.sh start >&2
+    trap 'scripts/second-engine.sh stop >&2 || true' EXIT
+fi
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
+from tests.second_engine import second_engine, second_engine_tls  # noqa: F401 (fixtures, issue 22)
 
 PG_ADMIN_URL = os.environ.get(
     "CELLAR_TEST_PG_URL", "postgresql+psycopg://cellar:cellar@127.0.0.1:5432/cellar_test"
@@ -37,7 +38,8 @@ IN_CI = os.environ.get("CI") == "true"
 
 # The fixtures that need a service, and the mark each gives every test that uses it, directly or
 # through another fixture. PostgreSQL through ``db_url`` is marked on its "postgresql" param.
-NEEDS = {"docker_image": "docker", "docker_client": "docker", "pg_url": "postgres", "browser": "browser"}
+NEEDS = {"docker_image": "docker", "docker_client": "docker", "pg_url": "postgres", "browser": "browser",
+         "second_engine": "docker"}
 
 
 @pytest.hookimpl(tryfirst=True)
