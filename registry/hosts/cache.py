@@ -1,0 +1,266 @@
+"""A Docker host's content-addressed copy of the blobs its containers mount.
+
+One labelled volume per registry on each host (``cellar-cache-<registry id>``) holds
+``blobs/sha256/<hex>``, written through the Engine API's archive upload into a helper
+container that mounts the volume and is never started. A deploy sends only the blobs the host
+lacks (or holds with the wrong size), then hashes every blob the version needs *on the host*
+(``sha256sum`` in a container of the version's own image, network off; an image without it:
+the bytes are read back through the archive API and hashed here) before a container mounts
+them: a blob damaged there is sent again, never served. The container gets a read-only tmpfs
+at ``/model`` holding exactly the version's files, each a read-only bind of its blob.
+
+The archive upload writes a file in place: a transfer cut short leaves a blob shorter than its
+record on the host, which the next deploy's size check (and in any case the hash) sends again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import requests
+from docker.errors import APIError, DockerException
+from docker.errors import NotFound as DockerNotFound
+from docker.types import Mount
+
+from registry.engines.engine import LABEL
+from registry.errors import CorruptBlob, EngineError
+from registry.faults import crashpoint
+from registry.hosts.docker_api import ROLE, Api, helper_labels, short, sweep_helpers
+from registry.hosts.files import version_files
+from registry.store.files.blobs import BlobStore
+
+VOLUME_PREFIX = "cellar-cache-"
+MOUNT = "/cellar-cache"
+CHUNK = 4 << 20
+HASH_RATE = 50 << 20  # bytes/s the slowest host hashes at: bounds the wait for sha256sum
+Progress = Callable[[int, int], None]  # (bytes sent, bytes to send)
+
+
+@dataclass
+class Delivery:
+    """What a deploy's transfer did on one host, and what the container mounts from it."""
+
+    host: str
+    files: dict[str, str] = field(default_factory=dict)  # path in the container -> path on the host
+    sent: int = 0          # blobs that travelled
+    sent_bytes: int = 0
+    cached: int = 0        # blobs the host already held and that hashed right
+    repaired: int = 0      # blobs the host held damaged, sent again
+
+    def summary(self) -> str:
+        return (f"sent {self.sent} blob{'s' * (self.sent != 1)} ({self.sent_bytes} bytes) to {self.host}, "
+                f"{self.cached} already there" + (f", {self.repaired} damaged there and sent again"
+                                                 if self.repaired else "") + ", all checked on the host")
+
+
+class HostCache:
+    """The blob cache of this registry on one engine. ``image`` runs the helper containers
+    (the version's own image: the one image certain to be on the host)."""
+
+    def __init__(self, engine, *, registry_id: str, image: str):
+        self.api: Api = engine.api
+        self.host = engine.base_url
+        self.registry_id = registry_id
+        self.image = image
+        self.volume = VOLUME_PREFIX + registry_id[:24]
+
+    # --- a deploy ------------------------------------------------------------------------
+
+    def deliver(self, blobs: BlobStore, record: dict, *, on_progress: Progress | None = None) -> Delivery:
+        """Make the version's blobs present and proven on the host; what its container mounts.
+        EngineError when the host cannot be reached or the transfer breaks off; CorruptBlob
+        when the host keeps holding other bytes than sent."""
+        files = version_files(record)
+        digests = sorted({d for _, d in files})
+        sweep_helpers(self.api, self.registry_id)
+        root = self._mountpoint()
+        sizes = {d: blobs.path(d).stat().st_size for d in digests}
+        with self._helper() as cid:
+            send = [d for d in digests if self._size(cid, d) != sizes[d]]
+            self._send(cid, blobs, send, sizes, on_progress)
+        delivery = Delivery(host=self.host, sent=len(send), sent_bytes=sum(sizes[d] for d in send))
+        if bad := self.damaged(digests, sizes):
+            delivery.repaired = len(set(bad) - set(send))
+            with self._helper() as cid:
+                self._send(cid, blobs, bad, sizes, on_progress)
+            delivery.sent, delivery.sent_bytes = delivery.sent + delivery.repaired, delivery.sent_bytes + sum(
+                sizes[d] for d in set(bad) - set(send))
+            if still := self.damaged(bad, sizes):
+                raise CorruptBlob(f"the copy of blob {still[0][:19]} on {self.host} does not match its digest "
+                                  "even after sending it again: check that host's disk; nothing was deployed")
+        delivery.cached = len(digests) - delivery.sent
+        delivery.files = {f"/model/{rel}": f"{root}/blobs/sha256/{_hex(d)}" for rel, d in files}
+        return delivery
+
+    def damaged(self, digests: list[str], sizes: dict[str, int]) -> list[str]:
+        """The digests whose copy on the host is missing or hashes otherwise (hashed there)."""
+        if not digests:
+            return []
+        got = self._hash_on_host(digests, sum(sizes.values()))
+        return [d for d in digests if got.get(d) != _hex(d)]
+
+    # --- the volume and its helpers --------------------------------------------------------
+
+    def _mountpoint(self) -> str:
+        try:
+            try:
+                return self.api.inspect_volume(self.volume)["Mountpoint"]
+            except DockerNotFound:
+                labels = {f"{LABEL}.registry": self.registry_id, ROLE: "cache"}
+                return self.api.create_volume(self.volume, labels=labels)["Mountpoint"]
+        except DockerException as exc:
+            raise EngineError(f"cannot open the blob cache on {self.host}: {short(exc)}") from None
+
+    @contextmanager
+    def _helper(self, *, role: str = "transfer", read_only: bool = False, **create) -> Iterator[str]:
+        """A container of the cache (created; started only by a caller that needs to run it)."""
+        try:
+            cid = self.api.create_container(
+                self.image, labels=helper_labels(self.registry_id, role), network_disabled=True,
+                host_config=self.api.create_host_config(
+                    mounts=[Mount(MOUNT, self.volume, type="volume", read_only=read_only)]), **create)["Id"]
+        except DockerException as exc:
+            raise EngineError(f"cannot reach the blob cache on {self.host}: {short(exc)}") from None
+        try:
+            yield cid
+        finally:
+            try:
+                self.api.remove_container(cid, force=True)
+            except (DockerException, requests.RequestException):
+                pass  # left behind: sweep_helpers removes it on the next transfer
+
+    def _size(self, cid: str, digest: str) -> int | None:
+        """The size of the host's copy (archive API stat, no bytes read); None when absent."""
+        try:
+            res = self.api.head(f"{self.api.base_url}/v{self.api.api_version}/containers/{cid}/archive",
+                                params={"path": f"{MOUNT}/blobs/sha256/{_hex(digest)}"})
+        except requests.RequestException as exc:
+            raise EngineError(f"cannot reach the blob cache on {self.host}: {short(exc)}") from None
+        if res.status_code == 404:
+            return None
+        stat = json.loads(base64.b64decode(res.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
+        return int(stat.get("size", -1))
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _send(self, cid: str, blobs: BlobStore, digests: list[str], sizes: dict[str, int],
+              on_progress: Progress | None) -> None:
+        if not digests:
+            return
+        total, sent = sum(sizes[d] for d in digests), [0]
+
+        def counted() -> Iterator[bytes]:
+            for chunk in _tar_stream(blobs, digests, sizes):
+                sent[0] += len(chunk)
+                if on_progress:
+                    on_progress(min(sent[0], total), total)
+                crashpoint("transfer:sending")
+                yield chunk
+
+        try:
+            self.api.put_archive(cid, MOUNT, counted())
+        except (DockerException, requests.RequestException) as exc:
+            raise EngineError(f"sending the weights to {self.host} broke off after {sent[0]} of {total} bytes "
+                              f"({short(exc)}); nothing was deployed, the release in place keeps serving: "
+                              "run the command again (only what the host lacks travels)") from None
+
+    # --- checking on the host --------------------------------------------------------------
+
+    def _hash_on_host(self, digests: list[str], total: int) -> dict[str, str]:
+        """digest -> the hex sha256 of the host's copy (absent: left out)."""
+        paths = [f"{MOUNT}/blobs/sha256/{_hex(d)}" for d in digests]
+        with self._helper(role="check", read_only=True, entrypoint=["sha256sum"], command=paths) as cid:
+            try:
+                self.api.start(cid)
+            except APIError as exc:
+                if "executable file not found" in str(exc) or "no such file" in str(exc).lower():
+                    return self._hash_by_reading(digests)
+                raise EngineError(f"cannot check the blob cache on {self.host}: {short(exc)}") from None
+            try:
+                self.api.wait(cid, timeout=60 + total // HASH_RATE)
+                out = self.api.logs(cid, stdout=True, stderr=False).decode("ascii", "replace")
+            except (DockerException, requests.RequestException) as exc:
+                raise EngineError(f"checking the blob cache on {self.host} failed: {short(exc)}") from None
+        found = {}
+        for line in out.splitlines():
+            hexdigest, _, path = line.partition("  ")
+            found["sha256:" + path.rsplit("/", 1)[-1]] = hexdigest.strip()
+        return found
+
+    def _hash_by_reading(self, digests: list[str]) -> dict[str, str]:
+        """The image has no sha256sum: read each copy back through the archive API, hash it here."""
+        found = {}
+        with self._helper(role="check", read_only=True) as cid:
+            for d in digests:
+                try:
+                    stream, _ = self.api.get_archive(cid, f"{MOUNT}/blobs/sha256/{_hex(d)}", chunk_size=CHUNK)
+                    found[d] = _hash_tar_member(stream)
+                except DockerNotFound:
+                    continue
+                except (DockerException, requests.RequestException) as exc:
+                    raise EngineError(f"checking the blob cache on {self.host} failed: {short(exc)}") from None
+        return found
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[-1]
+
+
+def _tar_stream(blobs: BlobStore, digests: list[str], sizes: dict[str, int]) -> Iterator[bytes]:
+    """A tar of ``blobs/sha256/<hex>`` files, read-only, streamed chunk by chunk."""
+    now = time.time()
+    for folder in ("blobs", "blobs/sha256"):
+        info = tarfile.TarInfo(folder)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, now
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+    for d in digests:
+        info = tarfile.TarInfo(f"blobs/sha256/{_hex(d)}")
+        info.size, info.mode, info.mtime = sizes[d], 0o444, now
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        with open(blobs.path(d), "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+        if pad := -sizes[d] % tarfile.BLOCKSIZE:
+            yield b"\0" * pad
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _hash_tar_member(stream) -> str:
+    """sha256 of the one file in an archive stream, read as it comes."""
+    reader = _StreamReader(stream)
+    with tarfile.open(fileobj=reader, mode="r|") as tar:
+        for member in tar:
+            f = tar.extractfile(member)
+            h = hashlib.sha256()
+            while f is not None and (chunk := f.read(CHUNK)):
+                h.update(chunk)
+            return h.hexdigest()
+    return ""
+
+
+class _StreamReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks):
+        self._chunks, self._buf = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
