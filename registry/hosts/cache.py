@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import requests
 from docker.errors import APIError, DockerException
@@ -139,15 +140,18 @@ class HostCache:
 
     def _size(self, cid: str, digest: str) -> int | None:
         """The size of the host's copy (archive API stat, no bytes read); None when absent."""
+        stat = self._stat(cid, _hex(digest))
+        return None if stat is None else int(stat.get("size", -1))
+
+    def _stat(self, cid: str, name: str) -> dict | None:
         try:
             res = self.api.head(f"{self.api.base_url}/v{self.api.api_version}/containers/{cid}/archive",
-                                params={"path": f"{MOUNT}/blobs/sha256/{_hex(digest)}"})
+                                params={"path": f"{MOUNT}/blobs/sha256/{name}"})
         except requests.RequestException as exc:
             raise EngineError(f"cannot reach the blob cache on {self.host}: {short(exc)}") from None
         if res.status_code == 404:
             return None
-        stat = json.loads(base64.b64decode(res.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
-        return int(stat.get("size", -1))
+        return json.loads(base64.b64decode(res.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -177,23 +181,70 @@ class HostCache:
     def _hash_on_host(self, digests: list[str], total: int) -> dict[str, str]:
         """digest -> the hex sha256 of the host's copy (absent: left out)."""
         paths = [f"{MOUNT}/blobs/sha256/{_hex(d)}" for d in digests]
-        with self._helper(role="check", read_only=True, entrypoint=["sha256sum"], command=paths) as cid:
-            try:
-                self.api.start(cid)
-            except APIError as exc:
-                if "executable file not found" in str(exc) or "no such file" in str(exc).lower():
-                    return self._hash_by_reading(digests)
-                raise EngineError(f"cannot check the blob cache on {self.host}: {short(exc)}") from None
-            try:
-                self.api.wait(cid, timeout=60 + total // HASH_RATE)
-                out = self.api.logs(cid, stdout=True, stderr=False).decode("ascii", "replace")
-            except (DockerException, requests.RequestException) as exc:
-                raise EngineError(f"checking the blob cache on {self.host} failed: {short(exc)}") from None
+        out = self._run(["sha256sum"], paths, timeout=60 + total // HASH_RATE)
+        if out is None:
+            return self._hash_by_reading(digests)
         found = {}
         for line in out.splitlines():
             hexdigest, _, path = line.partition("  ")
             found["sha256:" + path.rsplit("/", 1)[-1]] = hexdigest.strip()
         return found
+
+    def _run(self, entrypoint: list[str], command: list[str], *, timeout: int, read_only: bool = True) -> str | None:
+        """Run a helper with the cache mounted; its stdout. None when the image lacks the program."""
+        with self._helper(role="check", read_only=read_only, entrypoint=entrypoint, command=command) as cid:
+            try:
+                self.api.start(cid)
+            except APIError as exc:
+                if "executable file not found" in str(exc) or "no such file" in str(exc).lower():
+                    return None
+                raise EngineError(f"cannot run a helper on {self.host}: {short(exc)}") from None
+            try:
+                self.api.wait(cid, timeout=timeout)
+                return self.api.logs(cid, stdout=True, stderr=False).decode("utf-8", "replace")
+            except (DockerException, requests.RequestException) as exc:
+                raise EngineError(f"a helper on {self.host} failed: {short(exc)}") from None
+
+    # --- upkeep: what the cache holds, and removing what nothing needs ----------------------
+
+    def exists(self) -> bool:
+        """Whether this registry ever cached blobs on the host."""
+        try:
+            self.api.inspect_volume(self.volume)
+            return True
+        except DockerNotFound:
+            return False
+        except DockerException as exc:
+            raise EngineError(f"cannot open the blob cache on {self.host}: {short(exc)}") from None
+
+    def listing(self) -> dict[str, tuple[int, float]]:
+        """digest -> (size, modification time) of every blob the host holds (the image's sh lists them)."""
+        script = f'for f in {MOUNT}/blobs/sha256/*; do [ -f "$f" ] && echo "$(wc -c < "$f") ${{f##*/}}"; done; true'
+        out = self._run(["sh", "-c"], [script], timeout=120)
+        if out is None:
+            raise EngineError(f"cannot list the blob cache on {self.host}: the image {self.image[:19]} has no sh")
+        found = {}
+        with self._helper(read_only=True) as cid:
+            for line in out.splitlines():
+                size, _, name = line.strip().partition(" ")
+                if size.isdigit() and len(name) == 64:
+                    found["sha256:" + name] = (int(size), self._mtime(cid, name))
+        return found
+
+    def remove(self, digests: list[str]) -> None:
+        """Unlink these blobs on the host (a running container keeps the file it mounted)."""
+        if digests:
+            script = f'cd {MOUNT}/blobs/sha256 && rm -f -- "$@"'
+            if self._run(["sh", "-c"], [script, "sh", *(_hex(d) for d in digests)], timeout=120,
+                         read_only=False) is None:
+                raise EngineError(f"cannot collect the blob cache on {self.host}: the image has no sh")
+
+    def _mtime(self, cid: str, name: str) -> float:
+        stat = self._stat(cid, name) or {}
+        try:
+            return datetime.fromisoformat(stat.get("mtime", "")[:26].rstrip("Z")).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            return time.time()  # unknown: counted as fresh, so kept
 
     def _hash_by_reading(self, digests: list[str]) -> dict[str, str]:
         """The image has no sha256sum: read each copy back through the archive API, hash it here."""

@@ -168,6 +168,32 @@ def test_verify_hosts_finds_a_damaged_cached_blob(remote, second_engine):
     assert any(weights[:12] in p["digest"] and p["kind"] == "host-cache" for p in report["problems"])
 
 
+def test_gc_reclaims_host_blobs_no_kept_release_needs(remote, second_engine):
+    from datetime import timedelta
+
+    from registry.hosts.cache import HostCache
+
+    reg, _ = remote
+    env = "lean"  # keeps no stopped container: only the deployed release and the rollback target
+    reg.add_env(env, port=free_port(), docker_host=second_engine.url, health_timeout_s=10, keep=0)
+    for version in ("v1.2", "v1.0"):
+        reg.promote(f"support-bot@{version}", env=env)
+    # v1.0 runs and v1.2 is the rollback target: nothing to reclaim
+    assert reg.gc(dry_run=True, grace=timedelta(0)).host_blobs == []
+    reg.promote("support-bot@v1.1", env=env)  # now v1.0 is the target; v1.2 is needed by nothing
+    only_v12 = set(_expected(reg, "support-bot@v1.2").values()) - set(_expected(reg, "support-bot@v1.0").values()) \
+        - set(_expected(reg, "support-bot@v1.1").values())
+    planned = reg.gc(dry_run=True, grace=timedelta(0)).host_blobs
+    assert {b.digest.split(":", 1)[1] for b in planned} == only_v12
+    done = reg.gc(grace=timedelta(0))
+    assert {b.digest.split(":", 1)[1] for b in done.host_blobs} == only_v12
+    engine = reg.cfg.engine(second_engine.url)
+    held = HostCache(engine, registry_id=reg.cfg.registry_id, image=reg.history(env)[0].image_digest).listing()
+    assert not {d.split(":", 1)[1] for d in held} & only_v12
+    back = reg.rollback(env=env)  # the rollback target's blobs were kept
+    assert back.release.version == "v1.0" and _sent(back)[0] == 0
+
+
 def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
