@@ -271,8 +271,8 @@ def push_versions(reg, model_dir: helpers.ModelDir, *versions: str, prompt: str 
 
 SERVER = Path(__file__).parent / "integration" / "server"
 BUSYBOX = Path("/bin/busybox")
-# sha256sum and rm: a host's blob cache is checked and collected with the image's own tools (issue 22)
-APPLETS = ["sh", "httpd", "sleep", "cat", "wc", "echo", "printf", "sha256sum", "rm"]
+# sha256sum, stat and rm: a host's blob cache is checked and collected with the image's own tools (issue 22)
+APPLETS = ["sh", "httpd", "sleep", "cat", "wc", "echo", "printf", "sha256sum", "stat", "rm"]
 
 
 def _docker_client():

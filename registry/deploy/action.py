@@ -195,7 +195,8 @@ class DeployAction(Action):
                                              record=record), {}
             self._note(f"{self.engine.base_url} does not share this disk")
         with self.step("send weights"):
-            delivery = HostCache(self.engine, registry_id=self.cfg.registry_id, image=image).deliver(
+            delivery = HostCache(self.engine, registry_id=self.cfg.registry_id, image=image,
+                                 stamps=self.cfg.home.path / "host-stamps").deliver(
                 self.cfg.blobs, record, on_progress=self._progress())
             self._note(delivery.summary())
         return None, delivery.files

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import requests
 from docker.errors import APIError, DockerException
@@ -32,10 +33,11 @@ from docker.errors import NotFound as DockerNotFound
 from docker.types import Mount
 
 from registry.engines.engine import LABEL
-from registry.errors import CorruptBlob, EngineError
+from registry.errors import EngineError
 from registry.faults import crashpoint
 from registry.hosts.docker_api import ROLE, Api, helper_labels, short, sweep_helpers
 from registry.hosts.files import version_files
+from registry.hosts.stamps import Stamp, Stamps
 from registry.store.files.blobs import BlobStore
 
 VOLUME_PREFIX = "cellar-cache-"
@@ -53,53 +55,77 @@ class Delivery:
     files: dict[str, str] = field(default_factory=dict)  # path in the container -> path on the host
     sent: int = 0          # blobs that travelled
     sent_bytes: int = 0
-    cached: int = 0        # blobs the host already held and that hashed right
+    cached: int = 0        # blobs the host already held, proven (stamp unchanged, or hashed there)
+    hashed: int = 0        # of those it held, how many were hashed on the host this time
     repaired: int = 0      # blobs the host held damaged, sent again
 
     def summary(self) -> str:
         return (f"sent {self.sent} blob{'s' * (self.sent != 1)} ({self.sent_bytes} bytes) to {self.host}, "
-                f"{self.cached} already there" + (f", {self.repaired} damaged there and sent again"
-                                                 if self.repaired else "") + ", all checked on the host")
+                f"{self.cached} already there ({self.hashed} hashed there)"
+                + (f", {self.repaired} damaged there and sent again" if self.repaired else ""))
 
 
 class HostCache:
     """The blob cache of this registry on one engine. ``image`` runs the helper containers
     (the version's own image: the one image certain to be on the host)."""
 
-    def __init__(self, engine, *, registry_id: str, image: str):
+    def __init__(self, engine, *, registry_id: str, image: str, stamps: Path | None = None):
         self.api: Api = engine.api
         self.host = engine.base_url
         self.registry_id = registry_id
         self.image = image
         self.volume = VOLUME_PREFIX + registry_id[:24]
+        self.stamps = Stamps(stamps, host=self.host, volume=self.volume)
+        self.stats_work = True  # until the image turns out to have no stat
 
     # --- a deploy ------------------------------------------------------------------------
 
     def deliver(self, blobs: BlobStore, record: dict, *, on_progress: Progress | None = None) -> Delivery:
         """Make the version's blobs present and proven on the host; what its container mounts.
-        EngineError when the host cannot be reached or the transfer breaks off; CorruptBlob
-        when the host keeps holding other bytes than sent."""
+        A copy already there is trusted when its stat is what this registry stamped after it
+        last sent or hashed it (registry.hosts.stamps), else hashed on the host and sent again
+        when damaged; a blob sent now is the verified local blob's bytes, stamped once written.
+        EngineError when the host cannot be reached or the transfer breaks off."""
         files = version_files(record)
         digests = sorted({d for _, d in files})
         sweep_helpers(self.api, self.registry_id)
         root = self._mountpoint()
         sizes = {d: blobs.path(d).stat().st_size for d in digests}
+        held = self._stats(digests)
+        present = [d for d in digests if d in held and held[d][0] == sizes[d]]
+        unproven = [d for d in present if not (self.stats_work and self.stamps.holds(d, held[d]))]
+        damaged = self.damaged(unproven, sizes)
+        send = [d for d in digests if d not in present or d in damaged]
         with self._helper() as cid:
-            send = [d for d in digests if self._size(cid, d) != sizes[d]]
             self._send(cid, blobs, send, sizes, on_progress)
-        delivery = Delivery(host=self.host, sent=len(send), sent_bytes=sum(sizes[d] for d in send))
-        if bad := self.damaged(digests, sizes):
-            delivery.repaired = len(set(bad) - set(send))
-            with self._helper() as cid:
-                self._send(cid, blobs, bad, sizes, on_progress)
-            delivery.sent, delivery.sent_bytes = delivery.sent + delivery.repaired, delivery.sent_bytes + sum(
-                sizes[d] for d in set(bad) - set(send))
-            if still := self.damaged(bad, sizes):
-                raise CorruptBlob(f"the copy of blob {still[0][:19]} on {self.host} does not match its digest "
-                                  "even after sending it again: check that host's disk; nothing was deployed")
-        delivery.cached = len(digests) - delivery.sent
-        delivery.files = {f"/model/{rel}": f"{root}/blobs/sha256/{_hex(d)}" for rel, d in files}
-        return delivery
+        written = self._stats(send)
+        if wrong := [d for d in send if written.get(d, (-1,))[0] != sizes[d]]:
+            raise EngineError(f"the copy of blob {wrong[0][:19]} on {self.host} is not the size sent: "
+                              "check that host's disk; nothing was deployed")
+        if self.stats_work:
+            self.stamps.record({**{d: held[d] for d in present if d not in damaged}, **written}, forget=damaged)
+        return Delivery(host=self.host, sent=len(send), sent_bytes=sum(sizes[d] for d in send),
+                        cached=len(present) - len(damaged), hashed=len(unproven), repaired=len(damaged),
+                        files={f"/model/{rel}": f"{root}/blobs/sha256/{_hex(d)}" for rel, d in files})
+
+    def _stats(self, digests: list[str]) -> dict[str, Stamp]:
+        """digest -> (size, mtime, ctime, inode) of the host's copy (absent: left out), from
+        ``stat`` in the image; an image without it gives sizes only (and no stamps are trusted)."""
+        if not digests:
+            return {}
+        paths = [f"{MOUNT}/blobs/sha256/{_hex(d)}" for d in digests]
+        out = self._run(["stat"], ["-c", "%s %Y %Z %i %n", *paths], timeout=120) if self.stats_work else None
+        if out is None:
+            self.stats_work = False
+            with self._helper(read_only=True) as cid:
+                return {d: (size, -1, -1, -1) for d in digests if (size := self._size(cid, d)) is not None}
+        found = {}
+        for line in out.splitlines():
+            fields = line.split(" ", 4)
+            if len(fields) == 5 and all(f.isdigit() for f in fields[:4]):
+                found["sha256:" + fields[4].rsplit("/", 1)[-1]] = (
+                    int(fields[0]), int(fields[1]), int(fields[2]), int(fields[3]))
+        return found
 
     def damaged(self, digests: list[str], sizes: dict[str, int]) -> list[str]:
         """The digests whose copy on the host is missing or hashes otherwise (hashed there)."""

@@ -99,6 +99,8 @@ def test_promote_sends_what_the_host_lacks_and_the_container_sees_exactly_the_ve
     # a version whose blobs the host holds sends nothing
     again = reg.promote("support-bot@v1.0", env=env)
     assert _sent(again) == (0, 2)
+    # each copy's stat is what was stamped when it was sent: none is hashed on the host again
+    assert "(0 hashed there)" in next(s.detail for s in again.steps if s.name == "send weights")
     # and the environment publishes on the host's address (bind 0.0.0.0 chosen for a remote host)
     assert reg.environments()[0].bind_addr == "0.0.0.0"
 
