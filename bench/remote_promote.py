@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
+from rollback import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = Path("/sys/class/net/ce2-host/statistics/tx_bytes")  # this machine -> the second engine
@@ -174,12 +174,6 @@ def _cleanup(url: str, registry_id: str) -> None:
     vols = _docker(url, "volume", "ls", "-q", "--filter", f"label=cellar.registry={registry_id}").split()
     if vols:
         _docker(url, "volume", "rm", "-f", *vols)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -318,3 +318,78 @@ def test_sharing_is_probed_not_read_from_the_url(sqlite_home, second_engine):
         other.close()
     assert not list(Path(folder).glob(".probe-*"))
 
+
+
+def test_a_pruned_cache_is_filled_again_before_a_rollback_serves(remote, second_engine):
+    """Someone ran `docker volume prune` on the host: the kept container's files are gone there;
+    the rollback sends them again before starting it."""
+    from registry.hosts.cache import VOLUME_PREFIX
+
+    reg, env = remote
+    reg.promote("support-bot@v1.0", env=env)
+    reg.promote("support-bot@v1.2", env=env)
+    client = second_engine.client()
+    try:
+        client.volumes.get(VOLUME_PREFIX + reg.cfg.registry_id[:24]).remove(force=True)
+    finally:
+        client.close()
+    back = reg.rollback(env=env)
+    assert back.release.version == "v1.0" and _sent(back) == (2, 2)
+    assert _model_files(second_engine, back.release.container_id) == _expected(reg, "support-bot@v1.0")
+
+
+@pytest.fixture
+def image_without_tools(second_engine, docker_client):
+    """The test server image without sha256sum and stat, on both engines (committed here, loaded there)."""
+    c = docker_client.containers.run(second_engine.image, entrypoint=["sh", "-c", "rm /bin/sha256sum /bin/stat"],
+                                     detach=True)
+    c.wait(timeout=30)
+    image = c.commit(repository="cellar-test-notools", tag=os.urandom(4).hex(), changes=['ENTRYPOINT ["/serve"]'])
+    c.remove(force=True)
+    there = second_engine.client()
+    try:
+        there.images.load(b"".join(image.save(named=True)))
+        yield image.tags[0]
+    finally:
+        there.images.remove(image.id, force=True)
+        there.close()
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_an_image_without_sha256sum_or_stat_is_checked_by_reading_back(second_engine, sqlite_home, model_dir,
+                                                                         monkeypatch, image_without_tools):
+    from registry.api import Registry
+
+    monkeypatch.setenv("SUPPORT_API_TOKEN", TOKEN)
+    with Registry.open(sqlite_home) as reg:
+        try:
+            _push(reg, model_dir, "v1.0", image_without_tools)
+            reg.add_env("gpu", port=free_port(), docker_host=second_engine.url, health_timeout_s=10)
+            assert _sent(reg.promote("support-bot@v1.0", env="gpu")) == (2, 2)
+            again = reg.promote("support-bot@v1.0", env="gpu")  # no stamps without stat: hashed (read back)
+            assert "2 already there (2 hashed there)" in next(s.detail for s in again.steps if s.name == "send weights")
+            weights = _expected(reg, "support-bot@v1.0")["/model/weights/model.safetensors"]
+            _damage(second_engine, reg, "sha256:" + weights)
+            repaired = reg.promote("support-bot@v1.0", env="gpu")
+            assert "1 damaged there and sent again" in next(s.detail for s in repaired.steps
+                                                            if s.name == "send weights")
+        finally:
+            second_engine.cleanup(reg.cfg.registry_id)
+
+
+def test_a_health_check_that_gets_no_answer_says_where_it_was_sent(second_engine, sqlite_home, model_dir, monkeypatch):
+    """Bound to the remote host's own loopback, the container runs but this machine cannot reach
+    it: the promote's health check says where the requests went (a probe says the same)."""
+    from registry.api import Registry
+
+    monkeypatch.setenv("SUPPORT_API_TOKEN", TOKEN)
+    with Registry.open(sqlite_home) as reg:
+        try:
+            _push(reg, model_dir, "v1.0", second_engine.image)
+            reg.add_env("gpu", port=free_port(), docker_host=second_engine.url, bind_addr="127.0.0.1",
+                        health_timeout_s=2)
+            out = cli("promote", "support-bot@v1.0", "--env", "gpu", code=4)
+            assert "there is that host's own loopback" in out.stderr
+            assert "health and probe requests go from this machine to http://10.231.0.2:" in out.stderr
+        finally:
+            second_engine.cleanup(reg.cfg.registry_id)
