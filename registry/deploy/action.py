@@ -190,7 +190,8 @@ class DeployAction(Action):
         from registry.hosts.cache import HostCache
 
         with self.step("snapshot"):
-            if sharing.shares_disk(self.engine, self.cfg.snapshots, image=image, registry_id=self.cfg.registry_id):
+            if sharing.shares_disk(self.engine, self.cfg.snapshots, image=image, registry_id=self.cfg.registry_id,
+                                   proofs=self.cfg.home.path / "host-stamps" / "shared-disk.json"):
                 return snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=manifest_digest,
                                              record=record), {}
             self._note(f"{self.engine.base_url} does not share this disk")

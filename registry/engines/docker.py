@@ -159,8 +159,8 @@ class DockerEngine:
 def _model_mounts(spec: ContainerSpec) -> dict:
     """/model: the snapshot folder bound read-only, or (a host that does not share the registry's
     disk) a read-only tmpfs holding exactly the version's files, each its cached blob bound read-only."""
-    if not spec.files:
-        return {"binds": {spec.snapshot: {"bind": "/model", "mode": "ro"}}}
+    if not spec.files:  # a bind mount: a snapshot missing on the engine fails, never an empty /model
+        return {"mounts": [Mount("/model", spec.snapshot, type="bind", read_only=True)]}
     return {"mounts": [Mount("/model", None, type="tmpfs", read_only=True),
                        *(Mount(path, source, type="bind", read_only=True)
                          for path, source in sorted(spec.files.items()))]}

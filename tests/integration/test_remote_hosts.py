@@ -319,6 +319,31 @@ def test_sharing_is_probed_not_read_from_the_url(sqlite_home, second_engine):
     assert not list(Path(folder).glob(".probe-*"))
 
 
+def test_a_proof_of_sharing_is_remembered_for_that_engine(sqlite_home, second_engine, docker_client):
+    """The second run asks the engine its ID instead of creating a probe container (counted in
+    the engine's own event stream); another engine gets no credit for it."""
+    import time
+
+    from registry.engines.docker import DockerEngine
+    from registry.hosts import sharing
+
+    folder, proofs = sqlite_home / "snapshots", sqlite_home / "host-stamps" / "shared-disk.json"
+    since = int(time.time())
+    local, other = DockerEngine(None), DockerEngine(f"unix://{SOCKET}")
+    try:
+        for _ in range(2):
+            sharing._known.clear()  # a new command: nothing known in this process
+            assert sharing.shares_disk(local, folder, image=second_engine.image, registry_id="proof", proofs=proofs)
+        sharing._known.clear()
+        assert not sharing.shares_disk(other, folder, image=second_engine.image, registry_id="proof", proofs=proofs)
+    finally:
+        local.close()
+        other.close()
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"label": ["cellar.registry=proof"], "event": ["create"]})
+    assert len(list(events)) == 1
+
+
 
 def test_a_pruned_cache_is_filled_again_before_a_rollback_serves(remote, second_engine):
     """Someone ran `docker volume prune` on the host: the kept container's files are gone there;
