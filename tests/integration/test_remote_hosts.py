@@ -418,3 +418,38 @@ def test_a_health_check_that_gets_no_answer_says_where_it_was_sent(second_engine
             assert "health and probe requests go from this machine to http://10.231.0.2:" in out.stderr
         finally:
             second_engine.cleanup(reg.cfg.registry_id)
+
+
+def test_recover_recreates_a_removed_container_with_its_files_on_the_host(remote, second_engine):
+    reg, env = remote
+    first = reg.promote("support-bot@v1.0", env=env)
+    client = second_engine.client()
+    try:
+        client.containers.get(first.release.container_id).remove(force=True)
+    finally:
+        client.close()
+    result = reg.recover(env=env)
+    assert [a.action for a in result.actions] == ["recreated"]
+    (now,) = [r for r in reg.history(env) if r.status == "deployed"]
+    assert _model_files(second_engine, now.container_id) == _expected(reg, "support-bot@v1.0")
+
+
+class _Watcher:
+    """An on_step that also hears the running step's details (what the CLI's spinner shows)."""
+
+    def __init__(self):
+        self.details: list[str] = []
+
+    def __call__(self, name, seconds, ok):
+        pass
+
+    def started(self, name, detail):
+        if name == "send weights" and detail:
+            self.details.append(detail)
+
+
+def test_progress_shows_bytes_and_rate_while_weights_travel(remote):
+    reg, env = remote
+    watcher = _Watcher()
+    reg.promote("support-bot@v1.0", env=env, on_step=watcher)
+    assert any(re.fullmatch(r"[\d.]+ of [\d.]+ MB, \d+ MB/s", d) for d in watcher.details), watcher.details
