@@ -37,9 +37,13 @@ def collect(cfg: Configuration, envs: list[Environment], needed: list[Release], 
             dry_run: bool, grace_s: float, warnings: list[str]) -> list[BlobItem]:
     """Remove from each host's cache the blobs no kept release needs (any environment's: a
     blob is shared by content), older than the grace period (a promote may be sending it)."""
+    from registry.hosts.docker_api import sweep_helpers
+
     removed = []
     for cache in _caches(cfg, envs, needed, warnings):
         try:
+            if not dry_run:  # helpers a killed transfer left there, their process provably gone
+                sweep_helpers(cache.api, cfg.registry_id)
             held = cache.listing()
             drop = [d for d, (_size, mtime) in held.items() if d not in keep and mtime < time.time() - grace_s]
             if not dry_run:
