@@ -33,7 +33,8 @@ def env_add(
     keep: int = typer.Option(3, "--keep", min=0, help="Stopped containers kept for instant rollback."),
     protected: bool = typer.Option(False, "--protected", help="Promote and rollback need --reason."),
     default: bool = typer.Option(False, "--default", help="Use this environment when none is named."),
-    bind: str = typer.Option("127.0.0.1", "--bind", help="Host address the port is published on."),
+    bind: str = typer.Option(None, "--bind", help="Host address the port is published on "
+                                                 "(default: 127.0.0.1; 0.0.0.0 on a tcp:// or ssh:// host)."),
     gate: bool = typer.Option(False, "--gate",
                               help="Promotes here run the version's probes after warm-up; "
                                    "any fail or error rolls back."),

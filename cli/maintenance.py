@@ -18,13 +18,17 @@ REASON = typer.Option(None, "--reason", help="Why (recorded in the audit log).")
 
 
 @app.command()
-def verify(as_json: bool = JSON) -> None:
+def verify(
+    hosts: bool = typer.Option(False, "--hosts", help="Also hash, on each Docker host that caches blobs "
+                                                     "(one that does not share this disk), the blobs cached there."),
+    as_json: bool = JSON,
+) -> None:
     """Re-hash every blob, check references, snapshots, the audit chain and the database; exit 1 on damage.
 
     Example:  registry verify --json > verify.json || echo "the store is damaged"
     """
     with open_registry() as reg, _Bar(disable=as_json, label="verify") as bar:
-        report = reg.verify(progress=bar.update)
+        report = reg.verify(progress=bar.update, hosts=hosts)
     if as_json:
         print_json(report)
     else:
@@ -42,6 +46,8 @@ def _print_report(report) -> None:
               + (f": {plain(p.detail)}" if p.detail else ""))
     for path in report.stale_temp_files:
         print(f"note    stale temp file {plain(path)} (gc removes it)")
+    for w in report.warnings:
+        warn(w)
     verdict = "intact" if report.ok else f"DAMAGED: {sum(p.damage for p in report.problems)} problem(s)"
     print(f"{verdict}: {report.blobs_checked} blobs ({size(report.bytes_hashed)}) re-hashed in {report.seconds:.1f} s, "
           f"{report.snapshots_checked} snapshots, {report.audit_events} audit events; {report.database_check}")
@@ -69,6 +75,8 @@ def gc(
         print(f"{verb} blob {b.digest}  {size(b.size)}")
     for item in [*result.temp_files, *result.snapshots]:
         print(f"{verb} {plain(item.path)}  {size(item.size)}  ({plain(item.why)})")
+    for b in result.host_blobs:
+        print(f"{verb} blob {b.digest}  {size(b.size)}  from the cache on {plain(b.path)}")
     for c in result.containers:
         print(f"{verb} container {plain(c.name or c.id[:12])} ({plain(c.env)}, {plain(c.version)} r{c.revision})")
     for s in result.skipped:

@@ -339,17 +339,19 @@ class Registry(RemoteCommands):
 
     # --- maintenance: verify, gc, backup, export -----------------------------------------
 
-    def verify(self, *, progress: VerifyProgress | None = None) -> VerifyReport:
+    def verify(self, *, progress: VerifyProgress | None = None, hosts: bool = False) -> VerifyReport:
         """Re-hash every blob on all cores, resolve every recorded reference, check snapshots,
         the audit chain and the database's own integrity; ``ok`` when nothing is damaged.
-        ``progress(bytes, total)`` is called as blobs are hashed."""
+        ``progress(bytes, total)`` is called as blobs are hashed. ``hosts``: also hash, on each
+        Docker host that caches blobs (one not sharing this disk), the cached blobs versions use."""
         from registry.upkeep.verify import Verify
 
-        return Verify(self.cfg).run(progress=progress)
+        return Verify(self.cfg).run(progress=progress, hosts=hosts)
 
     def gc(self, *, dry_run: bool = False, actor: str | None = None, grace: timedelta | None = None) -> GcResult:
         """Remove what nothing needs: unreferenced blobs older than ``grace`` (1 hour), stale temp
-        files, snapshots no release needs, stopped containers beyond retention. The dry run
+        files, snapshots no release needs, stopped containers beyond retention, and blobs in
+        Docker hosts' caches no kept release needs. The dry run
         returns the same set the real run removes."""
         from registry.upkeep import gc_plan
         from registry.upkeep.gc import Gc

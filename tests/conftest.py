@@ -290,7 +290,8 @@ def oci_registry(tmp_path, monkeypatch):
 
 SERVER = Path(__file__).parent / "integration" / "server"
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ["sh", "httpd", "sleep", "cat", "wc", "echo", "printf"]
+# sha256sum, stat and rm: a host's blob cache is checked and collected with the image's own tools (issue 22)
+APPLETS = ["sh", "httpd", "sleep", "cat", "wc", "echo", "printf", "sha256sum", "stat", "rm"]
 
 
 def _docker_client():
@@ -313,7 +314,7 @@ def docker_client():
 
 
 def _inputs_hash() -> str:
-    h = hashlib.sha256(BUSYBOX.read_bytes())
+    h = hashlib.sha256(BUSYBOX.read_bytes() + " ".join(APPLETS).encode())
     for path in sorted(SERVER.rglob("*")):
         if path.is_file():
             h.update(path.relative_to(SERVER).as_posix().encode() + path.read_bytes())

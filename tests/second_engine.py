@@ -123,15 +123,18 @@ def second_engine_tls(second_engine, tmp_path_factory):
     """The second engine over ``tcp://`` with TLS (client certificate verified), certificates
     made here; the TLS front runs in the engine's network namespace, on its address."""
     certs = make_certs(tmp_path_factory.mktemp("engine2-certs"), second_engine.address)
+    # One front per pytest-xdist worker (this fixture is per session, a session per worker): a
+    # port of its own each, or the second worker's front finds the port taken.
+    port = TLS_PORT + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     proxy = subprocess.Popen(
         ["nsenter", f"--net={NETNS}", sys.executable, str(ROOT / "tests" / "tls_proxy.py"),
-         second_engine.address, str(TLS_PORT), SOCKET, str(certs)],
+         second_engine.address, str(port), SOCKET, str(certs)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proxy.stdout is not None
         ready, _, _ = select.select([proxy.stdout], [], [], 20)  # "ready", or EOF when it failed
         assert ready and proxy.stdout.readline().strip() == "ready", "the TLS front did not start"
-        yield SecondEngine(url=f"tcp://{second_engine.address}:{TLS_PORT}", image=second_engine.image,
+        yield SecondEngine(url=f"tcp://{second_engine.address}:{port}", image=second_engine.image,
                            cert_path=str(certs))
     finally:
         proxy.kill()

@@ -24,7 +24,7 @@ from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import hosting, snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
-from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound
+from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound, StepFailed
 from registry.ledger import Release, Target
 from registry.models import Environment, Lock, Runtime, Step
 from registry.models.resources import Resources
@@ -47,14 +47,17 @@ class StepWatcher(Protocol):
 
 @dataclass
 class Ready:
-    """A version made ready to run: its runtime, pinned image, snapshot and container variables."""
+    """A version made ready to run: its runtime, pinned image, files and container variables.
+    ``snapshot`` is the hard-linked folder where the engine shares this disk; otherwise
+    ``files`` maps each path under /model to its blob in the host's cache (registry.hosts)."""
 
     target: Target
     runtime: Runtime
     image: str
-    snapshot: Path
+    snapshot: Path | None
     env_vars: dict[str, str] = field(repr=False)
     resources: Resources = field(default_factory=Resources)  # the runtime's host settings, env overrides on top
+    files: dict[str, str] = field(default_factory=dict)
 
 
 class DeployAction(Action):
@@ -181,12 +184,10 @@ class DeployAction(Action):
         with self.step("pin image"):
             image = (self.engine.image_digest(image_digest) if image_digest else
                      pin_image(self.engine, record["image"], ref=ref, allow_retag=allow_retag))
-        with self.step("snapshot"):
-            snap = snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
-                                         record=record)
+        snap, files = self.place_files(stored.digest, record, image=image)
         target = Target(model=model, version=version, manifest_digest=stored.digest, image_digest=image)
         return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars,
-                     resources=resources)
+                     resources=resources, files=files)
 
     def claim_host(self, runtime: Runtime, ref: str) -> Resources:
         """The host settings ``ref`` gets in this environment; Conflict (nothing recorded yet) when
@@ -215,6 +216,38 @@ class DeployAction(Action):
         """The restart policy a deployed container of ``runtime`` gets in this environment."""
         return hosting.host_settings(hosting.effective(runtime, self.env)).restart
 
+    def place_files(self, manifest_digest: str, record: dict, *, image: str) -> tuple[Path | None, dict[str, str]]:
+        """Where the container's /model comes from: a hard-linked snapshot when the engine
+        provably shares this disk, else the host's cache, sent only what it lacks and checked
+        there (registry.hosts). Raises before the ledger changes when the transfer fails."""
+        from registry.hosts import sharing  # docker-py: loaded only by commands that deploy
+        from registry.hosts.cache import HostCache
+
+        with self.step("snapshot"):
+            if sharing.shares_disk(self.engine, self.cfg.snapshots, image=image, registry_id=self.cfg.registry_id,
+                                   proofs=self.cfg.home.path / "host-stamps" / "shared-disk.json"):
+                return snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=manifest_digest,
+                                             record=record), {}
+            self._note(f"{self.engine.base_url} does not share this disk")
+        with self.step("send weights"):
+            delivery = HostCache(self.engine, registry_id=self.cfg.registry_id, image=image,
+                                 stamps=self.cfg.home.path / "host-stamps").deliver(
+                self.cfg.blobs, record, on_progress=self._progress())
+            self._note(delivery.summary())
+        return None, delivery.files
+
+    def _progress(self) -> Callable[[int, int], None]:
+        """Bytes sent, of how many, and the rate, as the running step's detail (5 times a second)."""
+        started, shown = time.monotonic(), [0.0]
+
+        def show(sent: int, total: int) -> None:
+            now = time.monotonic()
+            if now - shown[0] >= 0.2 or sent == total:
+                shown[0] = now
+                rate = sent / max(now - started, 1e-3) / 1e6
+                self._note(f"{sent / 1e6:.1f} of {total / 1e6:.1f} MB, {rate:.0f} MB/s")
+        return show
+
     def prove_files(self, release: Release) -> None:
         """Before a kept container serves again: its version's blobs are intact and its snapshot
         (what the container mounts) is exactly those blobs, rebuilt if a file was replaced in it.
@@ -223,8 +256,7 @@ class DeployAction(Action):
             stored = versions.record_of(conn, release.model, release.version)
         with self.step("verify files"):
             self._verify_blobs(release.model, release.version, stored.record)
-            snapshots.materialise(self.cfg.snapshots, self.cfg.blobs, manifest_digest=stored.digest,
-                                  record=stored.record)
+        self.place_files(stored.digest, stored.record, image=release.image_digest or stored.record["image"]["digest"])
 
     def _verify_blobs(self, model: str, version: str, record: dict) -> None:
         # A blob whose stat key is unchanged since its bytes were verified is trusted (a write
@@ -242,13 +274,14 @@ class DeployAction(Action):
             image=ready.image,
             labels=labels_for(model=release.model, env=env.name, version=release.version,
                               revision=release.revision, manifest_digest=release.manifest_digest, registry=rid),
-            env=ready.env_vars, snapshot=str(ready.snapshot), container_port=ready.runtime.port,
-            host_port=env.port, bind_addr=env.bind_addr, command=ready.runtime.command,
-            host=hosting.host_settings(ready.resources))
+            env=ready.env_vars, snapshot=str(ready.snapshot or ""), files=ready.files,
+            container_port=ready.runtime.port, host_port=env.port, bind_addr=env.bind_addr,
+            command=ready.runtime.command, host=hosting.host_settings(ready.resources))
         return self.engine.create(spec)
 
     def wait_healthy(self, container_id: str, runtime: Runtime) -> None:
-        """Wait until the container answers its health path; StepFailed when it does not."""
+        """Wait until the container answers its health path; StepFailed when it does not (saying
+        where the requests went, when nothing answered there)."""
         shown: list[str] = []
 
         def show(answer: str) -> None:  # while a server loads: its last answer on the spinner line
@@ -262,6 +295,10 @@ class DeployAction(Action):
             self.cfg.checks.wait_healthy(self.base_url + runtime.health.path, timeout=self.health_timeout(runtime),
                                          exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted,
                                          on_answer=show)
+        except StepFailed as exc:
+            if "last answer: HTTP" in str(exc) or "timed out" not in str(exc):  # a server answered, or exited
+                raise
+            raise StepFailed(f"{exc}; {where_checks_go(self.env)}") from None
         finally:
             if shown:
                 self._tell_started()  # the step's line keeps its recorded detail, not a passing answer
@@ -304,6 +341,17 @@ def base_url(env: Environment) -> str:
     if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh", "http", "https"):
         host = urlsplit(env.docker_host).hostname or host
     return f"http://{host}:{env.port}"
+
+
+def where_checks_go(env: Environment) -> str:
+    """Where health and probe requests for ``env`` go, and from where: for the error when
+    nothing answers there."""
+    text = (f"health and probe requests go from this machine to {base_url(env)} "
+            f"(the port published on {env.bind_addr} by the engine at {env.docker_host or 'the local socket'})")
+    if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh") and env.bind_addr.startswith("127."):
+        text += (f"; {env.bind_addr} there is that host's own loopback, which this machine cannot reach: "
+                 "publish on the host's address instead (env add --bind 0.0.0.0)")
+    return text
 
 
 def pin_image(engine: Engine, image: dict, *, ref: str, allow_retag: bool) -> str:

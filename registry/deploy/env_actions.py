@@ -48,10 +48,15 @@ class AddEnv(DeployAction):
 
 def new_env(name: str, *, port: int, docker_host: str | None = None, health_timeout_s: float | None = None,
             keep: int = 3, protected: bool = False, default: bool = False,
-            bind_addr: str = "127.0.0.1", gate: bool = False, runtime: dict | None = None,
+            bind_addr: str | None = None, gate: bool = False, runtime: dict | None = None,
             share_gpus: bool = False) -> Environment:
     """An environment's settings, checked where pydantic cannot say what to type instead.
-    ``runtime``: host settings that win over the versions' here (``{"gpus": [1], "memory": "16g"}``)."""
+    ``runtime``: host settings that win over the versions' here (``{"gpus": [1], "memory": "16g"}``).
+    ``bind_addr`` defaults to 127.0.0.1 on the local engine, and to 0.0.0.0 on a tcp:// or
+    ssh:// host: health checks and probes are sent from this machine to that host's address,
+    which its loopback never answers."""
+    if bind_addr is None:
+        bind_addr = "0.0.0.0" if is_remote(docker_host) else "127.0.0.1"
     return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
                        health_timeout_s=health_timeout_s, keep=keep, protected=protected,
                        is_default=default, gate=gate, created_at=clock.now(),
@@ -78,6 +83,12 @@ class SetEnv(DeployAction):
                                   "rows": environments.bindings(written)},
                           db_user=self.cfg.store.db_user(conn))
         return changed
+
+
+def is_remote(docker_host: str | None) -> bool:
+    """Whether the engine URL names another machine (tcp://, ssh://): where the published port
+    answers on that machine's address, not on this one's loopback."""
+    return bool(docker_host) and urlsplit(docker_host or "").scheme in ("tcp", "ssh", "http", "https")
 
 
 def _check_settings(env: Environment) -> None:

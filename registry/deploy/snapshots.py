@@ -13,9 +13,10 @@ import os
 import secrets
 import shutil
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from registry.errors import StorageError
+from registry.hosts.files import version_files
 from registry.store.files.blobs import BlobStore
 
 READ_ONLY_DIR = 0o555
@@ -94,16 +95,7 @@ def _discard(folder: Path) -> None:
 
 
 def _files(record: dict) -> list[tuple[str, str]]:
-    """(relative path, digest) pairs; every path is checked to stay inside the snapshot."""
-    out = [(w["path"], w["digest"]) for w in record.get("weights", [])]
-    out += [(f"prompts/{p['name']}", p["digest"]) for p in record.get("prompts", [])]
-    seen: set[str] = set()
-    for rel, _ in out:
-        parts = PurePosixPath(rel).parts
-        if not rel or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel or rel in seen:
-            raise StorageError(f"refusing snapshot path {rel!r}: it is not a unique relative path")
-        seen.add(rel)
-    return out
+    return version_files(record)
 
 
 def _link(src: Path, dst: Path) -> None:

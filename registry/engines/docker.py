@@ -12,7 +12,8 @@ from typing import Any
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.errors import NotFound as DockerNotFound
-from docker.types import DeviceRequest, LogConfig, Ulimit
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
+from docker.utils import kwargs_from_env
 
 from registry.engines.engine import LABEL, STOP_TIMEOUT_S, ContainerInfo, ContainerSpec, HostSettings
 from registry.errors import EngineError, NotFound, StepFailed
@@ -33,6 +34,22 @@ def _source(base_url: str | None) -> tuple[str, str]:
     return "the local socket", "start dockerd, or set DOCKER_HOST"
 
 
+def _client(base_url: str | None, timeout: int) -> docker.DockerClient:
+    """A docker-py client. A tcp:// host with $DOCKER_CERT_PATH (and $DOCKER_TLS_VERIFY) set is
+    reached over TLS with those certificates, as the docker CLI would. requests' environment
+    (whose $REQUESTS_CA_BUNDLE would replace the CA given) is not used: the API version is then
+    asked for once the client exists."""
+    if not base_url:
+        return docker.from_env(timeout=timeout)
+    tls = None
+    if base_url.startswith("tcp://") and os.environ.get("DOCKER_CERT_PATH"):
+        tls = kwargs_from_env().get("tls")
+    client = docker.DockerClient(base_url=base_url, timeout=timeout, tls=tls or False, version="1.24")
+    client.api.trust_env = False
+    client.api._version = client.api.version(api_version=False)["ApiVersion"]  # type: ignore[attr-defined]
+    return client
+
+
 class DockerEngine:
     """A connection to one Docker engine (an environment's --docker-host, $DOCKER_HOST or the local socket)."""
 
@@ -40,10 +57,7 @@ class DockerEngine:
         # for messages only: a tcp://user:password@host must never be printed or stored
         self.base_url = mask_url(base_url or describe_host())
         try:
-            if base_url:
-                self.client = docker.DockerClient(base_url=base_url, timeout=timeout)
-            else:
-                self.client = docker.from_env(timeout=timeout)
+            self.client = _client(base_url, timeout)
             self.client.ping()
         except Exception as exc:  # docker-py, and for ssh:// paramiko's own errors (OSError, SSHException)
             source, fix = _source(base_url)
@@ -122,7 +136,7 @@ class DockerEngine:
         host_config = self.api.create_host_config(
             init=True, privileged=False,
             port_bindings={port: (spec.bind_addr, spec.host_port)},
-            binds={spec.snapshot: {"bind": "/model", "mode": "ro"}},
+            **_model_mounts(spec),
             **_host_options(spec.host),
         )
         try:
@@ -203,6 +217,16 @@ class DockerEngine:
             return self.api.logs(container_id, tail=tail).decode("utf-8", "replace")
         except DockerException:
             return ""
+
+
+def _model_mounts(spec: ContainerSpec) -> dict:
+    """/model: the snapshot folder bound read-only, or (a host that does not share the registry's
+    disk) a read-only tmpfs holding exactly the version's files, each its cached blob bound read-only."""
+    if not spec.files:  # a bind mount: a snapshot missing on the engine fails, never an empty /model
+        return {"mounts": [Mount("/model", spec.snapshot, type="bind", read_only=True)]}
+    return {"mounts": [Mount("/model", None, type="tmpfs", read_only=True),
+                       *(Mount(path, source, type="bind", read_only=True)
+                         for path, source in sorted(spec.files.items()))]}
 
 
 class _ignore_missing:

@@ -54,6 +54,10 @@ class ContainerSpec:
     bind_addr: str = "127.0.0.1"
     command: list[str] | str | None = None
     host: HostSettings = field(default_factory=HostSettings)
+    # A host that does not share the registry's disk: /model is a read-only tmpfs holding each
+    # of these (path in the container -> its blob in the host's cache), bound read-only; then
+    # ``snapshot`` is empty (registry.hosts).
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

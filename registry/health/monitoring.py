@@ -21,7 +21,7 @@ from registry import clock, ledger
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import ownership
-from registry.deploy.action import DeployAction
+from registry.deploy.action import DeployAction, where_checks_go
 from registry.errors import CellarError, OperationInProgress
 from registry.health.watching import Restarts, StopFlag, Watcher, WatchPolicy
 from registry.ledger import Operation, Release, ReleaseStatus
@@ -84,8 +84,10 @@ class ProbeEnv(DeployAction):
         if all(r.status != ProbeStatus.ERROR for r in results) and release.container_id:
             return results
         why = self.container_problem(env, release)
-        if why is None:
-            return results
+        if why is None:  # it runs, yet nothing answered: say where the requests went, and from where
+            if not any(r.status == ProbeStatus.ERROR and r.detail.startswith("no answer") for r in results):
+                return results
+            why = where_checks_go(env)
         return [r.model_copy(update={"detail": bounded(f"{why}; {r.detail}")}) if r.status == ProbeStatus.ERROR
                 else r for r in results]
 

@@ -27,6 +27,7 @@ class ProblemKind(StrEnum):
     AUDIT = "audit"                  # the audit hash chain is broken
     DATABASE = "database"            # the database's own integrity check failed
     REMOTE_ONLY = "remote-only"      # not in this home, but on its blob store (a remote): fetched when needed
+    HOST_CACHE = "host-cache"        # a Docker host's cached copy of a blob does not match (issue 22)
 
 
 # Kinds that are not damage: an unreferenced blob is garbage for gc, not a broken store
@@ -64,6 +65,7 @@ class VerifyReport(_Model):
     snapshots_checked: int = 0
     audit_events: int = 0
     database_check: str = ""          # what the database's own check covered
+    warnings: list[str] = Field(default_factory=list)  # e.g. a Docker host whose cache could not be checked
 
 
 class BlobItem(_Model):
@@ -96,6 +98,8 @@ class GcPlan(_Model):
     bytes_freed: int = 0
     kept_fresh: list[str] = Field(default_factory=list)  # unreferenced blobs inside the grace period
     warnings: list[str] = Field(default_factory=list)    # e.g. an engine that could not be asked
+    # blobs in the caches of Docker hosts that do not share this disk (path: "HOST VOLUME")
+    host_blobs: list[BlobItem] = Field(default_factory=list)
 
 
 class GcResult(GcPlan):

@@ -20,6 +20,7 @@ from registry.engines.engine import Engine
 from registry.errors import CellarError
 from registry.ledger import Release, ReleaseStatus
 from registry.models.upkeep import (
+    BlobItem,
     ContainerItem,
     GcResult,
     PathItem,
@@ -28,6 +29,7 @@ from registry.store.files import scan
 from registry.store.sql import environments, events, releases
 from registry.store.sql import upkeep as store
 from registry.upkeep import gc_plan
+from registry.upkeep import hosts as host_caches
 
 # --- gc --------------------------------------------------------------------------------------
 
@@ -42,8 +44,9 @@ class Gc(Action):
         actor = self.actor
         inputs, engines = _gc_inputs(cfg, grace=grace)
         plan = gc_plan.plan(inputs)
+        host_blobs = _host_blobs(cfg, dry_run=dry_run, grace=grace, warnings=plan.warnings)
         if dry_run:
-            return gc_plan.dry_run(plan)
+            return gc_plan.dry_run(plan).model_copy(update={"host_blobs": host_blobs})
         removed = _remove_containers(cfg, plan.containers, engines)
         with cfg.store.write() as conn:
             # Under the write lock: a push that recorded one of these blobs since the plan keeps it,
@@ -55,13 +58,24 @@ class Gc(Action):
             kept = {s.path for s in result.skipped}
             store.forget_blobs(conn, [b.digest for b in blobs if b.path not in kept])
             result = result.model_copy(update={
-                "blobs": plan.blobs, "containers": plan.containers,
+                "blobs": plan.blobs, "containers": plan.containers, "host_blobs": host_blobs,
                 "skipped": result.skipped + _skipped_blobs(plan.blobs, still_used) + removed})
             events.append(conn, actor=actor, action="gc", object="blobs", db_user=cfg.store.db_user(conn), detail={
                 "blobs": len(blobs), "bytes_freed": plan.bytes_freed, "temp_files": len(plan.temp_files),
                 "snapshots": len(plan.snapshots), "containers": [c.id[:12] for c in plan.containers],
+                "host_blobs": len(host_blobs),
                 "skipped": len(result.skipped)})
         return result
+
+
+def _host_blobs(cfg: Configuration, *, dry_run: bool, grace: timedelta, warnings: list[str]) -> list[BlobItem]:
+    """The blobs that Docker hosts' caches hold and no kept release needs (removed unless dry run)."""
+    with cfg.store.read() as conn:
+        needed, _kept = _needed_releases(conn)
+        keep = _needed_blobs(conn)
+        envs = environments.all_(conn)
+    return host_caches.collect(cfg, envs, needed, keep, dry_run=dry_run, grace_s=grace.total_seconds(),
+                               warnings=warnings)
 
 
 def _skipped_blobs(planned, still_used: set[str]) -> list:

@@ -15,9 +15,10 @@ from registry.models.upkeep import (
     VerifyReport,
 )
 from registry.store.files import scan
-from registry.store.sql import events
+from registry.store.sql import environments, events
 from registry.store.sql import upkeep as store
-from registry.upkeep import gc_plan
+from registry.upkeep import gc, gc_plan
+from registry.upkeep import hosts as host_caches
 
 VerifyProgress = Callable[[int, int], None]  # (bytes hashed since the last call, bytes to hash in all)
 
@@ -29,7 +30,8 @@ class Verify(Action):
     """``Verify(cfg).run(...)``: Re-hash every blob (both cores), resolve every recorded reference, check each
     materialised snapshot, the audit chain and the database's own integrity check."""
 
-    def run(self, *, progress: VerifyProgress | None = None) -> VerifyReport:
+    def run(self, *, progress: VerifyProgress | None = None, hosts: bool = False) -> VerifyReport:
+        """``hosts``: also hash, on each Docker host with a blob cache, the cached blobs versions use."""
         cfg = self.cfg
         started = time.monotonic()
         with cfg.store.read() as conn:
@@ -39,6 +41,8 @@ class Verify(Action):
             problems = store.reference_problems(conn)
             chain = events.check_chain(conn)
             db_check, db_problems = store.integrity_check(conn)
+            needed, _kept = gc._needed_releases(conn) if hosts else ([], set())
+            envs = environments.all_(conn) if hosts else []
         total = sum(recorded.get(d, 0) for d in users)
         tick = (lambda n: progress(n, total)) if progress else None
         result = scan.scan(cfg.blobs, recorded=recorded, referenced=set(users), progress=tick)
@@ -52,11 +56,14 @@ class Verify(Action):
         if not chain.ok:
             problems.append(StorageProblem(kind=ProblemKind.AUDIT, detail=_chain_problem(chain)))
         problems += db_problems
+        warnings: list[str] = []
+        if hosts:
+            problems += host_caches.check(cfg, envs, needed, users, warnings)
         stale = [str(f.path) for f in scan.list_temp_files(cfg.blobs) if not f.owner_alive]
         return VerifyReport(ok=not any(p.damage for p in problems), blobs_checked=result.blobs_checked,
                             bytes_hashed=result.bytes_hashed, seconds=round(time.monotonic() - started, 3),
                             problems=problems, stale_temp_files=stale, snapshots_checked=len(snaps),
-                            audit_events=chain.checked, database_check=db_check)
+                            audit_events=chain.checked, database_check=db_check, warnings=warnings)
 
 
 def _chain_problem(chain) -> str:

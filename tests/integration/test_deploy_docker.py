@@ -68,7 +68,8 @@ def test_promote_and_roll_back(docker_env):
     host = c.attrs["HostConfig"]
     assert c.labels["cellar.version"] == "v1.0" and c.labels["cellar.revision"] == "1"
     assert host["Init"] is True and host["Privileged"] is False
-    assert host["Binds"][0].endswith(":/model:ro")
+    (model,) = [m for m in host["Mounts"] if m["Target"] == "/model"]  # a bind: never a silent empty folder
+    assert model["Type"] == "bind" and model["ReadOnly"] is True
     assert host["PortBindings"]["8080/tcp"][0]["HostIp"] == "127.0.0.1"
     assert "docker.sock" not in str(c.attrs["Mounts"])
     assert len(c.labels["cellar.registry"]) == 32 and len(c.name.rsplit("-", 1)[1]) == 6  # cellar-...-r1-<hash6>
