@@ -296,8 +296,8 @@ class DeployAction(Action):
                                          exited=lambda: self._exit_reason(container_id), untrusted=self.untrusted,
                                          on_answer=show)
         except StepFailed as exc:
-            if "last answer: HTTP" in str(exc) or "timed out" not in str(exc):  # a server answered, or exited
-                raise
+            if not any(words in str(exc) for words in ("no answer", "last answer: connection")):
+                raise  # a server answered (an HTTP status), or the container exited: nothing to say where
             raise StepFailed(f"{exc}; {where_checks_go(self.env)}") from None
         finally:
             if shown:
