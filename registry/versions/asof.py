@@ -111,7 +111,7 @@ def as_of(cfg: Configuration, env_name: str | None, at: datetime) -> AsOf:
         ledger = releases.ledger(conn, env)  # AuditBroken on a row whose seal does not hold
         wrote = events.ledger_rows(conn, env)
         check_sealed(sealing.key_of(conn), env, releases.bindings(ledger), wrote)
-    return serving_at(ledger, failure_writes(wrote), clock.utc(at), env=env)
+    return serving_at(ledger, failure_writes(wrote, env), clock.utc(at), env=env)
 
 
 def served(cfg: Configuration, env_name: str, at: datetime) -> Release:
@@ -163,13 +163,16 @@ def _changes(ledger: list[Release], wrote: Mapping[int, set[str]], *, env: str
     return out
 
 
-def failure_writes(events: Iterable[Mapping[str, Any]]) -> dict[int, set[str]]:
-    """Per failed revision, the release rows its failure event wrote (``detail.rows``)."""
+def failure_writes(events: Iterable[Mapping[str, Any]], env: str) -> dict[int, set[str]]:
+    """Per revision of ``env``, the release rows written together with it (``detail.rows`` of
+    every event naming its row): a failed promote's, or a ``recover`` that reverted one."""
+    prefix = f"release:{env}#"
     out: dict[int, set[str]] = {}
     for e in events:
-        detail = _detail(e)
-        if detail.get("status") == "failed" and isinstance(detail.get("revision"), int):
-            out[detail["revision"]] = set(detail.get("rows") or {})
+        rows = set(_detail(e).get("rows") or {})
+        for name in rows:
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                out.setdefault(int(name[len(prefix):]), set()).update(rows)
     return out
 
 
