@@ -278,16 +278,21 @@ def status(
     """What runs where: each environment's deployed version, container state, health, pending work.
     Exits 1 (one summary line on stderr) when a deployed release is not running and healthy: fit for cron.
 
-    With --at: what served in the environment (the default one without --env) at that moment,
-    read from the sealed ledger and refused when a row it rests on fails its seal. JSON times are
+    With --at: what served in each environment (or --env's) at that moment, read from the
+    sealed ledger and refused when a row it rests on fails its seal. JSON times are
     UTC; the terminal shows local time with its zone.
 
     Example:  registry status --env production --at 2026-11-20T03:12+01:00
     """
     if at is not None:
         with open_registry() as reg:
-            answer = reg.status_at(at, env=env)
-        return print_json(answer) if as_json else _as_of_lines(answer)
+            names = [env] if env else [e.name for e in reg.environments()]
+            answers = [reg.status_at(at, env=name) for name in names]
+        if as_json:
+            return print_json(answers)
+        for answer in answers:
+            _as_of_lines(answer)
+        return None
     with open_registry() as reg:
         name = reg.environment(env).name if env else None  # a typo is an error, not an empty table
         rows = [s for s in reg.status() if name in (None, s.env)]

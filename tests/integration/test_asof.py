@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from registry.errors import AuditBroken, HealthGateFailed, InvalidInput, NotFound
+from registry.models.probes import ProbeResult, ProbeRun, ProbeStatus
+from registry.store.sql import probes
 from registry.store.sql import schema as t
 from tests.conftest import IMAGE, as_json, cli, on_fake, push_versions
 
@@ -71,7 +73,7 @@ def test_status_at_each_moment_between_the_changes(story):
 
 
 def test_status_at_on_the_cli_is_utc_in_json_and_local_with_its_zone_on_a_terminal(story, monkeypatch):
-    answer = as_json("status", "--env", "prod", "--at", "2026-11-01T12:02:30")
+    (answer,) = as_json("status", "--env", "prod", "--at", "2026-11-01T12:02:30")
     assert answer["release"]["version"] == "v1.1" and answer["release"]["revision"] == 2
     assert answer["at"] == "2026-11-01T12:02:30Z" or answer["at"].endswith("+00:00")
     shown = cli("status", "--env", "prod", "--at", "2026-11-01T12:04:30").stdout
@@ -102,8 +104,17 @@ def test_history_and_health_take_a_window(story):
     assert [r.revision for r in window] == [2, 3, 4, 5]
     rows = as_json("history", "--env", "prod", "--since", at(4.5))
     assert [r["revision"] for r in rows] == [6]
-    assert reg.health("prod", since=at(0), until=at(1)).versions == []
-    cli("health", "--since", at(3), "--until", at(1), code=1)
+    for minute, revision, version in ((1.5, 1, "v1.0"), (2.5, 2, "v1.1"), (4.5, 5, "v1.0")):
+        run = ProbeRun(env="prod", model="support-bot", version=version, revision=revision, actor="cron",
+                       started_at=T0 + timedelta(minutes=minute),
+                       results=[ProbeResult(probe="greets", status=ProbeStatus.PASS, latency_ms=100.0)])
+        with reg.store.write() as conn:
+            probes.record_run(conn, run)
+    report = reg.health("prod", since=at(2), until=at(3))
+    assert [(v.version, v.runs) for v in report.versions] == [("v1.1", 1)]
+    shown = as_json("health", "--env", "prod", "--until", at(2))
+    assert [(v["version"], v["runs"]) for v in shown["versions"]] == [("v1.0", 1)]
+    assert "swap them" in cli("health", "--since", at(3), "--until", at(1), code=1).stderr
 
 
 @pytest.mark.parametrize("args, says", [

@@ -30,7 +30,7 @@ def test_status_at_each_moment_between_real_changes(docker_env):
     moments = {before_all.isoformat(): None, between(done[0], done[1]): 1, between(done[1], rows[2].started_at): 2,
                between(done[3], done[4]): 4, done[4].isoformat(): 5}
     for moment, revision in moments.items():
-        answer = as_json("status", "--env", env, "--at", moment)
+        (answer,) = as_json("status", "--env", env, "--at", moment)
         got = answer["release"]["revision"] if answer["release"] else None
         assert got == revision, (moment, answer)
         assert answer["at"].endswith(("Z", "+00:00"))
