@@ -111,7 +111,8 @@ def as_of(cfg: Configuration, env_name: str | None, at: datetime) -> AsOf:
         ledger = releases.ledger(conn, env)  # AuditBroken on a row whose seal does not hold
         wrote = events.ledger_rows(conn, env)
         check_sealed(sealing.key_of(conn), env, releases.bindings(ledger), wrote)
-    return serving_at(ledger, failure_writes(wrote, env), clock.utc(at), env=env)
+    removed = [clock.utc(e["at"]) for e in wrote if e["action"] == "env-remove"]
+    return serving_at(ledger, failure_writes(wrote, env), clock.utc(at), env=env, removed=removed)
 
 
 def served(cfg: Configuration, env_name: str, at: datetime) -> Release:
@@ -126,10 +127,13 @@ def env_names(cfg: Configuration) -> list[str]:
     return [e.name for e in cfg.store.read_once(environments.all_)]
 
 
-def serving_at(ledger: list[Release], wrote: Mapping[int, set[str]], at: datetime, *, env: str) -> AsOf:
-    """Pure: what served in ``env`` at ``at`` from its ledger (oldest revision first) and, per
-    failed revision, the release row names its failure event wrote (``wrote``)."""
-    changes = _changes(ledger, wrote, env=env)
+def serving_at(ledger: list[Release], wrote: Mapping[int, set[str]], at: datetime, *, env: str,
+               removed: Iterable[datetime] = ()) -> AsOf:
+    """Pure: what served in ``env`` at ``at`` from its ledger (oldest revision first), per
+    revision the release row names written with it (``wrote``), and when ``env`` was removed
+    (``registry env remove`` stops what runs: nothing serves until a release of its successor)."""
+    changes = sorted([*_changes(ledger, wrote, env=env),
+                      *((t, None, f"environment {env} was removed") for t in removed)], key=lambda c: c[0])
     before = [c for c in changes if c[0] <= at]
     after = [c for c in changes if c[0] > at]
     pending = next((r for r in reversed(ledger) if r.started_at <= at and
@@ -152,7 +156,7 @@ def _changes(ledger: list[Release], wrote: Mapping[int, set[str]], *, env: str
         if r.finished_at is None:
             continue
         at = clock.utc(r.finished_at)
-        if r.healthy and r.status is not ReleaseStatus.FAILED:
+        if r.healthy and r.status is not ReleaseStatus.FAILED:  # it served from then on
             serving = r
             out.append((at, r, None))
         elif (r.status is ReleaseStatus.FAILED and serving is not None

@@ -166,3 +166,22 @@ def test_a_bad_time_in_the_api_is_invalid_input(story):
         reg.status_at("soon")
     with pytest.raises(InvalidInput, match="future"):
         reg.history(since="1w") and reg.status_at("2999-01-01")
+
+
+def test_an_environment_removed_and_added_again_keeps_its_past(home, fake, model_dir, frozen_clock):
+    with on_fake(home, fake) as reg:
+        reg.add_env("prod", port=18080, default=True)
+        push_versions(reg, model_dir, "v1.0", "v1.1", image=IMAGE)
+        frozen_clock.tick(60)
+        reg.promote("v1.0")
+        frozen_clock.tick(60)
+        reg.remove_env("prod", force=True, reason="moving hosts")
+        frozen_clock.tick(60)
+        reg.add_env("prod", port=18080, default=True)
+        frozen_clock.tick(60)
+        reg.promote("v1.1")
+        frozen_clock.tick(60)
+        assert reg.status_at(at(1.5)).release.version == "v1.0"
+        gone = reg.status_at(at(2.5))
+        assert gone.dark and "removed" in gone.dark_reason and gone.until == T0 + timedelta(minutes=4)
+        assert reg.status_at(at(4.5)).release.version == "v1.1"
