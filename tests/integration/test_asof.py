@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from sqlalchemy import delete, select, update
 
@@ -14,6 +15,7 @@ from registry.models.probes import ProbeResult, ProbeRun, ProbeStatus
 from registry.store.sql import probes
 from registry.store.sql import schema as t
 from tests.conftest import IMAGE, as_json, cli, on_fake, push_versions
+from tests.helpers import tensors, write_safetensors
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)  # the frozen clock's start
 
@@ -29,7 +31,11 @@ def story(home, fake, model_dir, frozen_clock):
     fails while v1.0 does not come back: dark (12:05). Returns (registry, clock)."""
     with on_fake(home, fake) as reg:
         reg.add_env("prod", port=18080, default=True)
-        push_versions(reg, model_dir, "v1.0", "v1.1", "v1.2", "v1.3", image=IMAGE)
+        push_versions(reg, model_dir, "v1.0", "v1.1", "v1.2", image=IMAGE)
+        write_safetensors(model_dir.root / "weights" / "model.safetensors",  # v1.3: a retrained head, more tokens
+                          tensors(head__weight=np.ones((8, 4), dtype=np.float16)))
+        push_versions(reg, model_dir, "v1.3", image=IMAGE, runtime={
+            "port": 8080, "env": {"MAX_TOKENS": "128"}, "secrets": ["SUPPORT_API_TOKEN"]})
         frozen_clock.tick(60)
         reg.promote("v1.0")
         frozen_clock.tick(60)
@@ -90,7 +96,9 @@ def test_show_and_diff_an_environment_as_of_a_time(story):
     changed = reg.diff("prod@2026-11-01T12:01:30", "prod@2026-11-01T12:02:30")
     assert changed.differs
     text = cli("diff", "prod@2026-11-01T12:01:30", "v1.3").stdout
-    assert "prompt v1.0" in text and "prompt v1.3" in text  # the prompt lines, old and new
+    assert "-prompt v1.0" in text and "+prompt v1.3" in text  # the prompt lines, old and new
+    assert "head.weight" in text and "MAX_TOKENS: 64 -> 128" in text  # the tensor and the env var
+    assert "embed.weight" not in text
     with pytest.raises(NotFound, match="dark"):
         reg.diff("prod@2026-11-01T12:05:30", "v1.0")
     with pytest.raises(NotFound, match="nothing had been deployed in prod"):
