@@ -36,3 +36,19 @@ def test_a_bad_time_is_a_400_with_the_security_headers(client, at):
     assert answer.status_code == 400 and "--at" in answer.text
     assert answer.headers.get("content-security-policy") and answer.headers.get("x-content-type-options") == "nosniff"
     assert client.get("/api/envs/staging", params={"at": at}).status_code == 400
+
+
+def test_a_tampered_ledger_refuses_the_page_as_of(client, demo_registry):
+    """Last in this module: it edits this module's own demo registry."""
+    from sqlalchemy import update
+
+    from registry.store.sql import schema as t
+
+    with Registry.open(demo_registry.home) as reg:
+        moment = reg.history("staging")[0].finished_at.isoformat()
+        with reg.store.write() as conn:
+            conn.execute(update(t.releases).where(t.releases.c.env == "staging", t.releases.c.revision == 1)
+                         .values(actor="mallory"))
+    answer = client.get("/envs/staging", params={"at": moment})
+    assert answer.status_code >= 400 and "release:staging#1 was edited outside Cellar" in answer.text
+    assert "refusing" in answer.text and "mallory" not in answer.text
