@@ -8,7 +8,20 @@ from contextlib import contextmanager
 import typer
 
 from cli.app import ACTOR, DEFAULT_LIMIT, JSON, CellarGroup, app, open_registry
-from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, warn, when
+from cli.output import (
+    StepLines,
+    console,
+    esc,
+    first_line,
+    local_zone,
+    plain,
+    print_json,
+    short,
+    stated,
+    table,
+    warn,
+    when,
+)
 from registry import HealthGateFailed
 
 env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.",
@@ -263,7 +276,7 @@ def history(
         return print("No releases yet: deploy one with `registry promote VERSION`.")
     if earlier:
         print(f"... {earlier} earlier releases (use --all or --limit N)")
-    table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", "STARTED", "BY", "REASON / ERROR"],
+    table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", f"STARTED ({local_zone()})", "BY", "REASON / ERROR"],
           [[r.env, r.revision, r.ref, r.status, r.operation, when(r.started_at), r.actor,
             (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)]
            for r in rows])
@@ -323,13 +336,6 @@ def _as_of_lines(a) -> None:
     print(plain(f"  until {stated(a.until)}" if a.until else "  until now: still so"))
     if p := a.pending:
         print(plain(f"  under way then: revision {p.revision} ({p.operation} {p.ref}), started {stated(p.started_at)}"))
-
-
-def stated(at) -> str:
-    """Local time with its zone stated, e.g. ``2026-11-20 04:12:00 CET (UTC+0100)``."""
-    local = at.astimezone()
-    zone = local.strftime("%Z")
-    return f"{local:%Y-%m-%d %H:%M:%S} {zone}" + ("" if zone == "UTC" else f" (UTC{local:%z})")
 
 
 def _status_table(rows) -> None:

@@ -4,6 +4,8 @@ clock is mocked: every ledger row and event is written by real promotes and roll
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -78,7 +80,7 @@ def test_status_at_each_moment_between_the_changes(story):
     assert reg.status_at("2m").release.revision == 5  # an age: 2 minutes before 12:06
 
 
-def test_status_at_on_the_cli_is_utc_in_json_and_local_with_its_zone_on_a_terminal(story, monkeypatch):
+def test_status_at_on_the_cli_is_utc_in_json_and_local_with_its_zone_on_a_terminal(story):
     (answer,) = as_json("status", "--env", "prod", "--at", "2026-11-01T12:02:30")
     assert answer["release"]["version"] == "v1.1" and answer["release"]["revision"] == 2
     assert answer["at"] == "2026-11-01T12:02:30Z" or answer["at"].endswith("+00:00")
@@ -87,6 +89,16 @@ def test_status_at_on_the_cli_is_utc_in_json_and_local_with_its_zone_on_a_termin
     assert "UTC" in shown or "(UTC" in shown
     dark = cli("status", "--at", "2026-11-01T12:05:30").stdout
     assert "DARK" in dark and "did not come back" in dark
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:  # a terminal in Berlin: 12:02:30 UTC is 13:02:30 CET, and says so
+        berlin = cli("status", "--env", "prod", "--at", "2026-11-01T12:02:30Z").stdout
+        assert "prod at 2026-11-01 13:02:30 CET (UTC+0100): support-bot@v1.1" in berlin
+        assert "STARTED (CET)" in cli("history", "--env", "prod").stdout
+    finally:
+        os.environ.pop("TZ") if before is None else os.environ.update(TZ=before)
+        time.tzset()
 
 
 def test_show_and_diff_an_environment_as_of_a_time(story):
