@@ -8,13 +8,27 @@ from contextlib import contextmanager
 import typer
 
 from cli.app import ACTOR, DEFAULT_LIMIT, JSON, CellarGroup, app, open_registry
-from cli.output import StepLines, console, esc, first_line, plain, print_json, short, table, warn, when
+from cli.output import (
+    StepLines,
+    console,
+    esc,
+    first_line,
+    local_zone,
+    plain,
+    print_json,
+    short,
+    stated,
+    table,
+    warn,
+    when,
+)
 from registry import HealthGateFailed
 
 env_app = typer.Typer(cls=CellarGroup, help="Deploy targets: add, list, show, remove environments.",
                       no_args_is_help=True)
 app.add_typer(env_app, name="env")
 
+TIME_HELP = "an ISO 8601 time (2026-11-20T03:12, with +01:00 or Z; no zone means UTC) or an age like 2h, 3d"
 REASON = typer.Option(None, "--reason", help="Why (required for a protected environment).")
 RUNTIME = typer.Option(None, "--runtime", metavar="KEY=VALUE",
                        help="Host setting that wins over the versions' here (repeat): gpus, shm_size, memory, ipc, "
@@ -241,25 +255,28 @@ def history(
     env: str = typer.Option(None, "--env", help="Only this environment."),
     limit: int = typer.Option(DEFAULT_LIMIT, "--limit", min=0, help="The newest N releases (0 = all)."),
     show_all: bool = typer.Option(False, "--all", help="Every release (same as --limit 0)."),
+    since: str = typer.Option(None, "--since", help="Only releases started since then: " + TIME_HELP),
+    until: str = typer.Option(None, "--until", help="Only releases started up to then, same forms as --since."),
     as_json: bool = JSON,
 ) -> None:
     """The release ledger: every revision, who did it, when and why. History is never rewritten.
 
     Shows the newest 100 releases, oldest first, unless --limit or --all says otherwise.
 
-    Example:  registry history --env production --limit 20
+    Example:  registry history --env production --since 2026-11-20T00:00 --until 2026-11-21T00:00
     """
     shown = None if show_all or not limit else limit
     with open_registry() as reg:
-        rows = reg.history(env, limit=shown)
-        earlier = reg.count_releases(env) - len(rows) if shown and len(rows) == shown else 0
+        rows = reg.history(env, limit=shown, since=since, until=until)
+        window = since is not None or until is not None
+        earlier = reg.count_releases(env) - len(rows) if shown and len(rows) == shown and not window else 0
     if as_json:
         return print_json(rows)
     if not rows:
         return print("No releases yet: deploy one with `registry promote VERSION`.")
     if earlier:
         print(f"... {earlier} earlier releases (use --all or --limit N)")
-    table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", "STARTED", "BY", "REASON / ERROR"],
+    table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", f"STARTED ({local_zone()})", "BY", "REASON / ERROR"],
           [[r.env, r.revision, r.ref, r.status, r.operation, when(r.started_at), r.actor,
             (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)]
            for r in rows])
@@ -268,13 +285,27 @@ def history(
 @app.command()
 def status(
     env: str = typer.Option(None, "--env", help="Only this environment."),
+    at: str = typer.Option(None, "--at", help="What served then, from the sealed ledger: " + TIME_HELP),
     as_json: bool = JSON,
 ) -> None:
     """What runs where: each environment's deployed version, container state, health, pending work.
     Exits 1 (one summary line on stderr) when a deployed release is not running and healthy: fit for cron.
 
-    Example:  registry status --env production
+    With --at: what served in each environment (or --env's) at that moment, read from the
+    sealed ledger and refused when a row it rests on fails its seal. JSON times are
+    UTC; the terminal shows local time with its zone.
+
+    Example:  registry status --env production --at 2026-11-20T03:12+01:00
     """
+    if at is not None:
+        with open_registry() as reg:
+            names = [env] if env else [e.name for e in reg.environments()]
+            answers = [reg.status_at(at, env=name) for name in names]
+        if as_json:
+            return print_json(answers)
+        for answer in answers:
+            _as_of_lines(answer)
+        return None
     with open_registry() as reg:
         name = reg.environment(env).name if env else None  # a typo is an error, not an empty table
         rows = [s for s in reg.status() if name in (None, s.env)]
@@ -289,6 +320,22 @@ def status(
         noun = "environment needs" if len(bad) == 1 else "environments need"
         print(f"{len(bad)} of {len(rows)} {noun} attention: {plain(', '.join(bad))}", file=sys.stderr)
         raise typer.Exit(1)
+
+
+def _as_of_lines(a) -> None:
+    r = a.release
+    if r is not None:
+        print(plain(f"{a.env} at {stated(a.at)}: {r.ref} (revision {r.revision}, {r.operation} by {r.actor}"
+                    + (f": {first_line(r.reason)}" if r.reason else "") + ")"))
+    elif a.dark:
+        print(plain(f"{a.env} at {stated(a.at)}: DARK, nothing served: {a.dark_reason}"))
+    else:
+        print(plain(f"{a.env} at {stated(a.at)}: nothing deployed yet"))
+    if a.since is not None:
+        print(plain(f"  since {stated(a.since)}"))
+    print(plain(f"  until {stated(a.until)}" if a.until else "  until now: still so"))
+    if p := a.pending:
+        print(plain(f"  under way then: revision {p.revision} ({p.operation} {p.ref}), started {stated(p.started_at)}"))
 
 
 def _status_table(rows) -> None:

@@ -56,15 +56,17 @@ def _show_run(run) -> None:
 def health(
     env: str = typer.Option(None, "--env", help="Only this environment (default: all)."),
     since: str = typer.Option(None, "--since", help="Only runs since an ISO date or an age like 7d, 12h."),
+    until: str = typer.Option(None, "--until", help="Only runs up to then, same forms as --since "
+                                                    "(no zone means UTC)."),
     as_json: bool = JSON,
 ) -> None:
     """Probe figures per deployed version, and the releases after which latency or pass rate moved,
     with who released them, why and what changed.
 
-    Example:  registry health --env production --since 30d
+    Example:  registry health --env production --since 30d --until 2026-11-21T00:00
     """
     with open_registry() as reg:
-        report = reg.health(env, since=since)
+        report = reg.health(env, since=since, until=until)
     if as_json:
         return print_json(report)
     if not report.versions:

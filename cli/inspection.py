@@ -16,7 +16,8 @@ app.add_typer(audit_app, name="audit")
 
 @app.command()
 def diff(
-    a: str = typer.Argument(..., help="Old side: v1.2, model@v1.2, an environment, or a manifest path not pushed yet."),
+    a: str = typer.Argument(..., help="Old side: v1.2, model@v1.2, an environment, ENV@TIME (what served there "
+                                      "then; no zone means UTC, or an age like 2h) or an unpushed manifest path."),
     b: str = typer.Argument(..., help="New side, same forms as A."),
     as_json: bool = JSON,
     stat: bool = typer.Option(False, "--stat", help="Only a summary: what changed, not how."),

@@ -75,6 +75,18 @@ def when(at: datetime) -> str:
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def local_zone() -> str:
+    """The terminal's time zone as ``when`` shows times in it: ``UTC``, ``CET``."""
+    return datetime.now().astimezone().strftime("%Z")
+
+
+def stated(at: datetime) -> str:
+    """Local time with its zone stated, e.g. ``2026-11-20 04:12:00 CET (UTC+0100)``."""
+    local = at.astimezone()
+    zone = local.strftime("%Z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {zone}" + ("" if zone == "UTC" else f" (UTC{local:%z})")
+
+
 def short(digest: str | None, n: int = 12) -> str:
     return digest.split(":", 1)[-1][:n] if digest else "-"
 

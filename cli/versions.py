@@ -201,12 +201,13 @@ def list_(
 
 @app.command()
 def show(
-    ref: str = typer.Argument(..., help="v1.3 or model@v1.3."),
+    ref: str = typer.Argument(..., help="v1.3, model@v1.3, or ENV@TIME: what served in ENV then "
+                                         "(an ISO time, no zone means UTC, or an age like 2h)."),
     as_json: bool = JSON,
 ) -> None:
     """Show everything recorded about one version: image, weights and tensors, prompts, provenance.
 
-    Example:  registry show support-bot@v1.1
+    Example:  registry show support-bot@v1.1   (or: registry show production@2026-11-20T03:12)
     """
     from cli.signing import signature_line
 

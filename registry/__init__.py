@@ -36,6 +36,7 @@ _EXPORTS = {
     "registry.models.signing": [
         "SigningKey", "TrustPolicy", "SignatureInfo", "PolicyCheck", "CheckoutResult", "ApprovalRecord",
     ],
+    "registry.versions.asof": ["AsOf"],
     "registry.versions.blame": ["BlameLine"],
     "registry.versions.diffing": ["Diff"],
     "registry.web": ["create_app", "serve_ui", "ui_listen", "UiListen"],

@@ -39,8 +39,9 @@ from registry.store.files.blobs import BlobStore
 from registry.store.sql import Store, events, versions
 from registry.trust import audit, seals
 from registry.trust.audit import Checkpoint, Event, Verification
-from registry.versions import inspection, pushing, refs
+from registry.versions import asof, inspection, pushing, refs
 from registry.versions import manifest as manifest_mod
+from registry.versions.asof import AsOf
 from registry.versions.blame import BlameLine
 from registry.versions.diffing import Diff
 from registry.versions.pushing import Progress
@@ -298,14 +299,23 @@ class Registry(RemoteCommands):
         return refs.resolve(self.store, ref)
 
     def show(self, ref: str) -> VersionInfo:
-        """Everything recorded about one version."""
+        """Everything recorded about one version; ``ENV@TIME``: the one serving there then."""
+        if "@" in ref and (then := asof.split_ref(ref, asof.env_names(self.cfg))) is not None:
+            ref = asof.served(self.cfg, *then).ref
         return inspection.show(self.store, ref)
+
+    def status_at(self, at: str | datetime, *, env: str | None = None) -> AsOf:
+        """What served in ``env`` (the default environment when None) at ``at``: a datetime, an
+        ISO 8601 time (no zone means UTC) or an age like ``2h``. Read from the sealed ledger, and
+        refused (AuditBroken) when a row it rests on is not what Cellar wrote."""
+        return asof.as_of(self.cfg, env, asof.parse_time(at))
 
     # --- diff, blame, audit --------------------------------------------------------------
 
     def diff(self, a: str, b: str) -> Diff:
-        """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, or an
-        environment (its deployed version). Tensors come from recorded digests, never weight bytes."""
+        """What changed from ``a`` to ``b``: each a version ref, an unpushed manifest path, an
+        environment (its deployed version) or ``ENV@TIME`` (what served there then). Tensors come
+        from recorded digests, never weight bytes."""
         return inspection.diff(self.cfg, a, b)
 
     def blame(self, prompt: str, *, at: str | None = None, model: str | None = None) -> list[BlameLine]:
@@ -490,12 +500,19 @@ class Registry(RemoteCommands):
         action = Rollback(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
 
-    def history(self, env: str | None = None, *, limit: int | None = None) -> list[Release]:
+    def history(self, env: str | None = None, *, limit: int | None = None, since: str | datetime | None = None,
+                until: str | datetime | None = None) -> list[Release]:
         """The release ledger, oldest revision first: one environment's, or all of them; the
-        newest ``limit`` releases only when given."""
+        newest ``limit`` releases only when given; ``since``/``until`` (datetimes, ISO times or
+        ages like ``3d``): only releases started in that window."""
         from registry.deploy.env_actions import history
 
-        return history(self.cfg, env, limit=limit)
+        if since is None and until is None:
+            return history(self.cfg, env, limit=limit)
+        start, end = asof.window(since, until)
+        rows = [r for r in history(self.cfg, env) if (start is None or r.started_at >= start)
+                and (end is None or r.started_at <= end)]
+        return rows[-limit:] if limit else rows
 
     def count_releases(self, env: str | None = None) -> int:
         """How many releases there are (in ``env``, or in all)."""
@@ -547,13 +564,17 @@ class Registry(RemoteCommands):
         return self.store.read_once(probes.runs, env, _since(since), limit=limit)
 
     def health(self, env: str | None = None, *, since: str | datetime | None = None,
-               runs: list[ProbeRun] | None = None) -> HealthReport:
+               runs: list[ProbeRun] | None = None, until: str | datetime | None = None) -> HealthReport:
         """Per version deployed in the window: runs, pass rate, p50/p95 latency; and each change
         point: the release after which latency or pass rate moved, with its actor, reason and a
         one-line summary of its diff from the version before. ``runs``: the window's runs when
-        already read with ``probe_runs`` (they are not read again)."""
+        already read with ``probe_runs`` (they are not read again); ``until``: only runs up to then."""
         from registry.health import monitoring
 
+        if until is not None and runs is None:
+            start, end = asof.window(since, until)
+            runs = [r for r in self.probe_runs(env, since=start) if end is None or r.started_at <= end]
+            return monitoring.Health(self.cfg).run(env, since=start, runs=runs)
         return monitoring.Health(self.cfg).run(env, since=_since(since), runs=runs)
 
     def watch(self, env: str | None = None, *, every_s: float, failures: int = 3,

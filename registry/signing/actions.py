@@ -15,13 +15,13 @@ from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.errors import AlreadyExists, CorruptBlob, InvalidInput, NotFound, PolicyNotMet, StorageError
-from registry.ledger import ReleaseStatus
 from registry.models import check_name
 from registry.models.signing import ApprovalRecord, CheckoutResult, PolicyCheck, SignatureInfo, SigningKey, TrustPolicy
 from registry.signing import bundles, keys, policy
-from registry.store.sql import environments, events, releases, versions
+from registry.store.sql import environments, events, versions
 from registry.store.sql import signatures as store
 from registry.store.sql.versions import StoredRecord
+from registry.versions import asof
 
 # --- keys and trust ------------------------------------------------------------------------
 
@@ -324,16 +324,13 @@ def _checked_name(value: str, what: str) -> str:
 
 
 def approvals_at(cfg: Configuration, env_name: str | None, at: datetime) -> ApprovalRecord:
-    """The release serving in ``env_name`` at ``at`` (the newest that had finished deploying by
-    then), and its signatures and approvals for that environment made by then, verified now."""
-    with cfg.store.read() as conn:
-        env = environments.named_or_default(conn, env_name)
-        ledger = releases.ledger(conn, env.name)
-    served = [r for r in ledger if r.finished_at is not None and clock.utc(r.finished_at) <= at
-              and r.status in (ReleaseStatus.DEPLOYED, ReleaseStatus.SUPERSEDED)]
-    if not served:
-        return ApprovalRecord(env=env.name, at=at)
-    release = served[-1]
+    """The release serving in ``env_name`` at ``at`` (``registry.versions.asof``: none while the
+    environment was dark), and its signatures and approvals for that environment made by then,
+    verified now."""
+    answer = asof.as_of(cfg, env_name, at)
+    env, release = answer.env, answer.release
+    if release is None:
+        return ApprovalRecord(env=env, at=at)
     found = [s for s in signatures_of(cfg, release.model, release.version)
-             if s.created_at <= at and s.env in (None, env.name)]
-    return ApprovalRecord(env=env.name, at=at, release=release, signatures=found)
+             if s.created_at <= at and s.env in (None, env)]
+    return ApprovalRecord(env=env, at=at, release=release, signatures=found)

@@ -16,12 +16,13 @@ from registry import clock
 from registry.configuration import Configuration
 from registry.errors import CorruptBlob, InvalidInput, NotFound
 from registry.formats import tensor_digests
+from registry.ledger import Release
 from registry.models import ImageRef, LogEntry, Tensor, VersionInfo, VersionSummary
 from registry.store.files.blobs import BlobStore, digest_of_bytes
 from registry.store.sql import Store, versions
 from registry.store.sql.versions import NewVersion
+from registry.versions import asof, diffing, pushing, refs
 from registry.versions import blame as blame_mod
-from registry.versions import diffing, pushing, refs
 from registry.versions import manifest as manifest_mod
 from registry.versions.blame import BlameLine
 from registry.versions.diffing import Diff
@@ -53,6 +54,15 @@ def diff(cfg: Configuration, a: str, b: str) -> Diff:
     result = diffing.diff(old.info, new.info, texts=texts, refs=(a, b))
     result.warnings = old.warnings + new.warnings
     return result
+
+
+def _as_of(cfg: Configuration, release: Release) -> DiffInput:
+    """The side of a diff that served in an environment then: its version, with the image its
+    release pinned (after ``promote --allow-retag``, not the one its version recorded)."""
+    info = show(cfg.store, release.ref)
+    if release.image_digest and release.image_digest != info.image.digest:
+        info = info.model_copy(update={"image": ImageRef(ref=info.image.ref, digest=release.image_digest)})
+    return DiffInput(info, {}, [])
 
 
 def _mixed_tensor_digests(*infos: VersionInfo) -> bool:
@@ -87,9 +97,12 @@ def _changed_prompts(old: VersionInfo, new: VersionInfo) -> set[str]:
 
 
 def diff_input(cfg: Configuration, ref: str) -> DiffInput:
-    """A manifest path, else a version ref, else an environment's deployed version."""
+    """A manifest path, else ``ENV@TIME`` (what served there then), else a version ref, else an
+    environment's deployed version."""
     if _is_manifest_path(ref):
         return _unpushed(cfg, ref)
+    if "@" in ref and (then := asof.split_ref(ref, asof.env_names(cfg))) is not None:
+        return _as_of(cfg, asof.served(cfg, *then))
     try:
         info = show(cfg.store, ref)
     except (NotFound, InvalidInput):

@@ -207,7 +207,8 @@ class _Views:
         return pages.environments_page(reg)
 
     def _environment(self, reg: Registry, request: Request) -> BaseModel:
-        return pages.environment_page(reg, request.path_params["name"], since=request.query_params.get("since"))
+        return pages.environment_page(reg, request.path_params["name"], since=request.query_params.get("since"),
+                                      at=request.query_params.get("at"))
 
     def _audit(self, reg: Registry, request: Request) -> BaseModel:
         q = request.query_params

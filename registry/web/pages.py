@@ -20,6 +20,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, Field
 
 from registry import (
+    AsOf,
     AuditFilter,
     BlameLine,
     Checkpoint,
@@ -122,6 +123,7 @@ class EnvironmentPage(BaseModel):
     probe_runs: list[ProbeRun] = []  # the newest runs in the window, oldest first
     health: HealthReport | None = None
     chart_svg: str | None = Field(default=None, exclude=True)  # HTML only: JSON clients have the runs
+    as_of: AsOf | None = None  # ``?at=TIME``: what served then; the ledger up to then
 
 
 class CheckedAudit(BaseModel):
@@ -247,9 +249,14 @@ def environments_page(reg: Registry) -> EnvironmentsPage:
     return EnvironmentsPage(environments=reg.environments(), status=reg.status())
 
 
-def environment_page(reg: Registry, name: str, *, since: str | None = None) -> EnvironmentPage:
-    """One environment: status, ledger, probe runs and the health chart with release markers."""
+def environment_page(reg: Registry, name: str, *, since: str | None = None, at: str | None = None) -> EnvironmentPage:
+    """One environment: status, ledger, probe runs and the health chart with release markers;
+    ``at``: as of that time (what served then, from the sealed ledger, and the ledger up to then)."""
     env = reg.environment(name)
+    if at:
+        as_of = reg.status_at(at, env=env.name)
+        releases = [r for r in reg.history(env.name) if r.started_at <= as_of.at]
+        return EnvironmentPage(environment=env, releases=releases, as_of=as_of)
     status = next((s for s in reg.status() if s.env == env.name), None)
     releases = reg.history(env.name)
     when = _since(since)

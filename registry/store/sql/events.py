@@ -149,3 +149,14 @@ def registry_id(conn: Connection) -> str:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+LEDGER_ACTIONS = ("promote", "rollback", "recover", "env-remove")  # the actions that write release rows
+
+
+def ledger_rows(conn: Connection, env: str) -> list[dict[str, Any]]:
+    """The raw rows (seals and hashes included) of the events that wrote ``env``'s ledger, in id
+    order: what ``registry.versions.asof`` checks and binds an as-of answer to."""
+    query = (select(events).where(events.c.env == env, events.c.action.in_(LEDGER_ACTIONS))
+             .order_by(events.c.id))
+    return [dict(r) for r in conn.execute(query).mappings()]
