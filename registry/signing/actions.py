@@ -100,6 +100,13 @@ class Sign(Action):
     def run(self, model: str, version: str, *, key_file: str | Path, env: str | None = None,
             expires: datetime | None = None) -> SignatureInfo:
         key = keys.load_private(key_file, self.cfg.environ)
+        try:
+            return self._sign(key, model, version, env=env, expires=expires)
+        finally:
+            key.close()
+
+    def _sign(self, key: keys.PrivateKey, model: str, version: str, *, env: str | None,
+              expires: datetime | None) -> SignatureInfo:
         now = clock.now()
         expires = clock.utc(expires) if expires is not None else None
         if expires is not None and env is None:
@@ -150,8 +157,11 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def check_signer(cfg: Configuration, key_file: str | Path) -> None:
     """Before a ``push --sign-key``: the key opens and is registered, so the push is not left unsigned."""
     key = keys.load_private(key_file, cfg.environ)
-    with cfg.store.read() as conn:
-        _registered(conn, key)
+    try:
+        with cfg.store.read() as conn:
+            _registered(conn, key)
+    finally:
+        key.close()
 
 
 def _claims(info: SignatureInfo, stored: StoredRecord) -> dict:

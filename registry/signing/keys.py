@@ -41,6 +41,20 @@ class PrivateKey:
     shown: str  # how messages name it: the file, or the URI without any PIN
     token_signer: Any = None
 
+    def close(self) -> None:
+        """Log out of the token and close its session now: a PKCS#11 login belongs to the whole
+        process, so one left to the garbage collector makes the next opening of a key on that
+        token fail (CKR_USER_ALREADY_LOGGED_IN) in a process that signs twice."""
+        session = getattr(self.token_signer, "session", None)
+        if session is None:
+            return
+        for end in (session.logout, session.closeSession):
+            try:
+                end()
+            except Exception:  # already logged out or closed: nothing more to end
+                pass
+        self.token_signer.session = None
+
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> str:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
