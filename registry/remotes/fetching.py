@@ -27,7 +27,7 @@ from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.durable import fsync_dir
-from registry.errors import InvalidInput, RemoteError, VersionConflict
+from registry.errors import InvalidInput, RemoteError
 from registry.faults import crashpoint
 from registry.formats import canonical
 from registry.models import NAME_RE, VERSION_RE, ImageRef, Provenance, Runtime
@@ -73,7 +73,8 @@ class PullRemote(Action):
         if with_image:  # before anything is recorded: an image that is not the pinned one refuses the pull
             result.image_pulled = images.pull(self.cfg, host=ref.host, artifact_repository=ref.repository,
                                               tag=managing.tag_of(incoming.version), record=incoming.record)
-        if not _already_here(self.cfg, incoming, where=str(ref)):
+        if not arriving.recorded_already(self.cfg, incoming.model, incoming.version, incoming.manifest_digest,
+                                         source=str(ref), verb="pulled"):
             fetched = Fetched(self.cfg)
             try:
                 for kind, name, digest, size in _unique(incoming.files):
@@ -172,18 +173,6 @@ def _check(incoming: modelpack.Incoming, *, where: str) -> None:
         modelpack.check_relative(str(w.get("path", "")), where)
     for p in record.get("prompts", []):  # a prompt becomes prompts/<name> in a snapshot
         modelpack.check_relative(f"{modelpack.PROMPTS_DIR}/{p.get('name', '')}", where)
-
-
-def _already_here(cfg: Configuration, incoming: modelpack.Incoming, *, where: str) -> bool:
-    with cfg.store.read() as conn:
-        found = versions.lookup(conn, incoming.model, incoming.version)
-    if found is None:
-        return False
-    if found.manifest_digest != incoming.manifest_digest:
-        raise VersionConflict(f"{incoming.model}@{incoming.version} exists here with other content "
-                              f"({found.manifest_digest[:19]}; {where} holds {incoming.manifest_digest[:19]}): "
-                              "versions are immutable; nothing was pulled")
-    return True
 
 
 class _Download:

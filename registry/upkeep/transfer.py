@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from registry import clock
 from registry.action import Action
 from registry.configuration import Configuration
-from registry.errors import InvalidInput, NotFound, VersionConflict
+from registry.errors import InvalidInput, NotFound
 from registry.models import ImageRef, Provenance, Runtime
 from registry.models.upkeep import ExportResult, ImportResult
 from registry.store.sql import events, versions
@@ -112,7 +112,8 @@ class Import(Action):
         try:
             index = bundle.index
             provenance = _check_record(path, index)
-            existing = _existing(cfg, index)
+            existing = arriving.recorded_already(cfg, index.model, index.version, index.manifest_digest,
+                                                 source="the file", verb="imported")
             image_loaded = _load_image(cfg, bundle)
             blobs, size = (0, 0) if existing else bundle.install_blobs(cfg.blobs)
             created = not existing and _record(cfg, bundle, provenance, path=path, actor=actor,
@@ -141,19 +142,6 @@ def _check_record(path: Path, index: archive.ArchiveIndex) -> Provenance | None:
             raise InvalidInput(f"refusing to import {path}: weight path {str(rel)!r} is not a relative path "
                                "inside the version; nothing was recorded")
     return provenance
-
-
-def _existing(cfg: Configuration, index: archive.ArchiveIndex) -> bool:
-    """True when this exact version is recorded already; VersionConflict for other content."""
-    with cfg.store.read() as conn:
-        found = versions.lookup(conn, index.model, index.version)
-    if found is None:
-        return False
-    if found.manifest_digest != index.manifest_digest:
-        raise VersionConflict(f"{index.model}@{index.version} already exists here with other content "
-                              f"({found.manifest_digest[:19]}, the file holds {index.manifest_digest[:19]}): "
-                              "versions are immutable; nothing was imported")
-    return True
 
 
 def _load_image(cfg: Configuration, bundle: archive.ImportBundle) -> bool:

@@ -19,6 +19,21 @@ from registry.store.sql import events, queue, run_all, versions
 from registry.trust import audit
 
 
+def recorded_already(cfg: Configuration, model: str, version: str, manifest_digest: str, *, source: str,
+                     verb: str) -> bool:
+    """True when this exact version is recorded here already (an import or pull is then a
+    no-op); VersionConflict naming ``source`` when other content holds its name."""
+    with cfg.store.read() as conn:
+        found = versions.lookup(conn, model, version)
+    if found is None:
+        return False
+    if found.manifest_digest != manifest_digest:
+        raise VersionConflict(f"{model}@{version} already exists here with other content "
+                              f"({found.manifest_digest[:19]}; {source} holds {manifest_digest[:19]}): "
+                              f"versions are immutable; nothing was {verb}")
+    return True
+
+
 def record_arrived(cfg: Configuration, rows: versions.VersionRows, *, actor: str, action: str,
                    detail: dict) -> bool:
     """The version and its ``action`` event (``detail`` plus the manifest digest and what changed
