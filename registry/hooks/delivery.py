@@ -14,6 +14,7 @@ waits for any of it, since it only appends its audit event.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from registry import clock
 from registry.action import Action
@@ -173,27 +174,33 @@ def backoff_s(attempt: int) -> float:
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
     """POST; (HTTP status or None, '' when delivered else why not). The reason never quotes the
-    URL (it may hold a token): only a status, or the kind of network failure."""
+    URL (it may hold a token): only a status, or the kind of network failure.
+
+    ``TIMEOUT_S`` bounds each connect and read; a receiver trickling a byte at a time could keep
+    a request going for hours within it, so the whole request has twice that, after which the
+    deliverer moves on and the request is left to end on its own (a late answer is a duplicate
+    at most: deliveries are at least once)."""
+    answer: list[tuple[int | None, str]] = []
+    worker = threading.Thread(target=lambda: answer.append(_post(url, body, headers)), daemon=True,
+                              name="cellar-hook-post")
+    worker.start()
+    worker.join(TIMEOUT_S * 2)
+    return answer[0] if answer else (None, "timed out")
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str]:
     from registry.health.alerting import failure_kind
 
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:  # noqa: S310  (http/https checked at add)
-            resp.read(65536)
             return resp.status, "" if 200 <= resp.status < 300 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return exc.code, f"HTTP {exc.code}"
     except urllib.error.URLError as exc:
         return None, failure_kind(exc.reason)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # HTTPException: not HTTP at all
         return None, failure_kind(exc)
-
-
-def next_due(cfg) -> datetime | None:
-    """When the next retry is due (None: nothing waits on a backoff)."""
-    with cfg.store.read() as conn:
-        times = [r["next_at"] for r in store.all_(conn) if r["next_at"] is not None]
-    return min(times) if times else None
 
 
 def keep_delivering(cfg, *, should_stop, wait, every_s: float = 2.0,

@@ -44,6 +44,17 @@ class Receiver:
                 if receiver.mode == "hang":
                     receiver.release.wait(30)
                     return
+                if receiver.mode == "garbage":  # not HTTP at all
+                    self.wfile.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+                    return
+                if receiver.mode == "trickle":  # a byte at a time, each well within a read's time limit
+                    while not receiver.release.wait(0.1):
+                        try:
+                            self.wfile.write(b"H")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
                 if receiver.secret is not None and not receiver.signed(self.headers, body):
                     receiver.bad_signatures += 1
                     self.send_response(401)
@@ -164,6 +175,24 @@ def test_a_hanging_receiver_costs_one_time_limit(reg, model_dir, receiver, monke
     assert done.failed == 1
     (attempt,) = reg.hook_deliveries("ops")
     assert attempt.detail == "timed out"
+
+
+def test_a_trickling_receiver_is_given_up_on_within_twice_the_time_limit(reg, model_dir, receiver, monkeypatch):
+    monkeypatch.setattr(delivery, "TIMEOUT_S", 0.5)
+    reg.add_hook("ops", receiver.url, secret_env="HOOK_SECRET")
+    receiver.mode = "trickle"
+    push_versions(reg, model_dir, "v1")
+    done = reg.deliver_hooks()  # each byte comes within 0.5 s: only the whole request's bound ends it
+    assert done.failed == 1
+    assert reg.hook_deliveries("ops")[0].detail == "timed out"
+
+
+def test_an_answer_that_is_not_http_is_a_failed_attempt(reg, model_dir, receiver):
+    reg.add_hook("ops", receiver.url, secret_env="HOOK_SECRET")
+    receiver.mode = "garbage"
+    push_versions(reg, model_dir, "v1")
+    assert reg.deliver_hooks().failed == 1
+    assert reg.hook_deliveries("ops")[0].detail == "BadStatusLine"
 
 
 def test_kill_9_mid_delivery_loses_nothing(home, reg, model_dir, receiver):
