@@ -38,8 +38,23 @@ class Operation(StrEnum):
     AUTO_ROLLBACK = "auto-rollback"
 
 
+class HostState(BaseModel):
+    """One Docker host's part of a release in a fleet (an environment of several hosts): the
+    container it ran there and how it ended on that host."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    container_id: str | None = None
+    # pending (not switched yet), healthy, failed (this host failed the release), reverted
+    # (switched, then put back when another host failed), dark (did not come back)
+    state: str = "pending"
+
+
 class Release(BaseModel):
-    """One row of an environment's ledger; also what ``registry history --json`` prints."""
+    """One row of an environment's ledger; also what ``registry history --json`` prints.
+    ``container_id`` is the container on the environment's first host; a fleet's row also lists
+    every host's (``hosts``, None for an environment of one host)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -59,10 +74,22 @@ class Release(BaseModel):
     rollback_of: int | None = None
     healthy: bool = False
     error: str | None = None
+    hosts: list[HostState] | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.model}@{self.version}"
+
+    def container_on(self, host: str | None) -> str | None:
+        """The container this release ran on ``host`` (one of its environment's hosts)."""
+        if self.hosts is None:
+            return self.container_id
+        return next((h.container_id for h in self.hosts if h.host == host), None)
+
+    def containers(self) -> list[str]:
+        """Every container of this release, on any host."""
+        ids = [self.container_id] if self.hosts is None else [h.container_id for h in self.hosts]
+        return [c for c in ids if c]
 
 
 @dataclass(frozen=True)
@@ -191,7 +218,8 @@ def plan_rollback(ledger: list[Release], chosen: Release, *, env: str, actor: st
 
 
 def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = None,
-           error: str | None = None, previous: str = "untouched") -> Settlement:
+           error: str | None = None, previous: str = "untouched", hosts: list[HostState] | None = None,
+           previous_hosts: list[HostState] | None = None) -> Settlement:
     """How the rows end.
 
     ok: the pending row becomes deployed and healthy, the previous deployed superseded.
@@ -202,17 +230,21 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
     is deployed any more). A lost release is superseded, not failed, with the error saying so:
     it served until the switch, and what kept it from coming back is usually its surroundings
     (the port taken, the engine down), so it stays the last known good a rollback goes to.
+
+    In a fleet, ``hosts`` is how the operation ended on each host, and ``previous_hosts`` how
+    the release deployed before serves again on each (restored, or dark where it did not come back).
     """
     out = Settlement()
     cid = container_id or plan.pending.container_id
+    fleet = {"hosts": hosts} if hosts is not None else {}
     if ok:
         out.updates.append(_with(plan.pending, status=ReleaseStatus.DEPLOYED, healthy=True,
-                                 container_id=cid, finished_at=at))
+                                 container_id=cid, finished_at=at, **fleet))
         if plan.current:
             out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED))
         return out
     out.updates.append(_with(plan.pending, status=ReleaseStatus.FAILED, finished_at=at, error=error,
-                             container_id=cid))
+                             container_id=cid, **fleet))
     if plan.current is None or previous == "untouched":
         return out
     if previous == "restored":
@@ -221,7 +253,8 @@ def settle(plan: Plan, *, ok: bool, at: datetime, container_id: str | None = Non
             plan.current, revision=plan.pending.revision + 1, operation=Operation.AUTO_ROLLBACK,
             status=ReleaseStatus.DEPLOYED, healthy=True, rollback_of=plan.current.revision,
             actor=plan.pending.actor, reason=f"automatic rollback: revision {plan.pending.revision} failed",
-            started_at=at, finished_at=at, error=None))
+            started_at=at, finished_at=at, error=None,
+            **({"hosts": previous_hosts} if previous_hosts is not None else {})))
     else:
         out.updates.append(_with(plan.current, status=ReleaseStatus.SUPERSEDED, error=(
             f"did not answer again after revision {plan.pending.revision} failed; it served until then, "
@@ -245,23 +278,26 @@ def adopt(ledger: list[Release], source: Release, *, container_id: str, image_di
     return out
 
 
-def keep_containers(ledger: list[Release], *, keep: int) -> set[str]:
-    """Container ids retention must never remove: the deployed one, and ``keep`` stopped ones:
-    first what a default rollback needs, then the newest others of healthy releases. The
-    rollback target counts within ``keep`` (``--keep 3`` leaves three stopped containers, not
-    four); with ``keep`` 0 a rollback recreates its container from the version."""
+def keep_containers(ledger: list[Release], *, keep: int, host: str | None = None) -> set[str]:
+    """Container ids retention must never remove (on ``host``, one of a fleet's hosts): the
+    deployed one, and ``keep`` stopped ones: first what a default rollback needs, then the
+    newest others of healthy releases. The rollback target counts within ``keep`` (``--keep 3``
+    leaves three stopped containers, not four); with ``keep`` 0 a rollback recreates its
+    container from the version."""
     now = current(ledger)
-    protected = {now.container_id} if now and now.container_id else set()
+    mine = now.container_on(host) if now else None
+    protected = {mine} if mine else set()
     stopped: list[str] = []
     try:
-        target = rollback_target(ledger)
-        if target.container_id and target.container_id not in protected:
-            stopped.append(target.container_id)
+        target = rollback_target(ledger).container_on(host)
+        if target and target not in protected:
+            stopped.append(target)
     except (NotFound, InvalidInput):
         pass
     for r in reversed(ledger):
-        if r.healthy and r.container_id and r.container_id not in protected and r.container_id not in stopped:
-            stopped.append(r.container_id)
+        cid = r.container_on(host)
+        if r.healthy and cid and cid not in protected and cid not in stopped:
+            stopped.append(cid)
     return protected | set(stopped[:keep])
 
 

@@ -73,18 +73,29 @@ class DeployAction(Action):
         # Who vouched for the version (issue 25): {name: key fingerprint} of the signatures the
         # environment's trust policy counted, recorded in the promote or rollback event.
         self.signed_by: dict[str, str] = {}
-        # Set before use: env and engine by use_env (open_env), lock when the run takes it.
+        # Set before use: env, host and engine by use_env (open_env), lock when the run takes it.
         self.lock: Lock
         self.env: Environment
+        self.host: str | None
         self.engine: Engine
 
     # --- the environment ---------------------------------------------------------------
 
     def use_env(self, env: Environment) -> None:
-        """Work on ``env``; its engine connects now, so an unreachable one fails before anything
-        is recorded."""
+        """Work on ``env``; the engine of each of its hosts connects now, so an unreachable one
+        fails (naming it) before anything is recorded. The first host is the one worked on."""
         self.env = env
-        self.engine = self.cfg.engine(env.docker_host)
+        for host in reversed(env.fleet):
+            self.on_host(host)
+
+    def on_host(self, host: str | None) -> None:
+        """Work on ``host``, one of the environment's Docker hosts, from now on."""
+        self.host = host
+        self.engine = self.cfg.engine(host)
+
+    def host_label(self, host: str | None) -> str:
+        """How a step names a fleet's host ("" for an environment of one host)."""
+        return f" on {short_host(host)}" if self.env.hosts else ""
 
     def open_env(self, name: str | None, *, reason: str | None) -> Environment:
         """Find the environment (the default one when ``name`` is None) and work on it; a
@@ -98,18 +109,21 @@ class DeployAction(Action):
 
     @property
     def base_url(self) -> str:
-        """Where the environment's published port answers: on the Docker host's address."""
-        return base_url(self.env)
+        """Where the environment's published port answers on the host worked on: its address."""
+        return base_url(self.env, self.host)
 
     # --- steps and secrets ---------------------------------------------------------------
 
     _running: list | None = None  # [name, detail] of the step in progress
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str, *, on_host: bool = True):
         """Time a step; report it to ``on_step`` (e.g. the CLI's progress lines). An ``on_step``
         with a ``started(name, detail)`` method (see ``StepWatcher``) also hears when the step
-        starts, and again when it notes a detail (the health timeout and where it came from)."""
+        starts, and again when it notes a detail (the health timeout and where it came from).
+        In a fleet, a step done ``on_host`` names the host worked on ("health check on gpu-2")."""
+        if on_host and getattr(self, "env", None) is not None and self.env.hosts:
+            name += self.host_label(self.host)
         self._running = [name, None]
         self._tell_started()
         started = time.perf_counter()
@@ -188,6 +202,22 @@ class DeployAction(Action):
         target = Target(model=model, version=version, manifest_digest=stored.digest, image_digest=image)
         return Ready(target=target, runtime=runtime, image=image, snapshot=snap, env_vars=env_vars,
                      resources=resources, files=files)
+
+    def ready_everywhere(self, model: str, version: str, *, allow_retag: bool = False,
+                         image_digest: str | None = None) -> dict[str | None, Ready]:
+        """``make_ready`` on each of the environment's hosts (a fleet's all get the same image and
+        files, each checked there), before anything changes; {host: Ready}."""
+        out: dict[str | None, Ready] = {}
+        for host in self.env.fleet:
+            self.on_host(host)
+            out[host] = self.make_ready(model, version, allow_retag=allow_retag, image_digest=image_digest)
+            first = out[self.env.fleet[0]].image
+            if out[host].image != first:
+                raise InvalidInput(f"{model}@{version}'s image is {out[host].image[:19]} on {short_host(host)} but "
+                                   f"{first[:19]} on {short_host(self.env.fleet[0])}: a fleet runs one image; load "
+                                   "the recorded one on every host (docker save | docker load)")
+        self.on_host(self.env.fleet[0])
+        return out
 
     def claim_host(self, runtime: Runtime, ref: str) -> Resources:
         """The host settings ``ref`` gets in this environment; Conflict (nothing recorded yet) when
@@ -298,7 +328,7 @@ class DeployAction(Action):
         except StepFailed as exc:
             if not any(words in str(exc) for words in ("no answer", "last answer: connection")):
                 raise  # a server answered (an HTTP status), or the container exited: nothing to say where
-            raise StepFailed(f"{exc}; {where_checks_go(self.env)}") from None
+            raise StepFailed(f"{exc}; {where_checks_go(self.env, self.host)}") from None
         finally:
             if shown:
                 self._tell_started()  # the step's line keeps its recorded detail, not a passing answer
@@ -335,20 +365,30 @@ class DeployAction(Action):
         return f"container exited with code {info.exit_code}{lines}"
 
 
-def base_url(env: Environment) -> str:
-    """Where ``env``'s published port answers: on the Docker host's address."""
-    host = "127.0.0.1" if env.bind_addr in ("0.0.0.0", "::", "") else env.bind_addr
-    if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh", "http", "https"):
-        host = urlsplit(env.docker_host).hostname or host
-    return f"http://{host}:{env.port}"
+def base_url(env: Environment, host: str | None = None) -> str:
+    """Where ``env``'s published port answers on ``host`` (default: its first Docker host): on
+    that host's address."""
+    host = env.docker_host if host is None else host
+    addr = "127.0.0.1" if env.bind_addr in ("0.0.0.0", "::", "") else env.bind_addr
+    if host and urlsplit(host).scheme in ("tcp", "ssh", "http", "https"):
+        addr = urlsplit(host).hostname or addr
+    return f"http://{addr}:{env.port}"
 
 
-def where_checks_go(env: Environment) -> str:
-    """Where health and probe requests for ``env`` go, and from where: for the error when
-    nothing answers there."""
-    text = (f"health and probe requests go from this machine to {base_url(env)} "
-            f"(the port published on {env.bind_addr} by the engine at {env.docker_host or 'the local socket'})")
-    if env.docker_host and urlsplit(env.docker_host).scheme in ("tcp", "ssh") and env.bind_addr.startswith("127."):
+def short_host(host: str | None) -> str:
+    """A Docker host as a person names it: gpu-2 for tcp://gpu-2:2376, "local" for a socket."""
+    if not host or urlsplit(host).scheme in ("unix", "npipe"):
+        return "local"
+    return urlsplit(host).hostname or host
+
+
+def where_checks_go(env: Environment, host: str | None = None) -> str:
+    """Where health and probe requests for ``env`` on ``host`` go, and from where: for the error
+    when nothing answers there."""
+    host = env.docker_host if host is None else host
+    text = (f"health and probe requests go from this machine to {base_url(env, host)} "
+            f"(the port published on {env.bind_addr} by the engine at {host or 'the local socket'})")
+    if host and urlsplit(host).scheme in ("tcp", "ssh") and env.bind_addr.startswith("127."):
         text += (f"; {env.bind_addr} there is that host's own loopback, which this machine cannot reach: "
                  "publish on the host's address instead (env add --bind 0.0.0.0)")
     return text

@@ -68,5 +68,5 @@ def _shares(env: Environment) -> bool:
 
 
 def same_host(a: Environment, b: Environment) -> bool:
-    """Two environments on one Docker engine (the local one when neither names a host)."""
-    return (a.docker_host or "") == (b.docker_host or "")
+    """Two environments with a Docker engine in common (the local one when neither names a host)."""
+    return bool({h or "" for h in a.fleet} & {h or "" for h in b.fleet})

@@ -36,13 +36,14 @@ class Promote(Switching):
         with self.deciding(target=version):
             with self.nothing_changed(f"{model}@{version}"):
                 self.signed_by = require_policy(self.cfg, model, version, self.env.name)  # signatures (issue 25)
-                ready = self.make_ready(model, version, allow_retag=allow_retag)
+                ready = self.ready_everywhere(model, version, allow_retag=allow_retag)
+            first = ready[self.env.fleet[0]]
             plan = self.open_revision(lambda rows: ledger.plan_promote(
-                rows, ready.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()),
+                rows, first.target, env=self.env.name, actor=self.actor, reason=reason, at=clock.now()),
                 still_allowed=not_deprecated)
         crashpoint("promote:pending")
-        return self.switch(plan, runtime=ready.runtime,
-                           make_container=lambda plan: (self.create_container(plan.pending, ready), True))
+        return self.switch(plan, runtime=first.runtime,
+                           make_container=lambda plan, host: (self.create_container(plan.pending, ready[host]), True))
 
     def probe_gate(self, release: Release) -> None:
         """``promote --gate``: the suite of ``release`` (still pending) against the environment's

@@ -37,31 +37,43 @@ class Rollback(Switching):
                     chosen = ledger.rollback_target(releases.ledger(conn, env.name), version=to, revision=revision,
                                                     probes_failed=failed)
             runtime = self.runtime_of(chosen)
-            kept = self.kept_container(chosen)
-            # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
-            self.remember_secrets(runtime, container_env=kept.env if kept else None)
-            ready = None
+            self.remember_secrets(runtime)
+            kept: dict[str | None, ContainerInfo] = {}
+            for host in env.fleet:
+                self.on_host(host)
+                if (info := self.kept_container(chosen, host)) is not None:
+                    kept[host] = info
+                    # make_ready() notes the secrets only when it runs; a reused container needs them scrubbed too.
+                    self.remember_secrets(runtime, container_env=info.env)
+            ready = {}
             with self.nothing_changed(chosen.ref):
                 self.signed_by = require_policy(self.cfg, chosen.model, chosen.version, env.name)  # issue 25
-                if kept is None:
-                    ready = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
-                else:  # bytes served are bytes recorded: the kept container mounts this snapshot
-                    self.claim_host(runtime, chosen.ref)
-                    self.prove_files(chosen)
+                for host in env.fleet:
+                    self.on_host(host)
+                    if host not in kept:
+                        ready[host] = self.make_ready(chosen.model, chosen.version, image_digest=chosen.image_digest)
+                    else:  # bytes served are bytes recorded: the kept container mounts this snapshot
+                        self.claim_host(runtime, chosen.ref)
+                        self.prove_files(chosen)
+                self.on_host(env.fleet[0])
             plan = self.open_revision(lambda rows: ledger.plan_rollback(
                 rows, chosen, env=env.name, actor=self.actor, reason=reason, at=clock.now()))
-        if kept:
-            return self.switch(plan, runtime=runtime, make_container=lambda plan: (kept.id, False),
-                               container_step="reuse kept container")
-        assert ready is not None  # made ready above, as no container was kept
-        return self.switch(plan, runtime=runtime,
-                           make_container=lambda plan: (self.create_container(plan.pending, ready), True))
 
-    def kept_container(self, release: Release) -> ContainerInfo | None:
-        """The release's container if it still exists and its labels prove it is that release."""
-        if not release.container_id:
+        def make_container(plan, host: str | None) -> tuple[str, bool]:
+            if host in kept:
+                return kept[host].id, False
+            return self.create_container(plan.pending, ready[host]), True
+
+        return self.switch(plan, runtime=runtime, make_container=make_container,
+                           container_step=lambda host: "reuse kept container" if host in kept else "create container")
+
+    def kept_container(self, release: Release, host: str | None) -> ContainerInfo | None:
+        """The release's container on ``host`` (the engine worked on) if it still exists and its
+        labels prove it is that release."""
+        cid = release.container_on(host)
+        if not cid:
             return None
-        info = self.engine.inspect(release.container_id)
+        info = self.engine.inspect(cid)
         if info is None:
             return None
         want = {"env": self.env.name, "model": release.model, "version": release.version,

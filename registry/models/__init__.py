@@ -358,6 +358,14 @@ class Environment(BaseModel):
     created_at: datetime
     # host settings that win over the versions' own here (GPUs, memory ...), and GPU sharing
     runtime: EnvRuntime | None = None
+    # a fleet (issue 22): the Docker hosts it spans, the first (also ``docker_host``) the canary;
+    # None for an environment of one host
+    hosts: list[str] | None = None
+
+    @property
+    def fleet(self) -> list[str | None]:
+        """The Docker hosts this environment runs on, the canary first (None: the local engine)."""
+        return list(self.hosts) if self.hosts else [self.docker_host]
 
 
 class Step(BaseModel):

@@ -73,9 +73,9 @@ Row = Mapping[Any, Any]
 # The columns that name a row, per kind (what a seal must not be moved away from).
 ROW_KEYS = {"version": ("model", "version"), "release": ("env", "revision"), "environment": ("name",),
             "signing_key": ("name",), "trust": ("env",)}  # the last two: registry.signing (issue 25)
-# Columns added after rows were sealed (environments.runtime, 0010): left out while empty, so
-# the seals of rows written before them still hold.
-LATE_COLUMNS = ("runtime",)
+# Columns added after rows were sealed (environments.runtime, 0010; environments.hosts and
+# releases.hosts, 0011): left out while empty, so the seals of rows written before them still hold.
+LATE_COLUMNS = ("runtime", "hosts")
 UNSEALED = ("id", "mac")  # surrogate ids are not known before the insert; the seal is not sealed
 
 

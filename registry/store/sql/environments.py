@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import delete, insert, select, update
@@ -73,10 +74,12 @@ def update_(conn: Connection, env: Environment) -> list[Environment]:
 
 
 def columns(env: Environment) -> dict:
-    """The row's columns: the runtime overrides as canonical JSON text (None when there are none)."""
-    values = env.model_dump(exclude={"runtime"})
+    """The row's columns: the runtime overrides and a fleet's hosts as canonical JSON text (None
+    when there are none)."""
+    values = env.model_dump(exclude={"runtime", "hosts"})
     values["runtime"] = canonical.dumps(env.runtime.model_dump(mode="json")) if env.runtime and \
         not env.runtime.is_empty() else None
+    values["hosts"] = canonical.dumps(env.hosts) if env.hosts else None
     return values
 
 
@@ -89,4 +92,5 @@ def _env(row) -> Environment:
     return Environment(name=row.name, port=row.port, bind_addr=row.bind_addr, docker_host=row.docker_host,
                        health_timeout_s=row.health_timeout_s, keep=row.keep, protected=row.protected,
                        is_default=row.is_default, gate=row.gate, created_at=clock.utc(row.created_at),
-                       runtime=EnvRuntime.model_validate_json(row.runtime) if row.runtime else None)
+                       runtime=EnvRuntime.model_validate_json(row.runtime) if row.runtime else None,
+                       hosts=json.loads(row.hosts) if row.hosts else None)

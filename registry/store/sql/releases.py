@@ -3,13 +3,16 @@ connection, so a ledger change, its lock and its audit event share one transacti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from registry import clock
+from registry.formats import canonical
 from registry.ledger import (
+    HostState,
     Operation,
     Release,
     ReleaseStatus,
@@ -132,10 +135,12 @@ def _release(row) -> Release:
         if data[key] is not None:
             data[key] = clock.utc(data[key])
     data["status"], data["operation"] = ReleaseStatus(row.status), Operation(row.operation)
+    data["hosts"] = [HostState(**h) for h in json.loads(row.hosts)] if row.hosts else None
     return Release(**data)
 
 
 def _values(r: Release) -> dict:
     data = r.model_dump(include=set(_COLUMNS))
     data["status"], data["operation"] = str(r.status), str(r.operation)
+    data["hosts"] = canonical.dumps(data["hosts"]) if r.hosts is not None else None
     return data

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 
 metadata = MetaData()
 
@@ -140,6 +140,8 @@ environments = Table(
     Column("gate", Boolean, nullable=False, server_default=false()),  # probes gate promotes (0005)
     # JSON: host settings that win over the versions' (GPUs, memory ...), share_gpus (0010)
     Column("runtime", Text),
+    # JSON list of Docker host URLs when the environment is a fleet, the canary first (0011)
+    Column("hosts", Text),
     Column("mac", String(80)),
 )
 
@@ -165,6 +167,8 @@ releases = Table(
     Column("rollback_of", Integer),
     Column("healthy", Boolean, nullable=False),
     Column("error", Text),
+    # JSON list of {host, container_id, state} in a fleet; NULL for one host (0011)
+    Column("hosts", Text),
     Column("mac", String(80)),
     UniqueConstraint("env", "revision", name="uq_releases_env_revision"),
     # The database itself allows only one deployed release per environment: migration 0002
