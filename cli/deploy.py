@@ -41,6 +41,9 @@ def env_add(
     port: int = typer.Option(..., "--port", help="Host port the model is published on."),
     docker_host: str = typer.Option(None, "--docker-host",
                                     help="Docker engine URL (default: $DOCKER_HOST or the local socket)."),
+    hosts: list[str] = typer.Option(None, "--host", metavar="URL",
+                                    help="A Docker host of a fleet (repeat; the first is the canary), e.g. "
+                                         "--host unix:///var/run/docker.sock --host tcp://gpu-2:2376."),
     health_timeout: float = typer.Option(None, "--health-timeout",
                                          help="Seconds to wait for health "
                                               "(default: the version's runtime.health.timeout_s)."),
@@ -61,16 +64,66 @@ def env_add(
     """Add an environment (a deploy target with its own host port and release ledger).
 
     Example:  registry env add staging --port 8081 --default --runtime gpus=1
+              registry env add prod --port 8080 --host unix:///var/run/docker.sock --host tcp://gpu-2:2376
     """
     from registry import runtime_overrides
 
     with open_registry() as reg:
         env = reg.add_env(name, port=port, docker_host=docker_host, health_timeout_s=health_timeout, keep=keep,
                           protected=protected, default=default, bind_addr=bind, gate=gate,
-                          runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, actor=actor)
+                          runtime=runtime_overrides(runtime or []), share_gpus=share_gpus, actor=actor,
+                          hosts=hosts or None)
     if as_json:
         return print_json(env)
-    console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}")
+    on = f" on {len(env.hosts)} Docker hosts" if env.hosts else ""
+    console().print(f"Added environment {env.name} on {env.bind_addr}:{env.port}{on}")
+
+
+host_app = typer.Typer(cls=CellarGroup, help="A fleet's Docker hosts: add, remove.", no_args_is_help=True)
+env_app.add_typer(host_app, name="host")
+
+
+@host_app.command("add")
+def env_host_add(
+    name: str = typer.Argument(..., help="Environment name."),
+    host: str = typer.Argument(..., help="Docker engine URL, e.g. tcp://gpu-2:2376 or ssh://deploy@gpu-2."),
+    reason: str = REASON,
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Add a Docker host to an environment (two or more make a fleet). It runs nothing until the next
+    promote or rollback, or `registry recover`, which starts the deployed release there.
+
+    Example:  registry env host add prod tcp://gpu-2:2376
+    """
+    with open_registry() as reg:
+        env = reg.add_env_host(name, host, reason=reason, actor=actor)
+    if as_json:
+        return print_json(env)
+    console().print(f"Environment {esc(env.name)} runs on {esc(', '.join(h or '(local)' for h in env.fleet))}; "
+                    f"{esc(host)} serves from the next promote or rollback "
+                    f"(or `registry recover --env {esc(env.name)}`)")
+
+
+@host_app.command("remove")
+def env_host_remove(
+    name: str = typer.Argument(..., help="Environment name."),
+    host: str = typer.Argument(..., help="The Docker engine URL as the environment lists it (env show)."),
+    force: bool = typer.Option(False, "--force", help="Remove it even when it cannot be reached (its containers "
+                                                      "are then left as they are)."),
+    reason: str = REASON,
+    actor: str = ACTOR,
+    as_json: bool = JSON,
+) -> None:
+    """Take a Docker host out of an environment, and the environment's containers off that host.
+
+    Example:  registry env host remove prod tcp://gpu-2:2376
+    """
+    with open_registry() as reg:
+        env = reg.remove_env_host(name, host, force=force, reason=reason, actor=actor)
+    if as_json:
+        return print_json(env)
+    console().print(f"Environment {esc(env.name)} runs on {esc(', '.join(h or '(local)' for h in env.fleet))}")
 
 
 @env_app.command("set")
@@ -131,8 +184,8 @@ def env_list(as_json: bool = JSON) -> None:
         return print_json(envs)
     if not envs:
         return print("No environments yet: add one with `registry env add NAME --port N`.")
-    table(["NAME", "PORT", "DOCKER HOST", "KEEP", "FLAGS"],
-          [[e.name, f"{e.bind_addr}:{e.port}", e.docker_host or "(local)", e.keep,
+    table(["NAME", "PORT", "DOCKER HOSTS", "KEEP", "FLAGS"],
+          [[e.name, f"{e.bind_addr}:{e.port}", ", ".join(h or "(local)" for h in e.fleet), e.keep,
             ", ".join(f for f, on in (("default", e.is_default), ("protected", e.protected), ("gate", e.gate)) if on)]
            for e in envs])
 
@@ -180,6 +233,8 @@ def promote(
     gate: bool = typer.Option(None, "--gate/--no-gate",
                               help="Run the version's probes after warm-up; any fail or error rolls back, exit 4 "
                                    "(default: the environment's setting).", show_default=False),
+    batch: int = typer.Option(None, "--batch", min=1, help="In a fleet: hosts switched at once after the canary "
+                                                          "(default: a quarter of the fleet)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -190,12 +245,12 @@ def promote(
     target = _one_env(env, to)
     with open_registry() as reg, _failure_as_json(as_json):
         result = reg.promote(ref, env=target, reason=reason, actor=actor, allow_retag=allow_retag, gate=gate,
-                             on_step=None if as_json else StepLines())
+                             on_step=None if as_json else StepLines(), batch=batch)
     if as_json:
         return print_json(result)
     r = result.release
-    console().print(f"[green]Deployed[/] {esc(r.ref)} to {result.env} (revision {r.revision}, container "
-                    f"{short(r.container_id)})" + _removed(result))
+    console().print(f"[green]Deployed[/] {esc(r.ref)} to {result.env} (revision {r.revision}, "
+                    f"{_containers(r)})" + _removed(result))
 
 
 @app.command()
@@ -204,6 +259,8 @@ def rollback(
     to: str = typer.Option(None, "--to", help="Roll back to this version (v1.2 or model@v1.2)."),
     revision: int = typer.Option(None, "--revision", help="Roll back to this revision of the history."),
     reason: str = REASON,
+    batch: int = typer.Option(None, "--batch", min=1, help="In a fleet: hosts switched at once after the canary "
+                                                          "(default: a quarter of the fleet)."),
     actor: str = ACTOR,
     as_json: bool = JSON,
 ) -> None:
@@ -215,7 +272,7 @@ def rollback(
         raise typer.BadParameter("give --to or --revision, not both", param_hint="'--to' / '--revision'")
     with open_registry() as reg, _failure_as_json(as_json):
         result = reg.rollback(env=env, to=to, revision=revision, reason=reason, actor=actor,
-                              on_step=None if as_json else StepLines())
+                              on_step=None if as_json else StepLines(), batch=batch)
     if as_json:
         return print_json(result)
     r = result.release
@@ -233,6 +290,13 @@ def _failure_as_json(as_json: bool):
         if as_json and exc.result is not None:
             print_json(exc.result)
         raise
+
+
+def _containers(r) -> str:
+    """'container 1a2b3c4d5e6f', or in a fleet each host's: 'containers local 1a2b.., gpu-2 9f8e..'."""
+    if not r.hosts:
+        return f"container {short(r.container_id)}"
+    return "containers " + ", ".join(f"{esc(h.name)} {short(h.container_id)}" for h in r.hosts)
 
 
 def _one_env(env: str | None, to: str | None) -> str | None:
@@ -278,7 +342,8 @@ def history(
         print(f"... {earlier} earlier releases (use --all or --limit N)")
     table(["ENV", "REV", "VERSION", "STATUS", "OPERATION", f"STARTED ({local_zone()})", "BY", "REASON / ERROR"],
           [[r.env, r.revision, r.ref, r.status, r.operation, when(r.started_at), r.actor,
-            (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)]
+            (f"(copy of r{r.rollback_of}) " if r.rollback_of else "") + first_line(r.error or r.reason)
+            + (f" [{', '.join(f'{h.name}: {h.state}' for h in r.hosts)}]" if r.hosts else "")]
            for r in rows])
 
 
@@ -339,13 +404,19 @@ def _as_of_lines(a) -> None:
 
 
 def _status_table(rows) -> None:
-    from registry import describe_gpus
+    from registry import describe_gpus, short_host
 
-    table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"],
-          [[s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else
-            ("DARK: nothing serves" if s.dark_since else "nothing deployed"),
-            short(s.container_id), s.container_state or "-",
-            {True: "healthy", False: "not answering", None: "-"}[s.healthy]] for s in rows])
+    health = {True: "healthy", False: "not answering", None: "-"}
+    lines = []
+    for s in rows:
+        lines.append([s.env, s.port, f"{s.deployed.ref} (revision {s.deployed.revision})" if s.deployed else
+                      ("DARK: nothing serves" if s.dark_since else "nothing deployed"),
+                      short(s.container_id) if not s.hosts else f"{len(s.hosts)} hosts",
+                      (s.container_state or "-") if not s.hosts else "-", health[s.healthy]])
+        # a fleet: a line per host under its environment's
+        lines += [["", "", f"  on {short_host(h.host)}", short(h.container_id), h.container_state or "-",
+                   health[h.healthy]] for h in s.hosts or []]
+    table(["ENV", "PORT", "DEPLOYED", "CONTAINER", "STATE", "HEALTH"], lines)
     for s in rows:
         if p := s.pending:
             print(plain(f"{s.env}: pending: {p.operation} {p.target} by {p.actor} since {when(p.started_at)} "

@@ -21,11 +21,11 @@ _EXPORTS = {
     "registry.trust.seals": ["SealProblem"],
     "registry.models": [
         "Manifest", "Runtime", "Probe", "VersionSummary", "VersionInfo", "LogEntry", "PushResult", "InitResult",
-        "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "RecoverAction",
+        "Environment", "Step", "DeployResult", "FailedDeploy", "Lock", "EnvStatus", "HostStatus", "RecoverAction",
         "RecoverResult", "Tensor", "WeightFile", "PromptFile", "ImageRef", "Provenance", "FileProvenance", "Resolved",
     ],
     "registry.models.resources": ["Resources", "EnvRuntime", "runtime_overrides", "describe_gpus"],
-    "registry.ledger": ["Release", "ReleaseStatus", "Operation"],
+    "registry.ledger": ["Release", "ReleaseStatus", "Operation", "HostState", "short_host"],
     "registry.models.upkeep": [
         "VerifyReport", "GcResult", "BackupResult", "RestoreResult", "ExportResult", "ImportResult",
         "Deprecation", "DeleteResult", "ProblemKind",

@@ -442,7 +442,8 @@ class Registry(RemoteCommands):
     def add_env(self, name: str, *, port: int, actor: str | None = None, **settings) -> Environment:
         """Add an environment (deploy target). Settings: docker_host, health_timeout_s, keep,
         protected, default, bind_addr, gate (promotes run the probe suite as a gate), runtime
-        (host settings that win over the versions', e.g. ``{"gpus": [1]}``), share_gpus."""
+        (host settings that win over the versions', e.g. ``{"gpus": [1]}``), share_gpus, hosts
+        (several Docker hosts: a fleet, the first one the canary)."""
         from registry.deploy.env_actions import AddEnv, new_env
 
         return AddEnv(self.cfg, actor=actor_mod.identify(actor)).run(new_env(name, port=port, **settings))
@@ -477,28 +478,52 @@ class Registry(RemoteCommands):
         return RemoveEnv(self.cfg, actor=actor_mod.identify(actor)).run(name, reason=reason, force=force)
 
     def promote(self, ref: str, *, env: str | None = None, reason: str | None = None, actor: str | None = None,
-                allow_retag: bool = False, on_step=None, gate: bool | None = None) -> DeployResult:
+                allow_retag: bool = False, on_step=None, gate: bool | None = None,
+                batch: int | None = None) -> DeployResult:
         """Deploy a version (or what environment ``ref`` runs) into ``env``; HealthGateFailed
         (exit 4) after an automatic rollback when the new release does not come up healthy.
         ``gate``: also run its probes after warm-up, any fail or error failing the promote
-        (None: the environment's ``gate`` setting)."""
+        (None: the environment's ``gate`` setting). In a fleet the first host goes first (the
+        canary), then the others ``batch`` at a time (None: a quarter of the fleet)."""
         from registry.deploy.promote import Promote
 
         inputs.check_reason(reason)
         model, version = refs.promote_source(self.store, ref, env)
         action = Promote(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
+        action.batch = _batch(batch)
         return action.run(model, version, env_name=env, reason=reason, allow_retag=allow_retag, gate=gate)
 
     def rollback(self, *, env: str | None = None, to: str | None = None, revision: int | None = None,
-                 reason: str | None = None, actor: str | None = None, on_step=None) -> DeployResult:
-        """Go back to an earlier healthy release: the newest by default, or ``to``/``revision``."""
+                 reason: str | None = None, actor: str | None = None, on_step=None,
+                 batch: int | None = None) -> DeployResult:
+        """Go back to an earlier healthy release: the newest by default, or ``to``/``revision``;
+        on every host of a fleet (canary first, then ``batch`` hosts at a time)."""
         from registry.deploy.rollback import Rollback
 
         if to is not None and revision is not None:
             raise InvalidInput("give --to or --revision, not both")
         inputs.check_reason(reason)
         action = Rollback(self.cfg, actor=actor_mod.identify(actor), on_step=on_step)
+        action.batch = _batch(batch)
         return action.run(env_name=env, to=to, revision=revision, reason=reason)
+
+    def add_env_host(self, name: str, host: str, *, reason: str | None = None,
+                     actor: str | None = None) -> Environment:
+        """Add a Docker host to environment ``name`` (two or more make a fleet); it runs nothing
+        until the next promote, rollback or ``recover``, which starts the deployed release there."""
+        from registry.deploy.env_actions import EnvHosts
+
+        inputs.check_reason(reason)
+        return EnvHosts(self.cfg, actor=actor_mod.identify(actor)).run(name, add=host, reason=reason)
+
+    def remove_env_host(self, name: str, host: str, *, force: bool = False, reason: str | None = None,
+                        actor: str | None = None) -> Environment:
+        """Take a Docker host out of environment ``name``, and this environment's containers off it
+        (``force``: even when that host cannot be reached, its containers then left as they are)."""
+        from registry.deploy.env_actions import EnvHosts
+
+        inputs.check_reason(reason)
+        return EnvHosts(self.cfg, actor=actor_mod.identify(actor)).run(name, remove=host, force=force, reason=reason)
 
     def history(self, env: str | None = None, *, limit: int | None = None, since: str | datetime | None = None,
                 until: str | datetime | None = None) -> list[Release]:
@@ -685,3 +710,9 @@ def _since(since: str | datetime | None) -> datetime | None:
 
 def _log_alert(text: str) -> None:
     logging.getLogger("registry.health.watching").warning("alert: %s", text)
+
+
+def _batch(batch: int | None) -> int | None:
+    if batch is not None and batch < 1:
+        raise InvalidInput("--batch must be 1 or more (hosts switched at once after the canary)")
+    return batch

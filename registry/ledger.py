@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,6 +39,13 @@ class Operation(StrEnum):
     AUTO_ROLLBACK = "auto-rollback"
 
 
+def short_host(host: str | None) -> str:
+    """A Docker host as a person names it: gpu-2 for tcp://gpu-2:2376, "local" for a socket."""
+    if not host or urlsplit(host).scheme in ("unix", "npipe"):
+        return "local"
+    return urlsplit(host).hostname or host
+
+
 class HostState(BaseModel):
     """One Docker host's part of a release in a fleet (an environment of several hosts): the
     container it ran there and how it ended on that host."""
@@ -49,6 +57,10 @@ class HostState(BaseModel):
     # pending (not switched yet), healthy, failed (this host failed the release), reverted
     # (switched, then put back when another host failed), dark (did not come back)
     state: str = "pending"
+
+    @property
+    def name(self) -> str:
+        return short_host(self.host)
 
 
 class Release(BaseModel):
@@ -80,10 +92,12 @@ class Release(BaseModel):
     def ref(self) -> str:
         return f"{self.model}@{self.version}"
 
-    def container_on(self, host: str | None) -> str | None:
-        """The container this release ran on ``host`` (one of its environment's hosts)."""
+    def container_on(self, host: str | None, first: str | None) -> str | None:
+        """The container this release ran on ``host``, one of its environment's hosts. ``first``
+        is the environment's first host, where a row of one host (``hosts`` None: written before
+        the environment became a fleet) ran its container."""
         if self.hosts is None:
-            return self.container_id
+            return self.container_id if host == first else None
         return next((h.container_id for h in self.hosts if h.host == host), None)
 
     def containers(self) -> list[str]:
@@ -278,24 +292,25 @@ def adopt(ledger: list[Release], source: Release, *, container_id: str, image_di
     return out
 
 
-def keep_containers(ledger: list[Release], *, keep: int, host: str | None = None) -> set[str]:
+def keep_containers(ledger: list[Release], *, keep: int, host: str | None = None,
+                    first: str | None = None) -> set[str]:
     """Container ids retention must never remove (on ``host``, one of a fleet's hosts): the
     deployed one, and ``keep`` stopped ones: first what a default rollback needs, then the
     newest others of healthy releases. The rollback target counts within ``keep`` (``--keep 3``
     leaves three stopped containers, not four); with ``keep`` 0 a rollback recreates its
-    container from the version."""
+    container from the version. ``first``: the environment's first host (``Release.container_on``)."""
     now = current(ledger)
-    mine = now.container_on(host) if now else None
+    mine = now.container_on(host, first) if now else None
     protected = {mine} if mine else set()
     stopped: list[str] = []
     try:
-        target = rollback_target(ledger).container_on(host)
+        target = rollback_target(ledger).container_on(host, first)
         if target and target not in protected:
             stopped.append(target)
     except (NotFound, InvalidInput):
         pass
     for r in reversed(ledger):
-        cid = r.container_on(host)
+        cid = r.container_on(host, first)
         if r.healthy and cid and cid not in protected and cid not in stopped:
             stopped.append(cid)
     return protected | set(stopped[:keep])

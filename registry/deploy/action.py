@@ -25,7 +25,7 @@ from registry.configuration import Configuration
 from registry.deploy import hosting, snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
 from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound, StepFailed
-from registry.ledger import Release, Target
+from registry.ledger import Release, Target, short_host
 from registry.models import Environment, Lock, Runtime, Step
 from registry.models.resources import Resources
 from registry.store.sql import environments, releases, versions
@@ -76,7 +76,7 @@ class DeployAction(Action):
         # Set before use: env, host and engine by use_env (open_env), lock when the run takes it.
         self.lock: Lock
         self.env: Environment
-        self.host: str | None
+        self.host: str | None = None  # the environment's first host until use_env or on_host says
         self.engine: Engine
 
     # --- the environment ---------------------------------------------------------------
@@ -373,13 +373,6 @@ def base_url(env: Environment, host: str | None = None) -> str:
     if host and urlsplit(host).scheme in ("tcp", "ssh", "http", "https"):
         addr = urlsplit(host).hostname or addr
     return f"http://{addr}:{env.port}"
-
-
-def short_host(host: str | None) -> str:
-    """A Docker host as a person names it: gpu-2 for tcp://gpu-2:2376, "local" for a socket."""
-    if not host or urlsplit(host).scheme in ("unix", "npipe"):
-        return "local"
-    return urlsplit(host).hostname or host
 
 
 def where_checks_go(env: Environment, host: str | None = None) -> str:

@@ -11,13 +11,16 @@ from registry.deploy.action import DeployAction, base_url
 from registry.errors import (
     AlreadyExists,
     CellarError,
+    EngineError,
     InvalidInput,
+    NotFound,
     OperationInProgress,
 )
 from registry.ledger import Release
-from registry.models import Environment, EnvStatus, Lock, check_name
+from registry.models import Environment, EnvStatus, HostStatus, Lock, check_name
 from registry.models.resources import env_runtime
 from registry.store.sql import environments, events, locks, releases
+from registry.trust.secrets import mask_url
 
 
 class AddEnv(DeployAction):
@@ -35,7 +38,7 @@ class AddEnv(DeployAction):
                 if other.name == env.name:
                     raise AlreadyExists(f"environment {env.name!r} already exists: "
                                         f"see `registry env show {env.name}`")
-                if other.port == env.port and other.docker_host == env.docker_host:
+                if other.port == env.port and hosting.same_host(other, env):
                     raise AlreadyExists(f"port {env.port} is already used by environment {other.name!r}: "
                                         "pick another")
             written = environments.insert_(conn, env)
@@ -49,18 +52,102 @@ class AddEnv(DeployAction):
 def new_env(name: str, *, port: int, docker_host: str | None = None, health_timeout_s: float | None = None,
             keep: int = 3, protected: bool = False, default: bool = False,
             bind_addr: str | None = None, gate: bool = False, runtime: dict | None = None,
-            share_gpus: bool = False) -> Environment:
+            share_gpus: bool = False, hosts: list[str] | None = None) -> Environment:
     """An environment's settings, checked where pydantic cannot say what to type instead.
     ``runtime``: host settings that win over the versions' here (``{"gpus": [1], "memory": "16g"}``).
+    ``hosts``: several Docker hosts (a fleet, the first is the canary); one is ``docker_host``.
     ``bind_addr`` defaults to 127.0.0.1 on the local engine, and to 0.0.0.0 on a tcp:// or
-    ssh:// host: health checks and probes are sent from this machine to that host's address,
-    which its loopback never answers."""
+    ssh:// host or in a fleet: health checks and probes are sent from this machine to that
+    host's address, which its loopback never answers."""
+    if hosts and docker_host:
+        raise InvalidInput("--docker-host names one host and --host one or more: use one of them")
+    if hosts and len(hosts) == 1:
+        docker_host, hosts = hosts[0], None
     if bind_addr is None:
-        bind_addr = "0.0.0.0" if is_remote(docker_host) else "127.0.0.1"
-    return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=docker_host,
+        bind_addr = "0.0.0.0" if hosts or is_remote(docker_host) else "127.0.0.1"
+    return Environment(name=name, port=port, bind_addr=bind_addr, docker_host=hosts[0] if hosts else docker_host,
                        health_timeout_s=health_timeout_s, keep=keep, protected=protected,
                        is_default=default, gate=gate, created_at=clock.now(),
-                       runtime=env_runtime(None, runtime or {}, share_gpus=share_gpus or None))
+                       runtime=env_runtime(None, runtime or {}, share_gpus=share_gpus or None), hosts=hosts)
+
+
+class EnvHosts(DeployAction):
+    """``EnvHosts(cfg, actor=...).run(name, add=URL)`` or ``remove=URL``: change the Docker hosts
+    of an environment (two or more make it a fleet). Under the environment's lock, refused while
+    an operation is unfinished. A host added runs nothing until the next promote, rollback or
+    ``registry recover`` (which starts the deployed release there); a host removed has this
+    environment's containers taken away (with ``force``, skipped when it cannot be reached)."""
+
+    def run(self, name: str, *, add: str | None = None, remove: str | None = None, force: bool = False,
+            reason: str | None = None) -> Environment:
+        if bool(add) == bool(remove):
+            raise InvalidInput("name one Docker host to add or to remove")
+        with self.cfg.store.write() as conn:
+            env = environments.named_or_default(conn, name)
+            if env.protected and not (reason and reason.strip()):
+                raise InvalidInput(f"{env.name} is protected: say why with --reason")
+            changed = _rehosted(env, add=add, remove=remove)
+            _check_settings(changed)
+            for other in environments.all_(conn):
+                if other.name != env.name and other.port == env.port and hosting.same_host(other, changed):
+                    raise AlreadyExists(f"port {env.port} is already used by environment {other.name!r} on "
+                                        f"{add}: give {env.name} another port, or pick another host")
+            if (held := locks.get(conn, env.name)) is not None:
+                raise OperationInProgress(ownership.busy_message(held))
+            if ledger.pending(releases.current_and_pending(conn, env.name)):
+                raise OperationInProgress(f"{env.name} has an unfinished operation that no process owns: "
+                                          f"run `registry recover --env {env.name}` first")
+            self.lock = ownership.new_lock(env.name, operation="env-host", target=add or remove or "", actor=self.actor)
+            locks.take(conn, self.lock)
+        try:
+            if add:
+                self.on_host(add)  # reachable now, or refused before anything is recorded
+            else:
+                self._clear(env, remove, force=force)
+        except BaseException:
+            with self.cfg.store.write() as conn:
+                locks.drop(conn, self.lock, missing_ok=True)
+            raise
+        with self.cfg.store.write() as conn:
+            locks.drop(conn, self.lock)
+            written = environments.update_(conn, changed)
+            events.append(conn, actor=self.actor, action="env-host-add" if add else "env-host-remove",
+                          object=env.name, env=env.name, reason=reason,
+                          detail={"host": mask_url(add or remove or ""),
+                                  "hosts": [mask_url(h or "") for h in changed.fleet],
+                                  "before": [mask_url(h or "") for h in env.fleet],
+                                  "rows": environments.bindings(written)},
+                          db_user=self.cfg.store.db_user(conn))
+        return changed
+
+    def _clear(self, env: Environment, host: str | None, *, force: bool) -> None:
+        """Take this environment's containers off ``host``, which leaves it."""
+        try:
+            self.on_host(host)
+            found = self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
+        except CellarError as exc:
+            if force:
+                return  # a dead host leaves the fleet; its containers are its own business now
+            raise EngineError(f"{exc}; to take {host} out of {env.name} anyway (its containers left as they are), "
+                              "pass --force") from None
+        for c in found:
+            self.engine.remove(c.id)
+
+
+def _rehosted(env: Environment, *, add: str | None, remove: str | None) -> Environment:
+    """``env`` with ``add`` appended to its hosts, or ``remove`` taken out of them."""
+    fleet = [h or hosting.local_engine() for h in env.fleet]
+    if add:
+        if add in fleet:
+            raise AlreadyExists(f"{add} is already one of {env.name}'s Docker hosts")
+        fleet.append(add)
+    elif remove not in fleet:
+        raise NotFound(f"{remove} is not one of {env.name}'s Docker hosts ({', '.join(fleet)})")
+    else:
+        if len(fleet) == 1:
+            raise InvalidInput(f"{remove} is {env.name}'s only Docker host: remove the environment instead")
+        fleet.remove(remove)
+    return env.model_copy(update={"docker_host": fleet[0], "hosts": fleet if len(fleet) > 1 else None})
 
 
 class SetEnv(DeployAction):
@@ -98,13 +185,16 @@ def _check_settings(env: Environment) -> None:
         raise InvalidInput("--keep must be 0 or more")
     if env.health_timeout_s is not None and not 0 < env.health_timeout_s <= 3600:
         raise InvalidInput("--health-timeout must be between 0 and 3600 seconds")
-    inputs.check_docker_host(env.docker_host)
+    for host in env.fleet:
+        inputs.check_docker_host(host)
+        if host:
+            _check_docker_host(host)
+    if env.hosts and len(set(env.hosts)) != len(env.hosts):
+        raise InvalidInput("a Docker host is named twice: name each host of a fleet once")
     try:
         ipaddress.ip_address(inputs.check_text(env.bind_addr, "bind_addr", 64))
     except ValueError:
         raise InvalidInput(f"--bind {env.bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
-    if env.docker_host:
-        _check_docker_host(env.docker_host)
 
 
 def _check_docker_host(docker_host: str) -> None:
@@ -217,26 +307,47 @@ class Status(DeployAction):
                         pending=lock, pending_release=ledger.pending(rows))
         if now is None and out.pending_release is None:
             out = dark(self.cfg, out)
-        if (now is None or not now.container_id) and not out.dark_since:
+        if (now is None or not now.container_id) and not out.dark_since and not env.hosts:
             return out
+        self.env = env
+        parts = [self._on_host(env, now, lock, host) for host in env.fleet]
+        first = parts[0]
+        out.container_state, out.healthy, out.note, out.gpus = (first.container_state, first.healthy, first.note,
+                                                                 self._gpus(env, now))
+        out.restarts, out.last_exit_code = first.restarts, first.last_exit_code
+        if env.hosts:
+            out.hosts = parts
+            out.container_id = first.container_id
+            answers = [h.healthy for h in parts]
+            out.healthy = None if all(a is None for a in answers) else all(answers)
+        else:
+            out.drift = first.drift
+        return out
+
+    def _gpus(self, env: Environment, now: Release | None):
+        return hosting.effective(self.runtime_of(now), env).gpus if now is not None and now.container_id else None
+
+    def _on_host(self, env: Environment, now: Release | None, lock: Lock | None, host: str | None) -> HostStatus:
+        """The deployed release's container on one host: state, restarts, health, drift."""
+        cid = now.container_on(host, env.fleet[0]) if now else None
+        out = HostStatus(host=host or "", container_id=cid)
         try:
-            self.use_env(env)
-            info = self.engine.inspect(now.container_id) if now and now.container_id else None
+            self.on_host(host)
+            info = self.engine.inspect(cid) if cid else None
             found = [] if lock else self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id)
         except CellarError as exc:
             out.note = str(exc)
             return out
         # found is empty under a lock: a switch in progress is not drift
-        out.drift = drift.differences(now, info, found, registry=self.cfg.registry_id)
-        if now is None or not now.container_id:
+        here = now.model_copy(update={"container_id": cid}) if now else None
+        out.drift = drift.differences(here, info, found, registry=self.cfg.registry_id)
+        if now is None or not cid:
             return out
         out.container_state = info.status if info else "missing"
-        runtime = self.runtime_of(now)
-        out.gpus = hosting.effective(runtime, env).gpus
         if info is not None:
             out.restarts = info.restart_count
             if info.restart_count:
-                out.last_exit_code = self.engine.last_exit_code(now.container_id)
+                out.last_exit_code = self.engine.last_exit_code(cid)
         if info and info.running:
-            out.healthy = self.cfg.checks.answers(base_url(env) + runtime.health.path)
+            out.healthy = self.cfg.checks.answers(base_url(env, host) + self.runtime_of(now).health.path)
         return out

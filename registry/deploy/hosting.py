@@ -5,6 +5,7 @@ each other)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from registry.engines.engine import HostSettings
@@ -69,4 +70,9 @@ def _shares(env: Environment) -> bool:
 
 def same_host(a: Environment, b: Environment) -> bool:
     """Two environments with a Docker engine in common (the local one when neither names a host)."""
-    return bool({h or "" for h in a.fleet} & {h or "" for h in b.fleet})
+    return bool({h or local_engine() for h in a.fleet} & {h or local_engine() for h in b.fleet})
+
+
+def local_engine() -> str:
+    """The local engine's URL as a fleet names it: $DOCKER_HOST, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"

@@ -17,7 +17,7 @@ from registry.deploy import drift, ownership
 from registry.deploy.action import DeployAction
 from registry.engines.engine import LABEL, ContainerInfo
 from registry.errors import CellarError, StepFailed
-from registry.ledger import Plan, Release, Settlement, Target
+from registry.ledger import HostState, Plan, Release, Settlement, Target, short_host
 from registry.models import Environment, Lock, RecoverAction, RecoverResult
 from registry.store.sql import environments, events, locks, releases
 
@@ -63,6 +63,8 @@ class Recover(DeployAction):
                 locks.drop(conn, self.lock, missing_ok=True)
 
     def _reconcile(self, rows: list[Release], held: Lock | None) -> list[RecoverAction]:
+        if self.env.hosts:
+            return self._reconcile_fleet(rows, held)
         stuck = ledger.pending(rows)
         if stuck is None:
             return self._without_pending(rows, held)
@@ -190,12 +192,14 @@ class Recover(DeployAction):
         return RecoverAction(env=self.env.name, action="restarted",
                              detail=f"{now.ref} (revision {now.revision}) was stopped; started again")
 
-    def _recreate(self, now: Release) -> tuple[RecoverAction, Settlement]:
+    def _recreate(self, now: Release, *, gone: str | None = None) -> tuple[RecoverAction, Settlement]:
         """The deployed release's container is gone (``docker rm -f``): create it again from the
-        version, with the same revision's labels (as a rollback's recreate does), and start it."""
+        version, with the same revision's labels (as a rollback's recreate does), and start it.
+        ``gone`` says why there is none when it is not that (a fleet's host added since)."""
         env = self.env.name
-        assert now.container_id is not None  # _without_pending recreates only a recorded container
-        gone = f"{now.ref} (revision {now.revision}): its container {now.container_id[:12]} was gone"
+        if gone is None:
+            assert now.container_id is not None  # _without_pending recreates only a recorded container
+            gone = f"{now.ref} (revision {now.revision}): its container {now.container_id[:12]} was gone"
         new_id = None
         try:
             ready = self.make_ready(now.model, now.version, image_digest=now.image_digest)
@@ -231,6 +235,126 @@ class Recover(DeployAction):
         except StepFailed:
             return False
         return True
+
+    # --- fleets: the same, host by host, into one row -------------------------------------
+
+    def _here(self, release: Release | None, host: str | None) -> Release | None:
+        """``release`` as seen on ``host``: its container there as ``container_id``."""
+        if release is None:
+            return None
+        return release.model_copy(update={"container_id": release.container_on(host, self.env.fleet[0])})
+
+    def _reconcile_fleet(self, rows: list[Release], held: Lock | None) -> list[RecoverAction]:
+        """A fleet: a pending revision is completed when its container runs and answers on every
+        host, else reverted on every host; with nothing pending, each host's container of the
+        deployed release is started again or recreated (a host added since gets it too)."""
+        env, stuck, now = self.env, ledger.pending(rows), ledger.current(rows)
+        if stuck is not None:
+            plan = Plan(pending=stuck, current=now, target=Target(model=stuck.model, version=stuck.version,
+                                                                  manifest_digest=stuck.manifest_digest))
+            infos = {}
+            for host in env.fleet:
+                self.on_host(host)
+                here = self._here(stuck, host)
+                assert here is not None
+                infos[host] = self._pending_container(here)
+            if all(i is not None and i.running and self._answers_on(stuck, h, i.id) for h, i in infos.items()):
+                hosts = [HostState(host=h or "", container_id=i.id, state="healthy")
+                         for h, i in infos.items() if i is not None]
+                for host, info in infos.items():
+                    self.on_host(host)
+                    for other in self.engine.find_labelled(env=env.name, registry=self.cfg.registry_id):
+                        if other.running and info is not None and other.id != info.id:
+                            self.engine.stop(other.id)
+                settled = ledger.settle(plan, ok=True, at=clock.now(), container_id=hosts[0].container_id,
+                                        hosts=hosts)
+                action = RecoverAction(env=env.name, action="completed", detail=(
+                    f"revision {stuck.revision} ({stuck.ref}) runs and answers on every host: deployed"))
+            else:
+                settled, action = self._revert_fleet(plan, infos)
+            self._commit(settled, action)
+            return [action]
+        out: list[RecoverAction] = []
+        if now is not None:
+            states = []
+            for host in env.fleet:
+                self.on_host(host)
+                state, action = self._one_host(now, host)
+                states.append(state)
+                out += [action] if action is not None else []
+            settled = Settlement()
+            if states != (now.hosts or []):  # the row says what runs on each host now
+                settled.updates.append(now.model_copy(update={"hosts": states,
+                                                              "container_id": states[0].container_id}))
+                out = out or [RecoverAction(env=env.name, action="recorded",
+                                            detail=f"{now.ref}: each host's container recorded as it is")]
+            for action in out:
+                self._commit(settled, action)
+                settled = Settlement()  # the row changes once, with the first action
+        if held:
+            unlocked = RecoverAction(env=env.name, action="unlocked", detail=(
+                f"released the lock of a dead process ({held.operation} {held.target}, pid {held.pid})"))
+            self._commit(Settlement(), unlocked)
+            out.append(unlocked)
+        if (dark := ledger.went_dark(rows)) is not None:
+            out.append(self._dark(*dark))
+        return out
+
+    def _one_host(self, now: Release, host: str | None) -> tuple[HostState, RecoverAction | None]:
+        """The deployed release on one host of a fleet: strays stopped, its container started
+        again, or recreated when gone (or never made there: a host added since)."""
+        here = self._here(now, host)
+        assert here is not None
+        name, label = host or "", short_host(host)
+        info = self.engine.inspect(here.container_id) if here.container_id else None
+        strays = drift.strays(here, self.engine.find_labelled(env=self.env.name, registry=self.cfg.registry_id))
+        action = self._stop_strays(here, strays) if strays else None
+        if action is not None:
+            action.detail = f"on {label}: {action.detail}"
+        if info is not None and info.running:
+            ok = self._answers(now, info.id)
+            return HostState(host=name, container_id=info.id, state="healthy" if ok else "dark"), action
+        if info is not None:
+            self.remember_secrets(self.runtime_of(now), container_env=info.env)
+            done = self._restart(here)
+            done.detail = f"on {label}: {done.detail}"
+            return HostState(host=name, container_id=info.id,
+                             state="healthy" if done.action == "restarted" else "dark"), done
+        gone = None if here.container_id else f"{now.ref} (revision {now.revision}) never ran there"
+        done, settled = self._recreate(here, gone=gone)
+        done.detail = f"on {label}: {done.detail}"
+        new_id = settled.updates[0].container_id if settled.updates else here.container_id
+        return HostState(host=name, container_id=new_id, state="healthy" if settled.updates else "dark"), done
+
+    def _revert_fleet(self, plan: Plan, infos: dict) -> tuple[Settlement, RecoverAction]:
+        """Revert an interrupted operation on every host of a fleet."""
+        stuck, outcomes, back = plan.pending, [], []
+        for host, info in infos.items():
+            self.on_host(host)
+            if info is not None:
+                self.engine.stop(info.id, timeout=2)
+                if info.revision == stuck.revision:
+                    self.engine.remove(info.id)
+            here = self._here(plan.current, host)
+            outcome = self._bring_back(here)
+            outcomes.append(outcome)
+            back.append(HostState(host=host or "", container_id=here.container_id if here else None,
+                                  state="dark" if outcome == "lost" or here is None or not here.container_id
+                                  else "healthy"))
+        previous = ("untouched" if all(o == "untouched" for o in outcomes) else
+                    "lost" if all(b.state == "dark" for b in back) else "restored")
+        failed = [HostState(host=h or "", container_id=i.id if i else None, state="reverted")
+                  for h, i in infos.items()]
+        settled = ledger.settle(plan, ok=False, at=clock.now(), error=INTERRUPTED, previous=previous,
+                                hosts=failed, previous_hosts=back)
+        now = settled.deployed
+        detail = (f"revision {stuck.revision} ({stuck.ref}) reverted on every host; "
+                  + (f"{now.ref} deployed (revision {now.revision})" if now else "nothing is deployed"))
+        return settled, RecoverAction(env=self.env.name, action="reverted", detail=detail)
+
+    def _answers_on(self, release: Release, host: str | None, container_id: str) -> bool:
+        self.on_host(host)
+        return self._answers(release, container_id)
 
     def _commit(self, settled: Settlement, action: RecoverAction) -> None:
         env = self.env.name

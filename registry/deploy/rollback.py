@@ -70,7 +70,7 @@ class Rollback(Switching):
     def kept_container(self, release: Release, host: str | None) -> ContainerInfo | None:
         """The release's container on ``host`` (the engine worked on) if it still exists and its
         labels prove it is that release."""
-        cid = release.container_on(host)
+        cid = release.container_on(host, self.env.fleet[0])
         if not cid:
             return None
         info = self.engine.inspect(cid)

@@ -16,7 +16,7 @@ from typing import Any
 
 from registry import clock, ledger
 from registry.deploy import ownership
-from registry.deploy.action import DeployAction, short_host
+from registry.deploy.action import DeployAction
 from registry.deploy.recover import Recover
 from registry.engines.engine import LABEL
 from registry.engines.http import WARMUP_TIMEOUT_S
@@ -30,7 +30,7 @@ from registry.errors import (
     StepFailed,
 )
 from registry.faults import crashpoint
-from registry.ledger import HostState, Plan, Release
+from registry.ledger import HostState, Plan, Release, short_host
 from registry.models import DeployResult, FailedDeploy, Runtime
 from registry.store.sql import events, locks, releases
 from registry.trust.secrets import cut
@@ -123,7 +123,7 @@ class Switching(DeployAction):
             now = ledger.current(releases.current_and_pending(conn, self.env.name))
         for host in self.env.fleet:
             self.on_host(host)
-            cid = now.container_on(host) if now else None
+            cid = now.container_on(host, self.env.fleet[0]) if now else None
             info = self.engine.inspect(cid) if cid else None
             owner = info.labels.get(f"{LABEL}.registry", self.cfg.registry_id) if info else self.cfg.registry_id
             if owner != self.cfg.registry_id:
@@ -142,7 +142,8 @@ class Switching(DeployAction):
         In a fleet this rolls: the first host (the canary: health, warm-up and the probe gate)
         alone, then the others in batches (``batch`` hosts at a time); a failure on any host puts
         the previous release back on every host already switched."""
-        slots = [Slot(host, plan.current.container_on(host) if plan.current else None) for host in self.env.fleet]
+        first, now = self.env.fleet[0], plan.current
+        slots = [Slot(host, now.container_on(host, first) if now else None) for host in self.env.fleet]
         try:
             for number, batch in enumerate(batches(slots, self.batch)):
                 self._switch_batch(plan, slots, batch, runtime=runtime, make_container=make_container,
@@ -397,7 +398,7 @@ class Switching(DeployAction):
             return [], [f"old containers were not cleaned up: {self.scrub(str(exc))}"]
         with self.cfg.store.read() as conn:
             rows, _ = releases.working_set(conn, self.env.name, containers=[c.id for c in found])
-        keepers = ledger.keep_containers(rows, keep=self.env.keep, host=self.host)
+        keepers = ledger.keep_containers(rows, keep=self.env.keep, host=self.host, first=self.env.fleet[0])
         for c in found:
             if c.running or c.id in keepers:
                 continue

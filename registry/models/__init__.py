@@ -24,7 +24,7 @@ from pydantic import (
 
 from registry import inputs
 from registry.formats.safetensors_index import TensorRange
-from registry.ledger import Release
+from registry.ledger import Release, short_host
 from registry.models.resources import EnvRuntime, Resources
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -400,6 +400,29 @@ class Lock(BaseModel):
     started_at: datetime
 
 
+class HostStatus(BaseModel):
+    """One Docker host of a fleet in ``registry status``: the deployed release's container there."""
+
+    host: str
+    container_id: str | None = None
+    container_state: str | None = None
+    healthy: bool | None = None
+    restarts: int | None = None
+    last_exit_code: int | None = None
+    note: str | None = None  # the engine could not be asked
+    drift: list[str] = Field(default_factory=list)
+
+    @property
+    def problem(self) -> str | None:
+        if self.drift:
+            return "drift: " + "; ".join(self.drift)
+        if self.container_state is None:
+            return "Docker engine unreachable" if self.note else "no container"
+        if self.container_state != "running":
+            return f"container {self.container_state}"
+        return "not answering its health path" if self.healthy is False else None
+
+
 class EnvStatus(BaseModel):
     env: str
     port: int
@@ -420,6 +443,8 @@ class EnvStatus(BaseModel):
     last_good: Release | None = None
     # What runs but is not what the ledger records (registry.deploy.drift): one line each.
     drift: list[str] = Field(default_factory=list)
+    # A fleet: each host's part (the fields above then say the first host's, health all hosts')
+    hosts: list[HostStatus] | None = None
 
     @property
     def problem(self) -> str | None:
@@ -428,6 +453,9 @@ class EnvStatus(BaseModel):
         is unchanged."""
         if self.drift:
             return "drift: " + "; ".join(self.drift)
+        if self.deployed is not None and self.hosts:
+            bad = [f"on {short_host(h.host)}: {h.problem}" for h in self.hosts if h.problem]
+            return "; ".join(bad) or None
         if self.deployed is None:
             return f"dark since {self.dark_since:%Y-%m-%d %H:%M:%S} UTC" if self.dark_since else None
         if self.container_state is None:

@@ -35,7 +35,8 @@ ACTIONS = ("init", "db-upgrade", "push", "promote", "rollback", "recover", "env-
            "gc", "backup", "restore", "export", "import", "deprecate", "delete", "seal", "new-identity",
            "key-add", "key-remove", "env-trust", "sign", "approve",  # issue 25
            "remote-add", "remote-remove", "remote-push", "pull",  # issue 23
-           "hook-add", "hook-remove", "alert")  # issue 26
+           "hook-add", "hook-remove", "alert",  # issue 26
+           "env-host-add", "env-host-remove")  # issue 22: fleets
 
 
 def timestamp(at: datetime) -> str:
