@@ -221,8 +221,10 @@ class RemoveEnv(DeployAction):
             # Its stopped (kept) containers go too, deployed or not: nothing can roll back to them
             # once the environment is gone, and left behind they would hold disk for nobody.
             self.use_env(env)
-            for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
-                self.engine.remove(c.id)
+            for host in env.fleet:
+                self.on_host(host)
+                for c in self.engine.find_labelled(env=name, registry=self.cfg.registry_id):
+                    self.engine.remove(c.id)
         except BaseException:
             with self.cfg.store.write() as conn:
                 locks.drop(conn, self.lock, missing_ok=True)

@@ -148,6 +148,8 @@ class Switching(DeployAction):
             for number, batch in enumerate(batches(slots, self.batch)):
                 self._switch_batch(plan, slots, batch, runtime=runtime, make_container=make_container,
                                    container_step=container_step, canary=number == 0)
+                if number == 0 and len(slots) > 1:
+                    crashpoint(f"{plan.pending.operation}:canary-healthy")  # the new release on one host only
         except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
             self._fail(plan, exc, slots)
             raise
@@ -189,6 +191,8 @@ class Switching(DeployAction):
             # only now: a server that exits while it loads fails the promote rather than restart in a loop
             self.engine.set_restart(s.new, self.restart_policy(runtime))
             s.state = "healthy"
+        if self.env.hosts:
+            self._note_container(plan, slots)  # which hosts serve the new release already
         crashpoint(f"{op}:healthy")
 
     @contextmanager

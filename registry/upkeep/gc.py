@@ -105,15 +105,17 @@ def _needed_releases(conn) -> tuple[list[Release], set[str]]:
     by_env: dict[str, list[Release]] = {}
     for r in releases.newest(conn):
         by_env.setdefault(r.env, []).append(r)
-    keep = {e.name: e.keep for e in environments.all_(conn)}
+    envs = {e.name: e for e in environments.all_(conn)}
     for env, rows in by_env.items():
-        if env not in keep:  # removed: its ledger stays for history, its containers and snapshots do not
+        if env not in envs:  # removed: its ledger stays for history, its containers and snapshots do not
             continue
-        ids = ledger.keep_containers(rows, keep=keep[env])
+        fleet = envs[env].fleet
+        ids = set().union(*(ledger.keep_containers(rows, keep=envs[env].keep, host=host, first=fleet[0])
+                            for host in fleet))  # on each of its hosts
         kept |= ids
         target = _default_target(rows)
         needed += [r for r in rows if r.status is ReleaseStatus.DEPLOYED or r.status.pending
-                   or (r.container_id and r.container_id in ids) or r is target]
+                   or any(c in ids for c in r.containers()) or r is target]
     return needed, kept
 
 
@@ -141,26 +143,27 @@ def _containers(cfg: Configuration, envs) -> tuple[list[gc_plan.Container], dict
     containers are left alone)."""
     found: list[gc_plan.Container] = []
     warnings: list[str] = []
-    by_env: dict[str, Engine] = {}
+    by_id: dict[str, Engine] = {}  # each container's engine
     names = {e.name for e in envs}
     # The local engine is asked even when no environment names it: containers of an environment
     # removed since (its containers left behind) are found there, and kept by nothing.
-    for host in dict.fromkeys([*(e.docker_host for e in envs), None]):
+    for host in dict.fromkeys([*(h for e in envs for h in e.fleet), None]):
         try:
             engine = cfg.engine(host)
             infos = engine.find_labelled(registry=cfg.registry_id)
         except CellarError as exc:
-            if host is not None or any(e.docker_host is None for e in envs):
+            if host is not None or any(None in e.fleet for e in envs):
                 warnings.append(f"containers on {host or 'the local engine'} left alone: {exc}")
             continue
-        host_envs = {e.name for e in envs if e.docker_host == host}
+        host_envs = {e.name for e in envs if host in e.fleet}
         for i in infos:
             env = i.labels.get("cellar.env", "")
-            if env in host_envs or (env not in names and by_env.get(env, engine) is engine):
-                by_env[env] = engine
+            # one engine may be named twice (the local socket by default and by its URL): once each
+            if (env in host_envs or env not in names) and i.id not in by_id:
+                by_id[i.id] = engine
                 found.append(gc_plan.Container(env=env, id=i.id, name=i.name, revision=i.revision,
                                                version=i.labels.get("cellar.version", ""), running=i.running))
-    return found, by_env, warnings
+    return found, by_id, warnings
 
 
 def _remove_containers(cfg: Configuration, planned: list[ContainerItem], engines: dict) -> list:
@@ -172,7 +175,7 @@ def _remove_containers(cfg: Configuration, planned: list[ContainerItem], engines
         kept, _ = _needed(conn)
     skipped = []
     for c in planned:
-        engine = engines[c.env]
+        engine = engines[c.id]
         info = engine.inspect(c.id)
         if info is None or info.running or c.id in kept:
             why = "already gone" if info is None else "running or kept since the plan"

@@ -19,8 +19,8 @@ def _caches(cfg: Configuration, envs: list[Environment], needed: list[Release],
     """(HostCache, digests of blobs kept releases on that host need) for each host with a cache."""
     from registry.hosts.cache import HostCache  # docker-py: only when there are hosts to ask
 
-    for host in sorted({e.docker_host for e in envs}, key=str):
-        names = {e.name for e in envs if e.docker_host == host}
+    for host in sorted({h for e in envs for h in e.fleet}, key=str):
+        names = {e.name for e in envs if host in e.fleet}
         images = [r.image_digest for r in needed if r.env in names and r.image_digest]
         try:
             engine = cfg.engine(host)

@@ -210,3 +210,39 @@ def test_host_add_then_recover_starts_the_deployed_release_there(second_engine, 
         for c in docker_client.containers.list(all=True, filters={"label": f"cellar.registry={reg.cfg.registry_id}"}):
             c.remove(force=True)
         reg.close()
+
+
+def test_a_promote_killed_after_the_canary_is_reverted_on_every_host_by_recover(fleet, second_engine,
+                                                                                 docker_client):
+    from tests.integration.test_remote_hosts import _run_cli
+
+    reg, env = fleet
+    first = reg.promote("support-bot@v1.0", env=env).release
+    killed = _run_cli("promote", "support-bot@v1.1", "--env", env, env={"CELLAR_CRASH_AT": "promote:canary-healthy"})
+    assert killed.returncode == -9
+    stuck = reg.history(env)[-1]
+    assert stuck.status == "pending-deploy" and [h.state for h in stuck.hosts] == ["healthy", "pending"]
+    recovered = as_json("recover", "--env", env)
+    assert [a["action"] for a in recovered["actions"]] == ["reverted"]
+    rows = reg.history(env)
+    assert rows[-2].status == "failed" and rows[-1].version == "v1.0" and rows[-1].status == "deployed"
+    assert [h.container_id for h in rows[-1].hosts] == [h.container_id for h in first.hosts]
+    assert _running(second_engine, docker_client, reg, env) == {"local": ["v1.0"], "remote": ["v1.0"]}
+
+
+def test_gc_keeps_every_host_s_rollback_container_and_env_remove_clears_every_host(fleet, second_engine,
+                                                                                   docker_client):
+    reg, env = fleet
+    first = reg.promote("support-bot@v1.0", env=env).release
+    reg.promote("support-bot@v1.2", env=env)
+    reg.gc()
+    # the rollback target's containers stay on both hosts (stopped), so a rollback reuses them
+    back = reg.rollback(env=env)
+    assert [h.container_id for h in back.release.hosts] == [h.container_id for h in first.hosts]
+    cli("env", "remove", env, "--force")
+    assert _running(second_engine, docker_client, reg, env) == {"local": [], "remote": []}
+    there = second_engine.client()
+    try:
+        assert there.containers.list(all=True, filters={"label": f"cellar.env={env}"}) == []
+    finally:
+        there.close()
