@@ -71,7 +71,8 @@ def test_every_json_command_is_covered_by_the_one_funnel():
     covered = {" ".join(a for a in args if a[0].isalpha() and a not in ("v1.0", "v1.1", "staging", "system"))
                for args in READS}
     mutating = {"promote", "rollback", "watch", "backup", "restore", "export", "import", "deprecate", "delete",
-                "init", "push", "env add", "audit checkpoint", "hook add", "key add", "key remove", "remote add",
+                "init", "push", "env add", "env host add", "env host remove", "audit checkpoint", "hook add", "key add",
+                "key remove", "remote add",
                 "sign", "approve", "pull", "checkout", "signature",
                 "hook deliveries", "remote verify"}  # these two read what a hook or remote added
     assert set(walk(get_command(app))) <= covered | mutating
