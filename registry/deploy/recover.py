@@ -279,9 +279,9 @@ class Recover(DeployAction):
             states = []
             for host in env.fleet:
                 self.on_host(host)
-                state, action = self._one_host(now, host)
+                state, did = self._one_host(now, host)
                 states.append(state)
-                out += [action] if action is not None else []
+                out += [did] if did is not None else []
             settled = Settlement()
             if states != (now.hosts or []):  # the row says what runs on each host now
                 settled.updates.append(now.model_copy(update={"hosts": states,
