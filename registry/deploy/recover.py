@@ -249,6 +249,11 @@ class Recover(DeployAction):
         host, else reverted on every host; with nothing pending, each host's container of the
         deployed release is started again or recreated (a host added since gets it too)."""
         env, stuck, now = self.env, ledger.pending(rows), ledger.current(rows)
+        if self.adopt:
+            return [RecoverAction(env=env.name, action="skipped", detail=(
+                f"not adopted: --adopt records the one container that runs, and {env.name} is a fleet of "
+                f"{len(env.fleet)} hosts: `registry recover --env {env.name}` puts the recorded release back on "
+                "each, or promote what should run"))]
         if stuck is not None:
             plan = Plan(pending=stuck, current=now, target=Target(model=stuck.model, version=stuck.version,
                                                                   manifest_digest=stuck.manifest_digest))
