@@ -81,10 +81,13 @@ wait_for_engine() {
 }
 
 install_tools() {
-    # ip (the namespace and veth), nsenter/unshare (util-linux), openssl (the tests' certificates)
+    # ip (the namespace and veth), nsenter/unshare (util-linux), openssl (the tests' certificates),
     local missing=()
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # sshd and ssh: the tests' ssh:// host (tests/second_engine.py, second_engine_ssh)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
     [ "${#missing[@]}" -eq 0 ] && return
     log "installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2

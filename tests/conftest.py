@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests import helpers
-from tests.second_engine import second_engine, second_engine_tls  # noqa: F401 (fixtures, issue 22)
+from tests.second_engine import second_engine, second_engine_ssh, second_engine_tls  # noqa: F401 (fixtures, issue 22)
 
 PG_ADMIN_URL = os.environ.get(
     "CELLAR_TEST_PG_URL", "postgresql+psycopg://cellar:cellar@127.0.0.1:5432/cellar_test"

@@ -14,6 +14,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "second-engine.sh"
 NETNS = "/run/netns/cellar-e2"
 SOCKET = "/run/cellar-engine2/docker.sock"
+SOCKET_URL = "unix://" + SOCKET
 TLS_PORT = 2376
 
 
@@ -139,3 +141,65 @@ def second_engine_tls(second_engine, tmp_path_factory):
     finally:
         proxy.kill()
         proxy.wait(timeout=10)
+
+
+@dataclass
+class SshHost:
+    url: str        # ssh://root@ADDRESS:PORT
+    bin_dir: str    # put first on PATH: its `ssh` uses this test's config, key and known_hosts
+    config: str     # the ssh_config it uses
+
+
+@pytest.fixture(scope="session")
+def second_engine_ssh(second_engine, tmp_path_factory):
+    """The second engine behind a real sshd (Debian's openssh-server) in its network namespace, as
+    ``ssh://root@ADDRESS:PORT``. The key pair and host key are made here; the client side is the
+    system ``ssh`` with this test's config (a wrapper first on PATH), known_hosts strictly checked.
+    On that side ``docker system dial-stdio`` reaches the second engine (DOCKER_HOST set by sshd)."""
+    import shutil
+
+    from tests.conftest import need
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists() or not shutil.which("ssh"):
+        need("sshd", "apt-get install openssh-server openssh-client (scripts/second-engine.sh does)")
+    folder = tmp_path_factory.mktemp("engine2-ssh")
+    for key in ("host_key", "id_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True,
+                       timeout=30)
+    port = 2222 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    address = second_engine.address
+    (folder / "authorized_keys").write_text((folder / "id_ed25519.pub").read_text())
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {address}\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"SetEnv DOCKER_HOST={SOCKET_URL}\n")
+    host_key = (folder / "host_key.pub").read_text().split()
+    (folder / "known_hosts").write_text(f"[{address}]:{port} {host_key[0]} {host_key[1]}\n")
+    (folder / "ssh_config").write_text(
+        f"Host {address}\n  IdentityFile {folder / 'id_ed25519'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {folder / 'known_hosts'}\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec {shutil.which('ssh')} -F {folder / 'ssh_config'} \"$@\"\n")
+    (bin_dir / "ssh").chmod(0o755)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    log = (folder / "sshd.log").open("w")
+    server = subprocess.Popen(["nsenter", f"--net={NETNS}", sshd, "-D", "-e", "-f", str(folder / "sshd_config")],
+                              stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        url = f"ssh://root@{address}:{port}"
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        for _ in range(50):  # until sshd answers (5 s at most)
+            if subprocess.run(["ssh", "-p", str(port), f"root@{address}", "true"], env=env, timeout=10,
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"sshd did not start: {(folder / 'sshd.log').read_text()}")
+        yield SshHost(url=url, bin_dir=str(bin_dir), config=str(folder / "ssh_config"))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()

@@ -4,6 +4,7 @@ talk to Docker: docker-py and requests cost ~50 ms of start-up."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +45,13 @@ def _client(base_url: str | None, timeout: int) -> docker.DockerClient:
     tls = None
     if base_url.startswith("tcp://") and os.environ.get("DOCKER_CERT_PATH"):
         tls = kwargs_from_env().get("tls")
-    client = docker.DockerClient(base_url=base_url, timeout=timeout, tls=tls or False, version="1.24")
+    # ssh:// goes through the system's ssh client, as the docker CLI does: all of ~/.ssh/config
+    # (ProxyJump, Match, options paramiko does not read), the agent and known_hosts apply
+    ssh = base_url.startswith("ssh://")
+    if ssh and shutil.which("ssh") is None:
+        raise EngineError("no `ssh` client on this machine (install openssh-client)")
+    client = docker.DockerClient(base_url=base_url, timeout=timeout, tls=tls or False, version="1.24",
+                                 use_ssh_client=ssh)
     client.api.trust_env = False
     client.api._version = client.api.version(api_version=False)["ApiVersion"]  # type: ignore[attr-defined]
     return client
