@@ -378,6 +378,9 @@ class Switching(DeployAction):
         detail = {"revision": row.revision, "status": str(row.status), "manifest_digest": row.manifest_digest,
                   "image_digest": row.image_digest, "container": (row.container_id or "")[:12],
                   "previous": plan.current.ref if plan.current else None, "rollback_of": row.rollback_of}
+        if row.hosts:  # a fleet: each host's container and how it ended there
+            detail["hosts"] = [{"host": h.host, "container": (h.container_id or "")[:12], "state": h.state}
+                               for h in row.hosts]
         if error:
             detail["error"] = error
         if automatic:

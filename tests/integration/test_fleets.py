@@ -91,6 +91,8 @@ def test_promote_rolls_over_every_host_and_records_each_container(fleet, second_
     assert [(h["host"], h["healthy"]) for h in status["hosts"]] == [(LOCAL, True), (second_engine.url, True)]
     text = cli("status").stdout
     assert second_engine.address in text and "local" in text
+    event = next(e for e in as_json("audit", "--env", env) if e["action"] == "promote")
+    assert [h["state"] for h in event["detail"]["hosts"]] == ["healthy", "healthy"]
 
 
 def test_a_host_failing_health_puts_every_switched_host_back(fleet, second_engine, docker_client):
