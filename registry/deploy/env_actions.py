@@ -88,6 +88,11 @@ class EnvHosts(DeployAction):
                 raise InvalidInput(f"{env.name} is protected: say why with --reason")
             changed = _rehosted(env, add=add, remove=remove)
             _check_settings(changed)
+            if add and is_remote(add) and ipaddress.ip_address(env.bind_addr).is_loopback:
+                raise InvalidInput(
+                    f"{env.name} publishes on {env.bind_addr}, each host's own loopback, which the health checks "
+                    f"sent from here cannot reach on {add}: a fleet publishes on its hosts' addresses; add a new "
+                    f"environment with `registry env add NAME --port {env.port} --bind 0.0.0.0 --host ... --host ...`")
             for other in environments.all_(conn):
                 if other.name != env.name and other.port == env.port and hosting.same_host(other, changed):
                     raise AlreadyExists(f"port {env.port} is already used by environment {other.name!r} on "

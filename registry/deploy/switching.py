@@ -307,14 +307,18 @@ class Switching(DeployAction):
         stopped = [r for r in results if r[0] != "untouched"]
         if not stopped:
             return "untouched", f"{current.ref} kept running on every host"
-        dark = [short_host(s.host) for s in slots if outcomes.get(id(s), ("",))[0] == "lost" or not s.old]
-        if len(dark) == len(slots):
+        lost = [short_host(s.host) for s in slots if outcomes.get(id(s), ("",))[0] == "lost"]
+        new = [short_host(s.host) for s in slots if not s.old]  # added to the fleet since: nothing to go back to
+        if len(lost) + len(new) == len(slots):
             return "lost", next(note for what, note in stopped if what == "lost")
         note = (f"rolled back automatically to {current.ref} (revision {plan.pending.revision + 1}) on every host "
                 "switched, where it answers again")
-        if dark:
-            note += (f"; {', '.join(dark)} did not come back and serve nothing: free what kept "
+        if lost:
+            note += (f"; {', '.join(lost)} did not come back and serve nothing: free what kept "
                      f"{current.ref} from answering there, then `registry recover --env {self.env.name}`")
+        if new:
+            note += (f"; {', '.join(new)} had no earlier release and serve nothing (`registry recover --env "
+                     f"{self.env.name}` starts {current.ref} there)")
         return "restored", note
 
     def _failure(self, plan: Plan, settled: ledger.Settlement, error: str) -> FailedDeploy:

@@ -191,6 +191,9 @@ def test_host_add_then_recover_starts_the_deployed_release_there(second_engine, 
     reg = Registry.open(home)
     try:
         _push(reg, model_dir, "v1.0", second_engine.image)
+        reg.add_env("loop", port=free_port())  # 127.0.0.1: no other host's port is reachable there
+        refused = cli("env", "host", "add", "loop", second_engine.url, code=1)
+        assert "--bind 0.0.0.0" in refused.stderr and reg.environment("loop").hosts is None
         reg.add_env("grow", port=free_port(), bind_addr="0.0.0.0", health_timeout_s=5)
         reg.promote("support-bot@v1.0", env="grow")
         added = cli("env", "host", "add", "grow", second_engine.url)
