@@ -157,3 +157,48 @@ def test_revision_refuses_what_is_deployed_now():
     with pytest.raises(InvalidInput, match="what runs now"):
         ledger.rollback_target(rows, revision=3)
     assert ledger.rollback_target(rows, revision=1).version == "v1.0"
+
+
+# --- fleets (issue 22): each host's container on one row -----------------------------------
+
+A, B = "unix:///var/run/docker.sock", "tcp://gpu-2:2376"
+
+
+def hosts(*pairs) -> list[ledger.HostState]:
+    return [ledger.HostState(host=h, container_id=c, state=s) for h, c, s in pairs]
+
+
+def test_a_fleet_row_names_each_host_s_container_and_an_older_row_its_first_host_s():
+    fleet = row(2, "v2", S.DEPLOYED, hosts=hosts((A, "a2", "healthy"), (B, "b2", "healthy")))
+    assert (fleet.container_on(A, A), fleet.container_on(B, A), fleet.containers()) == ("a2", "b2", ["a2", "b2"])
+    single = row(1, "v1", S.SUPERSEDED, container_id="c1")  # written before the environment became a fleet
+    assert (single.container_on(A, A), single.container_on(B, A)) == ("c1", None)
+    assert ledger.short_host(A) == "local" and ledger.short_host(B) == "gpu-2"
+
+
+def test_a_fleet_settles_with_each_host_s_state_and_restores_the_previous_hosts():
+    before = row(1, "v1", S.DEPLOYED, hosts=hosts((A, "a1", "healthy"), (B, "b1", "healthy")))
+    plan = ledger.plan_promote([before], target("v2"), env="prod", actor="bo", reason=None, at=AT)
+    failed = hosts((A, "a2", "reverted"), (B, "b2", "failed"))
+    back = hosts((A, "a1", "healthy"), (B, "b1", "dark"))
+    settled = ledger.settle(plan, ok=False, at=AT, error="on gpu-2: no answer", previous="restored",
+                            hosts=failed, previous_hosts=back)
+    assert settled.updates[0].hosts == failed and settled.appended[0].hosts == back
+    assert settled.deployed.operation is Operation.AUTO_ROLLBACK and settled.deployed.container_on(B, A) == "b1"
+
+
+def test_retention_keeps_per_host_what_a_rollback_needs():
+    rows = [row(1, "v1", S.SUPERSEDED, hosts=hosts((A, "a1", "healthy"), (B, "b1", "healthy"))),
+            row(2, "v2", S.DEPLOYED, hosts=hosts((A, "a2", "healthy"), (B, "b2", "healthy")))]
+    assert ledger.keep_containers(rows, keep=1, host=B, first=A) == {"b1", "b2"}
+    assert ledger.keep_containers(rows, keep=0, host=A, first=A) == {"a2"}
+
+
+def test_a_fleet_switches_its_canary_alone_then_a_quarter_at_a_time():
+    from registry.deploy.switching import Slot, batches
+
+    slots = [Slot(f"h{i}", None) for i in range(9)]
+    assert [len(b) for b in batches(slots, None)] == [1, 3, 3, 2]
+    assert [len(b) for b in batches(slots[:2], None)] == [1, 1]
+    assert [len(b) for b in batches(slots, 4)] == [1, 4, 4]
+    assert [len(b) for b in batches(slots[:1], None)] == [1]
