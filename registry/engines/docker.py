@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound
@@ -48,8 +50,8 @@ def _client(base_url: str | None, timeout: int) -> docker.DockerClient:
     # ssh:// goes through the system's ssh client, as the docker CLI does: all of ~/.ssh/config
     # (ProxyJump, Match, options paramiko does not read), the agent and known_hosts apply
     ssh = base_url.startswith("ssh://")
-    if ssh and shutil.which("ssh") is None:
-        raise EngineError("no `ssh` client on this machine (install openssh-client)")
+    if ssh:
+        _ssh_preflight(base_url, timeout)
     client = docker.DockerClient(base_url=base_url, timeout=timeout, tls=tls or False, version="1.24",
                                  use_ssh_client=ssh)
     client.api.trust_env = False
@@ -310,6 +312,29 @@ _REASONS = [
     ("install paramiko", "ssh:// hosts need the ssh extra: pip install 'cellar-registry[ssh]'"),
     ("authentication failed", "ssh authentication failed"), ("connection aborted", "connection aborted"),
 ]
+
+
+def _ssh_preflight(base_url: str, timeout: int) -> None:
+    """Ask the ssh host for its engine's version once, through the system ssh client, before
+    docker-py opens its connections: ssh's own reason for a failure (refused, unknown host key,
+    no docker CLI there) becomes the error, rather than ssh printing it past us to the terminal.
+    BatchMode: never a password prompt (a key or the agent logs in, as for every connection after)."""
+    if shutil.which("ssh") is None:
+        raise EngineError("no `ssh` client on this machine (install openssh-client)")
+    parts = urlsplit(base_url)
+    args = ["ssh", "-o", "BatchMode=yes"]
+    if parts.username:
+        args += ["-l", parts.username]
+    if parts.port:
+        args += ["-p", str(parts.port)]
+    try:
+        done = subprocess.run([*args, "--", parts.hostname or "", "docker version --format '{{.Server.Version}}'"],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"ssh did not answer within {timeout} s") from None
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        raise EngineError(lines[-1].strip()[:300] if lines else f"ssh exited with code {done.returncode}")
 
 
 def _short(exc: Exception) -> str:

@@ -66,5 +66,5 @@ def test_an_unknown_host_key_is_refused_before_anything_is_recorded(second_engin
         _push(reg, model_dir, "v1.0", second_engine.image)
     cli("env", "add", "gpu", "--port", str(free_port()), "--docker-host", second_engine_ssh.url)
     failed = cli("promote", "support-bot@v1.0", "--env", "gpu", code=1)
-    assert f"cannot reach the Docker engine at {second_engine_ssh.url}" in failed.stderr
+    assert f"cannot reach the Docker engine at {second_engine_ssh.url} (Host key verification failed." in failed.stderr
     assert as_json("history", "--env", "gpu") == []
