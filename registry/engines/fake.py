@@ -182,3 +182,41 @@ class FakeChecks:
     def answers(self, url: str) -> bool:
         c = self.engine.serving(url)
         return c is not None and not self.engine.unhealthy.get(c.info.labels.get("cellar.version", ""))
+
+
+@dataclass
+class FakeFleet:
+    """Several ``FakeEngine``s by Docker host URL, for a fleet's tests: ``engine_factory`` gives
+    each host's, and ``checks`` sends an HTTP check to the engine of the host the URL names
+    (``http://gpu-2:PORT`` to ``tcp://gpu-2:2376``'s; a loopback address to a unix socket's)."""
+
+    engines: dict[str | None, FakeEngine]
+
+    def __post_init__(self) -> None:
+        self.checks = _FleetChecks(self)
+
+    def engine(self, host: str | None) -> FakeEngine:
+        if host not in self.engines:
+            raise EngineError(f"cannot reach the Docker engine at {host}")
+        return self.engines[host]
+
+    def serving(self, url: str) -> FakeEngine:
+        name = urlsplit(url).hostname
+        for host, engine in self.engines.items():
+            if (urlsplit(host or "").hostname or "127.0.0.1") == name:
+                return engine
+        raise StepFailed(f"no answer: nothing listens on {url}")
+
+
+@dataclass
+class _FleetChecks:
+    fleet: FakeFleet
+
+    def wait_healthy(self, url: str, **kwargs) -> None:
+        self.fleet.serving(url).checks.wait_healthy(url, **kwargs)
+
+    def warm_up(self, base_url: str, requests: list[Request], **kwargs) -> None:
+        self.fleet.serving(base_url).checks.warm_up(base_url, requests, **kwargs)
+
+    def answers(self, url: str) -> bool:
+        return self.fleet.serving(url).checks.answers(url)

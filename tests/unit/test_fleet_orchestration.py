@@ -1,0 +1,88 @@
+"""A fleet's rolling switch (issue 22) on in-library fake engines, one per host: the canary
+first, batches after it, a failure or Ctrl-C on a later host putting every switched host back,
+a rollback reusing each host's kept container. The same paths run against the local and the
+second Docker engine in tests/integration/test_fleets.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry import HealthGateFailed, Interrupted
+from registry.engines.fake import FakeEngine, FakeFleet
+from tests.conftest import FAKE_TOKEN, IMAGE, IMAGE_ID, push_versions
+
+HOSTS = ["unix:///var/run/docker.sock", "tcp://gpu-2:2376", "tcp://gpu-3:2376", "tcp://gpu-4:2376"]
+
+
+@pytest.fixture
+def fleet(sqlite_home, model_dir, monkeypatch):
+    from registry.api import Registry
+
+    monkeypatch.setenv("SUPPORT_API_TOKEN", FAKE_TOKEN)
+    fakes = FakeFleet({h: FakeEngine(base_url=h, images={IMAGE: IMAGE_ID}) for h in HOSTS})
+    with Registry.open(sqlite_home, engine_factory=fakes.engine, checks=fakes.checks) as reg:
+        push_versions(reg, model_dir, "v1", "v2", image=IMAGE)
+        reg.add_env("prod", port=18080, hosts=HOSTS, default=True)
+        yield reg, fakes
+
+
+def running(fakes: FakeFleet) -> list[list[str]]:
+    return [sorted(c.labels["cellar.version"] for c in fakes.engines[h].running()) for h in HOSTS]
+
+
+def test_the_canary_switches_alone_then_the_rest_a_batch_at_a_time(fleet):
+    reg, fakes = fleet
+    reg.promote("v1")
+    result = reg.promote("v2", batch=3)
+    names = [s.name for s in result.steps]
+    assert names.index("health check on local") < names.index("create container on gpu-2")
+    # the batch after the canary: every container started before any health check waits
+    assert names.index("start container on gpu-4") < names.index("health check on gpu-2")
+    assert running(fakes) == [["v2"]] * 4
+    assert [h.state for h in result.release.hosts] == ["healthy"] * 4
+    assert [h.host for h in result.release.hosts] == HOSTS
+
+
+def test_a_later_host_failing_puts_every_switched_host_back(fleet):
+    reg, fakes = fleet
+    reg.promote("v1")
+    fakes.engines[HOSTS[2]].unhealthy["v2"] = f"HTTP 503 {FAKE_TOKEN}"
+    with pytest.raises(HealthGateFailed) as err:
+        reg.promote("v2", batch=1)
+    assert "on gpu-3:" in str(err.value) and FAKE_TOKEN not in str(err.value)
+    assert running(fakes) == [["v1"]] * 4
+    failed, back = reg.history("prod")[-2:]
+    assert [h.state for h in failed.hosts] == ["reverted", "reverted", "failed", "skipped"]
+    assert back.version == "v1" and [h.state for h in back.hosts] == ["healthy"] * 4
+    assert "create container on gpu-4" not in [s.name for s in err.value.result.steps]  # never touched
+
+
+def test_ctrl_c_on_a_later_host_restores_every_host(fleet):
+    reg, fakes = fleet
+    reg.promote("v1")
+    fakes.engines[HOSTS[1]].fail_on["start"] = KeyboardInterrupt()
+    with pytest.raises(Interrupted, match="v1 was restored"):
+        reg.promote("v2")
+    assert running(fakes) == [["v1"]] * 4
+    assert str(reg.history("prod")[-1].status) == "deployed"
+
+
+def test_rollback_returns_every_host_to_its_kept_container(fleet):
+    reg, fakes = fleet
+    first = reg.promote("v1").release
+    reg.promote("v2")
+    back = reg.rollback()
+    assert [h.container_id for h in back.release.hosts] == [h.container_id for h in first.hosts]
+    assert all(s.name.startswith("reuse kept container") for s in back.steps if "container" in s.name
+               and "stop" not in s.name and "start" not in s.name)
+    assert running(fakes) == [["v1"]] * 4
+
+
+def test_a_host_that_cannot_be_reached_fails_before_anything_is_recorded(fleet):
+    from registry.errors import EngineError
+
+    reg, fakes = fleet
+    del fakes.engines[HOSTS[3]]
+    with pytest.raises(EngineError, match="tcp://gpu-4:2376"):
+        reg.promote("v1")
+    assert reg.history("prod") == [] and all(not e.running() for e in fakes.engines.values())
