@@ -219,4 +219,7 @@ class _FleetChecks:
         self.fleet.serving(base_url).checks.warm_up(base_url, requests, **kwargs)
 
     def answers(self, url: str) -> bool:
-        return self.fleet.serving(url).checks.answers(url)
+        try:
+            return self.fleet.serving(url).checks.answers(url)
+        except StepFailed:
+            return False

@@ -86,3 +86,16 @@ def test_a_host_that_cannot_be_reached_fails_before_anything_is_recorded(fleet):
     with pytest.raises(EngineError, match="tcp://gpu-4:2376"):
         reg.promote("v1")
     assert reg.history("prod") == [] and all(not e.running() for e in fakes.engines.values())
+
+
+def test_status_shows_each_host_and_names_the_one_that_needs_attention(fleet):
+    reg, fakes = fleet
+    reg.promote("v1")
+    [status] = reg.status()
+    assert [(h.host, h.container_state, h.healthy) for h in status.hosts] == [(h, "running", True) for h in HOSTS]
+    assert status.problem is None and status.healthy is True
+    fakes.engines[HOSTS[1]].unhealthy["v1"] = "HTTP 500"
+    fakes.engines[HOSTS[3]].stop(status.hosts[3].container_id)
+    [status] = reg.status()
+    assert status.problem == "on gpu-2: not answering its health path; on gpu-4: container exited"
+    assert status.healthy is False
