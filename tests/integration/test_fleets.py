@@ -120,6 +120,8 @@ def test_a_host_failing_health_puts_every_switched_host_back(fleet, second_engin
     assert [a["action"] for a in recovered["actions"]] == ["recorded"]
     assert [h.state for h in reg.history(env)[-1].hosts] == ["healthy", "healthy"]
     assert _running(second_engine, docker_client, reg, env) == {"local": ["v1.0"], "remote": ["v1.0"]}
+    audit = reg.verify_audit()  # every row each host's state was written to is sealed and bound
+    assert audit.ok and audit.seals == []
 
 
 def test_a_later_host_failing_leaves_it_untouched_and_restores_the_canary(fleet, second_engine, docker_client):
@@ -233,6 +235,8 @@ def test_a_promote_killed_after_the_canary_is_reverted_on_every_host_by_recover(
     assert rows[-2].status == "failed" and rows[-1].version == "v1.0" and rows[-1].status == "deployed"
     assert [h.container_id for h in rows[-1].hosts] == [h.container_id for h in first.hosts]
     assert _running(second_engine, docker_client, reg, env) == {"local": ["v1.0"], "remote": ["v1.0"]}
+    audit = reg.verify_audit()
+    assert audit.ok and audit.seals == []
 
 
 def test_gc_keeps_every_host_s_rollback_container_and_env_remove_clears_every_host(fleet, second_engine,
