@@ -286,7 +286,7 @@ class Recover(DeployAction):
                 self.on_host(host)
                 state, did = self._one_host(now, host)
                 states.append(state)
-                out += [did] if did is not None else []
+                out += did
             settled = Settlement()
             if states != (now.hosts or []):  # the row says what runs on each host now
                 settled.updates.append(now.model_copy(update={"hosts": states,
@@ -305,31 +305,35 @@ class Recover(DeployAction):
             out.append(self._dark(*dark))
         return out
 
-    def _one_host(self, now: Release, host: str | None) -> tuple[HostState, RecoverAction | None]:
+    def _one_host(self, now: Release, host: str | None) -> tuple[HostState, list[RecoverAction]]:
         """The deployed release on one host of a fleet: strays stopped, its container started
         again, or recreated when gone (or never made there: a host added since)."""
         here = self._here(now, host)
         assert here is not None
-        name, label = host or "", short_host(host)
+        name, out = host or "", []
         info = self.engine.inspect(here.container_id) if here.container_id else None
         strays = drift.strays(here, self.engine.find_labelled(env=self.env.name, registry=self.cfg.registry_id))
-        action = self._stop_strays(here, strays) if strays else None
-        if action is not None:
-            action.detail = f"on {label}: {action.detail}"
+        if strays:
+            out.append(self._stop_strays(here, strays))
         if info is not None and info.running:
             ok = self._answers(now, info.id)
-            return HostState(host=name, container_id=info.id, state="healthy" if ok else "dark"), action
+            return HostState(host=name, container_id=info.id, state="healthy" if ok else "dark"), self._on(out, host)
         if info is not None:
             self.remember_secrets(self.runtime_of(now), container_env=info.env)
-            done = self._restart(here)
-            done.detail = f"on {label}: {done.detail}"
-            return HostState(host=name, container_id=info.id,
-                             state="healthy" if done.action == "restarted" else "dark"), done
+            out.append(self._restart(here))
+            state = "healthy" if out[-1].action == "restarted" else "dark"
+            return HostState(host=name, container_id=info.id, state=state), self._on(out, host)
         gone = None if here.container_id else f"{now.ref} (revision {now.revision}) never ran there"
         done, settled = self._recreate(here, gone=gone)
-        done.detail = f"on {label}: {done.detail}"
+        out.append(done)
         new_id = settled.updates[0].container_id if settled.updates else here.container_id
-        return HostState(host=name, container_id=new_id, state="healthy" if settled.updates else "dark"), done
+        return (HostState(host=name, container_id=new_id, state="healthy" if settled.updates else "dark"),
+                self._on(out, host))
+
+    @staticmethod
+    def _on(actions: list[RecoverAction], host: str | None) -> list[RecoverAction]:
+        """Each action naming the host it was taken on."""
+        return [a.model_copy(update={"detail": f"on {short_host(host)}: {a.detail}"}) for a in actions]
 
     def _revert_fleet(self, plan: Plan, infos: dict) -> tuple[Settlement, RecoverAction]:
         """Revert an interrupted operation on every host of a fleet."""

@@ -99,3 +99,22 @@ def test_status_shows_each_host_and_names_the_one_that_needs_attention(fleet):
     [status] = reg.status()
     assert status.problem == "on gpu-2: not answering its health path; on gpu-4: container exited"
     assert status.healthy is False
+
+
+def test_recover_starts_the_deployed_release_on_a_host_added_since_and_puts_a_stray_back(fleet, sqlite_home):
+    reg, fakes = fleet
+    reg.promote("v1")
+    reg.promote("v2")
+    fakes.engines["tcp://gpu-5:2376"] = FakeEngine(base_url="tcp://gpu-5:2376", images={IMAGE: IMAGE_ID})
+    reg.add_env_host("prod", "tcp://gpu-5:2376")
+    # on gpu-2, v1's kept container started by hand in place of v2's
+    gpu2 = fakes.engines[HOSTS[1]]
+    v1, v2 = (r.container_on(HOSTS[1], HOSTS[0]) for r in reg.history("prod")[:2])
+    gpu2.stop(v2)
+    gpu2.start(v1)
+    actions = reg.recover(env="prod").actions
+    assert [a.action for a in actions] == ["drift", "restarted", "recreated"]
+    assert "on gpu-2" in actions[0].detail and "on gpu-5" in actions[2].detail
+    now = reg.history("prod")[-1]
+    assert [h.host for h in now.hosts] == [*HOSTS, "tcp://gpu-5:2376"] and {h.state for h in now.hosts} == {"healthy"}
+    assert [sorted(c.labels["cellar.version"] for c in e.running()) for e in fakes.engines.values()] == [["v2"]] * 5
