@@ -150,6 +150,8 @@ class Switching(DeployAction):
                                    container_step=container_step, canary=number == 0)
                 if number == 0 and len(slots) > 1:
                     crashpoint(f"{plan.pending.operation}:canary-healthy")  # the new release on one host only
+            if len(slots) > 1:
+                crashpoint(f"{plan.pending.operation}:all-healthy")  # on every host, not recorded yet
         except BaseException as exc:  # Ctrl-C too: production must not stay down with the old container stopped
             self._fail(plan, exc, slots)
             raise

@@ -239,6 +239,20 @@ def test_a_promote_killed_after_the_canary_is_reverted_on_every_host_by_recover(
     assert audit.ok and audit.seals == []
 
 
+def test_a_promote_killed_once_every_host_answers_is_completed_by_recover(fleet, second_engine, docker_client):
+    from tests.integration.test_remote_hosts import _run_cli
+
+    reg, env = fleet
+    reg.promote("support-bot@v1.0", env=env)
+    killed = _run_cli("promote", "support-bot@v1.1", "--env", env, env={"CELLAR_CRASH_AT": "promote:all-healthy"})
+    assert killed.returncode == -9
+    recovered = as_json("recover", "--env", env)
+    assert [a["action"] for a in recovered["actions"]] == ["completed"]
+    now = reg.history(env)[-1]
+    assert (now.version, str(now.status), [h.state for h in now.hosts]) == ("v1.1", "deployed", ["healthy"] * 2)
+    assert _running(second_engine, docker_client, reg, env) == {"local": ["v1.1"], "remote": ["v1.1"]}
+
+
 def test_gc_keeps_every_host_s_rollback_container_and_env_remove_clears_every_host(fleet, second_engine,
                                                                                    docker_client):
     reg, env = fleet
