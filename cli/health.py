@@ -40,12 +40,16 @@ def _show_run(run) -> None:
     what = f"{run.model}@{run.version} (revision {run.revision})" if run.version else "nothing deployed"
     print(plain(f"{run.env}: {what}, {when(run.started_at)}"))
     if run.results:
-        table(["PROBE", "STATUS", "LATENCY", "HTTP", "DETAIL"],
-              [[r.probe, r.status.value, "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
-                r.http_status or "-", r.detail] for r in run.results])
+        from registry import short_host
+
+        fleet = any(r.host for r in run.results)  # a fleet's run: each result names its host
+        table(["PROBE", *(["HOST"] if fleet else []), "STATUS", "LATENCY", "HTTP", "DETAIL"],
+              [[r.probe, *([short_host(r.host)] if fleet else []), r.status.value,
+                "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms", r.http_status or "-", r.detail]
+               for r in run.results])
         for r in run.results:  # the table cuts long cells: a failure's reason is what matters most
-            if r.status.value != "pass" and len(r.detail) > MAX_CELL:
-                print(plain(f"{r.probe}: {r.detail}"))
+            if r.status.value != "pass" and (len(r.detail) > MAX_CELL or fleet):
+                print(plain(f"{r.probe}" + (f" on {short_host(r.host)}" if fleet else "") + f": {r.detail}"))
     else:
         print("This version declares no probes: add a `probes:` section to its manifest.")
     passed = sum(r.status.value == "pass" for r in run.results)
@@ -74,6 +78,9 @@ def health(
     table(["ENV", "VERSION", "REVISIONS", "RUNS", "PASS RATE", "P50", "P95", "FIRST RUN", "LAST RUN"],
           [[v.env, v.version, ",".join(map(str, v.revisions)), v.runs, _rate(v.pass_rate), _ms(v.p50_ms),
             _ms(v.p95_ms), when(v.first), when(v.last)] for v in report.versions])
+    for v in report.versions:  # a fleet: where the pass rate comes from
+        if v.hosts:
+            print(plain(f"{v.env} {v.version} by host: " + ", ".join(f"{h} {_rate(r)}" for h, r in v.hosts.items())))
     _change_points(report.change_points)
     if sys.stdout.isatty():
         for name, line in report.sparklines.items():

@@ -14,6 +14,11 @@ Families (all labelled by ``env``):
     cellar_last_rollback_timestamp_seconds{env}                 Unix time
     cellar_dark_since_timestamp_seconds{env}                    Unix time; only while the environment is dark
 
+and for fleets (environments of several Docker hosts) only:
+
+    cellar_host_serving{env,host}                               1 where the deployed release serves, 0 where dark
+    cellar_probe_host_results_total{env,host,probe,status}      pass / fail / error counts per host
+
 The server (``serve``) answers GET and HEAD of ``/metrics`` only (its query is ignored: ``?name[]=``
 would select nothing), with no version banner. Bound to the loopback, it answers only requests
 whose Host names the loopback, as ``registry ui`` does, so no page elsewhere can read it through
@@ -42,6 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from registry.errors import InvalidInput
+from registry.ledger import short_host
 from registry.models.probes import MetricsSnapshot, ProbeRun, ProbeStatus, RunOutcome
 
 HEADER_TIMEOUT_S = 10.0
@@ -78,6 +84,8 @@ class CellarCollector(Collector):
         yield _timestamps("cellar_dark_since_timestamp_seconds",
                           "Since when an environment that had a release serves nothing (absent: it serves)",
                           snapshot.dark_since)
+        yield _serving(snapshot)
+        yield _host_counter(snapshot.runs)
 
 
 def registry_for(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:
@@ -287,6 +295,29 @@ def _histogram(stats: dict[tuple[str, str], _ProbeStats]) -> HistogramMetricFami
             cumulative.append((repr(bound), running))
         cumulative.append(("+Inf", s.count))
         family.add_metric([env, probe], cumulative, s.total_s)
+    return family
+
+
+def _serving(snapshot: MetricsSnapshot) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("cellar_host_serving", "In a fleet: 1 where the deployed release serves (as "
+                               "recorded), 0 where it does not", labels=["env", "host"])
+    for d in snapshot.deployed:
+        for host, state in sorted((d.hosts or {}).items()):
+            family.add_metric([d.env, host], 1.0 if state == "healthy" else 0.0)
+    return family
+
+
+def _host_counter(runs: Iterable[ProbeRun]) -> CounterMetricFamily:
+    family = CounterMetricFamily("cellar_probe_host_results", "In a fleet: probe results by host and status",
+                                 labels=["env", "host", "probe", "status"])
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for run in runs:
+        for r in run.results:
+            if r.host:
+                key = (run.env, short_host(r.host), r.probe, r.status.value)
+                counts[key] = counts.get(key, 0) + 1
+    for key, n in sorted(counts.items()):
+        family.add_metric(list(key), n)
     return family
 
 

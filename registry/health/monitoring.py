@@ -21,7 +21,8 @@ from registry import clock, ledger
 from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import ownership
-from registry.deploy.action import DeployAction, where_checks_go
+from registry.deploy.action import DeployAction, base_url, where_checks_go
+from registry.engines.engine import Engine
 from registry.errors import CellarError, OperationInProgress
 from registry.health.watching import Restarts, StopFlag, Watcher, WatchPolicy
 from registry.ledger import Operation, Release, ReleaseStatus
@@ -78,26 +79,36 @@ class ProbeEnv(DeployAction):
     def measure(self, env: Environment, release: Release, suite: Suite) -> list[ProbeResult]:
         """Send the suite; when something could not be measured, ask Docker why (the container
         is gone or stopped, the engine is down) and say so in those results. Docker is not
-        consulted on the usual path: a cron probe then never loads docker-py (bench/probe.py)."""
+        consulted on the usual path: a cron probe then never loads docker-py (bench/probe.py).
+        In a fleet the suite goes to every host, each result naming the host it came from."""
         self.env = env
-        results = probing.run_suite(self.base_url, suite.probes, timeout_s=self.timeout_s, render=suite.render)
-        if all(r.status != ProbeStatus.ERROR for r in results) and release.container_id:
+        if not env.hosts:
+            return self._measure_on(env, release, suite, env.docker_host)
+        return [r.model_copy(update={"host": host}) for host in env.fleet
+                for r in self._measure_on(env, release, suite, host)]
+
+    def _measure_on(self, env: Environment, release: Release, suite: Suite, host: str | None) -> list[ProbeResult]:
+        results = probing.run_suite(base_url(env, host), suite.probes, timeout_s=self.timeout_s, render=suite.render)
+        if all(r.status != ProbeStatus.ERROR for r in results) and release.container_on(host, env.fleet[0]):
             return results
-        why = self.container_problem(env, release)
+        why = self.container_problem(env, release, host)
         if why is None:  # it runs, yet nothing answered: say where the requests went, and from where
             if not any(r.status == ProbeStatus.ERROR and r.detail.startswith("no answer") for r in results):
                 return results
-            why = where_checks_go(env)
+            why = where_checks_go(env, host)
         return [r.model_copy(update={"detail": bounded(f"{why}; {r.detail}")}) if r.status == ProbeStatus.ERROR
                 else r for r in results]
 
-    def container_problem(self, env: Environment, release: Release) -> str | None:
-        """Why ``release``'s container cannot answer, or None when it runs."""
-        if not release.container_id:
+    def container_problem(self, env: Environment, release: Release, host: str | None = None) -> str | None:
+        """Why ``release``'s container (on ``host``, default the first) cannot answer, or None when it runs."""
+        host = env.fleet[0] if host is None else host
+        cid = release.container_on(host, env.fleet[0])
+        if not cid:
             return f"no container recorded for {release.ref}: see `registry status`"
         try:
             self.use_env(env)
-            info = self.engine.inspect(release.container_id)
+            self.on_host(host)
+            info = self.engine.inspect(cid)
         except (CellarError, OSError) as exc:  # OSError: the connection dropped under docker-py
             return f"Docker engine unreachable: {self.scrub(str(exc))}"
         if info is None:
@@ -227,13 +238,20 @@ class Watch:
         with self.cfg.store.read() as conn:
             env = environments.named_or_default(conn, self.env_name)
             now = ledger.current(releases.current_and_pending(conn, env.name))
-        if now is None or not now.container_id:
+        if now is None:
             return None
-        engine, container = self.cfg.engine(env.docker_host), now.container_id
-        info = engine.inspect(container)
-        if info is None:
+        found: list[tuple[int, str, Engine]] = []  # in a fleet, the container restarted most: any host's loop counts
+        for host in env.fleet:
+            container = now.container_on(host, env.fleet[0])
+            if not container:
+                continue
+            engine = self.cfg.engine(host)
+            if (info := engine.inspect(container)) is not None:
+                found.append((info.restart_count, container, engine))
+        if not found:
             return None
-        return Restarts(container=container, version=now.version, count=info.restart_count,
+        count, container, engine = max(found, key=lambda f: f[0])
+        return Restarts(container=container, version=now.version, count=count,
                         last_exit=lambda: engine.last_exit_code(container))
 
     def may_roll_back(self, run: ProbeRun) -> bool:
@@ -296,7 +314,8 @@ def _add_env(snapshot: MetricsSnapshot, env: str, rows: list[Release]) -> None:
         snapshot.dark_since[env] = dark[0].finished_at or dark[0].started_at
     if now is not None:
         snapshot.deployed.append(DeployedInfo(env=env, model=now.model, version=now.version,
-                                              revision=now.revision, deployed_at=now.finished_at or now.started_at))
+                                              revision=now.revision, deployed_at=now.finished_at or now.started_at,
+                                              hosts={h.name: h.state for h in now.hosts} if now.hosts else None))
     went_live = [r for r in rows if r.status in (ReleaseStatus.DEPLOYED, ReleaseStatus.SUPERSEDED)]
     if went_live:
         snapshot.last_deploy[env] = max(r.finished_at or r.started_at for r in went_live)

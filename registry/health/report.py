@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
 
-from registry.ledger import Release
+from registry.ledger import Release, short_host
 from registry.models.probes import (
     ChangePoint,
     HealthReport,
@@ -70,7 +70,16 @@ def _figures(version: str, runs: list[ProbeRun]) -> VersionHealth:
         env=runs[0].env, version=version, runs=len(runs),
         revisions=sorted({r.revision for r in runs if r.revision is not None}),
         pass_rate=_pass_rate(runs), p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
-        first=min(r.started_at for r in runs), last=max(r.started_at for r in runs))
+        first=min(r.started_at for r in runs), last=max(r.started_at for r in runs), hosts=_by_host(runs))
+
+
+def _by_host(runs: list[ProbeRun]) -> dict[str, float | None] | None:
+    """A fleet's pass rate on each host (None when no result names a host)."""
+    hosts = list(dict.fromkeys(r.host for run in runs for r in run.results if r.host))
+    if not hosts:
+        return None
+    return {short_host(h): _pass_rate(run.model_copy(update={"results": [r for r in run.results if r.host == h]})
+                                      for run in runs) for h in hosts}
 
 
 def change_points(runs: list[ProbeRun], ledger: Mapping[tuple[str, int], Release],

@@ -34,7 +34,7 @@ from enum import StrEnum
 
 from registry.errors import CellarError, OperationInProgress
 from registry.health import alerting
-from registry.models.probes import ProbeRun, RunOutcome, WatchAction, WatchSummary
+from registry.models.probes import ProbeRun, ProbeStatus, RunOutcome, WatchAction, WatchSummary
 
 log = logging.getLogger("registry.health.watching")
 
@@ -283,7 +283,9 @@ def _text(action: WatchAction, run: ProbeRun, policy: WatchPolicy, next_step: st
         return alerting.failing_text(env=run.env, version=run.version, failures=policy.failures,
                                      probes=run.failing(), next_step=next_step)
     if action == WatchAction.ALERT_ERROR:
-        detail = next((r.detail for r in run.results if r.detail), "no detail")
+        fleet = any(r.host for r in run.results)  # name the host whose results measured nothing
+        detail = next((f"{r.where}: {r.detail}" if fleet else r.detail for r in run.results
+                       if r.detail and (not fleet or r.status != ProbeStatus.PASS)), "no detail")
         return alerting.error_text(env=run.env, version=run.version, runs=policy.failures, detail=detail)
     if action == WatchAction.ALERT_RESTORED:
         return alerting.restored_text(env=run.env, version=run.version, rolled_back=rolled_back)

@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.ledger import short_host
+
 DETAIL_MAX = 200  # characters: a detail is one line for a table or a CSV cell, not a body dump
 
 
@@ -46,6 +48,12 @@ class ProbeResult(_Model):
     latency_ms: float | None = None  # None when nothing answered
     http_status: int | None = None
     detail: str = ""
+    host: str | None = None  # in a fleet: the Docker host whose published port answered (or not)
+
+    @property
+    def where(self) -> str:
+        """The probe's name, and in a fleet the host: "answers on gpu-2"."""
+        return f"{self.probe} on {short_host(self.host)}" if self.host else self.probe
 
 
 class ProbeRun(_Model):
@@ -78,8 +86,8 @@ class ProbeRun(_Model):
         return self.outcome == RunOutcome.PASS
 
     def failing(self) -> list[str]:
-        """Names of the probes that did not pass, in suite order."""
-        return [r.probe for r in self.results if r.status != ProbeStatus.PASS]
+        """Names of the probes that did not pass, in suite order ("answers on gpu-2" in a fleet)."""
+        return [r.where for r in self.results if r.status != ProbeStatus.PASS]
 
 
 # --- health report ------------------------------------------------------------------------
@@ -95,6 +103,7 @@ class VersionHealth(_Model):
     p95_ms: float | None
     first: datetime
     last: datetime
+    hosts: dict[str, float | None] | None = None  # a fleet: pass rate per host (short name)
 
 
 class ChangePoint(_Model):
@@ -154,6 +163,7 @@ class DeployedInfo(_Model):
     version: str
     revision: int
     deployed_at: datetime | None = None
+    hosts: dict[str, str] | None = None  # a fleet: host (short name) -> its state on the deployed release
 
 
 class MetricsSnapshot(_Model):

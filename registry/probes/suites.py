@@ -45,7 +45,7 @@ def record(cfg: Configuration, run: ProbeRun) -> ProbeRun:
 def failures(run: ProbeRun, limit: int = 3) -> str:
     """``2 of 3 probes did not pass: answers (fail: too slow ...), ...`` on one line."""
     bad = [r for r in run.results if r.status != ProbeStatus.PASS]
-    named = ", ".join(f"{r.probe} ({r.status.value}: {r.detail})" for r in bad[:limit])
+    named = ", ".join(f"{r.where} ({r.status.value}: {r.detail})" for r in bad[:limit])
     more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
     return f"{len(bad)} of {len(run.results)} probes did not pass: {named}{more}"
 

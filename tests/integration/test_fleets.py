@@ -269,3 +269,39 @@ def test_gc_keeps_every_host_s_rollback_container_and_env_remove_clears_every_ho
         assert there.containers.list(all=True, filters={"label": f"cellar.env={env}"}) == []
     finally:
         there.close()
+
+
+PROBES = [{"name": "answers", "path": "/cgi-bin/answer", "json": {"prompt": "6*7?"}, "expect": {"regex": '"42"'}}]
+
+
+def test_probe_health_metrics_and_the_web_view_show_each_host(fleet, second_engine, home, model_dir):
+    from starlette.testclient import TestClient
+
+    from registry.api import Registry
+    from registry.web import create_app
+
+    reg, env = fleet
+    model_dir.set_prompt("prompt-v2.0")
+    model_dir.write_manifest(version="v2.0", image=second_engine.image, probes=PROBES, runtime={
+        "port": 8080, "env": {"MAX_TOKENS": "64"}, "secrets": ["SUPPORT_API_TOKEN"],
+        "health": {"path": "/cgi-bin/health", "timeout_s": 5}})
+    reg.push(model_dir.manifest)
+    reg.promote("support-bot@v2.0", env=env)
+    run = as_json("probe", "--env", env)
+    assert [(r["host"], r["status"]) for r in run["results"]] == [(LOCAL, "pass"), (second_engine.url, "pass")]
+    with _refused_on_second_host(reg.environment(env).port):
+        failed = cli("probe", "--env", env, code=4)
+        watched = cli("watch", "--env", env, "--every", "0.01", "--max-runs", "1", "--failures", "1")
+    assert f"answers on {second_engine.address}" in watched.stdout + watched.stderr
+    assert f"answers on {second_engine.address}: " in failed.stdout and "HOST" in failed.stdout
+    health = cli("health", "--env", env).stdout
+    # the refused run measured nothing there (an error, not a fail): the pass rate counts judged answers
+    assert f"v2.0 by host: local 100%, {second_engine.address} 100%" in health
+    page = cli("metrics").stdout
+    assert f'cellar_host_serving{{env="{env}",host="{second_engine.address}"}} 1.0' in page
+    assert (f'cellar_probe_host_results_total{{env="{env}",host="{second_engine.address}",probe="answers",'
+            'status="error"} 2.0') in page  # the probe's and the watch's
+    with TestClient(create_app(lambda: Registry.open(home)), base_url="http://127.0.0.1:8765") as client:
+        html = client.get(f"/envs/{env}").text
+        assert 'id="hosts"' in html and second_engine.url in html and "the first is the canary" in html
+        assert "2 hosts:" in client.get("/envs").text

@@ -30,7 +30,7 @@ def record_run(conn: Connection, run: ProbeRun) -> int:
     if run.results:
         conn.execute(insert(probe_results), [
             {"run_id": run_id, "position": i, "probe": r.probe, "status": r.status.value,
-             "latency_ms": r.latency_ms, "http_status": r.http_status, "detail": r.detail}
+             "latency_ms": r.latency_ms, "http_status": r.http_status, "detail": r.detail, "host": r.host}
             for i, r in enumerate(run.results)])
     run.id = run_id
     return run_id
@@ -81,7 +81,7 @@ def _results(conn: Connection, chosen) -> dict[int, list[ProbeResult]]:
     for row in conn.execute(query):
         found.setdefault(row.run_id, []).append(ProbeResult(
             probe=row.probe, status=ProbeStatus(row.status), latency_ms=row.latency_ms,
-            http_status=row.http_status, detail=row.detail))
+            http_status=row.http_status, detail=row.detail, host=row.host))
     return found
 
 

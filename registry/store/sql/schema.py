@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 # The Alembic revision this code needs; tests check it is the head of migrations/versions.
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 
 metadata = MetaData()
 
@@ -235,6 +235,7 @@ probe_results = Table(
     Column("latency_ms", Float),
     Column("http_status", Integer),
     Column("detail", Text, nullable=False),
+    Column("host", String(255)),  # the Docker host it was sent to, in a fleet; NULL for one host (0012)
 )
 
 # --- hooks: audit events POSTed to other tools (0008, registry.hooks) -------------------------
