@@ -202,6 +202,8 @@ def env_show(name: str = typer.Argument(..., help="Environment name."), as_json:
         return print_json(env)
     out = console()
     for key, value in env.model_dump(mode="json").items():
+        if isinstance(value, list):  # a fleet's hosts, the canary first
+            value = ", ".join(map(str, value))
         out.print(f"{key:17} {esc(value) if value is not None else '-'}")
 
 
