@@ -6,14 +6,18 @@ before the command writes, so every write meets the closed pipe, whatever the ti
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.main import get_command
 
 from cli.main import app
 from registry import Registry
+from tests import helpers
+from tests.conftest import init_home
 
 READS = [  # every command whose --json output is a listing or report, with the arguments it needs
     ["status"], ["history"], ["audit"], ["list"], ["log"], ["show", "v1.1"], ["diff", "v1.0", "v1.1"],
@@ -23,15 +27,28 @@ READS = [  # every command whose --json output is a listing or report, with the 
 ]
 
 
-@pytest.fixture
-def seeded(sqlite_home, model_dir):
-    with Registry.open(sqlite_home) as reg:
+@pytest.fixture(scope="module")
+def _seeded_once(tmp_path_factory) -> Path:
+    """A SQLite home holding v1.0 and v1.1 (400-line prompts) and env staging, made once per module."""
+    root = tmp_path_factory.mktemp("seeded")
+    model_dir = helpers.ModelDir.create(root / "model")
+    init_home(root / "home")
+    with Registry.open(root / "home") as reg:
         for version in ("v1.0", "v1.1"):
             model_dir.set_prompt("".join(f"line {i} of {version}\n" for i in range(400)))
             model_dir.write_manifest(version=version, image="busybox:1")
             reg.push(model_dir.manifest)
         reg.add_env("staging", port=18299, default=True)
-    return sqlite_home
+    return root / "home"
+
+
+@pytest.fixture
+def seeded(_seeded_once, tmp_path, monkeypatch) -> Path:
+    """A copy of that home of this test's own (a command may write to it); REGISTRY_HOME points at it."""
+    home = tmp_path / "home"
+    shutil.copytree(_seeded_once, home, symlinks=True)
+    monkeypatch.setenv("REGISTRY_HOME", str(home))
+    return home
 
 
 def closed_pipe_run(args: list[str]) -> subprocess.CompletedProcess:
