@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +49,71 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in sorted(NEEDS.keys() & set(getattr(item, "fixturenames", ()))):
             item.add_marker(NEEDS[fixture])
+
+
+_RUNTIME = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    _build_the_cli_once()
+    _one_warm_folder(config)
+
+
+def _build_the_cli_once() -> None:
+    """typer turns the app into click commands on every call (30 ms, 600 times a run); the warm
+    process builds them once (``cli/warm.py``), and so does each test process."""
+    import typer.main
+    import typer.testing
+
+    build, built = typer.main.get_command, {}
+
+    def get_command(typer_instance):
+        import cli.main
+
+        if typer_instance is not cli.main.app:
+            return build(typer_instance)
+        if "app" not in built:
+            built["app"] = build(typer_instance)
+        return built["app"]
+
+    typer.main.get_command = typer.testing._get_command = get_command
+
+
+def _one_warm_folder(config) -> None:
+    """One folder of warm processes for the run (``cli/launch.py``), so a test's ``registry``
+    subprocess forks from a process that imported everything once instead of importing it all
+    again (0.5 s of CPU each): set up by the controller, inherited by the xdist workers."""
+    if hasattr(config, "workerinput") or os.environ.get("CELLAR_TEST_RUNTIME"):
+        return
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="cellar-run-", dir="/tmp")  # short: a socket path has 107 bytes
+    os.environ["XDG_RUNTIME_DIR"] = os.environ["CELLAR_TEST_RUNTIME"] = folder
+    config.stash[_RUNTIME] = folder
+    # started now, so the first tests' commands find it ready rather than each importing it all
+    registry = Path(sys.executable).with_name("registry")
+    if registry.exists():
+        subprocess.run([registry, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+def pytest_unconfigure(config):
+    """End the run's warm processes (found by their socket's folder, this run's alone)."""
+    folder = config.stash.get(_RUNTIME, None)
+    if folder is None:
+        return
+    import shutil
+    import signal
+
+    marker = f"\0{folder}/".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:  # gone meanwhile
+            continue
+        if b"from cli.warm import serve" in cmdline and marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def need(what: str, reason: str):

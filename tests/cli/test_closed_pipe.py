@@ -19,6 +19,7 @@ from registry import Registry
 from tests import helpers
 from tests.conftest import init_home
 
+REGISTRY = str(Path(sys.executable).with_name("registry"))
 READS = [  # every command whose --json output is a listing or report, with the arguments it needs
     ["status"], ["history"], ["audit"], ["list"], ["log"], ["show", "v1.1"], ["diff", "v1.0", "v1.1"],
     ["env", "list"], ["env", "show", "staging"], ["health"], ["probe"], ["metrics"], ["verify"], ["gc"],
@@ -52,11 +53,12 @@ def seeded(_seeded_once, tmp_path, monkeypatch) -> Path:
 
 
 def closed_pipe_run(args: list[str]) -> subprocess.CompletedProcess:
+    """``registry ARGS`` as a user runs it (through the warm process: the command's child writes
+    to this very pipe); the table test below runs commands in-process."""
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first byte
     try:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], stdout=write, stderr=subprocess.PIPE,
-                              text=True, timeout=60, env={**os.environ, "REGISTRY_WARM": "0"})
+        return subprocess.run([REGISTRY, *args], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write)
 

@@ -26,6 +26,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = str(Path(sys.executable).with_name("registry"))
+# The warm processes these tests start, stop, kill or open up import only the CLI ahead (their
+# commands' children import the rest, as in-process): their lifecycle is under test. The full
+# preload (cli.warm._preload, 1.4 s of CPU a start) is the shared ``warm`` fixture's, and that of
+# the warm process every other test's ``registry`` command goes through (tests/conftest.py).
+LIGHT = "import cli.warm; cli.warm._preload = lambda: __import__('cli.main'); "
 CLIENT = ("import sys; from cli.launch import run_warm; code = run_warm(sys.argv[1], ['registry', *sys.argv[2:]]); "
           "sys.exit(99 if code is None else code)")  # 99: the warm process did not take it
 
@@ -38,7 +43,7 @@ def short_tmp():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _start_warm(folder: Path):
+def _start_warm(folder: Path, light: bool = True):
     """A warm process serving a socket of its own in ``folder``; yields the socket path."""
     path = str(folder / "w.sock")
     # Started as by `registry ... &` from a script (SIGINT ignored) whose caller ignored SIGCHLD
@@ -46,7 +51,7 @@ def _start_warm(folder: Path):
     serve = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
              "signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
              "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM]); "
-             "from cli.warm import serve; ")
+             + (LIGHT if light else "") + "from cli.warm import serve; ")
     proc = subprocess.Popen([sys.executable, "-c", serve + "serve(sys.argv[1], 60)", path],
                             cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
@@ -62,7 +67,7 @@ def warm():
     ends before the next test): starting one costs a second of CPU, most of this file's time."""
     folder = Path(tempfile.mkdtemp(prefix="cellar-test-", dir="/tmp"))
     try:
-        yield from _start_warm(folder)
+        yield from _start_warm(folder, light=False)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -322,7 +327,7 @@ def test_a_command_that_ends_while_the_warm_process_is_stopped(own_warm, sqlite_
 
 def test_it_removes_only_its_own_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 2)",
                              path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     os.rename(path, path + ".old")  # a newer warm process took the path meanwhile
@@ -361,7 +366,7 @@ def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, home_with_v1, unbuffer
 
 def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 2)",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 2)",
                              path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     assert through_warm(path, "--help").returncode == 0
@@ -370,7 +375,7 @@ def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
 
 
 def test_one_warm_process_per_socket(warm):
-    second = subprocess.run([sys.executable, "-c", "import sys; from cli.warm import serve; serve(sys.argv[1], 60)",
+    second = subprocess.run([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 60)",
                              warm], cwd="/", timeout=60)
     assert second.returncode == 0  # it found the lock held and left
     assert through_warm(warm, "--help").returncode == 0
@@ -646,8 +651,8 @@ def _copy_of_the_code(where: Path) -> Path:
 
 
 def _serve(path: str, code: Path, idle_s: int = 60) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
-                             "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[3]))", path, str(code),
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); " +
+                             LIGHT + "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[3]))", path, str(code),
                              str(idle_s)], cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
     assert proc.poll() is None

@@ -203,7 +203,8 @@ def test_truncated_archive(good, dest, tmp_path):
 
 
 def _many(good, tmp_path: Path, n: int, name) -> Path:
-    """The good archive followed by ``n`` empty members written as raw headers (fast)."""
+    """The good archive followed by ``n`` empty members written as raw headers (fast: tarfile
+    builds one header, the others differ from it only in their name and checksum)."""
     path, _ = good
     out = tmp_path / "many.tar"
     body = path.read_bytes().rstrip(b"\0")
@@ -212,8 +213,15 @@ def _many(good, tmp_path: Path, n: int, name) -> Path:
         f.write(body)
         if name(0) == name(1):  # one header repeated
             f.write(_info(name(0), tarfile.DIRTYPE).tobuf() * n)
-        for i in range(n if name(0) != name(1) else 0):
-            f.write(_info(name(i)).tobuf())
+        else:
+            template = bytearray(_info(name(0)).tobuf())
+            assert len(template) == 512, "a name that needs an extended header"
+            template[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+            for i in range(n):
+                header = bytearray(template)
+                header[0:100] = name(i).encode().ljust(100, b"\0")
+                header[148:156] = b"%06o\0 " % sum(header)
+                f.write(header)
         f.write(b"\0" * 1024)
     return out
 
