@@ -31,6 +31,7 @@ REGISTRY = str(Path(sys.executable).with_name("registry"))
 # preload (cli.warm._preload, 1.4 s of CPU a start) is the shared ``warm`` fixture's, and that of
 # the warm process every other test's ``registry`` command goes through (tests/conftest.py).
 LIGHT = "import cli.warm; cli.warm._preload = lambda: __import__('cli.main'); "
+SERVE = "import sys; " + LIGHT + "from cli.warm import serve; "
 CLIENT = ("import sys; from cli.launch import run_warm; code = run_warm(sys.argv[1], ['registry', *sys.argv[2:]]); "
           "sys.exit(99 if code is None else code)")  # 99: the warm process did not take it
 
@@ -327,7 +328,7 @@ def test_a_command_that_ends_while_the_warm_process_is_stopped(own_warm, sqlite_
 
 def test_it_removes_only_its_own_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 2)",
+    proc = subprocess.Popen([sys.executable, "-c", SERVE + "serve(sys.argv[1], 2)",
                              path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     os.rename(path, path + ".old")  # a newer warm process took the path meanwhile
@@ -366,7 +367,7 @@ def test_a_closed_pipe_on_stdout_ends_as_in_process(warm, home_with_v1, unbuffer
 
 def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
     path = str(short_tmp / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 2)",
+    proc = subprocess.Popen([sys.executable, "-c", SERVE + "serve(sys.argv[1], 2)",
                              path], cwd="/", stdin=subprocess.DEVNULL)
     _wait_for(lambda: os.path.exists(path), 60)
     assert through_warm(path, "--help").returncode == 0
@@ -375,7 +376,7 @@ def test_it_exits_when_idle_and_removes_its_socket(short_tmp):
 
 
 def test_one_warm_process_per_socket(warm):
-    second = subprocess.run([sys.executable, "-c", "import sys; " + LIGHT + "from cli.warm import serve; serve(sys.argv[1], 60)",
+    second = subprocess.run([sys.executable, "-c", SERVE + "serve(sys.argv[1], 60)",
                              warm], cwd="/", timeout=60)
     assert second.returncode == 0  # it found the lock held and left
     assert through_warm(warm, "--help").returncode == 0
@@ -651,8 +652,8 @@ def _copy_of_the_code(where: Path) -> Path:
 
 
 def _serve(path: str, code: Path, idle_s: int = 60) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); " +
-                             LIGHT + "from cli.warm import serve; serve(sys.argv[1], int(sys.argv[3]))", path, str(code),
+    serve = "import sys; sys.path.insert(0, sys.argv[2]); " + LIGHT + "from cli.warm import serve; "
+    proc = subprocess.Popen([sys.executable, "-c", serve + "serve(sys.argv[1], int(sys.argv[3]))", path, str(code),
                              str(idle_s)], cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: os.path.exists(path) or proc.poll() is not None, 60)
     assert proc.poll() is None
