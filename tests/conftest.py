@@ -96,6 +96,15 @@ def _one_warm_folder(config) -> None:
         subprocess.run([registry, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
+def pytest_collection_finish(session):
+    """What collection built (modules, 2,000 test items) lives to the end: out of the cyclic
+    collector's way, which otherwise walks it again and again."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_unconfigure(config):
     """End the run's warm processes (found by their socket's folder, this run's alone)."""
     folder = config.stash.get(_RUNTIME, None)

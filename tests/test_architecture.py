@@ -6,6 +6,7 @@ and its own modules."""
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +34,17 @@ def _from(node: ast.ImportFrom, package: str) -> str:
     return base
 
 
+@cache
+def _import_nodes(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements of ``path``, at any depth of its code (parsed once per run)."""
+    return [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
 def _imports(path: Path, module: str) -> set[str]:
     """Every module ``path`` imports, at any depth of its code (absolute names)."""
     found = set()
     package = _package(path, module)
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _import_nodes(path):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -58,7 +65,7 @@ def _targets(path: Path, name: str, known: dict[str, Path]) -> set[str]:
     ``registry.clock`` alone: the package ``registry`` is only passed through."""
     package = _package(path, name)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _import_nodes(path):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

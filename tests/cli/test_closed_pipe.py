@@ -71,10 +71,11 @@ def test_a_closed_pipe_ends_a_json_command_quietly(seeded, args):
 
 
 def test_a_table_into_head_ends_quietly_too(seeded):
+    """In this process (the table) and through the warm process, into a reader that stops early."""
     shell = f"{sys.executable} -m cli.main audit | head -c 1; exit ${{PIPESTATUS[0]}}"
-    for command in (shell, shell.replace("audit", "history --json"), shell.replace("audit", "status --json")):
-        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "REGISTRY_WARM": "0"})
+    warm = shell.replace(f"{sys.executable} -m cli.main", REGISTRY)
+    for command in (shell, warm.replace("audit", "history --json"), warm.replace("audit", "status --json")):
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
         assert out.returncode in (0, 141) and "internal error" not in out.stderr, (command, out.stderr)
 
 
