@@ -346,6 +346,8 @@ def test_the_first_command_runs_when_its_caller_ignores_sigchld(short_tmp, sqlit
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "XDG_RUNTIME_DIR": str(short_tmp)})
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+    # the warm process it started (in the background: it names its socket once it has exec'd)
+    _wait_for(lambda: list((short_tmp / "cellar").glob("*.sock")), 60)
     for pid in _processes_mentioning(str(short_tmp)):
         os.kill(pid, signal.SIGKILL)
 
@@ -639,10 +641,13 @@ def test_without_pidfds_it_stays_out_of_the_way(short_tmp, sqlite_home):
                     "serve(sys.argv[1], 60)", path], cwd="/", timeout=60, check=True)
     assert time.monotonic() - started < 30 and os.path.exists(path.removesuffix(".sock") + ".off")
     assert not os.path.exists(path)
-    done = subprocess.run([REGISTRY, "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    # the console script's entry under `python -c` in ROOT: the identity _socket_path computed
+    launch = "import sys; from cli.launch import main; sys.argv[0] = 'registry'; main()"
+    done = subprocess.run([sys.executable, "-c", launch, "list", "--json"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "[]\n")
     time.sleep(1)
-    assert not os.path.exists(path) and _processes_mentioning(path) == []
+    assert not os.path.exists(path) and _processes_mentioning(str(short_tmp)) == []
 
 
 def _copy_of_the_code(where: Path) -> Path:
