@@ -24,7 +24,7 @@ from registry.action import Action
 from registry.configuration import Configuration
 from registry.deploy import hosting, snapshots
 from registry.engines.engine import ContainerSpec, Engine, container_name, labels_for
-from registry.errors import ImageMoved, Interrupted, InvalidInput, NotFound, StepFailed
+from registry.errors import CellarError, ImageMoved, Interrupted, InvalidInput, NotFound, StepFailed
 from registry.ledger import Release, Target, short_host
 from registry.models import Environment, Lock, Runtime, Step
 from registry.models.resources import Resources
@@ -210,7 +210,12 @@ class DeployAction(Action):
         out: dict[str | None, Ready] = {}
         for host in self.env.fleet:
             self.on_host(host)
-            out[host] = self.make_ready(model, version, allow_retag=allow_retag, image_digest=image_digest)
+            try:
+                out[host] = self.make_ready(model, version, allow_retag=allow_retag, image_digest=image_digest)
+            except CellarError as exc:  # in a fleet, say where (a moved tag, a missing image, no room)
+                if self.env.hosts and not str(exc).startswith("on "):
+                    exc.args = (f"on {short_host(host)}: {exc}", *exc.args[1:])
+                raise
             first = out[self.env.fleet[0]].image
             if out[host].image != first:
                 raise InvalidInput(f"{model}@{version}'s image is {out[host].image[:19]} on {short_host(host)} but "

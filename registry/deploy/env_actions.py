@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from urllib.parse import urlsplit
 
 from registry import clock, inputs, ledger
@@ -194,12 +195,29 @@ def _check_settings(env: Environment) -> None:
         inputs.check_docker_host(host)
         if host:
             _check_docker_host(host)
-    if env.hosts and len(set(env.hosts)) != len(env.hosts):
-        raise InvalidInput("a Docker host is named twice: name each host of a fleet once")
+    if env.hosts and len({_same_engine(host) for host in env.hosts}) != len(env.hosts):
+        raise InvalidInput("a Docker host is named twice (perhaps spelled two ways): name each host of a fleet once")
     try:
         ipaddress.ip_address(inputs.check_text(env.bind_addr, "bind_addr", 64))
     except ValueError:
         raise InvalidInput(f"--bind {env.bind_addr!r} is not an IP address (e.g. 127.0.0.1 or 0.0.0.0)") from None
+
+
+def _same_engine(docker_host: str) -> tuple[str, str, int | None]:
+    """What tells two spellings of one engine apart from two engines: the transport, the machine
+    (case aside) and the port (ssh's 22 when none is given; a user is not part of it), or a
+    socket's normalised path. ``unix:///run/docker.sock/`` and ``TCP://Gpu-1:2375`` name the
+    engines ``unix:///run/docker.sock`` and ``tcp://gpu-1:2375`` name."""
+    parts = urlsplit(docker_host.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        return scheme, posixpath.normpath("/" + (parts.netloc + parts.path).lstrip("/")), None
+    try:
+        port = parts.port
+    except ValueError:  # not a port: refused by its own check
+        port = None
+    return ("tcp" if scheme == "http" else scheme, (parts.hostname or "").lower(),
+            port if port is not None or scheme != "ssh" else 22)
 
 
 def _check_docker_host(docker_host: str) -> None:

@@ -32,6 +32,11 @@ def test_env_commands(sqlite_home):
     assert "no environment named 'production'" in cli("env", "show", "production", code=1).stderr
     assert "already exists" in cli("env", "add", "staging", "--port", "18183", code=1).stderr
     assert "not allowed" in cli("env", "add", "Bad/Name", "--port", "18184", code=1).stderr
+    assert "use one of them" in cli("env", "add", "fleet", "--port", "18185", "--docker-host", "tcp://a:2375",
+                                    "--host", "tcp://b:2375", code=1).stderr
+    assert "named twice" in cli("env", "add", "fleet", "--port", "18185", "--host", "tcp://a:2375",
+                                "--host", "TCP://A:2375/", code=1).stderr
+    assert "--batch" in cli("promote", "v1", "--batch", "0", code=2).stderr  # at least one host a batch
     status = json.loads(cli("status", "--json").stdout)
     assert status[0]["env"] == "staging" and status[0]["deployed"] is None
     assert json.loads(cli("history", "--json").stdout) == []

@@ -118,3 +118,34 @@ def test_recover_starts_the_deployed_release_on_a_host_added_since_and_puts_a_st
     now = reg.history("prod")[-1]
     assert [h.host for h in now.hosts] == [*HOSTS, "tcp://gpu-5:2376"] and {h.state for h in now.hosts} == {"healthy"}
     assert [sorted(c.labels["cellar.version"] for c in e.running()) for e in fakes.engines.values()] == [["v2"]] * 5
+
+
+@pytest.mark.parametrize("again", ["tcp://GPU-2:2376", "tcp://gpu-2:2376/", "http://gpu-2:2376",
+                                   "unix:///var/run//docker.sock/", "unix:/var/run/docker.sock"])
+def test_a_host_named_twice_in_any_spelling_is_refused(fleet, again):
+    from registry.errors import InvalidInput
+
+    reg, fakes = fleet
+    with pytest.raises(InvalidInput, match="named twice"):
+        reg.add_env("other", port=18090, hosts=[HOSTS[0], HOSTS[1], again])
+    with pytest.raises(InvalidInput, match="named twice"):
+        reg.add_env_host("prod", again)
+    assert [e.name for e in reg.environments()] == ["prod"] and reg.environment("prod").hosts == HOSTS
+    # another port is another engine
+    fakes.engines["tcp://gpu-2:2377"] = FakeEngine(base_url="tcp://gpu-2:2377", images={IMAGE: IMAGE_ID})
+    assert reg.add_env_host("prod", "tcp://gpu-2:2377").hosts == [*HOSTS, "tcp://gpu-2:2377"]
+
+
+def test_a_host_whose_image_differs_is_named_before_anything_changes(fleet, sqlite_home, model_dir):
+    from registry.api import Registry
+    from registry.errors import ImageMoved, InvalidInput
+
+    reg, fakes = fleet
+    with Registry.open(sqlite_home, engine_factory=lambda host: fakes.engines[HOSTS[0]]) as pusher:
+        push_versions(pusher, model_dir, "v3", image=IMAGE)  # its image pinned at push
+    assert reg.show("v1").image.digest is None and reg.show("v3").image.digest == IMAGE_ID
+    fakes.engines[HOSTS[2]].images[IMAGE] = "sha256:" + "cd" * 32  # another build under the same tag
+    for version, retag, error in (("v3", False, ImageMoved), ("v3", True, InvalidInput), ("v1", False, InvalidInput)):
+        with pytest.raises(error, match="gpu-3"):
+            reg.promote(version, allow_retag=retag)
+    assert reg.history("prod") == [] and all(not e.running() for e in fakes.engines.values())
