@@ -233,10 +233,33 @@ def _kill_when(proc: subprocess.Popen, ready) -> bool:
     return False
 
 
+def _holders(home: Path) -> set[int]:
+    """Processes but this one with a file under ``home`` open (the database, a temp file)."""
+    prefix, found = f"{home}/", set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:  # gone meanwhile, or not ours to see
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix):
+                    found.add(int(entry))
+                    break
+            except OSError:
+                continue
+    return found
+
+
 def _wait_for_writers_gone(home: Path) -> None:
     """A killed `registry` stops its command: at once in-process, within milliseconds when the
-    command ran in a child of the warm process (which kills it when its client disappears)."""
-    pids = {int(p.name.split("-")[1]) for p in temp_files(home)}
+    command ran in a child of the warm process (which kills it when its client disappears).
+    Until then that child may finish a blob and start the next: the writers are the processes
+    named by temp files and every process with a file of the home open, not the temp files of
+    one moment (between two blobs there are none)."""
+    pids = {int(p.name.split("-")[1]) for p in temp_files(home)} | _holders(home)
     deadline = time.monotonic() + 5
     while any(process_alive(pid) for pid in pids):
         assert time.monotonic() < deadline, f"the killed command still runs: {pids}"
